@@ -1,0 +1,48 @@
+"""Typed exceptions raised by the mmsearch library.
+
+The library never prints and never exits: it raises one of these, and the CLI or
+the server turns it into one actionable line and an exit status.
+"""
+
+from __future__ import annotations
+
+
+class MMSearchError(Exception):
+    """Base class of every error mmsearch raises on purpose."""
+
+
+class IndexNotFoundError(MMSearchError):
+    """No index exists at the given location."""
+
+
+class ModelLoadError(MMSearchError):
+    """Model weights or configuration could not be loaded."""
+
+
+class ModelMismatchError(MMSearchError):
+    """The index was built with another model than the one asked for."""
+
+
+class BadQueryError(MMSearchError, ValueError):
+    """The query (text, image, filter or options) is invalid."""
+
+
+class ImageDecodeError(MMSearchError):
+    """An image could not be decoded; ``reason`` is a short human-readable cause."""
+
+    def __init__(self, reason: str, *, cause: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.cause_class = type(cause).__name__ if cause is not None else "ImageDecodeError"
+
+
+class TextCollectionError(MMSearchError):
+    """A text collection cannot be read at all (missing column, unreadable file)."""
+
+
+class IndexCorruptError(MMSearchError):
+    """The ANN index file or its manifest is damaged or does not match the table."""
+
+
+class UnsafePathError(BadQueryError):
+    """A path in a query resolves outside the allowed roots."""
