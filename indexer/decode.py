@@ -1,0 +1,181 @@
+"""Decode images in worker processes, with a per-image time limit.
+
+Workers read the file once, hash its bytes, decode it with the one safe loader
+(:func:`mmsearch.imageio.load_image`) and return a small ``(S, S, 3)`` uint8 array
+ready for the model. A bad file becomes a :class:`DecodeFailure`; a file that makes
+a worker hang past the time limit is isolated (its chunk is retried one item at a
+time in a fresh pool) and reported, and the run carries on.
+
+This module must not import torch: it is imported by every worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsearch.errors import ImageDecodeError
+from mmsearch.imageio import DEFAULT_MAX_PIXELS, load_image
+from mmsearch.models.preprocess import fit_square
+
+
+@dataclass(frozen=True)
+class DecodeOk:
+    index: int
+    array: npt.NDArray[np.uint8]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    index: int
+    path: str
+    reason: str
+    exc_class: str
+
+
+DecodeResult = DecodeOk | DecodeFailure
+
+
+def decode_file(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[npt.NDArray[np.uint8], str]:
+    """Reads, hashes and decodes one image file into the model's square uint8 input."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}", cause=exc) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    img = load_image(data, max_pixels=max_pixels)
+    return fit_square(img, size), digest
+
+
+def decode_chunk(chunk: Sequence[tuple[int, str]], size: int, max_pixels: int) -> list[DecodeResult]:
+    """Worker entry point: decodes a chunk, turning every per-file error into a failure."""
+    out: list[DecodeResult] = []
+    for index, path in chunk:
+        try:
+            array, digest = decode_file(path, size, max_pixels)
+            out.append(DecodeOk(index, array, digest))
+        except ImageDecodeError as exc:
+            out.append(DecodeFailure(index, path, exc.reason, exc.cause_class))
+        except Exception as exc:  # one bad file must never end the run
+            out.append(DecodeFailure(index, path, f"unexpected decode error: {exc}", type(exc).__name__))
+    return out
+
+
+class DecodePool:
+    """A pool of decode workers that yields results in input order.
+
+    >>> with DecodePool(size=64, workers=2) as pool:  # doctest: +SKIP
+    ...     for result in pool.decode(enumerate(paths)):
+    ...         ...
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        workers: int | None = None,
+        chunk_size: int = 16,
+        timeout_s: float = 30.0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self.size = size
+        self.workers = max(1, workers if workers is not None else min(os.cpu_count() or 1, 8))
+        self.chunk_size = max(1, chunk_size)
+        self.timeout_s = timeout_s
+        self.max_pixels = max_pixels
+        self.max_in_flight = max_in_flight or self.workers * 4
+        self._ctx = mp.get_context("spawn")  # the parent holds torch threads: never fork it
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._ctx)
+        return self._executor
+
+    def _kill(self) -> None:
+        """Kills every worker (one is hung) so that a fresh pool can take over."""
+        if self._executor is None:
+            return
+        for proc in list(getattr(self._executor, "_processes", {}).values()):
+            proc.kill()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def _submit(self, chunk: list[tuple[int, str]]):
+        return self._pool().submit(decode_chunk, chunk, self.size, self.max_pixels)
+
+    def decode(self, items: Iterable[tuple[int, str]]) -> Iterator[DecodeResult]:
+        """Decodes ``(index, path)`` pairs; yields one result per pair, in order."""
+        source = iter(items)
+        pending: deque[tuple[list[tuple[int, str]], object]] = deque()
+        retry: deque[list[tuple[int, str]]] = deque()  # chunks to resubmit after a pool restart
+
+        def next_chunk() -> list[tuple[int, str]] | None:
+            if retry:
+                return retry.popleft()
+            chunk = [pair for _, pair in zip(range(self.chunk_size), source, strict=False)]
+            return chunk or None
+
+        def fill() -> None:
+            while len(pending) < self.max_in_flight:
+                chunk = next_chunk()
+                if chunk is None:
+                    return
+                pending.append((chunk, self._submit(chunk)))
+
+        fill()
+        while pending:
+            chunk, future = pending.popleft()
+            try:
+                results = future.result(timeout=self.timeout_s * len(chunk) + 5.0)  # type: ignore[attr-defined]
+            except FutureTimeout:
+                # A worker is stuck. Restart the pool; retry the stuck chunk one file at a
+                # time so that only the culprit is reported, and resubmit the rest.
+                self._kill()
+                later = [c for c, _ in pending]
+                pending.clear()
+                if len(chunk) == 1:
+                    index, path = chunk[0]
+                    yield DecodeFailure(index, path, f"decode timed out after {self.timeout_s:g}s", "TimeoutError")
+                    retry.extendleft(reversed(later))
+                else:
+                    retry.extendleft(reversed([[pair] for pair in chunk] + later))
+                fill()
+                continue
+            except Exception as exc:  # a worker died (e.g. killed by the OS for memory)
+                self._kill()
+                later = [c for c, _ in pending]
+                pending.clear()
+                if len(chunk) == 1:
+                    index, path = chunk[0]
+                    yield DecodeFailure(index, path, f"decode worker died: {exc}", type(exc).__name__)
+                    retry.extendleft(reversed(later))
+                else:
+                    retry.extendleft(reversed([[pair] for pair in chunk] + later))
+                fill()
+                continue
+            yield from results
+            fill()

@@ -1,0 +1,327 @@
+"""The batch indexing pipeline: discover → diff → decode → embed → write → build ANN.
+
+``run_index`` is what ``mmsearch index`` calls. It is incremental (mark and sweep,
+as rclip does): unchanged files are not re-embedded, changed ones are, and rows of
+files that disappeared are deleted only after a complete walk of their root. Rows
+are committed in batches, so a killed run leaves the table at a committed prefix
+and the next run picks up from there without re-embedding what was committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.ann_build import build_ann
+from indexer.decode import DecodeFailure, DecodeOk, DecodePool
+from indexer.discover import path_to_uri, walk_images
+from indexer.report import Failure, IndexReport, write_failures
+from indexer.textsource import read_text_collection
+from mmsearch.imageio import DEFAULT_MAX_PIXELS
+from mmsearch.models.spec import ModelSpec
+from mmsearch.storage import ItemStore, StoredState, make_rows
+
+TEXT_EXTENSIONS = frozenset({".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"})
+
+#: progress(stage, advance, total): stage is "scan", "images", "texts" or "ann".
+ProgressFn = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class IndexOptions:
+    """Knobs of one indexing run (the CLI's options)."""
+
+    batch_size: int = 64
+    workers: int | None = None
+    device: str | None = None
+    commit_every: int = 512
+    decode_timeout_s: float = 30.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    text_column: str | None = None
+    id_column: str | None = None
+    build_index: bool = True
+    index_type: str = "auto"
+    target_recall: float = 0.95
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _noop(stage: str, advance: int, total: int | None) -> None:
+    return None
+
+
+def is_text_collection(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in TEXT_EXTENSIONS
+
+
+def run_index(
+    paths: Sequence[str | os.PathLike[str]],
+    index_dir: str | os.PathLike[str],
+    spec: ModelSpec,
+    *,
+    options: IndexOptions | None = None,
+    progress: ProgressFn | None = None,
+    encoder: Any | None = None,
+) -> IndexReport:
+    """Indexes image folders and text collections into ``index_dir``.
+
+    >>> report = run_index(["./photos"], ".mmsearch", ModelSpec("mmsearch-tiny", ""))  # doctest: +SKIP
+    >>> report.added, report.failed  # doctest: +SKIP
+    (400, 0)
+    """
+    opts = options or IndexOptions()
+    progress = progress or _noop
+    started = time.perf_counter()
+    index_path = Path(index_dir)
+    report = IndexReport()
+
+    if encoder is None:
+        from mmsearch.models import load_encoder
+
+        encoder = load_encoder(spec, device=opts.device)
+    store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
+
+    next_id = store.max_id() + 1
+    for raw in paths:
+        path = Path(raw)
+        if is_text_collection(path):
+            next_id = _index_texts(path, store, encoder, opts, report, next_id, progress)
+        elif path.is_dir():
+            next_id = _index_images(path, store, encoder, opts, report, next_id, progress)
+        else:
+            report.failures.append(
+                Failure(str(path), "not a folder or a text collection (.csv .tsv .jsonl .parquet)", "FileNotFoundError", "walk")
+            )
+            report.sweep_aborted.append(str(path))
+
+    if opts.build_index:
+        report.ann = build_ann(
+            store, spec, index_type=opts.index_type, target_recall=opts.target_recall, progress=progress
+        )
+    report.table_version = store.version
+    report.elapsed_s = time.perf_counter() - started
+    report.report_path = str(write_failures(index_path, _run_id(), report.failures))
+    return report
+
+
+def _run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+def _index_images(
+    root: Path,
+    store: ItemStore,
+    encoder: Any,
+    opts: IndexOptions,
+    report: IndexReport,
+    next_id: int,
+    progress: ProgressFn,
+) -> int:
+    root_abs = Path(os.path.abspath(root))
+    source = path_to_uri(str(root_abs))
+    walk = walk_images(root_abs)
+    for problem in walk.problems:
+        report.failures.append(Failure(problem.path, problem.reason, problem.kind, "walk"))
+    stored = store.state_by_uri(source)
+    seen: set[str] = set()
+    todo: list[tuple[str, Any, StoredState | None]] = []  # (uri, FileItem, previous state)
+    for item in walk.items:
+        uri = path_to_uri(item.path)
+        prev = stored.get(uri)
+        if prev is not None and prev.mtime_ns == item.mtime_ns and prev.size == item.size:
+            seen.add(uri)
+            report.unchanged += 1
+        else:
+            todo.append((uri, item, prev))
+    progress("scan", len(walk.items), len(walk.items))
+
+    batch_uris: list[str] = []
+    batch_arrays: list[np.ndarray] = []
+    batch_meta: list[tuple[Any, str, StoredState | None]] = []
+    pending_rows: list[Any] = []
+    pending_count = 0
+
+    def flush_embed() -> None:
+        nonlocal next_id, pending_count
+        if not batch_arrays:
+            return
+        t0 = time.perf_counter()
+        vectors = encoder.encode_images(np.stack(batch_arrays))
+        report.embed_s += time.perf_counter() - t0
+        ids: list[int] = []
+        for _uri, _sha, prev in batch_meta:
+            if prev is not None:
+                ids.append(prev.id)
+            else:
+                ids.append(next_id)
+                next_id += 1
+        pending_rows.append(
+            make_rows(
+                ids=ids,
+                uris=list(batch_uris),
+                kind="image",
+                texts=[None] * len(ids),
+                source=source,
+                mtime_ns=[m[0].mtime_ns for m in batch_meta],
+                sizes=[m[0].size for m in batch_meta],
+                sha256=[m[1] for m in batch_meta],
+                metadata=[{"filename": os.path.basename(u)} for u in batch_uris],
+                vectors=vectors,
+                schema=store.table.schema,
+            )
+        )
+        pending_count += len(ids)
+        for (_item, _sha, prev), uri in zip(batch_meta, batch_uris, strict=True):
+            seen.add(uri)
+            if prev is None:
+                report.added += 1
+            else:
+                report.updated += 1
+        report.embedded += len(ids)
+        progress("images", len(ids), len(todo))
+        batch_uris.clear()
+        batch_arrays.clear()
+        batch_meta.clear()
+
+    def commit() -> None:
+        nonlocal pending_count
+        if pending_rows:
+            import pyarrow as pa
+
+            store.upsert(pa.concat_tables(pending_rows))
+            pending_rows.clear()
+            pending_count = 0
+
+    with DecodePool(
+        encoder.image_size,
+        workers=opts.workers,
+        timeout_s=opts.decode_timeout_s,
+        max_pixels=opts.max_pixels,
+    ) as pool:
+        for result in pool.decode((i, item.path) for i, (_u, item, _p) in enumerate(todo)):
+            uri, item, prev = todo[result.index]
+            if isinstance(result, DecodeFailure):
+                report.failures.append(Failure(item.path, result.reason, result.exc_class, "decode"))
+                progress("images", 1, len(todo))
+                continue
+            assert isinstance(result, DecodeOk)
+            batch_uris.append(uri)
+            batch_arrays.append(result.array)
+            batch_meta.append((item, result.sha256, prev))
+            if len(batch_arrays) >= opts.batch_size:
+                flush_embed()
+                if pending_count >= opts.commit_every:
+                    commit()
+        flush_embed()
+        commit()
+
+    if walk.complete:
+        gone = [state.id for uri, state in stored.items() if uri not in seen]
+        report.deleted += store.delete_ids(gone)
+    else:
+        report.sweep_aborted.append(str(root_abs))
+    return next_id
+
+
+# -- text collections --------------------------------------------------------------------
+
+
+def _text_sha(text: str, metadata: dict[str, Any]) -> str:
+    payload = json.dumps({"text": text, "metadata": metadata}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def _index_texts(
+    path: Path,
+    store: ItemStore,
+    encoder: Any,
+    opts: IndexOptions,
+    report: IndexReport,
+    next_id: int,
+    progress: ProgressFn,
+) -> int:
+    path_abs = Path(os.path.abspath(path))
+    source = path_to_uri(str(path_abs))
+    collection = read_text_collection(path_abs, text_column=opts.text_column, id_column=opts.id_column)
+    for problem in collection.problems:
+        report.failures.append(
+            Failure(str(path_abs), problem.reason, problem.exc_class, "read", row_number=problem.row_number)
+        )
+    stored = store.state_by_uri(source)
+    st = os.stat(path_abs)
+    seen: set[str] = set()
+    todo: list[tuple[str, Any, str, StoredState | None]] = []
+    for row in collection.rows:
+        uri = f"{source}#{row.id}"
+        sha = _text_sha(row.text, row.metadata)
+        prev = stored.get(uri)
+        seen.add(uri)
+        if prev is not None and prev.sha256 == sha:
+            report.unchanged += 1
+        else:
+            todo.append((uri, row, sha, prev))
+    progress("scan", len(collection.rows), len(collection.rows))
+
+    step = max(opts.batch_size, 1)
+    commit_rows = []
+    pending = 0
+    for chunk in _chunks(todo, step):
+        t0 = time.perf_counter()
+        vectors = encoder.encode_texts([row.text for _u, row, _s, _p in chunk])
+        report.embed_s += time.perf_counter() - t0
+        ids: list[int] = []
+        for _u, _row, _s, prev in chunk:
+            if prev is not None:
+                ids.append(prev.id)
+                report.updated += 1
+            else:
+                ids.append(next_id)
+                next_id += 1
+                report.added += 1
+        commit_rows.append(
+            make_rows(
+                ids=ids,
+                uris=[u for u, *_ in chunk],
+                kind="text",
+                texts=[row.text for _u, row, _s, _p in chunk],
+                source=source,
+                mtime_ns=[st.st_mtime_ns] * len(chunk),
+                sizes=[len(row.text.encode("utf-8", "surrogatepass")) for _u, row, _s, _p in chunk],
+                sha256=[s for _u, _r, s, _p in chunk],
+                metadata=[{"row_id": row.id, **row.metadata} for _u, row, _s, _p in chunk],
+                vectors=vectors,
+                schema=store.table.schema,
+            )
+        )
+        pending += len(chunk)
+        report.embedded += len(chunk)
+        progress("texts", len(chunk), len(todo))
+        if pending >= opts.commit_every:
+            import pyarrow as pa
+
+            store.upsert(pa.concat_tables(commit_rows))
+            commit_rows.clear()
+            pending = 0
+    if commit_rows:
+        import pyarrow as pa
+
+        store.upsert(pa.concat_tables(commit_rows))
+    gone = [state.id for uri, state in stored.items() if uri not in seen]
+    report.deleted += store.delete_ids(gone)
+    return next_id

@@ -1,0 +1,72 @@
+"""The per-run indexing report: counts, failures and the failures JSONL file."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FAILURES_DIRNAME = "reports"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One item that was skipped: where, why, and the exception class behind it."""
+
+    path: str
+    reason: str
+    exc_class: str
+    stage: str = "decode"  # walk | read | decode | embed
+    row_number: int | None = None
+
+
+@dataclass
+class IndexReport:
+    """What one ``run_index`` did. ``failed`` counts items skipped for bad input."""
+
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    sweep_aborted: list[str] = field(default_factory=list)  # roots whose deletion sweep was refused
+    elapsed_s: float = 0.0
+    embed_s: float = 0.0
+    report_path: str | None = None
+    table_version: int | None = None
+    ann: dict[str, dict] = field(default_factory=dict)  # kind -> VectorIndex.info
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.embedded / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["failed"] = self.failed
+        data["items_per_s"] = round(self.items_per_s, 2)
+        return data
+
+
+def write_failures(index_dir: Path, run_id: str, failures: list[Failure]) -> Path:
+    """Writes ``reports/failures-<run_id>.jsonl`` (and ``failures-latest.jsonl``) in the index dir."""
+    out_dir = index_dir / FAILURES_DIRNAME
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"failures-{run_id}.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for failure in failures:
+            fh.write(json.dumps(asdict(failure)) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    latest = out_dir / "failures-latest.jsonl"
+    tmp_latest = out_dir / "failures-latest.jsonl.tmp"
+    tmp_latest.write_bytes(path.read_bytes())
+    os.replace(tmp_latest, latest)
+    return path

@@ -1,0 +1,267 @@
+"""LanceDB storage of one mmsearch index: the ``items`` table and its schema.
+
+One table holds every indexed item, images and texts alike. Rows are keyed by
+``uri`` (unique) and carry a stable int64 ``id`` that the ANN index uses as its
+FAISS id. The model that produced the vectors is stamped into the table's schema
+metadata, so a table always knows which model made it.
+
+Writes go through :meth:`ItemStore.upsert` (one atomic LanceDB commit per batch,
+``merge_insert`` on ``uri``), so a process killed mid-run leaves the table at a
+committed prefix with no duplicate uris.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from mmsearch.errors import IndexNotFoundError, ModelMismatchError
+from mmsearch.models.spec import ModelSpec
+
+TABLE_NAME = "items"
+MODEL_METADATA_KEY = b"mmsearch.model"
+DIM_METADATA_KEY = b"mmsearch.dim"
+DB_DIRNAME = "db"
+
+#: Columns every row has, besides ``vector``.
+CORE_COLUMNS = ("id", "uri", "kind", "text", "source", "mtime_ns", "size", "sha256", "metadata")
+
+
+def default_index_dir() -> Path:
+    """``$MMSEARCH_INDEX`` or ``./.mmsearch``."""
+    return Path(os.environ.get("MMSEARCH_INDEX") or ".mmsearch")
+
+
+def items_schema(dim: int, spec: ModelSpec) -> pa.Schema:
+    """The Arrow schema of the items table for vectors of size ``dim``."""
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("kind", pa.string(), nullable=False),
+            pa.field("text", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("mtime_ns", pa.int64()),
+            pa.field("size", pa.int64()),
+            pa.field("sha256", pa.string()),
+            pa.field("metadata", pa.string()),  # JSON object of the item's other columns
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ],
+        metadata={MODEL_METADATA_KEY: spec.to_json().encode(), DIM_METADATA_KEY: str(dim).encode()},
+    )
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """What the table already knows about one item, for incremental diffs."""
+
+    id: int
+    mtime_ns: int | None
+    size: int | None
+    sha256: str | None
+
+
+def _connect(index_dir: Path) -> Any:
+    import lancedb
+
+    return lancedb.connect(str(index_dir / DB_DIRNAME))
+
+
+def _table_exists(db: Any) -> bool:
+    names = db.list_tables()
+    names = getattr(names, "tables", names)
+    return TABLE_NAME in list(names)
+
+
+class ItemStore:
+    """The items table of one index directory.
+
+    >>> store = ItemStore.create("/tmp/idx", dim=64, spec=ModelSpec("mmsearch-tiny", ""))  # doctest: +SKIP
+    >>> store.count()  # doctest: +SKIP
+    0
+    """
+
+    def __init__(self, index_dir: Path, table: Any) -> None:
+        self.index_dir = index_dir
+        self.table = table
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def exists(cls, index_dir: str | os.PathLike[str]) -> bool:
+        path = Path(index_dir)
+        return (path / DB_DIRNAME).is_dir() and _table_exists(_connect(path))
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike[str], *, version: int | None = None) -> ItemStore:
+        """Opens an existing index; ``version`` pins a read-only snapshot."""
+        path = Path(index_dir)
+        if not (path / DB_DIRNAME).is_dir():
+            raise IndexNotFoundError(
+                f"no mmsearch index at {path} (create one with: mmsearch index PATH --index {path})"
+            )
+        db = _connect(path)
+        if not _table_exists(db):
+            raise IndexNotFoundError(f"index directory {path} has no items table; re-run mmsearch index")
+        table = db.open_table(TABLE_NAME)
+        if version is not None:
+            table.checkout(version)
+        return cls(path, table)
+
+    @classmethod
+    def create(cls, index_dir: str | os.PathLike[str], *, dim: int, spec: ModelSpec) -> ItemStore:
+        """Creates the table, or opens it when it exists and was built with ``spec``."""
+        path = Path(index_dir)
+        if cls.exists(path):
+            store = cls.open(path)
+            store.check_model(spec, dim)
+            return store
+        path.mkdir(parents=True, exist_ok=True)
+        db = _connect(path)
+        table = db.create_table(TABLE_NAME, schema=items_schema(dim, spec), exist_ok=True)
+        return cls(path, table)
+
+    # -- model ---------------------------------------------------------------------------
+    @property
+    def model_spec(self) -> ModelSpec:
+        meta = self.table.schema.metadata or {}
+        raw = meta.get(MODEL_METADATA_KEY)
+        if raw is None:
+            raise IndexNotFoundError(f"index at {self.index_dir} has no model stamp; rebuild it")
+        return ModelSpec.from_json(raw.decode())
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.schema.field("vector").type.list_size)
+
+    def check_model(self, spec: ModelSpec, dim: int | None = None) -> None:
+        """Raises :class:`ModelMismatchError` when ``spec`` is not the table's model."""
+        built = self.model_spec
+        if built != spec or (dim is not None and dim != self.dim):
+            raise ModelMismatchError(
+                f"index at {self.index_dir} was built with model {built.key}, not {spec.key}; "
+                f"use --model {built.name}"
+                + (f" --pretrained {built.pretrained}" if built.pretrained else "")
+                + " or index into a new --index directory"
+            )
+
+    # -- reading -------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return int(self.table.version)
+
+    def count(self) -> int:
+        return int(self.table.count_rows())
+
+    def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
+        """Reads ``columns`` of every row (optionally filtered by a trusted predicate)."""
+        ds = self.table.to_lance()
+        return ds.to_table(columns=list(columns), filter=where)
+
+    def state_by_uri(self, source: str | None = None) -> dict[str, StoredState]:
+        """uri → stored state, for the rows of ``source`` (all rows when None)."""
+        where = None if source is None else f"source = {sql_quote(source)}"
+        tbl = self.scan(["uri", "id", "mtime_ns", "size", "sha256"], where)
+        cols = {name: tbl.column(name).to_pylist() for name in tbl.column_names}
+        return {
+            uri: StoredState(i, m, s, h)
+            for uri, i, m, s, h in zip(
+                cols["uri"], cols["id"], cols["mtime_ns"], cols["size"], cols["sha256"], strict=True
+            )
+        }
+
+    def max_id(self) -> int:
+        tbl = self.scan(["id"])
+        if tbl.num_rows == 0:
+            return -1
+        return int(pa.compute.max(tbl.column("id")).as_py())
+
+    def vectors(
+        self, kind: str | None = None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """(ids, vectors) of all rows, or of rows of one ``kind``."""
+        where = None if kind is None else f"kind = {sql_quote(kind)}"
+        tbl = self.scan(["id", "vector"], where)
+        ids = tbl.column("id").to_numpy().astype(np.int64, copy=False)
+        vec = fixed_list_to_numpy(tbl.column("vector"), self.dim)
+        return ids, vec
+
+    # -- writing -------------------------------------------------------------------------
+    def upsert(self, rows: pa.Table) -> None:
+        """Inserts or replaces rows by ``uri`` in one atomic commit."""
+        if rows.num_rows == 0:
+            return
+        rows = rows.select(self.table.schema.names).cast(self.table.schema)
+        (
+            self.table.merge_insert("uri")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(rows)
+        )
+
+    def delete_ids(self, ids: Iterable[int], chunk: int = 2000) -> int:
+        """Deletes rows by id; returns how many ids were asked for."""
+        id_list = sorted({int(i) for i in ids})
+        for start in range(0, len(id_list), chunk):
+            part = ",".join(str(i) for i in id_list[start : start + chunk])
+            self.table.delete(f"id IN ({part})")
+        return len(id_list)
+
+
+def make_rows(
+    *,
+    ids: Sequence[int],
+    uris: Sequence[str],
+    kind: str,
+    texts: Sequence[str | None],
+    source: str,
+    mtime_ns: Sequence[int | None],
+    sizes: Sequence[int | None],
+    sha256: Sequence[str | None],
+    metadata: Sequence[Mapping[str, Any] | None],
+    vectors: npt.NDArray[np.float32],
+    schema: pa.Schema,
+) -> pa.Table:
+    """Builds an Arrow batch in the table's schema; all inputs are aligned by position."""
+    n = len(ids)
+    if not (len(uris) == len(texts) == len(mtime_ns) == len(sizes) == len(sha256) == len(metadata) == n == len(vectors)):
+        raise ValueError("make_rows: inputs are not aligned")
+    dim = schema.field("vector").type.list_size
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "uri": pa.array(uris, pa.string()),
+            "kind": pa.array([kind] * n, pa.string()),
+            "text": pa.array(texts, pa.string()),
+            "source": pa.array([source] * n, pa.string()),
+            "mtime_ns": pa.array(mtime_ns, pa.int64()),
+            "size": pa.array(sizes, pa.int64()),
+            "sha256": pa.array(sha256, pa.string()),
+            "metadata": pa.array(
+                [json.dumps(m, sort_keys=True, default=str) if m else None for m in metadata], pa.string()
+            ),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        },
+        schema=schema,
+    )
+
+
+def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> npt.NDArray[np.float32]:
+    """A fixed_size_list<float32, dim> column as an (n, dim) float32 array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float32).reshape(-1, dim)
+
+
+def sql_quote(value: str) -> str:
+    """Quotes a string literal for a LanceDB (DataFusion SQL) predicate."""
+    return "'" + str(value).replace("'", "''") + "'"
