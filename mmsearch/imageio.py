@@ -1,0 +1,404 @@
+"""The one safe image loader: every image mmsearch reads goes through :func:`load_image`.
+
+Indexer workers, text+image queries and the server all call it, so a bad file is
+rejected the same way everywhere: with :class:`~mmsearch.errors.ImageDecodeError`
+carrying a short ``reason`` and the class of the underlying exception.
+
+What it guarantees (see ``/work/shared/ROBUSTNESS.md``, "Bad images"):
+
+* The format is sniffed from the first bytes, never trusted from the file name, and
+  must be on an allow-list (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIF/HEIC, AVIF). Pillow
+  is told to try only the sniffed format, so exotic plugins (EPS → Ghostscript, …)
+  are never reached.
+* Our own pixel limit is checked from the header, before any pixel is decoded.
+* Truncated or corrupt data is rejected at ``load()`` (we never set
+  ``ImageFile.LOAD_TRUNCATED_IMAGES``; if some other code sets it to ``True``
+  process-wide, Pillow will pad truncated images instead of failing).
+* The result is a fully loaded ``"RGB"`` image: EXIF orientation applied first,
+  transparency composited onto a fixed background, 16-bit greyscale rescaled,
+  CMYK converted, the first frame of animations.
+
+Nothing here changes Pillow's global settings. The one process-wide effect is that,
+the first time a HEIF file is met, ``pillow_heif.register_heif_opener()`` is called
+(when pillow-heif is installed) - it only *adds* a format to Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from mmsearch.errors import ImageDecodeError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "SUPPORTED_FORMATS",
+    "load_image",
+    "sniff_image_format",
+]
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Our own limit (width × height), checked from the header before decoding."""
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+"""File name extensions the indexer picks up (lower-case, with the dot)."""
+
+SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+"""Formats :func:`load_image` accepts, as named by :func:`sniff_image_format`."""
+
+HEIF_MISSING_REASON = "HEIC/HEIF needs the optional pillow-heif package: pip install 'mmsearch[heif]'"
+AVIF_MISSING_REASON = (
+    "AVIF needs Pillow built with AVIF support (Pillow >= 11.3 wheels) "
+    "or the optional pillow-heif package: pip install 'mmsearch[heif]'"
+)
+
+# ISO-BMFF brands (the "ftyp" box) of HEIF and AVIF still images.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+)
+
+# Magic numbers of formats we recognise but refuse, so that the reason names them.
+_REFUSED_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "PDF"),
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"),
+    (b"\xffO\xffQ", "JPEG2000"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG-XL"),
+    (b"\xff\n", "JPEG-XL"),
+    (b"qoif", "QOI"),
+    (b"DDS ", "DDS"),
+    (b"v/1\x01", "OpenEXR"),
+)
+
+# How many leading bytes sniff_image_format wants (the ftyp box lists brands).
+SNIFF_BYTES = 256
+
+
+def sniff_image_format(head: bytes) -> str | None:
+    """Name the image format of a file from its first bytes (at least 32; 256 is best).
+
+    Returns one of :data:`SUPPORTED_FORMATS` for accepted formats, another name
+    (``"PDF"``, ``"PSD"``, ``"SVG"``, ``"ISOBMFF:crx "``…) for a recognised format we
+    refuse, or ``None`` when the bytes match no image format at all.
+
+    >>> sniff_image_format(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(24))
+    'PNG'
+    >>> sniff_image_format(b"hello, I am a text file") is None
+    True
+    """
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head[:2] == b"BM" and len(head) >= 18:
+        return "BMP"
+    if head[4:8] == b"ftyp":
+        return _sniff_isobmff(head)
+    for magic, name in _REFUSED_MAGIC:
+        if head.startswith(magic):
+            return name
+    stripped = head.lstrip()
+    if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in head):
+        return "SVG"
+    return None
+
+
+def _sniff_isobmff(head: bytes) -> str:
+    box_size = int.from_bytes(head[0:4], "big")
+    major = head[8:12]
+    # Compatible brands follow the major brand and minor version, up to the box end.
+    end = min(len(head), box_size if box_size >= 16 else len(head))
+    brands = {major} | {head[i : i + 4] for i in range(16, end - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIF_BRANDS:
+        return "HEIF"
+    return "ISOBMFF:" + major.decode("latin-1")
+
+
+def _heif_formats() -> list[str]:
+    if "HEIF" not in Image.OPEN:
+        try:
+            import pillow_heif
+        except ImportError as exc:
+            raise ImageDecodeError(HEIF_MISSING_REASON, cause=exc) from exc
+        pillow_heif.register_heif_opener()
+    return ["HEIF"]
+
+
+def _pillow_has_avif() -> bool:
+    try:
+        return bool(features.check_module("avif"))
+    except Exception:  # older Pillow: no "avif" feature at all
+        return False
+
+
+def _avif_formats() -> list[str]:
+    if _pillow_has_avif():
+        return ["AVIF"]
+    try:
+        import pillow_heif
+    except ImportError as exc:
+        raise ImageDecodeError(AVIF_MISSING_REASON, cause=exc) from exc
+    register = getattr(pillow_heif, "register_avif_opener", None)
+    if register is None:  # pillow-heif >= 1.0 dropped AVIF
+        raise ImageDecodeError(AVIF_MISSING_REASON)
+    register()
+    return ["AVIF"]
+
+
+_FORMAT_PLUGINS: dict[str, Callable[[], list[str]]] = {
+    "JPEG": lambda: ["JPEG"],  # Pillow turns multi-picture JPEGs into MPO by itself
+    "PNG": lambda: ["PNG"],
+    "GIF": lambda: ["GIF"],
+    "WEBP": lambda: ["WEBP"],
+    "BMP": lambda: ["BMP"],
+    "TIFF": lambda: ["TIFF"],
+    "HEIF": _heif_formats,
+    "AVIF": _avif_formats,
+}
+
+
+class _DeadlineReader(io.RawIOBase):
+    """File wrapper that raises TimeoutError from ``read`` once a deadline has passed.
+
+    Pillow's decoders pull data in blocks (64 KiB for JPEG/PNG), so this bounds the
+    work done after the deadline to about one block. It deliberately has no
+    ``fileno()``, so no plugin can bypass it by reading the descriptor directly.
+    """
+
+    def __init__(self, raw: BinaryIO, deadline: float) -> None:
+        super().__init__()
+        self._raw = raw
+        self._deadline = deadline
+
+    def _check(self) -> None:
+        if time.monotonic() > self._deadline:
+            raise TimeoutError("image decoding took longer than timeout_s")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check()
+        return self._raw.read(-1 if size is None else size)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+def _open_source(source: str | os.PathLike[str] | bytes | BinaryIO) -> BinaryIO:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(bytes(source))
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            return open(source, "rb")  # noqa: SIM115 - closed by load_image
+        except OSError as exc:
+            raise ImageDecodeError(f"cannot open file: {exc.strerror or exc}", cause=exc) from exc
+    if hasattr(source, "read"):
+        try:
+            # Streams (uploads) are read whole: their size is the caller's to cap.
+            return io.BytesIO(source.read())
+        except OSError as exc:
+            raise ImageDecodeError(f"cannot read stream: {exc}", cause=exc) from exc
+    raise TypeError(f"load_image needs a path, bytes or a binary file, not {type(source).__name__}")
+
+
+def _check_arguments(max_pixels: int, background: tuple[int, int, int], timeout_s: float | None) -> None:
+    if not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+    if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
+        raise ValueError(f"background must be three ints in 0..255, got {background!r}")
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive or None, got {timeout_s!r}")
+
+
+def load_image(
+    source: str | os.PathLike[str] | bytes | BinaryIO,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+    timeout_s: float | None = None,
+) -> Image.Image:
+    """Decode one image safely into a fully loaded ``"RGB"`` :class:`PIL.Image.Image`.
+
+    ``source`` is a path (``str``/``PathLike``), the encoded image as ``bytes``, or a
+    binary file object (read whole). A ``bytes`` value is always image *content*,
+    never a path: pass ``os.fsdecode(p)`` for a bytes path.
+
+    Every bad input raises :class:`~mmsearch.errors.ImageDecodeError` with a short
+    ``reason`` (and ``cause_class``, the class of the underlying exception):
+    unreadable file, empty file, unrecognised or refused format, missing HEIF/AVIF
+    plugin, more than ``max_pixels`` pixels (checked from the header, before any
+    decoding; Pillow's own ``Image.MAX_IMAGE_PIXELS`` bomb check may refuse even
+    earlier and is reported the same way), truncated or corrupt data, timeout.
+    Wrong arguments (``max_pixels <= 0``, a bad ``background``) raise ``ValueError``.
+
+    ``timeout_s`` bounds decoding time cooperatively: the deadline is checked every
+    time a decoder pulls another block of input (about every 64 KiB for JPEG/PNG) and
+    between the decoding steps, so a slow decode stops within about one block of the
+    deadline. It cannot interrupt one C call that never returns or a ``read`` stuck
+    on a dead network mount; that needs a killable worker process, which is what the
+    indexer's decode pool (``indexer.decode``) provides. No signals are used, so this
+    is safe off the main thread.
+
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGBA", (4, 2), (255, 0, 0, 0)).save(buf, "PNG")
+    >>> img = load_image(buf.getvalue(), background=(0, 0, 255))
+    >>> img.mode, img.size, img.getpixel((0, 0))
+    ('RGB', (4, 2), (0, 0, 255))
+    """
+    _check_arguments(max_pixels, background, timeout_s)
+    deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
+    raw = _open_source(source)
+    try:
+        return _decode(raw, max_pixels=max_pixels, background=background, deadline=deadline)
+    finally:
+        raw.close()
+
+
+def _decode(
+    raw: BinaryIO, *, max_pixels: int, background: tuple[int, int, int], deadline: float
+) -> Image.Image:
+    try:
+        head = raw.read(SNIFF_BYTES)
+        raw.seek(0)
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file: {exc}", cause=exc) from exc
+    if not head:
+        raise ImageDecodeError("empty file (0 bytes)", cause=UnidentifiedImageError("empty file"))
+    fmt = sniff_image_format(head)
+    if fmt is None:
+        raise ImageDecodeError(
+            "not an image: content matches no supported format (checked by content, not name)",
+            cause=UnidentifiedImageError("unrecognised content"),
+        )
+    if fmt not in _FORMAT_PLUGINS:
+        raise ImageDecodeError(
+            f"unsupported image format {fmt} (supported: {', '.join(SUPPORTED_FORMATS)})",
+            cause=UnidentifiedImageError(fmt),
+        )
+    pillow_formats = _FORMAT_PLUGINS[fmt]()
+    try:
+        with Image.open(_DeadlineReader(raw, deadline), formats=pillow_formats) as img:
+            width, height = img.size
+            if width <= 0 or height <= 0:
+                raise ImageDecodeError(f"{fmt} header gives an empty size {width}x{height}")
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"{width}x{height} = {width * height} pixels is over the limit of "
+                    f"{max_pixels} (refused before decoding)",
+                    cause=Image.DecompressionBombError("over mmsearch max_pixels"),
+                )
+            img.seek(0)  # first frame of an animation, whatever the plugin did on open
+            img.load()  # truncated/corrupt data fails here (Pillow opens lazily)
+            _check_deadline(deadline)
+            img = _apply_exif_orientation(img)
+            _check_deadline(deadline)
+            rgb = _to_rgb(img, background)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # DecompressionBombError is not an OSError; the warning arrives as an
+        # exception only when the caller runs with warnings as errors.
+        raise ImageDecodeError(f"refused as a decompression bomb: {exc}", cause=exc) from exc
+    except TimeoutError as exc:
+        raise ImageDecodeError("decoding took longer than timeout_s", cause=exc) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"header says {fmt} but the file is corrupt or truncated (Pillow cannot identify it)",
+            cause=exc,
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad image, not a crash
+        raise ImageDecodeError(f"corrupt or truncated {fmt}: {exc}", cause=exc) from exc
+    return rgb
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError("image decoding took longer than timeout_s")
+
+
+def _apply_exif_orientation(img: Image.Image) -> Image.Image:
+    """Rotate/flip per the EXIF Orientation tag; always returns a detached copy."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001
+        # Unparseable EXIF on otherwise good pixels: orientation is unknown, so keep
+        # the image as stored rather than losing it from the index.
+        return img.copy()
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _rescale_to_8bit(img).convert("RGB")
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+        mode in ("P", "L", "RGB", "1") and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if mode == "RGB":
+        return img
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
+
+
+def _rescale_to_8bit(img: Image.Image) -> Image.Image:
+    """Map high-bit-depth greyscale to 8-bit ``"L"`` without clipping to white.
+
+    16-bit modes map the full range 0..65535 linearly onto 0..255 (so absolute
+    brightness is kept). For 32-bit ``I`` and float ``F`` images the range is not
+    implied by the mode: values already in 0..255 are kept, values in 0..65535 are
+    treated as 16-bit, anything else is stretched from its own min..max.
+    """
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16"):
+        lo, hi = 0.0, 65535.0
+    else:
+        finite = arr[np.isfinite(arr)]
+        vmin = float(finite.min()) if finite.size else 0.0
+        vmax = float(finite.max()) if finite.size else 0.0
+        if vmin >= 0 and vmax <= 255:
+            lo, hi = 0.0, 255.0
+        elif vmin >= 0 and vmax <= 65535:
+            lo, hi = 0.0, 65535.0
+        else:
+            lo, hi = vmin, vmax if vmax > vmin else vmin + 1.0
+    arr = np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo)
+    scaled = np.clip(np.rint((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled)  # 2-D uint8 -> mode "L"
