@@ -56,7 +56,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 SUPPORTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 """Formats :func:`load_image` accepts, as named by :func:`sniff_image_format`."""
 
-HEIF_MISSING_REASON = "HEIC/HEIF needs the optional pillow-heif package: pip install 'mmsearch[heif]'"
+HEIF_MISSING_REASON = (
+    "HEIC/HEIF needs the optional pillow-heif package: pip install 'mmsearch[heif]'"
+)
 AVIF_MISSING_REASON = (
     "AVIF needs Pillow built with AVIF support (Pillow >= 11.3 wheels) "
     "or the optional pillow-heif package: pip install 'mmsearch[heif]'"
@@ -65,7 +67,19 @@ AVIF_MISSING_REASON = (
 # ISO-BMFF brands (the "ftyp" box) of HEIF and AVIF still images.
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS = frozenset(
-    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+    {
+        b"heic",
+        b"heix",
+        b"heim",
+        b"heis",
+        b"hevc",
+        b"hevx",
+        b"hevm",
+        b"hevs",
+        b"mif1",
+        b"msf1",
+        b"mif2",
+    }
 )
 
 # Magic numbers of formats we recognise but refuse, so that the reason names them.
@@ -236,7 +250,9 @@ def _open_source(source: str | os.PathLike[str] | bytes | BinaryIO) -> BinaryIO:
     raise TypeError(f"load_image needs a path, bytes or a binary file, not {type(source).__name__}")
 
 
-def _check_arguments(max_pixels: int, background: tuple[int, int, int], timeout_s: float | None) -> None:
+def _check_arguments(
+    max_pixels: int, background: tuple[int, int, int], timeout_s: float | None
+) -> None:
     if not isinstance(max_pixels, int) or max_pixels <= 0:
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
     if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
