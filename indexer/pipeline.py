@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,11 @@ class IndexOptions:
     build_index: bool = True
     index_type: str = "auto"
     target_recall: float = 0.95
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: A CSV/JSONL/Parquet sidecar whose rows describe images: ``file_column`` holds the
+    #: image path (relative to the sidecar's folder, or absolute); other columns become
+    #: the image's metadata, and ``text_column`` (or caption/text/title) its text.
+    image_metadata: str | os.PathLike[str] | None = None
+    file_column: str = "file"
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:
@@ -89,13 +93,14 @@ def run_index(
         encoder = load_encoder(spec, device=opts.device)
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
 
+    sidecar = load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column) if opts.image_metadata else {}
     next_id = store.max_id() + 1
     for raw in paths:
         path = Path(raw)
         if is_text_collection(path):
             next_id = _index_texts(path, store, encoder, opts, report, next_id, progress)
         elif path.is_dir():
-            next_id = _index_images(path, store, encoder, opts, report, next_id, progress)
+            next_id = _index_images(path, store, encoder, opts, report, next_id, progress, sidecar)
         else:
             report.failures.append(
                 Failure(str(path), "not a folder or a text collection (.csv .tsv .jsonl .parquet)", "FileNotFoundError", "walk")
@@ -127,6 +132,7 @@ def _index_images(
     report: IndexReport,
     next_id: int,
     progress: ProgressFn,
+    sidecar: dict[str, dict[str, Any]],
 ) -> int:
     root_abs = Path(os.path.abspath(root))
     source = path_to_uri(str(root_abs))
@@ -160,7 +166,8 @@ def _index_images(
         vectors = encoder.encode_images(np.stack(batch_arrays))
         report.embed_s += time.perf_counter() - t0
         ids: list[int] = []
-        for _uri, _sha, prev in batch_meta:
+        extra = [sidecar.get(os.path.realpath(m[0].path), {}) for m in batch_meta]
+        for _item, _sha, prev in batch_meta:
             if prev is not None:
                 ids.append(prev.id)
             else:
@@ -171,12 +178,15 @@ def _index_images(
                 ids=ids,
                 uris=list(batch_uris),
                 kind="image",
-                texts=[None] * len(ids),
+                texts=[e.get("_text") for e in extra],
                 source=source,
                 mtime_ns=[m[0].mtime_ns for m in batch_meta],
                 sizes=[m[0].size for m in batch_meta],
                 sha256=[m[1] for m in batch_meta],
-                metadata=[{"filename": os.path.basename(u)} for u in batch_uris],
+                metadata=[
+                    {"filename": os.path.basename(m[0].path), **{k: v for k, v in e.items() if k != "_text"}}
+                    for m, e in zip(batch_meta, extra, strict=True)
+                ],
                 vectors=vectors,
                 schema=store.table.schema,
             )
@@ -232,6 +242,48 @@ def _index_images(
     else:
         report.sweep_aborted.append(str(root_abs))
     return next_id
+
+
+def load_image_metadata(
+    path: str | os.PathLike[str], file_column: str = "file", text_column: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Reads an image-metadata sidecar: real path of each image → its metadata row.
+
+    The row's text (``text_column``, else caption/text/title/description) is kept under
+    the ``_text`` key and stored as the image's ``text``.
+    """
+    import pandas as pd
+
+    from mmsearch.errors import TextCollectionError
+
+    sidecar = Path(path)
+    suffix = sidecar.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            frame = pd.read_json(sidecar, lines=True, dtype=False)
+        elif suffix in (".csv", ".tsv"):
+            frame = pd.read_csv(sidecar, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(sidecar)
+        else:
+            raise TextCollectionError(f"image metadata {sidecar}: use .csv, .tsv, .jsonl or .parquet")
+    except (OSError, ValueError) as exc:
+        raise TextCollectionError(f"cannot read image metadata {sidecar}: {exc}") from exc
+    if file_column not in frame.columns:
+        raise TextCollectionError(
+            f"image metadata {sidecar} has no {file_column!r} column (columns: {', '.join(map(str, frame.columns))}); "
+            "set --file-column"
+        )
+    candidates = [text_column] if text_column else ["caption", "text", "title", "description"]
+    text_col = next((c for c in candidates if c in frame.columns), None)
+    out: dict[str, dict[str, Any]] = {}
+    for record in frame.to_dict(orient="records"):
+        rel = str(record.pop(file_column))
+        meta: dict[str, Any] = {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}
+        if text_col is not None:
+            meta["_text"] = None if meta.get(text_col) is None else str(meta[text_col])
+        out[os.path.realpath(sidecar.parent / rel)] = meta
+    return out
 
 
 # -- text collections --------------------------------------------------------------------

@@ -122,6 +122,8 @@ def index_cmd(
     device: DeviceOpt = None,
     text_column: Annotated[str | None, typer.Option("--text-column", help="Column holding the text of a text collection (default: auto: caption, text, title, ...).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Column holding row ids of a text collection (default: auto: id, ...).")] = None,
+    metadata: Annotated[Path | None, typer.Option("--metadata", help="CSV/JSONL/Parquet describing the images: a file column (see --file-column) plus metadata columns.")] = None,
+    file_column: Annotated[str, typer.Option("--file-column", help="Column of --metadata holding image paths, relative to the metadata file.")] = "file",
     index_type: Annotated[str, typer.Option("--index-type", help="ANN index: auto, flat or ivfpq.")] = "auto",
     no_ann: Annotated[bool, typer.Option("--no-ann", help="Only write the table; build the ANN index later with build-index.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when any item failed.")] = False,
@@ -139,6 +141,8 @@ def index_cmd(
         id_column=id_column,
         build_index=not no_ann,
         index_type=index_type,
+        image_metadata=metadata,
+        file_column=file_column,
     )
     with _errors():
         with _progress_bar() as bar:

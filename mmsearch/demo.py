@@ -46,7 +46,7 @@ def run_demo(
         [catalog_dir, jsonl],
         index_dir,
         spec,
-        options=IndexOptions(device=device, text_column="caption", id_column="id"),
+        options=IndexOptions(device=device, text_column="caption", id_column="id", image_metadata=jsonl),
         progress=progress,
     )
     idx = SearchIndex(index_dir, device=device)
