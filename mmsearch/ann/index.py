@@ -1,0 +1,574 @@
+"""``VectorIndex``: exact flat search for small collections, IVF-PQ + exact refine for large.
+
+Example:
+    >>> import numpy as np
+    >>> from mmsearch.ann import VectorIndex
+    >>> x = np.random.default_rng(0).normal(size=(1000, 32)).astype(np.float32)
+    >>> x /= np.linalg.norm(x, axis=1, keepdims=True)
+    >>> index = VectorIndex.build(x, np.arange(1000, dtype=np.int64))
+    >>> scores, ids = index.search(x[:2], k=5)
+    >>> ids[:, 0].tolist()
+    [0, 1]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from mmsearch.ann import files as F
+from mmsearch.ann._rwlock import RWLock
+from mmsearch.ann.params import (
+    FLAT_THRESHOLD,
+    ID_BYTES,
+    IndexParams,
+    choose_index_params,
+    estimate_flat_bytes,
+    estimate_ivfpq_bytes,
+    retrain_due,
+)
+from mmsearch.ann.store import VectorStore, top_k
+from mmsearch.ann.training import (
+    gpu_available,
+    ivf_of,
+    search_params,
+    to_gpu,
+    train_ivfpq,
+    tune_nprobe_refine,
+)
+from mmsearch.errors import BadQueryError, IndexCorruptError, ModelMismatchError
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+TUNE_K = 10
+MAX_TUNE_QUERIES = 500
+ADD_CHUNK = 65_536
+NORM_TOLERANCE = 1e-2
+_MMAP_FLAG = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
+_GEN_RE = re.compile(r"^(?:\.)?(?:index|vectors|ids)-(\d+)\.")
+
+
+class VectorIndex:
+    """Inner-product (cosine on L2-normalised vectors) k-NN index over int64 ids.
+
+    * ``flat``: ``IndexIDMap(IndexFlatIP)``, exact.
+    * ``ivfpq``: [OPQ] + IVF-PQ (8-bit codes) returns ``k * refine`` candidates that are
+      re-scored exactly against the float32 vectors (memory-mapped after ``save``/``load``).
+      ``nprobe`` and ``refine`` are tuned at build time to ``target_recall`` recall@10.
+
+    Searches may run from many threads at once; ``add``/``remove``/``save`` are
+    serialised and briefly exclude searches. Build with ``build``, persist with
+    ``save``, reopen with ``load``.
+    """
+
+    def __init__(
+        self,
+        *,
+        params: IndexParams,
+        index: faiss.Index,
+        store: VectorStore,
+        nprobe: int,
+        refine: int,
+        meta: dict[str, Any],
+    ) -> None:
+        """Internal: use ``build`` or ``load``."""
+        self._params = params
+        self._index = index
+        self._store = store
+        self._nprobe = nprobe
+        self._refine = refine
+        self._meta = meta  # requested_type, target_recall, seed, recall_at_10, build_seconds, trained_n, added_since_train
+        self._index_readonly_mmap = False
+        self._index_dirty = True
+        self._files: dict[str, dict[str, Any]] = {}
+        self._files_dir: Path | None = None
+        self._gpu_index: faiss.Index | None = None
+        self._gpu_lock = threading.Lock()
+        self._rw = RWLock()
+        self._mutate = threading.Lock()
+
+    # ------------------------------------------------------------------ build
+
+    @classmethod
+    def build(
+        cls,
+        vectors: F32,
+        ids: I64,
+        *,
+        index_type: Literal["auto", "flat", "ivfpq"] = "auto",
+        target_recall: float = 0.95,
+        seed: int = 0,
+        use_gpu: bool | None = None,
+        memory_budget_bytes: int | None = None,
+    ) -> VectorIndex:
+        """Build (train, fill and tune) an index over ``vectors`` (n, d), L2-normalised,
+        with unique non-negative ``ids``. ``use_gpu=None`` uses a GPU when FAISS sees one.
+
+        Raises ``BadQueryError`` for invalid input.
+        """
+        vectors, ids = _check_rows(vectors, ids, d=None)
+        if not 0.0 < target_recall <= 1.0:
+            raise BadQueryError(f"target_recall must be in (0, 1], got {target_recall}")
+        if len(np.unique(ids)) != len(ids):
+            raise BadQueryError("ids passed to build must be unique")
+        params = choose_index_params(
+            len(ids), vectors.shape[1], memory_budget_bytes=memory_budget_bytes, index_type=index_type
+        )
+        store = VectorStore.from_arrays(vectors, ids)
+        meta = {
+            "requested_type": index_type,
+            "target_recall": float(target_recall),
+            "seed": int(seed),
+            "memory_budget_bytes": memory_budget_bytes,
+        }
+        return cls._from_store(store, params, meta, use_gpu=use_gpu)
+
+    @classmethod
+    def _from_store(
+        cls, store: VectorStore, params: IndexParams, meta: dict[str, Any], *, use_gpu: bool | None
+    ) -> VectorIndex:
+        t0 = time.perf_counter()
+        gpu = gpu_available() if use_gpu is None else bool(use_gpu and gpu_available())
+        seed = int(meta["seed"])
+        n, d = store.n_live, store.d
+        if params.index_type == "flat":
+            index: faiss.Index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
+            _fill(index, store)
+            nprobe = refine = 0
+            recall: float | None = 1.0
+        else:
+            rng = np.random.default_rng(seed)
+            live = store.live_ids()
+            train_ids = np.sort(rng.choice(live, size=min(params.train_size, n), replace=False))
+            xt, _ = store.lookup(train_ids)
+            index = train_ivfpq(xt, params, seed=seed, use_gpu=gpu)
+            del xt
+            _fill(index, store)
+            tuned = _tune(index, store, params, live, rng, float(meta["target_recall"]))
+            nprobe, refine, recall = tuned.nprobe, tuned.refine, tuned.recall
+        meta = dict(meta)
+        meta.update(
+            recall_at_10=recall,
+            build_seconds=round(time.perf_counter() - t0, 3),
+            trained_n=n,
+            added_since_train=0,
+            gpu=gpu,
+        )
+        out = cls(params=params, index=index, store=store, nprobe=nprobe, refine=refine, meta=meta)
+        if gpu and params.index_type == "ivfpq":  # pragma: no cover - no GPU in CI
+            try:
+                out._gpu_index = to_gpu(index)
+            except RuntimeError as exc:  # GPU IVF-PQ lacks some (m, nbits): stay on CPU
+                out._meta["gpu"] = False
+                out._meta["gpu_error"] = str(exc)
+        return out
+
+    # ----------------------------------------------------------------- search
+
+    def search(
+        self,
+        queries: F32,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        refine: int | None = None,
+        exact: bool = False,
+    ) -> tuple[F32, I64]:
+        """Top-``k`` by inner product: (scores (q, k) float32, ids (q, k) int64), padded
+        with (-inf, -1) when fewer than ``k`` rows exist. ``nprobe``/``refine`` override
+        the tuned values for this call; ``exact=True`` brute-forces the stored vectors.
+        A single query may be passed as shape (d,).
+        """
+        q = _check_queries(queries, self._params.d)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise BadQueryError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        nprobe_v = self._nprobe if nprobe is None else _positive_int("nprobe", nprobe)
+        refine_v = self._refine if refine is None else _positive_int("refine", refine)
+        with self._rw.read():
+            if exact:
+                return self._store.exact_search(q, k)
+            if self._params.index_type == "flat":
+                scores, ids = self._index.search(q, k)
+                return _pads(scores, ids)
+            nprobe_v = min(nprobe_v, self._params.nlist)
+            n_cand = k * refine_v
+            if self._gpu_index is not None:  # pragma: no cover - no GPU in CI
+                with self._gpu_lock:  # GPU nprobe is set on the index, not per call
+                    faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", nprobe_v)
+                    _, cand = self._gpu_index.search(q, min(n_cand, 2048))
+            else:
+                _, cand = self._index.search(q, n_cand, params=search_params(self._index, nprobe_v))
+            return self._rescore(q, cand, k)
+
+    def _rescore(self, q: F32, cand: I64, k: int) -> tuple[F32, I64]:
+        """Exact inner products of the candidates; unknown or removed ids drop out."""
+        vecs, found = self._store.lookup(cand)
+        vecs = vecs.reshape(cand.shape[0], cand.shape[1], -1)
+        scores = np.einsum("qcd,qd->qc", vecs, q, optimize=False).astype(np.float32)
+        found = found.reshape(cand.shape) & (cand >= 0)
+        scores[~found] = -np.inf
+        return top_k(scores, np.where(found, cand, -1), k)
+
+    # ------------------------------------------------------------- mutation
+
+    @property
+    def needs_retrain(self) -> bool:
+        """True when the index should be rebuilt: IVF-PQ after more rows were added than it
+        was trained on (``RETRAIN_GROWTH_RATIO``), or an auto-chosen flat index that grew
+        past ``FLAT_THRESHOLD``."""
+        if self._params.index_type == "flat":
+            return self._meta.get("requested_type") == "auto" and self._store.n_live >= FLAT_THRESHOLD
+        return retrain_due(int(self._meta["trained_n"]), int(self._meta["added_since_train"]))
+
+    def add(self, vectors: F32, ids: I64, *, retrain: bool | None = None) -> None:
+        """Add rows (ids must not be present already). ``retrain=None`` retrains when
+        ``needs_retrain`` becomes true, ``True`` always, ``False`` never."""
+        vectors, ids = _check_rows(vectors, ids, d=self._params.d, allow_empty=True)
+        with self._mutate:
+            if len(ids):
+                if len(np.unique(ids)) != len(ids):
+                    raise BadQueryError("ids passed to add contain duplicates")
+                present = self._store.contains(ids)
+                if present.any():
+                    raise BadQueryError(
+                        f"{int(present.sum())} ids are already in the index (e.g. "
+                        f"{int(ids[present][0])}); remove them first to replace their vectors"
+                    )
+                with self._rw.write():
+                    self._make_mutable()
+                    self._store.add(vectors, ids)
+                    for start in range(0, len(ids), ADD_CHUNK):
+                        self._index.add_with_ids(vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
+                    self._index_dirty = True
+                    self._gpu_index = None
+                    self._meta["added_since_train"] = int(self._meta["added_since_train"]) + len(ids)
+            if retrain or (retrain is None and self.needs_retrain):
+                self._retrain_locked()
+
+    def remove(self, ids: I64) -> None:
+        """Remove rows by id (unknown ids are ignored); they are never returned again."""
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise BadQueryError("ids to remove must be a 1-D integer array")
+        arr = np.unique(arr.astype(np.int64))
+        if not len(arr):
+            return
+        with self._mutate, self._rw.write():
+            self._make_mutable()
+            self._store.remove(arr)
+            self._index.remove_ids(arr)
+            self._index_dirty = True
+            self._gpu_index = None
+
+    def retrain(self) -> None:
+        """Rebuild the index structure (params, training, tuning) from the live rows."""
+        with self._mutate:
+            self._retrain_locked()
+
+    def _retrain_locked(self) -> None:
+        store = self._store
+        if store.n_live == 0:
+            raise BadQueryError("cannot retrain an empty index")
+        requested = self._meta.get("requested_type", "auto")
+        params = choose_index_params(
+            store.n_live,
+            store.d,
+            memory_budget_bytes=self._meta.get("memory_budget_bytes"),
+            index_type=requested,
+        )
+        # Searches keep using the old index while the new one trains.
+        fresh = VectorIndex._from_store(store, params, self._meta, use_gpu=bool(self._meta.get("gpu")))
+        with self._rw.write():
+            self._params, self._index = fresh._params, fresh._index
+            self._nprobe, self._refine, self._meta = fresh._nprobe, fresh._refine, fresh._meta
+            self._gpu_index = fresh._gpu_index
+            self._index_readonly_mmap = False
+            self._index_dirty = True
+
+    def _make_mutable(self) -> None:
+        """A memory-mapped FAISS index is read-only (mutating it aborts the process):
+        copy it into RAM before the first add/remove."""
+        if self._index_readonly_mmap:
+            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+            self._index_readonly_mmap = False
+
+    # --------------------------------------------------------------- persist
+
+    def save(self, directory: str | os.PathLike[str], *, table_version: int, model_key: str) -> None:
+        """Write the index to ``directory`` crash-safely (new generation files, then the
+        manifest, then old generations are deleted). Unchanged files are reused."""
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        with self._mutate, F.writer_lock(root):
+            gen = _next_generation(root)
+            same_dir = self._files_dir is not None and _same_dir(self._files_dir, root)
+            files: dict[str, dict[str, Any]] = {}
+            new_store = None
+            if same_dir and not self._store.dirty and _files_present(root, self._files, ("vectors", "ids")):
+                files["vectors"], files["ids"] = self._files["vectors"], self._files["ids"]
+            else:
+                vpath, ipath = root / f"vectors-{gen}.f32", root / f"ids-{gen}.i64"
+                vsha, isha = self._store.write(vpath, ipath)
+                files["vectors"], files["ids"] = F.file_entry(vpath, vsha), F.file_entry(ipath, isha)
+                new_store = VectorStore.open(vpath, ipath, self._store.n_live, self._store.d)
+            if self._params.index_type == "ivfpq":
+                if same_dir and not self._index_dirty and _files_present(root, self._files, ("index",)):
+                    files["index"] = self._files["index"]
+                else:
+                    xpath = root / f"index-{gen}.faiss"
+                    F.atomic_write(xpath, lambda tmp: faiss.write_index(self._index, str(tmp)))
+                    files["index"] = F.file_entry(xpath)
+            manifest = self._manifest(gen, table_version, model_key, files)
+            F.write_manifest(root, manifest)  # commit point
+            with self._rw.write():
+                if new_store is not None:
+                    new_store.dirty = False
+                    self._store = new_store  # refine vectors now come from the memory map
+                self._files, self._files_dir, self._index_dirty = files, root, False
+            F.collect_garbage(root, {e["name"] for e in files.values()})
+
+    def _manifest(self, gen: int, table_version: int, model_key: str, files: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "format_version": F.FORMAT_VERSION,
+            "generation": gen,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "table_version": int(table_version),
+            "model_key": str(model_key),
+            "n": self._store.n_live,
+            "d": self._params.d,
+            "params": self._params.to_dict(),
+            "nprobe": self._nprobe,
+            "refine": self._refine,
+            "meta": self._meta,
+            "files": files,
+        }
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        expect_table_version: int | None = None,
+        expect_model_key: str | None = None,
+        verify_checksums: bool = True,
+        mmap: bool = True,
+    ) -> VectorIndex:
+        """Open a saved index. Raises IndexNotFoundError (no manifest), ModelMismatchError
+        (other model), IndexCorruptError (stale table version, missing/truncated/corrupt
+        files). ``mmap=True`` maps the IVF lists and refine vectors instead of reading them."""
+        root = Path(directory)
+        for attempt in range(3):
+            manifest = F.read_manifest(root)
+            try:
+                return cls._load_manifest(
+                    root, manifest, expect_table_version, expect_model_key, verify_checksums, mmap
+                )
+            except IndexCorruptError:
+                # A concurrent save may have switched the manifest and collected our files.
+                if attempt == 2 or F.read_manifest(root).get("generation") == manifest.get("generation"):
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_manifest(
+        cls,
+        root: Path,
+        manifest: dict[str, Any],
+        expect_table_version: int | None,
+        expect_model_key: str | None,
+        verify_checksums: bool,
+        mmap: bool,
+    ) -> VectorIndex:
+        if expect_model_key is not None and manifest.get("model_key") != expect_model_key:
+            raise ModelMismatchError(
+                f"the index in {root} was built with model {manifest.get('model_key')!r} but "
+                f"{expect_model_key!r} is in use; re-embed and rebuild with `mmsearch build-index`"
+            )
+        if expect_table_version is not None and manifest.get("table_version") != expect_table_version:
+            raise IndexCorruptError(
+                f"the index in {root} is for table version {manifest.get('table_version')} but "
+                f"the table is at version {expect_table_version} (stale index); {F.REBUILD_HINT}"
+            )
+        try:
+            params = IndexParams.from_dict(manifest["params"])
+            n, d = int(manifest["n"]), int(manifest["d"])
+            files = manifest["files"]
+            nprobe, refine, meta = int(manifest["nprobe"]), int(manifest["refine"]), dict(manifest["meta"])
+            vec_entry, ids_entry = files["vectors"], files["ids"]
+            index_entry = files["index"] if params.index_type == "ivfpq" else None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"{root / F.MANIFEST_NAME} is incomplete ({exc!r}); {F.REBUILD_HINT}") from exc
+        if vec_entry["size"] != n * d * 4 or ids_entry["size"] != n * ID_BYTES or params.d != d:
+            raise IndexCorruptError(f"{root / F.MANIFEST_NAME} is inconsistent (sizes vs n={n}, d={d}); {F.REBUILD_HINT}")
+        vpath = F.verify_file(root, vec_entry, checksum=verify_checksums)
+        ipath = F.verify_file(root, ids_entry, checksum=verify_checksums)
+        store = VectorStore.open(vpath, ipath, n, d)
+        if verify_checksums and n > 1 and not bool(np.all(np.diff(store.live_ids()) > 0)):
+            raise IndexCorruptError(f"{ipath} is not sorted by id; {F.REBUILD_HINT}")
+        if index_entry is None:
+            index: faiss.Index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
+            _fill(index, store)
+        else:
+            xpath = F.verify_file(root, index_entry, checksum=verify_checksums)
+            try:
+                index = faiss.read_index(str(xpath), _MMAP_FLAG if mmap else 0)
+            except RuntimeError as exc:
+                raise IndexCorruptError(f"cannot read FAISS index {xpath}: {exc}; {F.REBUILD_HINT}") from exc
+            if index.ntotal != n or index.d != d:
+                raise IndexCorruptError(
+                    f"FAISS index {xpath} holds {index.ntotal} vectors of dimension {index.d}, "
+                    f"manifest says {n} x {d}; {F.REBUILD_HINT}"
+                )
+        out = cls(params=params, index=index, store=store, nprobe=nprobe, refine=refine, meta=meta)
+        out._index_readonly_mmap = index_entry is not None and mmap
+        out._index_dirty = False
+        out._files = {k: dict(v) for k, v in files.items()}
+        out._files_dir = root
+        out._meta["gpu"] = False
+        return out
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Summary: type, n, d, params, tuned nprobe/refine, recall@10 measured at build,
+        bytes per vector of the in-RAM ANN structures, build seconds, needs_retrain."""
+        p, n = self._params, self._store.n_live
+        if p.index_type == "flat":
+            ram = estimate_flat_bytes(n, p.d)
+        else:
+            ram = estimate_ivfpq_bytes(n, p.d, p.nlist, p.m, opq=p.opq, nbits=p.nbits)
+        return {
+            "type": p.index_type,
+            "n": n,
+            "d": p.d,
+            "params": {"nlist": p.nlist, "m": p.m, "nbits": p.nbits, "opq": p.opq, "train_size": p.train_size},
+            "nprobe": self._nprobe,
+            "refine": self._refine,
+            "recall_at_10": self._meta.get("recall_at_10"),
+            "target_recall": self._meta.get("target_recall"),
+            "bytes_per_vector": ram / max(n, 1),
+            "refine_vectors_memory_mapped": self._store.is_memory_mapped,
+            "build_seconds": self._meta.get("build_seconds"),
+            "trained_n": self._meta.get("trained_n"),
+            "added_since_train": self._meta.get("added_since_train"),
+            "needs_retrain": self.needs_retrain,
+            "gpu": bool(self._meta.get("gpu")),
+        }
+
+    def __len__(self) -> int:
+        return self._store.n_live
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _fill(index: faiss.Index, store: VectorStore) -> None:
+    for vecs, ids in store.iter_live(ADD_CHUNK):
+        index.add_with_ids(vecs, ids)
+
+
+def _tune(index: faiss.Index, store: VectorStore, params: IndexParams, live: I64, rng: np.random.Generator, target: float):  # noqa: ANN202
+    """Tune on up to 500 data rows as queries (their own id excluded), exact ground truth."""
+    n = len(live)
+    nq = min(MAX_TUNE_QUERIES, max(min(n, 20), n // 10))
+    qids = np.sort(rng.choice(live, size=nq, replace=False))
+    queries, _ = store.lookup(qids)
+    _, gt = store.exact_search(queries, TUNE_K + 1)
+    truth = np.stack([row[row != qid][:TUNE_K] for row, qid in zip(gt, qids, strict=True)])
+
+    def rescore(qs: F32, cand: I64) -> tuple[F32, I64]:
+        vecs, found = store.lookup(cand)
+        vecs = vecs.reshape(cand.shape[0], cand.shape[1], -1)
+        s = np.einsum("qcd,qd->qc", vecs, qs).astype(np.float32)
+        ok = found.reshape(cand.shape) & (cand >= 0)
+        s[~ok] = -np.inf
+        return top_k(s, np.where(ok, cand, -1), TUNE_K)
+
+    return tune_nprobe_refine(
+        index, rescore, queries, qids, truth, k=TUNE_K, nlist=params.nlist, m=params.m,
+        d=params.d, n=n, target_recall=target,
+    )
+
+
+def _check_rows(vectors: Any, ids: Any, *, d: int | None, allow_empty: bool = False) -> tuple[F32, I64]:
+    x = np.asarray(vectors)
+    i = np.asarray(ids)
+    if x.ndim != 2 or (d is not None and x.shape[1] != d) or x.shape[1] < 1:
+        want = f"(n, {d})" if d is not None else "(n, d)"
+        raise BadQueryError(f"vectors must have shape {want}, got {x.shape}")
+    if i.shape != (x.shape[0],) or (i.size and not np.issubdtype(i.dtype, np.integer)):
+        raise BadQueryError(f"ids must be a 1-D integer array of length {x.shape[0]}, got {i.shape} {i.dtype}")
+    if not len(i) and not allow_empty:
+        raise BadQueryError("cannot build an index from zero vectors")
+    x = np.ascontiguousarray(x, np.float32)
+    i = np.ascontiguousarray(i, np.int64)
+    if len(i):
+        if not np.isfinite(x).all():
+            raise BadQueryError("vectors contain NaN or infinity")
+        if int(i.min()) < 0:
+            raise BadQueryError("ids must be non-negative (-1 marks padding)")
+        norms = np.linalg.norm(x, axis=1)
+        if np.abs(norms - 1.0).max() > NORM_TOLERANCE:
+            raise BadQueryError("vectors must be L2-normalised (inner product = cosine)")
+    return x, i
+
+
+def _check_queries(queries: Any, d: int) -> F32:
+    q = np.asarray(queries)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != d:
+        raise BadQueryError(f"queries must have shape (q, {d}), got {np.asarray(queries).shape}")
+    if not np.issubdtype(q.dtype, np.number):
+        raise BadQueryError(f"queries must be numeric, got {q.dtype}")
+    q = np.ascontiguousarray(q, np.float32)
+    if not np.isfinite(q).all():
+        raise BadQueryError("queries contain NaN or infinity")
+    return q
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise BadQueryError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _pads(scores: F32, ids: I64) -> tuple[F32, I64]:
+    scores = np.asarray(scores, np.float32).copy()
+    scores[ids < 0] = -np.inf
+    return scores, np.asarray(ids, np.int64)
+
+
+def _next_generation(root: Path) -> int:
+    gen = 0
+    try:
+        gen = int(F.read_manifest(root).get("generation", 0))
+    except Exception:  # noqa: BLE001 - a missing or broken manifest only affects numbering
+        gen = 0
+    for name in os.listdir(root):
+        m = _GEN_RE.match(name)
+        if m:
+            gen = max(gen, int(m.group(1)))
+    return gen + 1
+
+
+def _files_present(root: Path, files: dict[str, dict[str, Any]], roles: tuple[str, ...]) -> bool:
+    return all(r in files and (root / files[r]["name"]).exists() for r in roles)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
