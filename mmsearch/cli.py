@@ -205,6 +205,7 @@ def query_cmd(
     exact: Annotated[bool, typer.Option("--exact", help="Exact search: bypass the ANN index.")] = False,
     nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, help="IVF lists probed (default: tuned at build).")] = None,
     refine: Annotated[int | None, typer.Option("--refine", min=1, help="Candidates re-scored exactly, as a multiple of --top.")] = None,
+    where: Annotated[list[str] | None, typer.Option("--where", "-w", help="Metadata filter 'column op value' (op: = != < <= > >= in contains); repeatable, ANDed.")] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Search an index with text, an image, or a weighted mix of both."""
@@ -212,7 +213,7 @@ def query_cmd(
 
     with _errors():
         idx = SearchIndex(_index_dir(index), device=device)
-        results = idx.search(query, k=top, kind=kind, exact=exact, nprobe=nprobe, refine=refine)  # type: ignore[arg-type]
+        results = idx.search(query, k=top, kind=kind, exact=exact, nprobe=nprobe, refine=refine, where=where)  # type: ignore[arg-type]
         stale = idx.stale
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], ensure_ascii=False) + "\n")
@@ -265,6 +266,36 @@ def info_cmd(
         for key, value in ann.items():
             table.add_row(f"ann[{kind}].{key}", escape(str(value)))
     console.print(table)
+
+
+@app.command("serve")
+def serve_cmd(
+    index: IndexDirOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
+    image_root: Annotated[list[Path] | None, typer.Option("--image-root", help="Folders query image paths may come from (repeatable; default: none).")] = None,
+    allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Allow image-URL queries (public http(s) addresses only).")] = False,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted upload.")] = 10.0,
+    device: DeviceOpt = None,
+) -> None:
+    """Serve the HTTP API and the web gallery for an index."""
+    import uvicorn
+
+    from mmsearch.server import ServerConfig, create_app
+
+    config = ServerConfig(
+        index_dir=_index_dir(index),
+        device=device,
+        image_roots=list(image_root or []),
+        allow_urls=allow_urls,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+    )
+    with _errors():
+        from mmsearch.engine import SearchIndex
+
+        SearchIndex(config.index_dir, device=device)  # fail fast, with one clear line
+    err_console.print(f"serving {escape(str(config.index_dir))} on http://{host}:{port}")
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
 
 
 @app.command("sample-data")

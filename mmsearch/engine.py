@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +73,45 @@ class _Rows:
         order = np.argsort(ids, kind="stable")
         self._sorted_ids = ids[order]
         self._table = table.take(pa.array(order))
+        self._filterable: pa.Table | None = None
+        self._lock = threading.Lock()
+
+    def filterable(self) -> pa.Table:
+        """id, kind, source and every metadata key as typed columns (built on first use)."""
+        with self._lock:
+            if self._filterable is None:
+                records = [json.loads(m) if m else {} for m in self._table.column("metadata").to_pylist()]
+                keys = sorted({key for rec in records for key in rec})
+                columns: dict[str, pa.Array] = {
+                    "id": pa.array(self._sorted_ids),
+                    "kind": self._table.column("kind").combine_chunks(),
+                }
+                for key in keys:
+                    if key in columns:
+                        continue
+                    values = [rec.get(key) for rec in records]
+                    try:
+                        columns[key] = pa.array(values)
+                    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: compare as text
+                        columns[key] = pa.array([None if v is None else str(v) for v in values], pa.string())
+                    if pa.types.is_null(columns[key].type) or pa.types.is_nested(columns[key].type):
+                        columns[key] = pa.array([None if v is None else str(v) for v in values], pa.string())
+                self._filterable = pa.table(columns)
+            return self._filterable
+
+    def matching_ids(self, conditions: list[Any]) -> npt.NDArray[np.int64]:
+        """Sorted ids of the rows that satisfy every condition."""
+        from mmsearch.filters import compile_filter
+
+        table = self.filterable()
+        expr = compile_filter(conditions, table)
+        return table.filter(expr).column("id").to_numpy().astype(np.int64)
+
+    def uri_of(self, item_id: int) -> tuple[str, str] | None:
+        pos = int(np.searchsorted(self._sorted_ids, item_id))
+        if pos >= len(self._sorted_ids) or self._sorted_ids[pos] != item_id:
+            return None
+        return self._table.column("uri")[pos].as_py(), self._table.column("kind")[pos].as_py()
 
     def take(self, ids: npt.NDArray[np.int64]) -> tuple[pa.Table, npt.NDArray[np.bool_]]:
         pos = np.searchsorted(self._sorted_ids, ids)
@@ -252,18 +291,44 @@ class SearchIndex:
         exact: bool = False,
         nprobe: int | None = None,
         refine: int | None = None,
+        where: Mapping[str, Any] | Sequence[str] | None = None,
     ) -> list[SearchResult]:
         """Top-``k`` items for a query (text, query string, image path, PIL image or array).
 
         ``kind`` restricts results to images or texts; ``exact`` bypasses the ANN index;
-        ``nprobe``/``refine`` override the tuned ANN parameters for this query.
+        ``nprobe``/``refine`` override the tuned ANN parameters for this query;
+        ``where`` filters on metadata: ``{"category": "buttons", "price": ("<", 20)}`` or
+        ``["price < 20", "colour in red,blue"]`` (see :mod:`mmsearch.filters`).
         """
         if kind not in ("image", "text", "any"):
             raise BadQueryError(f"kind must be image, text or any, not {kind!r}")
-        if not isinstance(k, int) or k < 1 or k > 10_000:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > 10_000:
             raise BadQueryError("k must be an integer between 1 and 10000")
+        allowed = self._allowed_ids(where)
         vector = self.encode_query(query)
-        return self.search_vector(vector, k, kind=kind, exact=exact, nprobe=nprobe, refine=refine)
+        return self.search_vector(vector, k, kind=kind, exact=exact, nprobe=nprobe, refine=refine, allowed_ids=allowed)
+
+    def _allowed_ids(self, where: Mapping[str, Any] | Sequence[str] | None) -> npt.NDArray[np.int64] | None:
+        from mmsearch.filters import from_mapping, parse_where
+
+        if not where:
+            return None
+        if isinstance(where, Mapping):
+            conditions = from_mapping(where)
+        elif isinstance(where, str):
+            conditions = parse_where([where])
+        else:
+            conditions = parse_where(list(where))
+        return self._rows_view().matching_ids(conditions)
+
+    def image_path(self, item_id: int) -> str | None:
+        """Local file path of an indexed image, by id (None for unknown ids and texts)."""
+        from indexer.discover import uri_to_path
+
+        found = self._rows_view().uri_of(int(item_id))
+        if found is None or found[1] != "image":
+            return None
+        return uri_to_path(found[0])
 
     def search_vector(
         self,
@@ -274,8 +339,9 @@ class SearchIndex:
         exact: bool = False,
         nprobe: int | None = None,
         refine: int | None = None,
+        allowed_ids: npt.NDArray[np.int64] | None = None,
     ) -> list[SearchResult]:
-        """Top-``k`` items for an already-encoded unit vector."""
+        """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``)."""
         kinds = [kind] if kind != "any" else list(self._ann)
         scores_all: list[npt.NDArray[np.float32]] = []
         ids_all: list[npt.NDArray[np.int64]] = []
@@ -286,7 +352,10 @@ class SearchIndex:
             ann = self._ann.get(name)
             if ann is None:
                 continue
-            scores, ids = ann.search(q, k, nprobe=nprobe, refine=refine, exact=exact)
+            if allowed_ids is not None:
+                scores, ids = ann.search_subset(q, k, allowed_ids)
+            else:
+                scores, ids = ann.search(q, k, nprobe=nprobe, refine=refine, exact=exact)
             keep = ids[0] >= 0
             scores_all.append(scores[0][keep])
             ids_all.append(ids[0][keep])
