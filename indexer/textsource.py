@@ -1,0 +1,504 @@
+"""Read a text collection (CSV, TSV, JSONL or Parquet) into validated rows.
+
+A bad *row* is skipped and reported (:class:`RowProblem`: 1-based row number, reason,
+exception class); the other rows are kept. A bad *file* raises
+:class:`~mmsearch.errors.TextCollectionError` before any row is returned, so nothing
+is written for it: missing file, unknown extension, empty file, a requested column
+that does not exist (the message lists the columns that do), no usable text column,
+text that is not valid in the file's encoding, an unreadable Parquet file.
+
+Decisions a caller should know:
+
+* Format by extension: ``.csv``, ``.tsv``, ``.jsonl`` / ``.ndjson`` / ``.json-lines``,
+  ``.parquet`` / ``.pq`` (case-insensitive).
+* Row numbers: CSV/TSV count data records after the header (blank lines are not
+  counted; the reason also gives the physical line); JSONL uses the line number;
+  Parquet the 1-based row index.
+* Encoding (CSV/JSONL): UTF-8, with or without BOM; a UTF-16 BOM is honoured. Any
+  byte that is not valid UTF-8 raises ``TextCollectionError`` naming its byte offset
+  and line - we never guess cp1252/latin-1, which would index mojibake silently.
+  Pass ``encoding="cp1252"`` (or the real encoding) to read such a file deliberately.
+* Text column: ``text_column`` or, when ``None``, the first of
+  :data:`TEXT_COLUMN_CANDIDATES` present (exact name first, then case-insensitive).
+  Empty/whitespace-only text and text longer than ``max_text_chars`` are skipped and
+  reported (never silently truncated). Text is kept as written (not stripped).
+* Id column: ``id_column`` or, when ``None``, the first of :data:`ID_COLUMN_CANDIDATES`
+  present; with none, ids are derived as ``f"{file stem}:{row_number}"`` (stable while
+  rows are only appended). Ids are strings; a missing/empty id skips the row; a
+  repeated id keeps the first row and reports the later ones.
+* Every other column becomes metadata, typed per column across the file: CSV values
+  are inferred as bool/int/float when *every* non-empty value of the column parses so
+  (``"007"`` stays a string), empty cells are ``None``; JSON/Parquet values keep their
+  types, a column mixing types becomes strings, nested values become JSON strings.
+* The whole file is parsed before returning (C-speed ``csv`` / ``json`` / pyarrow
+  batches; no per-character Python work).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmsearch.errors import TextCollectionError
+
+__all__ = [
+    "ID_COLUMN_CANDIDATES",
+    "TEXT_COLUMN_CANDIDATES",
+    "RowProblem",
+    "TextCollection",
+    "TextRow",
+    "read_text_collection",
+]
+
+TEXT_COLUMN_CANDIDATES = ("caption", "text", "title", "description", "name")
+ID_COLUMN_CANDIDATES = ("id", "item_id", "product_id")
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json-lines": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+MetaValue = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class TextRow:
+    """One usable row: 1-based row number, string id, the text, typed metadata."""
+
+    row_number: int
+    id: str
+    text: str
+    metadata: dict[str, MetaValue]
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One skipped row: 1-based row number, human reason, exception class name."""
+
+    row_number: int
+    reason: str
+    exc_class: str
+
+
+@dataclass(frozen=True)
+class TextCollection:
+    """Result of :func:`read_text_collection`; unpacks as ``rows, problems`` too."""
+
+    rows: list[TextRow]
+    problems: list[RowProblem]
+    columns: tuple[str, ...]
+    text_column: str
+    id_column: str | None  # None: ids derived as "{stem}:{row_number}"
+    format: str
+    encoding: str | None  # None for Parquet
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.rows, self.problems))
+
+
+# Row-level rejections. Their class names are what RowProblem.exc_class reports.
+class RowError(ValueError):
+    """A row cannot be used; the collection carries on."""
+
+
+class EmptyTextError(RowError):
+    pass
+
+
+class TextTooLongError(RowError):
+    pass
+
+
+class MissingIdError(RowError):
+    pass
+
+
+class DuplicateIdError(RowError):
+    pass
+
+
+class FieldCountError(RowError):
+    pass
+
+
+class NotAnObjectError(RowError):
+    pass
+
+
+class BadValueError(RowError):
+    pass
+
+
+def read_text_collection(
+    path: str | os.PathLike[str],
+    *,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    max_text_chars: int = 10_000,
+    encoding: str | None = None,
+) -> TextCollection:
+    """Read and validate a CSV/TSV/JSONL/Parquet text collection (see the module docstring).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "items.csv"
+    >>> _ = p.write_text("id,caption,price\\n1,red shirt,9.5\\n2,,3\\n1,blue hat,4\\n")
+    >>> rows, problems = read_text_collection(p)
+    >>> [(r.id, r.text, r.metadata) for r in rows]
+    [('1', 'red shirt', {'price': 9.5})]
+    >>> [(p.row_number, p.exc_class) for p in problems]
+    [(2, 'EmptyTextError'), (3, 'DuplicateIdError')]
+    """
+    if max_text_chars <= 0:
+        raise ValueError(f"max_text_chars must be positive, got {max_text_chars}")
+    path = Path(path)
+    fmt = _format_of(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise TextCollectionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not path.is_file():
+        raise TextCollectionError(f"{path} is not a file")
+    if size == 0:
+        raise TextCollectionError(f"{path} is empty")
+
+    if fmt == "parquet":
+        columns, records, problems = _read_parquet(path)
+        used_encoding = None
+    else:
+        used_encoding = encoding or _detect_encoding(path)
+        try:
+            if fmt == "jsonl":
+                columns, records, problems = _read_jsonl(path, used_encoding)
+            else:
+                columns, records, problems = _read_csv(
+                    path, used_encoding, "\t" if fmt == "tsv" else ","
+                )
+        except UnicodeDecodeError as exc:
+            raise TextCollectionError(_encoding_message(path, used_encoding, exc)) from exc
+        except OSError as exc:
+            raise TextCollectionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    text_col = _pick_column(columns, text_column, TEXT_COLUMN_CANDIDATES, "text", path)
+    assert text_col is not None
+    id_col = _pick_column(columns, id_column, ID_COLUMN_CANDIDATES, "id", path, required=False)
+    rows = _validate(records, problems, text_col, id_col, max_text_chars, path.stem)
+    meta_cols = [c for c in columns if c not in (text_col, id_col)]
+    _type_metadata(rows, meta_cols, infer_from_strings=fmt in ("csv", "tsv"))
+    problems.sort(key=lambda p: p.row_number)
+    return TextCollection(rows, problems, tuple(columns), text_col, id_col, fmt, used_encoding)
+
+
+# --- file formats ---------------------------------------------------------------------------
+
+Records = list[tuple[int, dict[str, Any]]]
+
+
+def _format_of(path: Path) -> str:
+    name = path.name.lower()
+    for ext, fmt in FORMATS.items():
+        if name.endswith(ext):
+            return fmt
+    raise TextCollectionError(
+        f"unknown text collection format {path.suffix or path.name!r}: use one of {', '.join(FORMATS)}"
+    )
+
+
+def _detect_encoding(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8-sig"  # also reads files without a BOM
+
+
+def _read_csv(
+    path: Path, encoding: str, delimiter: str
+) -> tuple[list[str], Records, list[RowProblem]]:
+    records: Records = []
+    problems: list[RowProblem] = []
+    with open(path, encoding=encoding, newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        try:
+            header = next((r for r in reader if r), None)
+        except csv.Error as exc:
+            raise TextCollectionError(f"{path}: unreadable header row: {exc}") from exc
+        if header is None:
+            raise TextCollectionError(f"{path} has no header row")
+        columns = _clean_header(header, path)
+        number = 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                number += 1
+                problems.append(RowProblem(number, f"line {reader.line_num}: {exc}", "csv.Error"))
+                continue
+            if not fields:
+                continue  # blank line
+            number += 1
+            if len(fields) != len(columns):
+                reason = (
+                    f"line {reader.line_num}: expected {len(columns)} fields, got {len(fields)}"
+                )
+                problems.append(RowProblem(number, reason, FieldCountError.__name__))
+                continue
+            records.append((number, dict(zip(columns, fields, strict=True))))
+    return columns, records, problems
+
+
+def _clean_header(header: list[str], path: Path) -> list[str]:
+    columns = [name.strip() or f"column_{i}" for i, name in enumerate(header, start=1)]
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise TextCollectionError(f"{path}: header repeats column names {dupes}")
+    return columns
+
+
+def _read_jsonl(path: Path, encoding: str) -> tuple[list[str], Records, list[RowProblem]]:
+    records: Records = []
+    problems: list[RowProblem] = []
+    columns: dict[str, None] = {}  # ordered set, in first-seen order
+    with open(path, encoding=encoding, newline="\n") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(RowProblem(number, f"malformed JSON: {exc}", "JSONDecodeError"))
+                continue
+            except RecursionError as exc:
+                problems.append(RowProblem(number, "JSON nested too deeply", type(exc).__name__))
+                continue
+            if not isinstance(obj, dict):
+                reason = f"expected a JSON object, got {type(obj).__name__}"
+                problems.append(RowProblem(number, reason, NotAnObjectError.__name__))
+                continue
+            columns.update(dict.fromkeys(obj))
+            records.append((number, obj))
+    if not records and not problems:
+        raise TextCollectionError(f"{path} has no JSON lines")
+    return list(columns), records, problems
+
+
+def _read_parquet(path: Path) -> tuple[list[str], Records, list[RowProblem]]:
+    import pyarrow.parquet as pq
+
+    records: Records = []
+    try:
+        pf = pq.ParquetFile(path)
+        columns = list(pf.schema_arrow.names)
+        number = 0
+        for batch in pf.iter_batches(batch_size=16_384):
+            for row in batch.to_pylist():
+                number += 1
+                records.append((number, row))
+    except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError, ... all mean "unreadable"
+        raise TextCollectionError(f"{path} is not a readable Parquet file: {exc}") from exc
+    return columns, records, []
+
+
+def _encoding_message(path: Path, encoding: str, exc: UnicodeDecodeError) -> str:
+    if encoding.replace("_", "-").lower() in ("utf-8", "utf-8-sig", "utf8"):
+        offset, line = _first_bad_utf8(path)
+        byte = ""
+        if offset is not None:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                byte = f"byte 0x{fh.read(1).hex().upper()} at offset {offset} (line {line})"
+        return (
+            f"{path} is not valid UTF-8: {byte or exc.reason}; re-save it as UTF-8 or pass "
+            "encoding='cp1252' (or the file's real encoding)"
+        )
+    return f"{path} cannot be decoded as {encoding}: {exc.reason}"
+
+
+def _first_bad_utf8(path: Path, chunk_size: int = 1 << 20) -> tuple[int | None, int]:
+    """Byte offset and 1-based line of the first invalid UTF-8 sequence (None if all valid)."""
+    offset, line, carry = 0, 1, b""
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(chunk_size)
+            data, base = carry + chunk, offset - len(carry)
+            if not data:
+                return None, line
+            try:
+                data.decode("utf-8")
+                line, carry = line + data.count(b"\n"), b""
+            except UnicodeDecodeError as exc:
+                incomplete_tail = exc.end == len(data) and exc.reason == "unexpected end of data"
+                line += data.count(b"\n", 0, exc.start)
+                if not (incomplete_tail and chunk):
+                    return base + exc.start, line
+                carry = data[exc.start :]  # a character split across chunks
+            offset += len(chunk)
+
+
+# --- columns and row validation ----------------------------------------------------------
+
+
+def _pick_column(
+    columns: list[str],
+    requested: str | None,
+    candidates: tuple[str, ...],
+    role: str,
+    path: Path,
+    *,
+    required: bool = True,
+) -> str | None:
+    if requested is not None:
+        if requested in columns:
+            return requested
+        hint = _delimiter_hint(columns)
+        raise TextCollectionError(
+            f"{path} has no {role} column {requested!r}; its columns are {columns}{hint}"
+        )
+    for name in candidates:
+        if name in columns:
+            return name
+    lowered = {c.lower(): c for c in reversed(columns)}
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    if not required:
+        return None
+    raise TextCollectionError(
+        f"{path} has none of the usual {role} columns {list(candidates)}; its columns are "
+        f"{columns}{_delimiter_hint(columns)}. Name one with {role}_column=..."
+    )
+
+
+def _delimiter_hint(columns: list[str]) -> str:
+    if len(columns) == 1 and any(sep in columns[0] for sep in ";|\t,"):
+        return " - is the file using another delimiter?"
+    return ""
+
+
+def _validate(
+    records: Records,
+    problems: list[RowProblem],
+    text_col: str,
+    id_col: str | None,
+    max_text_chars: int,
+    stem: str,
+) -> list[TextRow]:
+    rows: list[TextRow] = []
+    first_row_of: dict[str, int] = {}
+    for number, record in records:
+        try:
+            text = _text_value(record.get(text_col), text_col, max_text_chars)
+            row_id = _id_value(record.get(id_col), id_col) if id_col else f"{stem}:{number}"
+            if row_id in first_row_of:
+                raise DuplicateIdError(f"id {row_id!r} already used by row {first_row_of[row_id]}")
+        except RowError as exc:
+            problems.append(RowProblem(number, str(exc), type(exc).__name__))
+            continue
+        first_row_of[row_id] = number
+        meta = {k: v for k, v in record.items() if k != text_col and k != id_col}
+        rows.append(TextRow(number, row_id, text, meta))
+    return rows
+
+
+def _text_value(value: Any, column: str, max_chars: int) -> str:
+    if value is None:
+        raise EmptyTextError(f"no text in column {column!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadValueError(f"text in column {column!r} is a {type(value).__name__}, not a string")
+    if not value.strip():
+        raise EmptyTextError(f"empty text in column {column!r}")
+    if len(value) > max_chars:
+        raise TextTooLongError(f"text is {len(value)} characters, over max_text_chars={max_chars}")
+    return value
+
+
+def _id_value(value: Any, column: str) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 12.0 from a float column is id "12", as in CSV
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        text = str(value).strip()
+        if text:
+            return text
+    if value is None or value == "":
+        raise MissingIdError(f"no id in column {column!r}")
+    raise BadValueError(f"id in column {column!r} is a {type(value).__name__}: {value!r}")
+
+
+# --- metadata typing ------------------------------------------------------------------------
+
+_INT_RE = re.compile(r"-?(?:0|[1-9]\d{0,17})")
+_FLOAT_RE = re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_BOOLS = {"true": True, "false": False}
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _type_metadata(rows: list[TextRow], columns: list[str], *, infer_from_strings: bool) -> None:
+    """Give every row every metadata column, with one type per column (in place)."""
+    for col in columns:
+        values = [row.metadata.get(col) for row in rows]
+        if infer_from_strings:
+            typed = _infer_strings([None if v is None or v == "" else v for v in values])
+        else:
+            typed = _unify([_plain(v) for v in values])
+        for row, value in zip(rows, typed, strict=True):
+            row.metadata[col] = value
+    for row in rows:  # drop keys that are not columns (cannot happen) and fix the order
+        ordered = {col: row.metadata.get(col) for col in columns}
+        row.metadata.clear()
+        row.metadata.update(ordered)
+
+
+def _infer_strings(values: list[str | None]) -> list[MetaValue]:
+    present = [v for v in values if v is not None]
+    if not present:
+        return [None] * len(values)
+    if all(v.lower() in _BOOLS for v in present):
+        return [None if v is None else _BOOLS[v.lower()] for v in values]
+    if all(_INT_RE.fullmatch(v) for v in present):
+        return [None if v is None else int(v) for v in values]
+    if all(_FLOAT_RE.fullmatch(v) for v in present):
+        return [None if v is None else float(v) for v in values]
+    return list(values)
+
+
+def _plain(value: Any) -> MetaValue:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _unify(values: list[MetaValue]) -> list[MetaValue]:
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {int} and all(_INT64[0] <= v <= _INT64[1] for v in values if v is not None):
+        return values
+    if kinds <= {int, float} and kinds != {int}:
+        return [None if v is None else float(v) for v in values]
+    if len(kinds) <= 1 and kinds != {int}:
+        return values
+    # Mixed types (or ints beyond int64): one string column, JSON spelling for scalars.
+    return [v if v is None or isinstance(v, str) else _json_scalar(v) for v in values]
+
+
+def _json_scalar(value: MetaValue) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return json.dumps(value)
