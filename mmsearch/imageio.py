@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import time
 from collections.abc import Callable
 from typing import BinaryIO
@@ -238,6 +239,9 @@ def _open_source(source: str | os.PathLike[str] | bytes | BinaryIO) -> BinaryIO:
         return io.BytesIO(bytes(source))
     if isinstance(source, (str, os.PathLike)):
         try:
+            # Checked first because open() on a FIFO would block forever.
+            if not stat.S_ISREG(os.stat(source).st_mode):
+                raise ImageDecodeError("not a regular file (directory, FIFO, device or socket)")
             return open(source, "rb")  # noqa: SIM115 - closed by load_image
         except OSError as exc:
             raise ImageDecodeError(f"cannot open file: {exc.strerror or exc}", cause=exc) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 import threading
@@ -121,8 +122,15 @@ def test_text_file_named_jpg(tmp_path: Path) -> None:
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match="cannot open"):
         load_image(tmp_path / "nope.png")
-    with pytest.raises(ImageDecodeError, match="cannot open"):
+    with pytest.raises(ImageDecodeError, match="not a regular file"):
         load_image(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo")
+def test_fifo_path_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.jpg")  # open() for reading would wait for a writer forever
+    with pytest.raises(ImageDecodeError, match="not a regular file"):
+        load_image(tmp_path / "pipe.jpg")
 
 
 def test_content_sniffed_not_name(tmp_path: Path) -> None:
