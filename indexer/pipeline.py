@@ -236,7 +236,14 @@ def _index_images(
         flush_embed()
         commit()
 
-    if walk.complete:
+    # An unmounted mount point looks like an empty folder: never read "no files at all"
+    # as "every file deleted".
+    if walk.complete and not walk.items and stored:
+        report.failures.append(
+            Failure(str(root_abs), "folder is empty but the index has files from it; is it unmounted?", "EmptyRoot", "walk")
+        )
+        report.sweep_aborted.append(str(root_abs))
+    elif walk.complete:
         gone = [state.id for uri, state in stored.items() if uri not in seen]
         report.deleted += store.delete_ids(gone)
     else:

@@ -162,8 +162,10 @@ class ItemStore:
 
     def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
         """Reads ``columns`` of every row (optionally filtered by a trusted predicate)."""
-        ds = self.table.to_lance()
-        return ds.to_table(columns=list(columns), filter=where)
+        query = self.table.search().select(list(columns))
+        if where is not None:
+            query = query.where(where)
+        return query.limit(None).to_arrow()
 
     def state_by_uri(self, source: str | None = None) -> dict[str, StoredState]:
         """uri → stored state, for the rows of ``source`` (all rows when None)."""

@@ -153,3 +153,14 @@ def test_model_mismatch_on_reindex(tmp_path, small_catalog, fake_encoder):
         _index([small_catalog.root], tmp_path / "idx", other)
     with pytest.raises(ModelMismatchError):
         SearchIndex(tmp_path / "idx", encoder=other)
+
+
+def test_empty_root_with_indexed_files_aborts_sweep(tmp_path, small_catalog, fake_encoder):
+    """An unmounted mount point shows as an empty folder: nothing is deleted."""
+    idx = tmp_path / "idx"
+    _index([small_catalog.root], idx, fake_encoder)
+    shutil.rmtree(small_catalog.root)
+    small_catalog.root.mkdir()
+    report = _index([small_catalog.root], idx, fake_encoder)
+    assert report.deleted == 0 and report.sweep_aborted
+    assert ItemStore.open(idx).count() == small_catalog.n
