@@ -15,10 +15,11 @@ import hashlib
 import multiprocessing as mp
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -58,12 +59,17 @@ def decode_file(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> t
     return fit_square(img, size), digest
 
 
-def decode_chunk(chunk: Sequence[tuple[int, str]], size: int, max_pixels: int) -> list[DecodeResult]:
+DecodeFn = Callable[[str, int, int], tuple[npt.NDArray[np.uint8], str]]
+
+
+def decode_chunk(
+    chunk: Sequence[tuple[int, str]], size: int, max_pixels: int, decode: DecodeFn = decode_file
+) -> list[DecodeResult]:
     """Worker entry point: decodes a chunk, turning every per-file error into a failure."""
     out: list[DecodeResult] = []
     for index, path in chunk:
         try:
-            array, digest = decode_file(path, size, max_pixels)
+            array, digest = decode(path, size, max_pixels)
             out.append(DecodeOk(index, array, digest))
         except ImageDecodeError as exc:
             out.append(DecodeFailure(index, path, exc.reason, exc.cause_class))
@@ -89,8 +95,12 @@ class DecodePool:
         timeout_s: float = 30.0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_in_flight: int | None = None,
+        decode: DecodeFn = decode_file,
     ) -> None:
+        """``decode`` must be a module-level (picklable) function; ``timeout_s`` bounds
+        the time per image, enforced by killing and replacing the worker pool."""
         self.size = size
+        self.decode_fn = decode
         self.workers = max(1, workers if workers is not None else min(os.cpu_count() or 1, 8))
         self.chunk_size = max(1, chunk_size)
         self.timeout_s = timeout_s
@@ -125,57 +135,53 @@ class DecodePool:
             self._executor = None
 
     def _submit(self, chunk: list[tuple[int, str]]):
-        return self._pool().submit(decode_chunk, chunk, self.size, self.max_pixels)
+        return self._pool().submit(decode_chunk, chunk, self.size, self.max_pixels, self.decode_fn)
 
     def decode(self, items: Iterable[tuple[int, str]]) -> Iterator[DecodeResult]:
-        """Decodes ``(index, path)`` pairs; yields one result per pair, in order."""
-        source = iter(items)
-        pending: deque[tuple[list[tuple[int, str]], object]] = deque()
-        retry: deque[list[tuple[int, str]]] = deque()  # chunks to resubmit after a pool restart
+        """Decodes ``(index, path)`` pairs; yields one result per pair, in order.
 
-        def next_chunk() -> list[tuple[int, str]] | None:
-            if retry:
-                return retry.popleft()
-            chunk = [pair for _, pair in zip(range(self.chunk_size), source, strict=False)]
-            return chunk or None
+        When a chunk hangs past the time limit or its worker dies, the pool is killed
+        and replaced; the chunk's files are then retried one at a time, alone in the
+        pool, so that only the culprit is reported — never an innocent neighbour.
+        """
+        source = iter(items)
+        pending: deque[tuple[list[tuple[int, str]], Any]] = deque()
+        retry: deque[list[tuple[int, str]]] = deque()  # innocent chunks to resubmit, in order
 
         def fill() -> None:
             while len(pending) < self.max_in_flight:
-                chunk = next_chunk()
-                if chunk is None:
-                    return
+                if retry:
+                    chunk = retry.popleft()
+                else:
+                    chunk = [pair for _, pair in zip(range(self.chunk_size), source, strict=False)]
+                    if not chunk:
+                        return
                 pending.append((chunk, self._submit(chunk)))
 
         fill()
         while pending:
             chunk, future = pending.popleft()
             try:
-                results = future.result(timeout=self.timeout_s * len(chunk) + 5.0)  # type: ignore[attr-defined]
-            except FutureTimeout:
-                # A worker is stuck. Restart the pool; retry the stuck chunk one file at a
-                # time so that only the culprit is reported, and resubmit the rest.
+                results = future.result(timeout=self.timeout_s + 5.0)  # a healthy chunk takes far less
+            except Exception:  # timed out, or a worker died (BrokenProcessPool)
                 self._kill()
-                later = [c for c, _ in pending]
+                retry.extendleft(reversed([c for c, _ in pending]))
                 pending.clear()
-                if len(chunk) == 1:
-                    index, path = chunk[0]
-                    yield DecodeFailure(index, path, f"decode timed out after {self.timeout_s:g}s", "TimeoutError")
-                    retry.extendleft(reversed(later))
-                else:
-                    retry.extendleft(reversed([[pair] for pair in chunk] + later))
-                fill()
-                continue
-            except Exception as exc:  # a worker died (e.g. killed by the OS for memory)
-                self._kill()
-                later = [c for c, _ in pending]
-                pending.clear()
-                if len(chunk) == 1:
-                    index, path = chunk[0]
-                    yield DecodeFailure(index, path, f"decode worker died: {exc}", type(exc).__name__)
-                    retry.extendleft(reversed(later))
-                else:
-                    retry.extendleft(reversed([[pair] for pair in chunk] + later))
+                yield from self._isolate(chunk)
                 fill()
                 continue
             yield from results
             fill()
+
+    def _isolate(self, chunk: list[tuple[int, str]]) -> Iterator[DecodeResult]:
+        """Decodes each file alone in the pool; a hang or a dead worker blames that file."""
+        for index, path in chunk:
+            future = self._submit([(index, path)])
+            try:
+                yield from future.result(timeout=self.timeout_s + 5.0)
+            except FutureTimeout:
+                self._kill()
+                yield DecodeFailure(index, path, f"decode timed out after {self.timeout_s:g}s", "TimeoutError")
+            except Exception as exc:
+                self._kill()
+                yield DecodeFailure(index, path, f"decode worker died: {exc}", type(exc).__name__)
