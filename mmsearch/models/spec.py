@@ -25,6 +25,14 @@ class ModelSpec:
     name: str = DEFAULT_MODEL_NAME
     pretrained: str = DEFAULT_PRETRAINED
 
+    def __post_init__(self) -> None:
+        # The default tag belongs to ViT-B-32; models whose weights need no tag
+        # (mmsearch-tiny, hf-hub:...) would otherwise inherit it from the default.
+        if self.pretrained == DEFAULT_PRETRAINED and (
+            self.name == TINY_MODEL_NAME or self.name.startswith("hf-hub:")
+        ):
+            object.__setattr__(self, "pretrained", "")
+
     @classmethod
     def parse(cls, name: str | None, pretrained: str | None = None) -> ModelSpec:
         """Builds a spec from CLI-style options, filling the defaults per model."""

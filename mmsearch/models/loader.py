@@ -1,0 +1,177 @@
+"""Build a :class:`ClipEncoder` from a :class:`ModelSpec`, never with random weights.
+
+``spec.pretrained`` may be an open_clip tag (fetched by open_clip from the HF hub,
+honouring ``HF_HUB_OFFLINE`` and the HF cache), a local checkpoint file
+(``.safetensors`` preferred; ``.pt``/``.bin``/``.pth`` are read with
+``torch.load(weights_only=True)``), or empty for ``hf-hub:org/name`` models and for
+``mmsearch-tiny``, whose weights ship in ``mmsearch/models/weights/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from mmsearch.errors import ModelLoadError
+from mmsearch.models.encoder import ClipEncoder
+from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+TINY_WEIGHTS = WEIGHTS_DIR / f"{TINY_MODEL_NAME}.safetensors"
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+_ALTERNATIVES = "pass a local checkpoint with --pretrained PATH, or use --model mmsearch-tiny (ships with mmsearch)"
+_DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+
+_register_lock = threading.Lock()
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Adds ``mmsearch/models/configs/`` to open_clip's registry (idempotent)."""
+    global _registered
+    with _register_lock:
+        if not _registered:
+            import open_clip
+
+            open_clip.add_model_config(CONFIG_DIR)
+            _registered = True
+
+
+def available_models() -> list[str]:
+    """open_clip architecture names, including ``mmsearch-tiny``."""
+    import open_clip
+
+    register_model_configs()
+    return sorted(open_clip.list_models())
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``/``"auto"`` -> ``cuda`` when available, else ``cpu``; otherwise as given."""
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def _autocast_dtype(device: str, dtype: str | None) -> torch.dtype | None:
+    if dtype is None:
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None  # fp32 on CPU
+    key = dtype.lower()
+    if key not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of fp32, bf16, fp16")
+    return _DTYPES[key]
+
+
+def _looks_like_path(value: str) -> bool:
+    return (
+        os.sep in value
+        or (os.altsep is not None and os.altsep in value)
+        or value.lower().endswith(_CHECKPOINT_SUFFIXES)
+        or value.startswith(("~", "."))
+    )
+
+
+def _check_architecture(name: str) -> None:
+    import open_clip
+
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return
+    if open_clip.get_model_config(name.replace("/", "-")) is None:
+        names = available_models()
+        some = ", ".join([TINY_MODEL_NAME, "ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50"])
+        raise ModelLoadError(
+            f"unknown model architecture {name!r}; available include {some} ({len(names)} in total)"
+        )
+
+
+def _resolve_pretrained(spec: ModelSpec) -> str:
+    """The value for open_clip's ``pretrained``: a tag or an existing file path."""
+    import open_clip
+
+    name, pretrained = spec.name, spec.pretrained
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return ""
+    if name == TINY_MODEL_NAME and not pretrained:
+        if not TINY_WEIGHTS.is_file():
+            raise ModelLoadError(f"shipped weights missing: {TINY_WEIGHTS}; reinstall mmsearch")
+        return str(TINY_WEIGHTS)
+    if not pretrained:
+        raise ModelLoadError(f"no weights given for {name!r}; {_ALTERNATIVES}")
+    if _looks_like_path(pretrained) or os.path.exists(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"checkpoint file not found: {path}; {_ALTERNATIVES}")
+        return str(path)
+    if not open_clip.get_pretrained_cfg(name, pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        shown = ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "") if tags else "none"
+        raise ModelLoadError(
+            f"unknown pretrained tag {pretrained!r} for {name!r} (known tags: {shown}); {_ALTERNATIVES}"
+        )
+    return pretrained
+
+
+class _OpenClipLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
+
+
+def load_encoder(spec: ModelSpec, device: str | None = None, *, dtype: str | None = None) -> ClipEncoder:
+    """Loads ``spec``'s architecture and weights; raises :class:`ModelLoadError` when it cannot.
+
+    ``device`` defaults to CUDA when available, else CPU. ``dtype`` defaults to fp32
+    on CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
+
+    >>> enc = load_encoder(ModelSpec("mmsearch-tiny"), device="cpu")   # doctest: +SKIP
+    >>> enc.dim, enc.image_size                                      # doctest: +SKIP
+    (64, 64)
+    """
+    import open_clip
+
+    register_model_configs()
+    dev = resolve_device(device)
+    autocast = _autocast_dtype(dev, dtype)
+    _check_architecture(spec.name)
+    pretrained = _resolve_pretrained(spec)
+    # open_clip logs through the root logger; drop its records (only) while loading,
+    # since failures surface as ModelLoadError instead.
+    root = logging.getLogger()
+    quiet = _OpenClipLogFilter()
+    root.addFilter(quiet)
+    try:
+        model = open_clip.create_model(
+            spec.name,
+            pretrained=pretrained or None,
+            precision="fp32",
+            device=dev,
+            require_pretrained=True,
+            weights_only=True,
+        )
+        tokenizer = open_clip.get_tokenizer(spec.name)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # open_clip raises RuntimeError/OSError/pickle errors/...
+        if "download" in str(exc).lower():
+            reason = "not in the local Hugging Face cache and could not be downloaded"
+        else:
+            reason = f"{type(exc).__name__}: {_one_line(exc)}"
+        raise ModelLoadError(f"cannot load weights {spec.key!r} ({reason}); {_ALTERNATIVES}") from exc
+    finally:
+        root.removeFilter(quiet)
+    model.requires_grad_(False)
+    return ClipEncoder(model, tokenizer, spec, dev, autocast_dtype=autocast)

@@ -1,0 +1,262 @@
+"""Contrastive training of ``mmsearch-tiny`` on the synthetic catalog.
+
+Images are rendered in memory with :func:`mmsearch.datasets.synthetic.render_item`
+and go through the same :func:`mmsearch.models.preprocess.fit_square` and
+mean/std normalisation as inference. Captions are mostly full
+(``a red circle on the left``) with a share of partial forms (``red circle``,
+``a star on the left``, ``blue``) so that partial queries work too.
+
+Partial captions (and repeated full captions) match several images in a batch,
+so the loss is CLIP's symmetric cross-entropy with *multi-positive* soft targets:
+every text whose constraints an image satisfies is a positive of that image.
+``--loss clip`` uses open_clip's ``ClipLoss`` (one positive per row) instead.
+
+    python -m mmsearch.training.train_tiny --out mmsearch/models/weights/mmsearch-tiny.safetensors \\
+        --steps 1200 --seed 0
+
+This is a tool: it logs progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mmsearch.datasets.synthetic import COLOURS, POSITIONS, SHAPES, caption_for, render_item
+from mmsearch.models.preprocess import fit_square
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "models" / "configs"
+
+Attrs = tuple[str | None, str | None, str | None]  # (colour, shape, position); None = unconstrained
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run."""
+
+    steps: int = 1200
+    batch_size: int = 256
+    lr: float = 2e-3
+    min_lr: float = 2e-5
+    warmup: int = 80
+    weight_decay: float = 0.05
+    partial_frac: float = 0.35
+    jpeg_frac: float = 0.3
+    seed: int = 0
+    loss: str = "multipos"
+    model: str = "mmsearch-tiny"
+    threads: int = 1
+    init_logit_scale: float = 30.0
+    config_dir: str = ""
+
+
+def partial_caption(rng: np.random.Generator, colour: str, shape: str, position: str) -> tuple[str, Attrs]:
+    """A partial description of an item and the attributes it constrains."""
+    kind = int(rng.integers(0, 9))
+    if kind == 0:
+        return f"{colour} {shape}", (colour, shape, None)
+    if kind == 1:
+        return f"a {colour} {shape}", (colour, shape, None)
+    if kind == 2:
+        return f"{shape} on the {position}", (None, shape, position)
+    if kind == 3:
+        return f"a {shape} on the {position}", (None, shape, position)
+    if kind == 4:
+        return f"{colour} {shape} on the {position}", (colour, shape, position)
+    if kind == 5:
+        return f"{colour} on the {position}", (colour, None, position)
+    if kind == 6:
+        return colour, (colour, None, None)
+    if kind == 7:
+        return (shape if rng.random() < 0.5 else f"a {shape}"), (None, shape, None)
+    return f"{colour} {shape} {position}", (colour, shape, position)
+
+
+def sample_batch(
+    rng: np.random.Generator, n: int, image_size: int, cfg: TrainConfig
+) -> tuple[npt.NDArray[np.uint8], list[str], list[Attrs], list[Attrs]]:
+    """Renders ``n`` random items; returns uint8 images, texts, image attrs, text attrs."""
+    images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+    texts: list[str] = []
+    img_attrs: list[Attrs] = []
+    txt_attrs: list[Attrs] = []
+    for i in range(n):
+        colour = COLOURS[int(rng.integers(0, len(COLOURS)))]
+        shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
+        position = POSITIONS[int(rng.integers(0, len(POSITIONS)))]
+        render_size = 128 if rng.random() < 0.75 else int(rng.choice((96, 160, 224)))
+        img = render_item(rng, colour, shape, position, render_size)
+        if rng.random() < cfg.jpeg_frac:
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=int(rng.integers(60, 96)))
+            buf.seek(0)
+            img = Image.open(buf).convert("RGB")
+        images[i] = fit_square(img, image_size)
+        img_attrs.append((colour, shape, position))
+        if rng.random() < cfg.partial_frac:
+            text, attrs = partial_caption(rng, colour, shape, position)
+        else:
+            text, attrs = caption_for(colour, shape, position), (colour, shape, position)
+        texts.append(text)
+        txt_attrs.append(attrs)
+    return images, texts, img_attrs, txt_attrs
+
+
+def match_matrix(img_attrs: list[Attrs], txt_attrs: list[Attrs]) -> torch.Tensor:
+    """``M[i, j] = 1`` when image ``i`` satisfies every constraint of text ``j``."""
+    img = np.array(img_attrs, dtype=object)
+    txt = np.array(txt_attrs, dtype=object)
+    ok = np.ones((len(img_attrs), len(txt_attrs)), dtype=bool)
+    for k in range(3):
+        constrained = np.array([t is not None for t in txt[:, k]])
+        eq = img[:, k][:, None] == txt[:, k][None, :]
+        ok &= eq | ~constrained[None, :]
+    return torch.from_numpy(ok.astype(np.float32))
+
+
+def multipositive_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, match: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets spread evenly over all matching pairs."""
+    logits = logit_scale * image_features @ text_features.T
+    t_i2t = match / match.sum(dim=1, keepdim=True)
+    t_t2i = (match / match.sum(dim=0, keepdim=True)).T
+    loss_i = -(t_i2t * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    loss_t = -(t_t2i * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
+    return (loss_i + loss_t) / 2
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup then cosine decay to ``min_lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _normalise(images: npt.NDArray[np.uint8], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - mean) / std
+
+
+def _quick_eval(model, tokenizer, mean, std, image_size: int) -> tuple[float, float]:  # noqa: ANN001
+    """Caption R@1 / R@5 on a fixed in-memory held-out set (seed 999, 480 images)."""
+    rng = np.random.default_rng(999)
+    items = [(c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS] * 3
+    images = np.stack([fit_square(render_item(rng, *it, 128), image_size) for it in items])
+    captions = sorted({caption_for(*it) for it in items})
+    labels = np.array([caption_for(*it) for it in items])
+    model.eval()
+    with torch.inference_mode():
+        imf = F.normalize(model.encode_image(_normalise(images, mean, std)), dim=-1)
+        txf = F.normalize(model.encode_text(tokenizer(captions)), dim=-1)
+    model.train()
+    order = torch.argsort(txf @ imf.T, dim=1, descending=True)[:, :5].numpy()
+    hits = labels[order] == np.array(captions)[:, None]
+    return float(hits[:, 0].mean()), float(hits.any(axis=1).mean())
+
+
+def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> None:
+    """Stores the state dict as float16 safetensors (the loader upcasts to fp32)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, out: Path, *, eval_every: int = 100, save_every: int = 200) -> dict[str, float]:
+    """Runs one seeded training run and writes the weights to ``out``."""
+    import open_clip
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+    open_clip.add_model_config(CONFIG_DIR)
+    if cfg.config_dir:  # experiments with other architectures
+        open_clip.add_model_config(Path(cfg.config_dir))
+    model = open_clip.create_model(cfg.model)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(cfg.init_logit_scale))
+    tokenizer = open_clip.get_tokenizer(cfg.model)
+    pp = model.visual.preprocess_cfg
+    image_size = int(pp["size"][0] if isinstance(pp["size"], tuple) else pp["size"])
+    mean = torch.tensor(pp["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(pp["std"]).view(1, 3, 1, 1)
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    clip_loss = open_clip.ClipLoss() if cfg.loss == "clip" else None
+    meta = {"model": cfg.model, "seed": str(cfg.seed), "steps": str(cfg.steps)}
+    start = time.time()
+    last: dict[str, float] = {}
+    model.train()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        images, texts, img_attrs, txt_attrs = sample_batch(rng, cfg.batch_size, image_size, cfg)
+        imf, txf, logit_scale = model(_normalise(images, mean, std), tokenizer(texts))[:3]
+        if clip_loss is not None:
+            loss = clip_loss(imf, txf, logit_scale)
+        else:
+            loss = multipositive_loss(imf, txf, logit_scale, match_matrix(img_attrs, txt_attrs))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 20 == 0:
+            print(
+                f"step {step} loss {loss.item():.4f} lr {lr_at(step, cfg):.2e} "
+                f"scale {logit_scale.item():.1f} t {time.time() - start:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+        if (step + 1) % eval_every == 0 or step + 1 == cfg.steps:
+            r1, r5 = _quick_eval(model, tokenizer, mean, std, image_size)
+            last = {"step": step + 1, "r1": r1, "r5": r5, "seconds": time.time() - start}
+            print(f"eval step {step + 1} R@1 {r1:.3f} R@5 {r5:.3f}", file=sys.stderr, flush=True)
+        if (step + 1) % save_every == 0 or step + 1 == cfg.steps:
+            save_weights(model, out, {**meta, "trained_steps": str(step + 1)})
+    last["seconds"] = time.time() - start
+    return last
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Train mmsearch-tiny on synthetic shapes.")
+    ap.add_argument("--out", type=Path, required=True)
+    defaults = TrainConfig()
+    for name, value in vars(defaults).items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--save-every", type=int, default=200)
+    args = ap.parse_args(argv)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in vars(defaults)})
+    print(f"config {cfg}", file=sys.stderr, flush=True)
+    result = train(cfg, args.out, eval_every=args.eval_every, save_every=args.save_every)
+    print(f"done {result}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
