@@ -2,15 +2,21 @@
 
 Endpoints
     GET  /                      the gallery page
-    GET  /api/search?q=&k=&kind=&where=&exact=   text / query-language search
+    GET  /api/search?q=&k=&kind=&where=&exact=&url=   text / query-language / image-URL search
     POST /api/search/image      multipart upload (field ``file``) → image search
     GET  /api/info              index info
     GET  /media/{id}            the image file of an indexed item (by id, never by path)
 
-Uploads are capped in bytes (413) and pixels, sniffed by content; image paths in
+Uploads are capped in bytes (413, counted as the body streams in, chunked or not) and
+in pixels (from the header, before decoding), and sniffed by content; image paths in
 queries must resolve under the allowed roots; image URLs are off unless enabled.
+Errors are JSON ``{"error": message, ...}`` with a 4xx status for bad input.
 Every request serves the latest published snapshot (readers never see a
-half-written index).
+half-written index): a newer snapshot is opened beside the current one and swapped
+in, so requests in flight finish on the snapshot they started with.
+
+>>> app = create_app(ServerConfig(index_dir=Path("./idx")))   # doctest: +SKIP
+>>> uvicorn.run(app, host="127.0.0.1", port=8000)              # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,12 +25,35 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from mmsearch.errors import BadQueryError, IndexNotFoundError, MMSearchError, UnsafePathError
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mmsearch.errors import (
+    BadQueryError,
+    ImageDecodeError,
+    IndexCorruptError,
+    IndexNotFoundError,
+    MMSearchError,
+    UnsafePathError,
+)
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 
 WEB_DIR = Path(__file__).parent / "web"
+
+# Multipart framing (boundaries, part headers, other small fields) on top of the file.
+_MULTIPART_SLACK = 64 * 1024
+_MAX_ITEM_ID = 2**63 - 1
+_PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 @dataclass
@@ -36,43 +65,217 @@ class ServerConfig:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
     url_allow_private: bool = False  # tests only
+    url_timeout_s: float = 10.0
+    encoder: Any | None = (
+        None  # tests: an encoder object to use instead of loading the index's model
+    )
 
 
 class _IndexHolder:
-    """Holds the open index and switches to newer snapshots between requests."""
+    """Holds the open index; opens a newer published snapshot beside it and swaps it in.
+
+    A request takes the current :class:`SearchIndex` once and uses only that object,
+    so a swap never changes the rows or ANN indexes under a request in flight. One
+    thread opens a new snapshot at a time; others keep serving the current one
+    meanwhile. A snapshot that fails to open is not retried until a newer one is
+    published; the old one stays in service and ``reload_error`` says why.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self._lock = threading.Lock()
+        self._open_lock = threading.Lock()
         self._index: Any = None
+        self._failed: Any = None  # the snapshot that last failed to open
+        self.reload_error: str | None = None
 
-    def get(self) -> Any:
+    def _open(self, encoder: Any | None) -> Any:
         from mmsearch.engine import SearchIndex
 
-        with self._lock:
-            if self._index is None:
-                self._index = SearchIndex(
-                    self.config.index_dir, device=self.config.device, image_roots=self.config.image_roots
-                )
-            else:
-                self._index.reload()
+        return SearchIndex(
+            self.config.index_dir,
+            device=self.config.device,
+            image_roots=self.config.image_roots,
+            encoder=encoder,
+        )
+
+    def get(self) -> Any:
+        from mmsearch.snapshot import read_snapshot
+
+        current = self._index
+        if current is None:
+            with self._open_lock:
+                if self._index is None:
+                    self._index = self._open(self.config.encoder)
+                return self._index
+        try:
+            latest = read_snapshot(Path(self.config.index_dir))
+        except IndexCorruptError as exc:
+            self.reload_error = str(exc)
+            return current
+        if latest is None or latest == current.snapshot or latest == self._failed:
+            return current
+        if not self._open_lock.acquire(blocking=False):
+            return current  # another request is opening it; serve the current snapshot meanwhile
+        try:
+            current = self._index
+            if latest != current.snapshot:
+                encoder = self.config.encoder
+                if encoder is None and latest.model_key == current.spec.key:
+                    encoder = current.encoder  # same model: reuse the loaded weights
+                try:
+                    self._index = self._open(encoder)
+                    self._failed, self.reload_error = None, None
+                except MMSearchError as exc:
+                    self._failed, self.reload_error = latest, f"{type(exc).__name__}: {exc}"
             return self._index
+        finally:
+            self._open_lock.release()
 
 
-def create_app(config: ServerConfig) -> Any:
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: answers 413 once a request body passes ``max_bytes``.
+
+    A declared Content-Length over the cap is refused before any byte is read. A
+    chunked (or understated) body is counted as it streams in; past the cap the app's
+    next ``receive`` fails, and whatever response the app then tries to send is
+    replaced by the 413, so the body is never buffered or spooled beyond the cap.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._send_413(send)
+                return
+        state = {"received": 0, "too_large": False, "started": False}
+
+        async def counted_receive() -> dict[str, Any]:
+            if state["too_large"]:
+                raise _BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_bytes:
+                    state["too_large"] = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if state["too_large"]:
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._send_413(send)
+                return  # drop the app's own (error) response
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _BodyTooLarge:
+            if not state["started"]:
+                state["started"] = True
+                await self._send_413(send)
+
+    async def _send_413(self, send: Any) -> None:
+        import json
+
+        body = json.dumps(
+            {"error": f"request body larger than {self.max_bytes} bytes", "type": "PayloadTooLarge"}
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})
+
+
+def check_query_paths(query: str, image_roots: list[Path]) -> None:
+    """Refuses an unquoted image-path term of ``query`` that resolves outside ``image_roots``.
+
+    Checked whether or not the file exists, so the answer never tells a caller which
+    files exist outside the roots (the query parser only treats *existing* files as
+    images). Quote a term to search for it as text: ``"holiday.jpg"``.
+    """
+    from mmsearch.query import _WEIGHT, _split, looks_like_image_path
+
+    roots = [Path(os.path.realpath(r)) for r in image_roots]
+    for _sign, raw in _split(query):
+        term = raw.strip()
+        if not term or term[0] in "\"'":
+            continue
+        match = _WEIGHT.match(term)
+        body = match.group(2).strip() if match else term
+        if not looks_like_image_path(body):
+            continue
+        try:
+            real = Path(os.path.realpath(body))
+        except (OSError, ValueError) as exc:
+            raise UnsafePathError(f"image path {body!r} cannot be resolved") from exc
+        if not any(real.is_relative_to(root) for root in roots):
+            raise UnsafePathError(
+                f"image path {body!r} is outside the folders this server allows "
+                "(quote the term to search for it as text)"
+            )
+
+
+def _status_of(exc: MMSearchError) -> int:
+    if isinstance(exc, UnsafePathError):
+        return 403
+    if isinstance(exc, BadQueryError):
+        return 400
+    if isinstance(exc, ImageDecodeError):
+        return 422
+    if isinstance(exc, (IndexNotFoundError, IndexCorruptError)):
+        return 503
+    return 500
+
+
+def create_app(config: ServerConfig) -> FastAPI:
     """Builds the FastAPI application for ``config``."""
-    from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-
     holder = _IndexHolder(config)
     app = FastAPI(title="mmsearch", version="0.1.0")
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes + _MULTIPART_SLACK)
 
     @app.exception_handler(MMSearchError)
     async def _mmsearch_error(request: Request, exc: MMSearchError) -> JSONResponse:
-        status = 404 if isinstance(exc, IndexNotFoundError) else 403 if isinstance(exc, UnsafePathError) else 400
-        if not isinstance(exc, (BadQueryError, IndexNotFoundError)):
-            status = 422 if exc.__class__.__name__ == "ImageDecodeError" else 500
-        return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
+        return JSONResponse(
+            {"error": str(exc), "type": type(exc).__name__}, status_code=_status_of(exc)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = {"error": str(exc.detail), "detail": exc.detail}
+        return JSONResponse(
+            body, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        summary = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
+            for e in errors[:5]
+        )
+        body = {"error": f"invalid request: {summary}", "detail": jsonable_encoder(errors)}
+        return JSONResponse(body, status_code=422)
 
     def _results(hits: list[Any]) -> list[dict[str, Any]]:
         out = []
@@ -83,70 +286,100 @@ def create_app(config: ServerConfig) -> Any:
         return out
 
     @app.get("/", response_class=HTMLResponse)
-    def index_page() -> str:
-        return (WEB_DIR / "index.html").read_text(encoding="utf-8")
+    def index_page() -> HTMLResponse:
+        html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(
+            html,
+            headers={"Content-Security-Policy": _PAGE_CSP, "X-Content-Type-Options": "nosniff"},
+        )
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        return holder.get().info()
+        out = holder.get().info()
+        out["reload_error"] = holder.reload_error
+        return out
+
+    def _fetch_url_image(url: str) -> Any:
+        if not config.allow_urls:
+            raise BadQueryError(
+                "image URLs are disabled on this server (start it with --allow-urls)"
+            )
+        import httpx
+
+        from mmsearch.imageio import load_image
+        from mmsearch.urlfetch import FetchPolicy, fetch_image_bytes
+
+        policy = FetchPolicy(
+            max_bytes=config.max_upload_bytes,
+            timeout_s=config.url_timeout_s,
+            allow_private=config.url_allow_private,
+        )
+        try:
+            data = fetch_image_bytes(url, policy)
+        except httpx.HTTPError as exc:
+            raise BadQueryError(f"could not fetch the image URL ({type(exc).__name__})") from exc
+        return load_image(data, max_pixels=config.max_pixels)
 
     @app.get("/api/search")
     def search(
-        q: str = Query(..., max_length=2000),
-        k: int = Query(20, ge=1, le=1000),
-        kind: str = Query("any", pattern="^(any|image|text)$"),
-        where: list[str] = Query(default_factory=list),
+        q: Annotated[str | None, Query(max_length=2000)] = None,
+        k: Annotated[int, Query(ge=1, le=1000)] = 20,
+        kind: Annotated[str, Query(pattern="^(any|image|text)$")] = "any",
+        where: Annotated[list[str] | None, Query()] = None,
         exact: bool = False,
-        url: str | None = Query(None, max_length=2048),
+        url: Annotated[str | None, Query(max_length=2048)] = None,
     ) -> dict[str, Any]:
-        idx = holder.get()
         if url:
-            if not config.allow_urls:
-                raise BadQueryError("image URLs are disabled on this server (start it with --allow-urls)")
-            from mmsearch.imageio import load_image
-            from mmsearch.urlfetch import FetchPolicy, fetch_image_bytes
-
-            data = fetch_image_bytes(
-                url, FetchPolicy(max_bytes=config.max_upload_bytes, allow_private=config.url_allow_private)
-            )
-            query: Any = load_image(data, max_pixels=config.max_pixels)
-        else:
+            query: Any = _fetch_url_image(url)
+        elif q and q.strip():
+            check_query_paths(q, config.image_roots)
             query = q
-        hits = idx.search(query, k=k, kind=kind, where=where or None, exact=exact)
-        return {"query": q, "results": _results(hits)}
+        else:
+            raise BadQueryError(
+                "give a query: q=TEXT (or url=IMAGE_URL where image URLs are enabled)"
+            )
+        hits = holder.get().search(query, k=k, kind=kind, where=where or None, exact=exact)
+        return {"query": q if not url else url, "results": _results(hits)}
+
+    def _search_upload(data: bytes, k: int, kind: str, where: list[str]) -> list[dict[str, Any]]:
+        from mmsearch.imageio import load_image
+
+        image = load_image(data, max_pixels=config.max_pixels)
+        return _results(holder.get().search(image, k=k, kind=kind, where=where or None))
 
     @app.post("/api/search/image")
     async def search_image(
-        request: Request,
-        file: UploadFile = File(...),
-        k: int = Query(20, ge=1, le=1000),
-        kind: str = Query("any", pattern="^(any|image|text)$"),
+        file: Annotated[UploadFile, File()],
+        k: Annotated[int, Query(ge=1, le=1000)] = 20,
+        kind: Annotated[str, Query(pattern="^(any|image|text)$")] = "any",
+        where: Annotated[list[str] | None, Query()] = None,
     ) -> dict[str, Any]:
-        from mmsearch.imageio import load_image
-
         data = await file.read(config.max_upload_bytes + 1)
         if len(data) > config.max_upload_bytes:
             raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
-        image = load_image(data, max_pixels=config.max_pixels)
-        hits = holder.get().search(image, k=k, kind=kind)
-        return {"query": file.filename, "results": _results(hits)}
+        if not data:
+            raise BadQueryError("the uploaded file is empty")
+        # Decoding and encoding are CPU work: keep them off the event loop.
+        results = await run_in_threadpool(_search_upload, data, k, kind, where or [])
+        return {"query": file.filename, "results": results}
 
     @app.get("/media/{item_id}")
-    def media(item_id: int) -> FileResponse:
-        idx = holder.get()
-        path = idx.image_path(item_id)
+    def media(item_id: Annotated[int, PathParam(ge=0, le=_MAX_ITEM_ID)]) -> FileResponse:
+        path = holder.get().image_path(item_id)
         if path is None or not os.path.isfile(path):
             raise HTTPException(404, "no image with that id")
-        return FileResponse(path)
-
-    @app.middleware("http")
-    async def _cap_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > config.max_upload_bytes + 64 * 1024:
-            return JSONResponse({"error": "request body too large"}, status_code=413)
-        return await call_next(request)
+        return FileResponse(
+            path,
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=60"},
+        )
 
     return app
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ServerConfig", "create_app"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "BodyLimitMiddleware",
+    "ServerConfig",
+    "check_query_paths",
+    "create_app",
+]
