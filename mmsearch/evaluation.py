@@ -67,7 +67,11 @@ def read_catalog(catalog_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def encode_catalog_images(
-    encoder: ClipEncoder, catalog_dir: str | Path, rows: Sequence[dict[str, Any]], *, batch_size: int = 256
+    encoder: ClipEncoder,
+    catalog_dir: str | Path,
+    rows: Sequence[dict[str, Any]],
+    *,
+    batch_size: int = 256,
 ) -> npt.NDArray[np.float32]:
     """Loads each row's file from disk, ``fit_square``s it and embeds it (in batches)."""
     root = Path(catalog_dir)
@@ -114,7 +118,7 @@ def caption_recall(
     if partial_queries:
         psims = encoder.encode_texts(list(partial_queries)) @ image_vecs.T
         ptop = np.argsort(-psims, axis=1, kind="stable")[:, :5]
-        for query, idx in zip(partial_queries, ptop):
+        for query, idx in zip(partial_queries, ptop, strict=True):
             want = query_constraints(query)
             ok = [all(rows[i][key] == val for key, val in want.items()) for i in idx]
             partial[query] = float(np.mean(ok))
@@ -147,11 +151,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--catalog", default=None, help="existing/target catalog folder (default: temporary)")
+    ap.add_argument(
+        "--catalog", default=None, help="existing/target catalog folder (default: temporary)"
+    )
     args = ap.parse_args(argv)
     encoder = load_encoder(ModelSpec.parse(args.model, args.pretrained), device=args.device)
     res = evaluate_generated(encoder, n=args.n, seed=args.seed, workdir=args.catalog)
-    print(f"model {encoder.spec.key}  images {res['n_images']}  captions {res['n_captions']}  seed {args.seed}")
+    print(
+        f"model {encoder.spec.key}  images {res['n_images']}  captions {res['n_captions']}  seed {args.seed}"
+    )
     print(f"full captions: R@1 {res['r1']:.3f}  R@5 {res['r5']:.3f}")
     for query, p in res["partial"].items():
         print(f"partial {query!r}: precision@5 {p:.2f}")

@@ -29,8 +29,14 @@ def tiny() -> ClipEncoder:
 @pytest.fixture(scope="module")
 def images(tiny: ClipEncoder) -> np.ndarray:
     rng = np.random.default_rng(0)
-    items = [("red", "circle", "left"), ("blue", "star", "top"), ("green", "square", "center"),
-             ("white", "triangle", "right"), ("black", "star", "bottom"), ("yellow", "circle", "top")]
+    items = [
+        ("red", "circle", "left"),
+        ("blue", "star", "top"),
+        ("green", "square", "center"),
+        ("white", "triangle", "right"),
+        ("black", "star", "bottom"),
+        ("yellow", "circle", "top"),
+    ]
     return np.stack([fit_square(render_item(rng, *it, 128), tiny.image_size) for it in items])
 
 
@@ -61,7 +67,9 @@ def test_batch_and_single_agree(tiny: ClipEncoder, images: np.ndarray) -> None:
     one_by_one = tiny.encode_images(images, batch_size=1)
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
     texts = ["a red circle on the left", "star", "a green square on the center"]
-    np.testing.assert_allclose(tiny.encode_texts(texts), tiny.encode_texts(texts, batch_size=2), atol=1e-5)
+    np.testing.assert_allclose(
+        tiny.encode_texts(texts), tiny.encode_texts(texts, batch_size=2), atol=1e-5
+    )
 
 
 def test_float_and_pil_inputs_match_uint8(tiny: ClipEncoder, images: np.ndarray) -> None:
@@ -156,9 +164,16 @@ def test_offline_tag_without_cache_fails_fast(tmp_path: Path) -> None:
         "except ModelLoadError as e:\n"
         "    print('ModelLoadError', e)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path), "HF_HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path),
+        "HF_HOME": str(tmp_path),
+    }
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.stdout.startswith("ModelLoadError"), proc.stdout + proc.stderr
     assert "--pretrained" in proc.stdout and "mmsearch-tiny" in proc.stdout
     assert len(proc.stdout.strip().splitlines()) == 1

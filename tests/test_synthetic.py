@@ -45,9 +45,13 @@ def test_rows_files_and_columns(tmp_path: Path) -> None:
     jsonl = [json.loads(line) for line in info.jsonl_path.read_text().splitlines()]
     with open(info.csv_path, newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
-    assert [r["id"] for r in jsonl] == [r["id"] for r in csv_rows] == [f"item-{i:06d}" for i in range(60)]
+    assert (
+        [r["id"] for r in jsonl]
+        == [r["id"] for r in csv_rows]
+        == [f"item-{i:06d}" for i in range(60)]
+    )
     suffixes = set()
-    for row, crow in zip(jsonl, csv_rows):
+    for row, crow in zip(jsonl, csv_rows, strict=True):
         assert row["caption"] == f"a {row['colour']} {row['shape']} on the {row['position']}"
         assert crow["caption"] == row["caption"] and float(crow["price"]) == row["price"]
         assert round(row["price"], 2) == row["price"]
@@ -71,7 +75,7 @@ def test_corrupt_files_are_listed_and_undecodable(tmp_path: Path) -> None:
     for path in info.corrupt_files:
         assert path.exists()
         assert path.relative_to(tmp_path).as_posix() not in listed
-        with pytest.raises(Exception):
+        with pytest.raises((OSError, SyntaxError, ValueError)):
             with Image.open(path) as im:
                 im.load()
 
@@ -87,6 +91,11 @@ def test_shape_sits_at_its_position(position: str) -> None:
             ys, xs = np.nonzero(mask)
             assert len(xs) > 50, (colour, shape, position)
             cx, cy = xs.mean() / 128, ys.mean() / 128
-            expected = {"left": (0.22, 0.5), "right": (0.78, 0.5), "top": (0.5, 0.22),
-                        "bottom": (0.5, 0.78), "center": (0.5, 0.5)}[position]
+            expected = {
+                "left": (0.22, 0.5),
+                "right": (0.78, 0.5),
+                "top": (0.5, 0.22),
+                "bottom": (0.5, 0.78),
+                "center": (0.5, 0.5),
+            }[position]
             assert abs(cx - expected[0]) < 0.08 and abs(cy - expected[1]) < 0.08

@@ -37,7 +37,9 @@ def test_full_caption_recall(tiny, catalog: Path) -> None:  # noqa: ANN001
 
 def test_red_circle_on_the_left_is_top1(tiny, catalog: Path) -> None:  # noqa: ANN001
     rows = read_catalog(catalog)
-    assert any(r["caption"] == "a red circle on the left" for r in rows)  # precondition of this seed
+    assert any(
+        r["caption"] == "a red circle on the left" for r in rows
+    )  # precondition of this seed
     vecs = encode_catalog_images(tiny, catalog, rows)
     scores = vecs @ tiny.encode_texts(["a red circle on the left"])[0]
     best = rows[int(np.argmax(scores))]

@@ -110,7 +110,9 @@ def _background(rng: np.random.Generator, colour: str, size: int) -> np.ndarray:
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-def _shape_polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
+def _shape_polygon(
+    shape: str, cx: float, cy: float, r: float, rot: float
+) -> list[tuple[float, float]]:
     if shape == "square":
         h = r * 0.85
         return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
@@ -155,9 +157,7 @@ def render_item(
     return img
 
 
-def random_item(
-    rng: np.random.Generator, size: int = 128
-) -> tuple[Image.Image, str, str, str]:
+def random_item(rng: np.random.Generator, size: int = 128) -> tuple[Image.Image, str, str, str]:
     """Renders a uniformly random item; returns ``(image, colour, shape, position)``."""
     colour = COLOURS[rng.integers(0, len(COLOURS))]
     shape = SHAPES[rng.integers(0, len(SHAPES))]
@@ -166,7 +166,15 @@ def random_item(
 
 
 CATALOG_COLUMNS: tuple[str, ...] = (
-    "id", "file", "caption", "sku", "category", "price", "colour", "shape", "position",
+    "id",
+    "file",
+    "caption",
+    "sku",
+    "category",
+    "price",
+    "colour",
+    "shape",
+    "position",
 )
 
 
@@ -274,7 +282,9 @@ def generate_catalog(
         if path.parent not in made:
             path.parent.mkdir(parents=True, exist_ok=True)
             made.add(path.parent)
-        img = render_item(rng, str(row["colour"]), str(row["shape"]), str(row["position"]), image_size)
+        img = render_item(
+            rng, str(row["colour"]), str(row["shape"]), str(row["position"]), image_size
+        )
         if is_png:
             img.save(path, "PNG", compress_level=1)
         else:
@@ -290,7 +300,9 @@ def generate_catalog(
         writer = csv.DictWriter(fh, fieldnames=list(CATALOG_COLUMNS), lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: (f"{row[c]:.2f}" if c == "price" else row[c]) for c in CATALOG_COLUMNS})
+            writer.writerow(
+                {c: (f"{row[c]:.2f}" if c == "price" else row[c]) for c in CATALOG_COLUMNS}
+            )
     return CatalogInfo(
         root=root,
         jsonl_path=jsonl_path,

@@ -51,8 +51,12 @@ class ClipEncoder:
         size = visual.image_size
         self.image_size: int = int(size[0] if isinstance(size, (tuple, list)) else size)
         pp: dict[str, Any] = dict(getattr(visual, "preprocess_cfg", {}) or {})
-        self.mean: tuple[float, float, float] = tuple(pp.get("mean", (0.48145466, 0.4578275, 0.40821073)))  # type: ignore[assignment]
-        self.std: tuple[float, float, float] = tuple(pp.get("std", (0.26862954, 0.26130258, 0.27577711)))  # type: ignore[assignment]
+        self.mean: tuple[float, float, float] = tuple(
+            pp.get("mean", (0.48145466, 0.4578275, 0.40821073))
+        )  # type: ignore[assignment]
+        self.std: tuple[float, float, float] = tuple(
+            pp.get("std", (0.26862954, 0.26130258, 0.27577711))
+        )  # type: ignore[assignment]
         self.dim: int = int(getattr(model, "embed_dim", 0) or self._probe_dim())
         self._mean_t = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         self._std_t = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
@@ -85,7 +89,11 @@ class ClipEncoder:
         if x.shape[-2:] != (self.image_size, self.image_size):
             # Callers should fit_square first; resizing here keeps odd inputs usable.
             x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bicubic",
+                antialias=True,
+                align_corners=False,
             ).clamp_(0.0, 1.0)
         return (x - self._mean_t) / self._std_t
 

@@ -26,8 +26,14 @@ TINY_WEIGHTS = WEIGHTS_DIR / f"{TINY_MODEL_NAME}.safetensors"
 
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 _ALTERNATIVES = "pass a local checkpoint with --pretrained PATH, or use --model mmsearch-tiny (ships with mmsearch)"
-_DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+_DTYPES = {
+    "fp32": None,
+    "float32": None,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 _register_lock = threading.Lock()
 _registered = False
@@ -57,7 +63,9 @@ def resolve_device(device: str | None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise ModelLoadError(
+            f"device {device!r} requested but CUDA is not available; use --device cpu"
+        )
     return device
 
 
@@ -131,7 +139,9 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
-def load_encoder(spec: ModelSpec, device: str | None = None, *, dtype: str | None = None) -> ClipEncoder:
+def load_encoder(
+    spec: ModelSpec, device: str | None = None, *, dtype: str | None = None
+) -> ClipEncoder:
     """Loads ``spec``'s architecture and weights; raises :class:`ModelLoadError` when it cannot.
 
     ``device`` defaults to CUDA when available, else CPU. ``dtype`` defaults to fp32
@@ -170,7 +180,9 @@ def load_encoder(spec: ModelSpec, device: str | None = None, *, dtype: str | Non
             reason = "not in the local Hugging Face cache and could not be downloaded"
         else:
             reason = f"{type(exc).__name__}: {_one_line(exc)}"
-        raise ModelLoadError(f"cannot load weights {spec.key!r} ({reason}); {_ALTERNATIVES}") from exc
+        raise ModelLoadError(
+            f"cannot load weights {spec.key!r} ({reason}); {_ALTERNATIVES}"
+        ) from exc
     finally:
         root.removeFilter(quiet)
     model.requires_grad_(False)

@@ -61,7 +61,9 @@ class TrainConfig:
     config_dir: str = ""
 
 
-def partial_caption(rng: np.random.Generator, colour: str, shape: str, position: str) -> tuple[str, Attrs]:
+def partial_caption(
+    rng: np.random.Generator, colour: str, shape: str, position: str
+) -> tuple[str, Attrs]:
     """A partial description of an item and the attributes it constrains."""
     kind = int(rng.integers(0, 9))
     if kind == 0:
@@ -126,7 +128,10 @@ def match_matrix(img_attrs: list[Attrs], txt_attrs: list[Attrs]) -> torch.Tensor
 
 
 def multipositive_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, match: torch.Tensor
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    match: torch.Tensor,
 ) -> torch.Tensor:
     """Symmetric InfoNCE whose targets spread evenly over all matching pairs."""
     logits = logit_scale * image_features @ text_features.T
@@ -145,7 +150,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _normalise(images: npt.NDArray[np.uint8], mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def _normalise(
+    images: npt.NDArray[np.uint8], mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
     return (x - mean) / std
 
@@ -178,7 +185,9 @@ def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> No
     tmp.replace(path)
 
 
-def train(cfg: TrainConfig, out: Path, *, eval_every: int = 100, save_every: int = 200) -> dict[str, float]:
+def train(
+    cfg: TrainConfig, out: Path, *, eval_every: int = 100, save_every: int = 200
+) -> dict[str, float]:
     """Runs one seeded training run and writes the weights to ``out``."""
     import open_clip
 
@@ -199,9 +208,14 @@ def train(cfg: TrainConfig, out: Path, *, eval_every: int = 100, save_every: int
 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
+        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(
+            p
+        )
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.lr,
         betas=(0.9, 0.98),
         eps=1e-6,
