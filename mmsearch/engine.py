@@ -342,6 +342,8 @@ class SearchIndex:
         allowed_ids: npt.NDArray[np.int64] | None = None,
     ) -> list[SearchResult]:
         """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``)."""
+        from mmsearch.ann.subset import search_subset
+
         kinds = [kind] if kind != "any" else list(self._ann)
         scores_all: list[npt.NDArray[np.float32]] = []
         ids_all: list[npt.NDArray[np.int64]] = []
@@ -353,7 +355,7 @@ class SearchIndex:
             if ann is None:
                 continue
             if allowed_ids is not None:
-                scores, ids = ann.search_subset(q, k, allowed_ids)
+                scores, ids = search_subset(ann, q, k, allowed_ids)
             else:
                 scores, ids = ann.search(q, k, nprobe=nprobe, refine=refine, exact=exact)
             keep = ids[0] >= 0

@@ -36,6 +36,9 @@ def _split(query: str) -> list[tuple[str, str]]:
     """Splits on unquoted `` + `` / `` - ``; returns (sign, raw term) pairs."""
     parts: list[tuple[str, str]] = []
     sign, buf, quote = "+", [], ""
+    lead = re.match(r"^\s*([+-])\s+", query)
+    if lead:  # a leading sign: "- stripes"
+        sign, query = lead.group(1), query[lead.end() :]
     i = 0
     while i < len(query):
         ch = query[i]
