@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 TINY_WEIGHTS = REPO / "mmsearch" / "models" / "weights" / "mmsearch-tiny.safetensors"
 
 
-def _make_encoder(which: str):  # noqa: ANN202
+def _make_encoder(which: str) -> Any:
     if which == "mmsearch-tiny":
         from mmsearch.models import load_encoder
         from mmsearch.models.spec import ModelSpec
@@ -49,7 +50,9 @@ def _serve(index_dir: str, port: int, which: str) -> None:
 
     from mmsearch.server import ServerConfig, create_app
 
-    app = create_app(ServerConfig(index_dir=Path(index_dir), encoder=_make_encoder(which), device="cpu"))
+    app = create_app(
+        ServerConfig(index_dir=Path(index_dir), encoder=_make_encoder(which), device="cpu")
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -72,7 +75,9 @@ def _queries(n: int, seed: int) -> list[str]:
     ]
 
 
-def run_level(base: str, clients: int, duration: float, max_requests: int, queries: list[str], k: int) -> dict:
+def run_level(
+    base: str, clients: int, duration: float, max_requests: int, queries: list[str], k: int
+) -> dict:
     import httpx
     import numpy as np
 
@@ -127,7 +132,9 @@ def run_level(base: str, clients: int, duration: float, max_requests: int, queri
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=400, help="catalog images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--levels", default="1,4,16", help="comma-separated concurrent client counts")
@@ -137,7 +144,9 @@ def main() -> int:
     ap.add_argument("--encoder", choices=["auto", "mmsearch-tiny", "fake"], default="auto")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a fresh temp folder")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    ap.add_argument("--serve", nargs=3, metavar=("INDEX", "PORT", "ENCODER"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--serve", nargs=3, metavar=("INDEX", "PORT", "ENCODER"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.serve:
         _serve(args.serve[0], int(args.serve[1]), args.serve[2])
@@ -147,7 +156,11 @@ def main() -> int:
     why = "forced by --encoder"
     if which == "auto":
         which = "mmsearch-tiny" if TINY_WEIGHTS.is_file() else "fake"
-        why = "weights file present" if which == "mmsearch-tiny" else "mmsearch-tiny weights not found"
+        why = (
+            "weights file present"
+            if which == "mmsearch-tiny"
+            else "mmsearch-tiny weights not found"
+        )
     print(f"encoder: {which} ({why})", flush=True)
 
     from indexer.pipeline import IndexOptions, run_index
@@ -164,13 +177,23 @@ def main() -> int:
         options=IndexOptions(workers=1, image_metadata=catalog.jsonl_path),
         encoder=encoder,
     )
-    print(f"indexed {report.added} images in {time.perf_counter() - t0:.1f}s into {work / 'idx'}", flush=True)
+    print(
+        f"indexed {report.added} images in {time.perf_counter() - t0:.1f}s into {work / 'idx'}",
+        flush=True,
+    )
     del encoder
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve", str(work / "idx"), str(port), which],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--serve",
+            str(work / "idx"),
+            str(port),
+            which,
+        ],
         cwd=str(REPO),
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
@@ -181,7 +204,12 @@ def main() -> int:
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(base + "/api/search", params={"q": "warm up", "k": 1}, timeout=30).status_code == 200:
+                if (
+                    httpx.get(
+                        base + "/api/search", params={"q": "warm up", "k": 1}, timeout=30
+                    ).status_code
+                    == 200
+                ):
                     break
             except httpx.HTTPError:
                 pass
