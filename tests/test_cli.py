@@ -123,3 +123,36 @@ def test_info_json(tiny_index):
     assert info["model"] == "mmsearch-tiny"
     assert info["rows"] >= 397
     assert "image" in info["ann"]
+
+
+def test_strict_exit_status_and_failures_report(tmp_path):
+    cat, idx = tmp_path / "C", tmp_path / "I"
+    assert _mmsearch("sample-data", str(cat), "--n", "20", "--corrupt", "2").returncode == 0
+    done = _mmsearch("index", str(cat), "--index", str(idx), "--model", "mmsearch-tiny", "--strict")
+    assert done.returncode == 1
+    assert "2 item(s) skipped" in done.stderr
+    report = (idx / "reports" / "failures-latest.jsonl").read_text().splitlines()
+    assert len(report) == 2 and all(json.loads(line)["reason"] for line in report)
+    done = _mmsearch("index", str(cat), "--index", str(idx), "--model", "mmsearch-tiny")
+    assert done.returncode == 0  # without --strict, failures are reported, not fatal
+    done = _mmsearch("index", str(cat), "--index", str(idx), "--model", "ViT-B-32")
+    assert done.returncode == 2 and "mmsearch-tiny" in done.stderr  # one clear line naming both models
+
+
+def test_corrupt_ann_file_is_detected_then_rebuilt(tiny_index):
+    """Runs last: damages the shared index's ANN files, then repairs them."""
+    _, idx, _, _ = tiny_index
+    damaged = 0
+    for path in (idx / "ann").rglob("*"):
+        if path.is_file() and path.suffix not in (".json",) and path.stat().st_size > 64:
+            with open(path, "r+b") as fh:
+                fh.truncate(path.stat().st_size // 2)
+            damaged += 1
+    assert damaged
+    done = _mmsearch("query", "red circle", "--index", str(idx))
+    assert done.returncode == 2
+    assert "build-index" in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 3
+    assert _mmsearch("build-index", "--index", str(idx)).returncode == 0
+    done = _mmsearch("query", "red circle", "--index", str(idx), "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)

@@ -164,3 +164,41 @@ def test_empty_root_with_indexed_files_aborts_sweep(tmp_path, small_catalog, fak
     report = _index([small_catalog.root], idx, fake_encoder)
     assert report.deleted == 0 and report.sweep_aborted
     assert ItemStore.open(idx).count() == small_catalog.n
+
+
+def test_non_utf8_file_name_is_stored_and_found_again(tmp_path, small_catalog, fake_encoder):
+    src = small_catalog.root / small_catalog.rows[0]["file"]
+    raw_dir = os.fsencode(tmp_path / "odd")
+    os.mkdir(raw_dir)
+    raw_name = raw_dir + b"/caf\xe9-100%.png"  # latin-1 byte: not valid UTF-8
+    with open(raw_name, "wb") as fh:
+        fh.write(src.read_bytes())
+    report = _index([os.fsdecode(raw_dir)], tmp_path / "idx", fake_encoder)
+    assert report.added == 1 and report.failed == 0
+    engine = SearchIndex(tmp_path / "idx", encoder=fake_encoder)
+    hit = engine.search(os.fsdecode(raw_name), k=1)[0]
+    assert os.fsencode(hit.path) == raw_name
+    assert open(hit.path, "rb").read() == src.read_bytes()
+    again = _index([os.fsdecode(raw_dir)], tmp_path / "idx", fake_encoder)
+    assert again.unchanged == 1 and again.embedded == 0 and again.deleted == 0
+
+
+def test_bad_text_rows_reported_with_row_numbers(tmp_path, fake_encoder):
+    path = tmp_path / "titles.csv"
+    path.write_text(
+        "id,title,price\n"
+        "a1,red floral shirt,10\n"
+        "a2,,12\n"  # empty text
+        "a3,blue jeans,30,extra\n"  # wrong field count
+        "a1,duplicate id,5\n"
+        "a4,green hat,7\n",
+        encoding="utf-8",
+    )
+    report = _index([path], tmp_path / "idx", fake_encoder)
+    assert report.added == 2
+    rows = sorted(f.row_number for f in report.failures)
+    assert rows == [2, 3, 4]
+    assert all(f.path == str(path) and f.reason for f in report.failures)
+    store = ItemStore.open(tmp_path / "idx")
+    texts = sorted(store.scan(["text"]).column("text").to_pylist())
+    assert texts == ["green hat", "red floral shirt"]
