@@ -41,6 +41,8 @@ from mmsearch.errors import (
     IndexCorruptError,
     IndexNotFoundError,
     MMSearchError,
+    ModelLoadError,
+    ModelMismatchError,
     UnsafePathError,
 )
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
@@ -243,8 +245,8 @@ def _status_of(exc: MMSearchError) -> int:
         return 400
     if isinstance(exc, ImageDecodeError):
         return 422
-    if isinstance(exc, (IndexNotFoundError, IndexCorruptError)):
-        return 503
+    if isinstance(exc, (IndexNotFoundError, IndexCorruptError, ModelLoadError, ModelMismatchError)):
+        return 503  # the server cannot answer until its index or model is fixed
     return 500
 
 
