@@ -87,6 +87,8 @@ def run_index(
     index_path = Path(index_dir)
     report = IndexReport()
 
+    if ItemStore.exists(index_path):  # refuse another model before loading (or downloading) it
+        ItemStore.open(index_path).check_model(spec)
     if encoder is None:
         from mmsearch.models import load_encoder
 
