@@ -28,7 +28,7 @@ from indexer.report import Failure, IndexReport, write_failures
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage import ItemStore, StoredState, make_rows
+from mmsearch.storage import ItemStore, StoredState, make_rows, write_guard
 
 TEXT_EXTENSIONS = frozenset({".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"})
 
@@ -110,12 +110,14 @@ def run_index(
             report.sweep_aborted.append(str(path))
 
     if opts.build_index:
-        report.ann = build_ann(
-            store, spec, index_type=opts.index_type, target_recall=opts.target_recall, progress=progress
-        )
+        with write_guard(index_path):
+            report.ann = build_ann(
+                store, spec, index_type=opts.index_type, target_recall=opts.target_recall, progress=progress
+            )
     report.table_version = store.version
     report.elapsed_s = time.perf_counter() - started
-    report.report_path = str(write_failures(index_path, _run_id(), report.failures))
+    with write_guard(index_path):
+        report.report_path = str(write_failures(index_path, _run_id(), report.failures))
     return report
 
 

@@ -21,6 +21,7 @@ from mmsearch.errors import (
     MMSearchError,
     ModelLoadError,
     ModelMismatchError,
+    StorageError,
     TextCollectionError,
     UnsafePathError,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "ModelSpec",
     "SearchIndex",
     "SearchResult",
+    "StorageError",
     "TextCollectionError",
     "UnsafePathError",
     "index",

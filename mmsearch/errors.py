@@ -44,5 +44,12 @@ class IndexCorruptError(MMSearchError):
     """The ANN index file or its manifest is damaged or does not match the table."""
 
 
+class StorageError(MMSearchError):
+    """The index directory cannot be written (disk full, permissions, I/O error).
+
+    Work committed before the error is kept; a re-run after fixing the cause completes it.
+    """
+
+
 class UnsafePathError(BadQueryError):
     """A path in a query resolves outside the allowed roots."""

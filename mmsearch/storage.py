@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from mmsearch.errors import IndexNotFoundError, ModelMismatchError
+from mmsearch.errors import IndexNotFoundError, ModelMismatchError, StorageError
 from mmsearch.models.spec import ModelSpec
 
 TABLE_NAME = "items"
@@ -67,6 +68,25 @@ class StoredState:
     mtime_ns: int | None
     size: int | None
     sha256: str | None
+
+
+@contextmanager
+def write_guard(index_dir: Path) -> Iterator[None]:
+    """Turns I/O failures while writing the index (disk full, ...) into :class:`StorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write the index at {index_dir}: {exc.strerror or exc}; "
+            "fix that and re-run (work committed so far is kept)"
+        ) from exc
+    except RuntimeError as exc:  # lance reports I/O errors as RuntimeError("lance error: ...")
+        if "lance error" not in str(exc) and "LanceError" not in str(exc):
+            raise
+        detail = str(exc).split(", /", 1)[0].replace("lance error: ", "")
+        raise StorageError(
+            f"cannot write the index at {index_dir}: {detail}; fix that and re-run (work committed so far is kept)"
+        ) from exc
 
 
 def _connect(index_dir: Path) -> Any:
@@ -123,9 +143,10 @@ class ItemStore:
             store = cls.open(path)
             store.check_model(spec, dim)
             return store
-        path.mkdir(parents=True, exist_ok=True)
-        db = _connect(path)
-        table = db.create_table(TABLE_NAME, schema=items_schema(dim, spec), exist_ok=True)
+        with write_guard(path):
+            path.mkdir(parents=True, exist_ok=True)
+            db = _connect(path)
+            table = db.create_table(TABLE_NAME, schema=items_schema(dim, spec), exist_ok=True)
         return cls(path, table)
 
     # -- model ---------------------------------------------------------------------------
@@ -201,19 +222,21 @@ class ItemStore:
         if rows.num_rows == 0:
             return
         rows = rows.select(self.table.schema.names).cast(self.table.schema)
-        (
-            self.table.merge_insert("uri")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(rows)
-        )
+        with write_guard(self.index_dir):
+            (
+                self.table.merge_insert("uri")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(rows)
+            )
 
     def delete_ids(self, ids: Iterable[int], chunk: int = 2000) -> int:
         """Deletes rows by id; returns how many ids were asked for."""
         id_list = sorted({int(i) for i in ids})
         for start in range(0, len(id_list), chunk):
             part = ",".join(str(i) for i in id_list[start : start + chunk])
-            self.table.delete(f"id IN ({part})")
+            with write_guard(self.index_dir):
+                self.table.delete(f"id IN ({part})")
         return len(id_list)
 
 

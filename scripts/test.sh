@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
+# Browser tests drive the system Chromium (never a browser downloaded by a tool).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; browser tests will be skipped" >&2
+fi
 . .venv/bin/activate
 ruff check mmsearch indexer tests benchmarks
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
