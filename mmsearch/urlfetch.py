@@ -29,7 +29,12 @@ class FetchPolicy:
     allow_private: bool = False  # tests only: lets a fetch reach a loopback test server
 
 
-def _check_address(host: str, port: int, policy: FetchPolicy) -> None:
+def _check_address(host: str, port: int, policy: FetchPolicy) -> str | None:
+    """Resolves ``host`` once; refuses it unless every address is public.
+
+    Returns the address to connect to, so that the connection goes to the address that
+    was checked (a second lookup could answer differently: DNS rebinding).
+    """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
@@ -42,10 +47,12 @@ def _check_address(host: str, port: int, policy: FetchPolicy) -> None:
             continue
         if not addr.is_global or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
             raise UnsafeURLError(f"URL host {host!r} resolves to a non-public address ({addr}); refused")
+    return str(infos[0][4][0]).split("%", 1)[0] if infos else None
 
 
-def check_url(url: str, policy: FetchPolicy = FetchPolicy()) -> None:
-    """Raises :class:`UnsafeURLError` unless ``url`` is http(s) to a public address."""
+def check_url(url: str, policy: FetchPolicy = FetchPolicy()) -> str | None:
+    """Raises :class:`UnsafeURLError` unless ``url`` is http(s) to a public address;
+    returns the checked address to connect to."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise UnsafeURLError(f"only http and https image URLs are allowed, not {parts.scheme or 'none'!r}")
@@ -54,7 +61,18 @@ def check_url(url: str, policy: FetchPolicy = FetchPolicy()) -> None:
     if parts.username or parts.password:
         raise UnsafeURLError("image URLs with credentials are refused")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    _check_address(parts.hostname, port, policy)
+    return _check_address(parts.hostname, port, policy)
+
+
+def _pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The URL with its host replaced by the checked address, plus Host header and TLS name."""
+    parts = urlsplit(url)
+    if address is None or parts.hostname is None:
+        return url, {}, {}
+    host = f"[{address}]" if ":" in address else address
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    pinned = parts._replace(netloc=netloc).geturl()
+    return pinned, {"Host": parts.netloc}, {"sni_hostname": parts.hostname}
 
 
 def fetch_image_bytes(url: str, policy: FetchPolicy = FetchPolicy()) -> bytes:
@@ -65,8 +83,9 @@ def fetch_image_bytes(url: str, policy: FetchPolicy = FetchPolicy()) -> bytes:
     current = url
     with httpx.Client(follow_redirects=False, timeout=policy.timeout_s) as client:
         for _ in range(policy.max_redirects + 1):
-            check_url(current, policy)
-            with client.stream("GET", current) as response:
+            address = check_url(current, policy)
+            target, headers, extensions = _pinned(current, address)
+            with client.stream("GET", target, headers=headers, extensions=extensions) as response:
                 if response.is_redirect:
                     location = response.headers.get("location")
                     if not location:
