@@ -1,21 +1,44 @@
 """Build the ANN indexes of an index directory from its table, and publish a snapshot.
 
-One :class:`mmsearch.ann.VectorIndex` per kind (image, text), each built from the
-table at one version. The snapshot naming that version is written last, so a run
-killed anywhere in here leaves the previous snapshot — and its files — intact.
+One :class:`mmsearch.ann.VectorIndex` per kind (image, text), each matching the table
+at one version. When the previous snapshot holds a trained IVF-PQ index, the rows
+that changed since its table version are removed/added in place (no retraining);
+the index retrains by itself once the rows added since training exceed
+``RETRAIN_GROWTH_RATIO`` × the rows it was trained on, and ``retrain=True`` (``mmsearch
+build-index --retrain``) forces it. Flat indexes (small collections) are rebuilt.
+
+Each build goes to a new directory ``ann/<kind>-g<generation>``; the snapshot naming
+it is written last, so a run killed anywhere in here leaves the previous snapshot —
+and its files — intact, and readers of the old snapshot keep working.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
+from mmsearch.errors import MMSearchError
 from mmsearch.models.spec import ModelSpec
 from mmsearch.snapshot import ANN_DIRNAME, Snapshot, read_snapshot, write_snapshot
-from mmsearch.storage import ItemStore
+from mmsearch.storage import ItemStore, fixed_list_to_numpy, sql_quote
 
 KINDS = ("image", "text")
+#: Above this fraction of changed rows, rebuilding is cheaper than patching.
+INCREMENTAL_MAX_CHANGE = 0.5
+_ID_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class RowDelta:
+    """Rows of one kind that differ between two table versions."""
+
+    removed: npt.NDArray[np.int64]  # ids gone or whose content changed
+    added: npt.NDArray[np.int64]  # ids new or whose content changed
 
 
 def build_ann(
@@ -24,30 +47,42 @@ def build_ann(
     *,
     index_type: str = "auto",
     target_recall: float = 0.95,
+    retrain: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Builds every kind's ANN index from the table's current version; returns their info."""
+    """Builds or updates every kind's ANN index from the table's current version.
+
+    Returns each kind's ``VectorIndex.info`` plus ``"mode"``: ``incremental`` or ``rebuilt``.
+    """
     from mmsearch.ann import VectorIndex
 
     index_dir = store.index_dir
     version = store.version
-    previous = read_snapshot_or_none(store)
+    previous = _read_snapshot_or_none(store)
     generation = (previous.generation + 1) if previous else 1
     ann_dirs: dict[str, str] = {}
     infos: dict[str, dict[str, Any]] = {}
     for kind in KINDS:
-        ids, vectors = store.vectors(kind)
-        if len(ids) == 0:
+        index = None
+        mode = "rebuilt"
+        if previous is not None and not retrain and kind in previous.ann_dirs:
+            index = _update_in_place(store, spec, previous, kind, index_type)
+            mode = "incremental" if index is not None else mode
+        if index is None:
+            ids, vectors = store.vectors(kind)
+            if len(ids) == 0:
+                continue
+            index = VectorIndex.build(vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed)  # type: ignore[arg-type]
+        if len(index) == 0:
             continue
         rel = f"{ANN_DIRNAME}/{kind}-g{generation}"
         target = index_dir / rel
         if target.exists():  # left over by a run killed before its snapshot switch
             shutil.rmtree(target)
-        index = VectorIndex.build(vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed)
         index.save(target, table_version=version, model_key=spec.key)
         ann_dirs[kind] = rel
-        infos[kind] = dict(index.info)
+        infos[kind] = {**index.info, "mode": mode}
         if progress is not None:
             progress("ann", 1, len(KINDS))
     write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation))
@@ -55,10 +90,62 @@ def build_ann(
     return infos
 
 
-def read_snapshot_or_none(store: ItemStore) -> Snapshot | None:
+def row_delta(old: ItemStore, new: ItemStore, kind: str) -> RowDelta:
+    """Which ids of ``kind`` were removed/added (content change = both) between versions."""
+    where = f"kind = {sql_quote(kind)}"
+    before = old.scan(["id", "sha256"], where)
+    after = new.scan(["id", "sha256"], where)
+    old_map = dict(zip(before.column("id").to_pylist(), before.column("sha256").to_pylist(), strict=True))
+    new_map = dict(zip(after.column("id").to_pylist(), after.column("sha256").to_pylist(), strict=True))
+    removed = [i for i, sha in old_map.items() if new_map.get(i, None) != sha or i not in new_map]
+    added = [i for i, sha in new_map.items() if old_map.get(i, None) != sha or i not in old_map]
+    return RowDelta(np.asarray(sorted(removed), np.int64), np.asarray(sorted(added), np.int64))
+
+
+def vectors_of(store: ItemStore, ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """(ids, vectors) of the given ids, read from the table in chunks."""
+    out_ids, out_vecs = [], []
+    for start in range(0, len(ids), _ID_CHUNK):
+        part = ",".join(str(int(i)) for i in ids[start : start + _ID_CHUNK])
+        tbl = store.scan(["id", "vector"], f"id IN ({part})")
+        out_ids.append(tbl.column("id").to_numpy().astype(np.int64))
+        out_vecs.append(fixed_list_to_numpy(tbl.column("vector"), store.dim))
+    if not out_ids:
+        return np.zeros(0, np.int64), np.zeros((0, store.dim), np.float32)
+    return np.concatenate(out_ids), np.concatenate(out_vecs)
+
+
+def _update_in_place(store: ItemStore, spec: ModelSpec, previous: Snapshot, kind: str, index_type: str) -> Any:
+    """The previous IVF-PQ index patched to the current table, or None to rebuild."""
+    from mmsearch.ann import VectorIndex
+
+    try:
+        index = VectorIndex.load(
+            previous.ann_path(store.index_dir, kind),
+            expect_table_version=previous.table_version,
+            expect_model_key=spec.key,
+        )
+        old_store = ItemStore.open(store.index_dir, version=previous.table_version)
+        delta = row_delta(old_store, store, kind)
+    except (MMSearchError, OSError, ValueError, RuntimeError):  # damaged or cleaned up: rebuild
+        return None
+    info = index.info
+    if info["type"] != "ivfpq" or index_type not in ("auto", info["type"]):
+        return None
+    if len(delta.removed) + len(delta.added) > INCREMENTAL_MAX_CHANGE * max(len(index), 1):
+        return None
+    if len(delta.removed):
+        index.remove(delta.removed)
+    if len(delta.added):
+        ids, vectors = vectors_of(store, delta.added)
+        index.add(vectors, ids)  # retrains by itself past the growth ratio
+    return index
+
+
+def _read_snapshot_or_none(store: ItemStore) -> Snapshot | None:
     try:
         return read_snapshot(store.index_dir)
-    except Exception:  # a damaged snapshot is replaced by the new one
+    except MMSearchError:  # a damaged snapshot is replaced by the new one
         return None
 
 

@@ -240,7 +240,10 @@ def build_index_cmd(
     with _errors():
         store = ItemStore.open(_index_dir(index))
         with _progress_bar() as bar:
-            infos = build_ann(store, store.model_spec, index_type=index_type, target_recall=target_recall, progress=_RichProgress(bar))
+            infos = build_ann(
+                store, store.model_spec, index_type=index_type, target_recall=target_recall,
+                retrain=retrain, progress=_RichProgress(bar),
+            )
     for kind, info in infos.items():
         console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
 
