@@ -26,4 +26,4 @@ def fit_square(img: Image.Image, size: int) -> npt.NDArray[np.uint8]:
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # writable: torch.as_tensor warns on read-only arrays
