@@ -157,8 +157,9 @@ def index_cmd(
 
 def _print_summary(report: Any) -> None:
     table = Table(title="index summary", show_header=False, box=None)
-    for name in ("added", "updated", "deleted", "unchanged", "failed"):
-        table.add_row(name, str(getattr(report, name)))
+    for label, name in (("added", "added"), ("updated", "updated"), ("deleted", "deleted"),
+                        ("skipped (unchanged)", "unchanged"), ("failed", "failed")):
+        table.add_row(label, str(getattr(report, name)))
     table.add_row("embedded", f"{report.embedded} ({report.items_per_s:.1f} items/s over {report.elapsed_s:.1f}s)")
     for kind, info in report.ann.items():
         table.add_row(f"ann[{kind}]", f"{info.get('type')} n={info.get('n')}")
