@@ -4,8 +4,16 @@ Exact flat search below ``FLAT_THRESHOLD`` vectors, IVF-PQ with exact re-scoring
 it; parameters from ``choose_index_params``, nprobe/refine tuned at build time.
 """
 
-from mmsearch.ann.index import VectorIndex
-from mmsearch.ann.params import (
+import os
+
+# FAISS's bundled OpenMP spins while waiting by default; on a machine whose cores are
+# shared (other processes, a training job) that made k-means and PQ training ~10x
+# slower here. Passive waiting costs microseconds per parallel region. Only a default:
+# an explicit OMP_WAIT_POLICY wins, and it only matters if FAISS is not loaded yet.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from mmsearch.ann.index import VectorIndex  # noqa: E402
+from mmsearch.ann.params import (  # noqa: E402
     FLAT_THRESHOLD,
     RETRAIN_GROWTH_RATIO,
     IndexParams,

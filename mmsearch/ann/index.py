@@ -109,9 +109,11 @@ class VectorIndex:
         seed: int = 0,
         use_gpu: bool | None = None,
         memory_budget_bytes: int | None = None,
+        opq: bool = False,
     ) -> VectorIndex:
         """Build (train, fill and tune) an index over ``vectors`` (n, d), L2-normalised,
         with unique non-negative ``ids``. ``use_gpu=None`` uses a GPU when FAISS sees one.
+        ``memory_budget_bytes`` and ``opq`` go to ``choose_index_params``.
 
         Raises ``BadQueryError`` for invalid input.
         """
@@ -121,7 +123,11 @@ class VectorIndex:
         if len(np.unique(ids)) != len(ids):
             raise BadQueryError("ids passed to build must be unique")
         params = choose_index_params(
-            len(ids), vectors.shape[1], memory_budget_bytes=memory_budget_bytes, index_type=index_type
+            len(ids),
+            vectors.shape[1],
+            memory_budget_bytes=memory_budget_bytes,
+            index_type=index_type,
+            opq=opq,
         )
         store = VectorStore.from_arrays(vectors, ids)
         meta = {
@@ -129,6 +135,7 @@ class VectorIndex:
             "target_recall": float(target_recall),
             "seed": int(seed),
             "memory_budget_bytes": memory_budget_bytes,
+            "opq": bool(opq),
         }
         return cls._from_store(store, params, meta, use_gpu=use_gpu)
 
@@ -285,6 +292,7 @@ class VectorIndex:
             store.d,
             memory_budget_bytes=self._meta.get("memory_budget_bytes"),
             index_type=requested,
+            opq=bool(self._meta.get("opq", False)),
         )
         # Searches keep using the old index while the new one trains.
         fresh = VectorIndex._from_store(store, params, self._meta, use_gpu=bool(self._meta.get("gpu")))

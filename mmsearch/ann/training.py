@@ -23,6 +23,10 @@ I64 = npt.NDArray[np.int64]
 
 KMEANS_NITER = 20
 OPQ_NITER = 20
+PQ_NITER = 12
+PQ_MAX_POINTS_PER_CENTROID = 64
+"""PQ codebooks: 12 iterations on <= 16k points (FAISS: 25 on 64k), ~8x less training;
+the exact refine absorbs the small loss in code quality."""
 TUNE_REFINES = (1, 2, 4, 8, 16, 32)
 """Refine factors tried at build time (candidates = k x refine)."""
 
@@ -121,6 +125,11 @@ def train_ivfpq(xt: F32, params: IndexParams, *, seed: int, use_gpu: bool) -> fa
     quantizer.add(centroids)
     ivf = faiss.IndexIVFPQ(quantizer, d, params.nlist, params.m, params.nbits, faiss.METRIC_INNER_PRODUCT)
     ivf.pq.cp.seed = seed
+    ivf.pq.cp.niter = PQ_NITER
+    ivf.pq.cp.max_points_per_centroid = PQ_MAX_POINTS_PER_CENTROID
+    # Tiny forced IVF-PQ collections have < 39 points per code: accept it quietly
+    # (FAISS would print to stderr); the exact refine absorbs the codebook error.
+    ivf.pq.cp.min_points_per_centroid = 1
     ivf.train(x)  # coarse training is skipped: the quantizer already holds nlist centroids
     if opq is None:
         return ivf
