@@ -43,7 +43,9 @@ def data_file(directory: Path, role: str) -> Path:
 
 def test_round_trip_same_results_and_memory_mapped(saved) -> None:
     directory, index, x, _ = saved
-    loaded = VectorIndex.load(directory, expect_table_version=4, expect_model_key="mmsearch-tiny@v1")
+    loaded = VectorIndex.load(
+        directory, expect_table_version=4, expect_model_key="mmsearch-tiny@v1"
+    )
     q = vectors(40, seed=9)
     for kwargs in ({}, {"exact": True}, {"nprobe": 3, "refine": 2}):
         a, b = index.search(q, 10, **kwargs), loaded.search(q, 10, **kwargs)
@@ -147,6 +149,7 @@ CHILD = textwrap.dedent(
     from mmsearch.ann import VectorIndex
 
     directory, mode, marker = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    DIM = int(sys.argv[5])
 
     def hang(*args, **kwargs):
         marker.write_text("ready")
@@ -167,7 +170,7 @@ CHILD = textwrap.dedent(
     rng = np.random.default_rng(int(sys.argv[4]))
     next_id = 10**9 + int(sys.argv[4]) * 10**7  # fresh ids per child
     while True:
-        x = rng.normal(size=(300, %d)).astype(np.float32)
+        x = rng.normal(size=(300, DIM)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         index.add(x, np.arange(next_id, next_id + 300, dtype=np.int64), retrain=False)
         next_id += 300
@@ -175,7 +178,6 @@ CHILD = textwrap.dedent(
         if mode != "loop":
             break
     """
-    % D
 )
 
 
@@ -184,7 +186,15 @@ def run_child(directory: Path, mode: str, tmp_path: Path, seed: int) -> subproce
     script.write_text(CHILD)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(
-        [sys.executable, str(script), str(directory), mode, str(tmp_path / "marker"), str(seed)],
+        [
+            sys.executable,
+            str(script),
+            str(directory),
+            mode,
+            str(tmp_path / "marker"),
+            str(seed),
+            str(D),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

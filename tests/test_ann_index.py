@@ -23,20 +23,26 @@ def structured_vectors(n: int, d: int, *, seed: int, stream: int = 0) -> np.ndar
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def brute_force(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def brute_force(
+    x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     s = q @ x.T
     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(s, order, axis=1), ids[order]
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
+    return float(
+        np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
+    )
 
 
 @pytest.fixture(scope="module")
 def big() -> tuple[VectorIndex, np.ndarray, np.ndarray, np.ndarray]:
     x = structured_vectors(50_000, 128, seed=7)
-    ids = np.random.default_rng(1).choice(10**12, size=50_000, replace=False).astype(np.int64)  # sparse
+    ids = (
+        np.random.default_rng(1).choice(10**12, size=50_000, replace=False).astype(np.int64)
+    )  # sparse
     index = VectorIndex.build(x, ids, seed=0)
     q = structured_vectors(300, 128, seed=7, stream=1)  # held out
     return index, x, ids, q
@@ -61,7 +67,9 @@ def test_recall_at_10_vs_exact_on_held_out_queries(big) -> None:
     # refined scores are exact inner products of the returned ids
     pos = {int(i): r for r, i in enumerate(ids)}
     rows = np.array([[pos[int(i)] for i in row] for row in found[:20]])
-    np.testing.assert_allclose(scores[:20], np.einsum("qkd,qd->qk", x[rows], q[:20]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        scores[:20], np.einsum("qkd,qd->qk", x[rows], q[:20]), rtol=1e-5, atol=1e-5
+    )
     assert np.all(np.diff(scores, axis=1) <= 1e-7)
 
 
@@ -174,7 +182,9 @@ def test_build_is_deterministic_for_a_seed() -> None:
     a, x, _ = small_index("ivfpq", n=3000)
     b, _, _ = small_index("ivfpq", n=3000)
     q = structured_vectors(50, 32, seed=3, stream=9)
-    np.testing.assert_array_equal(a.search(q, 10, nprobe=2, refine=1)[1], b.search(q, 10, nprobe=2, refine=1)[1])
+    np.testing.assert_array_equal(
+        a.search(q, 10, nprobe=2, refine=1)[1], b.search(q, 10, nprobe=2, refine=1)[1]
+    )
     assert (a.info["nprobe"], a.info["refine"]) == (b.info["nprobe"], b.info["refine"])
 
 
@@ -186,7 +196,9 @@ def test_build_is_deterministic_for_a_seed() -> None:
         lambda ix: ix.search(np.zeros((1, 32), np.float32), 0),
         lambda ix: ix.search(np.zeros((1, 32), np.float32), 5, nprobe=0),
         lambda ix: ix.search(np.zeros((1, 32), np.float32), 5, refine=-1),
-        lambda ix: ix.add(np.ones((2, 32), np.float32), np.array([10**8, 10**8 + 1])),  # not normalised
+        lambda ix: ix.add(
+            np.ones((2, 32), np.float32), np.array([10**8, 10**8 + 1])
+        ),  # not normalised
         lambda ix: ix.add(np.eye(32, dtype=np.float32)[:2], np.array([-5, 3])),
         lambda ix: ix.remove(np.array([[1, 2]])),
     ],

@@ -56,7 +56,13 @@ def test_m_divides_d_and_respects_code_cap(d: int) -> None:
 
 
 def test_m_known_values() -> None:
-    assert (choose_m(512), choose_m(768), choose_m(128), choose_m(100), choose_m(7)) == (64, 64, 32, 25, 1)
+    assert (choose_m(512), choose_m(768), choose_m(128), choose_m(100), choose_m(7)) == (
+        64,
+        64,
+        32,
+        25,
+        1,
+    )
     assert choose_m(512, max_code_bytes=20) == 16
 
 
@@ -102,7 +108,9 @@ def test_opq_only_when_asked() -> None:
     assert choose_index_params(10**6, 512).opq is False
 
 
-@pytest.mark.parametrize("bad", [dict(n=0, d=8), dict(n=10, d=0), dict(n=10, d=8, index_type="hnsw")])
+@pytest.mark.parametrize(
+    "bad", [dict(n=0, d=8), dict(n=10, d=0), dict(n=10, d=8, index_type="hnsw")]
+)
 def test_invalid_arguments_raise(bad: dict) -> None:
     with pytest.raises(BadQueryError):
         choose_index_params(**bad)

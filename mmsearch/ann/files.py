@@ -135,7 +135,9 @@ def verify_file(directory: Path, entry: dict[str, Any], *, checksum: bool) -> Pa
             f"(truncated or overwritten); {REBUILD_HINT}"
         )
     if checksum and sha256_file(path) != entry["sha256"]:
-        raise IndexCorruptError(f"index file {path} fails its SHA-256 check (corrupt); {REBUILD_HINT}")
+        raise IndexCorruptError(
+            f"index file {path} fails its SHA-256 check (corrupt); {REBUILD_HINT}"
+        )
     return path
 
 

@@ -38,7 +38,6 @@ from mmsearch.ann.params import (
 from mmsearch.ann.store import VectorStore, top_k
 from mmsearch.ann.training import (
     gpu_available,
-    ivf_of,
     search_params,
     to_gpu,
     train_ivfpq,
@@ -211,7 +210,9 @@ class VectorIndex:
             n_cand = k * refine_v
             if self._gpu_index is not None:  # pragma: no cover - no GPU in CI
                 with self._gpu_lock:  # GPU nprobe is set on the index, not per call
-                    faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", nprobe_v)
+                    faiss.GpuParameterSpace().set_index_parameter(
+                        self._gpu_index, "nprobe", nprobe_v
+                    )
                     _, cand = self._gpu_index.search(q, min(n_cand, 2048))
             else:
                 _, cand = self._index.search(q, n_cand, params=search_params(self._index, nprobe_v))
@@ -234,7 +235,9 @@ class VectorIndex:
         was trained on (``RETRAIN_GROWTH_RATIO``), or an auto-chosen flat index that grew
         past ``FLAT_THRESHOLD``."""
         if self._params.index_type == "flat":
-            return self._meta.get("requested_type") == "auto" and self._store.n_live >= FLAT_THRESHOLD
+            return (
+                self._meta.get("requested_type") == "auto" and self._store.n_live >= FLAT_THRESHOLD
+            )
         return retrain_due(int(self._meta["trained_n"]), int(self._meta["added_since_train"]))
 
     def add(self, vectors: F32, ids: I64, *, retrain: bool | None = None) -> None:
@@ -255,10 +258,14 @@ class VectorIndex:
                     self._make_mutable()
                     self._store.add(vectors, ids)
                     for start in range(0, len(ids), ADD_CHUNK):
-                        self._index.add_with_ids(vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK])
+                        self._index.add_with_ids(
+                            vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK]
+                        )
                     self._index_dirty = True
                     self._gpu_index = None
-                    self._meta["added_since_train"] = int(self._meta["added_since_train"]) + len(ids)
+                    self._meta["added_since_train"] = int(self._meta["added_since_train"]) + len(
+                        ids
+                    )
             if retrain or (retrain is None and self.needs_retrain):
                 self._retrain_locked()
 
@@ -295,7 +302,9 @@ class VectorIndex:
             opq=bool(self._meta.get("opq", False)),
         )
         # Searches keep using the old index while the new one trains.
-        fresh = VectorIndex._from_store(store, params, self._meta, use_gpu=bool(self._meta.get("gpu")))
+        fresh = VectorIndex._from_store(
+            store, params, self._meta, use_gpu=bool(self._meta.get("gpu"))
+        )
         with self._rw.write():
             self._params, self._index = fresh._params, fresh._index
             self._nprobe, self._refine, self._meta = fresh._nprobe, fresh._refine, fresh._meta
@@ -312,7 +321,9 @@ class VectorIndex:
 
     # --------------------------------------------------------------- persist
 
-    def save(self, directory: str | os.PathLike[str], *, table_version: int, model_key: str) -> None:
+    def save(
+        self, directory: str | os.PathLike[str], *, table_version: int, model_key: str
+    ) -> None:
         """Write the index to ``directory`` crash-safely (new generation files, then the
         manifest, then old generations are deleted). Unchanged files are reused."""
         root = Path(directory)
@@ -322,15 +333,26 @@ class VectorIndex:
             same_dir = self._files_dir is not None and _same_dir(self._files_dir, root)
             files: dict[str, dict[str, Any]] = {}
             new_store = None
-            if same_dir and not self._store.dirty and _files_present(root, self._files, ("vectors", "ids")):
+            if (
+                same_dir
+                and not self._store.dirty
+                and _files_present(root, self._files, ("vectors", "ids"))
+            ):
                 files["vectors"], files["ids"] = self._files["vectors"], self._files["ids"]
             else:
                 vpath, ipath = root / f"vectors-{gen}.f32", root / f"ids-{gen}.i64"
                 vsha, isha = self._store.write(vpath, ipath)
-                files["vectors"], files["ids"] = F.file_entry(vpath, vsha), F.file_entry(ipath, isha)
+                files["vectors"], files["ids"] = (
+                    F.file_entry(vpath, vsha),
+                    F.file_entry(ipath, isha),
+                )
                 new_store = VectorStore.open(vpath, ipath, self._store.n_live, self._store.d)
             if self._params.index_type == "ivfpq":
-                if same_dir and not self._index_dirty and _files_present(root, self._files, ("index",)):
+                if (
+                    same_dir
+                    and not self._index_dirty
+                    and _files_present(root, self._files, ("index",))
+                ):
                     files["index"] = self._files["index"]
                 else:
                     xpath = root / f"index-{gen}.faiss"
@@ -345,7 +367,9 @@ class VectorIndex:
                 self._files, self._files_dir, self._index_dirty = files, root, False
             F.collect_garbage(root, {e["name"] for e in files.values()})
 
-    def _manifest(self, gen: int, table_version: int, model_key: str, files: dict[str, Any]) -> dict[str, Any]:
+    def _manifest(
+        self, gen: int, table_version: int, model_key: str, files: dict[str, Any]
+    ) -> dict[str, Any]:
         return {
             "format_version": F.FORMAT_VERSION,
             "generation": gen,
@@ -383,7 +407,9 @@ class VectorIndex:
                 )
             except IndexCorruptError:
                 # A concurrent save may have switched the manifest and collected our files.
-                if attempt == 2 or F.read_manifest(root).get("generation") == manifest.get("generation"):
+                if attempt == 2 or F.read_manifest(root).get("generation") == manifest.get(
+                    "generation"
+                ):
                     raise
         raise AssertionError("unreachable")
 
@@ -402,7 +428,10 @@ class VectorIndex:
                 f"the index in {root} was built with model {manifest.get('model_key')!r} but "
                 f"{expect_model_key!r} is in use; re-embed and rebuild with `mmsearch build-index`"
             )
-        if expect_table_version is not None and manifest.get("table_version") != expect_table_version:
+        if (
+            expect_table_version is not None
+            and manifest.get("table_version") != expect_table_version
+        ):
             raise IndexCorruptError(
                 f"the index in {root} is for table version {manifest.get('table_version')} but "
                 f"the table is at version {expect_table_version} (stale index); {F.REBUILD_HINT}"
@@ -411,13 +440,21 @@ class VectorIndex:
             params = IndexParams.from_dict(manifest["params"])
             n, d = int(manifest["n"]), int(manifest["d"])
             files = manifest["files"]
-            nprobe, refine, meta = int(manifest["nprobe"]), int(manifest["refine"]), dict(manifest["meta"])
+            nprobe, refine, meta = (
+                int(manifest["nprobe"]),
+                int(manifest["refine"]),
+                dict(manifest["meta"]),
+            )
             vec_entry, ids_entry = files["vectors"], files["ids"]
             index_entry = files["index"] if params.index_type == "ivfpq" else None
         except (KeyError, TypeError, ValueError) as exc:
-            raise IndexCorruptError(f"{root / F.MANIFEST_NAME} is incomplete ({exc!r}); {F.REBUILD_HINT}") from exc
+            raise IndexCorruptError(
+                f"{root / F.MANIFEST_NAME} is incomplete ({exc!r}); {F.REBUILD_HINT}"
+            ) from exc
         if vec_entry["size"] != n * d * 4 or ids_entry["size"] != n * ID_BYTES or params.d != d:
-            raise IndexCorruptError(f"{root / F.MANIFEST_NAME} is inconsistent (sizes vs n={n}, d={d}); {F.REBUILD_HINT}")
+            raise IndexCorruptError(
+                f"{root / F.MANIFEST_NAME} is inconsistent (sizes vs n={n}, d={d}); {F.REBUILD_HINT}"
+            )
         vpath = F.verify_file(root, vec_entry, checksum=verify_checksums)
         ipath = F.verify_file(root, ids_entry, checksum=verify_checksums)
         store = VectorStore.open(vpath, ipath, n, d)
@@ -431,7 +468,9 @@ class VectorIndex:
             try:
                 index = faiss.read_index(str(xpath), _MMAP_FLAG if mmap else 0)
             except RuntimeError as exc:
-                raise IndexCorruptError(f"cannot read FAISS index {xpath}: {exc}; {F.REBUILD_HINT}") from exc
+                raise IndexCorruptError(
+                    f"cannot read FAISS index {xpath}: {exc}; {F.REBUILD_HINT}"
+                ) from exc
             if index.ntotal != n or index.d != d:
                 raise IndexCorruptError(
                     f"FAISS index {xpath} holds {index.ntotal} vectors of dimension {index.d}, "
@@ -460,7 +499,13 @@ class VectorIndex:
             "type": p.index_type,
             "n": n,
             "d": p.d,
-            "params": {"nlist": p.nlist, "m": p.m, "nbits": p.nbits, "opq": p.opq, "train_size": p.train_size},
+            "params": {
+                "nlist": p.nlist,
+                "m": p.m,
+                "nbits": p.nbits,
+                "opq": p.opq,
+                "train_size": p.train_size,
+            },
             "nprobe": self._nprobe,
             "refine": self._refine,
             "recall_at_10": self._meta.get("recall_at_10"),
@@ -486,7 +531,14 @@ def _fill(index: faiss.Index, store: VectorStore) -> None:
         index.add_with_ids(vecs, ids)
 
 
-def _tune(index: faiss.Index, store: VectorStore, params: IndexParams, live: I64, rng: np.random.Generator, target: float):  # noqa: ANN202
+def _tune(
+    index: faiss.Index,
+    store: VectorStore,
+    params: IndexParams,
+    live: I64,
+    rng: np.random.Generator,
+    target: float,
+):  # noqa: ANN202
     """Tune on up to 500 data rows as queries (their own id excluded), exact ground truth."""
     n = len(live)
     nq = min(MAX_TUNE_QUERIES, max(min(n, 20), n // 10))
@@ -504,19 +556,32 @@ def _tune(index: faiss.Index, store: VectorStore, params: IndexParams, live: I64
         return top_k(s, np.where(ok, cand, -1), TUNE_K)
 
     return tune_nprobe_refine(
-        index, rescore, queries, qids, truth, k=TUNE_K, nlist=params.nlist, m=params.m,
-        d=params.d, n=n, target_recall=target,
+        index,
+        rescore,
+        queries,
+        qids,
+        truth,
+        k=TUNE_K,
+        nlist=params.nlist,
+        m=params.m,
+        d=params.d,
+        n=n,
+        target_recall=target,
     )
 
 
-def _check_rows(vectors: Any, ids: Any, *, d: int | None, allow_empty: bool = False) -> tuple[F32, I64]:
+def _check_rows(
+    vectors: Any, ids: Any, *, d: int | None, allow_empty: bool = False
+) -> tuple[F32, I64]:
     x = np.asarray(vectors)
     i = np.asarray(ids)
     if x.ndim != 2 or (d is not None and x.shape[1] != d) or x.shape[1] < 1:
         want = f"(n, {d})" if d is not None else "(n, d)"
         raise BadQueryError(f"vectors must have shape {want}, got {x.shape}")
     if i.shape != (x.shape[0],) or (i.size and not np.issubdtype(i.dtype, np.integer)):
-        raise BadQueryError(f"ids must be a 1-D integer array of length {x.shape[0]}, got {i.shape} {i.dtype}")
+        raise BadQueryError(
+            f"ids must be a 1-D integer array of length {x.shape[0]}, got {i.shape} {i.dtype}"
+        )
     if not len(i) and not allow_empty:
         raise BadQueryError("cannot build an index from zero vectors")
     x = np.ascontiguousarray(x, np.float32)

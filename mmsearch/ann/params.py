@@ -143,7 +143,9 @@ def choose_m(d: int, *, max_code_bytes: int = DEFAULT_MAX_CODE_BYTES) -> int:
         raise BadQueryError(f"dimension must be positive, got {d}")
     if max_code_bytes < 1:
         raise BadQueryError(f"max_code_bytes must be positive, got {max_code_bytes}")
-    fitting = [m for m in divisors(d) if m <= max_code_bytes and d // m >= MIN_DIMS_PER_SUBQUANTIZER]
+    fitting = [
+        m for m in divisors(d) if m <= max_code_bytes and d // m >= MIN_DIMS_PER_SUBQUANTIZER
+    ]
     return max(fitting) if fitting else 1
 
 
@@ -163,7 +165,9 @@ def estimate_flat_bytes(n: int, d: int) -> int:
     return n * (4 * d + ID_BYTES)
 
 
-def estimate_ivfpq_bytes(n: int, d: int, nlist: int, m: int, *, opq: bool, nbits: int = NBITS) -> int:
+def estimate_ivfpq_bytes(
+    n: int, d: int, nlist: int, m: int, *, opq: bool, nbits: int = NBITS
+) -> int:
     """RAM of an IVF-PQ index: codes + ids per vector, coarse centroids, PQ codebooks,
     OPQ matrix. The exact-refine vectors are memory-mapped from disk and not counted."""
     code_bytes = (m * nbits + 7) // 8
@@ -229,7 +233,10 @@ def _choose_m_in_budget(n: int, d: int, nlist: int, budget: int | None, opq: boo
     best = choose_m(d)
     candidates = [m for m in divisors(d) if m <= best]
     for m in sorted(candidates, reverse=True):
-        if budget is None or estimate_ivfpq_bytes(n, d, nlist, m, opq=choose_opq(d, m, wanted=opq)) <= budget:
+        if (
+            budget is None
+            or estimate_ivfpq_bytes(n, d, nlist, m, opq=choose_opq(d, m, wanted=opq)) <= budget
+        ):
             return m
     return None
 

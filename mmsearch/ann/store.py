@@ -200,7 +200,9 @@ class VectorStore:
         for start in range(0, nb, block):
             stop = min(nb, start + block)
             dead = None if self._base_dead is None else self._base_dead[start:stop]
-            parts.append((self._base_vectors[start:stop], np.asarray(self._base_ids[start:stop]), dead))
+            parts.append(
+                (self._base_vectors[start:stop], np.asarray(self._base_ids[start:stop]), dead)
+            )
         if len(self._delta_ids):
             parts.append((self._delta_vectors, self._delta_ids, None))
         for vecs, ids, dead in parts:

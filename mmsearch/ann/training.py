@@ -123,7 +123,9 @@ def train_ivfpq(xt: F32, params: IndexParams, *, seed: int, use_gpu: bool) -> fa
     centroids = two_level_kmeans(x, params.nlist, seed=seed, use_gpu=use_gpu)
     quantizer = faiss.IndexFlatIP(d)
     quantizer.add(centroids)
-    ivf = faiss.IndexIVFPQ(quantizer, d, params.nlist, params.m, params.nbits, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.IndexIVFPQ(
+        quantizer, d, params.nlist, params.m, params.nbits, faiss.METRIC_INNER_PRODUCT
+    )
     ivf.pq.cp.seed = seed
     ivf.pq.cp.niter = PQ_NITER
     ivf.pq.cp.max_points_per_centroid = PQ_MAX_POINTS_PER_CENTROID
@@ -201,7 +203,9 @@ def tune_nprobe_refine(
             cost = scan_cost + k * refine * d * REFINE_ROW_COST
             if cost >= best_cost:
                 continue
-            recall = _recall_excluding_self(rescore, queries, cand[:, : k * refine + 1], query_ids, truth, k)
+            recall = _recall_excluding_self(
+                rescore, queries, cand[:, : k * refine + 1], query_ids, truth, k
+            )
             if recall >= target_recall:
                 best, best_cost = TuneResult(nprobe, refine, recall, True), cost
             elif recall > fallback.recall:
