@@ -45,6 +45,33 @@ DEFAULT_PARTIAL_QUERIES: tuple[str, ...] = (
 )
 
 
+def partial_query_grid() -> dict[str, list[str]]:
+    """Every partial query of five kinds, e.g. ``{"colour+shape": ["red circle", ...], ...}``."""
+    return {
+        "colour+shape": [f"{c} {s}" for c in COLOURS for s in SHAPES],
+        "shape+position": [f"a {s} on the {p}" for s in SHAPES for p in POSITIONS],
+        "colour+position": [f"{c} on the {p}" for c in COLOURS for p in POSITIONS],
+        "colour": list(COLOURS),
+        "shape": list(SHAPES),
+    }
+
+
+def _precision_at(
+    encoder: ClipEncoder,
+    image_vecs: npt.NDArray[np.float32],
+    rows: Sequence[dict[str, Any]],
+    queries: Sequence[str],
+    k: int,
+) -> dict[str, float]:
+    sims = encoder.encode_texts(list(queries)) @ image_vecs.T
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    out: dict[str, float] = {}
+    for query, idx in zip(queries, top, strict=True):
+        want = query_constraints(query)
+        out[query] = float(np.mean([all(rows[i][a] == v for a, v in want.items()) for i in idx]))
+    return out
+
+
 def query_constraints(query: str) -> dict[str, str]:
     """The colour/shape/position words of ``query``, e.g. ``{"colour": "red", "shape": "circle"}``."""
     words = query.lower().replace(",", " ").split()
@@ -94,8 +121,8 @@ def caption_recall(
 ) -> dict[str, Any]:
     """Full-caption R@k and partial-query precision@5 of ``encoder`` on a catalog.
 
-    Returns ``{"n_images", "n_captions", "r1", "r5", ..., "partial": {query: p@5},
-    "partial_mean_p5", "seconds"}``.
+    Returns ``{"n_images", "n_captions", "r1", "r5", ..., "r_precision", "partial": {query: p@5},
+    "partial_mean_p5", "partial_grid_p5": {kind: mean p@5}, "seconds"}``.
 
     >>> caption_recall(load_encoder(ModelSpec("mmsearch-tiny")), "/tmp/cat")["r1"]  # doctest: +SKIP
     0.97
@@ -114,16 +141,23 @@ def caption_recall(
     result: dict[str, Any] = {"n_images": len(rows), "n_captions": len(captions)}
     for k in ks:
         result[f"r{k}"] = float(hits[:, :k].any(axis=1).mean())
-    partial: dict[str, float] = {}
-    if partial_queries:
-        psims = encoder.encode_texts(list(partial_queries)) @ image_vecs.T
-        ptop = np.argsort(-psims, axis=1, kind="stable")[:, :5]
-        for query, idx in zip(partial_queries, ptop, strict=True):
-            want = query_constraints(query)
-            ok = [all(rows[i][key] == val for key, val in want.items()) for i in idx]
-            partial[query] = float(np.mean(ok))
+    # R-precision: with m images of a caption, the share of its top m that have it
+    # (stricter than R@k: every matching image must outrank every other image).
+    order = np.argsort(-sims, axis=1, kind="stable")
+    counts = {c: int((labels == c).sum()) for c in captions}
+    result["r_precision"] = float(
+        np.mean([(labels[order[i, : counts[c]]] == c).mean() for i, c in enumerate(captions)])
+    )
+    partial = (
+        _precision_at(encoder, image_vecs, rows, partial_queries, 5) if partial_queries else {}
+    )
     result["partial"] = partial
     result["partial_mean_p5"] = float(np.mean(list(partial.values()))) if partial else float("nan")
+    # Mean precision@5 over every partial query of each kind (all have >= 5 matches in n >= 1000).
+    result["partial_grid_p5"] = {
+        kind: float(np.mean(list(_precision_at(encoder, image_vecs, rows, queries, 5).values())))
+        for kind, queries in partial_query_grid().items()
+    }
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -160,10 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"model {encoder.spec.key}  images {res['n_images']}  captions {res['n_captions']}  seed {args.seed}"
     )
-    print(f"full captions: R@1 {res['r1']:.3f}  R@5 {res['r5']:.3f}")
+    print(
+        f"full captions: R@1 {res['r1']:.3f}  R@5 {res['r5']:.3f}  R-precision {res['r_precision']:.3f}"
+    )
     for query, p in res["partial"].items():
         print(f"partial {query!r}: precision@5 {p:.2f}")
-    print(f"partial mean precision@5 {res['partial_mean_p5']:.3f}  ({res['seconds']:.1f}s)")
+    print(f"partial mean precision@5 {res['partial_mean_p5']:.3f}")
+    for kind, p in res["partial_grid_p5"].items():
+        print(f"all {kind} queries: mean precision@5 {p:.3f}")
+    print(f"({res['seconds']:.1f}s)")
 
 
 if __name__ == "__main__":
