@@ -177,3 +177,13 @@ def test_offline_tag_without_cache_fails_fast(tmp_path: Path) -> None:
     assert proc.stdout.startswith("ModelLoadError"), proc.stdout + proc.stderr
     assert "--pretrained" in proc.stdout and "mmsearch-tiny" in proc.stdout
     assert len(proc.stdout.strip().splitlines()) == 1
+
+
+def test_bf16_autocast_stays_close_to_fp32(tiny: ClipEncoder, images: np.ndarray) -> None:
+    # The CUDA default (bf16 autocast) exercised on CPU: float32 unit output, same directions.
+    low = load_encoder(ModelSpec("mmsearch-tiny"), device="cpu", dtype="bf16")
+    vecs = low.encode_images(images)
+    assert vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    cosine = (vecs * tiny.encode_images(images)).sum(axis=1)
+    assert cosine.min() > 0.98
