@@ -1,0 +1,351 @@
+"""ANN benchmark: mmsearch VectorIndex vs FAISS exact flat vs LanceDB IVF_PQ, one run.
+
+Same machine, same seeded data (``benchmarks/datasets.py``: clustered, low intrinsic
+dimension, CLIP-like cosine statistics), same held-out queries. Prints build time,
+bytes per vector in RAM, recall@1/@10 vs exact, p50/p99 single-query latency,
+batched QPS and ratios, as a Markdown table plus JSON.
+
+    python benchmarks/ann.py                  # 1,000,000 x 512, 1000 queries
+    python benchmarks/ann.py --quick          # 100,000 x 512, 300 queries
+    python benchmarks/ann.py --n 200000 --skip-lancedb
+
+LanceDB gets the same nlist/m (num_partitions/num_sub_vectors), the same k-means
+budget (39 training points per partition, 20 iterations), and its nprobes /
+refine_factor are tuned on the same queries to the recall@10 our index reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see mmsearch/ann/__init__.py
+os.environ.setdefault("LANCE_LOG", "error")
+os.environ.setdefault("RUST_LOG", "error")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import faiss  # noqa: E402
+
+from benchmarks.datasets import SyntheticSpec, generate  # noqa: E402
+from mmsearch.ann import VectorIndex  # noqa: E402
+
+K = 10
+
+
+def rss_anon_bytes() -> int:
+    """Anonymous resident memory of this process (heap; excludes file-backed mmaps)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    hits = [len(np.intersect1d(f[:k], t[:k])) for f, t in zip(found, truth, strict=True)]
+    return float(np.sum(hits) / (k * len(truth)))
+
+
+def latency_ms(fn, queries: np.ndarray, n: int) -> tuple[float, float]:
+    """p50/p99 of one-query calls (after 5 warm-up calls)."""
+    for i in range(min(5, n)):
+        fn(queries[i : i + 1])
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(queries[i : i + 1])
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def batched_qps(fn, queries: np.ndarray, repeats: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(queries)
+        best = min(best, time.perf_counter() - t0)
+    return len(queries) / best
+
+
+def load_data(args: argparse.Namespace, work: Path) -> tuple[np.ndarray, np.ndarray]:
+    spec = SyntheticSpec(d=args.d, seed=args.seed)
+    path = work / f"data-{args.n}x{args.d}-s{args.seed}.npy"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, generate(spec, args.n, stream=0))
+        tmp.rename(path)
+    x = np.load(path, mmap_mode="r")
+    q = generate(spec, args.queries, stream=1)  # held out: another stream
+    return x, q
+
+
+def bench_flat(x: np.ndarray, q: np.ndarray, n_single: int) -> tuple[dict[str, Any], np.ndarray]:
+    t0 = time.perf_counter()
+    flat = faiss.IndexFlatIP(x.shape[1])
+    for start in range(0, len(x), 1 << 17):
+        flat.add(np.ascontiguousarray(x[start : start + (1 << 17)]))
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, truth = flat.search(q, 100)
+    qps = len(q) / (time.perf_counter() - t0)
+    p50, p99 = latency_ms(lambda qq: flat.search(qq, K), q, n_single)
+    flat.reset()  # free the 2 GB copy before the next contender
+    row = {
+        "name": "FAISS flat (exact)",
+        "build_s": build,
+        "bytes_per_vector": 4 * x.shape[1],
+        "recall@1": 1.0,
+        "recall@10": 1.0,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "qps": qps,
+    }
+    return row, truth
+
+
+def bench_ours(
+    x: np.ndarray, q: np.ndarray, truth: np.ndarray, work: Path, args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    ids = np.arange(len(x), dtype=np.int64)
+    t0 = time.perf_counter()
+    built = VectorIndex.build(np.asarray(x), ids, seed=args.seed, target_recall=args.target_recall)
+    build = time.perf_counter() - t0
+    directory = work / "ours"
+    t0 = time.perf_counter()
+    built.save(directory, table_version=1, model_key="synthetic")
+    save = time.perf_counter() - t0
+    build_info = built.info
+    del built
+    anon0 = rss_anon_bytes()
+    t0 = time.perf_counter()
+    index = VectorIndex.load(directory, verify_checksums=False)
+    load = time.perf_counter() - t0
+    index.search(q[:50], K)  # touch
+    anon_per_vector = (rss_anon_bytes() - anon0) / len(x)
+    _, found = index.search(q, K)
+    p50, p99 = latency_ms(lambda qq: index.search(qq, K), q, args.single)
+    qps = batched_qps(lambda qq: index.search(qq, K), q)
+    info = index.info
+    row = {
+        "name": "mmsearch IVF-PQ + exact refine",
+        "build_s": build,
+        "bytes_per_vector": info["bytes_per_vector"],
+        "recall@1": recall_at(found, truth, 1),
+        "recall@10": recall_at(found, truth, K),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "qps": qps,
+    }
+    extra = {
+        "info": info,
+        "build_info_recall_at_10": build_info["recall_at_10"],
+        "save_s": save,
+        "load_s": load,
+        "rss_anon_bytes_per_vector_after_load": anon_per_vector,
+    }
+    return row, extra
+
+
+def bench_lancedb(
+    x: np.ndarray,
+    q: np.ndarray,
+    truth: np.ndarray,
+    work: Path,
+    nlist: int,
+    m: int,
+    want_recall: float,
+    args,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    import lancedb
+    import pyarrow as pa
+    from lancedb.index import IvfPq
+
+    d = x.shape[1]
+    path = work / "lance"
+    shutil.rmtree(path, ignore_errors=True)
+    db = lancedb.connect(path)
+
+    def batch(start: int, stop: int) -> pa.Table:
+        v = np.ascontiguousarray(x[start:stop], np.float32)
+        return pa.table(
+            {
+                "id": pa.array(np.arange(start, stop), pa.int64()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), d),
+            }
+        )
+
+    t0 = time.perf_counter()
+    step = 1 << 17
+    table = db.create_table("items", data=batch(0, min(step, len(x))), mode="overwrite")
+    for start in range(step, len(x), step):
+        table.add(batch(start, min(start + step, len(x))))
+    write_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    table.create_index(
+        "vector",
+        config=IvfPq(
+            distance_type="dot",
+            num_partitions=nlist,
+            num_sub_vectors=m,
+            sample_rate=39,
+            max_iterations=20,
+        ),
+    )
+    index_s = time.perf_counter() - t0
+
+    def search_one(qq: np.ndarray, nprobes: int, refine: int) -> np.ndarray:
+        r = (
+            table.search(qq[0])
+            .distance_type("dot")
+            .nprobes(nprobes)
+            .refine_factor(refine)
+            .limit(K)
+            .select(["id", "_distance"])
+            .to_arrow()
+        )
+        out = np.full(K, -1, np.int64)
+        ids = r.column("id").to_numpy()
+        out[: len(ids)] = ids
+        return out
+
+    def search_batch(qq: np.ndarray, nprobes: int, refine: int) -> np.ndarray:
+        r = (
+            table.search(qq)
+            .distance_type("dot")
+            .nprobes(nprobes)
+            .refine_factor(refine)
+            .limit(K)
+            .select(["id", "_distance"])
+            .to_arrow()
+        )
+        out = np.full((len(qq), K), -1, np.int64)
+        qi = r.column("query_index").to_numpy()
+        ids = r.column("id").to_numpy()
+        for i in range(len(qq)):
+            row = ids[qi == i][:K]
+            out[i, : len(row)] = row
+        return out
+
+    # Tune: for each refine factor, the smallest nprobes reaching our recall@10 on the
+    # same queries; keep the fastest of those (batched time).
+    tune_q, tune_t = q[: args.tune_queries], truth[: args.tune_queries]
+    tried = []
+    best = None
+    for refine in (1, 2, 4, 8, 16):
+        nprobes = 4
+        while nprobes <= nlist:
+            t0 = time.perf_counter()
+            found = search_batch(tune_q, nprobes, refine)
+            dt = time.perf_counter() - t0
+            rec = recall_at(found, tune_t, K)
+            tried.append({"nprobes": nprobes, "refine": refine, "recall@10": rec, "batch_s": dt})
+            if rec >= want_recall:
+                if best is None or dt < best["batch_s"]:
+                    best = tried[-1]
+                break
+            nprobes *= 2
+    if best is None:
+        best = max(tried, key=lambda t: t["recall@10"])
+    nprobes, refine = best["nprobes"], best["refine"]
+    found = search_batch(q, nprobes, refine)
+    p50, p99 = latency_ms(lambda qq: search_one(qq, nprobes, refine), q, args.single)
+    qps = batched_qps(lambda qq: search_batch(qq, nprobes, refine), q)
+    config = table.list_indices()[0]
+    stats = table.index_stats(config.name)
+    index_bytes = float(getattr(config, "size_bytes", None) or float("nan"))
+    row = {
+        "name": f"LanceDB IVF_PQ (nprobes={nprobes}, refine_factor={refine})",
+        "build_s": index_s,
+        "bytes_per_vector": index_bytes / len(x),  # its index file; cached in RAM when used
+        "recall@1": recall_at(found, truth, 1),
+        "recall@10": recall_at(found, truth, K),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "qps": qps,
+    }
+    return row, {"table_write_s": write_s, "tuning": tried, "index_stats": str(stats)}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    ours = rows[1]
+    head = "| index | build s | B/vector in RAM | recall@1 | recall@10 | p50 ms | p99 ms | batched QPS | p50 vs ours | QPS: ours / this |\n"
+    head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    lines = []
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['build_s']:.1f} | {r['bytes_per_vector']:.1f} | {r['recall@1']:.4f} | "
+            f"{r['recall@10']:.4f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.0f} | "
+            f"{r['p50_ms'] / ours['p50_ms']:.1f}x | {ours['qps'] / r['qps']:.2f}x |"
+        )
+    return head + "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--single", type=int, default=300, help="queries timed one at a time")
+    ap.add_argument("--flat-single", type=int, default=50, help="single queries timed for flat")
+    ap.add_argument("--tune-queries", type=int, default=300, help="queries used to tune LanceDB")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--skip-lancedb", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="100k vectors, 300 queries")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/mmsearch-ann-bench"))
+    ap.add_argument("--json", type=Path, default=None, help="write all figures here")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.queries = min(args.n, 100_000), min(args.queries, 300)
+    args.single = min(args.single, args.queries)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    x, q = load_data(args, args.workdir)
+    print(
+        f"data: {x.shape} + {len(q)} held-out queries in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+    flat_row, truth = bench_flat(x, q, min(args.flat_single, len(q)))
+    print(f"flat: {flat_row}", flush=True)
+    ours_row, ours_extra = bench_ours(x, q, truth, args.workdir, args)
+    print(f"ours: {ours_row}\n      {ours_extra}", flush=True)
+    rows = [flat_row, ours_row]
+    extra: dict[str, Any] = {"ours": ours_extra}
+    if not args.skip_lancedb:
+        p = ours_extra["info"]["params"]
+        lance_row, lance_extra = bench_lancedb(
+            x, q, truth, args.workdir, p["nlist"], p["m"], ours_row["recall@10"], args
+        )
+        print(f"lancedb: {lance_row}\n      {lance_extra}", flush=True)
+        rows.append(lance_row)
+        extra["lancedb"] = lance_extra
+    print()
+    print(
+        f"n={args.n} d={args.d} queries={len(q)} cores={os.cpu_count()} faiss={faiss.__version__}"
+    )
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"workdir": str(args.workdir), "json": str(args.json)},
+                    "rows": rows,
+                    "extra": extra,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
