@@ -192,21 +192,37 @@ class CatalogInfo:
 
 
 def _plan_rows(rng: np.random.Generator, n: int) -> list[dict[str, str | float]]:
-    """SKUs of 2–4 images each (same colour+shape, different positions)."""
+    """SKUs of 2–4 images each (same colour+shape, different positions).
+
+    Colour+shape pairs are drawn round-robin from shuffled cycles and each pair walks
+    through shuffled cycles of positions, so every caption appears about equally often:
+    a catalog of n ≥ 320 holds every one of the 160 captions at least once.
+    """
     rows: list[dict[str, str | float]] = []
     variants: dict[tuple[str, str], int] = {}
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    pair_cycle: list[tuple[str, str]] = []
+    position_queue: dict[tuple[str, str], list[str]] = {}
     while len(rows) < n:
-        colour = COLOURS[rng.integers(0, len(COLOURS))]
-        shape = SHAPES[rng.integers(0, len(SHAPES))]
+        if not pair_cycle:
+            pair_cycle = [pairs[int(i)] for i in rng.permutation(len(pairs))]
+        colour, shape = pair_cycle.pop()
         variant = variants.get((colour, shape), 0) + 1
         variants[(colour, shape)] = variant
         sku = f"{colour[:3].upper()}-{shape[:3].upper()}-{variant:04d}"
         price = round(float(rng.uniform(1.0, 150.0)), 2)
         k = int(rng.integers(2, 5))
-        for position in rng.permutation(len(POSITIONS))[:k]:
+        queue = position_queue.setdefault((colour, shape), [])
+        chosen: list[str] = []
+        while len(chosen) < k:
+            if not any(p not in chosen for p in queue):
+                queue.extend(POSITIONS[int(i)] for i in rng.permutation(len(POSITIONS)))
+            pick = next(p for p in queue if p not in chosen)
+            queue.remove(pick)
+            chosen.append(pick)
+        for pos in chosen:
             if len(rows) >= n:
                 break
-            pos = POSITIONS[int(position)]
             i = len(rows)
             rows.append(
                 {
