@@ -30,6 +30,11 @@ the exact refine absorbs the small loss in code quality."""
 TUNE_REFINES = (1, 2, 4, 8, 16, 32)
 """Refine factors tried at build time (candidates = k x refine)."""
 
+RECALL_MARGIN = 0.005
+"""Tuning aims this much above the target: 500 tuning queries x 10 neighbours measure
+recall with a standard error of ~0.003 at 0.95, and at 1M x 512 a config tuned to
+exactly 0.95 (0.9536 measured) gave 0.947 on held-out queries."""
+
 REFINE_ROW_COST = 8
 """Cost of exactly re-scoring one candidate, in bytes touched per dimension (random
 read of 4 bytes, roughly twice the cost of a sequential one); a PQ code costs m."""
@@ -183,7 +188,7 @@ def tune_nprobe_refine(
 ) -> TuneResult:
     """Try nprobe = 1, 2, 4, ... and every refine in ``TUNE_REFINES``; keep the config
     of lowest estimated cost (``nprobe * n/nlist * m + k*refine*d*REFINE_ROW_COST``)
-    whose recall@k against ``truth`` reaches ``target_recall``. Each query is a data
+    whose recall@k against ``truth`` reaches ``target_recall + RECALL_MARGIN``. Each query is a data
     row; its own id is excluded from results and ``truth`` (held-out style).
 
     ``rescore(queries, candidate_ids)`` returns exact (scores, ids) top lists.
@@ -206,7 +211,7 @@ def tune_nprobe_refine(
             recall = _recall_excluding_self(
                 rescore, queries, cand[:, : k * refine + 1], query_ids, truth, k
             )
-            if recall >= target_recall:
+            if recall >= min(1.0, target_recall + RECALL_MARGIN):
                 best, best_cost = TuneResult(nprobe, refine, recall, True), cost
             elif recall > fallback.recall:
                 fallback = TuneResult(nprobe, refine, recall, False)
