@@ -28,6 +28,17 @@ from mmsearch.snapshot import ANN_DIRNAME, Snapshot, read_snapshot, write_snapsh
 from mmsearch.storage import ItemStore, fixed_list_to_numpy, sql_quote
 
 KINDS = ("image", "text")
+#: Cross-modal tuning sample size (text queries against images, and back).
+CROSS_TUNE_QUERIES = 500
+#: Text queries used to tune image indexes when the table holds no texts: generic
+#: product-search phrasing plus the synthetic catalog's own vocabulary.
+CALIBRATION_NOUNS = (
+    "shirt", "dress", "shoe", "bag", "hat", "watch", "chair", "table", "lamp", "phone", "car", "dog",
+    "cat", "tree", "flower", "house", "beach", "mountain", "person", "bottle", "cup", "book", "bicycle",
+    "circle", "square", "triangle", "star",
+)
+CALIBRATION_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "")
+CALIBRATION_PLACES = ("", " on the left", " on the right", " on the top", " on the bottom", " in the center")
 #: Above this fraction of changed rows, rebuilding is cheaper than patching.
 INCREMENTAL_MAX_CHANGE = 0.5
 _ID_CHUNK = 5000
@@ -50,9 +61,13 @@ def build_ann(
     retrain: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
     seed: int = 0,
+    encoder: Any | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Builds or updates every kind's ANN index from the table's current version.
 
+    Each IVF-PQ index is also tuned for cross-modal queries (profile ``"cross"``): with
+    a sample of the other kind's vectors from the table, or else — for image indexes,
+    given the ``encoder`` — with embedded calibration texts.
     Returns each kind's ``VectorIndex.info`` plus ``"mode"``: ``incremental`` or ``rebuilt``.
     """
     from mmsearch.ann import VectorIndex
@@ -76,6 +91,9 @@ def build_ann(
             index = VectorIndex.build(vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed)  # type: ignore[arg-type]
         if len(index) == 0:
             continue
+        cross = _cross_queries(store, kind, encoder, seed)
+        if cross is not None and len(cross):
+            index.tune_profile("cross", cross, target_recall=target_recall)
         rel = f"{ANN_DIRNAME}/{kind}-g{generation}"
         target = index_dir / rel
         if target.exists():  # left over by a run killed before its snapshot switch
@@ -88,6 +106,27 @@ def build_ann(
     write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation))
     _collect_garbage(store, set(ann_dirs.values()))
     return infos
+
+
+def _cross_queries(store: ItemStore, kind: str, encoder: Any | None, seed: int) -> npt.NDArray[np.float32] | None:
+    """Vectors that look like queries from the other modality, for ``kind``'s index."""
+    other = "text" if kind == "image" else "image"
+    ids = store.scan(["id"], f"kind = {sql_quote(other)}").column("id").to_numpy()
+    if len(ids):
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(ids, size=min(CROSS_TUNE_QUERIES, len(ids)), replace=False))
+        return vectors_of(store, pick.astype(np.int64))[1]
+    if kind == "image" and encoder is not None:
+        prompts = [
+            f"a {colour} {noun}{place}".replace("  ", " ")
+            for noun in CALIBRATION_NOUNS
+            for colour in CALIBRATION_COLOURS
+            for place in CALIBRATION_PLACES
+        ]
+        rng = np.random.default_rng(seed)
+        chosen = [prompts[int(i)] for i in rng.choice(len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False)]
+        return np.asarray(encoder.encode_texts(chosen), dtype=np.float32)
+    return None
 
 
 def row_delta(old: ItemStore, new: ItemStore, kind: str) -> RowDelta:

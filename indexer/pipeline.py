@@ -112,7 +112,12 @@ def run_index(
     if opts.build_index:
         with write_guard(index_path):
             report.ann = build_ann(
-                store, spec, index_type=opts.index_type, target_recall=opts.target_recall, progress=progress
+                store,
+                spec,
+                index_type=opts.index_type,
+                target_recall=opts.target_recall,
+                progress=progress,
+                encoder=encoder,
             )
     report.table_version = store.version
     report.elapsed_s = time.perf_counter() - started

@@ -259,12 +259,18 @@ class SearchIndex:
 
     def encode_query(self, query: QueryLike) -> npt.NDArray[np.float32]:
         """The unit query vector of a text, a query-language string, an image path, PIL image or array."""
+        return self._encode(query)[0]
+
+    def _encode(self, query: QueryLike) -> tuple[npt.NDArray[np.float32], str]:
+        """(unit vector, modality): modality is "text", "image" or "mixed"."""
         if isinstance(query, str):
             terms = parse_query(query)
         elif isinstance(query, os.PathLike):
             terms = [QueryTerm(1.0, "image", os.fspath(query))]
         else:
-            return self._encode_image(query)
+            return self._encode_image(query), "image"
+        kinds = {t.kind for t in terms}
+        modality = kinds.pop() if len(kinds) == 1 else "mixed"
         texts = [t for t in terms if t.kind == "text"]
         parts: list[npt.NDArray[np.float32]] = []
         weights: list[float] = []
@@ -279,7 +285,7 @@ class SearchIndex:
         norm = float(np.linalg.norm(vec))
         if norm < 1e-6:
             raise BadQueryError("the query's terms cancel out")
-        return (vec / norm).astype(np.float32)
+        return (vec / norm).astype(np.float32), modality
 
     # -- searching -------------------------------------------------------------------------
     def search(
@@ -305,8 +311,10 @@ class SearchIndex:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > 10_000:
             raise BadQueryError("k must be an integer between 1 and 10000")
         allowed = self._allowed_ids(where)
-        vector = self.encode_query(query)
-        return self.search_vector(vector, k, kind=kind, exact=exact, nprobe=nprobe, refine=refine, allowed_ids=allowed)
+        vector, modality = self._encode(query)
+        return self.search_vector(
+            vector, k, kind=kind, exact=exact, nprobe=nprobe, refine=refine, allowed_ids=allowed, query_kind=modality
+        )
 
     def _allowed_ids(self, where: Mapping[str, Any] | Sequence[str] | None) -> npt.NDArray[np.int64] | None:
         from mmsearch.filters import from_mapping, parse_where
@@ -340,8 +348,13 @@ class SearchIndex:
         nprobe: int | None = None,
         refine: int | None = None,
         allowed_ids: npt.NDArray[np.int64] | None = None,
+        query_kind: str | None = None,
     ) -> list[SearchResult]:
-        """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``)."""
+        """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``).
+
+        ``query_kind`` ("text", "image" or "mixed") selects the ANN parameters tuned for
+        cross-modal queries when it differs from the kind searched.
+        """
         from mmsearch.ann.subset import search_subset
 
         kinds = [kind] if kind != "any" else list(self._ann)
@@ -357,7 +370,8 @@ class SearchIndex:
             if allowed_ids is not None:
                 scores, ids = search_subset(ann, q, k, allowed_ids)
             else:
-                scores, ids = ann.search(q, k, nprobe=nprobe, refine=refine, exact=exact)
+                profile = "cross" if query_kind is not None and query_kind != name else None
+                scores, ids = ann.search(q, k, nprobe=nprobe, refine=refine, exact=exact, profile=profile)
             keep = ids[0] >= 0
             scores_all.append(scores[0][keep])
             ids_all.append(ids[0][keep])

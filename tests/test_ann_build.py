@@ -22,13 +22,13 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _put(store: ItemStore, ids: np.ndarray, vectors: np.ndarray, tag: str) -> None:
+def _put(store: ItemStore, ids: np.ndarray, vectors: np.ndarray, tag: str, kind: str = "image") -> None:
     n = len(ids)
     store.upsert(
         make_rows(
             ids=ids.tolist(),
             uris=[f"mem://{i}" for i in ids],
-            kind="image",
+            kind=kind,
             texts=[None] * n,
             source="mem",
             mtime_ns=[0] * n,
@@ -117,3 +117,21 @@ def test_killed_before_snapshot_leaves_previous_state(store, monkeypatch):
     monkeypatch.undo()
     build_ann(store, SPEC)
     assert len(_engine(store)._ann["image"]) == 6100
+
+
+def test_cross_modal_profile_tuned_from_the_other_kind(store):
+    """Text vectors sit away from image vectors: their own nprobe/refine are tuned and used."""
+    rng = np.random.default_rng(4)
+    offset = rng.standard_normal(DIM).astype(np.float32)
+    texts = _unit(rng, 800) + 0.8 * offset / np.linalg.norm(offset)
+    texts = (texts / np.linalg.norm(texts, axis=1, keepdims=True)).astype(np.float32)
+    _put(store, np.arange(10_000, 10_800, dtype=np.int64), texts, "t", kind="text")
+    info = build_ann(store, SPEC, index_type="ivfpq")["image"]
+    cross = info["profiles"]["cross"]
+    assert cross["queries"] == 500 and cross["recall_at_10"] >= 0.9
+    ann = _engine(store)._ann["image"]
+    assert ann.info["profiles"] == info["profiles"]  # saved with the index
+    _, exact = ann.search(texts[:200], 10, exact=True)
+    _, approx = ann.search(texts[:200], 10, profile="cross")
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, exact, strict=True)])
+    assert recall >= 0.9

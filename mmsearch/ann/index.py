@@ -188,18 +188,24 @@ class VectorIndex:
         nprobe: int | None = None,
         refine: int | None = None,
         exact: bool = False,
+        profile: str | None = None,
     ) -> tuple[F32, I64]:
         """Top-``k`` by inner product: (scores (q, k) float32, ids (q, k) int64), padded
         with (-inf, -1) when fewer than ``k`` rows exist. ``nprobe``/``refine`` override
         the tuned values for this call; ``exact=True`` brute-forces the stored vectors.
+        ``profile`` picks parameters tuned by :meth:`tune_profile` for a kind of query
+        (e.g. ``"cross"`` for text queries against image vectors), when one was tuned.
         A single query may be passed as shape (d,).
         """
         q = _check_queries(queries, self._params.d)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise BadQueryError(f"k must be a positive integer, got {k!r}")
         k = int(k)
-        nprobe_v = self._nprobe if nprobe is None else _positive_int("nprobe", nprobe)
-        refine_v = self._refine if refine is None else _positive_int("refine", refine)
+        tuned = self._meta.get("profiles", {}).get(profile, {}) if profile else {}
+        default_nprobe = int(tuned.get("nprobe", self._nprobe))
+        default_refine = int(tuned.get("refine", self._refine))
+        nprobe_v = default_nprobe if nprobe is None else _positive_int("nprobe", nprobe)
+        refine_v = default_refine if refine is None else _positive_int("refine", refine)
         with self._rw.read():
             if exact:
                 return self._store.exact_search(q, k)
@@ -207,7 +213,9 @@ class VectorIndex:
                 scores, ids = self._index.search(q, k)
                 return _pads(scores, ids)
             nprobe_v = min(nprobe_v, self._params.nlist)
-            n_cand = k * refine_v
+            # The tuned refine holds for top-TUNE_K; smaller k keep that many candidates,
+            # or near-duplicate neighbours crowd the true top-1 out of k*refine.
+            n_cand = max(k, TUNE_K) * refine_v
             if self._gpu_index is not None:  # pragma: no cover - no GPU in CI
                 with self._gpu_lock:  # GPU nprobe is set on the index, not per call
                     faiss.GpuParameterSpace().set_index_parameter(
@@ -226,6 +234,38 @@ class VectorIndex:
         found = found.reshape(cand.shape) & (cand >= 0)
         scores[~found] = -np.inf
         return top_k(scores, np.where(found, cand, -1), k)
+
+    def tune_profile(self, name: str, queries: F32, *, target_recall: float | None = None) -> dict[str, Any]:
+        """Tunes nprobe/refine for queries unlike the stored rows and keeps them as ``name``.
+
+        Tuning at build uses stored rows as queries. Queries from another modality (text
+        embeddings against image vectors) sit elsewhere in the space and need more
+        probes for the same recall; pass a sample of such queries here. Saved with the
+        index; a flat index needs no tuning and records none.
+        """
+        q = _check_queries(queries, self._params.d)
+        if self._params.index_type == "flat" or len(q) == 0:
+            return {}
+        target = float(self._meta.get("target_recall", 0.95) if target_recall is None else target_recall)
+        with self._rw.read():
+            _, truth = self._store.exact_search(q, TUNE_K)
+            tuned = tune_nprobe_refine(
+                self._index,
+                lambda qs, cand: self._rescore(qs, cand, TUNE_K),
+                q,
+                np.full(len(q), -1, np.int64),
+                truth,
+                k=TUNE_K,
+                nlist=self._params.nlist,
+                m=self._params.m,
+                d=self._params.d,
+                n=self._store.n_live,
+                target_recall=target,
+            )
+        result = {"nprobe": tuned.nprobe, "refine": tuned.refine, "recall_at_10": tuned.recall, "queries": len(q)}
+        with self._mutate:
+            self._meta.setdefault("profiles", {})[name] = result
+        return result
 
     # ------------------------------------------------------------- mutation
 
@@ -516,6 +556,7 @@ class VectorIndex:
             "trained_n": self._meta.get("trained_n"),
             "added_since_train": self._meta.get("added_since_train"),
             "needs_retrain": self.needs_retrain,
+            "profiles": dict(self._meta.get("profiles", {})),
             "gpu": bool(self._meta.get("gpu")),
         }
 
