@@ -87,6 +87,44 @@ def load_data(args: argparse.Namespace, work: Path) -> tuple[np.ndarray, np.ndar
     return x, q
 
 
+def load_tiny_embeddings(args: argparse.Namespace, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image embeddings of a generated catalog by mmsearch-tiny; text queries (the real
+    workload: text→image) held out from the calibration texts used for tuning."""
+    from indexer.ann_build import CALIBRATION_COLOURS, CALIBRATION_NOUNS, CALIBRATION_PLACES
+    from indexer.decode import DecodePool
+    from indexer.discover import walk_images
+    from mmsearch.datasets.synthetic import COLOURS, POSITIONS, SHAPES, generate_catalog
+    from mmsearch.models import load_encoder
+    from mmsearch.models.spec import ModelSpec
+
+    encoder = load_encoder(ModelSpec("mmsearch-tiny", ""), device="cpu")
+    path = work / f"tiny-{args.n}-s{args.seed}.npy"
+    if not path.exists():
+        cat = generate_catalog(work / f"catalog-{args.n}-s{args.seed}", n=args.n, seed=args.seed, image_size=64)
+        items = walk_images(cat.root).items
+        chunks = []
+        with DecodePool(encoder.image_size) as pool:
+            batch = []
+            for result in pool.decode(enumerate(item.path for item in items)):
+                batch.append(result.array)
+                if len(batch) == 512:
+                    chunks.append(encoder.encode_images(np.stack(batch)))
+                    batch = []
+            if batch:
+                chunks.append(encoder.encode_images(np.stack(batch)))
+        np.save(path, np.concatenate(chunks))
+    x = np.load(path, mmap_mode="r")
+    texts = [f"a {c} {s} on the {p}" for c in COLOURS for s in SHAPES for p in POSITIONS]
+    texts += [f"{c} {s}" for c in COLOURS for s in SHAPES] + [f"a {s} on the {p}" for s in SHAPES for p in POSITIONS]
+    texts += [f"{c} {s}" for c in COLOURS for s in ("circle", "square", "triangle", "star")]
+    rng = np.random.default_rng(args.seed)
+    q = encoder.encode_texts([texts[int(i)] for i in rng.integers(0, len(texts), args.queries)])
+    calibration = [f"a {c} {n}{p}".replace("  ", " ") for n in CALIBRATION_NOUNS for c in CALIBRATION_COLOURS
+                   for p in CALIBRATION_PLACES]
+    tune = encoder.encode_texts([calibration[int(i)] for i in rng.choice(len(calibration), 500, replace=False)])
+    return x, q.astype(np.float32), tune.astype(np.float32)
+
+
 def bench_flat(x: np.ndarray, q: np.ndarray, n_single: int) -> tuple[dict[str, Any], np.ndarray]:
     t0 = time.perf_counter()
     flat = faiss.IndexFlatIP(x.shape[1])
@@ -117,7 +155,10 @@ def bench_ours(
     ids = np.arange(len(x), dtype=np.int64)
     t0 = time.perf_counter()
     built = VectorIndex.build(np.asarray(x), ids, seed=args.seed, target_recall=args.target_recall)
+    if getattr(args, "cross_tune", None) is not None:  # cross-modal queries: tune their own profile
+        built.tune_profile("cross", args.cross_tune, target_recall=args.target_recall)
     build = time.perf_counter() - t0
+    profile = "cross" if getattr(args, "cross_tune", None) is not None else None
     directory = work / "ours"
     t0 = time.perf_counter()
     built.save(directory, table_version=1, model_key="synthetic")
@@ -128,11 +169,11 @@ def bench_ours(
     t0 = time.perf_counter()
     index = VectorIndex.load(directory, verify_checksums=False)
     load = time.perf_counter() - t0
-    index.search(q[:50], K)  # touch
+    index.search(q[:50], K, profile=profile)  # touch
     anon_per_vector = (rss_anon_bytes() - anon0) / len(x)
-    _, found = index.search(q, K)
-    p50, p99 = latency_ms(lambda qq: index.search(qq, K), q, args.single)
-    qps = batched_qps(lambda qq: index.search(qq, K), q)
+    _, found = index.search(q, K, profile=profile)
+    p50, p99 = latency_ms(lambda qq: index.search(qq, K, profile=profile), q, args.single)
+    qps = batched_qps(lambda qq: index.search(qq, K, profile=profile), q)
     info = index.info
     row = {
         "name": "mmsearch IVF-PQ + exact refine",
@@ -302,14 +343,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100k vectors, 300 queries")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mmsearch-ann-bench"))
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
+    ap.add_argument("--embeddings", choices=["synthetic", "tiny"], default="synthetic",
+                    help="tiny: image embeddings of a generated catalog by mmsearch-tiny, text queries")
     args = ap.parse_args()
+    args.cross_tune = None
+    if args.embeddings == "tiny" and args.n == 1_000_000:
+        args.n = 60_000
     if args.quick:
         args.n, args.queries = min(args.n, 100_000), min(args.queries, 300)
     args.single = min(args.single, args.queries)
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    x, q = load_data(args, args.workdir)
+    if args.embeddings == "tiny":
+        x, q, args.cross_tune = load_tiny_embeddings(args, args.workdir)
+        args.d = x.shape[1]
+    else:
+        x, q = load_data(args, args.workdir)
     print(
         f"data: {x.shape} + {len(q)} held-out queries in {time.perf_counter() - t0:.1f} s",
         flush=True,
@@ -337,7 +387,8 @@ def main() -> None:
         args.json.write_text(
             json.dumps(
                 {
-                    "args": vars(args) | {"workdir": str(args.workdir), "json": str(args.json)},
+                    "args": {k: v for k, v in vars(args).items() if k != "cross_tune"}
+                    | {"workdir": str(args.workdir), "json": str(args.json)},
                     "rows": rows,
                     "extra": extra,
                 },

@@ -102,7 +102,7 @@ def build_ann(
         ann_dirs[kind] = rel
         infos[kind] = {**index.info, "mode": mode}
         if progress is not None:
-            progress("ann", 1, len(KINDS))
+            progress("ann", 1, 1)
     write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation))
     _collect_garbage(store, set(ann_dirs.values()))
     return infos

@@ -32,7 +32,8 @@ from mmsearch.storage import ItemStore, StoredState, make_rows, write_guard
 
 TEXT_EXTENSIONS = frozenset({".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"})
 
-#: progress(stage, advance, total): stage is "scan", "images", "texts" or "ann".
+#: progress(stage, advance, more_total): stage is "scan", "images", "texts" or "ann";
+#: ``more_total`` announces additional work for the stage (None: no new work).
 ProgressFn = Callable[[str, int, int | None], None]
 
 
@@ -160,6 +161,7 @@ def _index_images(
         else:
             todo.append((uri, item, prev))
     progress("scan", len(walk.items), len(walk.items))
+    progress("images", 0, len(todo))
 
     batch_uris: list[str] = []
     batch_arrays: list[np.ndarray] = []
@@ -208,7 +210,7 @@ def _index_images(
             else:
                 report.updated += 1
         report.embedded += len(ids)
-        progress("images", len(ids), len(todo))
+        progress("images", len(ids), None)
         batch_uris.clear()
         batch_arrays.clear()
         batch_meta.clear()
@@ -232,7 +234,7 @@ def _index_images(
             uri, item, prev = todo[result.index]
             if isinstance(result, DecodeFailure):
                 report.failures.append(Failure(item.path, result.reason, result.exc_class, "decode"))
-                progress("images", 1, len(todo))
+                progress("images", 1, None)
                 continue
             assert isinstance(result, DecodeOk)
             batch_uris.append(uri)
@@ -345,6 +347,7 @@ def _index_texts(
         else:
             todo.append((uri, row, sha, prev))
     progress("scan", len(collection.rows), len(collection.rows))
+    progress("texts", 0, len(todo))
 
     step = max(opts.batch_size, 1)
     commit_rows = []
@@ -379,7 +382,7 @@ def _index_texts(
         )
         pending += len(chunk)
         report.embedded += len(chunk)
-        progress("texts", len(chunk), len(todo))
+        progress("texts", len(chunk), None)
         if pending >= opts.commit_every:
             import pyarrow as pa
 

@@ -79,14 +79,16 @@ class _RichProgress:
         self.progress = progress
         self.tasks: dict[str, Any] = {}
 
-    def __call__(self, stage: str, advance: int, total: int | None) -> None:
+    def __call__(self, stage: str, advance: int, more_total: int | None) -> None:
         task = self.tasks.get(stage)
         if task is None:
-            task = self.progress.add_task(self.LABELS.get(stage, stage), total=total)
+            task = self.progress.add_task(self.LABELS.get(stage, stage), total=more_total or 0)
             self.tasks[stage] = task
-        elif total is not None:
-            self.progress.update(task, total=total)
-        self.progress.advance(task, advance)
+        elif more_total:
+            current = self.progress.tasks[task].total or 0
+            self.progress.update(task, total=current + more_total)
+        if advance:
+            self.progress.advance(task, advance)
 
 
 class _RateColumn(ProgressColumn):
@@ -162,7 +164,7 @@ def _print_summary(report: Any) -> None:
         table.add_row(label, str(getattr(report, name)))
     table.add_row("embedded", f"{report.embedded} ({report.items_per_s:.1f} items/s over {report.elapsed_s:.1f}s)")
     for kind, info in report.ann.items():
-        table.add_row(f"ann[{kind}]", f"{info.get('type')} n={info.get('n')}")
+        table.add_row(escape(f"ann[{kind}]"), f"{info.get('type')} n={info.get('n')} ({info.get('mode', '')})")
     console.print(table)
     if report.failures:
         err_console.print(f"[yellow]{report.failed} item(s) skipped[/]; details: {escape(str(report.report_path))}")
