@@ -235,6 +235,12 @@ class VectorIndex:
         scores[~found] = -np.inf
         return top_k(scores, np.where(found, cand, -1), k)
 
+    def lookup(self, ids: I64) -> tuple[F32, npt.NDArray[np.bool_]]:
+        """Stored float vectors of ``ids`` (rows of unknown or removed ids are zero) and a
+        mask of the ids found; safe alongside concurrent add/remove."""
+        with self._rw.read():
+            return self._store.lookup(np.asarray(ids, dtype=np.int64))
+
     def tune_profile(self, name: str, queries: F32, *, target_recall: float | None = None) -> dict[str, Any]:
         """Tunes nprobe/refine for queries unlike the stored rows and keeps them as ``name``.
 

@@ -49,7 +49,7 @@ def _exact_subset(
     best_i = np.full((len(q), 0), -1, np.int64)
     for start in range(0, len(allowed), _CHUNK):
         part = allowed[start : start + _CHUNK]
-        vecs, found = index._store.lookup(part)  # stored float vectors of live rows
+        vecs, found = index.lookup(part)
         part, vecs = part[found], vecs[found]
         if len(part) == 0:
             continue
