@@ -28,7 +28,7 @@ from indexer.report import Failure, IndexReport, write_failures
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage import ItemStore, StoredState, make_rows, write_guard
+from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
 
 TEXT_EXTENSIONS = frozenset({".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"})
 
@@ -82,10 +82,19 @@ def run_index(
     >>> report.added, report.failed  # doctest: +SKIP
     (400, 0)
     """
-    opts = options or IndexOptions()
-    progress = progress or _noop
+    with index_write_lock(index_dir):
+        return _run_index_locked(paths, Path(index_dir), spec, options or IndexOptions(), progress or _noop, encoder)
+
+
+def _run_index_locked(
+    paths: Sequence[str | os.PathLike[str]],
+    index_path: Path,
+    spec: ModelSpec,
+    opts: IndexOptions,
+    progress: ProgressFn,
+    encoder: Any | None,
+) -> IndexReport:
     started = time.perf_counter()
-    index_path = Path(index_dir)
     report = IndexReport()
 
     if ItemStore.exists(index_path):  # refuse another model before loading (or downloading) it

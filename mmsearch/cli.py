@@ -238,11 +238,11 @@ def build_index_cmd(
 ) -> None:
     """(Re)build the ANN index of an index directory from its table."""
     from indexer.ann_build import build_ann
-    from mmsearch.storage import ItemStore
+    from mmsearch.storage import ItemStore, index_write_lock
 
     with _errors():
         store = ItemStore.open(_index_dir(index))
-        with _progress_bar() as bar:
+        with index_write_lock(store.index_dir), _progress_bar() as bar:
             infos = build_ann(
                 store, store.model_spec, index_type=index_type, target_recall=target_recall,
                 retrain=retrain, progress=_RichProgress(bar),

@@ -89,6 +89,34 @@ def write_guard(index_dir: Path) -> Iterator[None]:
         ) from exc
 
 
+WRITE_LOCK_NAME = ".write.lock"
+
+
+@contextmanager
+def index_write_lock(index_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Holds the index directory's writer lock; a second writer fails fast.
+
+    Two indexing runs writing one index at once would hand out the same row ids.
+    The lock is an advisory ``flock``: the OS releases it when the process dies.
+    """
+    import fcntl
+
+    path = Path(index_dir)
+    with write_guard(path):
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / WRITE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StorageError(
+                f"another mmsearch process is writing the index at {path}; wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _connect(index_dir: Path) -> Any:
     import lancedb
 

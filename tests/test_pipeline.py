@@ -202,3 +202,14 @@ def test_bad_text_rows_reported_with_row_numbers(tmp_path, fake_encoder):
     store = ItemStore.open(tmp_path / "idx")
     texts = sorted(store.scan(["text"]).column("text").to_pylist())
     assert texts == ["green hat", "red floral shirt"]
+
+
+def test_second_writer_is_refused(tmp_path, small_catalog, fake_encoder):
+    from mmsearch.errors import StorageError
+    from mmsearch.storage import index_write_lock
+
+    idx = tmp_path / "idx"
+    with index_write_lock(idx):  # as if another process were indexing
+        with pytest.raises(StorageError, match="another mmsearch process"):
+            _index([small_catalog.root], idx, fake_encoder)
+    assert _index([small_catalog.root], idx, fake_encoder).added == small_catalog.n
