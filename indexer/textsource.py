@@ -36,17 +36,16 @@ Decisions a caller should know:
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
-import math
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from indexer.textencoding import detect_encoding, encoding_message
+from indexer.texttypes import MetaValue, type_metadata
 from mmsearch.errors import TextCollectionError
 
 __all__ = [
@@ -69,8 +68,6 @@ FORMATS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-
-MetaValue = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -177,7 +174,7 @@ def read_text_collection(
         columns, records, problems = _read_parquet(path)
         used_encoding = None
     else:
-        used_encoding = encoding or _detect_encoding(path)
+        used_encoding = encoding or detect_encoding(path)
         try:
             if fmt == "jsonl":
                 columns, records, problems = _read_jsonl(path, used_encoding)
@@ -186,7 +183,7 @@ def read_text_collection(
                     path, used_encoding, "\t" if fmt == "tsv" else ","
                 )
         except UnicodeDecodeError as exc:
-            raise TextCollectionError(_encoding_message(path, used_encoding, exc)) from exc
+            raise TextCollectionError(encoding_message(path, used_encoding, exc)) from exc
         except OSError as exc:
             raise TextCollectionError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
@@ -195,7 +192,7 @@ def read_text_collection(
     id_col = _pick_column(columns, id_column, ID_COLUMN_CANDIDATES, "id", path, required=False)
     rows = _validate(records, problems, text_col, id_col, max_text_chars, path.stem)
     meta_cols = [c for c in columns if c not in (text_col, id_col)]
-    _type_metadata(rows, meta_cols, infer_from_strings=fmt in ("csv", "tsv"))
+    type_metadata(rows, meta_cols, infer_from_strings=fmt in ("csv", "tsv"))
     problems.sort(key=lambda p: p.row_number)
     return TextCollection(rows, problems, tuple(columns), text_col, id_col, fmt, used_encoding)
 
@@ -213,14 +210,6 @@ def _format_of(path: Path) -> str:
     raise TextCollectionError(
         f"unknown text collection format {path.suffix or path.name!r}: use one of {', '.join(FORMATS)}"
     )
-
-
-def _detect_encoding(path: Path) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16"
-    return "utf-8-sig"  # also reads files without a BOM
 
 
 def _read_csv(
@@ -312,42 +301,6 @@ def _read_parquet(path: Path) -> tuple[list[str], Records, list[RowProblem]]:
     return columns, records, []
 
 
-def _encoding_message(path: Path, encoding: str, exc: UnicodeDecodeError) -> str:
-    if encoding.replace("_", "-").lower() in ("utf-8", "utf-8-sig", "utf8"):
-        offset, line = _first_bad_utf8(path)
-        byte = ""
-        if offset is not None:
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                byte = f"byte 0x{fh.read(1).hex().upper()} at offset {offset} (line {line})"
-        return (
-            f"{path} is not valid UTF-8: {byte or exc.reason}; re-save it as UTF-8 or pass "
-            "encoding='cp1252' (or the file's real encoding)"
-        )
-    return f"{path} cannot be decoded as {encoding}: {exc.reason}"
-
-
-def _first_bad_utf8(path: Path, chunk_size: int = 1 << 20) -> tuple[int | None, int]:
-    """Byte offset and 1-based line of the first invalid UTF-8 sequence (None if all valid)."""
-    offset, line, carry = 0, 1, b""
-    with open(path, "rb") as fh:
-        while True:
-            chunk = fh.read(chunk_size)
-            data, base = carry + chunk, offset - len(carry)
-            if not data:
-                return None, line
-            try:
-                data.decode("utf-8")
-                line, carry = line + data.count(b"\n"), b""
-            except UnicodeDecodeError as exc:
-                incomplete_tail = exc.end == len(data) and exc.reason == "unexpected end of data"
-                line += data.count(b"\n", 0, exc.start)
-                if not (incomplete_tail and chunk):
-                    return base + exc.start, line
-                carry = data[exc.start :]  # a character split across chunks
-            offset += len(chunk)
-
-
 # --- columns and row validation ----------------------------------------------------------
 
 
@@ -437,68 +390,3 @@ def _id_value(value: Any, column: str) -> str:
     if value is None or value == "":
         raise MissingIdError(f"no id in column {column!r}")
     raise BadValueError(f"id in column {column!r} is a {type(value).__name__}: {value!r}")
-
-
-# --- metadata typing ------------------------------------------------------------------------
-
-_INT_RE = re.compile(r"-?(?:0|[1-9]\d{0,17})")
-_FLOAT_RE = re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-_BOOLS = {"true": True, "false": False}
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def _type_metadata(rows: list[TextRow], columns: list[str], *, infer_from_strings: bool) -> None:
-    """Give every row every metadata column, with one type per column (in place)."""
-    for col in columns:
-        values = [row.metadata.get(col) for row in rows]
-        if infer_from_strings:
-            typed = _infer_strings([None if v is None or v == "" else v for v in values])
-        else:
-            typed = _unify([_plain(v) for v in values])
-        for row, value in zip(rows, typed, strict=True):
-            row.metadata[col] = value
-    for row in rows:  # drop keys that are not columns (cannot happen) and fix the order
-        ordered = {col: row.metadata.get(col) for col in columns}
-        row.metadata.clear()
-        row.metadata.update(ordered)
-
-
-def _infer_strings(values: list[str | None]) -> list[MetaValue]:
-    present = [v for v in values if v is not None]
-    if not present:
-        return [None] * len(values)
-    if all(v.lower() in _BOOLS for v in present):
-        return [None if v is None else _BOOLS[v.lower()] for v in values]
-    if all(_INT_RE.fullmatch(v) for v in present):
-        return [None if v is None else int(v) for v in values]
-    if all(_FLOAT_RE.fullmatch(v) for v in present):
-        return [None if v is None else float(v) for v in values]
-    return list(values)
-
-
-def _plain(value: Any) -> MetaValue:
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
-def _unify(values: list[MetaValue]) -> list[MetaValue]:
-    kinds = {type(v) for v in values if v is not None}
-    if kinds == {int} and all(_INT64[0] <= v <= _INT64[1] for v in values if v is not None):
-        return values
-    if kinds <= {int, float} and kinds != {int}:
-        return [None if v is None else float(v) for v in values]
-    if len(kinds) <= 1 and kinds != {int}:
-        return values
-    # Mixed types (or ints beyond int64): one string column, JSON spelling for scalars.
-    return [v if v is None or isinstance(v, str) else _json_scalar(v) for v in values]
-
-
-def _json_scalar(value: MetaValue) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return json.dumps(value)

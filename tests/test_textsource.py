@@ -302,7 +302,7 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
 
 
 def test_bad_utf8_scan_handles_characters_split_across_chunks(tmp_path: Path) -> None:
-    from indexer.textsource import _first_bad_utf8
+    from indexer.textencoding import _first_bad_utf8
 
     raw = "é€\n😀a\n".encode() + b"\xe2\x82" + b"\nz"  # truncated euro sign on line 3
     p = tmp_path / "x.csv"

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -24,36 +23,31 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from mmsearch.ann import files as F
 from mmsearch.ann._rwlock import RWLock
+from mmsearch.ann.checks import check_queries, check_rows, positive_int
 from mmsearch.ann.params import (
     FLAT_THRESHOLD,
-    ID_BYTES,
     IndexParams,
     choose_index_params,
     estimate_flat_bytes,
     estimate_ivfpq_bytes,
     retrain_due,
 )
+from mmsearch.ann.persist import load_index, save_index
 from mmsearch.ann.store import VectorStore, top_k
 from mmsearch.ann.training import (
+    ADD_CHUNK,
+    TUNE_K,
+    build_index_structure,
     gpu_available,
     search_params,
     to_gpu,
-    train_ivfpq,
-    tune_nprobe_refine,
+    tune_on_queries,
 )
-from mmsearch.errors import BadQueryError, IndexCorruptError, ModelMismatchError
+from mmsearch.errors import BadQueryError
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-
-TUNE_K = 10
-MAX_TUNE_QUERIES = 500
-ADD_CHUNK = 65_536
-NORM_TOLERANCE = 1e-2
-_MMAP_FLAG = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
-_GEN_RE = re.compile(r"^(?:\.)?(?:index|vectors|ids)-(\d+)\.")
 
 
 class VectorIndex:
@@ -116,7 +110,7 @@ class VectorIndex:
 
         Raises ``BadQueryError`` for invalid input.
         """
-        vectors, ids = _check_rows(vectors, ids, d=None)
+        vectors, ids = check_rows(vectors, ids, d=None)
         if not 0.0 < target_recall <= 1.0:
             raise BadQueryError(f"target_recall must be in (0, 1], got {target_recall}")
         if len(np.unique(ids)) != len(ids):
@@ -144,28 +138,12 @@ class VectorIndex:
     ) -> VectorIndex:
         t0 = time.perf_counter()
         gpu = gpu_available() if use_gpu is None else bool(use_gpu and gpu_available())
-        seed = int(meta["seed"])
-        n, d = store.n_live, store.d
-        if params.index_type == "flat":
-            index: faiss.Index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
-            _fill(index, store)
-            nprobe = refine = 0
-            recall: float | None = 1.0
-        else:
-            rng = np.random.default_rng(seed)
-            live = store.live_ids()
-            train_ids = np.sort(rng.choice(live, size=min(params.train_size, n), replace=False))
-            xt, _ = store.lookup(train_ids)
-            index = train_ivfpq(xt, params, seed=seed, use_gpu=gpu)
-            del xt
-            _fill(index, store)
-            tuned = _tune(index, store, params, live, rng, float(meta["target_recall"]))
-            nprobe, refine, recall = tuned.nprobe, tuned.refine, tuned.recall
+        index, nprobe, refine, recall = build_index_structure(store, params, meta, use_gpu=gpu)
         meta = dict(meta)
         meta.update(
             recall_at_10=recall,
             build_seconds=round(time.perf_counter() - t0, 3),
-            trained_n=n,
+            trained_n=store.n_live,
             added_since_train=0,
             gpu=gpu,
         )
@@ -197,15 +175,13 @@ class VectorIndex:
         (e.g. ``"cross"`` for text queries against image vectors), when one was tuned.
         A single query may be passed as shape (d,).
         """
-        q = _check_queries(queries, self._params.d)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise BadQueryError(f"k must be a positive integer, got {k!r}")
-        k = int(k)
+        q = check_queries(queries, self._params.d)
+        k = positive_int("k", k)
         tuned = self._meta.get("profiles", {}).get(profile, {}) if profile else {}
         default_nprobe = int(tuned.get("nprobe", self._nprobe))
         default_refine = int(tuned.get("refine", self._refine))
-        nprobe_v = default_nprobe if nprobe is None else _positive_int("nprobe", nprobe)
-        refine_v = default_refine if refine is None else _positive_int("refine", refine)
+        nprobe_v = default_nprobe if nprobe is None else positive_int("nprobe", nprobe)
+        refine_v = default_refine if refine is None else positive_int("refine", refine)
         with self._rw.read():
             if exact:
                 return self._store.exact_search(q, k)
@@ -249,24 +225,18 @@ class VectorIndex:
         probes for the same recall; pass a sample of such queries here. Saved with the
         index; a flat index needs no tuning and records none.
         """
-        q = _check_queries(queries, self._params.d)
+        q = check_queries(queries, self._params.d)
         if self._params.index_type == "flat" or len(q) == 0:
             return {}
         target = float(self._meta.get("target_recall", 0.95) if target_recall is None else target_recall)
         with self._rw.read():
-            _, truth = self._store.exact_search(q, TUNE_K)
-            tuned = tune_nprobe_refine(
+            tuned = tune_on_queries(
                 self._index,
+                self._store,
+                self._params,
                 lambda qs, cand: self._rescore(qs, cand, TUNE_K),
                 q,
-                np.full(len(q), -1, np.int64),
-                truth,
-                k=TUNE_K,
-                nlist=self._params.nlist,
-                m=self._params.m,
-                d=self._params.d,
-                n=self._store.n_live,
-                target_recall=target,
+                target,
             )
         result = {"nprobe": tuned.nprobe, "refine": tuned.refine, "recall_at_10": tuned.recall, "queries": len(q)}
         with self._mutate:
@@ -289,7 +259,7 @@ class VectorIndex:
     def add(self, vectors: F32, ids: I64, *, retrain: bool | None = None) -> None:
         """Add rows (ids must not be present already). ``retrain=None`` retrains when
         ``needs_retrain`` becomes true, ``True`` always, ``False`` never."""
-        vectors, ids = _check_rows(vectors, ids, d=self._params.d, allow_empty=True)
+        vectors, ids = check_rows(vectors, ids, d=self._params.d, allow_empty=True)
         with self._mutate:
             if len(ids):
                 if len(np.unique(ids)) != len(ids):
@@ -372,64 +342,7 @@ class VectorIndex:
     ) -> None:
         """Write the index to ``directory`` crash-safely (new generation files, then the
         manifest, then old generations are deleted). Unchanged files are reused."""
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        with self._mutate, F.writer_lock(root):
-            gen = _next_generation(root)
-            same_dir = self._files_dir is not None and _same_dir(self._files_dir, root)
-            files: dict[str, dict[str, Any]] = {}
-            new_store = None
-            if (
-                same_dir
-                and not self._store.dirty
-                and _files_present(root, self._files, ("vectors", "ids"))
-            ):
-                files["vectors"], files["ids"] = self._files["vectors"], self._files["ids"]
-            else:
-                vpath, ipath = root / f"vectors-{gen}.f32", root / f"ids-{gen}.i64"
-                vsha, isha = self._store.write(vpath, ipath)
-                files["vectors"], files["ids"] = (
-                    F.file_entry(vpath, vsha),
-                    F.file_entry(ipath, isha),
-                )
-                new_store = VectorStore.open(vpath, ipath, self._store.n_live, self._store.d)
-            if self._params.index_type == "ivfpq":
-                if (
-                    same_dir
-                    and not self._index_dirty
-                    and _files_present(root, self._files, ("index",))
-                ):
-                    files["index"] = self._files["index"]
-                else:
-                    xpath = root / f"index-{gen}.faiss"
-                    F.atomic_write(xpath, lambda tmp: faiss.write_index(self._index, str(tmp)))
-                    files["index"] = F.file_entry(xpath)
-            manifest = self._manifest(gen, table_version, model_key, files)
-            F.write_manifest(root, manifest)  # commit point
-            with self._rw.write():
-                if new_store is not None:
-                    new_store.dirty = False
-                    self._store = new_store  # refine vectors now come from the memory map
-                self._files, self._files_dir, self._index_dirty = files, root, False
-            F.collect_garbage(root, {e["name"] for e in files.values()})
-
-    def _manifest(
-        self, gen: int, table_version: int, model_key: str, files: dict[str, Any]
-    ) -> dict[str, Any]:
-        return {
-            "format_version": F.FORMAT_VERSION,
-            "generation": gen,
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "table_version": int(table_version),
-            "model_key": str(model_key),
-            "n": self._store.n_live,
-            "d": self._params.d,
-            "params": self._params.to_dict(),
-            "nprobe": self._nprobe,
-            "refine": self._refine,
-            "meta": self._meta,
-            "files": files,
-        }
+        save_index(self, directory, table_version=table_version, model_key=model_key)
 
     @classmethod
     def load(
@@ -444,91 +357,15 @@ class VectorIndex:
         """Open a saved index. Raises IndexNotFoundError (no manifest), ModelMismatchError
         (other model), IndexCorruptError (stale table version, missing/truncated/corrupt
         files). ``mmap=True`` maps the IVF lists and refine vectors instead of reading them."""
-        root = Path(directory)
-        for attempt in range(3):
-            manifest = F.read_manifest(root)
-            try:
-                return cls._load_manifest(
-                    root, manifest, expect_table_version, expect_model_key, verify_checksums, mmap
-                )
-            except IndexCorruptError:
-                # A concurrent save may have switched the manifest and collected our files.
-                if attempt == 2 or F.read_manifest(root).get("generation") == manifest.get(
-                    "generation"
-                ):
-                    raise
-        raise AssertionError("unreachable")
+        return load_index(
+            cls,
+            directory,
+            expect_table_version=expect_table_version,
+            expect_model_key=expect_model_key,
+            verify_checksums=verify_checksums,
+            mmap=mmap,
+        )
 
-    @classmethod
-    def _load_manifest(
-        cls,
-        root: Path,
-        manifest: dict[str, Any],
-        expect_table_version: int | None,
-        expect_model_key: str | None,
-        verify_checksums: bool,
-        mmap: bool,
-    ) -> VectorIndex:
-        if expect_model_key is not None and manifest.get("model_key") != expect_model_key:
-            raise ModelMismatchError(
-                f"the index in {root} was built with model {manifest.get('model_key')!r} but "
-                f"{expect_model_key!r} is in use; re-embed and rebuild with `mmsearch build-index`"
-            )
-        if (
-            expect_table_version is not None
-            and manifest.get("table_version") != expect_table_version
-        ):
-            raise IndexCorruptError(
-                f"the index in {root} is for table version {manifest.get('table_version')} but "
-                f"the table is at version {expect_table_version} (stale index); {F.REBUILD_HINT}"
-            )
-        try:
-            params = IndexParams.from_dict(manifest["params"])
-            n, d = int(manifest["n"]), int(manifest["d"])
-            files = manifest["files"]
-            nprobe, refine, meta = (
-                int(manifest["nprobe"]),
-                int(manifest["refine"]),
-                dict(manifest["meta"]),
-            )
-            vec_entry, ids_entry = files["vectors"], files["ids"]
-            index_entry = files["index"] if params.index_type == "ivfpq" else None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexCorruptError(
-                f"{root / F.MANIFEST_NAME} is incomplete ({exc!r}); {F.REBUILD_HINT}"
-            ) from exc
-        if vec_entry["size"] != n * d * 4 or ids_entry["size"] != n * ID_BYTES or params.d != d:
-            raise IndexCorruptError(
-                f"{root / F.MANIFEST_NAME} is inconsistent (sizes vs n={n}, d={d}); {F.REBUILD_HINT}"
-            )
-        vpath = F.verify_file(root, vec_entry, checksum=verify_checksums)
-        ipath = F.verify_file(root, ids_entry, checksum=verify_checksums)
-        store = VectorStore.open(vpath, ipath, n, d)
-        if verify_checksums and n > 1 and not bool(np.all(np.diff(store.live_ids()) > 0)):
-            raise IndexCorruptError(f"{ipath} is not sorted by id; {F.REBUILD_HINT}")
-        if index_entry is None:
-            index: faiss.Index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
-            _fill(index, store)
-        else:
-            xpath = F.verify_file(root, index_entry, checksum=verify_checksums)
-            try:
-                index = faiss.read_index(str(xpath), _MMAP_FLAG if mmap else 0)
-            except RuntimeError as exc:
-                raise IndexCorruptError(
-                    f"cannot read FAISS index {xpath}: {exc}; {F.REBUILD_HINT}"
-                ) from exc
-            if index.ntotal != n or index.d != d:
-                raise IndexCorruptError(
-                    f"FAISS index {xpath} holds {index.ntotal} vectors of dimension {index.d}, "
-                    f"manifest says {n} x {d}; {F.REBUILD_HINT}"
-                )
-        out = cls(params=params, index=index, store=store, nprobe=nprobe, refine=refine, meta=meta)
-        out._index_readonly_mmap = index_entry is not None and mmap
-        out._index_dirty = False
-        out._files = {k: dict(v) for k, v in files.items()}
-        out._files_dir = root
-        out._meta["gpu"] = False
-        return out
 
     # ------------------------------------------------------------------ info
 
@@ -573,122 +410,7 @@ class VectorIndex:
 # ---------------------------------------------------------------- helpers
 
 
-def _fill(index: faiss.Index, store: VectorStore) -> None:
-    for vecs, ids in store.iter_live(ADD_CHUNK):
-        index.add_with_ids(vecs, ids)
-
-
-def _tune(
-    index: faiss.Index,
-    store: VectorStore,
-    params: IndexParams,
-    live: I64,
-    rng: np.random.Generator,
-    target: float,
-):  # noqa: ANN202
-    """Tune on up to 500 data rows as queries (their own id excluded), exact ground truth."""
-    n = len(live)
-    nq = min(MAX_TUNE_QUERIES, max(min(n, 20), n // 10))
-    qids = np.sort(rng.choice(live, size=nq, replace=False))
-    queries, _ = store.lookup(qids)
-    _, gt = store.exact_search(queries, TUNE_K + 1)
-    truth = np.stack([row[row != qid][:TUNE_K] for row, qid in zip(gt, qids, strict=True)])
-
-    def rescore(qs: F32, cand: I64) -> tuple[F32, I64]:
-        vecs, found = store.lookup(cand)
-        vecs = vecs.reshape(cand.shape[0], cand.shape[1], -1)
-        s = np.einsum("qcd,qd->qc", vecs, qs).astype(np.float32)
-        ok = found.reshape(cand.shape) & (cand >= 0)
-        s[~ok] = -np.inf
-        return top_k(s, np.where(ok, cand, -1), TUNE_K)
-
-    return tune_nprobe_refine(
-        index,
-        rescore,
-        queries,
-        qids,
-        truth,
-        k=TUNE_K,
-        nlist=params.nlist,
-        m=params.m,
-        d=params.d,
-        n=n,
-        target_recall=target,
-    )
-
-
-def _check_rows(
-    vectors: Any, ids: Any, *, d: int | None, allow_empty: bool = False
-) -> tuple[F32, I64]:
-    x = np.asarray(vectors)
-    i = np.asarray(ids)
-    if x.ndim != 2 or (d is not None and x.shape[1] != d) or x.shape[1] < 1:
-        want = f"(n, {d})" if d is not None else "(n, d)"
-        raise BadQueryError(f"vectors must have shape {want}, got {x.shape}")
-    if i.shape != (x.shape[0],) or (i.size and not np.issubdtype(i.dtype, np.integer)):
-        raise BadQueryError(
-            f"ids must be a 1-D integer array of length {x.shape[0]}, got {i.shape} {i.dtype}"
-        )
-    if not len(i) and not allow_empty:
-        raise BadQueryError("cannot build an index from zero vectors")
-    x = np.ascontiguousarray(x, np.float32)
-    i = np.ascontiguousarray(i, np.int64)
-    if len(i):
-        if not np.isfinite(x).all():
-            raise BadQueryError("vectors contain NaN or infinity")
-        if int(i.min()) < 0:
-            raise BadQueryError("ids must be non-negative (-1 marks padding)")
-        norms = np.linalg.norm(x, axis=1)
-        if np.abs(norms - 1.0).max() > NORM_TOLERANCE:
-            raise BadQueryError("vectors must be L2-normalised (inner product = cosine)")
-    return x, i
-
-
-def _check_queries(queries: Any, d: int) -> F32:
-    q = np.asarray(queries)
-    if q.ndim == 1:
-        q = q[None, :]
-    if q.ndim != 2 or q.shape[1] != d:
-        raise BadQueryError(f"queries must have shape (q, {d}), got {np.asarray(queries).shape}")
-    if not np.issubdtype(q.dtype, np.number):
-        raise BadQueryError(f"queries must be numeric, got {q.dtype}")
-    q = np.ascontiguousarray(q, np.float32)
-    if not np.isfinite(q).all():
-        raise BadQueryError("queries contain NaN or infinity")
-    return q
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise BadQueryError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _pads(scores: F32, ids: I64) -> tuple[F32, I64]:
     scores = np.asarray(scores, np.float32).copy()
     scores[ids < 0] = -np.inf
     return scores, np.asarray(ids, np.int64)
-
-
-def _next_generation(root: Path) -> int:
-    gen = 0
-    try:
-        gen = int(F.read_manifest(root).get("generation", 0))
-    except Exception:  # noqa: BLE001 - a missing or broken manifest only affects numbering
-        gen = 0
-    for name in os.listdir(root):
-        m = _GEN_RE.match(name)
-        if m:
-            gen = max(gen, int(m.group(1)))
-    return gen + 1
-
-
-def _files_present(root: Path, files: dict[str, dict[str, Any]], roles: tuple[str, ...]) -> bool:
-    return all(r in files and (root / files[r]["name"]).exists() for r in roles)
-
-
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False

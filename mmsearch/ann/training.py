@@ -1,4 +1,5 @@
-"""FAISS side of the index: training IVF-PQ, search parameters, build-time tuning.
+"""FAISS side of the index: building it (flat, or IVF-PQ trained and filled from the
+store), search parameters, tuning nprobe/refine on stored rows or on sample queries.
 
 Coarse centroids come from a seeded two-level spherical k-means (sqrt(nlist) clusters,
 then sub-clusters inside each), about 30x cheaper than flat k-means at nlist=4096 and
@@ -11,12 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
 from mmsearch.ann.params import MAX_POINTS_PER_CENTROID, IndexParams
+from mmsearch.ann.store import VectorStore, top_k
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -38,6 +41,10 @@ exactly 0.95 (0.9536 measured) gave 0.947 on held-out queries."""
 REFINE_ROW_COST = 8
 """Cost of exactly re-scoring one candidate, in bytes touched per dimension (random
 read of 4 bytes, roughly twice the cost of a sequential one); a PQ code costs m."""
+
+TUNE_K = 10
+MAX_TUNE_QUERIES = 500
+ADD_CHUNK = 65_536
 
 
 def gpu_available() -> bool:
@@ -218,6 +225,104 @@ def tune_nprobe_refine(
         nprobe *= 2
     return best if best is not None else fallback
 
+
+def fill_index(index: faiss.Index, store: VectorStore) -> None:
+    """Add every live row of ``store`` to ``index``, ``ADD_CHUNK`` rows at a time."""
+    for vecs, ids in store.iter_live(ADD_CHUNK):
+        index.add_with_ids(vecs, ids)
+
+
+def tune_on_stored_rows(
+    index: faiss.Index,
+    store: VectorStore,
+    params: IndexParams,
+    live: I64,
+    rng: np.random.Generator,
+    target: float,
+) -> TuneResult:
+    """Tune on up to 500 data rows as queries (their own id excluded), exact ground truth."""
+    n = len(live)
+    nq = min(MAX_TUNE_QUERIES, max(min(n, 20), n // 10))
+    qids = np.sort(rng.choice(live, size=nq, replace=False))
+    queries, _ = store.lookup(qids)
+    _, gt = store.exact_search(queries, TUNE_K + 1)
+    truth = np.stack([row[row != qid][:TUNE_K] for row, qid in zip(gt, qids, strict=True)])
+
+    def rescore(qs: F32, cand: I64) -> tuple[F32, I64]:
+        vecs, found = store.lookup(cand)
+        vecs = vecs.reshape(cand.shape[0], cand.shape[1], -1)
+        s = np.einsum("qcd,qd->qc", vecs, qs).astype(np.float32)
+        ok = found.reshape(cand.shape) & (cand >= 0)
+        s[~ok] = -np.inf
+        return top_k(s, np.where(ok, cand, -1), TUNE_K)
+
+    return tune_nprobe_refine(
+        index,
+        rescore,
+        queries,
+        qids,
+        truth,
+        k=TUNE_K,
+        nlist=params.nlist,
+        m=params.m,
+        d=params.d,
+        n=n,
+        target_recall=target,
+    )
+
+
+
+def build_index_structure(
+    store: VectorStore, params: IndexParams, meta: dict[str, Any], *, use_gpu: bool
+) -> tuple[faiss.Index, int, int, float | None]:
+    """The FAISS index over ``store`` with its tuned (nprobe, refine) and measured recall@10.
+
+    Flat: exact, nothing to tune. IVF-PQ: trained on a seeded sample of ``params.train_size``
+    live rows, filled, then tuned to ``meta["target_recall"]`` with ``meta["seed"]``.
+    """
+    seed = int(meta["seed"])
+    n, d = store.n_live, store.d
+    if params.index_type == "flat":
+        index: faiss.Index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
+        fill_index(index, store)
+        nprobe = refine = 0
+        recall: float | None = 1.0
+    else:
+        rng = np.random.default_rng(seed)
+        live = store.live_ids()
+        train_ids = np.sort(rng.choice(live, size=min(params.train_size, n), replace=False))
+        xt, _ = store.lookup(train_ids)
+        index = train_ivfpq(xt, params, seed=seed, use_gpu=use_gpu)
+        del xt
+        fill_index(index, store)
+        tuned = tune_on_stored_rows(index, store, params, live, rng, float(meta["target_recall"]))
+        nprobe, refine, recall = tuned.nprobe, tuned.refine, tuned.recall
+    return index, nprobe, refine, recall
+
+
+def tune_on_queries(
+    index: faiss.Index,
+    store: VectorStore,
+    params: IndexParams,
+    rescore: Callable[[F32, I64], tuple[F32, I64]],
+    queries: F32,
+    target: float,
+) -> TuneResult:
+    """Tune for queries that are not stored rows (nothing to exclude), exact ground truth."""
+    _, truth = store.exact_search(queries, TUNE_K)
+    return tune_nprobe_refine(
+        index,
+        rescore,
+        queries,
+        np.full(len(queries), -1, np.int64),
+        truth,
+        k=TUNE_K,
+        nlist=params.nlist,
+        m=params.m,
+        d=params.d,
+        n=store.n_live,
+        target_recall=target,
+    )
 
 def _recall_excluding_self(
     rescore: Callable[[F32, I64], tuple[F32, I64]],
