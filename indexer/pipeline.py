@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from indexer.ann_build import build_ann
 from indexer.decode import DecodeFailure, DecodeOk, DecodePool
@@ -136,6 +137,32 @@ def _run_index_locked(
     return report
 
 
+class _BatchWriter:
+    """Collects Arrow row batches and commits them in groups of ``commit_every`` rows.
+
+    Each commit is one atomic LanceDB transaction: what a killed run leaves behind is
+    exactly the groups committed so far.
+    """
+
+    def __init__(self, store: ItemStore, commit_every: int) -> None:
+        self.store = store
+        self.commit_every = max(1, commit_every)
+        self._batches: list[pa.Table] = []
+        self._rows = 0
+
+    def add(self, rows: pa.Table) -> None:
+        self._batches.append(rows)
+        self._rows += rows.num_rows
+        if self._rows >= self.commit_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._batches:
+            self.store.upsert(pa.concat_tables(self._batches))
+            self._batches.clear()
+            self._rows = 0
+
+
 def _run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
@@ -175,11 +202,10 @@ def _index_images(
     batch_uris: list[str] = []
     batch_arrays: list[np.ndarray] = []
     batch_meta: list[tuple[Any, str, StoredState | None]] = []
-    pending_rows: list[Any] = []
-    pending_count = 0
+    writer = _BatchWriter(store, opts.commit_every)
 
     def flush_embed() -> None:
-        nonlocal next_id, pending_count
+        nonlocal next_id
         if not batch_arrays:
             return
         t0 = time.perf_counter()
@@ -193,7 +219,7 @@ def _index_images(
             else:
                 ids.append(next_id)
                 next_id += 1
-        pending_rows.append(
+        writer.add(
             make_rows(
                 ids=ids,
                 uris=list(batch_uris),
@@ -211,7 +237,6 @@ def _index_images(
                 schema=store.table.schema,
             )
         )
-        pending_count += len(ids)
         for (_item, _sha, prev), uri in zip(batch_meta, batch_uris, strict=True):
             seen.add(uri)
             if prev is None:
@@ -223,15 +248,6 @@ def _index_images(
         batch_uris.clear()
         batch_arrays.clear()
         batch_meta.clear()
-
-    def commit() -> None:
-        nonlocal pending_count
-        if pending_rows:
-            import pyarrow as pa
-
-            store.upsert(pa.concat_tables(pending_rows))
-            pending_rows.clear()
-            pending_count = 0
 
     with DecodePool(
         encoder.image_size,
@@ -251,10 +267,8 @@ def _index_images(
             batch_meta.append((item, result.sha256, prev))
             if len(batch_arrays) >= opts.batch_size:
                 flush_embed()
-                if pending_count >= opts.commit_every:
-                    commit()
         flush_embed()
-        commit()
+        writer.flush()
 
     # An unmounted mount point looks like an empty folder: never read "no files at all"
     # as "every file deleted".
@@ -359,8 +373,7 @@ def _index_texts(
     progress("texts", 0, len(todo))
 
     step = max(opts.batch_size, 1)
-    commit_rows = []
-    pending = 0
+    writer = _BatchWriter(store, opts.commit_every)
     for chunk in _chunks(todo, step):
         t0 = time.perf_counter()
         vectors = encoder.encode_texts([row.text for _u, row, _s, _p in chunk])
@@ -374,7 +387,7 @@ def _index_texts(
                 ids.append(next_id)
                 next_id += 1
                 report.added += 1
-        commit_rows.append(
+        writer.add(
             make_rows(
                 ids=ids,
                 uris=[u for u, *_ in chunk],
@@ -389,19 +402,9 @@ def _index_texts(
                 schema=store.table.schema,
             )
         )
-        pending += len(chunk)
         report.embedded += len(chunk)
         progress("texts", len(chunk), None)
-        if pending >= opts.commit_every:
-            import pyarrow as pa
-
-            store.upsert(pa.concat_tables(commit_rows))
-            commit_rows.clear()
-            pending = 0
-    if commit_rows:
-        import pyarrow as pa
-
-        store.upsert(pa.concat_tables(commit_rows))
+    writer.flush()
     gone = [state.id for uri, state in stored.items() if uri not in seen]
     report.deleted += store.delete_ids(gone)
     return next_id
