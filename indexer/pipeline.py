@@ -26,6 +26,7 @@ from indexer.ann_build import build_ann
 from indexer.decode import DecodeFailure, DecodeOk, DecodePool
 from indexer.discover import path_to_uri, walk_images
 from indexer.report import Failure, IndexReport, write_failures
+from indexer.sidecar import load_image_metadata
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.spec import ModelSpec
@@ -283,48 +284,6 @@ def _index_images(
     else:
         report.sweep_aborted.append(str(root_abs))
     return next_id
-
-
-def load_image_metadata(
-    path: str | os.PathLike[str], file_column: str = "file", text_column: str | None = None
-) -> dict[str, dict[str, Any]]:
-    """Reads an image-metadata sidecar: real path of each image → its metadata row.
-
-    The row's text (``text_column``, else caption/text/title/description) is kept under
-    the ``_text`` key and stored as the image's ``text``.
-    """
-    import pandas as pd
-
-    from mmsearch.errors import TextCollectionError
-
-    sidecar = Path(path)
-    suffix = sidecar.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(sidecar, lines=True, dtype=False)
-        elif suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(sidecar, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(sidecar)
-        else:
-            raise TextCollectionError(f"image metadata {sidecar}: use .csv, .tsv, .jsonl or .parquet")
-    except (OSError, ValueError) as exc:
-        raise TextCollectionError(f"cannot read image metadata {sidecar}: {exc}") from exc
-    if file_column not in frame.columns:
-        raise TextCollectionError(
-            f"image metadata {sidecar} has no {file_column!r} column (columns: {', '.join(map(str, frame.columns))}); "
-            "set --file-column"
-        )
-    candidates = [text_column] if text_column else ["caption", "text", "title", "description"]
-    text_col = next((c for c in candidates if c in frame.columns), None)
-    out: dict[str, dict[str, Any]] = {}
-    for record in frame.to_dict(orient="records"):
-        rel = str(record.pop(file_column))
-        meta: dict[str, Any] = {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}
-        if text_col is not None:
-            meta["_text"] = None if meta.get(text_col) is None else str(meta[text_col])
-        out[os.path.realpath(sidecar.parent / rel)] = meta
-    return out
 
 
 # -- text collections --------------------------------------------------------------------
