@@ -299,7 +299,9 @@ def serve_cmd(
     with _errors():
         from mmsearch.engine import SearchIndex
 
-        SearchIndex(config.index_dir, device=device)  # fail fast, with one clear line
+        # Fail fast with one clear line, and load the model now rather than on the
+        # first request; the server reuses this encoder.
+        config.encoder = SearchIndex(config.index_dir, device=device).encoder
     err_console.print(f"serving {escape(str(config.index_dir))} on http://{host}:{port}")
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
 
