@@ -42,6 +42,12 @@ def load_image_metadata(
             f"image metadata {sidecar} has no {file_column!r} column (columns: {', '.join(map(str, frame.columns))}); "
             "set --file-column"
         )
+    if suffix in (".csv", ".tsv"):  # CSV cells are text: type each column as the text reader does
+        from indexer.texttypes import infer_string_column
+
+        for column in frame.columns:
+            if column != file_column:
+                frame[column] = pd.Series(infer_string_column(frame[column].tolist()), dtype=object)
     candidates = [text_column] if text_column else ["caption", "text", "title", "description"]
     text_col = next((c for c in candidates if c in frame.columns), None)
     out: dict[str, dict[str, Any]] = {}

@@ -40,6 +40,11 @@ def type_metadata(rows: list[TextRow], columns: list[str], *, infer_from_strings
         row.metadata.update(ordered)
 
 
+def infer_string_column(values: list[str | None]) -> list[MetaValue]:
+    """Types a CSV column: bool, int or float when every value fits, else str ("" → None)."""
+    return _infer_strings([None if v is None or v == "" else v for v in values])
+
+
 def _infer_strings(values: list[str | None]) -> list[MetaValue]:
     present = [v for v in values if v is not None]
     if not present:

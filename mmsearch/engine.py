@@ -77,7 +77,7 @@ class _Rows:
         self._lock = threading.Lock()
 
     def filterable(self) -> pa.Table:
-        """id, kind, source and every metadata key as typed columns (built on first use)."""
+        """id, kind and every metadata key as typed columns (built on first use)."""
         with self._lock:
             if self._filterable is None:
                 records = [json.loads(m) if m else {} for m in self._table.column("metadata").to_pylist()]

@@ -176,3 +176,23 @@ def test_readers_see_a_consistent_snapshot_while_indexing(tmp_path, fake_encoder
     assert reader.snapshot.table_version > first_version
     assert len(reader.search("x", k=1000, kind="image")) == 80 + 60
     assert first_version in seen_versions
+
+
+def test_csv_sidecar_metadata_is_typed_for_filters(tmp_path, small_catalog, fake_encoder):
+    import csv
+
+    sidecar = small_catalog.root / "meta.csv"
+    with open(sidecar, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["file", "caption", "price", "sku", "in_stock"])
+        writer.writeheader()
+        for row in small_catalog.rows:
+            writer.writerow({"file": row["file"], "caption": row["caption"], "price": row["price"],
+                             "sku": "007", "in_stock": "true"})
+    idx = tmp_path / "idx"
+    run_index([small_catalog.root], idx, fake_encoder.spec,
+              options=IndexOptions(workers=2, image_metadata=sidecar), encoder=fake_encoder)
+    engine = SearchIndex(idx, encoder=fake_encoder)
+    hits = engine.search("x", k=500, where=["price < 20", "in_stock = true"])
+    assert hits and all(isinstance(h.metadata["price"], float) and h.metadata["price"] < 20 for h in hits)
+    assert len(hits) == sum(1 for r in small_catalog.rows if r["price"] < 20)
+    assert hits[0].metadata["sku"] == "007"  # leading zeros: stays text
