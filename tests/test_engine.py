@@ -147,8 +147,10 @@ def test_readers_see_a_consistent_snapshot_while_indexing(tmp_path, fake_encoder
     errors: list[BaseException] = []
     seen_versions: set[int] = set()
     done = threading.Event()
+    started = threading.Barrier(4)  # three readers + this thread
 
     def query_loop() -> None:
+        started.wait(30)
         probe = cat.root / cat.rows[0]["file"]
         while not done.is_set():
             try:
@@ -165,6 +167,7 @@ def test_readers_see_a_consistent_snapshot_while_indexing(tmp_path, fake_encoder
     threads = [threading.Thread(target=query_loop) for _ in range(3)]
     for t in threads:
         t.start()
+    started.wait(30)
     report = run_index([cat.root], idx_dir, fake_encoder.spec,
                        options=IndexOptions(workers=2, batch_size=8, commit_every=8), encoder=fake_encoder)
     done.set()
