@@ -9,6 +9,8 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install -q -e ".[${extras}]"
+# pip's notes about index locations absent on this machine are noise, not errors.
+pip_install() { python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
+pip_install --upgrade pip >/dev/null
+pip_install "torch==2.14.1" "torchvision==0.29.1"
+pip_install -e ".[${extras}]"
