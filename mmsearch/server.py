@@ -68,9 +68,9 @@ class ServerConfig:
     max_pixels: int = 40_000_000
     url_allow_private: bool = False  # tests only
     url_timeout_s: float = 10.0
-    encoder: Any | None = (
-        None  # tests: an encoder object to use instead of loading the index's model
-    )
+    # An encoder to use instead of loading the index's model: `mmsearch serve` passes the
+    # one it loaded at start-up; tests pass a fake one.
+    encoder: Any | None = None
 
 
 class _IndexHolder:
