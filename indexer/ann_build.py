@@ -75,6 +75,10 @@ def build_ann(
     index_dir = store.index_dir
     version = store.version
     previous = _read_snapshot_or_none(store)
+    if previous is not None and not retrain and index_type == "auto" and previous.table_version == version:
+        unchanged = _unchanged_infos(store, spec, previous)
+        if unchanged is not None:  # nothing was written since the snapshot: keep it as it is
+            return unchanged
     generation = (previous.generation + 1) if previous else 1
     ann_dirs: dict[str, str] = {}
     infos: dict[str, dict[str, Any]] = {}
@@ -179,6 +183,23 @@ def _update_in_place(store: ItemStore, spec: ModelSpec, previous: Snapshot, kind
         ids, vectors = vectors_of(store, delta.added)
         index.add(vectors, ids)  # retrains by itself past the growth ratio
     return index
+
+
+def _unchanged_infos(store: ItemStore, spec: ModelSpec, snapshot: Snapshot) -> dict[str, dict[str, Any]] | None:
+    """Info of the snapshot's indexes when they all load and match; None to rebuild."""
+    from mmsearch.ann import VectorIndex
+
+    infos: dict[str, dict[str, Any]] = {}
+    try:
+        for kind, rel in snapshot.ann_dirs.items():
+            index = VectorIndex.load(
+                store.index_dir / rel, expect_table_version=snapshot.table_version, expect_model_key=spec.key
+            )
+            infos[kind] = {**index.info, "mode": "unchanged"}
+    except (MMSearchError, OSError, ValueError, RuntimeError):
+        return None
+    kinds_with_rows = {k for k in KINDS if store.scan(["id"], f"kind = {sql_quote(k)}").num_rows}
+    return infos if set(infos) == kinds_with_rows else None
 
 
 def _read_snapshot_or_none(store: ItemStore) -> Snapshot | None:

@@ -135,3 +135,14 @@ def test_cross_modal_profile_tuned_from_the_other_kind(store):
     _, approx = ann.search(texts[:200], 10, profile="cross")
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, exact, strict=True)])
     assert recall >= 0.9
+
+
+def test_unchanged_table_keeps_the_snapshot(store):
+    build_ann(store, SPEC, index_type="ivfpq")
+    before = read_snapshot(store.index_dir)
+    again = build_ann(store, SPEC)["image"]
+    assert again["mode"] == "unchanged"
+    assert read_snapshot(store.index_dir) == before  # nothing rewritten
+    _put(store, np.arange(6000, 6010, dtype=np.int64), _unit(np.random.default_rng(5), 10), "v1")
+    assert build_ann(store, SPEC)["image"]["mode"] == "incremental"
+    assert read_snapshot(store.index_dir).generation == before.generation + 1
