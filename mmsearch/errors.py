@@ -53,3 +53,7 @@ class StorageError(MMSearchError):
 
 class UnsafePathError(BadQueryError):
     """A path in a query resolves outside the allowed roots."""
+
+
+class NoRerankerError(BadQueryError):
+    """Re-ranking was asked for, but the index was opened without a reranker."""
