@@ -46,6 +46,8 @@ from mmsearch.search.types import (
 from mmsearch.snapshot import Snapshot, read_snapshot
 from mmsearch.storage import LEXICAL_COLUMN, ItemStore
 
+#: Fewest candidates each leg brings when legs are fused (RRF needs overlap to work).
+FUSION_DEPTH = 50
 QueryLike = str | os.PathLike[str] | Any  # also a PIL image or an (H, W, 3) uint8 array
 WhereLike = Mapping[str, Any] | Sequence[str] | str | None
 
@@ -379,6 +381,8 @@ class SearchIndex:
             return Results(timings=timings, reason="no item matches the filter", mode=mode)
         need = q.offset + q.k
         depth = need * (4 if (q.group_by or q.dedup) else 1)
+        if mode != "vector" or len(kinds) > 1:  # fusion needs room for the legs to overlap
+            depth = max(depth, FUSION_DEPTH)
         if q.rerank is not None:
             depth = max(depth, q.rerank.depth)
         total = max(len(rows), 1)
