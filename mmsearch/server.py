@@ -161,6 +161,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         metrics=metrics,
         log_format=config.log_format,
         log_queries=config.log_queries,
+        router=app.router,
     )
     app.state.serve_state = state
 

@@ -18,7 +18,8 @@ import json
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,3 +192,22 @@ def run(
     from uvicorn.supervisors import Multiprocess
 
     Multiprocess(config, sockets=[sock]).run()
+
+
+@contextmanager
+def prepare_workers(workers: int) -> Iterator[None]:
+    """With several workers, a fresh ``PROMETHEUS_MULTIPROC_DIR`` so ``/metrics`` merges all of them."""
+    import os
+    import shutil
+    import tempfile
+
+    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="mmsearch-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)

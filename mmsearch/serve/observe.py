@@ -21,7 +21,8 @@ through ``prometheus_client``'s multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``)
 
 Access log (logger ``mmsearch.access``): time, method, route, status, latency,
 result count, snapshot; client address. Never the token or cookies; the query
-text (and the query string) only with ``log_queries``.
+text (and the query string) only with ``log_queries``. ``router`` (the app's) names
+the route of requests answered before routing (401, 400, 413, 503).
 """
 
 from __future__ import annotations
@@ -143,8 +144,13 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def _route_of(scope: dict[str, Any]) -> str:
+def _route_of(scope: dict[str, Any], router: Any) -> str:
+    """The route template that served (or would have served) the request; "other" if none."""
     route = scope.get("route")
+    if route is None and router is not None:  # answered before routing (401, 400, 413, 503)
+        from starlette.routing import Match
+
+        route = next((r for r in router.routes if r.matches(scope)[0] == Match.FULL), None)
     path = getattr(route, "path", None)
     return str(path) if path else "other"
 
@@ -162,9 +168,15 @@ class ObserveMiddleware:
     """
 
     def __init__(
-        self, app: Any, metrics: Metrics, log_format: str = "text", log_queries: bool = False
+        self,
+        app: Any,
+        metrics: Metrics,
+        log_format: str = "text",
+        log_queries: bool = False,
+        router: Any = None,
     ) -> None:
         self.app = app
+        self.router = router
         self.metrics = metrics
         self.log_format = log_format
         self.log_queries = log_queries
@@ -197,7 +209,7 @@ class ObserveMiddleware:
             self._finish(scope, obs, status[0], time.perf_counter() - start)
 
     def _finish(self, scope: dict[str, Any], obs: Observation, status: int, elapsed: float) -> None:
-        route, method = _route_of(scope), scope.get("method", "")
+        route, method = _route_of(scope, self.router), scope.get("method", "")
         labels = {"route": route, "method": method, "status": str(status)}
         m = self.metrics
         m.requests.labels(**labels).inc()

@@ -114,9 +114,9 @@ def add_ops_routes(
                 }
             return JSONResponse(body, status_code=503)
         index = holder.get()
-        return JSONResponse(
-            {"status": "ready", "snapshot": snapshot_body(index), "items": len(index)}
-        )
+        snapshot = snapshot_body(index)
+        body = {"status": "ready", "snapshot": snapshot, "items": len(index), "pid": os.getpid()}
+        return JSONResponse(body)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_route() -> Response:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
 
 from mmsearch.errors import MMSearchError
 
@@ -178,7 +179,6 @@ class TokenAuthMiddleware:
 
 def add_login_route(app: Any, token: str) -> None:
     """``POST /login`` (form field ``token``): sets the session cookie and goes back to the gallery."""
-    from fastapi import Request
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
     expected = token.encode()
