@@ -32,6 +32,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from mmsearch.cli_help import use_clean_help
 from mmsearch.errors import IndexingFailedError, MMSearchError
 from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
 from mmsearch.render import (
@@ -344,6 +345,9 @@ def demo_cmd(
         console.rule(f"[bold]{escape(query)}[/] → {kind}")
         console.print(result_table(results))
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")
+
+
+use_clean_help(app)  # after the last command: PATHS... and untyped flags in --help
 
 
 def main() -> None:
