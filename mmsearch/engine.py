@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ from mmsearch.storage import LEXICAL_COLUMN, ItemStore
 
 #: Fewest candidates each leg brings when legs are fused (RRF needs overlap to work).
 FUSION_DEPTH = 50
+#: Runs the lexical leg beside encoding and the vector leg (LanceDB and FAISS release the GIL).
+_LEGS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mmsearch-lexical")
 QueryLike = str | os.PathLike[str] | Any  # also a PIL image or an (H, W, 3) uint8 array
 WhereLike = Mapping[str, Any] | Sequence[str] | str | None
 
@@ -361,6 +364,25 @@ class SearchIndex:
 
         mode = self.resolve_mode(q) if vector is None else "vector"
         rows = self._rows_view()
+        kinds = [q.kind] if q.kind != "any" else [k for k in ("image", "text") if k in self._ann]
+        if allowed is not None and len(allowed) == 0:
+            return Results(timings=timings, reason="no item matches the filter", mode=mode)
+        need = q.offset + q.k
+        depth = need * (4 if (q.group_by or q.dedup) else 1)
+        if mode != "vector" or len(kinds) > 1:  # fusion needs room for the legs to overlap
+            depth = max(depth, FUSION_DEPTH)
+        if q.rerank is not None:
+            depth = max(depth, q.rerank.depth)
+        total = max(len(rows), 1)
+
+        def lexical_legs(depth: int) -> list[Any]:
+            return lexical.lexical_legs(
+                self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
+                negative=q.negative_words, allowed_ids=allowed,
+            )  # fmt: skip
+
+        # The lexical leg needs no query vector: it runs beside encoding and the vector leg.
+        pending = _LEGS.submit(lexical_legs, depth) if mode != "vector" else None
         t = time.perf_counter()
         if vector is None and mode != "lexical":
             vector = encode_terms(
@@ -372,20 +394,10 @@ class SearchIndex:
                 f"query vector has dimension {vector.reshape(-1).shape[0]}, index has {self.store.dim}"
             )
         t = tick("encode", t)
-        kinds = [q.kind] if q.kind != "any" else [k for k in ("image", "text") if k in self._ann]
         floors = None
         if q.cutoff and mode == "hybrid" and vector is not None:
             floors = {k: v for k, v in self._floors().items() if k in kinds}
         t = tick("rescore", t)
-        if allowed is not None and len(allowed) == 0:
-            return Results(timings=timings, reason="no item matches the filter", mode=mode)
-        need = q.offset + q.k
-        depth = need * (4 if (q.group_by or q.dedup) else 1)
-        if mode != "vector" or len(kinds) > 1:  # fusion needs room for the legs to overlap
-            depth = max(depth, FUSION_DEPTH)
-        if q.rerank is not None:
-            depth = max(depth, q.rerank.depth)
-        total = max(len(rows), 1)
         exact_ids = None
         if mode != "vector" and looks_like_identifier(q.lexical_text):
             exact_ids = rows.identifier_ids(q.lexical_text)
@@ -402,11 +414,11 @@ class SearchIndex:
                     self._ann, vector, min(depth, total), kinds, allowed_ids=allowed, query_kind=query_kind,
                     exact=q.exact, nprobe=q.nprobe, refine=q.refine,
                 )  # fmt: skip
-            if mode != "vector":
-                legs += lexical.lexical_legs(
-                    self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
-                    negative=q.negative_words, allowed_ids=allowed,
-                )  # fmt: skip
+            if pending is not None:
+                legs += pending.result()
+                pending = None
+            elif mode != "vector":
+                legs += lexical_legs(depth)
             saturated = any(leg.num_rows >= depth for leg in legs)
             if exact_ids is not None:
                 legs.append(exact_leg)
