@@ -35,7 +35,6 @@ from rich.text import Text
 from mmsearch.cli_help import use_clean_help
 from mmsearch.errors import IndexingFailedError, MMSearchError
 from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
-from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
 from mmsearch.render import (
     no_results_reason,
     paths_only_line,
@@ -43,6 +42,7 @@ from mmsearch.render import (
     print_summary,
     result_table,
 )
+from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
 
 #: Exit status of a query that found nothing (scripts can tell it from an error).
 EXIT_NO_RESULTS = 3
