@@ -372,13 +372,26 @@ class SearchIndex:
                 f"query vector has dimension {vector.reshape(-1).shape[0]}, index has {self.store.dim}"
             )
         t = tick("encode", t)
-        kinds = [q.kind] if q.kind != "any" else [k for k in ("image", "text") if k in self._ann]
+        wanted = ("image", "text") if q.kind == "any" else (q.kind,)
+        kinds = [k for k in wanted if k in self._ann]
         floors = None
         if q.cutoff and mode == "hybrid" and vector is not None:
             floors = {k: v for k, v in self._floors().items() if k in kinds}
         t = tick("rescore", t)
         if allowed is not None and len(allowed) == 0:
-            return Results(timings=timings, reason="no item matches the filter", mode=mode)
+            shown = " and ".join(
+                repr(
+                    f"{c.column} {c.op} {','.join(map(str, c.value)) if isinstance(c.value, tuple) else c.value}"
+                )
+                for c in q.where
+            )
+            return Results(
+                timings=timings, reason=f"no item matches the filters {shown}", mode=mode
+            )
+        if not kinds:
+            held = ", ".join(sorted(self._ann)) or "nothing"
+            reason = f"the index holds no {q.kind} items; it holds: {held}"
+            return Results(timings=timings, reason=reason, mode=mode)
         need = q.offset + q.k
         depth = need * (4 if (q.group_by or q.dedup) else 1)
         if mode != "vector" or len(kinds) > 1:  # fusion needs room for the legs to overlap
