@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsearch.errors import MMSearchError
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.snapshot import ANN_DIRNAME, Snapshot, read_snapshot, write_snapshot
 from mmsearch.storage import ItemStore, fixed_list_to_numpy, sql_quote
@@ -62,7 +63,7 @@ def build_ann(
     retrain: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
     seed: int = 0,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Builds or updates every kind's ANN index from the table's current version.
 
@@ -125,7 +126,7 @@ def build_ann(
 
 
 def _cross_queries(
-    store: ItemStore, kind: str, encoder: Any | None, seed: int
+    store: ItemStore, kind: str, encoder: Encoder | None, seed: int
 ) -> npt.NDArray[np.float32] | None:
     """Vectors that look like queries from the other modality, for ``kind``'s index."""
     other = "text" if kind == "image" else "image"

@@ -30,6 +30,7 @@ from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
 from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
 
@@ -74,7 +75,7 @@ def run_index(
     *,
     options: IndexOptions | None = None,
     progress: ProgressFn | None = None,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
 ) -> IndexReport:
     """Indexes image folders and text collections into ``index_dir``.
 
@@ -109,7 +110,7 @@ def _run_index_locked(
     spec: ModelSpec,
     opts: IndexOptions,
     progress: ProgressFn,
-    encoder: Any | None,
+    encoder: Encoder | None,
 ) -> IndexReport:
     report = IndexReport()
 
@@ -204,7 +205,7 @@ def _index_images(
     root: Path,
     walk: WalkResult,
     store: ItemStore,
-    encoder: Any,
+    encoder: Encoder,
     opts: IndexOptions,
     report: IndexReport,
     next_id: int,
@@ -332,7 +333,7 @@ def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 def _index_texts(
     path: Path,
     store: ItemStore,
-    encoder: Any,
+    encoder: Encoder,
     opts: IndexOptions,
     report: IndexReport,
     next_id: int,

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ from mmsearch.storage import LEXICAL_COLUMN, ItemStore
 
 #: Fewest candidates each leg brings when legs are fused (RRF needs overlap to work).
 FUSION_DEPTH = 50
+#: Runs the lexical leg beside encoding and the vector leg (LanceDB and FAISS release the GIL).
+_LEGS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mmsearch-lexical")
 QueryLike = str | os.PathLike[str] | Any  # also a PIL image or an (H, W, 3) uint8 array
 WhereLike = Mapping[str, Any] | Sequence[str] | str | None
 
@@ -361,30 +364,10 @@ class SearchIndex:
 
         mode = self.resolve_mode(q) if vector is None else "vector"
         rows = self._rows_view()
-        t = time.perf_counter()
-        if vector is None and mode != "lexical":
-            vector = encode_terms(
-                self.encoder, q.terms, roots=self.image_roots, fetch_url=self.fetch_url
-            )
-            query_kind = modality(q.terms)
-        elif vector is not None and vector.reshape(-1).shape[0] != self.store.dim:
-            raise BadQueryError(
-                f"query vector has dimension {vector.reshape(-1).shape[0]}, index has {self.store.dim}"
-            )
-        t = tick("encode", t)
         wanted = ("image", "text") if q.kind == "any" else (q.kind,)
         kinds = [k for k in wanted if k in self._ann]
-        floors = None
-        if q.cutoff and mode == "hybrid" and vector is not None:
-            floors = {k: v for k, v in self._floors().items() if k in kinds}
-        t = tick("rescore", t)
         if allowed is not None and len(allowed) == 0:
-            shown = " and ".join(
-                repr(
-                    f"{c.column} {c.op} {','.join(map(str, c.value)) if isinstance(c.value, tuple) else c.value}"
-                )
-                for c in q.where
-            )
+            shown = " and ".join(repr(_condition_text(c)) for c in q.where)
             return Results(
                 timings=timings, reason=f"no item matches the filters {shown}", mode=mode
             )
@@ -399,6 +382,30 @@ class SearchIndex:
         if q.rerank is not None:
             depth = max(depth, q.rerank.depth)
         total = max(len(rows), 1)
+
+        def lexical_legs(depth: int) -> list[Any]:
+            return lexical.lexical_legs(
+                self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
+                negative=q.negative_words, allowed_ids=allowed,
+            )  # fmt: skip
+
+        # The lexical leg needs no query vector: it runs beside encoding and the vector leg.
+        pending = _LEGS.submit(lexical_legs, depth) if mode != "vector" else None
+        t = time.perf_counter()
+        if vector is None and mode != "lexical":
+            vector = encode_terms(
+                self.encoder, q.terms, roots=self.image_roots, fetch_url=self.fetch_url
+            )
+            query_kind = modality(q.terms)
+        elif vector is not None and vector.reshape(-1).shape[0] != self.store.dim:
+            raise BadQueryError(
+                f"query vector has dimension {vector.reshape(-1).shape[0]}, index has {self.store.dim}"
+            )
+        t = tick("encode", t)
+        floors = None
+        if q.cutoff and mode == "hybrid" and vector is not None:
+            floors = {k: v for k, v in self._floors().items() if k in kinds}
+        t = tick("rescore", t)
         exact_ids = None
         if mode != "vector" and looks_like_identifier(q.lexical_text):
             exact_ids = rows.identifier_ids(q.lexical_text)
@@ -415,11 +422,11 @@ class SearchIndex:
                     self._ann, vector, min(depth, total), kinds, allowed_ids=allowed, query_kind=query_kind,
                     exact=q.exact, nprobe=q.nprobe, refine=q.refine,
                 )  # fmt: skip
-            if mode != "vector":
-                legs += lexical.lexical_legs(
-                    self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
-                    negative=q.negative_words, allowed_ids=allowed,
-                )  # fmt: skip
+            if pending is not None:
+                legs += pending.result()
+                pending = None
+            elif mode != "vector":
+                legs += lexical_legs(depth)
             saturated = any(leg.num_rows >= depth for leg in legs)
             if exact_ids is not None:
                 legs.append(exact_leg)
@@ -476,6 +483,13 @@ class SearchIndex:
                 )
             )
         return out
+
+
+def _condition_text(condition: Any) -> str:
+    """A filter condition as a person wrote it (``colour in red,blue``)."""
+    value = condition.value
+    shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+    return f"{condition.column} {condition.op} {shown}"
 
 
 def open_index(index_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> SearchIndex:
