@@ -14,6 +14,9 @@ and its files — intact, and readers of the old snapshot keep working.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,12 +36,43 @@ CROSS_TUNE_QUERIES = 500
 #: Text queries used to tune image indexes when the table holds no texts: generic
 #: product-search phrasing plus the synthetic catalog's own vocabulary.
 CALIBRATION_NOUNS = (
-    "shirt", "dress", "shoe", "bag", "hat", "watch", "chair", "table", "lamp", "phone", "car", "dog",
-    "cat", "tree", "flower", "house", "beach", "mountain", "person", "bottle", "cup", "book", "bicycle",
-    "circle", "square", "triangle", "star",
+    "shirt",
+    "dress",
+    "shoe",
+    "bag",
+    "hat",
+    "watch",
+    "chair",
+    "table",
+    "lamp",
+    "phone",
+    "car",
+    "dog",
+    "cat",
+    "tree",
+    "flower",
+    "house",
+    "beach",
+    "mountain",
+    "person",
+    "bottle",
+    "cup",
+    "book",
+    "bicycle",
+    "circle",
+    "square",
+    "triangle",
+    "star",
 )
 CALIBRATION_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "")
-CALIBRATION_PLACES = ("", " on the left", " on the right", " on the top", " on the bottom", " in the center")
+CALIBRATION_PLACES = (
+    "",
+    " on the left",
+    " on the right",
+    " on the top",
+    " on the bottom",
+    " in the center",
+)
 #: Above this fraction of changed rows, rebuilding is cheaper than patching.
 INCREMENTAL_MAX_CHANGE = 0.5
 _ID_CHUNK = 5000
@@ -75,7 +109,12 @@ def build_ann(
     index_dir = store.index_dir
     version = store.version
     previous = _read_snapshot_or_none(store)
-    if previous is not None and not retrain and index_type == "auto" and previous.table_version == version:
+    if (
+        previous is not None
+        and not retrain
+        and index_type == "auto"
+        and previous.table_version == version
+    ):
         unchanged = _unchanged_infos(store, spec, previous)
         if unchanged is not None:  # nothing was written since the snapshot: keep it as it is
             return unchanged
@@ -92,12 +131,17 @@ def build_ann(
             ids, vectors = store.vectors(kind)
             if len(ids) == 0:
                 continue
-            index = VectorIndex.build(vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed)  # type: ignore[arg-type]
+            index = VectorIndex.build(
+                vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed
+            )  # type: ignore[arg-type]
         if len(index) == 0:
             continue
-        cross = _cross_queries(store, kind, encoder, seed)
-        if cross is not None and len(cross):
-            index.tune_profile("cross", cross, target_recall=target_recall)
+        # Only IVF-PQ has parameters to tune: a flat index answers exactly, so no
+        # calibration vectors are read or encoded for it.
+        if index.info["type"] == "ivfpq":
+            cross = _cross_queries(store, kind, encoder, seed)
+            if cross is not None and len(cross):
+                index.tune_profile("cross", cross, target_recall=target_recall)
         rel = f"{ANN_DIRNAME}/{kind}-g{generation}"
         target = index_dir / rel
         if target.exists():  # left over by a run killed before its snapshot switch
@@ -112,7 +156,9 @@ def build_ann(
     return infos
 
 
-def _cross_queries(store: ItemStore, kind: str, encoder: Any | None, seed: int) -> npt.NDArray[np.float32] | None:
+def _cross_queries(
+    store: ItemStore, kind: str, encoder: Any | None, seed: int
+) -> npt.NDArray[np.float32] | None:
     """Vectors that look like queries from the other modality, for ``kind``'s index."""
     other = "text" if kind == "image" else "image"
     ids = store.scan(["id"], f"kind = {sql_quote(other)}").column("id").to_numpy()
@@ -121,16 +167,63 @@ def _cross_queries(store: ItemStore, kind: str, encoder: Any | None, seed: int) 
         pick = np.sort(rng.choice(ids, size=min(CROSS_TUNE_QUERIES, len(ids)), replace=False))
         return vectors_of(store, pick.astype(np.int64))[1]
     if kind == "image" and encoder is not None:
-        prompts = [
-            f"a {colour} {noun}{place}".replace("  ", " ")
-            for noun in CALIBRATION_NOUNS
-            for colour in CALIBRATION_COLOURS
-            for place in CALIBRATION_PLACES
-        ]
-        rng = np.random.default_rng(seed)
-        chosen = [prompts[int(i)] for i in rng.choice(len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False)]
-        return np.asarray(encoder.encode_texts(chosen), dtype=np.float32)
+        return calibration_vectors(encoder, seed)
     return None
+
+
+def calibration_prompts(seed: int) -> list[str]:
+    """The calibration texts used to tune image indexes when the table has no texts."""
+    prompts = [
+        f"a {colour} {noun}{place}".replace("  ", " ")
+        for noun in CALIBRATION_NOUNS
+        for colour in CALIBRATION_COLOURS
+        for place in CALIBRATION_PLACES
+    ]
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False)
+    return [prompts[int(i)] for i in pick]
+
+
+def calibration_vectors(encoder: Any, seed: int) -> npt.NDArray[np.float32]:
+    """Embeddings of :func:`calibration_prompts`, cached per model spec and backend.
+
+    Encoding the prompts costs seconds with a real model; the result depends only on
+    the model, so it is kept under the user cache directory and reused by every index.
+    """
+    from mmsearch.models.cache import user_cache_dir
+
+    prompts = calibration_prompts(seed)
+    spec = getattr(encoder, "spec", None)
+    ident = {
+        "spec": spec.to_json() if spec is not None else type(encoder).__name__,
+        "weights": _weights_stamp(spec),
+        "backend": getattr(encoder, "backend", "torch"),
+        "quantize": getattr(encoder, "quantize", None),
+        "dim": int(encoder.dim),
+        "prompts": prompts,
+    }
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    path = user_cache_dir() / "calibration" / f"{key}.npy"
+    try:
+        cached = np.load(path)
+        if cached.shape == (len(prompts), encoder.dim) and cached.dtype == np.float32:
+            return cached
+    except (OSError, ValueError):
+        pass
+    vectors = np.ascontiguousarray(encoder.encode_texts(prompts), dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, vectors)
+    os.replace(tmp, path)
+    return vectors
+
+
+def _weights_stamp(spec: ModelSpec | None) -> str:
+    """Size and mtime of a local checkpoint named by ``spec`` (its content may change)."""
+    if spec is None or not spec.pretrained or not os.path.isfile(spec.pretrained):
+        return ""
+    st = os.stat(spec.pretrained)
+    return f"{os.path.realpath(spec.pretrained)}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def row_delta(old: ItemStore, new: ItemStore, kind: str) -> RowDelta:
@@ -138,14 +231,20 @@ def row_delta(old: ItemStore, new: ItemStore, kind: str) -> RowDelta:
     where = f"kind = {sql_quote(kind)}"
     before = old.scan(["id", "sha256"], where)
     after = new.scan(["id", "sha256"], where)
-    old_map = dict(zip(before.column("id").to_pylist(), before.column("sha256").to_pylist(), strict=True))
-    new_map = dict(zip(after.column("id").to_pylist(), after.column("sha256").to_pylist(), strict=True))
+    old_map = dict(
+        zip(before.column("id").to_pylist(), before.column("sha256").to_pylist(), strict=True)
+    )
+    new_map = dict(
+        zip(after.column("id").to_pylist(), after.column("sha256").to_pylist(), strict=True)
+    )
     removed = [i for i, sha in old_map.items() if new_map.get(i, None) != sha or i not in new_map]
     added = [i for i, sha in new_map.items() if old_map.get(i, None) != sha or i not in old_map]
     return RowDelta(np.asarray(sorted(removed), np.int64), np.asarray(sorted(added), np.int64))
 
 
-def vectors_of(store: ItemStore, ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+def vectors_of(
+    store: ItemStore, ids: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """(ids, vectors) of the given ids, read from the table in chunks."""
     out_ids, out_vecs = [], []
     for start in range(0, len(ids), _ID_CHUNK):
@@ -158,7 +257,9 @@ def vectors_of(store: ItemStore, ids: npt.NDArray[np.int64]) -> tuple[npt.NDArra
     return np.concatenate(out_ids), np.concatenate(out_vecs)
 
 
-def _update_in_place(store: ItemStore, spec: ModelSpec, previous: Snapshot, kind: str, index_type: str) -> Any:
+def _update_in_place(
+    store: ItemStore, spec: ModelSpec, previous: Snapshot, kind: str, index_type: str
+) -> Any:
     """The previous IVF-PQ index patched to the current table, or None to rebuild."""
     from mmsearch.ann import VectorIndex
 
@@ -185,7 +286,9 @@ def _update_in_place(store: ItemStore, spec: ModelSpec, previous: Snapshot, kind
     return index
 
 
-def _unchanged_infos(store: ItemStore, spec: ModelSpec, snapshot: Snapshot) -> dict[str, dict[str, Any]] | None:
+def _unchanged_infos(
+    store: ItemStore, spec: ModelSpec, snapshot: Snapshot
+) -> dict[str, dict[str, Any]] | None:
     """Info of the snapshot's indexes when they all load and match; None to rebuild."""
     from mmsearch.ann import VectorIndex
 
@@ -193,7 +296,9 @@ def _unchanged_infos(store: ItemStore, spec: ModelSpec, snapshot: Snapshot) -> d
     try:
         for kind, rel in snapshot.ann_dirs.items():
             index = VectorIndex.load(
-                store.index_dir / rel, expect_table_version=snapshot.table_version, expect_model_key=spec.key
+                store.index_dir / rel,
+                expect_table_version=snapshot.table_version,
+                expect_model_key=spec.key,
             )
             infos[kind] = {**index.info, "mode": "unchanged"}
     except (MMSearchError, OSError, ValueError, RuntimeError):
