@@ -105,6 +105,7 @@ def build_ann(
     Returns each kind's ``VectorIndex.info`` plus ``"mode"``: ``incremental`` or ``rebuilt``.
     """
     from mmsearch.ann import VectorIndex
+    from mmsearch.ann.persist import verify_files
 
     index_dir = store.index_dir
     version = store.version
@@ -147,6 +148,7 @@ def build_ann(
         if target.exists():  # left over by a run killed before its snapshot switch
             shutil.rmtree(target)
         index.save(target, table_version=version, model_key=spec.key)
+        verify_files(target)  # read back what was written before the snapshot names it
         ann_dirs[kind] = rel
         infos[kind] = {**index.info, "mode": mode}
         if progress is not None:

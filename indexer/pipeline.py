@@ -51,6 +51,10 @@ class IndexOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     text_column: str | None = None
     id_column: str | None = None
+    #: torch | onnx | auto (ONNX Runtime on a CPU when installed); see mmsearch.models.backends.
+    backend: str = "torch"
+    #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).
+    quantize: str | None = None
     build_index: bool = True
     index_type: str = "auto"
     target_recall: float = 0.95
@@ -102,10 +106,13 @@ def _run_index_locked(
     if ItemStore.exists(index_path):  # refuse another model before loading (or downloading) it
         ItemStore.open(index_path).check_model(spec)
     if encoder is None:
-        from mmsearch.models import load_encoder
+        from mmsearch.models.backends import load_encoder
 
-        encoder = load_encoder(spec, device=opts.device)
+        encoder = load_encoder(spec, device=opts.device, backend=opts.backend, quantize=opts.quantize)
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
+    from mmsearch.models.backends import check_backend
+
+    check_backend(index_path, encoder, record=True)  # a second backend must agree with the first
 
     sidecar = load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column) if opts.image_metadata else {}
     next_id = store.max_id() + 1

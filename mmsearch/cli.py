@@ -49,6 +49,8 @@ IndexDirOpt = Annotated[
     typer.Option("--index", "-i", help="Index directory (default: $MMSEARCH_INDEX or ./.mmsearch)."),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="Model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on a CPU when installed).")]
+QuantizeOpt = Annotated[str | None, typer.Option("--quantize", help="int8: dynamically quantised ONNX graphs (ONNX backend only).")]
 
 
 def _index_dir(value: Path | None) -> Path:
@@ -122,6 +124,8 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Items embedded per forward pass.")] = 64,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Image decode worker processes (default: CPU count, at most 8).")] = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    quantize: QuantizeOpt = None,
     text_column: Annotated[str | None, typer.Option("--text-column", help="Column holding the text of a text collection (default: auto: caption, text, title, ...).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Column holding row ids of a text collection (default: auto: id, ...).")] = None,
     metadata: Annotated[Path | None, typer.Option("--metadata", help="CSV/JSONL/Parquet describing the images: a file column (see --file-column) plus metadata columns.")] = None,
@@ -139,6 +143,8 @@ def index_cmd(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        backend=backend,
+        quantize=quantize,
         text_column=text_column,
         id_column=id_column,
         build_index=not no_ann,
@@ -210,12 +216,14 @@ def query_cmd(
     refine: Annotated[int | None, typer.Option("--refine", min=1, help="Candidates re-scored exactly, as a multiple of --top.")] = None,
     where: Annotated[list[str] | None, typer.Option("--where", "-w", help="Metadata filter 'column op value' (op: = != < <= > >= in contains); repeatable, ANDed.")] = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    quantize: QuantizeOpt = None,
 ) -> None:
     """Search an index with text, an image, or a weighted mix of both."""
     from mmsearch.engine import SearchIndex
 
     with _errors():
-        idx = SearchIndex(_index_dir(index), device=device)
+        idx = SearchIndex(_index_dir(index), device=device, backend=backend, quantize=quantize)
         results = idx.search(query, k=top, kind=kind, exact=exact, nprobe=nprobe, refine=refine, where=where)  # type: ignore[arg-type]
         stale = idx.stale
     if json_out:
@@ -257,10 +265,10 @@ def info_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Show an index: rows, model, ANN type and parameters, tuned nprobe, measured recall."""
-    from mmsearch.engine import SearchIndex
+    from mmsearch.indexinfo import index_info
 
     with _errors():
-        info = SearchIndex(_index_dir(index)).info()
+        info = index_info(_index_dir(index))
     if json_out:
         sys.stdout.write(json.dumps(info, default=str) + "\n")
         return
@@ -270,8 +278,19 @@ def info_cmd(
             table.add_row(key, str(value))
     for kind, ann in info["ann"].items():
         for key, value in ann.items():
-            table.add_row(f"ann[{kind}].{key}", escape(str(value)))
+            table.add_row(escape(f"ann[{kind}].{key}"), escape(str(value)))
     console.print(table)
+
+
+@app.command("check")
+def check_cmd(index: IndexDirOpt = None) -> None:
+    """Verify an index fully: ANN file checksums, id order, and ids against the table."""
+    from mmsearch.indexinfo import check_index
+
+    with _errors():
+        checked = check_index(_index_dir(index))
+    for kind, rows in checked.items():
+        console.print(f"[green]ok[/] {kind}: {rows} rows; files match their checksums and the table")
 
 
 @app.command("serve")
@@ -283,6 +302,8 @@ def serve_cmd(
     allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Allow image-URL queries (public http(s) addresses only).")] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted upload.")] = 10.0,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    quantize: QuantizeOpt = None,
 ) -> None:
     """Serve the HTTP API and the web gallery for an index."""
     import uvicorn
@@ -301,7 +322,7 @@ def serve_cmd(
 
         # Fail fast with one clear line, and load the model now rather than on the
         # first request; the server reuses this encoder.
-        config.encoder = SearchIndex(config.index_dir, device=device).encoder
+        config.encoder = SearchIndex(config.index_dir, device=device, backend=backend, quantize=quantize).encoder
     err_console.print(f"serving {escape(str(config.index_dir))} on http://{host}:{port}")
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
 
@@ -339,10 +360,28 @@ def demo_cmd(
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")
 
 
+#: Commands that finish in one shot: once their output is flushed, the process ends
+#: with os._exit, skipping an interpreter teardown that can take a second with torch,
+#: ONNX Runtime and LanceDB loaded. Nothing is left to clean up: results are written,
+#: indexes were only read.
+ONE_SHOT_COMMANDS = frozenset({"query", "info", "check"})
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    one_shot = len(sys.argv) > 1 and (sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h"))
+    if not one_shot:
+        app()
+        return
+    try:
+        app(standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -136,9 +136,13 @@ class SearchIndex:
         device: str | None = None,
         image_roots: Sequence[str | os.PathLike[str]] | None = None,
         encoder: Any | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
     ) -> None:
         self.index_dir = Path(index_dir)
         self.device = device
+        self.backend = backend  # torch | onnx | auto (see mmsearch.models.backends)
+        self.quantize = quantize
         self.image_roots = [Path(os.path.realpath(r)) for r in image_roots] if image_roots is not None else None
         self._lock = threading.RLock()
         self._encoder = encoder
@@ -175,6 +179,7 @@ class SearchIndex:
                 snapshot.ann_path(self.index_dir, kind),
                 expect_table_version=snapshot.table_version,
                 expect_model_key=spec.key,
+                verify_checksums=False,  # sizes and ids only; full checks: `mmsearch check`
             )
             for kind in snapshot.ann_dirs
         }
@@ -205,9 +210,11 @@ class SearchIndex:
     def encoder(self) -> Any:
         with self._lock:
             if self._encoder is None:
-                from mmsearch.models import load_encoder
+                from mmsearch.models.backends import check_backend, load_encoder
 
-                self._encoder = load_encoder(self.spec, device=self.device)
+                encoder = load_encoder(self.spec, device=self.device, backend=self.backend, quantize=self.quantize)
+                check_backend(self.index_dir, encoder, record=False)
+                self._encoder = encoder
             return self._encoder
 
     def _rows_view(self) -> _Rows:

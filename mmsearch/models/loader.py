@@ -175,7 +175,7 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
-def load_encoder(
+def load_torch_encoder(
     spec: ModelSpec, device: str | None = None, *, dtype: str | None = None
 ) -> ClipEncoder:
     """Loads ``spec``'s architecture and weights; raises :class:`ModelLoadError` when it cannot.
@@ -229,3 +229,7 @@ def load_encoder(
         root.removeFilter(quiet)
     model.requires_grad_(False)
     return ClipEncoder(model, tokenizer, spec, dev, autocast_dtype=autocast)
+
+
+#: The torch loader under its historical name (``mmsearch.models.load_encoder`` picks a backend).
+load_encoder = load_torch_encoder
