@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.ann_build import build_ann
-from indexer.decode import DecodeFailure, DecodeOk, DecodePool
+from indexer.decode import DecodeFailure, DecodeOk, DecodePool, default_decode_workers
 from indexer.discover import path_to_uri, walk_images
 from indexer.report import Failure, IndexReport, write_failures
 from indexer.sidecar import load_image_metadata
@@ -32,6 +32,8 @@ from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
 
+#: Texts per forward pass at least: tokens are small, and big batches use the cores better.
+TEXT_BATCH_SIZE = 256
 TEXT_EXTENSIONS = frozenset({".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"})
 
 #: progress(stage, advance, more_total): stage is "scan", "images", "texts" or "ann";
@@ -63,6 +65,8 @@ class IndexOptions:
     #: the image's metadata, and ``text_column`` (or caption/text/title) its text.
     image_metadata: str | os.PathLike[str] | None = None
     file_column: str = "file"
+    #: Replaces :func:`indexer.decode.decode_file` in the workers (module-level, picklable).
+    decode_fn: Callable[[str, int, int], Any] | None = None
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:
@@ -89,7 +93,9 @@ def run_index(
     (400, 0)
     """
     with index_write_lock(index_dir):
-        return _run_index_locked(paths, Path(index_dir), spec, options or IndexOptions(), progress or _noop, encoder)
+        return _run_index_locked(
+            paths, Path(index_dir), spec, options or IndexOptions(), progress or _noop, encoder
+        )
 
 
 def _run_index_locked(
@@ -108,13 +114,19 @@ def _run_index_locked(
     if encoder is None:
         from mmsearch.models.backends import load_encoder
 
-        encoder = load_encoder(spec, device=opts.device, backend=opts.backend, quantize=opts.quantize)
+        encoder = load_encoder(
+            spec, device=opts.device, backend=opts.backend, quantize=opts.quantize
+        )
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
     from mmsearch.models.backends import check_backend
 
     check_backend(index_path, encoder, record=True)  # a second backend must agree with the first
 
-    sidecar = load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column) if opts.image_metadata else {}
+    sidecar = (
+        load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column)
+        if opts.image_metadata
+        else {}
+    )
     next_id = store.max_id() + 1
     for raw in paths:
         path = Path(raw)
@@ -124,7 +136,12 @@ def _run_index_locked(
             next_id = _index_images(path, store, encoder, opts, report, next_id, progress, sidecar)
         else:
             report.failures.append(
-                Failure(str(path), "not a folder or a text collection (.csv .tsv .jsonl .parquet)", "FileNotFoundError", "walk")
+                Failure(
+                    str(path),
+                    "not a folder or a text collection (.csv .tsv .jsonl .parquet)",
+                    "FileNotFoundError",
+                    "walk",
+                )
             )
             report.sweep_aborted.append(str(path))
 
@@ -238,7 +255,10 @@ def _index_images(
                 sizes=[m[0].size for m in batch_meta],
                 sha256=[m[1] for m in batch_meta],
                 metadata=[
-                    {"filename": os.path.basename(m[0].path), **{k: v for k, v in e.items() if k != "_text"}}
+                    {
+                        "filename": os.path.basename(m[0].path),
+                        **{k: v for k, v in e.items() if k != "_text"},
+                    }
                     for m, e in zip(batch_meta, extra, strict=True)
                 ],
                 vectors=vectors,
@@ -257,16 +277,23 @@ def _index_images(
         batch_arrays.clear()
         batch_meta.clear()
 
+    workers = opts.workers or default_decode_workers(device=str(getattr(encoder, "device", "cpu")))
+    extra = {"decode": opts.decode_fn} if opts.decode_fn is not None else {}
+    # Workers decode and resize ahead (up to 4 chunks each in flight) while this thread
+    # runs the model, so decoding hides behind embedding.
     with DecodePool(
         encoder.image_size,
-        workers=opts.workers,
+        workers=workers,
         timeout_s=opts.decode_timeout_s,
         max_pixels=opts.max_pixels,
+        **extra,
     ) as pool:
         for result in pool.decode((i, item.path) for i, (_u, item, _p) in enumerate(todo)):
             uri, item, prev = todo[result.index]
             if isinstance(result, DecodeFailure):
-                report.failures.append(Failure(item.path, result.reason, result.exc_class, "decode"))
+                report.failures.append(
+                    Failure(item.path, result.reason, result.exc_class, "decode")
+                )
                 progress("images", 1, None)
                 continue
             assert isinstance(result, DecodeOk)
@@ -282,7 +309,12 @@ def _index_images(
     # as "every file deleted".
     if walk.complete and not walk.items and stored:
         report.failures.append(
-            Failure(str(root_abs), "folder is empty but the index has files from it; is it unmounted?", "EmptyRoot", "walk")
+            Failure(
+                str(root_abs),
+                "folder is empty but the index has files from it; is it unmounted?",
+                "EmptyRoot",
+                "walk",
+            )
         )
         report.sweep_aborted.append(str(root_abs))
     elif walk.complete:
@@ -317,10 +349,18 @@ def _index_texts(
 ) -> int:
     path_abs = Path(os.path.abspath(path))
     source = path_to_uri(str(path_abs))
-    collection = read_text_collection(path_abs, text_column=opts.text_column, id_column=opts.id_column)
+    collection = read_text_collection(
+        path_abs, text_column=opts.text_column, id_column=opts.id_column
+    )
     for problem in collection.problems:
         report.failures.append(
-            Failure(str(path_abs), problem.reason, problem.exc_class, "read", row_number=problem.row_number)
+            Failure(
+                str(path_abs),
+                problem.reason,
+                problem.exc_class,
+                "read",
+                row_number=problem.row_number,
+            )
         )
     stored = store.state_by_uri(source)
     st = os.stat(path_abs)
@@ -338,7 +378,7 @@ def _index_texts(
     progress("scan", len(collection.rows), len(collection.rows))
     progress("texts", 0, len(todo))
 
-    step = max(opts.batch_size, 1)
+    step = max(opts.batch_size, TEXT_BATCH_SIZE)  # texts are cheap to hold: big batches
     writer = _BatchWriter(store, opts.commit_every)
     for chunk in _chunks(todo, step):
         t0 = time.perf_counter()

@@ -152,6 +152,8 @@ class TowerLoader:
             for name, tensor in list(_named_tensors(model)):
                 if _tower_of(name) in towers and not tensor.is_meta:
                     _move(model, name, self.device)
+        if self.device.startswith("cuda") and "image" in towers:
+            model.visual.to(memory_format=torch.channels_last)  # conv kernels prefer NHWC on GPUs
         leftover = [n for n, t in _named_tensors(model) if t.is_meta and _tower_of(n) in towers]
         if leftover:
             raise ModelLoadError(f"tensors left unloaded: {leftover[:3]}; pass the right --model")

@@ -72,7 +72,12 @@ def export_onnx(spec: ModelSpec, *, quantize: str | None = None) -> Path:
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.key)[:60]
     target = onnx_root() / f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
     if not (target / "meta.json").is_file():
-        _export_into(target, spec, weights, digest, quantize)
+        if quantize == "int8":
+            from mmsearch.models.quantize import quantize_export
+
+            quantize_export(export_onnx(spec), target, spec=spec)
+        else:
+            _export_into(target, spec, weights, digest)
     _register(spec, quantize, weights, target)
     return target
 
@@ -99,16 +104,13 @@ def _export_into(
     try:
         _export_text(encoder, tmp / "text.onnx")
         _export_image(encoder, tmp / "image.onnx")
-        if quantize == "int8":
-            for tower in ("text", "image"):
-                _quantize_int8(tmp / f"{tower}.onnx")
         tokenizer = encoder.tokenizer
         save_clip_tokenizer(tokenizer, tmp / "tokenizer.json")
         meta: dict[str, Any] = {
             "spec": json.loads(spec.to_json()),
             "weights_sha256": digest,
             "weights": os.path.realpath(weights),
-            "quantize": quantize,
+            "quantize": None,
             "dim": encoder.dim,
             "image_size": encoder.image_size,
             "mean": list(encoder.mean),
@@ -179,17 +181,6 @@ def _export(module: Any, example: Any, path: Path, input_name: str) -> None:
             opset_version=OPSET,
             dynamo=False,
         )
-
-
-def _quantize_int8(path: Path) -> None:
-    """Dynamic int8 quantisation of the MatMul/Gemm weights (activations stay float)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = path.with_suffix(".int8.onnx")
-    quantize_dynamic(
-        str(path), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
-    )
-    os.replace(out, path)
 
 
 def save_clip_tokenizer(tokenizer: Any, path: Path) -> None:
