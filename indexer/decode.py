@@ -47,9 +47,7 @@ class DecodeFailure:
 DecodeResult = DecodeOk | DecodeFailure
 
 
-def decode_file(
-    path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[npt.NDArray[np.uint8], str]:
+def decode_file(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[npt.NDArray[np.uint8], str]:
     """Reads, hashes and decodes one image file into the model's square uint8 input."""
     try:
         with open(path, "rb") as fh:
@@ -76,9 +74,7 @@ def decode_chunk(
         except ImageDecodeError as exc:
             out.append(DecodeFailure(index, path, exc.reason, exc.cause_class))
         except Exception as exc:  # one bad file must never end the run
-            out.append(
-                DecodeFailure(index, path, f"unexpected decode error: {exc}", type(exc).__name__)
-            )
+            out.append(DecodeFailure(index, path, f"unexpected decode error: {exc}", type(exc).__name__))
     return out
 
 
@@ -187,9 +183,7 @@ class DecodePool:
         while pending:
             chunk, future = pending.popleft()
             try:
-                results = future.result(
-                    timeout=self.timeout_s + 5.0
-                )  # a healthy chunk takes far less
+                results = future.result(timeout=self.timeout_s + 5.0)  # a healthy chunk takes far less
             except Exception:  # timed out, or a worker died (BrokenProcessPool)
                 self._kill()
                 retry.extendleft(reversed([c for c, _ in pending]))
@@ -208,9 +202,7 @@ class DecodePool:
                 yield from future.result(timeout=self.timeout_s + 5.0)
             except FutureTimeout:
                 self._kill()
-                yield DecodeFailure(
-                    index, path, f"decode timed out after {self.timeout_s:g}s", "TimeoutError"
-                )
+                yield DecodeFailure(index, path, f"decode timed out after {self.timeout_s:g}s", "TimeoutError")
             except Exception as exc:
                 self._kill()
                 yield DecodeFailure(index, path, f"decode worker died: {exc}", type(exc).__name__)

@@ -93,9 +93,7 @@ def run_index(
     (400, 0)
     """
     with index_write_lock(index_dir):
-        return _run_index_locked(
-            paths, Path(index_dir), spec, options or IndexOptions(), progress or _noop, encoder
-        )
+        return _run_index_locked(paths, Path(index_dir), spec, options or IndexOptions(), progress or _noop, encoder)
 
 
 def _run_index_locked(
@@ -114,19 +112,13 @@ def _run_index_locked(
     if encoder is None:
         from mmsearch.models.backends import load_encoder
 
-        encoder = load_encoder(
-            spec, device=opts.device, backend=opts.backend, quantize=opts.quantize
-        )
+        encoder = load_encoder(spec, device=opts.device, backend=opts.backend, quantize=opts.quantize)
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
     from mmsearch.models.backends import check_backend
 
     check_backend(index_path, encoder, record=True)  # a second backend must agree with the first
 
-    sidecar = (
-        load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column)
-        if opts.image_metadata
-        else {}
-    )
+    sidecar = load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column) if opts.image_metadata else {}
     next_id = store.max_id() + 1
     for raw in paths:
         path = Path(raw)
@@ -136,12 +128,7 @@ def _run_index_locked(
             next_id = _index_images(path, store, encoder, opts, report, next_id, progress, sidecar)
         else:
             report.failures.append(
-                Failure(
-                    str(path),
-                    "not a folder or a text collection (.csv .tsv .jsonl .parquet)",
-                    "FileNotFoundError",
-                    "walk",
-                )
+                Failure(str(path), "not a folder or a text collection (.csv .tsv .jsonl .parquet)", "FileNotFoundError", "walk")
             )
             report.sweep_aborted.append(str(path))
 
@@ -255,10 +242,7 @@ def _index_images(
                 sizes=[m[0].size for m in batch_meta],
                 sha256=[m[1] for m in batch_meta],
                 metadata=[
-                    {
-                        "filename": os.path.basename(m[0].path),
-                        **{k: v for k, v in e.items() if k != "_text"},
-                    }
+                    {"filename": os.path.basename(m[0].path), **{k: v for k, v in e.items() if k != "_text"}}
                     for m, e in zip(batch_meta, extra, strict=True)
                 ],
                 vectors=vectors,
@@ -291,9 +275,7 @@ def _index_images(
         for result in pool.decode((i, item.path) for i, (_u, item, _p) in enumerate(todo)):
             uri, item, prev = todo[result.index]
             if isinstance(result, DecodeFailure):
-                report.failures.append(
-                    Failure(item.path, result.reason, result.exc_class, "decode")
-                )
+                report.failures.append(Failure(item.path, result.reason, result.exc_class, "decode"))
                 progress("images", 1, None)
                 continue
             assert isinstance(result, DecodeOk)
@@ -309,12 +291,7 @@ def _index_images(
     # as "every file deleted".
     if walk.complete and not walk.items and stored:
         report.failures.append(
-            Failure(
-                str(root_abs),
-                "folder is empty but the index has files from it; is it unmounted?",
-                "EmptyRoot",
-                "walk",
-            )
+            Failure(str(root_abs), "folder is empty but the index has files from it; is it unmounted?", "EmptyRoot", "walk")
         )
         report.sweep_aborted.append(str(root_abs))
     elif walk.complete:
@@ -349,18 +326,10 @@ def _index_texts(
 ) -> int:
     path_abs = Path(os.path.abspath(path))
     source = path_to_uri(str(path_abs))
-    collection = read_text_collection(
-        path_abs, text_column=opts.text_column, id_column=opts.id_column
-    )
+    collection = read_text_collection(path_abs, text_column=opts.text_column, id_column=opts.id_column)
     for problem in collection.problems:
         report.failures.append(
-            Failure(
-                str(path_abs),
-                problem.reason,
-                problem.exc_class,
-                "read",
-                row_number=problem.row_number,
-            )
+            Failure(str(path_abs), problem.reason, problem.exc_class, "read", row_number=problem.row_number)
         )
     stored = store.state_by_uri(source)
     st = os.stat(path_abs)
