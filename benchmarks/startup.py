@@ -80,6 +80,9 @@ def main() -> None:
         "--baseline", default=None, help="another python whose mmsearch to compare against"
     )
     ap.add_argument("--rclip", default=None, help="path of an rclip executable (its own venv)")
+    ap.add_argument(
+        "--rclip-models", type=Path, default=Path("/tmp/rclip-models"), help="see rclip_offline.py"
+    )
     args = ap.parse_args()
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -118,9 +121,13 @@ def main() -> None:
             None,
         )
     if args.rclip:
-        # rclip indexes the working directory; -n skips re-indexing (the index was built once)
+        from benchmarks.rclip_offline import fresh_datadir, prepare
+
+        prepare(args.rclip_models)
+        env["RCLIP_DATADIR"] = str(fresh_datadir(args.rclip_models, args.work))
+        # rclip indexes the working directory once here; -n then skips re-indexing
         subprocess.run(
-            [args.rclip, "-f", "x"], cwd=photos, env=env, stdout=subprocess.DEVNULL, check=False
+            [args.rclip, "-f", "x"], cwd=photos, env=env, stdout=subprocess.DEVNULL, check=True
         )
         variants["rclip -n"] = ([args.rclip, "-n", "-f", args.query], photos)
     for cmd, cwd in variants.values():  # warm the page cache and the ONNX export once
