@@ -35,7 +35,7 @@ def prepare(datadir: Path) -> Path:
         return datadir
     target.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32-256", pretrained=None).eval()
+    model = open_clip.create_model("ViT-B-32-256", pretrained=None).eval().requires_grad_(False)
 
     class Visual(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from mmsearch.errors import MMSearchError
 from mmsearch.models.spec import ModelSpec
+from mmsearch.rowsfile import rows_file_name, write_rows_file
 from mmsearch.snapshot import ANN_DIRNAME, Snapshot, read_snapshot, write_snapshot
 from mmsearch.storage import ItemStore, fixed_list_to_numpy, sql_quote
 
@@ -153,8 +154,10 @@ def build_ann(
         infos[kind] = {**index.info, "mode": mode}
         if progress is not None:
             progress("ann", 1, 1)
+    rows_rel = rows_file_name(generation)
+    write_rows_file(store, index_dir / rows_rel, spec)  # what queries show, without LanceDB
     write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation))
-    _collect_garbage(store, set(ann_dirs.values()))
+    _collect_garbage(store, {*ann_dirs.values(), rows_rel})
     return infos
 
 
@@ -322,4 +325,7 @@ def _collect_garbage(store: ItemStore, keep: set[str]) -> None:
         return
     for child in root.iterdir():
         if f"{ANN_DIRNAME}/{child.name}" not in keep:
-            shutil.rmtree(child, ignore_errors=True)
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)

@@ -70,9 +70,12 @@ class _Rows:
 
     def __init__(self, table: pa.Table) -> None:
         ids = table.column("id").to_numpy()
-        order = np.argsort(ids, kind="stable")
-        self._sorted_ids = ids[order]
-        self._table = table.take(pa.array(order))
+        if len(ids) < 2 or bool(np.all(np.diff(ids) > 0)):  # a rows file is sorted already
+            self._sorted_ids, self._table = ids, table
+        else:
+            order = np.argsort(ids, kind="stable")
+            self._sorted_ids = ids[order]
+            self._table = table.take(pa.array(order))
         self._filterable: pa.Table | None = None
         self._lock = threading.Lock()
 
@@ -163,8 +166,13 @@ class SearchIndex:
             raise IndexNotFoundError(
                 f"no mmsearch index at {self.index_dir} (create one with: mmsearch index PATH --index {self.index_dir})"
             )
-        store = ItemStore.open(self.index_dir, version=snapshot.table_version)
-        spec = store.model_spec
+        rows = _read_rows_or_none(self.index_dir, snapshot)
+        store: ItemStore | None = None
+        if rows is not None:  # no LanceDB needed until something asks for the table
+            rows_table, spec, dim = rows
+        else:
+            store = ItemStore.open(self.index_dir, version=snapshot.table_version)
+            rows_table, spec, dim = None, store.model_spec, store.dim
         if model is not None and model != spec:
             raise ModelMismatchError(
                 f"index at {self.index_dir} was built with model {spec.key}; cannot query it with {model.key}"
@@ -185,10 +193,11 @@ class SearchIndex:
         }
         with self._lock:
             self.snapshot: Snapshot = snapshot
-            self.store = store
+            self._store = store
+            self._dim = dim
             self.spec = spec
             self._ann = ann
-            self._rows = None
+            self._rows = _Rows(rows_table) if rows_table is not None else None
 
     def reload(self) -> bool:
         """Switches to a newer published snapshot, if any; returns whether it changed."""
@@ -199,8 +208,21 @@ class SearchIndex:
         return True
 
     @property
+    def store(self) -> ItemStore:
+        """The items table at the snapshot's version (opened on first use)."""
+        with self._lock:
+            if self._store is None:
+                self._store = ItemStore.open(self.index_dir, version=self.snapshot.table_version)
+            return self._store
+
+    @property
     def stale(self) -> bool:
         """True when the table has commits newer than the snapshot being served."""
+        from mmsearch.indexinfo import latest_table_version
+
+        latest = latest_table_version(self.index_dir)  # file names only: no LanceDB
+        if latest is not None:
+            return latest > self.snapshot.table_version
         try:
             return ItemStore.open(self.index_dir).version > self.snapshot.table_version
         except IndexNotFoundError:
@@ -231,7 +253,7 @@ class SearchIndex:
         return {
             "index_dir": str(self.index_dir),
             "model": self.spec.key,
-            "dim": self.store.dim,
+            "dim": self._dim,
             "rows": self.store.count(),
             "table_version": self.snapshot.table_version,
             "stale": self.stale,
@@ -368,8 +390,8 @@ class SearchIndex:
         scores_all: list[npt.NDArray[np.float32]] = []
         ids_all: list[npt.NDArray[np.int64]] = []
         q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        if q.shape[1] != self.store.dim:
-            raise BadQueryError(f"query vector has dimension {q.shape[1]}, index has {self.store.dim}")
+        if q.shape[1] != self._dim:
+            raise BadQueryError(f"query vector has dimension {q.shape[1]}, index has {self._dim}")
         for name in kinds:
             ann = self._ann.get(name)
             if ann is None:
@@ -407,6 +429,16 @@ class SearchIndex:
                 )
             )
         return out
+
+
+def _read_rows_or_none(index_dir: Path, snapshot: Snapshot) -> tuple[pa.Table, ModelSpec, int] | None:
+    """The snapshot's rows file (see :mod:`mmsearch.rowsfile`), or None to use the table."""
+    from mmsearch.rowsfile import read_rows_file, rows_file_path
+
+    try:
+        return read_rows_file(rows_file_path(index_dir, snapshot))
+    except (OSError, KeyError, ValueError, pa.ArrowException):  # absent (older index) or unreadable
+        return None
 
 
 def open_index(index_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> SearchIndex:

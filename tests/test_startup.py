@@ -66,7 +66,8 @@ def test_onnx_text_query_imports_no_torch(tiny_index: Path) -> None:
         ["query", "a red circle", "--index", str(tiny_index), "--backend", "onnx", "--json"]
     )
     hits = json.loads(out.strip().splitlines()[0])
-    assert len(hits) == 10 and "torch" not in modules and "open_clip" not in modules
+    assert len(hits) == 10
+    assert "torch" not in modules and "open_clip" not in modules and "lancedb" not in modules
 
 
 def test_one_shot_exit_flushes_output(tiny_index: Path) -> None:
