@@ -165,6 +165,18 @@ def _export_image(encoder: Any, path: Path) -> None:
 
 
 def _export(module: Any, example: Any, path: Path, input_name: str) -> None:
+    import torch
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's fused inference kernel has no ONNX export: trace the plain path.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _trace(module, example, path, input_name)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _trace(module: Any, example: Any, path: Path, input_name: str) -> None:
     import warnings
 
     import torch
