@@ -94,9 +94,7 @@ def _register(spec: ModelSpec, quantize: str | None, weights: str, target: Path)
     write_json_atomic(path, registry)
 
 
-def _export_into(
-    target: Path, spec: ModelSpec, weights: str, digest: str, quantize: str | None
-) -> None:
+def _export_into(target: Path, spec: ModelSpec, weights: str, digest: str) -> None:
     from mmsearch.models.loader import load_torch_encoder
 
     encoder = load_torch_encoder(spec, device="cpu", dtype="fp32")
