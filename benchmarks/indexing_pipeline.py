@@ -63,6 +63,29 @@ def rclip_rate(rclip: str, models: Path, folder: Path, n: int, work: Path) -> fl
     return n / (time.perf_counter() - t0)
 
 
+def report_int8(spec: ModelSpec, arrays: np.ndarray, batch_size: int, fp32: object | None) -> None:
+    """int8 ONNX: accepted (recall@10 vs fp32 >= 0.99, measured at export) or refused."""
+    import json
+
+    from mmsearch.errors import ModelLoadError
+
+    try:
+        int8 = load_encoder(spec, device="cpu", backend="onnx", quantize="int8")
+    except ModelLoadError as exc:
+        print(f"{spec.name:16s} int8     refused: {exc}")
+        return
+    recall = json.loads((int8.export_dir / "meta.json").read_text()).get("int8_recall_at_10")
+    rate = model_only_rate(int8, arrays, batch_size)
+    speedup = (
+        f", {rate / model_only_rate(fp32, arrays, batch_size):.2f}x fp32 ONNX"
+        if fp32 is not None
+        else ""
+    )
+    print(
+        f"{spec.name:16s} int8     {rate:17.1f} {'':17s} accepted: recall@10 vs fp32 {recall}{speedup}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -73,6 +96,7 @@ def main() -> None:
     ap.add_argument("--backends", default="torch,onnx")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--rclip", default=None, help="rclip executable (its own venv)")
+    ap.add_argument("--int8", action="store_true", help="also try int8 ONNX (recall-gated)")
     ap.add_argument(
         "--rclip-models", type=Path, default=Path("/tmp/rclip-models"), help="see rclip_offline.py"
     )
@@ -108,6 +132,8 @@ def main() -> None:
             print(
                 f"{name:16s} {backend:8s} {model:17.1f} {e2e:17.1f} {e2e / model:11.2f}", flush=True
             )
+        if args.int8:
+            report_int8(spec, arrays, args.batch_size, encoders.get("onnx"))
         if {"torch", "onnx"} <= set(vectors):
             cos = np.sum(vectors["torch"] * vectors["onnx"], axis=1)
             print(f"{name:16s} onnx vs torch: min cosine per image {cos.min():.6f} (32 images)")
