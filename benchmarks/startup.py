@@ -116,10 +116,8 @@ def main() -> None:
         "--help": ([*mm, "--help"], None),
     }
     if args.baseline:
-        variants["baseline query (torch)"] = (
-            [args.baseline, "-m", "mmsearch.cli", "query", *q],
-            None,
-        )
+        # run from outside this checkout, so that `-m` finds the baseline's own mmsearch
+        variants["baseline query (torch)"] = ([args.baseline, "-m", "mmsearch.cli", "query", *q], args.work)
     if args.rclip:
         from benchmarks.rclip_offline import fresh_datadir, prepare
 
