@@ -23,9 +23,6 @@ VOCAB = "tokenizer/bpe_simple_vocab_16e6.txt.gz"
 
 
 def prepare(datadir: Path) -> Path:
-    import open_clip
-    import torch
-
     target = datadir / MODEL_SUBDIR
     if (
         (target / "visual.onnx").is_file()
@@ -33,6 +30,9 @@ def prepare(datadir: Path) -> Path:
         and (datadir / VOCAB).is_file()
     ):
         return datadir
+    import open_clip  # only now: a benchmark's parent stays small (its children inherit RSS)
+    import torch
+
     target.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32-256", pretrained=None).eval().requires_grad_(False)
