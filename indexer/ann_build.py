@@ -1,7 +1,8 @@
 """Build the ANN indexes of an index directory from its table, and publish a snapshot.
 
 One :class:`mmsearch.ann.VectorIndex` per kind (image, text), each matching the table
-at one version. When the previous snapshot holds a trained IVF-PQ index, the rows
+at one version, and the table's full-text index brought up to date first (see
+:meth:`mmsearch.storage.ItemStore.update_lexical_index`). When the previous snapshot holds a trained IVF-PQ index, the rows
 that changed since its table version are removed/added in place (no retraining);
 the index retrains by itself once the rows added since training exceed
 ``RETRAIN_GROWTH_RATIO`` × the rows it was trained on, and ``retrain=True`` (``mmsearch
@@ -109,6 +110,9 @@ def build_ann(
     from mmsearch.ann.persist import verify_files
 
     index_dir = store.index_dir
+    # The full-text index first: updating it commits a table version, and the
+    # snapshot must name the version that has it.
+    lexical_index = store.update_lexical_index()
     version = store.version
     previous = _read_snapshot_or_none(store)
     if (
@@ -116,6 +120,7 @@ def build_ann(
         and not retrain
         and index_type == "auto"
         and previous.table_version == version
+        and previous.lexical_index == lexical_index
     ):
         unchanged = _unchanged_infos(store, spec, previous)
         if unchanged is not None:  # nothing was written since the snapshot: keep it as it is
@@ -156,7 +161,7 @@ def build_ann(
             progress("ann", 1, 1)
     rows_rel = rows_file_name(generation)
     write_rows_file(store, index_dir / rows_rel, spec)  # what queries show, without LanceDB
-    write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation))
+    write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation, lexical_index))
     _collect_garbage(store, {*ann_dirs.values(), rows_rel})
     return infos
 

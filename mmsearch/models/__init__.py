@@ -13,6 +13,7 @@ from mmsearch.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from mmsearch.models.backends import load_encoder
+    from mmsearch.models.base import Encoder
     from mmsearch.models.encoder import ClipEncoder
     from mmsearch.models.loader import TINY_WEIGHTS, available_models, resolve_device
     from mmsearch.models.onnx_encoder import OnnxEncoder
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "ClipEncoder": "mmsearch.models.encoder",
+    "Encoder": "mmsearch.models.base",
     "OnnxEncoder": "mmsearch.models.onnx_encoder",
     "TINY_WEIGHTS": "mmsearch.models.loader",
     "available_models": "mmsearch.models.loader",
@@ -41,6 +43,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "TINY_WEIGHTS",
     "ClipEncoder",
+    "Encoder",
     "ModelSpec",
     "OnnxEncoder",
     "available_models",
