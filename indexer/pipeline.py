@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.ann_build import build_ann
-from indexer.decode import DecodeFailure, DecodeOk, DecodePool
+from indexer.decode import DecodeFailure, DecodeOk, DecodePool, default_decode_workers
 from indexer.discover import WalkResult, path_to_uri, walk_images
 from indexer.report import Failure, IndexReport, check_not_all_failed, write_failures
 from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
@@ -33,6 +33,9 @@ from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
+
+#: Texts per forward pass at least: tokens are small, and big batches use the cores better.
+TEXT_BATCH_SIZE = 256
 
 #: progress(stage, advance, more_total): stage is "scan", "images", "texts", "ann" or
 #: "failed" (an item skipped); ``more_total`` announces additional work for the stage
@@ -52,6 +55,10 @@ class IndexOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     text_column: str | None = None
     id_column: str | None = None
+    #: torch | onnx | auto (ONNX Runtime on a CPU when installed); see mmsearch.models.backends.
+    backend: str = "torch"
+    #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).
+    quantize: str | None = None
     build_index: bool = True
     index_type: str = "auto"
     target_recall: float = 0.95
@@ -62,6 +69,8 @@ class IndexOptions:
     file_column: str = "file"
     #: Never reach for the model hub: weights must be shipped, local or cached.
     offline: bool = False
+    #: Replaces :func:`indexer.decode.decode_file` in the workers (module-level, picklable).
+    decode_fn: Callable[[str, int, int], Any] | None = None
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:
@@ -127,12 +136,15 @@ def _run_index_locked(
         ).to_dict()
     loading = time.perf_counter()
     if encoder is None:
-        from mmsearch.models import load_encoder
+        from mmsearch.models.backends import load_encoder
 
-        encoder = load_encoder(spec, device=opts.device)
+        encoder = load_encoder(spec, device=opts.device, backend=opts.backend, quantize=opts.quantize)
     started = time.perf_counter()
     report.load_s = started - loading
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
+    from mmsearch.models.backends import check_backend
+
+    check_backend(index_path, encoder, record=True)  # a second backend must agree with the first
 
     next_id = store.max_id() + 1
     for path in paths:
@@ -280,11 +292,16 @@ def _index_images(
         batch_arrays.clear()
         batch_meta.clear()
 
+    workers = opts.workers or default_decode_workers(device=str(getattr(encoder, "device", "cpu")))
+    extra = {"decode": opts.decode_fn} if opts.decode_fn is not None else {}
+    # Workers decode and resize ahead (up to 4 chunks each in flight) while this thread
+    # runs the model, so decoding hides behind embedding.
     with DecodePool(
         encoder.image_size,
-        workers=opts.workers,
+        workers=workers,
         timeout_s=opts.decode_timeout_s,
         max_pixels=opts.max_pixels,
+        **extra,
     ) as pool:
         for result in pool.decode((i, item.path) for i, (_u, item, _p) in enumerate(todo)):
             uri, item, prev = todo[result.index]
@@ -362,7 +379,7 @@ def _index_texts(
     progress("scan", len(collection.rows), len(collection.rows))
     progress("texts", 0, len(todo))
 
-    step = max(opts.batch_size, 1)
+    step = max(opts.batch_size, TEXT_BATCH_SIZE)  # texts are cheap to hold: big batches
     writer = _BatchWriter(store, opts.commit_every)
     for chunk in _chunks(todo, step):
         t0 = time.perf_counter()

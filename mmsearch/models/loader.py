@@ -18,6 +18,7 @@ import torch
 
 from mmsearch.errors import ModelLoadError
 from mmsearch.models.encoder import ClipEncoder
+from mmsearch.models.fastload import TowerLoader
 from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -129,6 +130,41 @@ def _resolve_pretrained(spec: ModelSpec) -> str:
     return pretrained
 
 
+def checkpoint_path(spec: ModelSpec, pretrained: str) -> str | None:
+    """The local file holding ``spec``'s weights (a tag resolves through the HF cache)."""
+    import open_clip
+
+    if not pretrained:
+        return None
+    if os.path.isfile(pretrained):
+        return pretrained
+    cfg = open_clip.get_pretrained_cfg(spec.name, pretrained)
+    path = open_clip.download_pretrained(cfg) if cfg else ""
+    return str(path) if path else None
+
+
+def _tower_loader(spec: ModelSpec, pretrained: str, device: str) -> TowerLoader | None:
+    """A lazy per-tower loader (no random init) when the architecture allows it."""
+    import open_clip
+
+    path = checkpoint_path(spec, pretrained)
+    if path is None:
+        return None
+    towers = TowerLoader.create(spec.name, path, device)
+    if towers is None:
+        return None
+    cfg = (
+        open_clip.get_pretrained_cfg(spec.name, pretrained)
+        if not os.path.isfile(pretrained)
+        else {}
+    )
+    visual = towers.model.visual
+    pp = dict(getattr(visual, "preprocess_cfg", {}) or {})
+    pp.update({k: cfg[k] for k in ("mean", "std") if k in cfg})
+    visual.preprocess_cfg = pp
+    return towers
+
+
 class _OpenClipLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return f"{os.sep}open_clip{os.sep}" not in record.pathname
@@ -139,7 +175,7 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
-def load_encoder(
+def load_torch_encoder(
     spec: ModelSpec, device: str | None = None, *, dtype: str | None = None
 ) -> ClipEncoder:
     """Loads ``spec``'s architecture and weights; raises :class:`ModelLoadError` when it cannot.
@@ -164,6 +200,12 @@ def load_encoder(
     quiet = _OpenClipLogFilter()
     root.addFilter(quiet)
     try:
+        towers = _tower_loader(spec, pretrained, dev)
+        if towers is not None:
+            tokenizer = open_clip.get_tokenizer(spec.name)
+            return ClipEncoder(
+                towers.model, tokenizer, spec, dev, autocast_dtype=autocast, towers=towers
+            )
         model = open_clip.create_model(
             spec.name,
             pretrained=pretrained or None,
@@ -258,3 +300,7 @@ def check_weights_reachable(spec: ModelSpec, *, offline: bool = False, timeout_s
             return
         reason = f"{host} cannot be reached: {problem}"
     raise ModelLoadError(f"cannot load weights {spec.key!r}: not in the local Hugging Face cache and {reason}; {_ALTERNATIVES}")
+
+
+#: The torch loader under its historical name (``mmsearch.models.load_encoder`` picks a backend).
+load_encoder = load_torch_encoder
