@@ -339,6 +339,12 @@ def demo_cmd(
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")
 
 
+# Commands whose bodies live in mmsearch/commands/ (each imports its heavy parts lazily).
+from mmsearch.commands.evaluate import eval_cmd  # noqa: E402
+
+app.command("eval")(eval_cmd)
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
