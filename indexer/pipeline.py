@@ -29,6 +29,7 @@ from indexer.report import Failure, IndexReport, write_failures
 from indexer.sidecar import load_image_metadata
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
+from mmsearch.labels import refresh_labels
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
 
@@ -121,6 +122,8 @@ def _run_index_locked(
             )
             report.sweep_aborted.append(str(path))
 
+    with write_guard(index_path):  # remembered zero-shot label sets: label new and changed images
+        refresh_labels(store, encoder)
     if opts.build_index:
         with write_guard(index_path):
             report.ann = build_ann(

@@ -193,6 +193,8 @@ def _result_table(results: list[Any]) -> Table:
         brief = ", ".join(f"{k}={meta[k]}" for k in keys if k in meta) or ", ".join(
             f"{k}={v}" for k, v in list(meta.items())[:4]
         )
+        labels = [k for k in meta if isinstance(meta.get(f"{k}_prob"), (int, float))]  # zero-shot labels
+        brief += "".join(f", {k}={meta[k]} ({meta[k + '_prob']:.2f})" for k in labels)
         table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.kind, escape(str(shown)), escape(brief))
     return table
 
@@ -341,8 +343,10 @@ def demo_cmd(
 
 # Commands whose bodies live in mmsearch/commands/ (each imports its heavy parts lazily).
 from mmsearch.commands.evaluate import eval_cmd  # noqa: E402
+from mmsearch.commands.label import label_cmd  # noqa: E402
 
 app.command("eval")(eval_cmd)
+app.command("label")(label_cmd)
 
 
 def main() -> None:
