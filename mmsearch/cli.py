@@ -343,10 +343,12 @@ def demo_cmd(
 
 # Commands whose bodies live in mmsearch/commands/ (each imports its heavy parts lazily).
 from mmsearch.commands.evaluate import eval_cmd  # noqa: E402
+from mmsearch.commands.finetune import finetune_cmd  # noqa: E402
 from mmsearch.commands.label import label_cmd  # noqa: E402
 
 app.command("eval")(eval_cmd)
 app.command("label")(label_cmd)
+app.command("finetune")(finetune_cmd)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -139,25 +140,19 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
-def load_encoder(
-    spec: ModelSpec, device: str | None = None, *, dtype: str | None = None
-) -> ClipEncoder:
-    """Loads ``spec``'s architecture and weights; raises :class:`ModelLoadError` when it cannot.
+def load_model(spec: ModelSpec, device: str | None = None) -> tuple[torch.nn.Module, Any]:
+    """(open_clip model in fp32 on ``device``, tokenizer) for ``spec``; raises :class:`ModelLoadError`.
 
-    ``device`` defaults to CUDA when available, else CPU. ``dtype`` defaults to fp32
-    on CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
-
-    >>> enc = load_encoder(ModelSpec("mmsearch-tiny"), device="cpu")   # doctest: +SKIP
-    >>> enc.dim, enc.image_size                                      # doctest: +SKIP
-    (64, 64)
+    The model is returned as open_clip builds it (train mode, gradients on): the
+    fine-tuning loop starts from here, :func:`load_encoder` wraps it for inference.
     """
     import open_clip
 
     register_model_configs()
     dev = resolve_device(device)
-    autocast = _autocast_dtype(dev, dtype)
     _check_architecture(spec.name)
     pretrained = _resolve_pretrained(spec)
+    check_checkpoint_model(pretrained, spec.name)
     # open_clip logs through the root logger; drop its records (only) while loading,
     # since failures surface as ModelLoadError instead.
     root = logging.getLogger()
@@ -185,5 +180,44 @@ def load_encoder(
         ) from exc
     finally:
         root.removeFilter(quiet)
+    return model, tokenizer
+
+
+#: safetensors metadata key naming the architecture a checkpoint was trained as.
+CHECKPOINT_MODEL_KEY = "mmsearch.model"
+
+
+def check_checkpoint_model(pretrained: str, name: str) -> None:
+    """Refuses a checkpoint whose recorded architecture is not ``name`` (one clear line)."""
+    if not pretrained.endswith(".safetensors") or not os.path.isfile(pretrained):
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(pretrained, framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get(CHECKPOINT_MODEL_KEY)
+    except Exception:  # unreadable files fail with a clearer message in open_clip's loader
+        return
+    if recorded and recorded != name:
+        raise ModelLoadError(
+            f"checkpoint {pretrained} is a fine-tuned {recorded!r}, not {name!r}; use --model {recorded}"
+        )
+
+
+def load_encoder(
+    spec: ModelSpec, device: str | None = None, *, dtype: str | None = None
+) -> ClipEncoder:
+    """Loads ``spec``'s architecture and weights; raises :class:`ModelLoadError` when it cannot.
+
+    ``device`` defaults to CUDA when available, else CPU. ``dtype`` defaults to fp32
+    on CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
+
+    >>> enc = load_encoder(ModelSpec("mmsearch-tiny"), device="cpu")   # doctest: +SKIP
+    >>> enc.dim, enc.image_size                                      # doctest: +SKIP
+    (64, 64)
+    """
+    dev = resolve_device(device)
+    autocast = _autocast_dtype(dev, dtype)
+    model, tokenizer = load_model(spec, dev)
     model.requires_grad_(False)
     return ClipEncoder(model, tokenizer, spec, dev, autocast_dtype=autocast)
