@@ -115,7 +115,7 @@ def _progress_bar() -> Progress:
 
 @app.command("index")
 def index_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="Image folders (recursive) and/or text collections (.csv .tsv .jsonl .parquet).")],
+    paths: Annotated[list[Path] | None, typer.Argument(help="Image folders (recursive) and/or text collections (.csv .tsv .jsonl .parquet).")] = None,
     index: IndexDirOpt = None,
     model: Annotated[str, typer.Option("--model", "-m", help="open_clip architecture, or mmsearch-tiny (the bundled demo model).")] = DEFAULT_MODEL_NAME,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="open_clip tag, or a local checkpoint file (.safetensors preferred).")] = None,
@@ -130,11 +130,20 @@ def index_cmd(
     no_ann: Annotated[bool, typer.Option("--no-ann", help="Only write the table; build the ANN index later with build-index.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when any item failed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint).")] = False,
 ) -> None:
     """Index image folders and text collections (incremental: unchanged files are skipped)."""
     from indexer.pipeline import IndexOptions, run_index
 
     spec = ModelSpec.parse(model, pretrained)
+    if reembed:
+        from mmsearch.commands.reembed import reembed_then_index
+
+        reembed_then_index(_index_dir(index), spec, list(paths or []), batch_size, workers, device, json_out, strict)
+        return
+    if not paths:
+        err_console.print("[bold red]error:[/] give at least one folder or text collection to index")
+        raise typer.Exit(2)
     options = IndexOptions(
         batch_size=batch_size,
         workers=workers,

@@ -139,6 +139,13 @@ def lock_tower(model: torch.nn.Module, lock: str) -> None:
                 param.requires_grad_(False)
 
 
+def freeze_locked_modules(model: torch.nn.Module, lock: str) -> None:
+    """Puts the locked tower in eval mode, so its batch-norm statistics stay as loaded."""
+    for name, child in model.named_children():
+        if (lock == "image" and name == "visual") or (lock == "text" and name != "visual"):
+            child.eval()
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices, none on norms, biases, embeddings and the logit scale."""
     decay, no_decay = [], []
@@ -185,6 +192,7 @@ def fit(
         raise ValueError("grad_accum must be between 1 and the micro-batches of an epoch")
     lock_tower(model, cfg.lock)
     model.to(device).train()
+    freeze_locked_modules(model, cfg.lock)
     opt = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
@@ -230,6 +238,7 @@ def fit(
             with torch.inference_mode():
                 metrics = evaluate(model)
             model.train()
+            freeze_locked_modules(model, cfg.lock)
         value = metrics.get(cfg.monitor, -float(np.mean(losses)) if losses else 0.0)
         improved = value > best_value + cfg.min_delta
         if improved:
