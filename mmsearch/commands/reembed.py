@@ -21,8 +21,9 @@ def reembed_then_index(
 
     from indexer.pipeline import IndexOptions, run_index
     from indexer.reembed import reembed_index
-    from mmsearch.cli import _errors, _print_summary, _progress_bar, _RichProgress, console
+    from mmsearch.cli import _errors, _progress_bar, _RichProgress, console, err_console
     from mmsearch.models import load_encoder
+    from mmsearch.render import print_summary
 
     with _errors():
         encoder = load_encoder(spec, device=device)  # type: ignore[arg-type]
@@ -54,6 +55,6 @@ def reembed_then_index(
     if json_out:
         console.print_json(json.dumps(report.to_dict(), default=str))
     else:
-        _print_summary(report)
+        print_summary(report, console, err_console)
     if strict and report.failed:
         raise typer.Exit(1)
