@@ -122,9 +122,21 @@ def test_cli_label_and_results_show_it(labelled: dict[str, Any]) -> None:
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["labelled"] > 64 and set(out["counts"]) <= {"left", "right"}
     result = runner.invoke(
-        app, ["query", "circle", "--index", index_dir, "--kind", "image", "-k", "3"]
+        app, ["query", "circle", "--index", index_dir, "--kind", "image", "-k", "3", "--json"]
     )
-    assert result.exit_code == 0 and "side=" in result.stdout and "shape_zs=" in result.stdout
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert all(
+        h["metadata"]["side"] in ("left", "right") and "side_prob" in h["metadata"] for h in hits
+    )
+    from rich.console import Console
+
+    from mmsearch.render import result_table
+
+    console = Console(width=400, record=True)
+    console.print(result_table(SearchIndex(index_dir).search("circle", k=3, kind="image")))
+    text = console.export_text()
+    assert "side=" in text and "shape_zs=" in text and "side_prob" not in text
     result = runner.invoke(app, ["label", "--index", index_dir, "--labels", "one", "--column", "x"])
     assert result.exit_code == 2 and "two distinct labels" in result.output
 
