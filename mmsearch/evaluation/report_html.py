@@ -83,7 +83,7 @@ def _case(case: WorstCase) -> str:
         "".join(_figure(s, True) for s in case.retrieved) or '<span class="note">no results</span>'
     )
     direction = f"{html.escape(case.direction)}: " if case.direction else ""
-    score = "not found" if case.score == float("inf") else f"{case.score:.3g}"
+    score = "not in the results" if case.score == float("inf") else f"{case.score:.3g}"
     return (
         f'<section class="case"><div>{direction}<b>{query}</b> '
         f'<span class="note">({html.escape(case.score_name)} {score})</span></div>'
@@ -104,7 +104,10 @@ def recall_plot_png(report: EvalReport) -> bytes:
     ax = fig.add_subplot()
     for label, curve in report.curves.items():
         ks = list(range(1, len(curve) + 1))
-        ax.plot(ks, curve, marker="o" if len(curve) <= 20 else None, markersize=3, label=label)
+        style = "--" if label.startswith("exact") else "-"  # identical curves stay visible
+        ax.plot(
+            ks, curve, style, marker="o" if len(curve) <= 20 else None, markersize=3, label=label
+        )
     ax.set_xlabel("K")
     ax.set_ylabel("recall@K")
     ax.set_ylim(0, 1.02)

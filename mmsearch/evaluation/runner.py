@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,8 @@ class _Catalog:
         self.kind = dict(zip(self.ids, table.column("kind").to_pylist(), strict=True))
         self.text = dict(zip(self.ids, table.column("text").to_pylist(), strict=True))
         self.by_uri = {u: i for i, u in self.uri.items()}
+        #: Image paths to show instead of the indexed ones (the originals of linked files).
+        self.original_path: dict[int, str] = {}
         self._path_to_uri = path_to_uri
         self._uri_to_path = uri_to_path
 
@@ -141,7 +144,9 @@ class _Catalog:
     def shown(self, item_id: int, relevant: bool = False) -> Shown:
         kind = self.kind.get(item_id, "")
         uri = self.uri.get(item_id, "")
-        path = self._uri_to_path(uri) if kind == "image" and uri else None
+        path = self.original_path.get(item_id) or (
+            self._uri_to_path(uri) if kind == "image" and uri else None
+        )
         return Shown(item_id, uri, kind, path, self.text.get(item_id), relevant)
 
 
@@ -371,6 +376,9 @@ def _captioned_report(
     depth = max(max(ks), 10)
     catalog = _Catalog(index)
     image_pos, text_pos = _position_of(catalog)
+    catalog.original_path = {
+        i: str(data.images[p]) for i, p in image_pos.items()
+    }  # the work dir goes away
     id_of_image = {p: i for i, p in image_pos.items()}
     image_ids = [id_of_image[p] for p in sorted(id_of_image)]
     text_ids = sorted(text_pos, key=text_pos.get)
@@ -385,7 +393,7 @@ def _captioned_report(
     progress("queries", 0, (len(text_ids) + len(image_ids)) * len(chosen))
     figures: dict[str, dict[str, float]] = {}
     curves: dict[str, list[float]] = {}
-    cases: list[tuple[float, WorstCase]] = []
+    cases_by_direction: dict[str, list[tuple[float, WorstCase]]] = {}
     for variant in chosen:
         runs = {
             "t2i": _ranked_hits(
@@ -422,7 +430,7 @@ def _captioned_report(
             if variant.name == (
                 PRIMARY if any(v.name == PRIMARY for v in chosen) else chosen[0].name
             ):
-                cases += _captioned_cases(
+                cases_by_direction[direction] = _captioned_cases(
                     direction,
                     hit_rows,
                     ranked,
@@ -434,14 +442,16 @@ def _captioned_report(
                     data,
                     text_pos,
                 )
-    cases.sort(key=lambda c: c[0])
+    # The worst of each direction, alternating: text→image, image→text, text→image, ...
+    ordered = [sorted(c, key=lambda x: x[0]) for c in cases_by_direction.values()]
+    interleaved = [case for group in zip_longest(*ordered) for case in group if case is not None]
     return EvalReport(
         mode="captioned",
         model=index.spec.key,
         variants=[v.name for v in chosen],
         figures=figures,
         curves=curves,
-        worst=[c for _, c in cases[:worst]],
+        worst=[c for _, c in interleaved[:worst]],
         n_queries=len(text_ids) + len(image_ids),
         n_items=len(catalog.ids),
     )
