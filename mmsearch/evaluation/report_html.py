@@ -30,7 +30,7 @@ section.case { border-top: 1px solid #ddd; padding: 10px 0; }
 figure { margin: 0; width: 120px; font-size: 11px; word-break: break-all; }
 figure img { width: 112px; height: 112px; object-fit: cover; border: 3px solid #bbb; }
 figure.hit img { border-color: #2a2; } figure.miss img { border-color: #c33; }
-figure.textitem { border: 3px solid #bbb; padding: 4px; min-height: 60px; }
+figure.textitem { border: 3px solid #bbb; padding: 4px; min-height: 60px; word-break: normal; }
 figure.textitem.hit { border-color: #2a2; } figure.textitem.miss { border-color: #c33; }
 .missing { width: 112px; height: 112px; background: #eee; display: flex; align-items: center; justify-content: center; }
 .note { color: #666; }
