@@ -224,3 +224,40 @@ def test_captioned_mode_equals_clip_benchmark_brute_force(tmp_path: Path) -> Non
     assert report.figures["ann"] == pytest.approx(expected, abs=1e-9)
     assert 0.0 < expected["t2i_recall@5"] < 1.0
     assert report.n_queries == 180 and report.worst
+
+
+def test_variants_are_pluggable(tiny_index: dict[str, Any]) -> None:
+    from mmsearch.errors import BadQueryError
+    from mmsearch.evaluation.variants import Variant, available_variants, register_variant
+
+    index = tiny_index["index"]
+    names = [v.name for v in available_variants(index)]
+    assert (
+        names[:2] == ["exact", "ann"] and "+rerank" not in names
+    )  # shown once search accepts rerank=
+    register_variant(Variant("refine-1", {"refine": 1}, "ANN with the least re-scoring"))
+    try:
+        queries = read_queries(_write_one(tiny_index["catalog"]))
+        report = evaluate_queries(index, queries, variants=["exact", "refine-1"])
+        assert report.variants == ["exact", "refine-1"] and set(report.figures) == {
+            "exact",
+            "refine-1",
+        }
+        with pytest.raises(BadQueryError, match="unknown variant"):
+            evaluate_queries(index, queries, variants=["nope"])
+        if "+rerank" not in names:
+            with pytest.raises(BadQueryError, match=r"\+rerank need"):
+                evaluate_queries(index, queries, variants=["+rerank"])
+    finally:
+        from mmsearch.evaluation import variants
+
+        variants._REGISTRY[:] = [v for v in variants._REGISTRY if v.name != "refine-1"]
+
+
+def _write_one(catalog: Any) -> Path:
+    path = catalog.root / "one.jsonl"
+    row = catalog.rows[3]
+    path.write_text(
+        json.dumps({"query": row["caption"], "relevant": [row["file"]]}) + "\n", encoding="utf-8"
+    )
+    return path

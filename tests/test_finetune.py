@@ -18,7 +18,7 @@ from mmsearch.datasets.synthetic import generate_catalog
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import ModelLoadError, ModelMismatchError
 from mmsearch.models import ModelSpec, load_encoder
-from mmsearch.training.data import read_pairs
+from mmsearch.training.data import pairs_from_index, read_pairs
 from mmsearch.training.finetune import FinetuneConfig, finetune, reinitialise_tower
 from mmsearch.training.loop import FitConfig
 
@@ -111,6 +111,8 @@ def test_reembed_replaces_vectors_and_keeps_rows(
     tuned_spec = ModelSpec("mmsearch-tiny", str(tuned["out"]))
     with pytest.raises(ModelMismatchError):  # without --reembed the model check stays strict
         run_index([catalog.image_dir], tmp_path / "idx", tuned_spec, options=opts)
+    pairs = pairs_from_index(tmp_path / "idx")  # finetune --index: the captioned images of an index
+    assert len(pairs) == 24 and set(pairs.texts) == {str(r["caption"]) for r in catalog.rows}
     report = reembed_index(tmp_path / "idx", tuned_spec, workers=1, batch_size=16)
     assert report.updated == 48 and report.failed == 0
     after = SearchIndex(tmp_path / "idx")
@@ -125,12 +127,17 @@ def test_reembed_replaces_vectors_and_keeps_rows(
 
 
 def test_early_stopping_and_grad_accumulation(weak: dict[str, Any]) -> None:
-    """lr 0: nothing changes (the locked tower's batch-norm statistics included), so patience 1 stops at epoch 2."""
+    """lr 0: nothing changes (the locked tower's batch-norm statistics included), so patience 1 stops at epoch 2.
+
+    The forward passes run under bf16 autocast (CPU here; CUDA picks bf16 by itself).
+    """
     pairs = read_pairs(weak["catalog"].jsonl_path)
     cfg = FinetuneConfig(
         ModelSpec("mmsearch-tiny", str(weak["checkpoint"])),
         str(weak["base"] / "still.safetensors"),
-        FitConfig(epochs=5, lr=0.0, warmup=0, grad_accum=2, patience=1, lock="image"),
+        FitConfig(
+            epochs=5, lr=0.0, warmup=0, grad_accum=2, patience=1, lock="image", precision="bf16"
+        ),
         batch_size=32,
         val_fraction=0.2,
         device="cpu",

@@ -61,6 +61,10 @@ def available_variants(index: Any, names: list[str] | None = None) -> list[Varia
                 f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
         chosen = [known[n] for n in names]
-    else:
-        chosen = list(_REGISTRY)
-    return [v for v in chosen if _accepts(index.search, v.options)]
+        missing = [v.name for v in chosen if not _accepts(index.search, v.options)]
+        if missing:
+            from mmsearch.errors import BadQueryError
+
+            raise BadQueryError(f"variant(s) {', '.join(missing)} need search options this index does not offer")
+        return chosen
+    return [v for v in _REGISTRY if _accepts(index.search, v.options)]
