@@ -21,7 +21,7 @@ _LAZY = {
     "read_captioned": "mmsearch.evaluation.inputs",
     "EvalReport": "mmsearch.evaluation.runner",
     "evaluate_queries": "mmsearch.evaluation.runner",
-    "evaluate_captioned": "mmsearch.evaluation.runner",
+    "evaluate_captioned": "mmsearch.evaluation.captioned",
     "write_html_report": "mmsearch.evaluation.report_html",
     "caption_recall": "mmsearch.evaluation.synthetic",
     "encode_catalog_images": "mmsearch.evaluation.synthetic",

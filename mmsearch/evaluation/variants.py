@@ -65,6 +65,8 @@ def available_variants(index: Any, names: list[str] | None = None) -> list[Varia
         if missing:
             from mmsearch.errors import BadQueryError
 
-            raise BadQueryError(f"variant(s) {', '.join(missing)} need search options this index does not offer")
+            raise BadQueryError(
+                f"variant(s) {', '.join(missing)} need search options this index does not offer"
+            )
         return chosen
     return [v for v in _REGISTRY if _accepts(index.search, v.options)]
