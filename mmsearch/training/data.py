@@ -50,7 +50,7 @@ def read_pairs(
     column = image_column or _guess_image_column(source)
     rows = load_image_metadata(source, column, text_column)
     pairs = PairSet([], [])
-    for image, meta in rows.items():
+    for image, meta in rows.by_path.items():
         text = meta.get("_text")
         if not text or not str(text).strip():
             pairs.dropped.append(f"{image}: no text")
