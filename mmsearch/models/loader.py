@@ -9,9 +9,11 @@ honouring ``HF_HUB_OFFLINE`` and the HF cache), a local checkpoint file
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +137,18 @@ class _OpenClipLogFilter(logging.Filter):
         return f"{os.sep}open_clip{os.sep}" not in record.pathname
 
 
+@contextlib.contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """Drops open_clip's records from the root logger (only) while the block runs."""
+    root = logging.getLogger()
+    quiet = _OpenClipLogFilter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:160]
@@ -153,21 +167,19 @@ def load_model(spec: ModelSpec, device: str | None = None) -> tuple[torch.nn.Mod
     _check_architecture(spec.name)
     pretrained = _resolve_pretrained(spec)
     check_checkpoint_model(pretrained, spec.name)
-    # open_clip logs through the root logger; drop its records (only) while loading,
+    # open_clip logs through the root logger; its records are dropped while loading,
     # since failures surface as ModelLoadError instead.
-    root = logging.getLogger()
-    quiet = _OpenClipLogFilter()
-    root.addFilter(quiet)
     try:
-        model = open_clip.create_model(
-            spec.name,
-            pretrained=pretrained or None,
-            precision="fp32",
-            device=dev,
-            require_pretrained=True,
-            weights_only=True,
-        )
-        tokenizer = open_clip.get_tokenizer(spec.name)
+        with quiet_open_clip():
+            model = open_clip.create_model(
+                spec.name,
+                pretrained=pretrained or None,
+                precision="fp32",
+                device=dev,
+                require_pretrained=True,
+                weights_only=True,
+            )
+            tokenizer = open_clip.get_tokenizer(spec.name)
     except ModelLoadError:
         raise
     except Exception as exc:  # open_clip raises RuntimeError/OSError/pickle errors/...
@@ -178,8 +190,6 @@ def load_model(spec: ModelSpec, device: str | None = None) -> tuple[torch.nn.Mod
         raise ModelLoadError(
             f"cannot load weights {spec.key!r} ({reason}); {_ALTERNATIVES}"
         ) from exc
-    finally:
-        root.removeFilter(quiet)
     return model, tokenizer
 
 

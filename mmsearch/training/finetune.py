@@ -218,12 +218,13 @@ def reinitialise_tower(
     """
     import open_clip
 
-    from mmsearch.models.loader import load_model, register_model_configs
+    from mmsearch.models.loader import load_model, quiet_open_clip, register_model_configs
 
     trained, _ = load_model(spec, "cpu")
     register_model_configs()
     torch.manual_seed(seed)
-    fresh = open_clip.create_model(spec.name)
+    with quiet_open_clip():  # "no pretrained weights loaded" is the point here
+        fresh = open_clip.create_model(spec.name)
     state = trained.state_dict()
     fresh_state = fresh.state_dict()
     keep_visual = tower == "text"
