@@ -140,7 +140,7 @@ def _progress_bar(enabled: bool = True) -> Progress:
 
 @app.command("index")
 def index_cmd(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Image folders (recursive) and/or text collections (.csv .tsv .jsonl .parquet).")] = None,
+    paths: Annotated[list[Path], typer.Argument(help="Image folders (recursive) and/or text collections (.csv .tsv .jsonl .parquet).")],
     index: IndexDirOpt = None,
     model: Annotated[str, typer.Option("--model", "-m", help="open_clip architecture, or mmsearch-tiny (the bundled demo model).")] = DEFAULT_MODEL_NAME,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="open_clip tag, or a local checkpoint file (.safetensors preferred).")] = None,
@@ -158,7 +158,7 @@ def index_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     quiet: QuietOpt = False,
     no_progress: NoProgressOpt = False,
-    reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint).")] = False,
+    reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint), then index PATHS.")] = False,
 ) -> None:
     """Index image folders and text collections (incremental: unchanged files are skipped).
 
@@ -172,11 +172,8 @@ def index_cmd(
     if reembed:
         from mmsearch.commands.reembed import reembed_then_index
 
-        reembed_then_index(_index_dir(index), spec, list(paths or []), batch_size, workers, device, json_out, strict)
+        reembed_then_index(_index_dir(index), spec, list(paths), batch_size, workers, device, json_out, strict)
         return
-    if not paths:
-        err_console.print("[bold red]error:[/] give at least one folder or text collection to index")
-        raise typer.Exit(2)
     options = IndexOptions(
         batch_size=batch_size,
         workers=workers,

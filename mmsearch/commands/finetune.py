@@ -170,7 +170,7 @@ def finetune_cmd(
         f"[green]checkpoint:[/] {result.checkpoint} (best epoch {result.fit.best_epoch}"
         + (", stopped early" if result.fit.stopped_early else "")
         + ")\n"
-        f"re-embed an index with it: mmsearch index --reembed --model {spec.name} --pretrained {result.checkpoint} --index IDX",
+        f"re-embed an index with it: mmsearch index PATHS --reembed --model {spec.name} --pretrained {result.checkpoint} --index IDX",
         highlight=False,
     )
 
