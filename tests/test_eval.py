@@ -262,3 +262,58 @@ def _write_one(catalog: Any) -> Path:
         json.dumps({"query": row["caption"], "relevant": [row["file"]]}) + "\n", encoding="utf-8"
     )
     return path
+
+
+def test_input_formats(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from mmsearch.errors import BadQueryError, TextCollectionError
+
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+        "annotations": [
+            {"image_id": 2, "caption": "two"},
+            {"image_id": 1, "caption": "one"},
+            {"image_id": 2, "caption": "deux"},
+        ],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    data = read_captioned(tmp_path / "coco.json")
+    assert [p.name for p in data.images] == ["b.jpg", "a.jpg"] and data.caption_image == [0, 1, 0]
+    (tmp_path / "caps.csv").write_text("image,caption\na.jpg,one\nb.jpg,two\na.jpg,uno\n")
+    data = read_captioned(tmp_path / "caps.csv")
+    assert data.captions == ["one", "two", "uno"] and data.caption_image == [0, 1, 0]
+    (tmp_path / "list.json").write_text(
+        json.dumps(
+            [{"image": "a.jpg", "caption": ["x", "y"]}, {"image": "gone.jpg", "caption": "z"}]
+        )
+    )
+    with pytest.raises(TextCollectionError, match="not found"):
+        read_captioned(tmp_path / "list.json")
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(
+        json.dumps(
+            {
+                "query": {
+                    "terms": [
+                        {"text": "red dress", "weight": 2},
+                        {"image": "a.jpg"},
+                        {"text": "stripes", "weight": -1},
+                    ],
+                    "where": ["price < 9"],
+                },
+                "relevant": {"b.jpg": 2, "a.jpg": 0},
+            }
+        )
+        + "\n"
+    )
+    (q,) = read_queries(queries)
+    assert q.query == f'"2:red dress" + {tmp_path / "a.jpg"} - "stripes"' and q.where == [
+        "price < 9"
+    ]
+    assert q.relevant == {str(tmp_path / "b.jpg"): 2.0, str(tmp_path / "a.jpg"): 0.0}
+    queries.write_text('{"query": "x", "relevant": {"a.jpg": 0}}\n')
+    with pytest.raises(BadQueryError, match="line 1"):
+        read_queries(queries)
