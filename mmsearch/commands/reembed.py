@@ -51,7 +51,8 @@ def reembed_then_index(
                     more.unchanged,
                 )
                 report.failures += more.failures
-                report.ann = more.ann
+                if any(info.get("mode") != "unchanged" for info in more.ann.values()):
+                    report.ann = more.ann  # else keep the retrained indexes' figures
     if json_out:
         console.print_json(json.dumps(report.to_dict(), default=str))
     else:
