@@ -22,7 +22,7 @@ import numpy as np
 from mmsearch.evaluation.inputs import CaptionedSet
 from mmsearch.evaluation.metrics import DEFAULT_KS, first_relevant_rank, hit_curve
 from mmsearch.evaluation.runner import EvalReport, ItemCatalog, ProgressFn, WorstCase, no_progress
-from mmsearch.evaluation.variants import PRIMARY, Variant, available_variants
+from mmsearch.evaluation.variants import PRIMARY, Variant, available_variants, vector_options
 
 
 def index_captioned(
@@ -123,7 +123,7 @@ def _captioned_report(
     chosen = [
         v
         for v in available_variants(index, list(variants) if variants else None)
-        if _vector_variant(v)
+        if vector_options(v) is not None
     ]
     depth = max(max(ks), 10)
     catalog = ItemCatalog(index)
@@ -209,11 +209,6 @@ def _captioned_report(
     )
 
 
-def _vector_variant(variant: Variant) -> bool:
-    """Captioned mode queries by vector: only variants made of ANN options apply."""
-    return set(variant.options) <= {"exact", "nprobe", "refine"}
-
-
 def _stored_vectors(index: Any, ids: list[int]) -> np.ndarray:
     ids_all, vectors = index.store.vectors("image")
     pos = {int(i): n for n, i in enumerate(ids_all)}
@@ -235,7 +230,7 @@ def _ranked_hits(
     ranked_all: list[list[int]] = []
     for row, (qid, vector) in enumerate(zip(query_ids, vectors, strict=True)):
         results = index.search_vector(
-            vector, depth, kind=kind, query_kind=query_kind, **dict(variant.options)
+            vector, depth, kind=kind, query_kind=query_kind, **(vector_options(variant) or {})
         )
         ranked = [r.id for r in results]
         ranked_all.append(ranked)

@@ -23,7 +23,7 @@ from mmsearch.evaluation.metrics import (
     mean_metrics,
     query_metrics,
 )
-from mmsearch.evaluation.variants import PRIMARY, available_variants
+from mmsearch.evaluation.variants import PRIMARY, available_variants, search_options
 
 #: progress(stage, advance, more_total), as the indexing pipeline reports it.
 ProgressFn = Callable[[str, int, int | None], None]
@@ -202,7 +202,7 @@ def evaluate_queries(
                 k=depth,
                 kind=query.kind,
                 where=query.where or None,
-                **dict(variant.options),
+                **(search_options(index.search, variant) or {}),
             )
             ranked = [r.id for r in results]
             ranked_by[variant.name] = ranked
