@@ -26,13 +26,12 @@ from indexer.discover import uri_to_path
 from indexer.report import Failure, IndexReport, write_failures
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage import (
-    CORE_COLUMNS,
     DB_DIRNAME,
+    DIM_METADATA_KEY,
     MODEL_METADATA_KEY,
     TABLE_NAME,
     ItemStore,
     index_write_lock,
-    items_schema,
     write_guard,
 )
 
@@ -82,13 +81,13 @@ def reembed_index(
             from mmsearch.models import load_encoder
 
             encoder = load_encoder(spec, device=device)
-        schema = items_schema(encoder.dim, spec)
+        schema = reembedded_schema(store.table.schema, encoder.dim, spec)
         with write_guard(store.index_dir):
             db, staging = _staging(store, schema)
             done = set(
                 staging.search().select(["uri"]).limit(None).to_arrow().column("uri").to_pylist()
             )
-            rows = store.scan(list(CORE_COLUMNS))
+            rows = store.scan([n for n in schema.names if n != "vector"])
             todo = rows.filter(
                 pa.array([u not in done for u in rows.column("uri").to_pylist()], pa.bool_())
             )
@@ -162,10 +161,19 @@ def _embed_rows(
         flush()
 
 
+def reembedded_schema(schema: pa.Schema, dim: int, spec: ModelSpec) -> pa.Schema:
+    """The table's schema (every column and its metadata kept), ``dim``-wide vectors, stamped ``spec``."""
+    out = schema.set(
+        schema.get_field_index("vector"), pa.field("vector", pa.list_(pa.float32(), dim))
+    )
+    meta = dict(schema.metadata or {})
+    meta[MODEL_METADATA_KEY] = spec.to_json().encode()
+    meta[DIM_METADATA_KEY] = str(dim).encode()
+    return out.with_metadata(meta)
+
+
 def _write(staging: Any, chunk: pa.Table, vectors: np.ndarray, schema: pa.Schema) -> None:
     dim = schema.field("vector").type.list_size
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-    table = chunk.select(list(CORE_COLUMNS)).append_column(
-        "vector", pa.FixedSizeListArray.from_arrays(flat, dim)
-    )
-    staging.add(table.cast(schema))
+    table = chunk.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, dim))
+    staging.add(table.select(schema.names).cast(schema))

@@ -200,6 +200,14 @@ def refresh_labels(store: Any, encoder: Any, *, relabel_all: bool = False) -> li
     ]
 
 
+def _column_in_use(store: Any, label_set: LabelSet) -> bool:
+    metadata = (
+        store.scan(["metadata"], f"kind = {sql_quote('image')}").column("metadata").to_pylist()
+    )
+    keys = {label_set.column, label_set.prob_column}
+    return any(keys & json.loads(m or "{}").keys() for m in metadata)
+
+
 def label_index(
     index_dir: str | os.PathLike[str],
     label_set: LabelSet,
@@ -219,6 +227,12 @@ def label_index(
             from mmsearch.models import load_encoder
 
             encoder = load_encoder(spec, device=device)
+        remembered = {s.column for s in load_label_sets(index_dir)}
+        if label_set.column not in remembered and _column_in_use(store, label_set):
+            raise BadQueryError(
+                f"the images already have a {label_set.column!r} (or {label_set.prob_column!r}) metadata "
+                "column; choose another --column"
+            )
         report = apply_labels(store, encoder, label_set, only_missing=False, progress=progress)
         with write_guard(store.index_dir):
             others = [s for s in load_label_sets(index_dir) if s.column != label_set.column]

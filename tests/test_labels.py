@@ -139,6 +139,12 @@ def test_cli_label_and_results_show_it(labelled: dict[str, Any]) -> None:
     assert "side=" in text and "shape_zs=" in text and "side_prob" not in text
     result = runner.invoke(app, ["label", "--index", index_dir, "--labels", "one", "--column", "x"])
     assert result.exit_code == 2 and "two distinct labels" in result.output
+    result = runner.invoke(
+        app, ["label", "--index", index_dir, "--labels", "a,b", "--column", "colour"]
+    )
+    assert (
+        result.exit_code == 2 and "already have a 'colour'" in result.output
+    )  # catalog metadata is kept
 
 
 def test_classify_and_label_set_checks() -> None:
