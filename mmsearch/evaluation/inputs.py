@@ -156,13 +156,6 @@ class CaptionedSet:
     captions: list[str]
     caption_image: list[int]
 
-    def captions_of(self) -> list[list[int]]:
-        """Caption indices of every image."""
-        out: list[list[int]] = [[] for _ in self.images]
-        for j, i in enumerate(self.caption_image):
-            out[i].append(j)
-        return out
-
 
 def _first(
     columns: Sequence[str], wanted: Sequence[str], given: str | None, what: str, source: Path

@@ -173,7 +173,9 @@ def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> No
 class SyntheticBatches:
     """``steps_per_epoch`` batches of freshly rendered items per epoch (one seeded stream)."""
 
-    def __init__(self, cfg: TrainConfig, steps_per_epoch: int, image_size: int, tokenizer, mean, std) -> None:  # noqa: ANN001
+    def __init__(
+        self, cfg: TrainConfig, steps_per_epoch: int, image_size: int, tokenizer, mean, std
+    ) -> None:  # noqa: ANN001
         self.cfg = cfg
         self.steps_per_epoch = steps_per_epoch
         self.image_size = image_size
@@ -183,7 +185,9 @@ class SyntheticBatches:
 
     def batches(self, epoch: int):  # noqa: ANN201
         while True:
-            images, texts, img_attrs, txt_attrs = sample_batch(self.rng, self.cfg.batch_size, self.image_size, self.cfg)
+            images, texts, img_attrs, txt_attrs = sample_batch(
+                self.rng, self.cfg.batch_size, self.image_size, self.cfg
+            )
             match = None if self.cfg.loss == "clip" else match_matrix(img_attrs, txt_attrs)
             yield Batch(_normalise(images, self.mean, self.std), self.tokenizer(texts), match)
 
