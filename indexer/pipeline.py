@@ -30,6 +30,7 @@ from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
 from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
+from mmsearch.labels import refresh_labels
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
@@ -138,7 +139,9 @@ def _run_index_locked(
     if encoder is None:
         from mmsearch.models.backends import load_encoder
 
-        encoder = load_encoder(spec, device=opts.device, backend=opts.backend, quantize=opts.quantize)
+        encoder = load_encoder(
+            spec, device=opts.device, backend=opts.backend, quantize=opts.quantize
+        )
     started = time.perf_counter()
     report.load_s = started - loading
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
@@ -162,6 +165,8 @@ def _run_index_locked(
             )
             report.sweep_aborted.append(str(path))
 
+    with write_guard(index_path):  # remembered zero-shot label sets: label new and changed images
+        refresh_labels(store, encoder)
     if opts.build_index:
         with write_guard(index_path):
             report.ann = build_ann(
@@ -273,7 +278,10 @@ def _index_images(
                 sizes=[m[0].size for m in batch_meta],
                 sha256=[m[1] for m in batch_meta],
                 metadata=[
-                    {"filename": os.path.basename(m[0].path), **{k: v for k, v in e.items() if k != TEXT_KEY}}
+                    {
+                        "filename": os.path.basename(m[0].path),
+                        **{k: v for k, v in e.items() if k != TEXT_KEY},
+                    }
                     for m, e in zip(batch_meta, extra, strict=True)
                 ],
                 vectors=vectors,
@@ -306,8 +314,12 @@ def _index_images(
         for result in pool.decode((i, item.path) for i, (_u, item, _p) in enumerate(todo)):
             uri, item, prev = todo[result.index]
             if isinstance(result, DecodeFailure):
-                report.failures.append(Failure(item.path, result.reason, result.exc_class, "decode"))
-                progress("images", 0, -1)  # one item less to embed: the bar never counts it as embedded
+                report.failures.append(
+                    Failure(item.path, result.reason, result.exc_class, "decode")
+                )
+                progress(
+                    "images", 0, -1
+                )  # one item less to embed: the bar never counts it as embedded
                 progress("failed", 1, None)
                 continue
             assert isinstance(result, DecodeOk)
@@ -323,7 +335,12 @@ def _index_images(
     # as "every file deleted".
     if walk.complete and not walk.items and stored:
         report.failures.append(
-            Failure(str(root_abs), "folder is empty but the index has files from it; is it unmounted?", "EmptyRoot", "walk")
+            Failure(
+                str(root_abs),
+                "folder is empty but the index has files from it; is it unmounted?",
+                "EmptyRoot",
+                "walk",
+            )
         )
         report.sweep_aborted.append(str(root_abs))
     elif walk.complete:
@@ -358,10 +375,18 @@ def _index_texts(
 ) -> int:
     path_abs = Path(os.path.abspath(path))
     source = path_to_uri(str(path_abs))
-    collection = read_text_collection(path_abs, text_column=opts.text_column, id_column=opts.id_column)
+    collection = read_text_collection(
+        path_abs, text_column=opts.text_column, id_column=opts.id_column
+    )
     for problem in collection.problems:
         report.failures.append(
-            Failure(str(path_abs), problem.reason, problem.exc_class, "read", row_number=problem.row_number)
+            Failure(
+                str(path_abs),
+                problem.reason,
+                problem.exc_class,
+                "read",
+                row_number=problem.row_number,
+            )
         )
     stored = store.state_by_uri(source)
     st = os.stat(path_abs)

@@ -163,6 +163,7 @@ def index_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     quiet: QuietOpt = False,
     no_progress: NoProgressOpt = False,
+    reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint), then index PATHS.")] = False,
 ) -> None:
     """Index image folders and text collections (incremental: unchanged files are skipped).
 
@@ -173,6 +174,11 @@ def index_cmd(
     from indexer.pipeline import IndexOptions, run_index
 
     spec = ModelSpec.parse(model, pretrained)
+    if reembed:
+        from mmsearch.commands.reembed import reembed_then_index
+
+        reembed_then_index(_index_dir(index), spec, list(paths), batch_size, workers, device, json_out, strict)
+        return
     options = IndexOptions(
         batch_size=batch_size,
         workers=workers,
@@ -432,6 +438,15 @@ def demo_cmd(
         console.print(result_table(results))
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")
 
+
+# Commands whose bodies live in mmsearch/commands/ (each imports its heavy parts lazily).
+from mmsearch.commands.evaluate import eval_cmd  # noqa: E402
+from mmsearch.commands.finetune import finetune_cmd  # noqa: E402
+from mmsearch.commands.label import label_cmd  # noqa: E402
+
+app.command("eval")(eval_cmd)
+app.command("label")(label_cmd)
+app.command("finetune")(finetune_cmd)
 
 use_clean_help(app)  # after the last command: PATHS... and untyped flags in --help
 
