@@ -54,6 +54,9 @@ class IndexOptions:
     build_index: bool = True
     index_type: str = "auto"
     target_recall: float = 0.95
+    #: Storage type of the ANN refine vectors: ``float32`` or ``float16`` (half the
+    #: disk and page cache; recall@10 vs exact measured in benchmarks/RESULTS.md).
+    refine_dtype: str = "float32"
     #: A CSV/JSONL/Parquet sidecar whose rows describe images: ``file_column`` holds the
     #: image path (relative to the sidecar's folder, or absolute); other columns become
     #: the image's metadata, and ``text_column`` (or caption/text/title) its text.
@@ -130,6 +133,7 @@ def _run_index_locked(
                 target_recall=opts.target_recall,
                 progress=progress,
                 encoder=encoder,
+                refine_dtype=opts.refine_dtype,
             )
     report.table_version = store.version
     report.elapsed_s = time.perf_counter() - started

@@ -244,6 +244,17 @@ class ItemStore:
         vec = fixed_list_to_numpy(tbl.column("vector"), self.dim)
         return ids, vec
 
+    def iter_vectors(
+        self, kind: str, *, batch_rows: int = 65_536
+    ) -> Iterator[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]:
+        """(vectors, ids) of one ``kind``'s rows in batches, streamed from the table at its
+        current (or checked-out) version, never the whole column in memory."""
+        query = self.table.search().select(["id", "vector"]).where(f"kind = {sql_quote(kind)}")
+        for batch in query.limit(None).to_batches(batch_rows):
+            if batch.num_rows:
+                ids = batch.column("id").to_numpy().astype(np.int64, copy=False)
+                yield fixed_list_to_numpy(batch.column("vector"), self.dim), ids
+
     # -- writing -------------------------------------------------------------------------
     def upsert(self, rows: pa.Table) -> None:
         """Inserts or replaces rows by ``uri`` in one atomic commit."""
