@@ -30,6 +30,7 @@ from indexer.sidecar import load_image_metadata
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.spec import ModelSpec
+from mmsearch.objectstore import remote_index
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
 
 TEXT_EXTENSIONS = frozenset({".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"})
@@ -87,8 +88,14 @@ def run_index(
     >>> report.added, report.failed  # doctest: +SKIP
     (400, 0)
     """
-    with index_write_lock(index_dir):
-        return _run_index_locked(paths, Path(index_dir), spec, options or IndexOptions(), progress or _noop, encoder)
+    opts = options or IndexOptions()
+    remote = remote_index(index_dir)  # s3://bucket/prefix: work in its local cache
+    local = remote.pull("writer") if remote is not None else Path(index_dir)
+    with index_write_lock(local):
+        report = _run_index_locked(paths, local, spec, opts, progress or _noop, encoder)
+        if remote is not None and opts.build_index:
+            remote.publish()
+        return report
 
 
 def _run_index_locked(

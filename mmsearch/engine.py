@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchError, UnsafePathError
 from mmsearch.models.spec import ModelSpec
+from mmsearch.objectstore import remote_index
 from mmsearch.query import QueryTerm, parse_query
 from mmsearch.snapshot import Snapshot, read_snapshot
 from mmsearch.storage import ItemStore
@@ -137,7 +138,9 @@ class SearchIndex:
         image_roots: Sequence[str | os.PathLike[str]] | None = None,
         encoder: Any | None = None,
     ) -> None:
-        self.index_dir = Path(index_dir)
+        # An object-store URI is served from its local cache (pulled on open and reload).
+        self._remote = remote_index(index_dir)
+        self.index_dir = self._remote.pull() if self._remote is not None else Path(index_dir)
         self.device = device
         self.image_roots = [Path(os.path.realpath(r)) for r in image_roots] if image_roots is not None else None
         self._lock = threading.RLock()
@@ -187,6 +190,8 @@ class SearchIndex:
 
     def reload(self) -> bool:
         """Switches to a newer published snapshot, if any; returns whether it changed."""
+        if self._remote is not None:
+            self._remote.pull()
         latest = read_snapshot(self.index_dir)
         if latest is None or latest == self.snapshot:
             return False
