@@ -122,8 +122,15 @@ class VectorStore:
     def add(self, vectors: F32, ids: I64) -> None:
         """Append rows whose ids are not live (the caller checks) to the delta."""
         delta = self._delta
+        ids = np.asarray(ids, np.int64)
+        if delta.n_live == 0:  # e.g. a build: one sorted copy of the rows, no concatenation
+            order = np.argsort(ids, kind="stable")
+            rows = np.take(np.asarray(vectors), order, axis=0).astype(self._np_dtype, copy=False)
+            self._delta = Segment(np.ascontiguousarray(rows), ids[order])
+            self.dirty = True
+            return
         keep = np.ones(len(delta), bool) if delta.dead is None else ~delta.dead
-        all_ids = np.concatenate([np.asarray(delta.ids)[keep], np.asarray(ids, np.int64)])
+        all_ids = np.concatenate([np.asarray(delta.ids)[keep], ids])
         all_vecs = np.concatenate(
             [np.asarray(delta.vectors)[keep], np.asarray(vectors).astype(self._np_dtype)]
         )
