@@ -117,3 +117,19 @@ def test_streamed_build_matches_in_memory_build(tmp_path: Path) -> None:
     assert loaded.info["nprobe"] == in_ram.info["nprobe"] and len(loaded) == 5000
     _, own = loaded.search(x[:200], 1, exact=True)
     np.testing.assert_array_equal(own[:, 0], ids[:200])
+
+
+def test_reader_keeps_working_after_its_files_are_collected(tmp_path: Path) -> None:
+    x, ids = vectors(3000, seed=9), np.arange(3000, dtype=np.int64)
+    VectorIndex.build(x, ids, index_type="ivfpq").save(
+        tmp_path / "g1", table_version=1, model_key="m"
+    )
+    reader = VectorIndex.load(tmp_path / "g1")
+    writer = VectorIndex.load(tmp_path / "g1")
+    writer.add(vectors(10, seed=10), np.arange(5000, 5010, dtype=np.int64), retrain=False)
+    writer.save(tmp_path / "g2", table_version=2, model_key="m")
+    for f in (tmp_path / "g1").iterdir():  # what a snapshot switch's garbage collection does
+        f.unlink()
+    _, exact = reader.search(x[:20], 1, exact=True)  # sequential reads of unlinked files
+    np.testing.assert_array_equal(exact[:, 0], ids[:20])
+    assert len(VectorIndex.load(tmp_path / "g2")) == 3010

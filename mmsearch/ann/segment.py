@@ -14,6 +14,8 @@ mapped pages in the process's resident set.
 from __future__ import annotations
 
 import hashlib
+import os
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -60,6 +62,7 @@ class Segment:
             raise ValueError("segment ids must be unique")
         self.dead: npt.NDArray[np.bool_] | None = None
         self.n_dead = 0
+        self._fd: int | None = None
 
     @classmethod
     def open(cls, vectors_path: Path, ids_path: Path, n: int, d: int, dtype: str) -> Segment:
@@ -69,7 +72,13 @@ class Segment:
             return cls(np.empty((0, d), np_dtype), np.empty(0, np.int64))
         vectors = np.memmap(vectors_path, dtype=np_dtype, mode="r", shape=(n, d))
         ids = np.fromfile(ids_path, dtype=np.int64, count=n)
-        return cls(vectors, ids, path=vectors_path)
+        segment = cls(vectors, ids, path=vectors_path)
+        # Sequential reads go through a descriptor held open, so a reader keeps working
+        # after a newer snapshot's garbage collection unlinks the file (as the map does).
+        fd = os.open(vectors_path, os.O_RDONLY)
+        segment._fd = fd
+        weakref.finalize(segment, os.close, fd)
+        return segment
 
     # ---- sizes -----------------------------------------------------------------
 
@@ -107,13 +116,15 @@ class Segment:
 
     def read_rows(self, start: int, stop: int) -> F32:
         """float32 vectors of rows ``start:stop``, by a plain read when file-backed."""
-        if self.path is None:
+        if self._fd is None:
             return np.asarray(self.vectors[start:stop], dtype=np.float32)
-        itemsize = self.vectors.dtype.itemsize
-        with open(self.path, "rb") as f:
-            f.seek(start * self.d * itemsize)
-            raw = np.fromfile(f, dtype=self.vectors.dtype, count=(stop - start) * self.d)
-        return raw.reshape(stop - start, self.d).astype(np.float32, copy=False)
+        row_bytes = self.d * self.vectors.dtype.itemsize
+        want = (stop - start) * row_bytes
+        data = os.pread(self._fd, want, start * row_bytes)
+        if len(data) != want:
+            raise OSError(f"short read of {self.path}: {len(data)} of {want} bytes")
+        raw = np.frombuffer(data, dtype=self.vectors.dtype)
+        return raw.reshape(stop - start, self.d).astype(np.float32)
 
     def live_mask(self, start: int, stop: int) -> npt.NDArray[np.bool_] | None:
         """Live rows among ``start:stop`` (None: all live)."""

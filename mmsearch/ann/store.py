@@ -193,7 +193,7 @@ class VectorStore:
         q = len(queries)
         best_s = np.full((q, 0), -np.inf, np.float32)
         best_i = np.full((q, 0), -1, np.int64)
-        block = max(1024, EXACT_BLOCK_BYTES // (4 * max(q, 1)))
+        block = min(SCAN_ROWS, max(1024, EXACT_BLOCK_BYTES // (4 * max(q, 1))))
         for vecs, ids in self.iter_live(block):
             scores = queries @ vecs.T
             cand_s = np.concatenate([best_s, scores], axis=1)
