@@ -172,11 +172,15 @@ class VectorIndex:
     ) -> VectorIndex:
         t0 = time.perf_counter()
         gpu = gpu_available() if use_gpu is None else bool(use_gpu and gpu_available())
-        index, nprobe, refine, recall = build_index_structure(store, params, meta, use_gpu=gpu)
+        phases: dict[str, float] = {}
+        index, nprobe, refine, recall = build_index_structure(
+            store, params, meta, use_gpu=gpu, phases=phases
+        )
         meta = dict(meta)
         meta.update(
             recall_at_10=recall,
             build_seconds=round(time.perf_counter() - t0, 3),
+            build_phases_s=phases,
             trained_n=store.n_live,
             added_since_train=0,
             gpu=gpu,
@@ -433,6 +437,7 @@ class VectorIndex:
             "refine_segments": len(self._store.segments) + (1 if self._store.delta_rows else 0),
             "refine_dead_rows": self._store.n_dead,
             "build_seconds": self._meta.get("build_seconds"),
+            "build_phases_s": self._meta.get("build_phases_s"),
             "trained_n": self._meta.get("trained_n"),
             "added_since_train": self._meta.get("added_since_train"),
             "needs_retrain": self.needs_retrain,
