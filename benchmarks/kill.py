@@ -46,12 +46,15 @@ def main() -> None:
     )
     failed = [r for r in results if r.problems]
     partial = sum(1 for r in results if 0 < r.rows_after_kill < args.n)
+    # killed after the table commit but before the snapshot: inside the ANN update
+    mid_ann = sum(1 for r in results if r.rows_after_kill == args.n and not r.published_before_kill)
     print(
         json.dumps(
             {
                 "trials": len(results),
                 "failures": len(failed),
                 "killed_mid_table": partial,
+                "killed_mid_ann_update": mid_ann,
                 "encoder": args.encoder,
                 "n": args.n,
                 "incremental": args.incremental,

@@ -63,6 +63,8 @@ class TrialResult:
     kill_after_s: float
     rows_after_kill: int
     embedded_on_rerun: int
+    #: the killed run had already published its snapshot (the kill came after the ANN update)
+    published_before_kill: bool = False
     problems: list[str] = field(default_factory=list)
 
 
@@ -225,6 +227,14 @@ def verify(
     return problems
 
 
+def _snapshot_matches_table(index_dir: Path) -> bool:
+    from mmsearch.snapshot import read_snapshot
+    from mmsearch.storage import ItemStore
+
+    snapshot = read_snapshot(index_dir) if index_dir.exists() else None
+    return snapshot is not None and snapshot.table_version == ItemStore.open(index_dir).version
+
+
 def run_trials(
     collection: Path,
     workdir: Path,
@@ -258,10 +268,11 @@ def run_trials(
             pass
         proc.wait(timeout=60)
         rows = ItemStore.open(index_dir).count() if ItemStore.exists(index_dir) else 0
+        published = _snapshot_matches_table(index_dir)
         report = run_index(
             [collection], index_dir, enc.spec, options=_options(incremental), encoder=enc
         )
-        result = TrialResult(trial, round(delay, 3), rows, report.embedded)
+        result = TrialResult(trial, round(delay, 3), rows, report.embedded, published)
         if rows + report.embedded != len(reference):
             result.problems.append(
                 f"re-run embedded {report.embedded} but {len(reference) - rows} were uncommitted"
