@@ -11,15 +11,7 @@ import numpy as np
 import pytest
 
 from mmsearch.ann import VectorIndex, persist
-
-D = 32
-
-
-def vectors(n: int, *, seed: int) -> np.ndarray:
-    rs = np.random.default_rng(seed)
-    z = rs.normal(size=(n, 6))
-    x = np.sin(z @ np.random.default_rng(0).normal(size=(6, D))) + 0.1 * rs.normal(size=(n, D))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from tests.test_ann_files import D, vectors
 
 
 def manifest(directory: Path) -> dict:
