@@ -4,7 +4,7 @@ Layout under the URI::
 
     db/                          the LanceDB items table (written by LanceDB itself)
     ann/objects/<sha256>         ANN data files, content-addressed (never overwritten)
-    snapshot.json                table version + model + each kind's ANN manifest; PUT last
+    snapshot.json                the snapshot + each kind's ANN manifest; PUT last
 
 Writers and readers work through a local directory (the cache, one per URI) holding a
 ``remote.json`` marker: :mod:`mmsearch.storage` then opens the table at ``<uri>/db``
@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -170,7 +170,7 @@ class RemoteIndex:
         ``snapshot.json`` is replaced last. A writer keeps a local snapshot of a later
         generation (work of a run killed before it published; the next run publishes it).
         """
-        from mmsearch.snapshot import read_snapshot
+        from mmsearch.snapshot import Snapshot, read_snapshot, write_snapshot
 
         local = self.local_dir(role)
         only_if_newer = role == "writer"
@@ -178,17 +178,14 @@ class RemoteIndex:
         if published is None:
             return local
         current = read_snapshot(local)
+        remote = Snapshot(**published["snapshot"])
         if current is not None and (
-            (only_if_newer and current.generation >= int(published["generation"]))
-            or (
-                current.generation == int(published["generation"])
-                and current.table_version == published["table_version"]
-            )
+            (only_if_newer and current.generation >= remote.generation) or current == remote
         ):
             return local
         objects = cache_root() / "objects"
         objects.mkdir(parents=True, exist_ok=True)
-        for kind, rel in published["ann_dirs"].items():
+        for kind, rel in remote.ann_dirs.items():
             manifest = published["manifests"][kind]
             target = local / rel
             target.mkdir(parents=True, exist_ok=True)
@@ -198,11 +195,8 @@ class RemoteIndex:
                     self._download(f"{OBJECTS_DIR}/{entry['sha256']}", cached, entry["sha256"])
                 _link(cached, target / entry["name"])
             _atomic_text(target / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
-        snapshot = {
-            k: published[k] for k in ("table_version", "model_key", "ann_dirs", "generation")
-        }
-        _atomic_text(local / "snapshot.json", json.dumps(snapshot, indent=2))
-        _drop_unlisted(local, set(published["ann_dirs"].values()))
+        write_snapshot(local, remote)  # last: the cached files it names are complete
+        _drop_unlisted(local, set(remote.ann_dirs.values()))
         return local
 
     def _download(self, name: str, dest: Path, sha256: str) -> None:
@@ -238,7 +232,7 @@ class RemoteIndex:
                 self._upload_once(local / rel / entry["name"], entry)
             manifests[kind] = manifest
         previous = self.read_published()
-        published = {**_snapshot_dict(snapshot), "manifests": manifests}
+        published = {"snapshot": asdict(snapshot), "manifests": manifests}
         if previous == published:  # nothing new (an unchanged re-run): keep the history as is
             return published
         self._client.put_object(
@@ -281,15 +275,6 @@ class RemoteIndex:
             self._client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
             )
-
-
-def _snapshot_dict(snapshot: Any) -> dict[str, Any]:
-    return {
-        "table_version": snapshot.table_version,
-        "model_key": snapshot.model_key,
-        "ann_dirs": dict(snapshot.ann_dirs),
-        "generation": snapshot.generation,
-    }
 
 
 def _sha256(path: Path) -> str:
