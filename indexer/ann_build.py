@@ -99,12 +99,17 @@ def build_ann(
     progress: Callable[[str, int, int | None], None] | None = None,
     seed: int = 0,
     encoder: Encoder | None = None,
+    refine_dtype: str = "float32",
 ) -> dict[str, dict[str, Any]]:
     """Builds or updates every kind's ANN index from the table's current version.
 
     Each IVF-PQ index is also tuned for cross-modal queries (profile ``"cross"``): with
     a sample of the other kind's vectors from the table, or else — for image indexes,
     given the ``encoder`` — with embedded calibration texts.
+    A rebuilt index is streamed from the table (bounded memory); an updated one keeps
+    its refine segments (hard-linked into the new directory) and adds one segment with
+    the new rows plus a tombstone file. ``refine_dtype="float16"`` halves the refine
+    vectors of rebuilt indexes.
     Returns each kind's ``VectorIndex.info`` plus ``"mode"``: ``incremental`` or ``rebuilt``.
     """
     from mmsearch.ann import VectorIndex
@@ -130,19 +135,30 @@ def build_ann(
     ann_dirs: dict[str, str] = {}
     infos: dict[str, dict[str, Any]] = {}
     for kind in KINDS:
+        rel = f"{ANN_DIRNAME}/{kind}-g{generation}"
+        target = index_dir / rel
+        if target.exists():  # left over by a run killed before its snapshot switch
+            shutil.rmtree(target)
         index = None
         mode = "rebuilt"
         if previous is not None and not retrain and kind in previous.ann_dirs:
             index = _update_in_place(store, spec, previous, kind, index_type)
             mode = "incremental" if index is not None else mode
         if index is None:
-            ids, vectors = store.vectors(kind)
-            if len(ids) == 0:
+            if not store.scan(["id"], f"kind = {sql_quote(kind)}").num_rows:
                 continue
-            index = VectorIndex.build(
-                vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed
-            )  # type: ignore[arg-type]
+            # Streamed from the table into the new directory: the float vectors are
+            # never all in RAM, and the save below reuses the segment file.
+            index = VectorIndex.build_streamed(
+                store.iter_vectors(kind),
+                target,
+                index_type=index_type,  # type: ignore[arg-type]
+                target_recall=target_recall,
+                seed=seed,
+                refine_dtype=refine_dtype,
+            )
         if len(index) == 0:
+            shutil.rmtree(target, ignore_errors=True)
             continue
         # Only IVF-PQ has parameters to tune: a flat index answers exactly, so no
         # calibration vectors are read or encoded for it.
@@ -150,10 +166,6 @@ def build_ann(
             cross = _cross_queries(store, kind, encoder, seed)
             if cross is not None and len(cross):
                 index.tune_profile("cross", cross, target_recall=target_recall)
-        rel = f"{ANN_DIRNAME}/{kind}-g{generation}"
-        target = index_dir / rel
-        if target.exists():  # left over by a run killed before its snapshot switch
-            shutil.rmtree(target)
         index.save(target, table_version=version, model_key=spec.key)
         verify_files(target)  # read back what was written before the snapshot names it
         ann_dirs[kind] = rel

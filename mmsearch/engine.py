@@ -33,6 +33,7 @@ from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchErro
 from mmsearch.filters import Condition, from_mapping, parse_where
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
+from mmsearch.objectstore import remote_index
 from mmsearch.query import QueryTerm, parse_query
 from mmsearch.search.builder import QueryBuilder
 from mmsearch.search.encode import UrlFetcher, encode_terms, modality
@@ -82,7 +83,9 @@ class SearchIndex:
         backend: str = "torch",
         quantize: str | None = None,
     ) -> None:
-        self.index_dir = Path(index_dir)
+        # An object-store URI is served from its local cache (pulled on open and reload).
+        self._remote = remote_index(index_dir)
+        self.index_dir = self._remote.pull() if self._remote is not None else Path(index_dir)
         self.device = device
         self.backend = backend  # torch | onnx | auto (see mmsearch.models.backends)
         self.quantize = quantize
@@ -147,6 +150,8 @@ class SearchIndex:
 
     def reload(self) -> bool:
         """Switches to a newer published snapshot, if any; returns whether it changed."""
+        if self._remote is not None:
+            self._remote.pull()
         latest = read_snapshot(self.index_dir)
         if latest is None or latest == self.snapshot:
             return False
