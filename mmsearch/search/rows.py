@@ -37,9 +37,13 @@ class Rows:
 
     def __init__(self, table: pa.Table) -> None:
         ids = table.column("id").to_numpy()
-        order = np.argsort(ids, kind="stable")
-        self.sorted_ids: npt.NDArray[np.int64] = ids[order].astype(np.int64, copy=False)
-        self.table = table.take(pa.array(order))
+        if len(ids) < 2 or bool(np.all(np.diff(ids) > 0)):  # a rows file comes sorted: no copy
+            self.sorted_ids: npt.NDArray[np.int64] = ids.astype(np.int64, copy=False)
+            self.table = table
+        else:
+            order = np.argsort(ids, kind="stable")
+            self.sorted_ids = ids[order].astype(np.int64, copy=False)
+            self.table = table.take(pa.array(order))
         self._filterable: pa.Table | None = None
         self._lowered: dict[str, pa.Array] | None = None
         self._lock = threading.Lock()
