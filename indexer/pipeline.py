@@ -25,7 +25,13 @@ import pyarrow as pa
 from indexer.ann_build import build_ann
 from indexer.decode import DecodeFailure, DecodeOk, DecodePool
 from indexer.discover import WalkResult, path_to_uri, walk_images
-from indexer.report import Failure, IndexReport, check_not_all_failed, write_failures
+from indexer.report import (
+    Failure,
+    IndexReport,
+    check_not_all_failed,
+    write_failures,
+    write_run_summary,
+)
 from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
 from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
 from indexer.textsource import read_text_collection
@@ -163,6 +169,7 @@ def _run_index_locked(
     report.elapsed_s = time.perf_counter() - started
     with write_guard(index_path):
         report.report_path = str(write_failures(index_path, _run_id(), report.failures))
+        write_run_summary(index_path, report)
     check_not_all_failed(report)
     return report
 

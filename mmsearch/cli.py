@@ -36,6 +36,7 @@ from mmsearch.cli_help import use_clean_help
 from mmsearch.errors import IndexingFailedError, MMSearchError
 from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
 from mmsearch.render import (
+    display_path,
     no_results_reason,
     paths_only_line,
     print_failures,
@@ -264,22 +265,51 @@ def info_cmd(
     index: IndexDirOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Show an index: rows, model, ANN type and parameters, tuned nprobe, measured recall."""
+    """Show an index: rows, model, ANN parameters, sources, disk use and the last run."""
     from mmsearch.engine import SearchIndex
+    from mmsearch.inventory import disk_usage, human_bytes, indexed_sources, last_run
 
+    index_dir = _index_dir(index)
     with _errors():
-        info = SearchIndex(_index_dir(index)).info()
+        idx = SearchIndex(index_dir)
+        info = idx.info()
+        info["sources"] = indexed_sources(idx.store)
+    info["disk_bytes"] = disk_usage(index_dir)
+    info["last_run"] = last_run(index_dir)
     if json_out:
         sys.stdout.write(json.dumps(info, default=str) + "\n")
         return
     table = Table(show_header=False, box=None)
     for key, value in info.items():
-        if key != "ann":
-            table.add_row(key, str(value))
+        if key not in ("ann", "sources", "disk_bytes", "last_run"):
+            table.add_row(key, escape(str(value)))
     for kind, ann in info["ann"].items():
         for key, value in ann.items():
-            table.add_row(f"ann[{kind}].{key}", escape(str(value)))
+            table.add_row(escape(f"ann[{kind}].{key}"), escape(str(value)))
+    for source in info["sources"]:
+        table.add_row("source", escape(f"{display_path(str(source['source']))} ({source['rows']} {source['kind']})"))
+    sizes = info["disk_bytes"]
+    table.add_row("disk", ", ".join(f"{name} {human_bytes(n)}" for name, n in sizes.items() if n) + f" (total {human_bytes(sum(sizes.values()))})")
+    run = info["last_run"]
+    if run:
+        table.add_row("last run", escape(f"{run['finished_at']}: {run['added']} added, {run['updated']} updated, {run['deleted']} deleted, {run['failed']} failed"))
+        if run["failed"]:
+            table.add_row("last run failures", escape(str(run["failures_file"])))
     console.print(table)
+
+
+@app.command("remove")
+def remove_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files, folders (everything under them) or text collections to drop from the index.")],
+    index: IndexDirOpt = None,
+) -> None:
+    """Remove items from an index, then update its ANN index (files stay on disk)."""
+    from indexer.remove import remove_paths
+
+    with _errors():
+        report = remove_paths(paths, _index_dir(index))
+    for path, count in report.removed.items():
+        console.print(f"removed {count} item(s) under {escape(display_path(path))}")
 
 
 @app.command("serve")
