@@ -40,6 +40,7 @@ from mmsearch.render import (
     no_results_reason,
     paths_only_line,
     print_failures,
+    print_previews,
     print_summary,
     result_table,
 )
@@ -211,6 +212,7 @@ def query_cmd(
     nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, help="IVF lists probed (default: tuned at build).")] = None,
     refine: Annotated[int | None, typer.Option("--refine", min=1, help="Candidates re-scored exactly, as a multiple of --top.")] = None,
     where: Annotated[list[str] | None, typer.Option("--where", "-w", help="Metadata filter 'column op value' (op: = != < <= > >= in contains); repeatable, ANDed.")] = None,
+    preview: Annotated[bool, typer.Option("--preview", "-p", help="Show image hits inline (kitty, iTerm2, WezTerm; MMSEARCH_PREVIEW=kitty|iterm|none overrides).")] = False,
     device: DeviceOpt = None,
 ) -> None:
     """Search an index with text, an image, or a weighted mix of both.
@@ -229,6 +231,8 @@ def query_cmd(
     elif paths_only:
         for hit in results:
             sys.stdout.write(paths_only_line(hit) + "\n")
+    elif preview and results:
+        print_previews(results, console, err_console)
     elif results:
         console.print(result_table(results))
     if stale:

@@ -132,3 +132,25 @@ def print_failures(report: Any, err: Console, limit: int = 10) -> None:
         err.print(
             f"[yellow]warning:[/] {escape(root)} could not be fully read; deleted files were NOT removed from the index"
         )
+
+
+def print_previews(results: Sequence[Any], out: Console, err: Console) -> None:
+    """Each hit on its own line, image hits followed by an inline preview when the terminal
+    shows images; elsewhere the plain results table and one note."""
+    from mmsearch.termimage import detect_protocol, encode_inline, thumbnail_png
+
+    protocol = detect_protocol(isatty=out.is_terminal)
+    if protocol is None:
+        out.print(result_table(results))
+        err.print("[yellow]note:[/] this terminal does not show images; previews need kitty, iTerm2 or WezTerm")
+        return
+    for hit in results:
+        out.print(f"[bold]#{hit.rank}[/] {hit.score:.4f} {hit.kind} {escape(_shown(hit))}", soft_wrap=True)
+        if hit.kind == "image" and getattr(hit, "path", None):
+            try:
+                png = thumbnail_png(hit.path)
+            except Exception as exc:  # a file gone or unreadable since indexing: say so, go on
+                err.print(f"  [yellow]no preview:[/] {escape(str(exc))}")
+                continue
+            out.file.write(encode_inline(png, protocol))
+            out.file.flush()
