@@ -36,6 +36,7 @@ from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
 from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
+from mmsearch.itemmeta import FILE_KEY, ID_KEY
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
 
@@ -207,6 +208,11 @@ def _run_id() -> str:
 # -- images ------------------------------------------------------------------------------
 
 
+def _relative(path: str, root: Path) -> str:
+    """``path`` relative to the indexed folder, with ``/`` separators (the ``file`` key)."""
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
 def _index_images(
     root: Path,
     walk: WalkResult,
@@ -267,7 +273,7 @@ def _index_images(
                 sizes=[m[0].size for m in batch_meta],
                 sha256=[m[1] for m in batch_meta],
                 metadata=[
-                    {"filename": os.path.basename(m[0].path), **{k: v for k, v in e.items() if k != TEXT_KEY}}
+                    {FILE_KEY: _relative(m[0].path, root_abs), **{k: v for k, v in e.items() if k != TEXT_KEY}}
                     for m, e in zip(batch_meta, extra, strict=True)
                 ],
                 vectors=vectors,
@@ -393,7 +399,7 @@ def _index_texts(
                 mtime_ns=[st.st_mtime_ns] * len(chunk),
                 sizes=[len(row.text.encode("utf-8", "surrogatepass")) for _u, row, _s, _p in chunk],
                 sha256=[s for _u, _r, s, _p in chunk],
-                metadata=[{"row_id": row.id, **row.metadata} for _u, row, _s, _p in chunk],
+                metadata=[{**row.metadata, ID_KEY: row.id} for _u, row, _s, _p in chunk],
                 vectors=vectors,
                 schema=store.table.schema,
             )

@@ -20,6 +20,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchError, UnsafePathError
+from mmsearch.itemmeta import normalize_metadata
 from mmsearch.models.spec import ModelSpec
 from mmsearch.query import QueryTerm, parse_query
 from mmsearch.snapshot import Snapshot, read_snapshot
@@ -77,13 +78,15 @@ class _Rows:
         self._lock = threading.Lock()
 
     def filterable(self) -> pa.Table:
-        """id, kind and every metadata key as typed columns (built on first use)."""
+        """Row ids, kind and every metadata key as typed columns (built on first use)."""
+        from mmsearch.filters import ROW_ID_COLUMN
+
         with self._lock:
             if self._filterable is None:
-                records = [json.loads(m) if m else {} for m in self._table.column("metadata").to_pylist()]
+                records = [normalize_metadata(json.loads(m)) if m else {} for m in self._table.column("metadata").to_pylist()]
                 keys = sorted({key for rec in records for key in rec})
                 columns: dict[str, pa.Array] = {
-                    "id": pa.array(self._sorted_ids),
+                    ROW_ID_COLUMN: pa.array(self._sorted_ids),
                     "kind": self._table.column("kind").combine_chunks(),
                 }
                 for key in keys:
@@ -101,11 +104,11 @@ class _Rows:
 
     def matching_ids(self, conditions: list[Any]) -> npt.NDArray[np.int64]:
         """Sorted ids of the rows that satisfy every condition."""
-        from mmsearch.filters import compile_filter
+        from mmsearch.filters import ROW_ID_COLUMN, compile_filter
 
         table = self.filterable()
         expr = compile_filter(conditions, table)
-        return table.filter(expr).column("id").to_numpy().astype(np.int64)
+        return table.filter(expr).column(ROW_ID_COLUMN).to_numpy().astype(np.int64)
 
     def uri_of(self, item_id: int) -> tuple[str, str] | None:
         pos = int(np.searchsorted(self._sorted_ids, item_id))
@@ -387,7 +390,7 @@ class SearchIndex:
         cols = {name: rows.column(name).to_pylist() for name in _RESULT_COLUMNS}
         for rank, score in enumerate(scores.tolist(), start=1):
             i = rank - 1
-            meta = json.loads(cols["metadata"][i]) if cols["metadata"][i] else {}
+            meta = normalize_metadata(json.loads(cols["metadata"][i])) if cols["metadata"][i] else {}
             out.append(
                 SearchResult(
                     rank=rank,
