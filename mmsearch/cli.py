@@ -248,6 +248,8 @@ def build_index_cmd(
     index_type: Annotated[str, typer.Option("--index-type", help="auto, flat or ivfpq.")] = "auto",
     target_recall: Annotated[float, typer.Option("--target-recall", min=0.1, max=1.0, help="recall@10 the tuner aims for.")] = 0.95,
     retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the IVF-PQ quantizers from scratch.")] = False,
+    quiet: QuietOpt = False,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """(Re)build the ANN index of an index directory from its table."""
     from indexer.ann_build import build_ann
@@ -255,13 +257,14 @@ def build_index_cmd(
 
     with _errors():
         store = ItemStore.open(_index_dir(index))
-        with index_write_lock(store.index_dir), _progress_bar() as bar:
+        with index_write_lock(store.index_dir), _progress_bar(not (quiet or no_progress)) as bar:
             infos = build_ann(
                 store, store.model_spec, index_type=index_type, target_recall=target_recall,
                 retrain=retrain, progress=_RichProgress(bar),
             )
-    for kind, info in infos.items():
-        console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
+    if not quiet:
+        for kind, info in infos.items():
+            console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
 
 
 @app.command("info")
@@ -425,12 +428,13 @@ def demo_cmd(
     out: Annotated[Path, typer.Argument(help="Working folder for the demo catalog, index and HTML page.")] = Path("demo-out"),
     n: Annotated[int, typer.Option("--n", min=10, help="Catalog size.")] = 400,
     device: DeviceOpt = None,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """Generate a sample catalog, index it with mmsearch-tiny, run queries, write an HTML gallery."""
     from mmsearch.demo import run_demo
 
     with _errors():
-        with _progress_bar() as bar:
+        with _progress_bar(not no_progress) as bar:
             demo = run_demo(out, n=n, device=device, progress=_RichProgress(bar))
     print_summary(demo.report, console, err_console)
     for query, kind, results in demo.queries:
