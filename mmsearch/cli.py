@@ -13,30 +13,19 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 from mmsearch.cli_help import use_clean_help
 from mmsearch.errors import IndexingFailedError, MMSearchError
 from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
+from mmsearch.progress import RichProgress, progress_bar
 from mmsearch.render import (
     display_path,
+    info_table,
     no_results_reason,
     paths_only_line,
     print_failures,
@@ -89,57 +78,6 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-class _RichProgress:
-    """Maps the pipeline's progress callbacks onto rich tasks (rate + ETA)."""
-
-    LABELS = {"scan": "scanning", "images": "embedding images", "texts": "embedding texts", "ann": "building ANN index"}
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.tasks: dict[str, Any] = {}
-        self.failed = 0
-
-    def __call__(self, stage: str, advance: int, more_total: int | None) -> None:
-        if stage == "failed":  # shown beside the images bar, never counted as embedded
-            self.failed += advance
-            if "images" in self.tasks:
-                label = f"{self.LABELS['images']} [yellow]({self.failed} failed)[/]"
-                self.progress.update(self.tasks["images"], description=label)
-            return
-        task = self.tasks.get(stage)
-        if task is None:
-            task = self.progress.add_task(self.LABELS.get(stage, stage), total=more_total or 0)
-            self.tasks[stage] = task
-        elif more_total:
-            current = self.progress.tasks[task].total or 0
-            self.progress.update(task, total=current + more_total)
-        if advance:
-            self.progress.advance(task, advance)
-
-
-class _RateColumn(ProgressColumn):
-    """Items per second of a task."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f}/s" if speed else "   -/s", style="cyan")
-
-
-def _progress_bar(enabled: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not enabled,
-    )
-
-
 @app.command("index")
 def index_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Image folders (recursive) and/or text collections (.csv .tsv .jsonl .parquet).")],
@@ -184,8 +122,8 @@ def index_cmd(
     )
     with _errors():
         try:
-            with _progress_bar(not (quiet or no_progress)) as bar:
-                report = run_index(paths, _index_dir(index), spec, options=options, progress=_RichProgress(bar))
+            with progress_bar(err_console, not (quiet or no_progress)) as bar:
+                report = run_index(paths, _index_dir(index), spec, options=options, progress=RichProgress(bar))
         except IndexingFailedError as exc:  # every item failed: show which, then one line
             print_failures(exc.report, err_console)
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
@@ -257,10 +195,10 @@ def build_index_cmd(
 
     with _errors():
         store = ItemStore.open(_index_dir(index))
-        with index_write_lock(store.index_dir), _progress_bar(not (quiet or no_progress)) as bar:
+        with index_write_lock(store.index_dir), progress_bar(err_console, not (quiet or no_progress)) as bar:
             infos = build_ann(
                 store, store.model_spec, index_type=index_type, target_recall=target_recall,
-                retrain=retrain, progress=_RichProgress(bar),
+                retrain=retrain, progress=RichProgress(bar),
             )
     if not quiet:
         for kind, info in infos.items():
@@ -274,7 +212,7 @@ def info_cmd(
 ) -> None:
     """Show an index: rows, model, ANN parameters, sources, disk use and the last run."""
     from mmsearch.engine import SearchIndex
-    from mmsearch.inventory import disk_usage, human_bytes, indexed_sources, last_run
+    from mmsearch.inventory import disk_usage, indexed_sources, last_run
 
     index_dir = _index_dir(index)
     with _errors():
@@ -286,23 +224,7 @@ def info_cmd(
     if json_out:
         sys.stdout.write(json.dumps(info, default=str) + "\n")
         return
-    table = Table(show_header=False, box=None)
-    for key, value in info.items():
-        if key not in ("ann", "sources", "disk_bytes", "last_run"):
-            table.add_row(key, escape(str(value)))
-    for kind, ann in info["ann"].items():
-        for key, value in ann.items():
-            table.add_row(escape(f"ann[{kind}].{key}"), escape(str(value)))
-    for source in info["sources"]:
-        table.add_row("source", escape(f"{display_path(str(source['source']))} ({source['rows']} {source['kind']})"))
-    sizes = info["disk_bytes"]
-    table.add_row("disk", ", ".join(f"{name} {human_bytes(n)}" for name, n in sizes.items() if n) + f" (total {human_bytes(sum(sizes.values()))})")
-    run = info["last_run"]
-    if run:
-        table.add_row("last run", escape(f"{run['finished_at']}: {run['added']} added, {run['updated']} updated, {run['deleted']} deleted, {run['failed']} failed"))
-        if run["failed"]:
-            table.add_row("last run failures", escape(str(run["failures_file"])))
-    console.print(table)
+    console.print(info_table(info))
 
 
 @app.command("remove")
@@ -434,8 +356,8 @@ def demo_cmd(
     from mmsearch.demo import run_demo
 
     with _errors():
-        with _progress_bar(not no_progress) as bar:
-            demo = run_demo(out, n=n, device=device, progress=_RichProgress(bar))
+        with progress_bar(err_console, not no_progress) as bar:
+            demo = run_demo(out, n=n, device=device, progress=RichProgress(bar))
     print_summary(demo.report, console, err_console)
     for query, kind, results in demo.queries:
         console.rule(f"[bold]{escape(query)}[/] → {kind}")
