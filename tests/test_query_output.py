@@ -42,11 +42,11 @@ def _query(root, *args: str):
     [
         (
             ["red circle", "--kind", "text"],
-            "no results (the index holds no text items; it holds: image)",
+            "no results (no good match: the index has no items of that kind)",
         ),
         (
             ["red circle", "--where", "kind = text"],
-            "no results (no item matches the filters 'kind = text')",
+            "no results (no item matches the filter)",
         ),
     ],
 )
@@ -69,6 +69,11 @@ def test_engine_reason_is_shown_when_given():
     assert (
         no_results_reason([], kinds=["image"], kind="any", where=None)
         == "nothing matched the query"
+    )
+    without_reason = no_results_reason([], kinds=["image"], kind="text", where=None)  # a plain list
+    assert without_reason == "the index holds no text items; it holds: image"
+    assert no_results_reason([], kinds=["image"], kind="any", where=["price < 1"]) == (
+        "no item matches the filters 'price < 1'"
     )
 
 
