@@ -25,11 +25,18 @@ import pyarrow as pa
 from indexer.ann_build import build_ann
 from indexer.decode import DecodeFailure, DecodeOk, DecodePool, default_decode_workers
 from indexer.discover import WalkResult, path_to_uri, walk_images
-from indexer.report import Failure, IndexReport, check_not_all_failed, write_failures
+from indexer.report import (
+    Failure,
+    IndexReport,
+    check_not_all_failed,
+    write_failures,
+    write_run_summary,
+)
 from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
 from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
+from mmsearch.itemmeta import FILE_KEY, ID_KEY
 from mmsearch.labels import refresh_labels
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
@@ -201,6 +208,7 @@ def _run_index_locked(
     report.elapsed_s = time.perf_counter() - started
     with write_guard(index_path):
         report.report_path = str(write_failures(index_path, _run_id(), report.failures))
+        write_run_summary(index_path, report)
     check_not_all_failed(report)
     return report
 
@@ -236,6 +244,11 @@ def _run_id() -> str:
 
 
 # -- images ------------------------------------------------------------------------------
+
+
+def _relative(path: str, root: Path) -> str:
+    """``path`` relative to the indexed folder, with ``/`` separators (the ``file`` key)."""
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 @dataclass
@@ -303,7 +316,7 @@ def write_image_rows(
             sha256=[sha for _u, _i, sha, _p in done],
             metadata=[
                 {
-                    "filename": os.path.basename(d[1].path),
+                    FILE_KEY: _relative(d[1].path, diff.root),
                     **{k: v for k, v in e.items() if k != TEXT_KEY},
                 }
                 for d, e in zip(done, extra, strict=True)
@@ -484,7 +497,7 @@ def _index_texts(
                 mtime_ns=[st.st_mtime_ns] * len(chunk),
                 sizes=[len(row.text.encode("utf-8", "surrogatepass")) for _u, row, _s, _p in chunk],
                 sha256=[s for _u, _r, s, _p in chunk],
-                metadata=[{"row_id": row.id, **row.metadata} for _u, row, _s, _p in chunk],
+                metadata=[{**row.metadata, ID_KEY: row.id} for _u, row, _s, _p in chunk],
                 vectors=vectors,
                 schema=store.table.schema,
             )

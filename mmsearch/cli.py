@@ -13,32 +13,23 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 from mmsearch.cli_help import use_clean_help
 from mmsearch.errors import IndexingFailedError, MMSearchError
 from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
+from mmsearch.progress import RichProgress, progress_bar
 from mmsearch.render import (
+    display_path,
+    info_table,
     no_results_reason,
     paths_only_line,
     print_failures,
+    print_previews,
     print_summary,
     result_table,
 )
@@ -88,57 +79,6 @@ def _errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]; committed work is kept, re-run to finish")
         raise typer.Exit(130) from None
-
-
-class _RichProgress:
-    """Maps the pipeline's progress callbacks onto rich tasks (rate + ETA)."""
-
-    LABELS = {"scan": "scanning", "images": "embedding images", "texts": "embedding texts", "ann": "building ANN index"}
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.tasks: dict[str, Any] = {}
-        self.failed = 0
-
-    def __call__(self, stage: str, advance: int, more_total: int | None) -> None:
-        if stage == "failed":  # shown beside the images bar, never counted as embedded
-            self.failed += advance
-            if "images" in self.tasks:
-                label = f"{self.LABELS['images']} [yellow]({self.failed} failed)[/]"
-                self.progress.update(self.tasks["images"], description=label)
-            return
-        task = self.tasks.get(stage)
-        if task is None:
-            task = self.progress.add_task(self.LABELS.get(stage, stage), total=more_total or 0)
-            self.tasks[stage] = task
-        elif more_total:
-            current = self.progress.tasks[task].total or 0
-            self.progress.update(task, total=current + more_total)
-        if advance:
-            self.progress.advance(task, advance)
-
-
-class _RateColumn(ProgressColumn):
-    """Items per second of a task."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f}/s" if speed else "   -/s", style="cyan")
-
-
-def _progress_bar(enabled: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not enabled,
-    )
 
 
 @app.command("index")
@@ -199,8 +139,8 @@ def index_cmd(
     )
     with _errors():
         try:
-            with _progress_bar(not (quiet or no_progress)) as bar:
-                report = run_index(paths, _index_dir(index), spec, options=options, progress=_RichProgress(bar))
+            with progress_bar(err_console, not (quiet or no_progress)) as bar:
+                report = run_index(paths, _index_dir(index), spec, options=options, progress=RichProgress(bar))
         except IndexingFailedError as exc:  # every item failed: show which, then one line
             print_failures(exc.report, err_console)
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
@@ -236,6 +176,7 @@ def query_cmd(
     nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, help="IVF lists probed (default: tuned at build).")] = None,
     refine: Annotated[int | None, typer.Option("--refine", min=1, help="Candidates re-scored exactly, as a multiple of --top.")] = None,
     where: Annotated[list[str] | None, typer.Option("--where", "-w", help="Metadata filter 'column op value' (op: = != < <= > >= in contains); repeatable, ANDed.")] = None,
+    preview: Annotated[bool, typer.Option("--preview", "-p", help="Show image hits inline (kitty, iTerm2, WezTerm; MMSEARCH_PREVIEW=kitty|iterm|none overrides).")] = False,
     device: DeviceOpt = None,
     backend: BackendOpt = "auto",
     quantize: QuantizeOpt = None,
@@ -259,6 +200,8 @@ def query_cmd(
     elif paths_only:
         for hit in results:
             sys.stdout.write(paths_only_line(hit) + "\n")
+    elif preview and results:
+        print_previews(results, console, err_console)
     elif results:
         console.print(result_table(results))
     if stale:
@@ -274,6 +217,8 @@ def build_index_cmd(
     index_type: Annotated[str, typer.Option("--index-type", help="auto, flat or ivfpq.")] = "auto",
     target_recall: Annotated[float, typer.Option("--target-recall", min=0.1, max=1.0, help="recall@10 the tuner aims for.")] = 0.95,
     retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the IVF-PQ quantizers from scratch.")] = False,
+    quiet: QuietOpt = False,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """(Re)build the ANN index of an index directory from its table."""
     from indexer.ann_build import build_ann
@@ -283,15 +228,16 @@ def build_index_cmd(
     with _errors():
         remote = remote_index(_index_dir(index))  # s3://...: build in the local cache, then publish
         store = ItemStore.open(remote.pull("writer") if remote else _index_dir(index))
-        with index_write_lock(store.index_dir), _progress_bar() as bar:
+        with index_write_lock(store.index_dir), progress_bar(err_console, not (quiet or no_progress)) as bar:
             infos = build_ann(
                 store, store.model_spec, index_type=index_type, target_recall=target_recall,
-                retrain=retrain, progress=_RichProgress(bar),
+                retrain=retrain, progress=RichProgress(bar),
             )
             if remote is not None:
                 remote.publish()
-    for kind, info in infos.items():
-        console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
+    if not quiet:
+        for kind, info in infos.items():
+            console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
 
 
 @app.command("info")
@@ -299,22 +245,34 @@ def info_cmd(
     index: IndexDirOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Show an index: rows, model, ANN type and parameters, tuned nprobe, measured recall."""
+    """Show an index: rows, model, ANN parameters, sources, disk use and the last run."""
     from mmsearch.indexinfo import index_info
+    from mmsearch.inventory import disk_usage, indexed_sources, last_run
 
+    index_dir = _index_dir(index)
     with _errors():
-        info = index_info(_index_dir(index))
+        info = index_info(index_dir)
+        info["sources"] = indexed_sources(index_dir)
+    info["disk_bytes"] = disk_usage(index_dir)
+    info["last_run"] = last_run(index_dir)
     if json_out:
         sys.stdout.write(json.dumps(info, default=str) + "\n")
         return
-    table = Table(show_header=False, box=None)
-    for key, value in info.items():
-        if key != "ann":
-            table.add_row(key, str(value))
-    for kind, ann in info["ann"].items():
-        for key, value in ann.items():
-            table.add_row(escape(f"ann[{kind}].{key}"), escape(str(value)))
-    console.print(table)
+    console.print(info_table(info))
+
+
+@app.command("remove")
+def remove_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files, folders (everything under them) or text collections to drop from the index.")],
+    index: IndexDirOpt = None,
+) -> None:
+    """Remove items from an index, then update its ANN index (files stay on disk)."""
+    from indexer.remove import remove_paths
+
+    with _errors():
+        report = remove_paths(paths, _index_dir(index))
+    for path, count in report.removed.items():
+        console.print(f"removed {count} item(s) under {escape(display_path(path))}")
 
 
 @app.command("serve")
@@ -433,13 +391,14 @@ def demo_cmd(
     out: Annotated[Path, typer.Argument(help="Working folder for the demo catalog, index and HTML page.")] = Path("demo-out"),
     n: Annotated[int, typer.Option("--n", min=10, help="Catalog size.")] = 400,
     device: DeviceOpt = None,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """Generate a sample catalog, index it with mmsearch-tiny, run queries, write an HTML gallery."""
     from mmsearch.demo import run_demo
 
     with _errors():
-        with _progress_bar() as bar:
-            demo = run_demo(out, n=n, device=device, progress=_RichProgress(bar))
+        with progress_bar(err_console, not no_progress) as bar:
+            demo = run_demo(out, n=n, device=device, progress=RichProgress(bar))
     print_summary(demo.report, console, err_console)
     for query, kind, results in demo.queries:
         console.rule(f"[bold]{escape(query)}[/] → {kind}")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchError
 from mmsearch.filters import Condition, from_mapping, parse_where
+from mmsearch.itemmeta import normalize_metadata
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.objectstore import remote_index
@@ -508,7 +509,7 @@ class SearchIndex:
                     kind=cols["kind"][i],
                     text=cols["text"][i],
                     score=float(cols["score"][i]),
-                    metadata=json.loads(meta) if meta else {},
+                    metadata=normalize_metadata(json.loads(meta)) if meta else {},
                     similarity=None
                     if cols["similarity"][i] is None
                     else float(cols["similarity"][i]),

@@ -160,3 +160,23 @@ def test_upload_of_a_non_image_shows_an_error(page: Any, gallery: Any) -> None:
     page.set_input_files("#upload", str(bogus))
     page.wait_for_selector("#status.error")
     assert page.inner_text("#status").strip() != ""
+
+
+def test_search_url_is_a_link_that_restores_query_kind_and_filters(page: Any, gallery: Any) -> None:
+    catalog = gallery["catalog"]
+    cheap = sum(1 for r in catalog.rows if float(r["price"]) < 40)
+    _search(page, gallery["url"], "a blue star", where="price < 40")
+    _wait_for_results(page)
+    link = page.url
+    assert "where=price" in link
+    page.goto("about:blank")
+    page.goto(link)  # opened afresh, as a shared link would be
+    _wait_for_results(page)
+    assert page.input_value("input[name=q]") == "a blue star"
+    assert page.input_value("input[name=where]") == "price < 40"
+    assert page.input_value("select[name=kind]") == "image"
+    assert page.locator("article.hit").count() == cheap
+    page.goto(gallery["url"] + "/?q=red&kind=any&where=price+%3C+40&where=price+%3E+0")
+    _wait_for_results(page)
+    assert page.input_value("select[name=kind]") == "any"
+    assert page.input_value("input[name=where]") == "price < 40 and price > 0"

@@ -70,7 +70,7 @@ def small(tmp_path: Path, encoder: FakeEncoder) -> dict[str, Any]:
     client = _client(tmp_path / "idx", encoder)
     hits = client.get("/api/search", params={"q": "x", "k": 6, "kind": "image"}).json()["results"]
     assert len(hits) == 6
-    by_name = {h["metadata"]["filename"]: h for h in hits}
+    by_name = {Path(h["metadata"]["file"]).name: h for h in hits}
     return {"catalog": catalog, "client": client, "hits": by_name, "tmp": tmp_path}
 
 

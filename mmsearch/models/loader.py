@@ -298,8 +298,6 @@ def _env_flag(name: str) -> bool:
 
 def _hub_files(spec: ModelSpec) -> tuple[str, list[str]] | None:
     """(hub repo, candidate files) holding ``spec``'s weights, or None when none is needed."""
-    import open_clip
-
     if spec.name.startswith("hf-hub:"):
         return spec.name[len("hf-hub:") :], ["open_clip_config.json"]
     if (
@@ -308,6 +306,8 @@ def _hub_files(spec: ModelSpec) -> tuple[str, list[str]] | None:
         or _looks_like_path(spec.pretrained)
     ):
         return None
+    import open_clip
+
     hub = open_clip.get_pretrained_cfg(spec.name, spec.pretrained).get("hf_hub", "")
     if not hub:
         return None  # unknown tag (load_encoder explains) or a URL download
