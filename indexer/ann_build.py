@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsearch.errors import MMSearchError
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.rowsfile import rows_file_name, write_rows_file
 from mmsearch.snapshot import ANN_DIRNAME, Snapshot, read_snapshot, write_snapshot
@@ -97,13 +98,18 @@ def build_ann(
     retrain: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
     seed: int = 0,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
+    refine_dtype: str = "float32",
 ) -> dict[str, dict[str, Any]]:
     """Builds or updates every kind's ANN index from the table's current version.
 
     Each IVF-PQ index is also tuned for cross-modal queries (profile ``"cross"``): with
     a sample of the other kind's vectors from the table, or else — for image indexes,
     given the ``encoder`` — with embedded calibration texts.
+    A rebuilt index is streamed from the table (bounded memory); an updated one keeps
+    its refine segments (hard-linked into the new directory) and adds one segment with
+    the new rows plus a tombstone file. ``refine_dtype="float16"`` halves the refine
+    vectors of rebuilt indexes.
     Returns each kind's ``VectorIndex.info`` plus ``"mode"``: ``incremental`` or ``rebuilt``.
     """
     from mmsearch.ann import VectorIndex
@@ -129,19 +135,30 @@ def build_ann(
     ann_dirs: dict[str, str] = {}
     infos: dict[str, dict[str, Any]] = {}
     for kind in KINDS:
+        rel = f"{ANN_DIRNAME}/{kind}-g{generation}"
+        target = index_dir / rel
+        if target.exists():  # left over by a run killed before its snapshot switch
+            shutil.rmtree(target)
         index = None
         mode = "rebuilt"
         if previous is not None and not retrain and kind in previous.ann_dirs:
             index = _update_in_place(store, spec, previous, kind, index_type)
             mode = "incremental" if index is not None else mode
         if index is None:
-            ids, vectors = store.vectors(kind)
-            if len(ids) == 0:
+            if not store.scan(["id"], f"kind = {sql_quote(kind)}").num_rows:
                 continue
-            index = VectorIndex.build(
-                vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed
-            )  # type: ignore[arg-type]
+            # Streamed from the table into the new directory: the float vectors are
+            # never all in RAM, and the save below reuses the segment file.
+            index = VectorIndex.build_streamed(
+                store.iter_vectors(kind),
+                target,
+                index_type=index_type,  # type: ignore[arg-type]
+                target_recall=target_recall,
+                seed=seed,
+                refine_dtype=refine_dtype,
+            )
         if len(index) == 0:
+            shutil.rmtree(target, ignore_errors=True)
             continue
         # Only IVF-PQ has parameters to tune: a flat index answers exactly, so no
         # calibration vectors are read or encoded for it.
@@ -149,10 +166,6 @@ def build_ann(
             cross = _cross_queries(store, kind, encoder, seed)
             if cross is not None and len(cross):
                 index.tune_profile("cross", cross, target_recall=target_recall)
-        rel = f"{ANN_DIRNAME}/{kind}-g{generation}"
-        target = index_dir / rel
-        if target.exists():  # left over by a run killed before its snapshot switch
-            shutil.rmtree(target)
         index.save(target, table_version=version, model_key=spec.key)
         verify_files(target)  # read back what was written before the snapshot names it
         ann_dirs[kind] = rel
@@ -167,7 +180,7 @@ def build_ann(
 
 
 def _cross_queries(
-    store: ItemStore, kind: str, encoder: Any | None, seed: int
+    store: ItemStore, kind: str, encoder: Encoder | None, seed: int
 ) -> npt.NDArray[np.float32] | None:
     """Vectors that look like queries from the other modality, for ``kind``'s index."""
     other = "text" if kind == "image" else "image"

@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from mmsearch.engine import SearchIndex, SearchResult
+    from mmsearch.search.types import Query, Results
 
 
 def open(index_dir: Any = None, **kwargs: Any) -> SearchIndex:  # noqa: A001 - mirrors lancedb.connect
@@ -59,7 +60,7 @@ def index(paths: Any, index_dir: Any = None, *, model: ModelSpec | None = None, 
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("SearchIndex", "SearchResult"):
+    if name in ("SearchIndex", "SearchResult", "Query", "Results"):
         from mmsearch import engine
 
         return getattr(engine, name)
@@ -75,6 +76,8 @@ __all__ = [
     "ModelLoadError",
     "ModelMismatchError",
     "ModelSpec",
+    "Query",
+    "Results",
     "SearchIndex",
     "SearchResult",
     "StorageError",

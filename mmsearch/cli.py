@@ -62,7 +62,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 IndexDirOpt = Annotated[
     Path | None,
-    typer.Option("--index", "-i", help="Index directory (default: $MMSEARCH_INDEX or ./.mmsearch)."),
+    typer.Option("--index", "-i", help="Index directory or object-store URI such as s3://bucket/prefix (default: $MMSEARCH_INDEX or ./.mmsearch)."),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="Model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on a CPU when installed).")]
@@ -158,11 +158,14 @@ def index_cmd(
     file_column: Annotated[str, typer.Option("--file-column", help="Column of --metadata holding image paths, relative to the metadata file.")] = "file",
     index_type: Annotated[str, typer.Option("--index-type", help="ANN index: auto, flat or ivfpq.")] = "auto",
     no_ann: Annotated[bool, typer.Option("--no-ann", help="Only write the table; build the ANN index later with build-index.")] = False,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Decode and embed on Ray Data: local (a cluster on this machine), auto (the cluster of `ray start`) or ray://HOST:10001.")] = None,
+    refine_dtype: Annotated[str, typer.Option("--refine-dtype", help="ANN refine vectors: float32, or float16 (half the disk and page cache).")] = "float32",
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when any item failed.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never contact the model hub: weights must be bundled, local or cached (also: HF_HUB_OFFLINE=1).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     quiet: QuietOpt = False,
     no_progress: NoProgressOpt = False,
+    reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint), then index PATHS.")] = False,
 ) -> None:
     """Index image folders and text collections (incremental: unchanged files are skipped).
 
@@ -173,6 +176,11 @@ def index_cmd(
     from indexer.pipeline import IndexOptions, run_index
 
     spec = ModelSpec.parse(model, pretrained)
+    if reembed:
+        from mmsearch.commands.reembed import reembed_then_index
+
+        reembed_then_index(_index_dir(index), spec, list(paths), batch_size, workers, device, json_out, strict)
+        return
     options = IndexOptions(
         batch_size=batch_size,
         workers=workers,
@@ -186,6 +194,8 @@ def index_cmd(
         image_metadata=metadata,
         file_column=file_column,
         offline=offline,
+        ray=ray,
+        refine_dtype=refine_dtype,
     )
     with _errors():
         try:
@@ -267,15 +277,19 @@ def build_index_cmd(
 ) -> None:
     """(Re)build the ANN index of an index directory from its table."""
     from indexer.ann_build import build_ann
+    from mmsearch.objectstore import remote_index
     from mmsearch.storage import ItemStore, index_write_lock
 
     with _errors():
-        store = ItemStore.open(_index_dir(index))
+        remote = remote_index(_index_dir(index))  # s3://...: build in the local cache, then publish
+        store = ItemStore.open(remote.pull("writer") if remote else _index_dir(index))
         with index_write_lock(store.index_dir), _progress_bar() as bar:
             infos = build_ann(
                 store, store.model_spec, index_type=index_type, target_recall=target_recall,
                 retrain=retrain, progress=_RichProgress(bar),
             )
+            if remote is not None:
+                remote.publish()
     for kind, info in infos.items():
         console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
 
@@ -432,6 +446,15 @@ def demo_cmd(
         console.print(result_table(results))
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")
 
+
+# Commands whose bodies live in mmsearch/commands/ (each imports its heavy parts lazily).
+from mmsearch.commands.evaluate import eval_cmd  # noqa: E402
+from mmsearch.commands.finetune import finetune_cmd  # noqa: E402
+from mmsearch.commands.label import label_cmd  # noqa: E402
+
+app.command("eval")(eval_cmd)
+app.command("label")(label_cmd)
+app.command("finetune")(finetune_cmd)
 
 use_clean_help(app)  # after the last command: PATHS... and untyped flags in --help
 

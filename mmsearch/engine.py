@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchErro
 from mmsearch.filters import Condition, from_mapping, parse_where
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
+from mmsearch.objectstore import remote_index
 from mmsearch.query import QueryTerm, parse_query
 from mmsearch.search.builder import QueryBuilder
 from mmsearch.search.encode import UrlFetcher, encode_terms, modality
@@ -51,6 +53,8 @@ from mmsearch.storage import LEXICAL_COLUMN, ItemStore
 
 #: Fewest candidates each leg brings when legs are fused (RRF needs overlap to work).
 FUSION_DEPTH = 50
+#: Runs the lexical leg beside encoding and the vector leg (LanceDB and FAISS release the GIL).
+_LEGS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mmsearch-lexical")
 QueryLike = str | os.PathLike[str] | Any  # also a PIL image or an (H, W, 3) uint8 array
 WhereLike = Mapping[str, Any] | Sequence[str] | str | None
 
@@ -79,7 +83,9 @@ class SearchIndex:
         backend: str = "torch",
         quantize: str | None = None,
     ) -> None:
-        self.index_dir = Path(index_dir)
+        # An object-store URI is served from its local cache (pulled on open and reload).
+        self._remote = remote_index(index_dir)
+        self.index_dir = self._remote.pull() if self._remote is not None else Path(index_dir)
         self.device = device
         self.backend = backend  # torch | onnx | auto (see mmsearch.models.backends)
         self.quantize = quantize
@@ -144,6 +150,8 @@ class SearchIndex:
 
     def reload(self) -> bool:
         """Switches to a newer published snapshot, if any; returns whether it changed."""
+        if self._remote is not None:
+            self._remote.pull()
         latest = read_snapshot(self.index_dir)
         if latest is None or latest == self.snapshot:
             return False
@@ -390,6 +398,33 @@ class SearchIndex:
 
         mode = self.resolve_mode(q) if vector is None else "vector"
         rows = self._rows_view()
+        wanted = ("image", "text") if q.kind == "any" else (q.kind,)
+        kinds = [k for k in wanted if k in self._ann]
+        if allowed is not None and len(allowed) == 0:
+            shown = " and ".join(repr(_condition_text(c)) for c in q.where)
+            return Results(
+                timings=timings, reason=f"no item matches the filters {shown}", mode=mode
+            )
+        if not kinds:
+            held = ", ".join(sorted(self._ann)) or "nothing"
+            reason = f"the index holds no {q.kind} items; it holds: {held}"
+            return Results(timings=timings, reason=reason, mode=mode)
+        need = q.offset + q.k
+        depth = need * (4 if (q.group_by or q.dedup) else 1)
+        if mode != "vector" or len(kinds) > 1:  # fusion needs room for the legs to overlap
+            depth = max(depth, FUSION_DEPTH)
+        if q.rerank is not None:
+            depth = max(depth, q.rerank.depth)
+        total = max(len(rows), 1)
+
+        def lexical_legs(depth: int) -> list[Any]:
+            return lexical.lexical_legs(
+                self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
+                negative=q.negative_words, allowed_ids=allowed,
+            )  # fmt: skip
+
+        # The lexical leg needs no query vector: it runs beside encoding and the vector leg.
+        pending = _LEGS.submit(lexical_legs, depth) if mode != "vector" else None
         t = time.perf_counter()
         if vector is None and mode != "lexical":
             vector = encode_terms(
@@ -401,20 +436,10 @@ class SearchIndex:
                 f"query vector has dimension {vector.reshape(-1).shape[0]}, index has {self._dim}"
             )
         t = tick("encode", t)
-        kinds = [q.kind] if q.kind != "any" else [k for k in ("image", "text") if k in self._ann]
         floors = None
         if q.cutoff and mode == "hybrid" and vector is not None:
             floors = {k: v for k, v in self._floors().items() if k in kinds}
         t = tick("rescore", t)
-        if allowed is not None and len(allowed) == 0:
-            return Results(timings=timings, reason="no item matches the filter", mode=mode)
-        need = q.offset + q.k
-        depth = need * (4 if (q.group_by or q.dedup) else 1)
-        if mode != "vector" or len(kinds) > 1:  # fusion needs room for the legs to overlap
-            depth = max(depth, FUSION_DEPTH)
-        if q.rerank is not None:
-            depth = max(depth, q.rerank.depth)
-        total = max(len(rows), 1)
         exact_ids = None
         if mode != "vector" and looks_like_identifier(q.lexical_text):
             exact_ids = rows.identifier_ids(q.lexical_text)
@@ -431,11 +456,11 @@ class SearchIndex:
                     self._ann, vector, min(depth, total), kinds, allowed_ids=allowed, query_kind=query_kind,
                     exact=q.exact, nprobe=q.nprobe, refine=q.refine,
                 )  # fmt: skip
-            if mode != "vector":
-                legs += lexical.lexical_legs(
-                    self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
-                    negative=q.negative_words, allowed_ids=allowed,
-                )  # fmt: skip
+            if pending is not None:
+                legs += pending.result()
+                pending = None
+            elif mode != "vector":
+                legs += lexical_legs(depth)
             saturated = any(leg.num_rows >= depth for leg in legs)
             if exact_ids is not None:
                 legs.append(exact_leg)
@@ -492,6 +517,13 @@ class SearchIndex:
                 )
             )
         return out
+
+
+def _condition_text(condition: Any) -> str:
+    """A filter condition as a person wrote it (``colour in red,blue``)."""
+    value = condition.value
+    shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+    return f"{condition.column} {condition.op} {shown}"
 
 
 def _read_rows_or_none(index_dir: Path, snapshot: Snapshot) -> tuple[pa.Table, ModelSpec, int] | None:

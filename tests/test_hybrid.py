@@ -139,7 +139,9 @@ def test_cli_modes_literal_and_k_cap(catalog_index) -> None:
     hits = json.loads(done.stdout)
     assert hits and hits[0]["metadata"]["title"] == title
     done = runner.invoke(app, [*base[:1], "qzxv wplok", *base[1:], "--cutoff"])
-    assert done.exit_code == 0 and json.loads(done.stdout) == [] and "no good match" in done.output
+    assert done.exit_code == 3 and json.loads(done.stdout) == [] and "no good match" in done.output
+    done = runner.invoke(app, [*base[:1], "red + missing-ref.jpg", *base[1:]])
+    assert done.exit_code == 2 and "image not found: missing-ref.jpg" in done.output
     done = runner.invoke(app, [*base[:1], "red", *base[1:], "--top", "1001"])
     assert done.exit_code == 2 and "1000" in done.output
     done = runner.invoke(

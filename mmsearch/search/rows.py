@@ -92,15 +92,6 @@ class Rows:
         pos, found = self._positions(ids)
         return self.table.take(pa.array(pos[found])), found
 
-    def column_of(self, ids: npt.NDArray[np.int64], key: str) -> list[Any]:
-        """The values of one filterable column (a metadata key) for ``ids`` (None when absent)."""
-        table = self.filterable()
-        if key not in table.column_names:
-            return [None] * len(ids)
-        pos, found = self._positions(ids)
-        values = table.column(key).take(pa.array(pos)).to_pylist()
-        return [v if ok else None for v, ok in zip(values, found.tolist(), strict=True)]
-
     def identifier_ids(self, text: str) -> npt.NDArray[np.int64]:
         """Ids of rows holding ``text`` as an identifier, case-insensitively.
 
