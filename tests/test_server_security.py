@@ -332,6 +332,21 @@ def test_bind_refusal_and_busy_port_fail_before_the_index_opens(tmp_path: Path) 
     assert len(result.output.strip().replace("\n", " ")) < 200
 
 
+def test_listening_socket_gets_nodelay_connections() -> None:
+    """asyncio sets TCP_NODELAY on accepted connections only for IPPROTO_TCP sockets (else ~40 ms per answer)."""
+    from mmsearch.serve.lifecycle import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        with socket.create_connection(sock.getsockname()):
+            conn, _ = sock.accept()
+            with conn:
+                assert conn.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
 # -- hostile input ----------------------------------------------------------------------------
 def test_bombs_and_oversized_uploads(shared: dict[str, Any], encoder: FakeEncoder) -> None:
     client = _client(shared["index_dir"], encoder, max_upload_bytes=60_000)
