@@ -131,14 +131,24 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class AppFactory:
-    """A picklable application factory: each worker process builds its own app from it."""
+    """A picklable application factory: each worker process builds its own app from it.
 
-    def __init__(self, config: Any) -> None:
+    ``threads`` caps the math libraries' thread pools of the worker (set before the
+    model runtime is imported), so N workers do not each start one thread per core.
+    """
+
+    def __init__(self, config: Any, threads: int | None = None) -> None:
         self.config = config
+        self.threads = threads
 
     def __call__(self) -> Any:
+        import os
+
         from mmsearch.server import create_app
 
+        if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
+            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                os.environ[name] = str(self.threads)
         return create_app(self.config)
 
 
@@ -174,10 +184,13 @@ def run(
     log_format: str = "text",
 ) -> None:
     """Serves ``create_app(server_config)`` on ``sock`` with ``workers`` processes until stopped."""
+    import os
+
     import uvicorn
 
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     config = uvicorn.Config(
-        AppFactory(server_config),
+        AppFactory(server_config, threads),
         factory=True,
         workers=workers,
         proxy_headers=proxy_headers,
