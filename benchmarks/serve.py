@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,27 +46,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.load import _free_port, _queries  # noqa: E402  (same port picking and queries)
+
 TOKEN = "benchmark-token-0123456789abcdef"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _queries(n: int, seed: int) -> list[str]:
-    import numpy as np
-
-    from mmsearch.datasets.synthetic import COLOURS, POSITIONS, SHAPES
-
-    rng = np.random.default_rng(seed)
-    return [
-        f"a {COLOURS[rng.integers(len(COLOURS))]} {SHAPES[rng.integers(len(SHAPES))]} "
-        f"on the {POSITIONS[rng.integers(len(POSITIONS))]}"
-        for _ in range(n)
-    ]
 
 
 def _mmsearch(*args: str) -> list[str]:
