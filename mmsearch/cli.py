@@ -1,7 +1,8 @@
 """The ``mmsearch`` command line: the only place (with the server) that talks to people.
 
-Library errors (:class:`mmsearch.errors.MMSearchError`) become one red line and exit
-status 2; ``--strict`` indexing exits 1 when any item failed.
+Exit status: 0 success; 1 items failed (every item of an indexing run, or any one
+with ``--strict``); 2 an error (:class:`mmsearch.errors.MMSearchError`, one red line);
+3 a query found no results (``EXIT_NO_RESULTS``); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -31,8 +32,21 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from mmsearch.errors import MMSearchError
+from mmsearch.cli_help import use_clean_help
+from mmsearch.errors import IndexingFailedError, MMSearchError
 from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
+from mmsearch.render import (
+    no_results_reason,
+    paths_only_line,
+    print_failures,
+    print_summary,
+    result_table,
+)
+
+#: Exit status of a query that found nothing (scripts can tell it from an error).
+EXIT_NO_RESULTS = 3
+#: Exit status of an indexing run whose items failed (all of them, or any with --strict).
+EXIT_ITEMS_FAILED = 1
 
 app = typer.Typer(
     name="mmsearch",
@@ -42,13 +56,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: an error line is never broken inside a path or a suggested command.
+err_console = Console(stderr=True, soft_wrap=True)
 
 IndexDirOpt = Annotated[
     Path | None,
     typer.Option("--index", "-i", help="Index directory (default: $MMSEARCH_INDEX or ./.mmsearch)."),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors (no progress bar, no summary).")]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bar (for logs and CI).")]
 
 
 def _index_dir(value: Path | None) -> Path:
@@ -78,8 +95,15 @@ class _RichProgress:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.tasks: dict[str, Any] = {}
+        self.failed = 0
 
     def __call__(self, stage: str, advance: int, more_total: int | None) -> None:
+        if stage == "failed":  # shown beside the images bar, never counted as embedded
+            self.failed += advance
+            if "images" in self.tasks:
+                label = f"{self.LABELS['images']} [yellow]({self.failed} failed)[/]"
+                self.progress.update(self.tasks["images"], description=label)
+            return
         task = self.tasks.get(stage)
         if task is None:
             task = self.progress.add_task(self.LABELS.get(stage, stage), total=more_total or 0)
@@ -99,7 +123,7 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f}/s" if speed else "   -/s", style="cyan")
 
 
-def _progress_bar() -> Progress:
+def _progress_bar(enabled: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -110,6 +134,7 @@ def _progress_bar() -> Progress:
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=err_console,
+        disable=not enabled,
     )
 
 
@@ -129,9 +154,17 @@ def index_cmd(
     index_type: Annotated[str, typer.Option("--index-type", help="ANN index: auto, flat or ivfpq.")] = "auto",
     no_ann: Annotated[bool, typer.Option("--no-ann", help="Only write the table; build the ANN index later with build-index.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when any item failed.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never contact the model hub: weights must be bundled, local or cached (also: HF_HUB_OFFLINE=1).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    quiet: QuietOpt = False,
+    no_progress: NoProgressOpt = False,
 ) -> None:
-    """Index image folders and text collections (incremental: unchanged files are skipped)."""
+    """Index image folders and text collections (incremental: unchanged files are skipped).
+
+    Exit status 1 when every item failed (or any, with --strict), 2 on an error.
+    """
+    if offline:  # before anything imports huggingface_hub, which reads it once
+        os.environ["HF_HUB_OFFLINE"] = "1"
     from indexer.pipeline import IndexOptions, run_index
 
     spec = ModelSpec.parse(model, pretrained)
@@ -145,56 +178,24 @@ def index_cmd(
         index_type=index_type,
         image_metadata=metadata,
         file_column=file_column,
+        offline=offline,
     )
     with _errors():
-        with _progress_bar() as bar:
-            report = run_index(paths, _index_dir(index), spec, options=options, progress=_RichProgress(bar))
+        try:
+            with _progress_bar(not (quiet or no_progress)) as bar:
+                report = run_index(paths, _index_dir(index), spec, options=options, progress=_RichProgress(bar))
+        except IndexingFailedError as exc:  # every item failed: show which, then one line
+            print_failures(exc.report, err_console)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(EXIT_ITEMS_FAILED) from None
     if json_out:
         console.print_json(json.dumps(report.to_dict(), default=str))
+    elif quiet:
+        print_failures(report, err_console)
     else:
-        _print_summary(report)
+        print_summary(report, console, err_console)
     if strict and (report.failed or report.sweep_aborted):
-        raise typer.Exit(1)
-
-
-def _print_summary(report: Any) -> None:
-    table = Table(title="index summary", show_header=False, box=None)
-    for label, name in (("added", "added"), ("updated", "updated"), ("deleted", "deleted"),
-                        ("skipped (unchanged)", "unchanged"), ("failed", "failed")):
-        table.add_row(label, str(getattr(report, name)))
-    table.add_row("embedded", f"{report.embedded} ({report.items_per_s:.1f} items/s over {report.elapsed_s:.1f}s)")
-    for kind, info in report.ann.items():
-        table.add_row(escape(f"ann[{kind}]"), f"{info.get('type')} n={info.get('n')} ({info.get('mode', '')})")
-    console.print(table)
-    if report.failures:
-        err_console.print(f"[yellow]{report.failed} item(s) skipped[/]; details: {escape(str(report.report_path))}")
-        for failure in report.failures[:10]:
-            where = failure.path + (f" row {failure.row_number}" if failure.row_number else "")
-            err_console.print(f"  [yellow]skip[/] {escape(where)}: {escape(failure.reason)} ({failure.exc_class})")
-        if report.failed > 10:
-            err_console.print(f"  ... and {report.failed - 10} more")
-    for root in report.sweep_aborted:
-        err_console.print(
-            f"[yellow]warning:[/] {escape(root)} could not be fully read; deleted files were NOT removed from the index"
-        )
-
-
-def _result_table(results: list[Any]) -> Table:
-    table = Table(show_lines=False)
-    table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("kind")
-    table.add_column("uri / text", overflow="fold")
-    table.add_column("metadata", overflow="fold")
-    for hit in results:
-        shown = hit.text if hit.kind == "text" and hit.text else hit.uri
-        meta = {k: v for k, v in hit.metadata.items() if k not in ("filename",)}
-        keys = ("sku", "category", "colour", "shape", "position", "price")
-        brief = ", ".join(f"{k}={meta[k]}" for k in keys if k in meta) or ", ".join(
-            f"{k}={v}" for k, v in list(meta.items())[:4]
-        )
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.kind, escape(str(shown)), escape(brief))
-    return table
+        raise typer.Exit(EXIT_ITEMS_FAILED)
 
 
 @app.command("query")
@@ -211,22 +212,29 @@ def query_cmd(
     where: Annotated[list[str] | None, typer.Option("--where", "-w", help="Metadata filter 'column op value' (op: = != < <= > >= in contains); repeatable, ANDed.")] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Search an index with text, an image, or a weighted mix of both."""
+    """Search an index with text, an image, or a weighted mix of both.
+
+    Exit status 3 when nothing matched ("no results (reason)" on stderr), 2 on an error.
+    """
     from mmsearch.engine import SearchIndex
 
     with _errors():
         idx = SearchIndex(_index_dir(index), device=device)
         results = idx.search(query, k=top, kind=kind, exact=exact, nprobe=nprobe, refine=refine, where=where)  # type: ignore[arg-type]
         stale = idx.stale
+        kinds = list(idx.info()["ann"]) if not results else []
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], ensure_ascii=False) + "\n")
     elif paths_only:
         for hit in results:
-            sys.stdout.write(f"{hit.text if hit.kind == 'text' else hit.uri}\n")
-    else:
-        console.print(_result_table(results))
+            sys.stdout.write(paths_only_line(hit) + "\n")
+    elif results:
+        console.print(result_table(results))
     if stale:
         err_console.print("[yellow]note:[/] the index has changes newer than its search index; run mmsearch build-index")
+    if not results:
+        err_console.print(f"no results ({escape(no_results_reason(results, kinds=kinds, kind=kind, where=where))})")
+        raise typer.Exit(EXIT_NO_RESULTS)
 
 
 @app.command("build-index")
@@ -390,11 +398,14 @@ def demo_cmd(
     with _errors():
         with _progress_bar() as bar:
             demo = run_demo(out, n=n, device=device, progress=_RichProgress(bar))
-    _print_summary(demo.report)
+    print_summary(demo.report, console, err_console)
     for query, kind, results in demo.queries:
         console.rule(f"[bold]{escape(query)}[/] → {kind}")
-        console.print(_result_table(results))
+        console.print(result_table(results))
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")
+
+
+use_clean_help(app)  # after the last command: PATHS... and untyped flags in --help
 
 
 def main() -> None:
