@@ -130,6 +130,30 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_servable(index_dir: Any, *, device: str | None = None, load_model: bool = True) -> Any:
+    """Raises the one-line error that would stop serving ``index_dir``; returns its encoder.
+
+    With ``load_model`` the index is opened and its model loaded (and returned, to be
+    reused by the server); without it only the published snapshot is checked, which
+    imports nothing heavy (a supervisor of worker processes stays small).
+    """
+    from pathlib import Path
+
+    from mmsearch.errors import IndexNotFoundError
+    from mmsearch.snapshot import read_snapshot
+
+    if load_model:
+        from mmsearch.engine import SearchIndex
+
+        return SearchIndex(index_dir, device=device).encoder
+    if read_snapshot(Path(index_dir)) is None:
+        raise IndexNotFoundError(
+            f"no searchable mmsearch index at {index_dir} "
+            f"(create one with: mmsearch index PATH --index {index_dir})"
+        )
+    return None
+
+
 class AppFactory:
     """A picklable application factory: each worker process builds its own app from it.
 
