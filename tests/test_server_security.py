@@ -330,9 +330,8 @@ def test_bind_refusal_and_busy_port_fail_before_the_index_opens(tmp_path: Path) 
     assert result.exit_code == 2 and "already in use" in result.output
     assert "no mmsearch index" not in result.output and "serving" not in result.output
     assert len(result.output.strip().replace("\n", " ")) < 200
-    result = runner.invoke(
-        cli_app, ["serve", "--index", missing, "--port", "0", "--workers", "2"], env=env
-    )
+    args = ["serve", "--index", missing, "--port", str(port), "--workers", "2"]  # port free again
+    result = runner.invoke(cli_app, args, env=env)
     assert result.exit_code == 2 and "no searchable mmsearch index" in result.output
 
 
