@@ -72,3 +72,7 @@ class IndexingFailedError(MMSearchError):
 
 class MetadataJoinError(MMSearchError):
     """An image-metadata sidecar names no image that is being indexed."""
+
+
+class NoRerankerError(BadQueryError):
+    """Re-ranking was asked for, but the index was opened without a reranker."""

@@ -165,11 +165,36 @@ def random_item(rng: np.random.Generator, size: int = 128) -> tuple[Image.Image,
     return render_item(rng, colour, shape, position, size), colour, shape, position
 
 
+#: Invented brand words (no model knows them: only a lexical search finds them).
+BRANDS: tuple[str, ...] = (
+    "Zorvex", "Quillo", "Brantic", "Pelloz", "Tamsk", "Vindro", "Okkra", "Lumeth", "Straz", "Nubbo",
+    "Krell", "Faxon",
+)  # fmt: skip
+SIZES: tuple[str, ...] = ("XS", "S", "M", "L", "XL")
+
+
+def sku_code(ordinal: int) -> str:
+    """The SKU of the ``ordinal``-th product (1-based): ``SKU-00042``."""
+    return f"SKU-{ordinal:05d}"
+
+
+def title_for(ordinal: int, colour: str, shape: str) -> str:
+    """A product title: brand word, colour and shape words, size (``Zorvex red circle, size XL``).
+
+    Brand and size follow from the SKU's ordinal, so they cost no random draws and the
+    images of a seed stay the same.
+    """
+    brand = BRANDS[(ordinal * 7) % len(BRANDS)]
+    size = SIZES[(ordinal * 3) % len(SIZES)]
+    return f"{brand} {colour} {shape}, size {size}"
+
+
 CATALOG_COLUMNS: tuple[str, ...] = (
     "id",
     "file",
     "caption",
     "sku",
+    "title",
     "category",
     "price",
     "colour",
@@ -199,7 +224,7 @@ def _plan_rows(rng: np.random.Generator, n: int) -> list[dict[str, str | float]]
     a catalog of n ≥ 320 holds every one of the 160 captions at least once.
     """
     rows: list[dict[str, str | float]] = []
-    variants: dict[tuple[str, str], int] = {}
+    n_skus = 0
     pairs = [(c, s) for c in COLOURS for s in SHAPES]
     pair_cycle: list[tuple[str, str]] = []
     position_queue: dict[tuple[str, str], list[str]] = {}
@@ -207,9 +232,9 @@ def _plan_rows(rng: np.random.Generator, n: int) -> list[dict[str, str | float]]
         if not pair_cycle:
             pair_cycle = [pairs[int(i)] for i in rng.permutation(len(pairs))]
         colour, shape = pair_cycle.pop()
-        variant = variants.get((colour, shape), 0) + 1
-        variants[(colour, shape)] = variant
-        sku = f"{colour[:3].upper()}-{shape[:3].upper()}-{variant:04d}"
+        n_skus += 1
+        sku = sku_code(n_skus)
+        title = title_for(n_skus, colour, shape)
         price = round(float(rng.uniform(1.0, 150.0)), 2)
         k = int(rng.integers(2, 5))
         queue = position_queue.setdefault((colour, shape), [])
@@ -230,6 +255,7 @@ def _plan_rows(rng: np.random.Generator, n: int) -> list[dict[str, str | float]]
                     "file": "",
                     "caption": caption_for(colour, shape, pos),
                     "sku": sku,
+                    "title": title,
                     "category": CATEGORY_OF_SHAPE[shape],
                     "price": price,
                     "colour": colour,
