@@ -327,14 +327,14 @@ def serve_cmd(
         drain_s=drain_seconds,
     )
     with _errors():
-        from mmsearch.engine import SearchIndex
+        from mmsearch.serve.lifecycle import check_servable
 
         # Fail fast with one clear line. One worker loads the model now and reuses it;
-        # several workers each load their own (/readyz answers 503 until they have).
-        opened = SearchIndex(config.index_dir, device=device, backend=backend, quantize=quantize)
-        if workers == 1:
-            config.encoder = opened.encoder
-        del opened
+        # several workers each load their own (/readyz answers 503 until they have), and
+        # the supervisor stays small: it only checks that a snapshot exists.
+        config.encoder = check_servable(
+            config.index_dir, device=device, load_model=workers == 1, backend=backend, quantize=quantize
+        )
     shown = f"[{host}]" if ":" in host else host
     extra = f" with {workers} workers" if workers > 1 else ""
     auth = "token required" if token else "no token"
