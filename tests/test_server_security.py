@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -533,7 +534,7 @@ def test_two_workers_swap_snapshots_under_load_and_drain_on_sigterm(
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen(
         [sys.executable, "-c", _WORKERS_SCRIPT, str(index_dir), TOKEN],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -651,8 +652,8 @@ def test_two_workers_swap_snapshots_under_load_and_drain_on_sigterm(
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert proc.wait(timeout=90) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed test: kill the workers too, not only the supervisor
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
