@@ -42,11 +42,11 @@ def _query(root, *args: str):
     [
         (
             ["red circle", "--kind", "text"],
-            "no results (no good match: the index has no items of that kind)",
+            "no results (the index holds no text items; it holds: image)",
         ),
         (
             ["red circle", "--where", "kind = text"],
-            "no results (no item matches the filter)",
+            "no results (no item matches the filters 'kind = text')",
         ),
     ],
 )
