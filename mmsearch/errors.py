@@ -53,3 +53,7 @@ class StorageError(MMSearchError):
 
 class UnsafePathError(BadQueryError):
     """A path in a query resolves outside the allowed roots."""
+
+
+class RerankModelError(ModelLoadError):
+    """The re-ranking (image-text matching) model could not be loaded."""

@@ -109,11 +109,13 @@ def one_attribute_changed(rng: np.random.Generator, scene: Scene) -> Scene:
             return Pair(objs[0], objs[1])
 
 
-def hard_negatives(rng: np.random.Generator, scene: Scene, k: int, pair_frac: float) -> list[Scene]:
+def hard_negatives(
+    rng: np.random.Generator, scene: Scene, k: int, pair_frac: float, easy: float = 0.125
+) -> list[Scene]:
     """``k`` distinct scenes that differ from ``scene``, mostly by one hard change.
 
     Two-object scenes draw from colour swap, left/right swap and one attribute
-    changed; single objects from one attribute changed. About one in eight is a
+    changed; single objects from one attribute changed. A share ``easy`` is a
     random scene instead, so easy negatives are seen too.
     """
     out: list[Scene] = []
@@ -121,11 +123,12 @@ def hard_negatives(rng: np.random.Generator, scene: Scene, k: int, pair_frac: fl
     while len(out) < k and tries < 50:
         tries += 1
         roll = rng.random()
-        if roll < 0.125:
+        hard = (roll - easy) / (1.0 - easy)  # where ``roll`` falls among the hard kinds
+        if roll < easy:
             neg: Scene | None = random_scene(rng, pair_frac)
-        elif isinstance(scene, Pair) and roll < 0.45:
+        elif isinstance(scene, Pair) and hard < 0.35:
             neg = colour_swap(scene)
-        elif isinstance(scene, Pair) and roll < 0.75:
+        elif isinstance(scene, Pair) and hard < 0.7:
             neg = side_swap(scene)
         else:
             neg = one_attribute_changed(rng, scene)
