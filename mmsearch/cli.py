@@ -210,14 +210,31 @@ def query_cmd(
     refine: Annotated[int | None, typer.Option("--refine", min=1, help="Candidates re-scored exactly, as a multiple of --top.")] = None,
     where: Annotated[list[str] | None, typer.Option("--where", "-w", help="Metadata filter 'column op value' (op: = != < <= > >= in contains); repeatable, ANDed.")] = None,
     device: DeviceOpt = None,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the first stage's best candidates with a BLIP image-text-matching model.")] = False,
+    rerank_depth: Annotated[int, typer.Option("--rerank-depth", min=1, max=10000, help="Candidates re-ranked.")] = 50,
+    min_match: Annotated[float | None, typer.Option("--min-match", min=0.0, max=1.0, help="Lowest match probability kept (with --rerank); none above it gives an empty answer.")] = None,
+    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model: mmsearch-tiny-itm, a local folder or a Hugging Face id (default Salesforce/blip-itm-base-coco).")] = None,
 ) -> None:
     """Search an index with text, an image, or a weighted mix of both."""
     from mmsearch.engine import SearchIndex
 
+    empty_reason = None
     with _errors():
         idx = SearchIndex(_index_dir(index), device=device)
-        results = idx.search(query, k=top, kind=kind, exact=exact, nprobe=nprobe, refine=refine, where=where)  # type: ignore[arg-type]
+        if rerank:
+            from mmsearch.rerank import DEFAULT_RERANK_MODEL, load_reranker
+            from mmsearch.rerank.search import rerank_search
+
+            reranker = load_reranker(rerank_model or DEFAULT_RERANK_MODEL, depth=rerank_depth, min_match=min_match, device=device)
+            outcome = rerank_search(idx, query, reranker, k=top, kind=kind, where=where, exact=exact, nprobe=nprobe, refine=refine)
+            results, empty_reason = outcome.results, outcome.empty_reason
+            for gone in outcome.dropped:
+                err_console.print(f"[yellow]skipped:[/] {escape(gone.uri)}: {escape(gone.reason)}")
+        else:
+            results = idx.search(query, k=top, kind=kind, exact=exact, nprobe=nprobe, refine=refine, where=where)  # type: ignore[arg-type]
         stale = idx.stale
+    if empty_reason and not json_out:
+        err_console.print(f"[yellow]{escape(empty_reason)}[/]")
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], ensure_ascii=False) + "\n")
     elif paths_only:

@@ -95,18 +95,33 @@ class ItmScorer:
         return self.model.itm_head(hidden[:, 0, :]).float().softmax(-1)[:, 1]
 
     @torch.inference_mode()
-    def score_images(self, text: str, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
-        """Match probability of ``text`` against each image (text tokenised once)."""
-        if not images:
-            return np.zeros(0, dtype=np.float32)
-        ids, mask = self._tokens([text])
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The vision tower's patch embeddings of ``images`` (batched), for :meth:`score_embeds`."""
         out: list[torch.Tensor] = []
         with self._autocast():
             for start in range(0, len(images), self.batch_size):
-                embeds = self._encode_images(self._pixels(images[start : start + self.batch_size]))
+                out.append(
+                    self._encode_images(self._pixels(images[start : start + self.batch_size]))
+                )
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def score_embeds(self, text: str, image_embeds: torch.Tensor) -> npt.NDArray[np.float32]:
+        """Match probability of ``text`` against images already encoded by :meth:`encode_images`."""
+        ids, mask = self._tokens([text])
+        out: list[torch.Tensor] = []
+        with self._autocast():
+            for start in range(0, image_embeds.shape[0], self.batch_size):
+                embeds = image_embeds[start : start + self.batch_size]
                 n = embeds.shape[0]
                 out.append(self._match(embeds, ids.expand(n, -1), mask.expand(n, -1)))
-        return torch.cat(out).cpu().numpy().astype(np.float32)
+        return torch.cat(out).cpu().numpy().astype(np.float32) if out else np.zeros(0, np.float32)
+
+    def score_images(self, text: str, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        """Match probability of ``text`` against each image (text tokenised once, images batched)."""
+        if not images:
+            return np.zeros(0, dtype=np.float32)
+        return self.score_embeds(text, self.encode_images(images))
 
     @torch.inference_mode()
     def score_texts(self, image: Image.Image, texts: Sequence[str]) -> npt.NDArray[np.float32]:

@@ -67,7 +67,9 @@ def load_itm_model(name: str, device: str) -> tuple[Any, Any]:
         ) from exc
     source, local = resolve_rerank_source(name)
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the library reports failures as one error, not log lines
+    hf_logging.disable_progress_bar()  # and never prints
     try:
         model = BlipForImageTextRetrieval.from_pretrained(
             source, use_safetensors=True, trust_remote_code=False, local_files_only=local
@@ -86,6 +88,8 @@ def load_itm_model(name: str, device: str) -> tuple[Any, Any]:
         raise RerankModelError(f"cannot load rerank model {name!r} ({reason}); {_FIX}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     model.requires_grad_(False)
     model.eval()
     return model.to(device), processor
