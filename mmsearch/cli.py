@@ -300,6 +300,7 @@ def serve_cmd(
     allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Allow image-URL queries (public http(s) addresses only).")] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted upload.")] = 10.0,
     device: DeviceOpt = None,
+    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model for rerank=true requests: mmsearch-tiny-itm, a local folder or a Hugging Face id (default Salesforce/blip-itm-base-coco).")] = None,
 ) -> None:
     """Serve the HTTP API and the web gallery for an index."""
     import uvicorn
@@ -312,6 +313,7 @@ def serve_cmd(
         image_roots=list(image_root or []),
         allow_urls=allow_urls,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        rerank_model=rerank_model,
     )
     with _errors():
         from mmsearch.engine import SearchIndex

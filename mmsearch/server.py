@@ -71,6 +71,9 @@ class ServerConfig:
     # An encoder to use instead of loading the index's model: `mmsearch serve` passes the
     # one it loaded at start-up; tests pass a fake one.
     encoder: Any | None = None
+    # ITM model for requests with rerank=true (registered name, folder or HF id; None:
+    # the default, Salesforce/blip-itm-base-coco); loaded on the first such request.
+    rerank_model: str | None = None
 
 
 class _IndexHolder:
@@ -250,9 +253,28 @@ def _status_of(exc: MMSearchError) -> int:
     return 500
 
 
+class _RerankerHolder:
+    """Loads the ITM scorer once, on the first request that asks for re-ranking."""
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+        self._lock = threading.Lock()
+        self._scorer: Any = None
+
+    def reranker(self, depth: int, min_match: float | None, device: str | None) -> Any:
+        from mmsearch.rerank import DEFAULT_RERANK_MODEL, ItmReranker
+        from mmsearch.rerank.itm import ItmScorer
+
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = ItmScorer.load(self.model or DEFAULT_RERANK_MODEL, device=device)
+        return ItmReranker(self._scorer, depth=depth, min_match=min_match)
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     """Builds the FastAPI application for ``config``."""
     holder = _IndexHolder(config)
+    rerankers = _RerankerHolder(config.rerank_model)
     app = FastAPI(title="mmsearch", version="0.1.0")
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes + _MULTIPART_SLACK)
 
@@ -330,6 +352,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         where: Annotated[list[str] | None, Query()] = None,
         exact: bool = False,
         url: Annotated[str | None, Query(max_length=2048)] = None,
+        rerank: bool = False,
+        rerank_depth: Annotated[int, Query(ge=1, le=1000)] = 50,
+        min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     ) -> dict[str, Any]:
         if url:
             query: Any = _fetch_url_image(url)
@@ -340,14 +365,49 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise BadQueryError(
                 "give a query: q=TEXT (or url=IMAGE_URL where image URLs are enabled)"
             )
+        label = q if not url else url
+        if rerank:
+            return _reranked(
+                label, query, k, kind, where or [], rerank_depth, min_match, exact=exact
+            )
         hits = holder.get().search(query, k=k, kind=kind, where=where or None, exact=exact)
-        return {"query": q if not url else url, "results": _results(hits)}
+        return {"query": label, "results": _results(hits)}
 
-    def _search_upload(data: bytes, k: int, kind: str, where: list[str]) -> list[dict[str, Any]]:
+    def _reranked(
+        label: str | None,
+        query: Any,
+        k: int,
+        kind: str,
+        where: list[str],
+        depth: int,
+        min_match: float | None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        from mmsearch.rerank.search import rerank_search
+
+        reranker = rerankers.reranker(depth, min_match, config.device)
+        out = rerank_search(
+            holder.get(), query, reranker, k=k, kind=kind, where=where or None, **options
+        )
+        return {
+            "query": label,
+            "results": _results(out.results),
+            "reranked": True,
+            "empty_reason": out.empty_reason,
+            "dropped": [{"id": d.id, "uri": d.uri, "reason": d.reason} for d in out.dropped],
+        }
+
+    def _search_upload(
+        data: bytes, k: int, kind: str, where: list[str], rerank: tuple[int, float | None] | None
+    ) -> dict[str, Any]:
         from mmsearch.imageio import load_image
 
         image = load_image(data, max_pixels=config.max_pixels)
-        return _results(holder.get().search(image, k=k, kind=kind, where=where or None))
+        if rerank is not None:
+            return _reranked(None, image, k, kind, where, *rerank)
+        return {
+            "results": _results(holder.get().search(image, k=k, kind=kind, where=where or None))
+        }
 
     @app.post("/api/search/image")
     async def search_image(
@@ -355,6 +415,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         k: Annotated[int, Query(ge=1, le=1000)] = 20,
         kind: Annotated[str, Query(pattern="^(any|image|text)$")] = "any",
         where: Annotated[list[str] | None, Query()] = None,
+        rerank: bool = False,
+        rerank_depth: Annotated[int, Query(ge=1, le=1000)] = 50,
+        min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     ) -> dict[str, Any]:
         data = await file.read(config.max_upload_bytes + 1)
         if len(data) > config.max_upload_bytes:
@@ -362,8 +425,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         if not data:
             raise BadQueryError("the uploaded file is empty")
         # Decoding and encoding are CPU work: keep them off the event loop.
-        results = await run_in_threadpool(_search_upload, data, k, kind, where or [])
-        return {"query": file.filename, "results": results}
+        options = (rerank_depth, min_match) if rerank else None
+        out = await run_in_threadpool(_search_upload, data, k, kind, where or [], options)
+        return {**out, "query": file.filename}
 
     @app.get("/media/{item_id}")
     def media(item_id: Annotated[int, PathParam(ge=0, le=_MAX_ITEM_ID)]) -> FileResponse:

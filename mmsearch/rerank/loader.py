@@ -28,9 +28,8 @@ _WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "models" / "weights"
 REGISTERED_RERANK_MODELS: dict[str, Path] = {TINY_ITM_NAME: _WEIGHTS_DIR / TINY_ITM_NAME}
 
 _FIX = (
-    f"use --rerank-model {TINY_ITM_NAME} (ships with mmsearch), a local folder saved with "
-    "save_pretrained (config.json + model.safetensors + processor files), or a Hugging Face id "
-    "already in the local cache"
+    f"use --rerank-model {TINY_ITM_NAME} (ships with mmsearch), a folder written by "
+    "save_pretrained, or a Hugging Face id in the local cache"
 )
 
 
