@@ -130,6 +130,7 @@ def index_cmd(
     no_ann: Annotated[bool, typer.Option("--no-ann", help="Only write the table; build the ANN index later with build-index.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when any item failed.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="Record this ITM model as the index's re-ranking model (used by query --rerank and serve).")] = None,
 ) -> None:
     """Index image folders and text collections (incremental: unchanged files are skipped)."""
     from indexer.pipeline import IndexOptions, run_index
@@ -149,6 +150,10 @@ def index_cmd(
     with _errors():
         with _progress_bar() as bar:
             report = run_index(paths, _index_dir(index), spec, options=options, progress=_RichProgress(bar))
+        if rerank_model:
+            from mmsearch.rerank.config import record_rerank_model
+
+            record_rerank_model(_index_dir(index), rerank_model)
     if json_out:
         console.print_json(json.dumps(report.to_dict(), default=str))
     else:
@@ -213,7 +218,7 @@ def query_cmd(
     rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the first stage's best candidates with a BLIP image-text-matching model.")] = False,
     rerank_depth: Annotated[int, typer.Option("--rerank-depth", min=1, max=10000, help="Candidates re-ranked.")] = 50,
     min_match: Annotated[float | None, typer.Option("--min-match", min=0.0, max=1.0, help="Lowest match probability kept (with --rerank); none above it gives an empty answer.")] = None,
-    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model: mmsearch-tiny-itm, a local folder or a Hugging Face id (default Salesforce/blip-itm-base-coco).")] = None,
+    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model: mmsearch-tiny-itm, a local folder or a Hugging Face id (default: the one recorded with index --rerank-model, else Salesforce/blip-itm-base-coco).")] = None,
 ) -> None:
     """Search an index with text, an image, or a weighted mix of both."""
     from mmsearch.engine import SearchIndex
@@ -222,10 +227,12 @@ def query_cmd(
     with _errors():
         idx = SearchIndex(_index_dir(index), device=device)
         if rerank:
-            from mmsearch.rerank import DEFAULT_RERANK_MODEL, load_reranker
+            from mmsearch.rerank import load_reranker
+            from mmsearch.rerank.config import rerank_model_for
             from mmsearch.rerank.search import rerank_search
 
-            reranker = load_reranker(rerank_model or DEFAULT_RERANK_MODEL, depth=rerank_depth, min_match=min_match, device=device)
+            model_name = rerank_model_for(idx.index_dir, rerank_model)
+            reranker = load_reranker(model_name, depth=rerank_depth, min_match=min_match, device=device)
             outcome = rerank_search(idx, query, reranker, k=top, kind=kind, where=where, exact=exact, nprobe=nprobe, refine=refine)
             results, empty_reason = outcome.results, outcome.empty_reason
             for gone in outcome.dropped:

@@ -72,7 +72,7 @@ class ServerConfig:
     # one it loaded at start-up; tests pass a fake one.
     encoder: Any | None = None
     # ITM model for requests with rerank=true (registered name, folder or HF id; None:
-    # the default, Salesforce/blip-itm-base-coco); loaded on the first such request.
+    # the index's recorded one, else Salesforce/blip-itm-base-coco); loaded on first use.
     rerank_model: str | None = None
 
 
@@ -256,25 +256,29 @@ def _status_of(exc: MMSearchError) -> int:
 class _RerankerHolder:
     """Loads the ITM scorer once, on the first request that asks for re-ranking."""
 
-    def __init__(self, model: str | None) -> None:
+    def __init__(self, model: str | None, index_dir: Path) -> None:
         self.model = model
+        self.index_dir = index_dir
         self._lock = threading.Lock()
         self._scorer: Any = None
 
     def reranker(self, depth: int, min_match: float | None, device: str | None) -> Any:
-        from mmsearch.rerank import DEFAULT_RERANK_MODEL, ItmReranker
+        from mmsearch.rerank import ItmReranker
+        from mmsearch.rerank.config import rerank_model_for
         from mmsearch.rerank.itm import ItmScorer
 
         with self._lock:
             if self._scorer is None:
-                self._scorer = ItmScorer.load(self.model or DEFAULT_RERANK_MODEL, device=device)
+                self._scorer = ItmScorer.load(
+                    rerank_model_for(self.index_dir, self.model), device=device
+                )
         return ItmReranker(self._scorer, depth=depth, min_match=min_match)
 
 
 def create_app(config: ServerConfig) -> FastAPI:
     """Builds the FastAPI application for ``config``."""
     holder = _IndexHolder(config)
-    rerankers = _RerankerHolder(config.rerank_model)
+    rerankers = _RerankerHolder(config.rerank_model, Path(config.index_dir))
     app = FastAPI(title="mmsearch", version="0.1.0")
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes + _MULTIPART_SLACK)
 
