@@ -76,6 +76,7 @@ class TrainConfig:
     pair_frac: float = 0.0
     augment_frac: float = 0.0
     init: str = ""  # start from these safetensors weights (e.g. the shipped ones)
+    stop_after: int = 0  # end after this many steps (the schedule still spans ``steps``)
 
 
 def partial_caption(
@@ -298,8 +299,11 @@ def train(
             r1, r5 = _quick_eval(model, tokenizer, mean, std, image_size)
             last = {"step": step + 1, "r1": r1, "r5": r5, "seconds": time.time() - start}
             print(f"eval step {step + 1} R@1 {r1:.3f} R@5 {r5:.3f}", file=sys.stderr, flush=True)
-        if (step + 1) % save_every == 0 or step + 1 == cfg.steps:
+        stop = step + 1 == cfg.stop_after
+        if (step + 1) % save_every == 0 or step + 1 == cfg.steps or stop:
             save_weights(model, out, {**meta, "trained_steps": str(step + 1)})
+        if stop:
+            break
     last["seconds"] = time.time() - start
     return last
 
