@@ -52,6 +52,7 @@ class ItmTrainConfig:
     negatives: int = 1
     itc_weight: float = 0.5
     curriculum: float = 0.4  # share of the steps over which easy negatives fade 0.5 -> 0.125
+    pool: int = 0  # > 0: render this many scenes once and draw batches from them
     lr: float = 5e-4
     min_lr: float = 1e-5
     warmup: int = 100
@@ -206,6 +207,49 @@ def _itc_loss(
     ) / 2
 
 
+class ScenePool:
+    """Scenes rendered and preprocessed once; batches draw from them with fresh negatives.
+
+    On a CPU, rendering costs more than a small model's step; a pool renders each
+    scene once and pairs it with newly drawn hard negatives every time it is used.
+    """
+
+    def __init__(self, rng: np.random.Generator, processor: Any, cfg: ItmTrainConfig) -> None:
+        self.scenes = [random_scene(rng, cfg.pair_frac) for _ in range(cfg.pool)]
+        chunks = []
+        for start in range(0, cfg.pool, 256):
+            images = [
+                render_scene(
+                    rng,
+                    scene,
+                    128 if rng.random() < 0.75 else int(rng.choice((96, 160))),
+                    rng.random() < cfg.augment_frac,
+                )
+                for scene in self.scenes[start : start + 256]
+            ]
+            pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            chunks.append(pixels.to(torch.float16))
+        self.pixels = torch.cat(chunks)
+
+    def batch(
+        self, rng: np.random.Generator, processor: Any, cfg: ItmTrainConfig, easy: float
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        picks = rng.integers(0, len(self.scenes), size=cfg.batch_size)
+        texts, owner, labels = [], [], []
+        for i, k in enumerate(picks):
+            scene = self.scenes[int(k)]
+            texts.append(caption(scene))
+            owner.append(i)
+            labels.append(1)
+            for neg in hard_negatives(rng, scene, cfg.negatives, cfg.pair_frac, easy):
+                texts.append(caption(neg))
+                owner.append(i)
+                labels.append(0)
+        enc = dict(processor.tokenizer(texts, padding=True, return_tensors="pt"))
+        enc["pixel_values"] = self.pixels[torch.from_numpy(picks)].float()
+        return enc, torch.tensor(owner), torch.tensor(labels)
+
+
 def _lr_at(step: int, cfg: ItmTrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -255,13 +299,23 @@ def train(
         betas=(0.9, 0.98),
     )
     start = time.time()
+    pool = ScenePool(rng, processor, cfg) if cfg.pool > 0 else None
+    if pool is not None:
+        print(
+            f"pool of {cfg.pool} scenes rendered in {time.time() - start:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     last: dict[str, float] = {}
     model.train()
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         easy = 0.125 + 0.375 * max(0.0, 1.0 - step / max(1.0, cfg.curriculum * cfg.steps))
-        enc, owner, labels = _batch(rng, processor, cfg, easy)
+        if pool is not None:
+            enc, owner, labels = pool.batch(rng, processor, cfg, easy)
+        else:
+            enc, owner, labels = _batch(rng, processor, cfg, easy)
         image_embeds = model.vision_model(pixel_values=enc["pixel_values"]).last_hidden_state
         logits = itm_logits(
             model, enc["pixel_values"], enc["input_ids"], enc["attention_mask"], owner, image_embeds
