@@ -75,7 +75,7 @@ def candidates(rows: list[dict[str, Any]], root: Path, depth: int) -> pa.Table:
 
 
 def time_model(
-    scorer: ItmScorer, rows: list[dict[str, Any]], root: Path, queries: int
+    scorer: ItmScorer, rows: list[dict[str, Any]], root: Path, queries: int, depths: tuple[int, ...]
 ) -> dict[int, float]:
     """Median seconds per query at each depth (after one warm-up query over 2 candidates)."""
     out: dict[int, float] = {}
