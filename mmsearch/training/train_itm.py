@@ -53,6 +53,7 @@ class ItmTrainConfig:
     itc_weight: float = 0.5
     curriculum: float = 0.4  # share of the steps over which easy negatives fade 0.5 -> 0.125
     pool: int = 0  # > 0: render this many scenes once and draw batches from them
+    init: str = ""  # continue from a model folder written by an earlier run
     lr: float = 5e-4
     min_lr: float = 1e-5
     warmup: int = 100
@@ -287,7 +288,10 @@ def train(
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     processor = build_processor(cfg.image_size)
-    model = BlipForImageTextRetrieval(build_config(cfg, processor.tokenizer))
+    if cfg.init:
+        model = BlipForImageTextRetrieval.from_pretrained(cfg.init, use_safetensors=True)
+    else:
+        model = BlipForImageTextRetrieval(build_config(cfg, processor.tokenizer))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW(
