@@ -12,7 +12,6 @@ This module must not import torch: it is imported by every worker process.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from indexer.workers import MainlessSpawnContext
 from mmsearch.errors import ImageDecodeError
 from mmsearch.imageio import DEFAULT_MAX_PIXELS, load_image
 from mmsearch.models.preprocess import fit_square
@@ -106,7 +106,9 @@ class DecodePool:
         self.timeout_s = timeout_s
         self.max_pixels = max_pixels
         self.max_in_flight = max_in_flight or self.workers * 4
-        self._ctx = mp.get_context("spawn")  # the parent holds torch threads: never fork it
+        # The parent holds torch threads: never fork it. Spawned workers start clean and
+        # never import the caller's __main__ (unguarded scripts, ``python -``, notebooks).
+        self._ctx = MainlessSpawnContext()
         self._executor: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> DecodePool:

@@ -24,18 +24,18 @@ import pyarrow as pa
 
 from indexer.ann_build import build_ann
 from indexer.decode import DecodeFailure, DecodeOk, DecodePool
-from indexer.discover import path_to_uri, walk_images
-from indexer.report import Failure, IndexReport, write_failures
-from indexer.sidecar import load_image_metadata
+from indexer.discover import WalkResult, path_to_uri, walk_images
+from indexer.report import Failure, IndexReport, check_not_all_failed, write_failures
+from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
+from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
 
-TEXT_EXTENSIONS = frozenset({".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"})
-
-#: progress(stage, advance, more_total): stage is "scan", "images", "texts" or "ann";
-#: ``more_total`` announces additional work for the stage (None: no new work).
+#: progress(stage, advance, more_total): stage is "scan", "images", "texts", "ann" or
+#: "failed" (an item skipped); ``more_total`` announces additional work for the stage
+#: (negative: less work, e.g. an image that failed to decode; None: no change).
 ProgressFn = Callable[[str, int, int | None], None]
 
 
@@ -59,14 +59,12 @@ class IndexOptions:
     #: the image's metadata, and ``text_column`` (or caption/text/title) its text.
     image_metadata: str | os.PathLike[str] | None = None
     file_column: str = "file"
+    #: Never reach for the model hub: weights must be shipped, local or cached.
+    offline: bool = False
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:
     return None
-
-
-def is_text_collection(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in TEXT_EXTENSIONS
 
 
 def run_index(
@@ -80,44 +78,74 @@ def run_index(
 ) -> IndexReport:
     """Indexes image folders and text collections into ``index_dir``.
 
+    Paths that do not exist, and weights that cannot be fetched, fail at once, before
+    any model loads and without creating ``index_dir``. A run with work to do in which
+    every item failed raises :class:`IndexingFailedError` (its ``report`` attached).
+
     >>> report = run_index(["./photos"], ".mmsearch", ModelSpec("mmsearch-tiny", ""))  # doctest: +SKIP
     >>> report.added, report.failed  # doctest: +SKIP
     (400, 0)
     """
-    with index_write_lock(index_dir):
-        return _run_index_locked(paths, Path(index_dir), spec, options or IndexOptions(), progress or _noop, encoder)
+    opts = options or IndexOptions()
+    index_path = Path(index_dir)
+    sources = check_sources(paths, index_path)
+    if encoder is None:
+        from mmsearch.models.loader import check_weights_reachable
+
+        check_weights_reachable(spec, offline=opts.offline)
+    fresh = not index_path.exists()
+    try:
+        with index_write_lock(index_path):
+            return _run_index_locked(sources, index_path, spec, opts, progress or _noop, encoder)
+    except BaseException:
+        if fresh:
+            remove_if_only_lock(index_path)
+        raise
 
 
 def _run_index_locked(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[Path],
     index_path: Path,
     spec: ModelSpec,
     opts: IndexOptions,
     progress: ProgressFn,
     encoder: Any | None,
 ) -> IndexReport:
-    started = time.perf_counter()
     report = IndexReport()
 
     if ItemStore.exists(index_path):  # refuse another model before loading (or downloading) it
         ItemStore.open(index_path).check_model(spec)
+    # Walk the folders and join the metadata sidecar before loading the model, so that a
+    # sidecar that names none of the images fails in a second, not after the model load.
+    walks = {path: walk_images(Path(os.path.abspath(path))) for path in paths if path.is_dir()}
+    sidecar = None
+    if opts.image_metadata:
+        sidecar = load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column)
+        report.metadata_join = sidecar.join(
+            item.path for walk in walks.values() for item in walk.items
+        ).to_dict()
+    loading = time.perf_counter()
     if encoder is None:
         from mmsearch.models import load_encoder
 
         encoder = load_encoder(spec, device=opts.device)
+    started = time.perf_counter()
+    report.load_s = started - loading
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
 
-    sidecar = load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column) if opts.image_metadata else {}
     next_id = store.max_id() + 1
-    for raw in paths:
-        path = Path(raw)
+    for path in paths:
         if is_text_collection(path):
             next_id = _index_texts(path, store, encoder, opts, report, next_id, progress)
-        elif path.is_dir():
-            next_id = _index_images(path, store, encoder, opts, report, next_id, progress, sidecar)
-        else:
+        elif path in walks:
+            next_id = _index_images(
+                path, walks[path], store, encoder, opts, report, next_id, progress, sidecar
+            )
+        else:  # an indexed source that is gone (unmounted?): reported, and never swept
             report.failures.append(
-                Failure(str(path), "not a folder or a text collection (.csv .tsv .jsonl .parquet)", "FileNotFoundError", "walk")
+                Failure(
+                    str(path), "no longer exists; its rows are kept", "FileNotFoundError", "walk"
+                )
             )
             report.sweep_aborted.append(str(path))
 
@@ -135,6 +163,7 @@ def _run_index_locked(
     report.elapsed_s = time.perf_counter() - started
     with write_guard(index_path):
         report.report_path = str(write_failures(index_path, _run_id(), report.failures))
+    check_not_all_failed(report)
     return report
 
 
@@ -173,17 +202,17 @@ def _run_id() -> str:
 
 def _index_images(
     root: Path,
+    walk: WalkResult,
     store: ItemStore,
     encoder: Any,
     opts: IndexOptions,
     report: IndexReport,
     next_id: int,
     progress: ProgressFn,
-    sidecar: dict[str, dict[str, Any]],
+    sidecar: ImageSidecar | None,
 ) -> int:
     root_abs = Path(os.path.abspath(root))
     source = path_to_uri(str(root_abs))
-    walk = walk_images(root_abs)
     for problem in walk.problems:
         report.failures.append(Failure(problem.path, problem.reason, problem.kind, "walk"))
     stored = store.state_by_uri(source)
@@ -213,7 +242,7 @@ def _index_images(
         vectors = encoder.encode_images(np.stack(batch_arrays))
         report.embed_s += time.perf_counter() - t0
         ids: list[int] = []
-        extra = [sidecar.get(os.path.realpath(m[0].path), {}) for m in batch_meta]
+        extra = [sidecar.metadata_for(m[0].path) if sidecar else {} for m in batch_meta]
         for _item, _sha, prev in batch_meta:
             if prev is not None:
                 ids.append(prev.id)
@@ -225,13 +254,13 @@ def _index_images(
                 ids=ids,
                 uris=list(batch_uris),
                 kind="image",
-                texts=[e.get("_text") for e in extra],
+                texts=[e.get(TEXT_KEY) for e in extra],
                 source=source,
                 mtime_ns=[m[0].mtime_ns for m in batch_meta],
                 sizes=[m[0].size for m in batch_meta],
                 sha256=[m[1] for m in batch_meta],
                 metadata=[
-                    {"filename": os.path.basename(m[0].path), **{k: v for k, v in e.items() if k != "_text"}}
+                    {"filename": os.path.basename(m[0].path), **{k: v for k, v in e.items() if k != TEXT_KEY}}
                     for m, e in zip(batch_meta, extra, strict=True)
                 ],
                 vectors=vectors,
@@ -260,7 +289,8 @@ def _index_images(
             uri, item, prev = todo[result.index]
             if isinstance(result, DecodeFailure):
                 report.failures.append(Failure(item.path, result.reason, result.exc_class, "decode"))
-                progress("images", 1, None)
+                progress("images", 0, -1)  # one item less to embed: the bar never counts it as embedded
+                progress("failed", 1, None)
                 continue
             assert isinstance(result, DecodeOk)
             batch_uris.append(uri)

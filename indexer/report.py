@@ -32,18 +32,27 @@ class IndexReport:
     embedded: int = 0
     failures: list[Failure] = field(default_factory=list)
     sweep_aborted: list[str] = field(default_factory=list)  # roots whose deletion sweep was refused
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # walk, decode, embed, write and ANN build; the model load is load_s
+    load_s: float = 0.0
     embed_s: float = 0.0
     report_path: str | None = None
     table_version: int | None = None
     ann: dict[str, dict] = field(default_factory=dict)  # kind -> VectorIndex.info
+    #: rows / matched / unmatched / images_without_row of a --metadata sidecar (None: no sidecar)
+    metadata_join: dict[str, int] | None = None
 
     @property
     def failed(self) -> int:
         return len(self.failures)
 
     @property
+    def item_failures(self) -> list[Failure]:
+        """Failures of items (files, rows), without problems of the folder walk."""
+        return [f for f in self.failures if f.stage != "walk"]
+
+    @property
     def items_per_s(self) -> float:
+        """Items embedded per second of indexing work (model loading excluded)."""
         return self.embedded / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict:
@@ -51,6 +60,20 @@ class IndexReport:
         data["failed"] = self.failed
         data["items_per_s"] = round(self.items_per_s, 2)
         return data
+
+
+def check_not_all_failed(report: IndexReport) -> None:
+    """Raises :class:`IndexingFailedError` when items failed and none was indexed or kept."""
+    from mmsearch.errors import IndexingFailedError
+
+    failed = report.item_failures
+    if failed and report.embedded == 0 and report.unchanged == 0:
+        first = failed[0]
+        raise IndexingFailedError(
+            f"nothing was indexed: all {len(failed)} item(s) failed (first: {first.path}: {first.reason}); "
+            f"details: {report.report_path}",
+            report,
+        )
 
 
 def write_failures(index_dir: Path, run_id: str, failures: list[Failure]) -> Path:

@@ -1,7 +1,8 @@
 """The ``mmsearch`` command line: the only place (with the server) that talks to people.
 
-Library errors (:class:`mmsearch.errors.MMSearchError`) become one red line and exit
-status 2; ``--strict`` indexing exits 1 when any item failed.
+Exit status: 0 success; 1 items failed (every item of an indexing run, or any one
+with ``--strict``); 2 an error (:class:`mmsearch.errors.MMSearchError`, one red line);
+3 a query found no results (``EXIT_NO_RESULTS``); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -31,8 +32,21 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from mmsearch.errors import MMSearchError
+from mmsearch.cli_help import use_clean_help
+from mmsearch.errors import IndexingFailedError, MMSearchError
 from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
+from mmsearch.render import (
+    no_results_reason,
+    paths_only_line,
+    print_failures,
+    print_summary,
+    result_table,
+)
+
+#: Exit status of a query that found nothing (scripts can tell it from an error).
+EXIT_NO_RESULTS = 3
+#: Exit status of an indexing run whose items failed (all of them, or any with --strict).
+EXIT_ITEMS_FAILED = 1
 
 app = typer.Typer(
     name="mmsearch",
@@ -42,13 +56,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: an error line is never broken inside a path or a suggested command.
+err_console = Console(stderr=True, soft_wrap=True)
 
 IndexDirOpt = Annotated[
     Path | None,
     typer.Option("--index", "-i", help="Index directory (default: $MMSEARCH_INDEX or ./.mmsearch)."),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors (no progress bar, no summary).")]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bar (for logs and CI).")]
 
 
 def _index_dir(value: Path | None) -> Path:
@@ -78,8 +95,15 @@ class _RichProgress:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.tasks: dict[str, Any] = {}
+        self.failed = 0
 
     def __call__(self, stage: str, advance: int, more_total: int | None) -> None:
+        if stage == "failed":  # shown beside the images bar, never counted as embedded
+            self.failed += advance
+            if "images" in self.tasks:
+                label = f"{self.LABELS['images']} [yellow]({self.failed} failed)[/]"
+                self.progress.update(self.tasks["images"], description=label)
+            return
         task = self.tasks.get(stage)
         if task is None:
             task = self.progress.add_task(self.LABELS.get(stage, stage), total=more_total or 0)
@@ -99,7 +123,7 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f}/s" if speed else "   -/s", style="cyan")
 
 
-def _progress_bar() -> Progress:
+def _progress_bar(enabled: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -110,6 +134,7 @@ def _progress_bar() -> Progress:
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=err_console,
+        disable=not enabled,
     )
 
 
@@ -129,10 +154,18 @@ def index_cmd(
     index_type: Annotated[str, typer.Option("--index-type", help="ANN index: auto, flat or ivfpq.")] = "auto",
     no_ann: Annotated[bool, typer.Option("--no-ann", help="Only write the table; build the ANN index later with build-index.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when any item failed.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never contact the model hub: weights must be bundled, local or cached (also: HF_HUB_OFFLINE=1).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    quiet: QuietOpt = False,
+    no_progress: NoProgressOpt = False,
     rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="Record this ITM model as the index's re-ranking model (used by query --rerank and serve).")] = None,
 ) -> None:
-    """Index image folders and text collections (incremental: unchanged files are skipped)."""
+    """Index image folders and text collections (incremental: unchanged files are skipped).
+
+    Exit status 1 when every item failed (or any, with --strict), 2 on an error.
+    """
+    if offline:  # before anything imports huggingface_hub, which reads it once
+        os.environ["HF_HUB_OFFLINE"] = "1"
     from indexer.pipeline import IndexOptions, run_index
 
     spec = ModelSpec.parse(model, pretrained)
@@ -146,60 +179,28 @@ def index_cmd(
         index_type=index_type,
         image_metadata=metadata,
         file_column=file_column,
+        offline=offline,
     )
     with _errors():
-        with _progress_bar() as bar:
-            report = run_index(paths, _index_dir(index), spec, options=options, progress=_RichProgress(bar))
+        try:
+            with _progress_bar(not (quiet or no_progress)) as bar:
+                report = run_index(paths, _index_dir(index), spec, options=options, progress=_RichProgress(bar))
+        except IndexingFailedError as exc:  # every item failed: show which, then one line
+            print_failures(exc.report, err_console)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(EXIT_ITEMS_FAILED) from None
         if rerank_model:
             from mmsearch.rerank.config import record_rerank_model
 
             record_rerank_model(_index_dir(index), rerank_model)
     if json_out:
         console.print_json(json.dumps(report.to_dict(), default=str))
+    elif quiet:
+        print_failures(report, err_console)
     else:
-        _print_summary(report)
+        print_summary(report, console, err_console)
     if strict and (report.failed or report.sweep_aborted):
-        raise typer.Exit(1)
-
-
-def _print_summary(report: Any) -> None:
-    table = Table(title="index summary", show_header=False, box=None)
-    for label, name in (("added", "added"), ("updated", "updated"), ("deleted", "deleted"),
-                        ("skipped (unchanged)", "unchanged"), ("failed", "failed")):
-        table.add_row(label, str(getattr(report, name)))
-    table.add_row("embedded", f"{report.embedded} ({report.items_per_s:.1f} items/s over {report.elapsed_s:.1f}s)")
-    for kind, info in report.ann.items():
-        table.add_row(escape(f"ann[{kind}]"), f"{info.get('type')} n={info.get('n')} ({info.get('mode', '')})")
-    console.print(table)
-    if report.failures:
-        err_console.print(f"[yellow]{report.failed} item(s) skipped[/]; details: {escape(str(report.report_path))}")
-        for failure in report.failures[:10]:
-            where = failure.path + (f" row {failure.row_number}" if failure.row_number else "")
-            err_console.print(f"  [yellow]skip[/] {escape(where)}: {escape(failure.reason)} ({failure.exc_class})")
-        if report.failed > 10:
-            err_console.print(f"  ... and {report.failed - 10} more")
-    for root in report.sweep_aborted:
-        err_console.print(
-            f"[yellow]warning:[/] {escape(root)} could not be fully read; deleted files were NOT removed from the index"
-        )
-
-
-def _result_table(results: list[Any]) -> Table:
-    table = Table(show_lines=False)
-    table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("kind")
-    table.add_column("uri / text", overflow="fold")
-    table.add_column("metadata", overflow="fold")
-    for hit in results:
-        shown = hit.text if hit.kind == "text" and hit.text else hit.uri
-        meta = {k: v for k, v in hit.metadata.items() if k not in ("filename",)}
-        keys = ("sku", "category", "colour", "shape", "position", "price")
-        brief = ", ".join(f"{k}={meta[k]}" for k in keys if k in meta) or ", ".join(
-            f"{k}={v}" for k, v in list(meta.items())[:4]
-        )
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.kind, escape(str(shown)), escape(brief))
-    return table
+        raise typer.Exit(EXIT_ITEMS_FAILED)
 
 
 @app.command("query")
@@ -220,7 +221,10 @@ def query_cmd(
     min_match: Annotated[float | None, typer.Option("--min-match", min=0.0, max=1.0, help="Lowest match probability kept (with --rerank); none above it gives an empty answer.")] = None,
     rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model: mmsearch-tiny-itm, a local folder or a Hugging Face id (default: the one recorded with index --rerank-model, else Salesforce/blip-itm-base-coco).")] = None,
 ) -> None:
-    """Search an index with text, an image, or a weighted mix of both."""
+    """Search an index with text, an image, or a weighted mix of both.
+
+    Exit status 3 when nothing matched ("no results (reason)" on stderr), 2 on an error.
+    """
     from mmsearch.engine import SearchIndex
 
     empty_reason = None
@@ -240,17 +244,20 @@ def query_cmd(
         else:
             results = idx.search(query, k=top, kind=kind, exact=exact, nprobe=nprobe, refine=refine, where=where)  # type: ignore[arg-type]
         stale = idx.stale
-    if empty_reason and not json_out:
-        err_console.print(f"[yellow]{escape(empty_reason)}[/]")
+        kinds = list(idx.info()["ann"]) if not results else []
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], ensure_ascii=False) + "\n")
     elif paths_only:
         for hit in results:
-            sys.stdout.write(f"{hit.text if hit.kind == 'text' else hit.uri}\n")
-    else:
-        console.print(_result_table(results))
+            sys.stdout.write(paths_only_line(hit) + "\n")
+    elif results:
+        console.print(result_table(results))
     if stale:
         err_console.print("[yellow]note:[/] the index has changes newer than its search index; run mmsearch build-index")
+    if not results:
+        reason = empty_reason or no_results_reason(results, kinds=kinds, kind=kind, where=where)
+        err_console.print(f"no results ({escape(reason)})")
+        raise typer.Exit(EXIT_NO_RESULTS)
 
 
 @app.command("build-index")
@@ -301,35 +308,93 @@ def info_cmd(
 @app.command("serve")
 def serve_cmd(
     index: IndexDirOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (anything but loopback needs a token).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
     image_root: Annotated[list[Path] | None, typer.Option("--image-root", help="Folders query image paths may come from (repeatable; default: none).")] = None,
     allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Allow image-URL queries (public http(s) addresses only).")] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted upload.")] = 10.0,
     device: DeviceOpt = None,
-    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model for rerank=true requests: mmsearch-tiny-itm, a local folder or a Hugging Face id (default Salesforce/blip-itm-base-coco).")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="MMSEARCH_TOKEN", show_default=False, help="Access token required on every route but /healthz (Authorization: Bearer; the gallery asks once). Prefer the MMSEARCH_TOKEN variable.")] = None,
+    insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Serve a non-loopback address without a token (only behind a proxy that authenticates).")] = False,
+    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Host header value clients use, besides loopback names and --host (repeatable; *.example.com; * = any).")] = None,
+    expose_paths: Annotated[bool, typer.Option("--expose-paths", help="Show absolute server paths in results (default: relative to the indexed folder).")] = False,
+    no_docs: Annotated[bool, typer.Option("--no-docs", help="Do not serve /docs and /openapi.json.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes serving the index (ANN files are memory-mapped and shared).")] = 1,
+    proxy_headers: Annotated[bool, typer.Option("--proxy-headers", help="Trust X-Forwarded-For/-Proto from --forwarded-allow-ips (behind a reverse proxy).")] = False,
+    forwarded_allow_ips: Annotated[str, typer.Option("--forwarded-allow-ips", help="Comma-separated proxy addresses whose X-Forwarded-* headers are trusted.")] = "127.0.0.1",
+    log_format: Annotated[str, typer.Option("--log-format", help="Access log on stderr: text, json or none.")] = "text",
+    log_queries: Annotated[bool, typer.Option("--log-queries", help="Include query strings in the access log.")] = False,
+    drain_seconds: Annotated[float, typer.Option("--drain-seconds", min=0.0, help="On SIGTERM, answer 503 this long (load balancers notice) before shutting down.")] = 2.0,
+    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model for rerank=true requests: mmsearch-tiny-itm, a local folder or a Hugging Face id (default: the index's recorded one, else Salesforce/blip-itm-base-coco).")] = None,
 ) -> None:
     """Serve the HTTP API and the web gallery for an index."""
-    import uvicorn
+    from mmsearch.serve.lifecycle import bind_socket, prepare_workers, run
+    from mmsearch.serve.security import check_bind_policy, is_loopback
+    from mmsearch.server import ServerConfig
 
-    from mmsearch.server import ServerConfig, create_app
-
+    if log_format not in ("text", "json", "none"):
+        err_console.print("[bold red]error:[/] --log-format must be text, json or none")
+        raise typer.Exit(2)
+    with _errors():
+        check_bind_policy(host, token, insecure_no_auth)
+        sock = bind_socket(host, port)  # a busy port fails here, before the model loads
+    if not token and not is_loopback(host):
+        err_console.print(f"[bold yellow]WARNING:[/] serving {escape(host)} WITHOUT authentication (--insecure-no-auth)")
     config = ServerConfig(
         index_dir=_index_dir(index),
         device=device,
         image_roots=list(image_root or []),
         allow_urls=allow_urls,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        host=host,
+        allowed_hosts=list(allowed_host or []),
+        token=token or None,
+        docs=not no_docs,
+        expose_paths=expose_paths,
+        log_format=log_format,
+        log_queries=log_queries,
+        drain_s=drain_seconds,
         rerank_model=rerank_model,
     )
     with _errors():
         from mmsearch.engine import SearchIndex
 
-        # Fail fast with one clear line, and load the model now rather than on the
-        # first request; the server reuses this encoder.
-        config.encoder = SearchIndex(config.index_dir, device=device).encoder
-    err_console.print(f"serving {escape(str(config.index_dir))} on http://{host}:{port}")
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+        # Fail fast with one clear line. One worker loads the model now and reuses it;
+        # several workers each load their own (/readyz answers 503 until they have).
+        opened = SearchIndex(config.index_dir, device=device)
+        if workers == 1:
+            config.encoder = opened.encoder
+        del opened
+    shown = f"[{host}]" if ":" in host else host
+    extra = f" with {workers} workers" if workers > 1 else ""
+    auth = "token required" if token else "no token"
+    err_console.print(f"serving {escape(str(config.index_dir))} on http://{escape(shown)}:{port}{extra} ({auth})")
+    with prepare_workers(workers):
+        run(config, sock, workers=workers, proxy_headers=proxy_headers,
+            forwarded_allow_ips=forwarded_allow_ips, log_format=log_format)  # fmt: skip
+
+
+@app.command("check")
+def check_cmd(
+    index: IndexDirOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the changed items as JSON.")] = False,
+) -> None:
+    """List indexed images the server would refuse: changed, moved, replaced by links, or gone since indexing."""
+    from mmsearch.serve.files import check_index_files
+
+    with _errors():
+        checked, changed = check_index_files(_index_dir(index))
+    if json_out:
+        rows = [{"id": c.id, "path": c.path, "reason": c.reason} for c in changed]
+        sys.stdout.write(json.dumps({"checked": checked, "changed": rows}, ensure_ascii=False) + "\n")
+    else:
+        for item in changed:
+            console.print(f"[yellow]changed[/] {item.id}  {escape(item.path)}: {escape(item.reason)}")
+        style = "green" if not changed else "yellow"
+        console.print(f"[{style}]{checked} image(s) checked, {len(changed)} changed since indexing[/]"
+                      + ("; re-run mmsearch index on their folders" if changed else ""))  # fmt: skip
+    if changed:
+        raise typer.Exit(1)
 
 
 @app.command("sample-data")
@@ -361,11 +426,14 @@ def demo_cmd(
     with _errors():
         with _progress_bar() as bar:
             demo = run_demo(out, n=n, device=device, progress=_RichProgress(bar))
-    _print_summary(demo.report)
+    print_summary(demo.report, console, err_console)
     for query, kind, results in demo.queries:
         console.rule(f"[bold]{escape(query)}[/] → {kind}")
-        console.print(_result_table(results))
+        console.print(result_table(results))
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")
+
+
+use_clean_help(app)  # after the last command: PATHS... and untyped flags in --help
 
 
 def main() -> None:

@@ -55,5 +55,24 @@ class UnsafePathError(BadQueryError):
     """A path in a query resolves outside the allowed roots."""
 
 
+class SourceNotFoundError(MMSearchError, FileNotFoundError):
+    """A path given to index does not exist, or is neither a folder nor a text collection."""
+
+
+class IndexingFailedError(MMSearchError):
+    """An indexing run had work to do and every item of it failed.
+
+    ``report`` is the run's :class:`indexer.report.IndexReport` (failures, report path).
+    """
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+class MetadataJoinError(MMSearchError):
+    """An image-metadata sidecar names no image that is being indexed."""
+
+
 class RerankModelError(ModelLoadError):
     """The re-ranking (image-text matching) model could not be loaded."""

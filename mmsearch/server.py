@@ -6,11 +6,16 @@ Endpoints
     POST /api/search/image      multipart upload (field ``file``) → image search
     GET  /api/info              index info
     GET  /media/{id}            the image file of an indexed item (by id, never by path)
+    GET  /healthz, /readyz, /metrics, POST /login   operations (see mmsearch.serve.routes)
 
 Uploads are capped in bytes (413, counted as the body streams in, chunked or not) and
 in pixels (from the header, before decoding), and sniffed by content; image paths in
 queries must resolve under the allowed roots; image URLs are off unless enabled.
 Errors are JSON ``{"error": message, ...}`` with a 4xx status for bad input.
+Around the routes (outermost first): metrics and access logs, the Host allowlist,
+the drain gate, token auth, the body cap (see :mod:`mmsearch.serve`). Result paths are
+relative to their indexed root unless ``expose_paths``; ``/media`` serves a file only
+while it is still the one that was indexed.
 Every request serves the latest published snapshot (readers never see a
 half-written index): a newer snapshot is opened beside the current one and swapped
 in, so requests in flight finish on the snapshot they started with.
@@ -22,16 +27,15 @@ in, so requests in flight finish on the snapshot they started with.
 from __future__ import annotations
 
 import os
-import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi import Path as PathParam
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -46,16 +50,12 @@ from mmsearch.errors import (
     UnsafePathError,
 )
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
-
-WEB_DIR = Path(__file__).parent / "web"
+from mmsearch.serve.holder import IndexHolder
+from mmsearch.serve.limits import BodyLimitMiddleware, validation_error_body
+from mmsearch.serve.observe import Metrics, ObserveMiddleware, record_results
 
 # Multipart framing (boundaries, part headers, other small fields) on top of the file.
 _MULTIPART_SLACK = 64 * 1024
-_MAX_ITEM_ID = 2**63 - 1
-_PAGE_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
 
 
 @dataclass
@@ -71,145 +71,17 @@ class ServerConfig:
     # An encoder to use instead of loading the index's model: `mmsearch serve` passes the
     # one it loaded at start-up; tests pass a fake one.
     encoder: Any | None = None
+    host: str = "127.0.0.1"  # the bound address: accepted as a Host header
+    allowed_hosts: list[str] = field(default_factory=list)  # more Host values ("*" = any)
+    token: str | None = None  # required on every route but /healthz when set
+    docs: bool = True  # /docs and /openapi.json (behind the token like every route)
+    expose_paths: bool = False  # absolute server paths in results and /api/info
+    log_format: str = "text"  # access log: text, json or none
+    log_queries: bool = False  # query strings in the access log
+    drain_s: float = 2.0  # after SIGTERM: answer 503 this long, then shut down
     # ITM model for requests with rerank=true (registered name, folder or HF id; None:
     # the index's recorded one, else Salesforce/blip-itm-base-coco); loaded on first use.
     rerank_model: str | None = None
-
-
-class _IndexHolder:
-    """Holds the open index; opens a newer published snapshot beside it and swaps it in.
-
-    A request takes the current :class:`SearchIndex` once and uses only that object,
-    so a swap never changes the rows or ANN indexes under a request in flight. One
-    thread opens a new snapshot at a time; others keep serving the current one
-    meanwhile. A snapshot that fails to open is not retried until a newer one is
-    published; the old one stays in service and ``reload_error`` says why.
-    """
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self._open_lock = threading.Lock()
-        self._index: Any = None
-        self._failed: Any = None  # the snapshot that last failed to open
-        self.reload_error: str | None = None
-
-    def _open(self, encoder: Any | None) -> Any:
-        from mmsearch.engine import SearchIndex
-
-        return SearchIndex(
-            self.config.index_dir,
-            device=self.config.device,
-            image_roots=self.config.image_roots,
-            encoder=encoder,
-        )
-
-    def get(self) -> Any:
-        from mmsearch.snapshot import read_snapshot
-
-        current = self._index
-        if current is None:
-            with self._open_lock:
-                if self._index is None:
-                    self._index = self._open(self.config.encoder)
-                return self._index
-        try:
-            latest = read_snapshot(Path(self.config.index_dir))
-        except IndexCorruptError as exc:
-            self.reload_error = str(exc)
-            return current
-        if latest is None or latest == current.snapshot or latest == self._failed:
-            return current
-        if not self._open_lock.acquire(blocking=False):
-            return current  # another request is opening it; serve the current snapshot meanwhile
-        try:
-            current = self._index
-            if latest != current.snapshot:
-                encoder = self.config.encoder
-                if encoder is None and latest.model_key == current.spec.key:
-                    encoder = current.encoder  # same model: reuse the loaded weights
-                try:
-                    self._index = self._open(encoder)
-                    self._failed, self.reload_error = None, None
-                except MMSearchError as exc:
-                    self._failed, self.reload_error = latest, f"{type(exc).__name__}: {exc}"
-            return self._index
-        finally:
-            self._open_lock.release()
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimitMiddleware:
-    """ASGI middleware: answers 413 once a request body passes ``max_bytes``.
-
-    A declared Content-Length over the cap is refused before any byte is read. A
-    chunked (or understated) body is counted as it streams in; past the cap the app's
-    next ``receive`` fails, and whatever response the app then tries to send is
-    replaced by the 413, so the body is never buffered or spooled beyond the cap.
-    """
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._send_413(send)
-                return
-        state = {"received": 0, "too_large": False, "started": False}
-
-        async def counted_receive() -> dict[str, Any]:
-            if state["too_large"]:
-                raise _BodyTooLarge
-            message = await receive()
-            if message["type"] == "http.request":
-                state["received"] += len(message.get("body", b""))
-                if state["received"] > self.max_bytes:
-                    state["too_large"] = True
-                    raise _BodyTooLarge
-            return message
-
-        async def guarded_send(message: dict[str, Any]) -> None:
-            if state["too_large"]:
-                if message["type"] == "http.response.start" and not state["started"]:
-                    state["started"] = True
-                    await self._send_413(send)
-                return  # drop the app's own (error) response
-            if message["type"] == "http.response.start":
-                state["started"] = True
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, guarded_send)
-        except _BodyTooLarge:
-            if not state["started"]:
-                state["started"] = True
-                await self._send_413(send)
-
-    async def _send_413(self, send: Any) -> None:
-        import json
-
-        body = json.dumps(
-            {"error": f"request body larger than {self.max_bytes} bytes", "type": "PayloadTooLarge"}
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
 
 
 def check_query_paths(query: str, image_roots: list[Path]) -> None:
@@ -253,34 +125,48 @@ def _status_of(exc: MMSearchError) -> int:
     return 500
 
 
-class _RerankerHolder:
-    """Loads the ITM scorer once, on the first request that asks for re-ranking."""
-
-    def __init__(self, model: str | None, index_dir: Path) -> None:
-        self.model = model
-        self.index_dir = index_dir
-        self._lock = threading.Lock()
-        self._scorer: Any = None
-
-    def reranker(self, depth: int, min_match: float | None, device: str | None) -> Any:
-        from mmsearch.rerank import ItmReranker
-        from mmsearch.rerank.config import rerank_model_for
-        from mmsearch.rerank.itm import ItmScorer
-
-        with self._lock:
-            if self._scorer is None:
-                self._scorer = ItmScorer.load(
-                    rerank_model_for(self.index_dir, self.model), device=device
-                )
-        return ItmReranker(self._scorer, depth=depth, min_match=min_match)
-
-
 def create_app(config: ServerConfig) -> FastAPI:
     """Builds the FastAPI application for ``config``."""
-    holder = _IndexHolder(config)
-    rerankers = _RerankerHolder(config.rerank_model, Path(config.index_dir))
-    app = FastAPI(title="mmsearch", version="0.1.0")
+    from mmsearch.serve import security
+    from mmsearch.serve.lifecycle import DrainMiddleware, ServeState
+    from mmsearch.serve.routes import add_ops_routes
+
+    metrics = Metrics()
+
+    def on_open(index: Any) -> None:
+        items = {kind: int(ann.get("n", 0)) for kind, ann in index.info()["ann"].items()}
+        metrics.set_snapshot(index.snapshot, items)
+
+    holder = IndexHolder(config, on_open=on_open)
+    state = ServeState(drain_s=config.drain_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import asyncio
+
+        state.install_drain_handler(asyncio.get_running_loop())
+        state.start_warming(app.state.warm)
+        yield
+
+    docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="mmsearch", version="0.1.0", lifespan=lifespan, **docs)
+    # add_middleware wraps: the last added runs first.
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes + _MULTIPART_SLACK)
+    if config.token:
+        app.add_middleware(security.TokenAuthMiddleware, token=config.token)
+        security.add_login_route(app, config.token)
+    app.add_middleware(DrainMiddleware, state=state)
+    if "*" not in config.allowed_hosts:
+        hosts = security.allowed_hosts(config.host, list(config.allowed_hosts))
+        app.add_middleware(security.HostCheckMiddleware, allowed=hosts)
+    app.add_middleware(
+        ObserveMiddleware,
+        metrics=metrics,
+        log_format=config.log_format,
+        log_queries=config.log_queries,
+        router=app.router,
+    )
+    app.state.serve_state = state
 
     @app.exception_handler(MMSearchError)
     async def _mmsearch_error(request: Request, exc: MMSearchError) -> JSONResponse:
@@ -297,35 +183,24 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        summary = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
-            for e in errors[:5]
-        )
-        body = {"error": f"invalid request: {summary}", "detail": jsonable_encoder(errors)}
-        return JSONResponse(body, status_code=422)
+        return JSONResponse(validation_error_body(list(exc.errors())), status_code=422)
 
     def _results(hits: list[Any]) -> list[dict[str, Any]]:
+        record_results(hits)
+        catalog = None if config.expose_paths else holder.catalog(holder.current)
         out = []
         for hit in hits:
             item = hit.to_dict()
             item["media"] = f"/media/{hit.id}" if hit.kind == "image" else None
+            if catalog is not None:
+                item["uri"] = catalog.relative_uri(item["uri"])
             out.append(item)
         return out
 
-    @app.get("/", response_class=HTMLResponse)
-    def index_page() -> HTMLResponse:
-        html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
-        return HTMLResponse(
-            html,
-            headers={"Content-Security-Policy": _PAGE_CSP, "X-Content-Type-Options": "nosniff"},
-        )
+    add_ops_routes(app, config, holder, state, metrics)
+    from mmsearch.rerank.serving import RerankerHolder, reranked_response
 
-    @app.get("/api/info")
-    def info() -> dict[str, Any]:
-        out = holder.get().info()
-        out["reload_error"] = holder.reload_error
-        return out
+    rerankers = RerankerHolder(config.rerank_model, Path(config.index_dir), config.device)
 
     def _fetch_url_image(url: str) -> Any:
         if not config.allow_urls:
@@ -371,35 +246,13 @@ def create_app(config: ServerConfig) -> FastAPI:
             )
         label = q if not url else url
         if rerank:
-            return _reranked(
-                label, query, k, kind, where or [], rerank_depth, min_match, exact=exact
-            )
+            hits, extra = reranked_response(
+                rerankers, holder.get(), query, k=k, kind=kind, where=where or None,
+                depth=rerank_depth, min_match=min_match, exact=exact,
+            )  # fmt: skip
+            return {"query": label, "results": _results(hits), **extra}
         hits = holder.get().search(query, k=k, kind=kind, where=where or None, exact=exact)
         return {"query": label, "results": _results(hits)}
-
-    def _reranked(
-        label: str | None,
-        query: Any,
-        k: int,
-        kind: str,
-        where: list[str],
-        depth: int,
-        min_match: float | None,
-        **options: Any,
-    ) -> dict[str, Any]:
-        from mmsearch.rerank.search import rerank_search
-
-        reranker = rerankers.reranker(depth, min_match, config.device)
-        out = rerank_search(
-            holder.get(), query, reranker, k=k, kind=kind, where=where or None, **options
-        )
-        return {
-            "query": label,
-            "results": _results(out.results),
-            "reranked": True,
-            "empty_reason": out.empty_reason,
-            "dropped": [{"id": d.id, "uri": d.uri, "reason": d.reason} for d in out.dropped],
-        }
 
     def _search_upload(
         data: bytes, k: int, kind: str, where: list[str], rerank: tuple[int, float | None] | None
@@ -408,7 +261,11 @@ def create_app(config: ServerConfig) -> FastAPI:
 
         image = load_image(data, max_pixels=config.max_pixels)
         if rerank is not None:
-            return _reranked(None, image, k, kind, where, *rerank)
+            hits, extra = reranked_response(
+                rerankers, holder.get(), image, k=k, kind=kind, where=where or None,
+                depth=rerank[0], min_match=rerank[1],
+            )  # fmt: skip
+            return {"results": _results(hits), **extra}
         return {
             "results": _results(holder.get().search(image, k=k, kind=kind, where=where or None))
         }
@@ -432,16 +289,6 @@ def create_app(config: ServerConfig) -> FastAPI:
         options = (rerank_depth, min_match) if rerank else None
         out = await run_in_threadpool(_search_upload, data, k, kind, where or [], options)
         return {**out, "query": file.filename}
-
-    @app.get("/media/{item_id}")
-    def media(item_id: Annotated[int, PathParam(ge=0, le=_MAX_ITEM_ID)]) -> FileResponse:
-        path = holder.get().image_path(item_id)
-        if path is None or not os.path.isfile(path):
-            raise HTTPException(404, "no image with that id")
-        return FileResponse(
-            path,
-            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=60"},
-        )
 
     return app
 

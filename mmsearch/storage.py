@@ -228,6 +228,11 @@ class ItemStore:
             )
         }
 
+    def sources(self) -> set[str]:
+        """The folders and text collections (as uris) the table holds rows from."""
+        column = self.scan(["source"]).column("source")
+        return {s for s in pa.compute.unique(column).to_pylist() if s is not None}
+
     def max_id(self) -> int:
         tbl = self.scan(["id"])
         if tbl.num_rows == 0:

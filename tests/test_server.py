@@ -158,7 +158,14 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, encoder: FakeEncoder) -> d
 
 
 def _config(indexed: dict[str, Any], encoder: FakeEncoder, **kw: Any) -> ServerConfig:
-    return ServerConfig(index_dir=indexed["index_dir"], encoder=encoder, **kw)
+    # TestClient sends "Host: testserver"; these tests compare full paths.
+    return ServerConfig(
+        index_dir=indexed["index_dir"],
+        encoder=encoder,
+        allowed_hosts=["testserver"],
+        expose_paths=True,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -607,7 +614,16 @@ def test_reindex_while_querying_then_new_snapshot_is_served(
     catalog = generate_catalog(tmp_path / "catalog", n=40, seed=21)
     index_dir = tmp_path / "idx"
     build_index(catalog, index_dir, encoder, with_texts=False)
-    client = TestClient(create_app(ServerConfig(index_dir=index_dir, encoder=encoder)))
+    client = TestClient(
+        create_app(
+            ServerConfig(
+                index_dir=index_dir,
+                encoder=encoder,
+                allowed_hosts=["testserver"],
+                expose_paths=True,
+            )
+        )
+    )
     before = client.get("/api/info").json()
     assert before["rows"] == 40
 
@@ -657,7 +673,11 @@ def test_reindex_while_querying_then_new_snapshot_is_served(
 
 
 def test_missing_index_is_503_with_a_clear_message(tmp_path: Path, encoder: FakeEncoder) -> None:
-    client = TestClient(create_app(ServerConfig(index_dir=tmp_path / "none", encoder=encoder)))
+    client = TestClient(
+        create_app(
+            ServerConfig(index_dir=tmp_path / "none", encoder=encoder, allowed_hosts=["testserver"])
+        )
+    )
     res = client.get("/api/search", params={"q": "x"})
     assert res.status_code == 503
     assert "no mmsearch index" in res.json()["error"]

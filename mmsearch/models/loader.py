@@ -187,3 +187,74 @@ def load_encoder(
         root.removeFilter(quiet)
     model.requires_grad_(False)
     return ClipEncoder(model, tokenizer, spec, dev, autocast_dtype=autocast)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_files(spec: ModelSpec) -> tuple[str, list[str]] | None:
+    """(hub repo, candidate files) holding ``spec``'s weights, or None when none is needed."""
+    import open_clip
+
+    if spec.name.startswith("hf-hub:"):
+        return spec.name[len("hf-hub:") :], ["open_clip_config.json"]
+    if spec.name.startswith("local-dir:") or not spec.pretrained or _looks_like_path(spec.pretrained):
+        return None
+    hub = open_clip.get_pretrained_cfg(spec.name, spec.pretrained).get("hf_hub", "")
+    if not hub:
+        return None  # unknown tag (load_encoder explains) or a URL download
+    repo, filename = os.path.split(hub)  # open_clip's convention: "org/name/" or "org/name/file"
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return repo, names
+
+
+def _reach(host: str, port: int, timeout_s: float) -> str | None:
+    """One TCP connection attempt, DNS included, bounded by ``timeout_s``; None when it works."""
+    import socket
+
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc.strerror or type(exc).__name__)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return outcome[0] if outcome else f"no answer within {timeout_s:g}s"
+
+
+def check_weights_reachable(spec: ModelSpec, *, offline: bool = False, timeout_s: float = 3.0) -> None:
+    """Fails at once when ``spec``'s weights must come from the Hugging Face hub and cannot.
+
+    Shipped weights, local checkpoints and weights already in the Hugging Face cache
+    pass. Otherwise, offline (``offline=True`` or ``HF_HUB_OFFLINE=1``) raises
+    :class:`ModelLoadError` at once, and online one connection to the hub is tried with
+    a short timeout, instead of minutes of download retries without a network.
+
+    >>> check_weights_reachable(ModelSpec("mmsearch-tiny"))  # shipped: nothing to fetch
+    """
+    from urllib.parse import urlsplit
+
+    located = _hub_files(spec)
+    if located is None:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    repo, names = located
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in names):
+        return
+    if offline or _env_flag("HF_HUB_OFFLINE") or constants.HF_HUB_OFFLINE:
+        reason = "offline mode is on (--offline or HF_HUB_OFFLINE)"
+    else:
+        endpoint = urlsplit(constants.ENDPOINT)
+        host = endpoint.hostname or "huggingface.co"
+        problem = _reach(host, endpoint.port or (443 if endpoint.scheme == "https" else 80), timeout_s)
+        if problem is None:
+            return
+        reason = f"{host} cannot be reached: {problem}"
+    raise ModelLoadError(f"cannot load weights {spec.key!r}: not in the local Hugging Face cache and {reason}; {_ALTERNATIVES}")

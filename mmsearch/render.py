@@ -1,0 +1,134 @@
+"""How the command line shows results and run summaries to people (rich, no heavy imports).
+
+Paths are shown relative to the working directory when they lie under it, and are
+never folded mid-path, so that they can be copied from the terminal as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+#: Metadata keys shown first in the results table, when present.
+BRIEF_KEYS = ("sku", "category", "colour", "shape", "position", "price")
+#: Metadata keys that repeat what the path column already shows.
+HIDDEN_KEYS = frozenset({"file", "filename"})
+
+
+def display_path(path: str) -> str:
+    """``path`` relative to the working directory when under it, else unchanged."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith(os.pardir) else rel
+
+
+def _shown(hit: Any) -> str:
+    if hit.kind == "text" and hit.text:
+        return str(hit.text)
+    path = hit.path if hasattr(hit, "path") else None
+    return display_path(path) if path else str(hit.uri)
+
+
+def _brief(metadata: Mapping[str, Any]) -> str:
+    meta = {k: v for k, v in metadata.items() if k not in HIDDEN_KEYS}
+    chosen = [k for k in BRIEF_KEYS if k in meta] or list(meta)[:4]
+    return ", ".join(f"{k}={meta[k]}" for k in chosen)
+
+
+def result_table(results: Sequence[Any]) -> Table:
+    """The hits as a table; the metadata column appears only when some hit has metadata."""
+    briefs = [_brief(hit.metadata) for hit in results]
+    table = Table(show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("kind")
+    # Paths never wrap (they stay copyable); the metadata column folds to make room.
+    table.add_column("path / text", no_wrap=not any(h.kind == "text" for h in results))
+    if any(briefs):
+        table.add_column("metadata", overflow="fold")
+    for hit, brief in zip(results, briefs, strict=True):
+        row = [str(hit.rank), f"{hit.score:.4f}", hit.kind, escape(_shown(hit))]
+        if any(briefs):
+            row.append(escape(brief))
+        table.add_row(*row)
+    return table
+
+
+def paths_only_line(hit: Any) -> str:
+    """One hit as ``-f`` prints it: the image's path (as given at indexing) or the text."""
+    if hit.kind == "text":
+        return str(hit.text)
+    return (hit.path if hasattr(hit, "path") else None) or str(hit.uri)
+
+
+def no_results_reason(
+    results: Any, *, kinds: Sequence[str], kind: str, where: Sequence[str] | None
+) -> str:
+    """Why a search found nothing: the engine's ``reason`` when it gives one, else a guess."""
+    reason = getattr(results, "reason", None)
+    if reason:
+        return str(reason)
+    if kind in ("image", "text") and kind not in kinds:
+        return f"the index holds no {kind} items; it holds: {', '.join(kinds) or 'nothing'}"
+    if where:
+        return "no item matches the filters " + " and ".join(repr(w) for w in where)
+    return "nothing matched the query"
+
+
+def print_summary(report: Any, out: Console, err: Console) -> None:
+    """The summary of an indexing run: counts, rate, ANN indexes, metadata join, failures."""
+    table = Table(title="index summary", show_header=False, box=None)
+    for label, name in (
+        ("added", "added"),
+        ("updated", "updated"),
+        ("deleted", "deleted"),
+        ("skipped (unchanged)", "unchanged"),
+        ("failed", "failed"),
+    ):
+        table.add_row(label, str(getattr(report, name)))
+    load = f"; model load {report.load_s:.1f}s" if getattr(report, "load_s", 0) else ""
+    table.add_row(
+        "embedded",
+        f"{report.embedded} ({report.items_per_s:.1f} items/s over {report.elapsed_s:.1f}s{load})",
+    )
+    join = getattr(report, "metadata_join", None)
+    if join:
+        table.add_row(
+            "metadata rows",
+            f"{join['matched']} matched, {join['unmatched']} unmatched; "
+            f"{join['images_without_row']} image(s) without a row",
+        )
+    for kind, info in report.ann.items():
+        table.add_row(
+            escape(f"ann[{kind}]"), f"{info.get('type')} n={info.get('n')} ({info.get('mode', '')})"
+        )
+    out.print(table)
+    print_failures(report, err)
+
+
+def print_failures(report: Any, err: Console, limit: int = 10) -> None:
+    """The skipped items (first ``limit``), the report file and aborted deletion sweeps."""
+    if report.failures:
+        err.print(
+            f"[yellow]{report.failed} item(s) skipped[/]; details: {escape(str(report.report_path))}"
+        )
+        for failure in report.failures[:limit]:
+            where = display_path(failure.path) + (
+                f" row {failure.row_number}" if failure.row_number else ""
+            )
+            err.print(
+                f"  [yellow]skip[/] {escape(where)}: {escape(failure.reason)} ({failure.exc_class})"
+            )
+        if report.failed > limit:
+            err.print(f"  ... and {report.failed - limit} more")
+    for root in report.sweep_aborted:
+        err.print(
+            f"[yellow]warning:[/] {escape(root)} could not be fully read; deleted files were NOT removed from the index"
+        )
