@@ -54,6 +54,7 @@ class ItmTrainConfig:
     curriculum: float = 0.4  # share of the steps over which easy negatives fade 0.5 -> 0.125
     pool: int = 0  # > 0: render this many scenes once and draw batches from them
     init: str = ""  # continue from a model folder written by an earlier run
+    stop_after: int = 0  # end after this many steps (the schedule still spans ``steps``)
     lr: float = 5e-4
     min_lr: float = 1e-5
     warmup: int = 100
@@ -343,8 +344,11 @@ def train(
             win = _quick_eval(model, processor, cfg)
             last = {"step": step + 1, "hard_negative_win_rate": win}
             print(f"eval step {step + 1} win-rate {win:.3f}", file=sys.stderr, flush=True)
-        if (step + 1) % save_every == 0 or step + 1 == cfg.steps:
+        stop = step + 1 == cfg.stop_after
+        if (step + 1) % save_every == 0 or step + 1 == cfg.steps or stop:
             save(model, processor, out)
+        if stop:
+            break
     last["seconds"] = time.time() - start
     return last
 
