@@ -51,7 +51,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out[name] = {k: res[k] for k in ("n_images", "n_captions", "r1", "r5")}
         for name in ("same-pairs", "other-pairs"):
             out[name] = rerank_recall(
-                encoder, scorer, root / name, depth=args.depth, max_queries=args.max_queries
+                encoder,
+                scorer,
+                root / name,
+                depth=args.depth,
+                max_queries=args.max_queries,
+                blend=args.blend,
             )
     return out
 
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=31337)
     ap.add_argument("--depth", type=int, default=50)
     ap.add_argument("--max-queries", type=int, default=None)
+    ap.add_argument("--blend", type=float, default=0.0, help="weight of the first-stage score")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     res = run(args)

@@ -63,10 +63,12 @@ def rerank_recall(
     depth: int = 50,
     max_queries: int | None = None,
     seed: int = 0,
+    blend: float = 0.0,
 ) -> dict[str, Any]:
     """Text→image and image→text caption recall, first stage vs re-ranked at ``depth``.
 
-    ``max_queries`` evaluates a seeded sample of the queries (all when ``None``).
+    ``max_queries`` evaluates a seeded sample of the queries (all when ``None``);
+    ``blend`` is the re-rank stage's weight of the first-stage score.
     """
     start = time.perf_counter()
     root = Path(catalog_dir)
@@ -92,7 +94,7 @@ def rerank_recall(
         order = np.argsort(-sims[q], kind="stable")
         first.append(_first_hit(labels, order, text))
         top = order[:depth]
-        probs = scorer.score_embeds(text, image_embeds[top])
+        probs = (1 - blend) * scorer.score_embeds(text, image_embeds[top]) + blend * sims[q][top]
         reranked.append(_first_hit(labels, top[np.argsort(-probs, kind="stable")], text))
     t2i = {f"first_{k}": v for k, v in _recalls(first, ks).items()}
     t2i |= {f"rerank_{k}": v for k, v in _recalls(reranked, (1, 5)).items()}
@@ -107,10 +109,13 @@ def rerank_recall(
         picks = np.sort(rng.choice(len(rows), max_queries, replace=False))
     first, reranked = [], []
     for i in picks:
-        order = np.argsort(-(text_vecs @ image_vecs[i]), kind="stable")
+        cos = text_vecs @ image_vecs[i]
+        order = np.argsort(-cos, kind="stable")
         first.append(_first_hit(corpus_arr, order, labels[i]))
         top = order[:depth]
-        probs = scorer.score_texts(images[i], corpus_arr[top].tolist())
+        probs = (1 - blend) * scorer.score_texts(images[i], corpus_arr[top].tolist()) + blend * cos[
+            top
+        ]
         reranked.append(_first_hit(corpus_arr, top[np.argsort(-probs, kind="stable")], labels[i]))
     i2t = {f"first_{k}": v for k, v in _recalls(first, ks).items()}
     i2t |= {f"rerank_{k}": v for k, v in _recalls(reranked, (1, 5)).items()}
@@ -120,6 +125,7 @@ def rerank_recall(
         "i2t_queries": len(picks),
         "i2t_corpus": len(corpus),
         "depth": depth,
+        "blend": blend,
         "t2i": t2i,
         "i2t": i2t,
         "seconds": time.perf_counter() - start,
