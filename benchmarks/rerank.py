@@ -117,9 +117,14 @@ def main(argv: list[str] | None = None) -> None:
                 rows,
                 info.root,
                 args.queries,
+                DEPTHS,
             ),
             "blip-base-random": time_model(
-                base_sized_scorer(args.device), rows, info.root, args.base_queries
+                base_sized_scorer(args.device),
+                rows,
+                info.root,
+                args.base_queries,
+                tuple(int(d) for d in args.base_depths.split(",")),
             ),
         }
     print(f"device {args.device}, torch threads {args.threads}")
