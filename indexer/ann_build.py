@@ -1,7 +1,8 @@
 """Build the ANN indexes of an index directory from its table, and publish a snapshot.
 
 One :class:`mmsearch.ann.VectorIndex` per kind (image, text), each matching the table
-at one version. When the previous snapshot holds a trained IVF-PQ index, the rows
+at one version, and the table's full-text index brought up to date first (see
+:meth:`mmsearch.storage.ItemStore.update_lexical_index`). When the previous snapshot holds a trained IVF-PQ index, the rows
 that changed since its table version are removed/added in place (no retraining);
 the index retrains by itself once the rows added since training exceed
 ``RETRAIN_GROWTH_RATIO`` × the rows it was trained on, and ``retrain=True`` (``mmsearch
@@ -73,9 +74,18 @@ def build_ann(
     from mmsearch.ann import VectorIndex
 
     index_dir = store.index_dir
+    # The full-text index first: updating it commits a table version, and the
+    # snapshot must name the version that has it.
+    lexical_index = store.update_lexical_index()
     version = store.version
     previous = _read_snapshot_or_none(store)
-    if previous is not None and not retrain and index_type == "auto" and previous.table_version == version:
+    if (
+        previous is not None
+        and not retrain
+        and index_type == "auto"
+        and previous.table_version == version
+        and previous.lexical_index == lexical_index
+    ):
         unchanged = _unchanged_infos(store, spec, previous)
         if unchanged is not None:  # nothing was written since the snapshot: keep it as it is
             return unchanged
@@ -92,7 +102,9 @@ def build_ann(
             ids, vectors = store.vectors(kind)
             if len(ids) == 0:
                 continue
-            index = VectorIndex.build(vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed)  # type: ignore[arg-type]
+            index = VectorIndex.build(
+                vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed
+            )  # type: ignore[arg-type]
         if len(index) == 0:
             continue
         cross = _cross_queries(store, kind, encoder, seed)
@@ -107,12 +119,14 @@ def build_ann(
         infos[kind] = {**index.info, "mode": mode}
         if progress is not None:
             progress("ann", 1, 1)
-    write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation))
+    write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation, lexical_index))
     _collect_garbage(store, set(ann_dirs.values()))
     return infos
 
 
-def _cross_queries(store: ItemStore, kind: str, encoder: Any | None, seed: int) -> npt.NDArray[np.float32] | None:
+def _cross_queries(
+    store: ItemStore, kind: str, encoder: Any | None, seed: int
+) -> npt.NDArray[np.float32] | None:
     """Vectors that look like queries from the other modality, for ``kind``'s index."""
     other = "text" if kind == "image" else "image"
     ids = store.scan(["id"], f"kind = {sql_quote(other)}").column("id").to_numpy()
@@ -128,7 +142,12 @@ def _cross_queries(store: ItemStore, kind: str, encoder: Any | None, seed: int) 
             for place in CALIBRATION_PLACES
         ]
         rng = np.random.default_rng(seed)
-        chosen = [prompts[int(i)] for i in rng.choice(len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False)]
+        chosen = [
+            prompts[int(i)]
+            for i in rng.choice(
+                len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False
+            )
+        ]
         return np.asarray(encoder.encode_texts(chosen), dtype=np.float32)
     return None
 
@@ -138,14 +157,20 @@ def row_delta(old: ItemStore, new: ItemStore, kind: str) -> RowDelta:
     where = f"kind = {sql_quote(kind)}"
     before = old.scan(["id", "sha256"], where)
     after = new.scan(["id", "sha256"], where)
-    old_map = dict(zip(before.column("id").to_pylist(), before.column("sha256").to_pylist(), strict=True))
-    new_map = dict(zip(after.column("id").to_pylist(), after.column("sha256").to_pylist(), strict=True))
+    old_map = dict(
+        zip(before.column("id").to_pylist(), before.column("sha256").to_pylist(), strict=True)
+    )
+    new_map = dict(
+        zip(after.column("id").to_pylist(), after.column("sha256").to_pylist(), strict=True)
+    )
     removed = [i for i, sha in old_map.items() if new_map.get(i, None) != sha or i not in new_map]
     added = [i for i, sha in new_map.items() if old_map.get(i, None) != sha or i not in old_map]
     return RowDelta(np.asarray(sorted(removed), np.int64), np.asarray(sorted(added), np.int64))
 
 
-def vectors_of(store: ItemStore, ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+def vectors_of(
+    store: ItemStore, ids: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """(ids, vectors) of the given ids, read from the table in chunks."""
     out_ids, out_vecs = [], []
     for start in range(0, len(ids), _ID_CHUNK):
@@ -158,7 +183,9 @@ def vectors_of(store: ItemStore, ids: npt.NDArray[np.int64]) -> tuple[npt.NDArra
     return np.concatenate(out_ids), np.concatenate(out_vecs)
 
 
-def _update_in_place(store: ItemStore, spec: ModelSpec, previous: Snapshot, kind: str, index_type: str) -> Any:
+def _update_in_place(
+    store: ItemStore, spec: ModelSpec, previous: Snapshot, kind: str, index_type: str
+) -> Any:
     """The previous IVF-PQ index patched to the current table, or None to rebuild."""
     from mmsearch.ann import VectorIndex
 
@@ -185,7 +212,9 @@ def _update_in_place(store: ItemStore, spec: ModelSpec, previous: Snapshot, kind
     return index
 
 
-def _unchanged_infos(store: ItemStore, spec: ModelSpec, snapshot: Snapshot) -> dict[str, dict[str, Any]] | None:
+def _unchanged_infos(
+    store: ItemStore, spec: ModelSpec, snapshot: Snapshot
+) -> dict[str, dict[str, Any]] | None:
     """Info of the snapshot's indexes when they all load and match; None to rebuild."""
     from mmsearch.ann import VectorIndex
 
@@ -193,7 +222,9 @@ def _unchanged_infos(store: ItemStore, spec: ModelSpec, snapshot: Snapshot) -> d
     try:
         for kind, rel in snapshot.ann_dirs.items():
             index = VectorIndex.load(
-                store.index_dir / rel, expect_table_version=snapshot.table_version, expect_model_key=spec.key
+                store.index_dir / rel,
+                expect_table_version=snapshot.table_version,
+                expect_model_key=spec.key,
             )
             infos[kind] = {**index.info, "mode": "unchanged"}
     except (MMSearchError, OSError, ValueError, RuntimeError):

@@ -42,6 +42,7 @@ from mmsearch.render import (
     print_summary,
     result_table,
 )
+from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
 
 #: Exit status of a query that found nothing (scripts can tell it from an error).
 EXIT_NO_RESULTS = 3
@@ -207,8 +208,17 @@ def index_cmd(
 def query_cmd(
     query: Annotated[str, typer.Argument(help='Text, an image path, or a mix: \'"2:red dress" + ./ref.jpg - "stripes"\'.')],
     index: IndexDirOpt = None,
-    top: Annotated[int, typer.Option("--top", "-k", min=1, max=10000, help="Number of results.")] = 10,
-    kind: Annotated[str, typer.Option("--kind", help="Result kind: image, text or any.")] = "any",
+    top: Annotated[int, typer.Option("--top", "-k", min=1, max=MAX_K, help="Number of results.")] = 10,
+    offset: Annotated[int, typer.Option("--offset", min=0, max=MAX_OFFSET, help="Skip this many results (paging).")] = 0,
+    kind: Annotated[str, typer.Option("--kind", help="Result kind: image, text or any (any ranks each kind fairly).")] = DEFAULT_KIND,
+    mode: Annotated[str | None, typer.Option("--mode", help="vector, lexical or hybrid (default: hybrid when the index has a full-text index and the query has text).")] = None,
+    fusion: Annotated[str, typer.Option("--fusion", help="How hybrid merges its legs: rrf (reciprocal rank) or weighted.")] = "rrf",
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Weight of the vector leg with --fusion weighted.")] = 0.7,
+    literal: Annotated[bool, typer.Option("--literal", help="Take the whole argument as one text term (no + / - / path parsing).")] = False,
+    group_by: Annotated[str | None, typer.Option("--group-by", help="Best hit per value of this metadata key (e.g. sku).")] = None,
+    dedup: Annotated[float | None, typer.Option("--dedup", min=0.0, max=1.0, help="Fold hits within this cosine of a better hit (e.g. 0.97).")] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", help="Drop hits whose cosine similarity (BM25 score in lexical mode) is below this.")] = None,
+    cutoff: Annotated[bool, typer.Option("--cutoff", help="Hybrid: print 'no good match' when no hit beats the index's chance level and no word matched.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as a JSON list.")] = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", "-f", help="Print only the uri (or text) of each hit, one per line.")] = False,
     exact: Annotated[bool, typer.Option("--exact", help="Exact search: bypass the ANN index.")] = False,
@@ -230,19 +240,23 @@ def query_cmd(
     empty_reason = None
     with _errors():
         idx = SearchIndex(_index_dir(index), device=device)
+        spec = None
         if rerank:
-            from mmsearch.rerank import load_reranker
-            from mmsearch.rerank.config import rerank_model_for
-            from mmsearch.rerank.search import rerank_search
+            from mmsearch.rerank import attach_reranker
+            from mmsearch.search.types import RerankSpec
 
-            model_name = rerank_model_for(idx.index_dir, rerank_model)
-            reranker = load_reranker(model_name, depth=rerank_depth, min_match=min_match, device=device)
-            outcome = rerank_search(idx, query, reranker, k=top, kind=kind, where=where, exact=exact, nprobe=nprobe, refine=refine)
-            results, empty_reason = outcome.results, outcome.empty_reason
-            for gone in outcome.dropped:
+            attach_reranker(idx, rerank_model, device=device)
+            spec = RerankSpec(depth=rerank_depth, min_match=min_match)
+        results = idx.search(
+            query, k=top, offset=offset, kind=kind, mode=mode, fusion=fusion, alpha=alpha, literal=literal,  # type: ignore[arg-type]
+            group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine, where=where,
+            rerank=spec or False,
+        )  # fmt: skip
+        if spec is not None:
+            for gone in idx.reranker.dropped:
                 err_console.print(f"[yellow]skipped:[/] {escape(gone.uri)}: {escape(gone.reason)}")
-        else:
-            results = idx.search(query, k=top, kind=kind, exact=exact, nprobe=nprobe, refine=refine, where=where)  # type: ignore[arg-type]
+            if not results and min_match is not None:
+                empty_reason = f"no good match: no candidate reached match probability {min_match:.2f}"
         stale = idx.stale
         kinds = list(idx.info()["ann"]) if not results else []
     if json_out:

@@ -1,8 +1,15 @@
 """The query engine: one engine behind the library, the CLI and the server.
 
 A :class:`SearchIndex` opens an index directory at its published snapshot (table
-version + ANN indexes built from it), encodes queries with the index's own model,
-searches the per-kind ANN indexes and returns typed :class:`SearchResult` rows.
+version + ANN indexes + full-text index built from it) and runs
+:class:`~mmsearch.search.types.Query` objects through the stages of
+:mod:`mmsearch.search`::
+
+    filter ids ─▶ encode ─▶ retrieve (vector legs, lexical legs, exact id) ─▶ fuse
+      ─▶ exact re-score ─▶ rerank (optional) ─▶ shape ─▶ Results
+
+This module only opens the snapshot and composes the stages; each stage is a
+function in its own module, tested alone.
 """
 
 from __future__ import annotations
@@ -10,114 +17,41 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
 
-from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchError, UnsafePathError
+from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchError
+from mmsearch.filters import Condition, from_mapping, parse_where
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.query import QueryTerm, parse_query
+from mmsearch.search.builder import QueryBuilder
+from mmsearch.search.encode import UrlFetcher, encode_terms, modality
+from mmsearch.search.rerank import Reranker
+from mmsearch.search.rows import ROW_COLUMNS, Rows, looks_like_identifier
+from mmsearch.search.types import (
+    DEFAULT_KIND,
+    Kind,
+    Query,
+    RerankSpec,
+    Results,
+    SearchResult,
+    check_k,
+)
 from mmsearch.snapshot import Snapshot, read_snapshot
-from mmsearch.storage import ItemStore
+from mmsearch.storage import LEXICAL_COLUMN, ItemStore
 
-Kind = Literal["image", "text", "any"]
-ImageLike = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray (H, W, 3) uint8
-QueryLike = str | os.PathLike[str] | Any
+#: Fewest candidates each leg brings when legs are fused (RRF needs overlap to work).
+FUSION_DEPTH = 50
+QueryLike = str | os.PathLike[str] | Any  # also a PIL image or an (H, W, 3) uint8 array
+WhereLike = Mapping[str, Any] | Sequence[str] | str | None
 
-_RESULT_COLUMNS = ["id", "uri", "kind", "text", "metadata"]
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """One hit. ``uri`` is the item's stored location (file path, or ``collection#row-id``)."""
-
-    rank: int
-    id: int
-    uri: str
-    kind: str
-    text: str | None
-    score: float
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def path(self) -> str | None:
-        """The local file path of an image hit (lossless for non-UTF-8 names)."""
-        if self.kind != "image":
-            return None
-        from indexer.discover import uri_to_path
-
-        return uri_to_path(self.uri)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rank": self.rank,
-            "id": self.id,
-            "uri": self.uri,
-            "kind": self.kind,
-            "text": self.text,
-            "score": round(self.score, 6),
-            "metadata": self.metadata,
-        }
-
-
-class _Rows:
-    """The snapshot's non-vector columns, held in memory, looked up by id."""
-
-    def __init__(self, table: pa.Table) -> None:
-        ids = table.column("id").to_numpy()
-        order = np.argsort(ids, kind="stable")
-        self._sorted_ids = ids[order]
-        self._table = table.take(pa.array(order))
-        self._filterable: pa.Table | None = None
-        self._lock = threading.Lock()
-
-    def filterable(self) -> pa.Table:
-        """id, kind and every metadata key as typed columns (built on first use)."""
-        with self._lock:
-            if self._filterable is None:
-                records = [json.loads(m) if m else {} for m in self._table.column("metadata").to_pylist()]
-                keys = sorted({key for rec in records for key in rec})
-                columns: dict[str, pa.Array] = {
-                    "id": pa.array(self._sorted_ids),
-                    "kind": self._table.column("kind").combine_chunks(),
-                }
-                for key in keys:
-                    if key in columns:
-                        continue
-                    values = [rec.get(key) for rec in records]
-                    try:
-                        columns[key] = pa.array(values)
-                    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: compare as text
-                        columns[key] = pa.array([None if v is None else str(v) for v in values], pa.string())
-                    if pa.types.is_null(columns[key].type) or pa.types.is_nested(columns[key].type):
-                        columns[key] = pa.array([None if v is None else str(v) for v in values], pa.string())
-                self._filterable = pa.table(columns)
-            return self._filterable
-
-    def matching_ids(self, conditions: list[Any]) -> npt.NDArray[np.int64]:
-        """Sorted ids of the rows that satisfy every condition."""
-        from mmsearch.filters import compile_filter
-
-        table = self.filterable()
-        expr = compile_filter(conditions, table)
-        return table.filter(expr).column("id").to_numpy().astype(np.int64)
-
-    def uri_of(self, item_id: int) -> tuple[str, str] | None:
-        pos = int(np.searchsorted(self._sorted_ids, item_id))
-        if pos >= len(self._sorted_ids) or self._sorted_ids[pos] != item_id:
-            return None
-        return self._table.column("uri")[pos].as_py(), self._table.column("kind")[pos].as_py()
-
-    def take(self, ids: npt.NDArray[np.int64]) -> tuple[pa.Table, npt.NDArray[np.bool_]]:
-        pos = np.searchsorted(self._sorted_ids, ids)
-        pos = np.clip(pos, 0, max(len(self._sorted_ids) - 1, 0))
-        found = (len(self._sorted_ids) > 0) & (self._sorted_ids[pos] == ids) if len(ids) else np.zeros(0, bool)
-        return self._table.take(pa.array(pos[found])), found
+__all__ = ["Query", "QueryBuilder", "Results", "SearchIndex", "SearchResult", "open_index"]
 
 
 class SearchIndex:
@@ -126,6 +60,7 @@ class SearchIndex:
     >>> import mmsearch
     >>> idx = mmsearch.open(".mmsearch")  # doctest: +SKIP
     >>> [r.uri for r in idx.search("a red circle on the left", k=3)]  # doctest: +SKIP
+    >>> idx.query().text("SKU-00042").group_by("sku").limit(5).to_list()  # doctest: +SKIP
     """
 
     def __init__(
@@ -135,14 +70,21 @@ class SearchIndex:
         model: ModelSpec | None = None,
         device: str | None = None,
         image_roots: Sequence[str | os.PathLike[str]] | None = None,
-        encoder: Any | None = None,
+        encoder: Encoder | None = None,
+        reranker: Reranker | None = None,
+        fetch_url: UrlFetcher | None = None,
     ) -> None:
         self.index_dir = Path(index_dir)
         self.device = device
-        self.image_roots = [Path(os.path.realpath(r)) for r in image_roots] if image_roots is not None else None
+        self.image_roots = (
+            [Path(os.path.realpath(r)) for r in image_roots] if image_roots is not None else None
+        )
+        self.reranker = reranker
+        self.fetch_url = fetch_url
         self._lock = threading.RLock()
         self._encoder = encoder
-        self._rows: _Rows | None = None
+        self._rows: Rows | None = None
+        self._kind_floors: dict[str, float] | None = None
         self._open(model)
 
     # -- opening ---------------------------------------------------------------------------
@@ -184,6 +126,7 @@ class SearchIndex:
             self.spec = spec
             self._ann = ann
             self._rows = None
+            self._kind_floors = None
 
     def reload(self) -> bool:
         """Switches to a newer published snapshot, if any; returns whether it changed."""
@@ -202,7 +145,7 @@ class SearchIndex:
             return False
 
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> Encoder:
         with self._lock:
             if self._encoder is None:
                 from mmsearch.models import load_encoder
@@ -210,17 +153,37 @@ class SearchIndex:
                 self._encoder = load_encoder(self.spec, device=self.device)
             return self._encoder
 
-    def _rows_view(self) -> _Rows:
+    @property
+    def has_lexical(self) -> bool:
+        """True when the snapshot has a full-text index (hybrid and lexical modes work)."""
+        return bool(self.snapshot.lexical_index)
+
+    def _rows_view(self) -> Rows:
         with self._lock:
             if self._rows is None:
-                self._rows = _Rows(self.store.scan(_RESULT_COLUMNS))
+                self._rows = Rows(self.store.scan(ROW_COLUMNS))
             return self._rows
 
+    def _floors(self) -> dict[str, float]:
+        """Per-kind chance levels for hybrid's cut-off (see :mod:`mmsearch.search.calibrate`)."""
+        from mmsearch.search.calibrate import kind_floors, probe_texts
+
+        with self._lock:
+            if self._kind_floors is None:
+                probes = np.asarray(self.encoder.encode_texts(probe_texts()), np.float32)
+                best = {}
+                for kind, index in self._ann.items():
+                    if len(index):
+                        scores, _ = index.search(probes, 1, exact=True)
+                        best[kind] = scores[:, 0]
+                self._kind_floors = kind_floors(best)
+            return self._kind_floors
+
     def __len__(self) -> int:
-        return sum(int(a.info.get("n", 0)) for a in self._ann.values())
+        return sum(len(a) for a in self._ann.values())
 
     def info(self) -> dict[str, Any]:
-        """Row count, model, snapshot and per-kind ANN parameters."""
+        """Row count, model, snapshot, full-text index and per-kind ANN parameters."""
         return {
             "index_dir": str(self.index_dir),
             "model": self.spec.key,
@@ -228,64 +191,49 @@ class SearchIndex:
             "rows": self.store.count(),
             "table_version": self.snapshot.table_version,
             "stale": self.stale,
+            "lexical_index": self.snapshot.lexical_index,
             "ann": {kind: dict(a.info) for kind, a in self._ann.items()},
         }
 
-    # -- encoding --------------------------------------------------------------------------
-    def _check_image_path(self, path: str | os.PathLike[str]) -> Path:
-        real = Path(os.path.realpath(path))
-        if self.image_roots is not None and not any(real.is_relative_to(root) for root in self.image_roots):
-            raise UnsafePathError(f"image path {os.fspath(path)!r} is outside the allowed folders")
-        if not real.is_file():
-            raise BadQueryError(f"image not found: {os.fspath(path)}")
-        return real
+    def image_path(self, item_id: int) -> str | None:
+        """Local file path of an indexed image, by id (None for unknown ids and texts)."""
+        from mmsearch.uris import uri_to_path
 
-    def _encode_image(self, image: ImageLike) -> npt.NDArray[np.float32]:
-        from PIL import Image
+        found = self._rows_view().uri_of(int(item_id))
+        if found is None or found[1] != "image":
+            return None
+        return uri_to_path(found[0])
 
-        from mmsearch.imageio import load_image
-        from mmsearch.models.preprocess import fit_square
+    # -- building queries ------------------------------------------------------------------
+    def query(self) -> QueryBuilder:
+        """A fluent query builder bound to this index (see :class:`QueryBuilder`)."""
+        return QueryBuilder(self)
 
-        if isinstance(image, (str, os.PathLike)):
-            image = load_image(self._check_image_path(image))
-        elif isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[2] != 3:
-                raise BadQueryError("an image array must be (H, W, 3)")
-            image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
-        elif not isinstance(image, Image.Image):
-            raise BadQueryError(f"cannot use {type(image).__name__} as an image query")
-        enc = self.encoder
-        return enc.encode_images(fit_square(image.convert("RGB"), enc.image_size)[None])[0]
+    @staticmethod
+    def terms_of(query: QueryLike, *, literal: bool = False) -> tuple[QueryTerm, ...]:
+        """The terms of a query-language string, a path, a PIL image or an array."""
+        if isinstance(query, str):
+            return tuple(parse_query(query, literal=literal))
+        if isinstance(query, os.PathLike):
+            return (QueryTerm(1.0, "image", os.fspath(query)),)
+        return (QueryTerm(1.0, "image", query),)
+
+    @staticmethod
+    def conditions_of(where: WhereLike) -> tuple[Condition, ...]:
+        """Typed conditions from a mapping, one condition string, or a list of them."""
+        if not where:
+            return ()
+        if isinstance(where, Mapping):
+            return tuple(from_mapping(where))
+        if isinstance(where, str):
+            return tuple(parse_where([where]))
+        return tuple(parse_where(list(where)))
 
     def encode_query(self, query: QueryLike) -> npt.NDArray[np.float32]:
         """The unit query vector of a text, a query-language string, an image path, PIL image or array."""
-        return self._encode(query)[0]
-
-    def _encode(self, query: QueryLike) -> tuple[npt.NDArray[np.float32], str]:
-        """(unit vector, modality): modality is "text", "image" or "mixed"."""
-        if isinstance(query, str):
-            terms = parse_query(query)
-        elif isinstance(query, os.PathLike):
-            terms = [QueryTerm(1.0, "image", os.fspath(query))]
-        else:
-            return self._encode_image(query), "image"
-        kinds = {t.kind for t in terms}
-        modality = kinds.pop() if len(kinds) == 1 else "mixed"
-        texts = [t for t in terms if t.kind == "text"]
-        parts: list[npt.NDArray[np.float32]] = []
-        weights: list[float] = []
-        if texts:
-            parts.extend(self.encoder.encode_texts([t.value for t in texts]))
-            weights.extend(t.weight for t in texts)
-        for term in terms:
-            if term.kind == "image":
-                parts.append(self._encode_image(term.value))
-                weights.append(term.weight)
-        vec = np.sum(np.asarray(weights, np.float32)[:, None] * np.stack(parts), axis=0)
-        norm = float(np.linalg.norm(vec))
-        if norm < 1e-6:
-            raise BadQueryError("the query's terms cancel out")
-        return (vec / norm).astype(np.float32), modality
+        return encode_terms(
+            self.encoder, self.terms_of(query), roots=self.image_roots, fetch_url=self.fetch_url
+        )
 
     # -- searching -------------------------------------------------------------------------
     def search(
@@ -293,110 +241,225 @@ class SearchIndex:
         query: QueryLike,
         k: int = 10,
         *,
-        kind: Kind = "any",
+        kind: Kind = DEFAULT_KIND,
+        where: WhereLike = None,
+        mode: str | None = None,
+        fusion: str = "rrf",
+        alpha: float = 0.7,
+        offset: int = 0,
+        group_by: str | None = None,
+        dedup: float | None = None,
+        min_score: float | None = None,
+        cutoff: bool = False,
+        rerank: bool | RerankSpec = False,
+        literal: bool = False,
         exact: bool = False,
         nprobe: int | None = None,
         refine: int | None = None,
-        where: Mapping[str, Any] | Sequence[str] | None = None,
-    ) -> list[SearchResult]:
+    ) -> Results:
         """Top-``k`` items for a query (text, query string, image path, PIL image or array).
 
-        ``kind`` restricts results to images or texts; ``exact`` bypasses the ANN index;
-        ``nprobe``/``refine`` override the tuned ANN parameters for this query;
-        ``where`` filters on metadata: ``{"category": "buttons", "price": ("<", 20)}`` or
-        ``["price < 20", "colour in red,blue"]`` (see :mod:`mmsearch.filters`).
+        ``kind`` restricts results to images or texts; ``where`` filters on metadata:
+        ``{"category": "buttons", "price": ("<", 20)}`` or ``["price < 20", "colour in red,blue"]``
+        (see :mod:`mmsearch.filters`); ``mode`` is ``vector``, ``lexical`` or ``hybrid``
+        (default: hybrid when the index has a full-text index and the query has text);
+        ``literal`` takes a string as one text term; ``min_score`` drops hits below a cosine
+        similarity; ``cutoff`` (hybrid) answers nothing, with a reason, when no hit beats
+        the index's calibrated chance level and no word matched. ``exact`` bypasses the ANN index;
+        ``nprobe``/``refine`` override its tuned parameters. Returns :class:`Results`.
         """
-        if kind not in ("image", "text", "any"):
-            raise BadQueryError(f"kind must be image, text or any, not {kind!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > 10_000:
-            raise BadQueryError("k must be an integer between 1 and 10000")
-        allowed = self._allowed_ids(where)
-        vector, modality = self._encode(query)
-        return self.search_vector(
-            vector, k, kind=kind, exact=exact, nprobe=nprobe, refine=refine, allowed_ids=allowed, query_kind=modality
+        check_k(k)
+        q = Query(
+            terms=self.terms_of(query, literal=literal),
+            where=self.conditions_of(where),
+            kind=kind,
+            mode=mode,  # type: ignore[arg-type]
+            fusion=fusion,  # type: ignore[arg-type]
+            alpha=alpha,
+            k=k,
+            offset=offset,
+            group_by=group_by,
+            dedup=dedup,
+            min_score=min_score,
+            cutoff=cutoff,
+            rerank=(RerankSpec() if rerank is True else (rerank or None)),
+            exact=exact,
+            nprobe=nprobe,
+            refine=refine,
         )
-
-    def _allowed_ids(self, where: Mapping[str, Any] | Sequence[str] | None) -> npt.NDArray[np.int64] | None:
-        from mmsearch.filters import from_mapping, parse_where
-
-        if not where:
-            return None
-        if isinstance(where, Mapping):
-            conditions = from_mapping(where)
-        elif isinstance(where, str):
-            conditions = parse_where([where])
-        else:
-            conditions = parse_where(list(where))
-        return self._rows_view().matching_ids(conditions)
-
-    def image_path(self, item_id: int) -> str | None:
-        """Local file path of an indexed image, by id (None for unknown ids and texts)."""
-        from indexer.discover import uri_to_path
-
-        found = self._rows_view().uri_of(int(item_id))
-        if found is None or found[1] != "image":
-            return None
-        return uri_to_path(found[0])
+        return self.run(q)
 
     def search_vector(
         self,
         vector: npt.NDArray[np.float32],
         k: int = 10,
         *,
-        kind: Kind = "any",
+        kind: Kind = DEFAULT_KIND,
         exact: bool = False,
         nprobe: int | None = None,
         refine: int | None = None,
         allowed_ids: npt.NDArray[np.int64] | None = None,
         query_kind: str | None = None,
-    ) -> list[SearchResult]:
-        """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``).
+    ) -> Results:
+        """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``)."""
+        check_k(k)
+        q = Query(
+            terms=(QueryTerm(1.0, "text", "<vector>"),),
+            kind=kind,
+            mode="vector",
+            k=k,
+            exact=exact,
+            nprobe=nprobe,
+            refine=refine,
+        ).validated()
+        return self._execute(
+            q, vector=np.asarray(vector, np.float32), allowed=allowed_ids, query_kind=query_kind
+        )
 
-        ``query_kind`` ("text", "image" or "mixed") selects the ANN parameters tuned for
-        cross-modal queries when it differs from the kind searched.
-        """
-        from mmsearch.ann.subset import search_subset
+    def resolve_mode(self, query: Query) -> str:
+        """The mode a query runs in: its own, or hybrid/vector by what the index and query hold."""
+        has_text = any(t.weight > 0 for t in query.text_terms)
+        if query.mode is None:
+            return "hybrid" if self.has_lexical and has_text else "vector"
+        if query.mode != "vector":
+            if not self.has_lexical:
+                raise BadQueryError(
+                    f"this index has no full-text index for {query.mode} search; "
+                    f"rebuild it with: mmsearch build-index --index {self.index_dir}"
+                )
+            if not has_text:
+                raise BadQueryError(f"{query.mode} search needs a text term")
+        return query.mode
 
-        kinds = [kind] if kind != "any" else list(self._ann)
-        scores_all: list[npt.NDArray[np.float32]] = []
-        ids_all: list[npt.NDArray[np.int64]] = []
-        q = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        if q.shape[1] != self.store.dim:
-            raise BadQueryError(f"query vector has dimension {q.shape[1]}, index has {self.store.dim}")
-        for name in kinds:
-            ann = self._ann.get(name)
-            if ann is None:
-                continue
-            if allowed_ids is not None:
-                scores, ids = search_subset(ann, q, k, allowed_ids)
+    def run(self, query: Query) -> Results:
+        """Runs a query object through the stages; see :class:`Results` for the answer."""
+        q = query.validated()
+        started = time.perf_counter()
+        allowed = self._rows_view().matching_ids(list(q.where)) if q.where else None
+        filter_s = time.perf_counter() - started
+        results = self._execute(q, allowed=allowed)
+        results.timings["filter"] += filter_s
+        return results
+
+    def _execute(
+        self,
+        q: Query,
+        *,
+        vector: npt.NDArray[np.float32] | None = None,
+        allowed: npt.NDArray[np.int64] | None = None,
+        query_kind: str | None = None,
+    ) -> Results:
+        from mmsearch.search import fuse as fuse_stage
+        from mmsearch.search import lexical, rerank, rescore, retrieve, shape
+
+        timings: dict[str, float] = {}
+
+        def tick(stage: str, since: float) -> float:
+            now = time.perf_counter()
+            timings[stage] = timings.get(stage, 0.0) + now - since
+            return now
+
+        mode = self.resolve_mode(q) if vector is None else "vector"
+        rows = self._rows_view()
+        t = time.perf_counter()
+        if vector is None and mode != "lexical":
+            vector = encode_terms(
+                self.encoder, q.terms, roots=self.image_roots, fetch_url=self.fetch_url
+            )
+            query_kind = modality(q.terms)
+        elif vector is not None and vector.reshape(-1).shape[0] != self.store.dim:
+            raise BadQueryError(
+                f"query vector has dimension {vector.reshape(-1).shape[0]}, index has {self.store.dim}"
+            )
+        t = tick("encode", t)
+        kinds = [q.kind] if q.kind != "any" else [k for k in ("image", "text") if k in self._ann]
+        floors = None
+        if q.cutoff and mode == "hybrid" and vector is not None:
+            floors = {k: v for k, v in self._floors().items() if k in kinds}
+        t = tick("rescore", t)
+        if allowed is not None and len(allowed) == 0:
+            return Results(timings=timings, reason="no item matches the filter", mode=mode)
+        need = q.offset + q.k
+        depth = need * (4 if (q.group_by or q.dedup) else 1)
+        if mode != "vector" or len(kinds) > 1:  # fusion needs room for the legs to overlap
+            depth = max(depth, FUSION_DEPTH)
+        if q.rerank is not None:
+            depth = max(depth, q.rerank.depth)
+        total = max(len(rows), 1)
+        exact_ids = None
+        if mode != "vector" and looks_like_identifier(q.lexical_text):
+            exact_ids = rows.identifier_ids(q.lexical_text)
+            if allowed is not None:
+                exact_ids = exact_ids[np.isin(exact_ids, allowed)]
+            id_kinds = rows.kinds_of(exact_ids)
+            keep = np.isin(id_kinds, kinds)
+            exact_leg = lexical.exact_leg(exact_ids[keep], id_kinds[keep])
+        t = tick("retrieve", t)
+        while True:
+            legs = []
+            if mode != "lexical":
+                legs += retrieve.vector_legs(
+                    self._ann, vector, min(depth, total), kinds, allowed_ids=allowed, query_kind=query_kind,
+                    exact=q.exact, nprobe=q.nprobe, refine=q.refine,
+                )  # fmt: skip
+            if mode != "vector":
+                legs += lexical.lexical_legs(
+                    self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
+                    negative=q.negative_words, allowed_ids=allowed,
+                )  # fmt: skip
+            saturated = any(leg.num_rows >= depth for leg in legs)
+            if exact_ids is not None:
+                legs.append(exact_leg)
+            t = tick("retrieve", t)
+            candidates = fuse_stage.fuse(legs, method=q.fusion, alpha=q.alpha)
+            t = tick("fuse", t)
+            candidates = rescore.rescore(candidates, vector, self._ann, rows, self.store.dim)
+            t = tick("rescore", t)
+            candidates = rerank.rerank_stage(self.reranker, q, candidates)
+            t = tick("rerank", t)
+            shaped = shape.shape(candidates, q, floors=floors)
+            t = tick("shape", t)
+            if shaped.available >= need or not saturated or depth >= total:
+                break
+            depth = min(depth * 4, total)
+        hits = self._hits(shaped, q.offset)
+        t = tick("shape", t)
+        reason = None
+        if not hits:
+            if shaped.dropped_by_cutoff:
+                reason = "no good match: every candidate scored below the cut-off"
+            elif shaped.available:
+                reason = f"no results past offset {q.offset}"
+            elif mode == "lexical":
+                reason = "no good match: no item contains the query's words"
             else:
-                profile = "cross" if query_kind is not None and query_kind != name else None
-                scores, ids = ann.search(q, k, nprobe=nprobe, refine=refine, exact=exact, profile=profile)
-            keep = ids[0] >= 0
-            scores_all.append(scores[0][keep])
-            ids_all.append(ids[0][keep])
-        if not ids_all:
-            return []
-        scores = np.concatenate(scores_all)
-        ids = np.concatenate(ids_all)
-        order = np.argsort(-scores, kind="stable")[:k]
-        scores, ids = scores[order], ids[order]
-        rows, found = self._rows_view().take(ids)
-        scores = scores[found]
-        out: list[SearchResult] = []
-        cols = {name: rows.column(name).to_pylist() for name in _RESULT_COLUMNS}
-        for rank, score in enumerate(scores.tolist(), start=1):
-            i = rank - 1
-            meta = json.loads(cols["metadata"][i]) if cols["metadata"][i] else {}
+                reason = "no good match: the index has no items of that kind"
+        return Results(hits, timings=timings, reason=reason, mode=mode)
+
+    @staticmethod
+    def _hits(shaped: Any, offset: int) -> list[SearchResult]:
+        table = shaped.table
+        cols = {
+            name: table.column(name).to_pylist()
+            for name in ("id", "uri", "kind", "text", "score", "similarity", "metadata")
+        }
+        out = []
+        for i in range(table.num_rows):
+            meta = cols["metadata"][i]
             out.append(
                 SearchResult(
-                    rank=rank,
+                    rank=offset + i + 1,
                     id=int(cols["id"][i]),
                     uri=cols["uri"][i],
                     kind=cols["kind"][i],
                     text=cols["text"][i],
-                    score=float(score),
-                    metadata=meta,
+                    score=float(cols["score"][i]),
+                    metadata=json.loads(meta) if meta else {},
+                    similarity=None
+                    if cols["similarity"][i] is None
+                    else float(cols["similarity"][i]),
+                    group=tuple(shaped.groups[i]),
+                    duplicates=tuple(shaped.duplicates[i]),
                 )
             )
         return out

@@ -76,3 +76,7 @@ class MetadataJoinError(MMSearchError):
 
 class RerankModelError(ModelLoadError):
     """The re-ranking (image-text matching) model could not be loaded."""
+
+
+class NoRerankerError(BadQueryError):
+    """Re-ranking was asked for, but the index was opened without a reranker."""

@@ -2,7 +2,9 @@
 
 Endpoints
     GET  /                      the gallery page
-    GET  /api/search?q=&k=&kind=&where=&exact=&url=   text / query-language / image-URL search
+    GET  /api/search?q=&k=&kind=&where=&mode=&offset=&group_by=&dedup=&min_score=&url=
+                                text / query-language / image-URL search
+    POST /api/search            the same as JSON with structured terms (see mmsearch.search.http)
     POST /api/search/image      multipart upload (field ``file``) → image search
     GET  /api/info              index info
     GET  /media/{id}            the image file of an indexed item (by id, never by path)
@@ -50,6 +52,9 @@ from mmsearch.errors import (
     UnsafePathError,
 )
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
+from mmsearch.query import QueryTerm
+from mmsearch.search.http import SearchRequest
+from mmsearch.search.types import DEFAULT_KIND, MAX_K, MAX_OFFSET
 from mmsearch.serve.holder import IndexHolder
 from mmsearch.serve.limits import BodyLimitMiddleware, validation_error_body
 from mmsearch.serve.observe import Metrics, ObserveMiddleware, record_results
@@ -85,32 +90,23 @@ class ServerConfig:
 
 
 def check_query_paths(query: str, image_roots: list[Path]) -> None:
-    """Refuses an unquoted image-path term of ``query`` that resolves outside ``image_roots``.
+    """Refuses an image-path term of ``query`` that resolves outside ``image_roots``.
 
     Checked whether or not the file exists, so the answer never tells a caller which
-    files exist outside the roots (the query parser only treats *existing* files as
-    images). Quote a term to search for it as text: ``"holiday.jpg"``.
+    files exist outside the roots. Quote a term to search for it as text: ``"holiday.jpg"``.
     """
-    from mmsearch.query import _WEIGHT, _split, looks_like_image_path
+    from mmsearch.query import parse_query
+    from mmsearch.search.encode import check_image_path
 
     roots = [Path(os.path.realpath(r)) for r in image_roots]
-    for _sign, raw in _split(query):
-        term = raw.strip()
-        if not term or term[0] in "\"'":
-            continue
-        match = _WEIGHT.match(term)
-        body = match.group(2).strip() if match else term
-        if not looks_like_image_path(body):
-            continue
-        try:
-            real = Path(os.path.realpath(body))
-        except (OSError, ValueError) as exc:
-            raise UnsafePathError(f"image path {body!r} cannot be resolved") from exc
-        if not any(real.is_relative_to(root) for root in roots):
-            raise UnsafePathError(
-                f"image path {body!r} is outside the folders this server allows "
-                "(quote the term to search for it as text)"
-            )
+    for term in parse_query(query):
+        if term.kind == "image":
+            try:
+                check_image_path(term.value, roots)
+            except UnsafePathError:
+                raise
+            except BadQueryError:
+                continue  # inside the roots but missing: the search says so
 
 
 def _status_of(exc: MMSearchError) -> int:
@@ -198,9 +194,6 @@ def create_app(config: ServerConfig) -> FastAPI:
         return out
 
     add_ops_routes(app, config, holder, state, metrics)
-    from mmsearch.rerank.serving import RerankerHolder, reranked_response
-
-    rerankers = RerankerHolder(config.rerank_model, Path(config.index_dir), config.device)
 
     def _fetch_url_image(url: str) -> Any:
         if not config.allow_urls:
@@ -223,61 +216,113 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise BadQueryError(f"could not fetch the image URL ({type(exc).__name__})") from exc
         return load_image(data, max_pixels=config.max_pixels)
 
+    holder.fetch_url = _fetch_url_image if config.allow_urls else None
+
+    from mmsearch.rerank.serving import RerankerHolder
+
+    rerankers = RerankerHolder(config.rerank_model, Path(config.index_dir), config.device)
+
+    def _run(query: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """Runs ``query``; with re-ranking, also the candidates dropped (vanished/changed files)."""
+        index = holder.get()
+        if query.rerank is None:
+            return index.run(query), []
+        stage = rerankers.attach(index)
+        results = index.run(query)
+        return results, [{"id": d.id, "reason": d.reason} for d in getattr(stage, "dropped", [])]
+
+    def _with_rerank(query: Any, rerank: bool, depth: int, min_match: float | None) -> Any:
+        from dataclasses import replace
+
+        from mmsearch.search.types import RerankSpec
+
+        return (
+            replace(query, rerank=RerankSpec(depth=depth, min_match=min_match)) if rerank else query
+        )
+
+    def _answer(query: Any, shown: str | None) -> dict[str, Any]:
+        from mmsearch.search.types import STAGES
+
+        results, dropped = _run(query)
+        out = {
+            "query": shown,
+            "mode": results.mode,
+            "results": _results(results),
+            "reason": results.reason,
+            "timings": {stage: round(results.timings.get(stage, 0.0), 6) for stage in STAGES},
+        }
+        if query.rerank is not None:
+            out["dropped"] = dropped
+        return out
+
     @app.get("/api/search")
     def search(
         q: Annotated[str | None, Query(max_length=2000)] = None,
-        k: Annotated[int, Query(ge=1, le=1000)] = 20,
-        kind: Annotated[str, Query(pattern="^(any|image|text)$")] = "any",
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
+        kind: Annotated[str, Query(pattern="^(any|image|text)$")] = DEFAULT_KIND,
         where: Annotated[list[str] | None, Query()] = None,
         exact: bool = False,
         url: Annotated[str | None, Query(max_length=2048)] = None,
+        mode: Annotated[str | None, Query(pattern="^(vector|lexical|hybrid)$")] = None,
+        fusion: Annotated[str, Query(pattern="^(rrf|weighted)$")] = "rrf",
+        alpha: Annotated[float, Query(ge=0, le=1)] = 0.7,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        group_by: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+        dedup: Annotated[float | None, Query(gt=0, le=1)] = None,
+        min_score: float | None = None,
+        cutoff: bool = False,
+        literal: bool = False,
         rerank: bool = False,
-        rerank_depth: Annotated[int, Query(ge=1, le=1000)] = 50,
+        rerank_depth: Annotated[int, Query(ge=1, le=MAX_K)] = 50,
         min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     ) -> dict[str, Any]:
+        from mmsearch.search.http import build_query
+
+        terms = []
         if url:
-            query: Any = _fetch_url_image(url)
-        elif q and q.strip():
-            check_query_paths(q, config.image_roots)
-            query = q
-        else:
-            raise BadQueryError(
-                "give a query: q=TEXT (or url=IMAGE_URL where image URLs are enabled)"
-            )
-        label = q if not url else url
-        if rerank:
-            hits, extra = reranked_response(
-                rerankers, holder.get(), query, k=k, kind=kind, where=where or None,
-                depth=rerank_depth, min_match=min_match, exact=exact,
-            )  # fmt: skip
-            return {"query": label, "results": _results(hits), **extra}
-        hits = holder.get().search(query, k=k, kind=kind, where=where or None, exact=exact)
-        return {"query": label, "results": _results(hits)}
+            if not config.allow_urls:
+                raise BadQueryError(
+                    "image URLs are disabled on this server (start it with --allow-urls)"
+                )
+            terms.append(QueryTerm(1.0, "url", url))
+        query = build_query(
+            q=None if url else q, literal=literal, terms=terms, where=where, kind=kind, mode=mode, fusion=fusion,
+            alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact,
+        )  # fmt: skip
+        query = _with_rerank(query, rerank, rerank_depth, min_match)
+        return _answer(query, q if not url else url)
+
+    @app.post("/api/search")
+    def search_json(body: SearchRequest) -> dict[str, Any]:
+        """The same search as GET, as a JSON body with structured terms (no parsing)."""
+        return _answer(body.to_query(), body.q)
 
     def _search_upload(
         data: bytes, k: int, kind: str, where: list[str], rerank: tuple[int, float | None] | None
     ) -> dict[str, Any]:
         from mmsearch.imageio import load_image
+        from mmsearch.search.http import build_query
 
         image = load_image(data, max_pixels=config.max_pixels)
+        query = build_query(
+            q=None, terms=[QueryTerm(1.0, "image", image)], where=where, kind=kind, k=k
+        )
         if rerank is not None:
-            hits, extra = reranked_response(
-                rerankers, holder.get(), image, k=k, kind=kind, where=where or None,
-                depth=rerank[0], min_match=rerank[1],
-            )  # fmt: skip
-            return {"results": _results(hits), **extra}
-        return {
-            "results": _results(holder.get().search(image, k=k, kind=kind, where=where or None))
-        }
+            query = _with_rerank(query, True, *rerank)
+        results, dropped = _run(query)
+        out: dict[str, Any] = {"results": _results(results), "reason": results.reason}
+        if rerank is not None:
+            out["dropped"] = dropped
+        return out
 
     @app.post("/api/search/image")
     async def search_image(
         file: Annotated[UploadFile, File()],
-        k: Annotated[int, Query(ge=1, le=1000)] = 20,
-        kind: Annotated[str, Query(pattern="^(any|image|text)$")] = "any",
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
+        kind: Annotated[str, Query(pattern="^(any|image|text)$")] = DEFAULT_KIND,
         where: Annotated[list[str] | None, Query()] = None,
         rerank: bool = False,
-        rerank_depth: Annotated[int, Query(ge=1, le=1000)] = 50,
+        rerank_depth: Annotated[int, Query(ge=1, le=MAX_K)] = 50,
         min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     ) -> dict[str, Any]:
         data = await file.read(config.max_upload_bytes + 1)

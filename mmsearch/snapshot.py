@@ -21,12 +21,17 @@ ANN_DIRNAME = "ann"
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A consistent view: table version + model + one ANN directory per kind."""
+    """A consistent view: table version + model + one ANN directory per kind + full-text index.
+
+    ``lexical_index`` names the table's full-text index when, at ``table_version``, it
+    covers every row (None: the snapshot serves vector search only).
+    """
 
     table_version: int
     model_key: str
     ann_dirs: dict[str, str] = field(default_factory=dict)  # kind -> dir relative to the index dir
     generation: int = 0
+    lexical_index: str | None = None
 
     def ann_path(self, index_dir: Path, kind: str) -> Path:
         return index_dir / self.ann_dirs[kind]
@@ -61,6 +66,7 @@ def read_snapshot(index_dir: Path) -> Snapshot | None:
             model_key=str(data["model_key"]),
             ann_dirs={str(k): str(v) for k, v in data.get("ann_dirs", {}).items()},
             generation=int(data.get("generation", 0)),
+            lexical_index=str(data["lexical_index"]) if data.get("lexical_index") else None,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise IndexCorruptError(

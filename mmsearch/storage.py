@@ -8,6 +8,11 @@ metadata, so a table always knows which model made it.
 Writes go through :meth:`ItemStore.upsert` (one atomic LanceDB commit per batch,
 ``merge_insert`` on ``uri``), so a process killed mid-run leaves the table at a
 committed prefix with no duplicate uris.
+
+Full-text search: each row's :data:`LEXICAL_COLUMN` holds its text plus the values
+of its string metadata (all of them, or the keys stamped in the schema metadata under
+``mmsearch.lexical_fields``); LanceDB's native full-text (BM25) index covers that one
+column and :meth:`ItemStore.update_lexical_index` keeps it current.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ from mmsearch.models.spec import ModelSpec
 TABLE_NAME = "items"
 MODEL_METADATA_KEY = b"mmsearch.model"
 DIM_METADATA_KEY = b"mmsearch.dim"
+LEXICAL_FIELDS_METADATA_KEY = b"mmsearch.lexical_fields"
 DB_DIRNAME = "db"
+#: The column the full-text index covers: text + string metadata values.
+LEXICAL_COLUMN = "search_text"
+LEXICAL_INDEX_NAME = f"{LEXICAL_COLUMN}_idx"
 
 #: Columns every row has, besides ``vector``.
 CORE_COLUMNS = ("id", "uri", "kind", "text", "source", "mtime_ns", "size", "sha256", "metadata")
@@ -41,8 +50,17 @@ def default_index_dir() -> Path:
     return Path(os.environ.get("MMSEARCH_INDEX") or ".mmsearch")
 
 
-def items_schema(dim: int, spec: ModelSpec) -> pa.Schema:
-    """The Arrow schema of the items table for vectors of size ``dim``."""
+def items_schema(
+    dim: int, spec: ModelSpec, lexical_fields: Sequence[str] | None = None
+) -> pa.Schema:
+    """The Arrow schema of the items table for vectors of size ``dim``.
+
+    ``lexical_fields``: the metadata keys whose string values the full-text index
+    covers besides the text (None: every string metadata value).
+    """
+    meta = {MODEL_METADATA_KEY: spec.to_json().encode(), DIM_METADATA_KEY: str(dim).encode()}
+    if lexical_fields is not None:
+        meta[LEXICAL_FIELDS_METADATA_KEY] = json.dumps(list(lexical_fields)).encode()
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
@@ -55,9 +73,28 @@ def items_schema(dim: int, spec: ModelSpec) -> pa.Schema:
             pa.field("sha256", pa.string()),
             pa.field("metadata", pa.string()),  # JSON object of the item's other columns
             pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field(LEXICAL_COLUMN, pa.string()),
         ],
-        metadata={MODEL_METADATA_KEY: spec.to_json().encode(), DIM_METADATA_KEY: str(dim).encode()},
+        metadata=meta,
     )
+
+
+def lexical_text(
+    text: str | None, metadata: Mapping[str, Any] | None, fields: Sequence[str] | None
+) -> str | None:
+    """What the full-text index sees of a row: its text, then its string metadata values."""
+    parts = [text] if text else []
+    if metadata:
+        keys = sorted(metadata) if fields is None else [f for f in fields if f in metadata]
+        parts.extend(v for v in (metadata[key] for key in keys) if isinstance(v, str) and v)
+    joined = " \n".join(parts)
+    # A non-UTF-8 file name arrives with lone surrogates; index it as readable text.
+    return joined.encode("utf-8", "surrogateescape").decode("utf-8", "replace") or None
+
+
+def lexical_fields_of(schema: pa.Schema) -> list[str] | None:
+    raw = (schema.metadata or {}).get(LEXICAL_FIELDS_METADATA_KEY)
+    return None if raw is None else [str(f) for f in json.loads(raw)]
 
 
 @dataclass(frozen=True)
@@ -157,15 +194,28 @@ class ItemStore:
             )
         db = _connect(path)
         if not _table_exists(db):
-            raise IndexNotFoundError(f"index directory {path} has no items table; re-run mmsearch index")
+            raise IndexNotFoundError(
+                f"index directory {path} has no items table; re-run mmsearch index"
+            )
         table = db.open_table(TABLE_NAME)
         if version is not None:
             table.checkout(version)
         return cls(path, table)
 
     @classmethod
-    def create(cls, index_dir: str | os.PathLike[str], *, dim: int, spec: ModelSpec) -> ItemStore:
-        """Creates the table, or opens it when it exists and was built with ``spec``."""
+    def create(
+        cls,
+        index_dir: str | os.PathLike[str],
+        *,
+        dim: int,
+        spec: ModelSpec,
+        lexical_fields: Sequence[str] | None = None,
+    ) -> ItemStore:
+        """Creates the table, or opens it when it exists and was built with ``spec``.
+
+        ``lexical_fields`` chooses the metadata keys the full-text index covers (None: all
+        string metadata); it applies to a new table only.
+        """
         path = Path(index_dir)
         if cls.exists(path):
             store = cls.open(path)
@@ -174,7 +224,9 @@ class ItemStore:
         with write_guard(path):
             path.mkdir(parents=True, exist_ok=True)
             db = _connect(path)
-            table = db.create_table(TABLE_NAME, schema=items_schema(dim, spec), exist_ok=True)
+            table = db.create_table(
+                TABLE_NAME, schema=items_schema(dim, spec, lexical_fields), exist_ok=True
+            )
         return cls(path, table)
 
     # -- model ---------------------------------------------------------------------------
@@ -249,7 +301,48 @@ class ItemStore:
         vec = fixed_list_to_numpy(tbl.column("vector"), self.dim)
         return ids, vec
 
+    @property
+    def has_lexical_column(self) -> bool:
+        return LEXICAL_COLUMN in self.table.schema.names
+
+    def lexical_index_current(self) -> bool:
+        """True when the full-text index exists and covers every row of this version."""
+        if not self.has_lexical_column:
+            return False
+        names = [ix.name for ix in self.table.list_indices()]
+        if LEXICAL_INDEX_NAME not in names:
+            return False
+        stats = self.table.index_stats(LEXICAL_INDEX_NAME)
+        return stats is not None and int(stats.num_unindexed_rows) == 0
+
     # -- writing -------------------------------------------------------------------------
+    def update_lexical_index(self) -> str | None:
+        """Creates or updates the full-text (BM25) index; returns its name (None: no lexical column).
+
+        New and changed rows are folded into the existing index by ``optimize`` (which also
+        compacts small data files; versions newer than a week are kept for readers);
+        deleted rows drop out of results by themselves. Does nothing when the index
+        already covers every row, so an unchanged table keeps its version.
+        """
+        if not self.has_lexical_column or self.count() == 0:
+            return None
+        if self.lexical_index_current():
+            return LEXICAL_INDEX_NAME
+        names = [ix.name for ix in self.table.list_indices()]
+        with write_guard(self.index_dir):
+            if LEXICAL_INDEX_NAME in names:
+                self.table.optimize()
+            else:
+                from lancedb.index import FTS
+
+                self.table.create_index(
+                    LEXICAL_COLUMN,
+                    config=FTS(with_position=False),
+                    replace=True,
+                    name=LEXICAL_INDEX_NAME,
+                )
+        return LEXICAL_INDEX_NAME
+
     def upsert(self, rows: pa.Table) -> None:
         """Inserts or replaces rows by ``uri`` in one atomic commit."""
         if rows.num_rows == 0:
@@ -289,9 +382,19 @@ def make_rows(
 ) -> pa.Table:
     """Builds an Arrow batch in the table's schema; all inputs are aligned by position."""
     n = len(ids)
-    if not (len(uris) == len(texts) == len(mtime_ns) == len(sizes) == len(sha256) == len(metadata) == n == len(vectors)):
+    if not (
+        len(uris)
+        == len(texts)
+        == len(mtime_ns)
+        == len(sizes)
+        == len(sha256)
+        == len(metadata)
+        == n
+        == len(vectors)
+    ):
         raise ValueError("make_rows: inputs are not aligned")
     dim = schema.field("vector").type.list_size
+    fields = lexical_fields_of(schema)
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
     return pa.table(
         {
@@ -304,12 +407,24 @@ def make_rows(
             "size": pa.array(sizes, pa.int64()),
             "sha256": pa.array(sha256, pa.string()),
             "metadata": pa.array(
-                [json.dumps(m, sort_keys=True, default=str) if m else None for m in metadata], pa.string()
+                [json.dumps(m, sort_keys=True, default=str) if m else None for m in metadata],
+                pa.string(),
             ),
             "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+            LEXICAL_COLUMN: pa.array(
+                [lexical_text(t, m, fields) for t, m in zip(texts, metadata, strict=True)],
+                pa.string(),
+            ),
         },
-        schema=schema,
-    )
+        schema=_with_lexical(schema),
+    ).select(schema.names)
+
+
+def _with_lexical(schema: pa.Schema) -> pa.Schema:
+    """``schema`` plus the lexical column (tables made before full-text search lack it)."""
+    if LEXICAL_COLUMN in schema.names:
+        return schema
+    return schema.append(pa.field(LEXICAL_COLUMN, pa.string()))
 
 
 def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> npt.NDArray[np.float32]:

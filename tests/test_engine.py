@@ -42,7 +42,10 @@ def test_parse_query_language(tmp_path):
         QueryTerm(-1.0, "text", "stripes"),
     ]
     assert parse_query("a red t-shirt") == [QueryTerm(1.0, "text", "a red t-shirt")]
-    assert parse_query("missing.jpg") == [QueryTerm(1.0, "text", "missing.jpg")]
+    # An unquoted image-looking term is an image even when missing (the engine names the
+    # missing file); quoted, it is text.
+    assert parse_query("missing.jpg") == [QueryTerm(1.0, "image", "missing.jpg")]
+    assert parse_query('"missing.jpg"') == [QueryTerm(1.0, "text", "missing.jpg")]
     for bad in ("", "   ", '"unbalanced', '- "only negative"', "x" * 5000):
         with pytest.raises(BadQueryError):
             parse_query(bad)
@@ -177,7 +180,7 @@ def test_readers_see_a_consistent_snapshot_while_indexing(tmp_path, fake_encoder
     assert report.added == extra.n
     reader.reload()
     assert reader.snapshot.table_version > first_version
-    assert len(reader.search("x", k=1000, kind="image")) == 80 + 60
+    assert len(reader.search("x", k=1000, kind="image", mode="vector")) == 80 + 60
     assert first_version in seen_versions
 
 

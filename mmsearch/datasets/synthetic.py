@@ -254,11 +254,36 @@ def random_item(rng: np.random.Generator, size: int = 128) -> tuple[Image.Image,
     return render_item(rng, colour, shape, position, size), colour, shape, position
 
 
+#: Invented brand words (no model knows them: only a lexical search finds them).
+BRANDS: tuple[str, ...] = (
+    "Zorvex", "Quillo", "Brantic", "Pelloz", "Tamsk", "Vindro", "Okkra", "Lumeth", "Straz", "Nubbo",
+    "Krell", "Faxon",
+)  # fmt: skip
+SIZES: tuple[str, ...] = ("XS", "S", "M", "L", "XL")
+
+
+def sku_code(ordinal: int) -> str:
+    """The SKU of the ``ordinal``-th product (1-based): ``SKU-00042``."""
+    return f"SKU-{ordinal:05d}"
+
+
+def title_for(ordinal: int, colour: str, shape: str) -> str:
+    """A product title: brand word, colour and shape words, size (``Zorvex red circle, size XL``).
+
+    Brand and size follow from the SKU's ordinal, so they cost no random draws and the
+    images of a seed stay the same.
+    """
+    brand = BRANDS[(ordinal * 7) % len(BRANDS)]
+    size = SIZES[(ordinal * 3) % len(SIZES)]
+    return f"{brand} {colour} {shape}, size {size}"
+
+
 CATALOG_COLUMNS: tuple[str, ...] = (
     "id",
     "file",
     "caption",
     "sku",
+    "title",
     "category",
     "price",
     "colour",
@@ -288,7 +313,7 @@ def _plan_rows(rng: np.random.Generator, n: int) -> list[dict[str, str | float]]
     a catalog of n ≥ 320 holds every one of the 160 captions at least once.
     """
     rows: list[dict[str, str | float]] = []
-    variants: dict[tuple[str, str], int] = {}
+    n_skus = 0
     pairs = [(c, s) for c in COLOURS for s in SHAPES]
     pair_cycle: list[tuple[str, str]] = []
     position_queue: dict[tuple[str, str], list[str]] = {}
@@ -296,9 +321,9 @@ def _plan_rows(rng: np.random.Generator, n: int) -> list[dict[str, str | float]]
         if not pair_cycle:
             pair_cycle = [pairs[int(i)] for i in rng.permutation(len(pairs))]
         colour, shape = pair_cycle.pop()
-        variant = variants.get((colour, shape), 0) + 1
-        variants[(colour, shape)] = variant
-        sku = f"{colour[:3].upper()}-{shape[:3].upper()}-{variant:04d}"
+        n_skus += 1
+        sku = sku_code(n_skus)
+        title = title_for(n_skus, colour, shape)
         price = round(float(rng.uniform(1.0, 150.0)), 2)
         k = int(rng.integers(2, 5))
         queue = position_queue.setdefault((colour, shape), [])
@@ -319,6 +344,7 @@ def _plan_rows(rng: np.random.Generator, n: int) -> list[dict[str, str | float]]
                     "file": "",
                     "caption": caption_for(colour, shape, pos),
                     "sku": sku,
+                    "title": title,
                     "category": CATEGORY_OF_SHAPE[shape],
                     "price": price,
                     "colour": colour,
@@ -336,7 +362,8 @@ def _pair_row(rng: np.random.Generator, i: int, sku_index: int) -> dict[str, str
         "id": f"item-{i:06d}",
         "file": "",
         "caption": pair_caption(left, right),
-        "sku": f"PAIR-{sku_index:05d}",
+        "sku": sku_code(sku_index),
+        "title": title_for(sku_index, left[0], f"{left[1]} and {right[0]} {right[1]}"),
         "category": CATEGORY_OF_SHAPE[left[1]],
         "price": round(float(rng.uniform(1.0, 150.0)), 2),
         "colour": f"{left[0]},{right[0]}",
@@ -348,12 +375,12 @@ def _pair_row(rng: np.random.Generator, i: int, sku_index: int) -> dict[str, str
 def _plan_scene_rows(rng: np.random.Generator, n: int, scenes: str) -> list[dict[str, str | float]]:
     """Rows for ``pairs`` (every item a two-object scene) or ``mixed`` (about half each)."""
     if scenes == "pairs":
-        return [_pair_row(rng, i, i) for i in range(n)]
+        return [_pair_row(rng, i, i + 1) for i in range(n)]
     singles = _plan_rows(rng, n)
     rows: list[dict[str, str | float]] = []
     for i in range(n):
-        if rng.random() < 0.5:
-            rows.append(_pair_row(rng, i, i))
+        if rng.random() < 0.5:  # SKU ordinals after every single-object SKU (at most n)
+            rows.append(_pair_row(rng, i, n + i + 1))
         else:
             row = dict(singles[i])
             row["id"] = f"item-{i:06d}"

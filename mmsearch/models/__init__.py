@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mmsearch.models.base import Encoder
 from mmsearch.models.preprocess import fit_square
 from mmsearch.models.spec import ModelSpec
 
@@ -37,6 +38,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "TINY_WEIGHTS",
     "ClipEncoder",
+    "Encoder",
     "ModelSpec",
     "available_models",
     "fit_square",

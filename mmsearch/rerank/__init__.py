@@ -43,6 +43,7 @@ __all__ = [
     "MatchScorer",
     "RerankOutcome",
     "RerankQuery",
+    "attach_reranker",
     "load_reranker",
     "resolve_rerank_source",
 ]
@@ -70,3 +71,22 @@ def load_reranker(
 
     scorer = ItmScorer.load(model, device=device, batch_size=batch_size)
     return ItmReranker(scorer, depth=depth, min_match=min_match, blend=blend)
+
+
+def attach_reranker(index: Any, model: str | None = None, *, device: str | None = None) -> Any:
+    """Puts the ITM reranker in ``index``'s rerank slot; returns the stage object.
+
+    ``model`` defaults to the one recorded in the index (``index --rerank-model``),
+    else :data:`DEFAULT_RERANK_MODEL`. Afterwards ``index.search(q, rerank=True)`` and
+    ``index.query().text(q).rerank(depth=50)`` re-rank with it.
+
+    >>> idx = mmsearch.open("./idx"); attach_reranker(idx, "mmsearch-tiny-itm")   # doctest: +SKIP
+    >>> idx.search("a red circle to the left of a blue square", rerank=True)     # doctest: +SKIP
+    """
+    from mmsearch.rerank.config import rerank_model_for
+    from mmsearch.rerank.itm import ItmScorer
+    from mmsearch.rerank.pipeline import ItmStageReranker
+
+    scorer = ItmScorer.load(rerank_model_for(index.index_dir, model), device=device)
+    index.reranker = ItmStageReranker(scorer, store=index.store)
+    return index.reranker

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from mmsearch.rerank.config import rerank_model_for
-from mmsearch.rerank.stage import ItmReranker
 
 
 class RerankerHolder:
@@ -24,37 +23,15 @@ class RerankerHolder:
         self._lock = threading.Lock()
         self._scorer: Any = None
 
-    def reranker(self, depth: int, min_match: float | None) -> ItmReranker:
+    def attach(self, index: Any) -> Any:
+        """Gives ``index`` (a :class:`SearchIndex`) the ITM reranker if it has none; returns it."""
         from mmsearch.rerank.itm import ItmScorer
+        from mmsearch.rerank.pipeline import ItmStageReranker
 
         with self._lock:
             if self._scorer is None:
                 name = rerank_model_for(self.index_dir, self.model)
                 self._scorer = ItmScorer.load(name, device=self.device)
-        return ItmReranker(self._scorer, depth=depth, min_match=min_match)
-
-
-def reranked_response(
-    holder: RerankerHolder,
-    index: Any,
-    query: Any,
-    *,
-    k: int,
-    kind: str,
-    where: list[str] | None,
-    depth: int,
-    min_match: float | None,
-    **options: Any,
-) -> tuple[list[Any], dict[str, Any]]:
-    """``(hits, extra response fields)`` of a re-ranked search."""
-    from mmsearch.rerank.search import rerank_search
-
-    out = rerank_search(
-        index, query, holder.reranker(depth, min_match), k=k, kind=kind, where=where, **options
-    )
-    extra = {
-        "reranked": True,
-        "empty_reason": out.empty_reason,
-        "dropped": [{"id": d.id, "reason": d.reason} for d in out.dropped],
-    }
-    return out.results, extra
+            if getattr(index, "reranker", None) is None:
+                index.reranker = ItmStageReranker(self._scorer, store=index.store)
+        return index.reranker

@@ -35,6 +35,7 @@ class IndexHolder:
         self.reload_error: str | None = None
         self.catalogs = CatalogCache()
         self._on_open = on_open
+        self.fetch_url: Any = None  # set by create_app when image URLs are allowed
 
     @property
     def current(self) -> Any:
@@ -49,6 +50,7 @@ class IndexHolder:
             device=self.config.device,
             image_roots=self.config.image_roots,
             encoder=encoder,
+            fetch_url=self.fetch_url,
         )
         self.catalogs.get(index)  # built now, by the opening thread, not by the next request
         if self._on_open is not None:

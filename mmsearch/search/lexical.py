@@ -1,0 +1,134 @@
+"""Lexical leg: BM25 over the table's full-text index (LanceDB native FTS), and the exact-identifier leg.
+
+The index covers :data:`mmsearch.storage.LEXICAL_COLUMN` (an item's text plus its
+string metadata values: sku, title, category, ...), tokenised, lower-cased, stemmed,
+stop words removed. Queries go in as a LanceDB ``MatchQuery`` object (terms ORed,
+ranked by BM25), never as query-syntax text, so user input cannot change the query's
+structure. Negative text terms become ``MUST_NOT`` clauses.
+
+Filters apply before ranking: a small allowed set (up to :data:`PREFILTER_MAX_IDS`)
+is a LanceDB prefilter on ids (integers written by the code); a larger one is applied
+to the hits, asking for more hits until ``depth`` survive or the matches run out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmsearch.search.retrieve import leg_table
+
+PREFILTER_MAX_IDS = 1024
+#: Most hits one lexical query reads while looking for filtered survivors.
+MAX_LEXICAL_HITS = 1_000_000
+
+
+def _fts_query(column: str, text: str, negative: str) -> Any:
+    from lancedb.query import BooleanQuery, MatchQuery, Occur
+
+    match = MatchQuery(text, column)
+    if not negative.strip():
+        return match
+    return BooleanQuery([(Occur.SHOULD, match), (Occur.MUST_NOT, MatchQuery(negative, column))])
+
+
+def _search(
+    table: Any, column: str, text: str, negative: str, limit: int, where: str | None
+) -> pa.Table:
+    """One FTS query, run as a single call on the table's async core.
+
+    LanceDB's sync ``search()`` re-reads the table schema several times per query
+    (about 1 ms each); the async query it wraps answers the same in one round trip.
+    """
+    from lancedb.background_loop import LOOP
+
+    query = table._table.query().nearest_to_text(_fts_query(column, text, negative))
+    query = query.select(["id", "kind", "_score"])
+    if where is not None:
+        query = query.where(where)
+    return LOOP.run(query.limit(limit).to_arrow())
+
+
+def lexical_hits(
+    table: Any,
+    column: str,
+    text: str,
+    depth: int,
+    *,
+    kind: str = "any",
+    negative: str = "",
+    allowed_ids: npt.NDArray[np.int64] | None = None,
+) -> pa.Table:
+    """Up to ``depth`` BM25 hits (``id, kind, _score``, best first) of ``kind`` among ``allowed_ids``."""
+    if not text.strip():
+        return pa.table(
+            {
+                "id": pa.array([], pa.int64()),
+                "kind": pa.array([], pa.string()),
+                "_score": pa.array([], pa.float32()),
+            }
+        )
+    clauses = [] if kind == "any" else [f"kind = '{'image' if kind == 'image' else 'text'}'"]
+    post_filter = allowed_ids
+    if allowed_ids is not None and len(allowed_ids) <= PREFILTER_MAX_IDS:
+        ids = ",".join(str(int(i)) for i in np.asarray(allowed_ids, np.int64)) or "-1"
+        clauses.append(f"id IN ({ids})")
+        post_filter = None
+    where = " AND ".join(clauses) or None
+    limit = depth
+    while True:
+        raw = _search(table, column, text, negative, limit, where)
+        hits = raw
+        if post_filter is not None:
+            hits = raw.filter(pc.is_in(raw.column("id"), pa.array(post_filter, pa.int64())))
+        if hits.num_rows >= depth or raw.num_rows < limit or limit >= MAX_LEXICAL_HITS:
+            return hits.slice(0, depth)
+        limit = min(limit * 4, MAX_LEXICAL_HITS)
+
+
+def lexical_legs(
+    table: Any,
+    column: str,
+    text: str,
+    depth: int,
+    kinds: Sequence[str],
+    *,
+    negative: str = "",
+    allowed_ids: npt.NDArray[np.int64] | None = None,
+) -> list[pa.Table]:
+    """One leg table per kind (``lexical:image`` / ``lexical:text``), ranks counted within each kind."""
+    kind = kinds[0] if len(kinds) == 1 else "any"
+    hits = lexical_hits(
+        table, column, text, depth, kind=kind, negative=negative, allowed_ids=allowed_ids
+    )
+    legs = []
+    for name in kinds:
+        part = hits.filter(pc.equal(hits.column("kind"), name))
+        legs.append(
+            leg_table(
+                part.column("id").to_numpy().astype(np.int64),
+                part.column("_score").to_numpy().astype(np.float32),
+                name,
+                f"lexical:{name}",
+            )
+        )
+    return legs
+
+
+def exact_leg(ids: npt.NDArray[np.int64], kinds: npt.NDArray[np.object_]) -> pa.Table:
+    """The rows an exact identifier names, as a leg (``exact``), in id order."""
+    n = len(ids)
+    return pa.table(
+        {
+            "id": pa.array(np.asarray(ids, np.int64)),
+            "kind": pa.array([str(k) for k in kinds], pa.string()),
+            "score": pa.array(np.ones(n, np.float32)),
+            "rank": pa.array(np.ones(n, np.int32)),
+            "leg": pa.array(["exact"] * n, pa.string()),
+        }
+    )

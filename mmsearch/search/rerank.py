@@ -1,0 +1,68 @@
+"""Rerank stage: an optional model re-scores the top candidates (e.g. a BLIP image-text matcher).
+
+A :class:`Reranker` takes the :class:`~mmsearch.search.types.Query` and the candidates
+table (``id, uri, kind, text, metadata, score, similarity, …``, best first) and
+returns a table of the same rows — or fewer — whose ``score`` is its own. The stage
+keeps the retrieval score as ``retrieval_score``, then applies ``min_match`` (drop
+rows the reranker scores below it) and ``blend`` (mix in the retrieval score).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmsearch.errors import NoRerankerError
+from mmsearch.search.types import Query
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Re-scores candidates; Arrow in, Arrow out."""
+
+    def rerank(self, query: Query, candidates: pa.Table) -> pa.Table:
+        """``candidates`` with ``score`` replaced by the reranker's score (rows may be dropped)."""
+        ...
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    if len(values) == 0:
+        return values
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    return np.ones_like(values) if hi - lo < 1e-12 else (values - lo) / (hi - lo)
+
+
+def rerank_stage(reranker: Reranker | None, query: Query, candidates: pa.Table) -> pa.Table:
+    """Re-scores the top ``query.rerank.depth`` candidates and sorts them, best first.
+
+    Raises :class:`NoRerankerError` when re-ranking is asked for but no reranker is set.
+    """
+    spec = query.rerank
+    if spec is None:
+        return candidates
+    if reranker is None:
+        raise NoRerankerError(
+            "re-ranking needs a reranker: open the index with SearchIndex(..., reranker=...) "
+            "or drop rerank from the query"
+        )
+    depth = max(spec.depth, query.offset + query.k)
+    top = candidates.slice(0, depth)
+    top = top.append_column("retrieval_score", top.column("score"))
+    out = reranker.rerank(query, top)
+    if "id" not in out.column_names or "score" not in out.column_names:
+        raise TypeError("a reranker must return a table with 'id' and 'score' columns")
+    if spec.min_match is not None:
+        out = out.filter(pc.greater_equal(out.column("score"), spec.min_match))
+    if spec.blend is not None and "retrieval_score" in out.column_names:
+        own = out.column("score").to_numpy().astype(np.float64)
+        base = _minmax(out.column("retrieval_score").to_numpy().astype(np.float64))
+        out = out.set_column(
+            out.schema.get_field_index("score"),
+            "score",
+            pa.array(spec.blend * own + (1 - spec.blend) * base),
+        )
+    order = pc.sort_indices(out, sort_keys=[("score", "descending")])
+    return out.take(order)

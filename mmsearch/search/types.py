@@ -1,0 +1,275 @@
+"""The query object, the candidates tables the stages pass along, and the results.
+
+A :class:`Query` is plain data: the fluent builder, the query-language parser, the
+CLI and the server all produce one, and :meth:`mmsearch.engine.SearchIndex.run`
+runs it. Stages exchange Arrow tables:
+
+* a *leg* table (one retrieval leg's hits): ``id, kind, score, rank, leg``
+  (see :data:`LEG_SCHEMA`);
+* the *candidates* table, after fusion: ``id, kind, score, similarity, exact, legs``
+  (see :data:`CANDIDATES_SCHEMA`); the re-score stage adds ``vector`` and the row
+  columns ``uri, text, metadata``, which is what a :class:`~mmsearch.search.rerank.Reranker`
+  receives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from mmsearch.errors import BadQueryError
+from mmsearch.filters import Condition
+from mmsearch.query import TERM_KINDS, QueryTerm
+from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
+
+Kind = Literal["image", "text", "any"]
+Mode = Literal["vector", "lexical", "hybrid"]
+Fusion = Literal["rrf", "weighted"]
+
+KINDS: tuple[str, ...] = ("image", "text", "any")
+MODES: tuple[str, ...] = ("vector", "lexical", "hybrid")
+FUSIONS: tuple[str, ...] = ("rrf", "weighted")
+#: Reciprocal rank fusion constant (Cormack et al. 2009; LanceDB and Elasticsearch use 60).
+RRF_K = 60
+#: Stage names, in order; :attr:`Results.timings` has one entry per stage.
+STAGES: tuple[str, ...] = ("encode", "retrieve", "fuse", "filter", "rescore", "rerank", "shape")
+
+LEG_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64()),
+        pa.field("kind", pa.string()),
+        pa.field("score", pa.float32()),
+        pa.field("rank", pa.int32()),
+        pa.field("leg", pa.string()),
+    ]
+)
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64()),
+        pa.field("kind", pa.string()),
+        pa.field("score", pa.float64()),
+        pa.field("similarity", pa.float32()),  # cosine to the query vector; null without one
+        pa.field("exact", pa.bool_()),  # an exact identifier match
+        pa.field("legs", pa.string()),  # the legs that found it, comma-separated
+    ]
+)
+
+
+def empty_leg() -> pa.Table:
+    return LEG_SCHEMA.empty_table()
+
+
+@dataclass(frozen=True)
+class RerankSpec:
+    """Re-ranking of the top ``depth`` candidates by a :class:`~mmsearch.search.rerank.Reranker`.
+
+    ``min_match`` drops candidates the reranker scores below it; ``blend`` mixes the
+    reranker's score with the retrieval score (``blend`` × rerank + (1 − ``blend``) ×
+    retrieval); None keeps the reranker's own score.
+    """
+
+    depth: int = 50
+    min_match: float | None = None
+    blend: float | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    """A search request as data. Build one with :meth:`SearchIndex.query` or :func:`from_string`.
+
+    ``mode`` None means automatic: ``hybrid`` when the index has a full-text index and
+    the query has text terms, else ``vector``. ``cutoff`` turns on hybrid's calibrated
+    "no good match" cut-off (see :mod:`mmsearch.search.calibrate`).
+    """
+
+    terms: tuple[QueryTerm, ...] = ()
+    where: tuple[Condition, ...] = ()
+    kind: Kind = DEFAULT_KIND  # type: ignore[assignment]
+    mode: Mode | None = None
+    fusion: Fusion = "rrf"
+    alpha: float = 0.7
+    k: int = 10
+    offset: int = 0
+    group_by: str | None = None
+    dedup: float | None = None
+    min_score: float | None = None
+    cutoff: bool = False
+    rerank: RerankSpec | None = None
+    exact: bool = False
+    nprobe: int | None = None
+    refine: int | None = None
+
+    def validated(self) -> Query:
+        """Returns self, or raises :class:`BadQueryError` naming the first bad field."""
+        if not self.terms:
+            raise BadQueryError("a query needs at least one term (text or image)")
+        for term in self.terms:
+            if term.kind not in TERM_KINDS:
+                raise BadQueryError(
+                    f"term kind must be one of {', '.join(TERM_KINDS)}, not {term.kind!r}"
+                )
+            if not isinstance(term.weight, (int, float)) or not math.isfinite(term.weight):
+                raise BadQueryError("term weights must be finite numbers")
+            if term.kind == "text" and (not isinstance(term.value, str) or not term.value.strip()):
+                raise BadQueryError("a text term must be a non-empty string")
+        if all(t.weight <= 0 for t in self.terms):
+            raise BadQueryError("a query needs at least one positive term")
+        if self.kind not in KINDS:
+            raise BadQueryError(f"kind must be image, text or any, not {self.kind!r}")
+        if self.mode is not None and self.mode not in MODES:
+            raise BadQueryError(f"mode must be vector, lexical or hybrid, not {self.mode!r}")
+        if self.fusion not in FUSIONS:
+            raise BadQueryError(f"fusion must be rrf or weighted, not {self.fusion!r}")
+        check_k(self.k)
+        if (
+            isinstance(self.offset, bool)
+            or not isinstance(self.offset, int)
+            or not 0 <= self.offset <= MAX_OFFSET
+        ):
+            raise BadQueryError(f"offset must be an integer between 0 and {MAX_OFFSET}")
+        if not _is_number(self.alpha) or not 0.0 <= self.alpha <= 1.0:
+            raise BadQueryError("alpha must be between 0 and 1")
+        if self.dedup is not None and (not _is_number(self.dedup) or not 0.0 < self.dedup <= 1.0):
+            raise BadQueryError("dedup must be a cosine threshold in (0, 1]")
+        if self.min_score is not None and not _is_number(self.min_score):
+            raise BadQueryError("min_score must be a number")
+        if self.group_by is not None and (not isinstance(self.group_by, str) or not self.group_by):
+            raise BadQueryError("group_by must be a metadata column name")
+        if self.rerank is not None:
+            depth = self.rerank.depth
+            if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_K:
+                raise BadQueryError(f"rerank depth must be an integer between 1 and {MAX_K}")
+            if self.rerank.blend is not None and not 0.0 <= self.rerank.blend <= 1.0:
+                raise BadQueryError("rerank blend must be between 0 and 1")
+        return self
+
+    @property
+    def text_terms(self) -> list[QueryTerm]:
+        return [t for t in self.terms if t.kind == "text"]
+
+    @property
+    def lexical_text(self) -> str:
+        """The words the lexical leg looks for: every positive text term."""
+        return " ".join(str(t.value) for t in self.text_terms if t.weight > 0)
+
+    @property
+    def negative_words(self) -> str:
+        """Words of negative text terms: the lexical leg excludes rows holding them."""
+        return " ".join(str(t.value) for t in self.text_terms if t.weight < 0)
+
+    def with_(self, **changes: Any) -> Query:
+        return replace(self, **changes)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_k(k: object) -> int:
+    """``k`` if it is an integer in ``1..MAX_K``; else :class:`BadQueryError`."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise BadQueryError(f"k must be an integer between 1 and {MAX_K}")
+    return k
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One hit. ``uri`` is the item's stored location (file path, or ``collection#row-id``).
+
+    ``score`` orders the results (cosine similarity for a vector search of one kind; the
+    fused score otherwise); ``similarity`` is the cosine to the query vector when there
+    is one. ``group`` holds the ids of the other matching items of a group-by key, and
+    ``duplicates`` those of near-duplicates folded into this hit.
+    """
+
+    rank: int
+    id: int
+    uri: str
+    kind: str
+    text: str | None
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    similarity: float | None = None
+    group: tuple[int, ...] = ()
+    duplicates: tuple[int, ...] = ()
+
+    @property
+    def path(self) -> str | None:
+        """The local file path of an image hit (lossless for non-UTF-8 names)."""
+        if self.kind != "image":
+            return None
+        from mmsearch.uris import uri_to_path
+
+        return uri_to_path(self.uri)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "rank": self.rank,
+            "id": self.id,
+            "uri": self.uri,
+            "kind": self.kind,
+            "text": self.text,
+            "score": round(self.score, 6),
+            "similarity": None if self.similarity is None else round(self.similarity, 6),
+            "metadata": self.metadata,
+        }
+        if self.group:
+            out["group"] = list(self.group)
+        if self.duplicates:
+            out["duplicates"] = list(self.duplicates)
+        return out
+
+
+class Results(list[SearchResult]):
+    """The hits of one query, best first, plus how long each stage took.
+
+    A list of :class:`SearchResult`; ``timings`` maps each stage of :data:`STAGES` to
+    seconds; ``reason`` says why the list is empty (or is None); ``mode`` is the mode
+    that ran.
+    """
+
+    def __init__(
+        self,
+        hits: Iterable[SearchResult] = (),
+        *,
+        timings: Mapping[str, float] | None = None,
+        reason: str | None = None,
+        mode: str | None = None,
+    ) -> None:
+        super().__init__(hits)
+        self.timings: dict[str, float] = {stage: 0.0 for stage in STAGES}
+        self.timings.update(timings or {})
+        self.reason = reason
+        self.mode = mode
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """Plain dicts, ready for JSON."""
+        return [hit.to_dict() for hit in self]
+
+    def to_arrow(self) -> pa.Table:
+        """One row per hit: rank, id, uri, kind, text, score, similarity, metadata (JSON), group, duplicates."""
+        return pa.table(
+            {
+                "rank": pa.array([h.rank for h in self], pa.int32()),
+                "id": pa.array([h.id for h in self], pa.int64()),
+                "uri": pa.array([h.uri for h in self], pa.string()),
+                "kind": pa.array([h.kind for h in self], pa.string()),
+                "text": pa.array([h.text for h in self], pa.string()),
+                "score": pa.array([h.score for h in self], pa.float64()),
+                "similarity": pa.array([h.similarity for h in self], pa.float32()),
+                "metadata": pa.array(
+                    [json.dumps(h.metadata, sort_keys=True) for h in self], pa.string()
+                ),
+                "group": pa.array([list(h.group) for h in self], pa.list_(pa.int64())),
+                "duplicates": pa.array([list(h.duplicates) for h in self], pa.list_(pa.int64())),
+            }
+        )
+
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame of :meth:`to_arrow` (needs pandas)."""
+        return self.to_arrow().to_pandas()
