@@ -106,6 +106,7 @@ def index_cmd(
     quiet: QuietOpt = False,
     no_progress: NoProgressOpt = False,
     reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint), then index PATHS.")] = False,
+    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="Record this ITM model as the index's re-ranking model (used by query --rerank and serve).")] = None,
 ) -> None:
     """Index image folders and text collections (incremental: unchanged files are skipped).
 
@@ -145,6 +146,10 @@ def index_cmd(
             print_failures(exc.report, err_console)
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(EXIT_ITEMS_FAILED) from None
+        if rerank_model:
+            from mmsearch.rerank.config import record_rerank_model
+
+            record_rerank_model(_index_dir(index), rerank_model)
     if json_out:
         console.print_json(json.dumps(report.to_dict(), default=str))
     elif quiet:
@@ -180,6 +185,10 @@ def query_cmd(
     device: DeviceOpt = None,
     backend: BackendOpt = "auto",
     quantize: QuantizeOpt = None,
+    rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the first stage's best candidates with a BLIP image-text-matching model.")] = False,
+    rerank_depth: Annotated[int, typer.Option("--rerank-depth", min=1, max=10000, help="Candidates re-ranked.")] = 50,
+    min_match: Annotated[float | None, typer.Option("--min-match", min=0.0, max=1.0, help="Lowest match probability kept (with --rerank); none above it gives an empty answer.")] = None,
+    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model: mmsearch-tiny-itm, a local folder or a Hugging Face id (default: the one recorded with index --rerank-model, else Salesforce/blip-itm-base-coco).")] = None,
 ) -> None:
     """Search an index with text, an image, or a weighted mix of both.
 
@@ -187,12 +196,26 @@ def query_cmd(
     """
     from mmsearch.engine import SearchIndex
 
+    empty_reason = None
     with _errors():
         idx = SearchIndex(_index_dir(index), device=device, backend=backend, quantize=quantize)
+        spec = None
+        if rerank:
+            from mmsearch.rerank import attach_reranker
+            from mmsearch.search.types import RerankSpec
+
+            attach_reranker(idx, rerank_model, device=device)
+            spec = RerankSpec(depth=rerank_depth, min_match=min_match)
         results = idx.search(
             query, k=top, offset=offset, kind=kind, mode=mode, fusion=fusion, alpha=alpha, literal=literal,  # type: ignore[arg-type]
             group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine, where=where,
+            rerank=spec or False,
         )  # fmt: skip
+        if spec is not None:
+            for gone in idx.reranker.dropped:
+                err_console.print(f"[yellow]skipped:[/] {escape(gone.uri)}: {escape(gone.reason)}")
+            if not results and min_match is not None:
+                empty_reason = f"no good match: no candidate reached match probability {min_match:.2f}"
         stale = idx.stale
         kinds = list(idx.info()["ann"]) if not results else []
     if json_out:
@@ -207,7 +230,8 @@ def query_cmd(
     if stale:
         err_console.print("[yellow]note:[/] the index has changes newer than its search index; run mmsearch build-index")
     if not results:
-        err_console.print(f"no results ({escape(no_results_reason(results, kinds=kinds, kind=kind, where=where))})")
+        reason = empty_reason or no_results_reason(results, kinds=kinds, kind=kind, where=where)
+        err_console.print(f"no results ({escape(reason)})")
         raise typer.Exit(EXIT_NO_RESULTS)
 
 
@@ -297,6 +321,7 @@ def serve_cmd(
     log_format: Annotated[str, typer.Option("--log-format", help="Access log on stderr: text, json or none.")] = "text",
     log_queries: Annotated[bool, typer.Option("--log-queries", help="Include query strings in the access log.")] = False,
     drain_seconds: Annotated[float, typer.Option("--drain-seconds", min=0.0, help="On SIGTERM, answer 503 this long (load balancers notice) before shutting down.")] = 2.0,
+    rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model for rerank=true requests: mmsearch-tiny-itm, a local folder or a Hugging Face id (default: the index's recorded one, else Salesforce/blip-itm-base-coco).")] = None,
 ) -> None:
     """Serve the HTTP API and the web gallery for an index."""
     from mmsearch.serve.lifecycle import bind_socket, prepare_workers, run
@@ -325,6 +350,7 @@ def serve_cmd(
         log_format=log_format,
         log_queries=log_queries,
         drain_s=drain_seconds,
+        rerank_model=rerank_model,
     )
     with _errors():
         from mmsearch.serve.lifecycle import check_servable
@@ -378,11 +404,14 @@ def sample_data_cmd(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of items.")] = 400,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same bytes).")] = 0,
     corrupt: Annotated[int, typer.Option("--corrupt", min=0, help="Also write this many corrupt image files.")] = 0,
+    scenes: Annotated[str, typer.Option("--scenes", help="single (one object), pairs (two objects side by side) or mixed.")] = "single",
 ) -> None:
     """Generate the synthetic product catalog (images + catalog.jsonl/csv)."""
-    from mmsearch.datasets.synthetic import generate_catalog
+    from mmsearch.datasets.synthetic import SCENES, generate_catalog
 
-    info = generate_catalog(out, n=n, seed=seed, corrupt=corrupt)
+    if scenes not in SCENES:
+        raise typer.BadParameter(f"choose one of {', '.join(SCENES)}", param_hint="--scenes")
+    info = generate_catalog(out, n=n, seed=seed, corrupt=corrupt, scenes=scenes)
     console.print(f"wrote {info.n} items to {escape(str(out))} ({escape(str(info.jsonl_path))}, {escape(str(info.csv_path))})")
 
 

@@ -74,5 +74,9 @@ class MetadataJoinError(MMSearchError):
     """An image-metadata sidecar names no image that is being indexed."""
 
 
+class RerankModelError(ModelLoadError):
+    """The re-ranking (image-text matching) model could not be loaded."""
+
+
 class NoRerankerError(BadQueryError):
     """Re-ranking was asked for, but the index was opened without a reranker."""

@@ -84,6 +84,9 @@ class ServerConfig:
     log_format: str = "text"  # access log: text, json or none
     log_queries: bool = False  # query strings in the access log
     drain_s: float = 2.0  # after SIGTERM: answer 503 this long, then shut down
+    # ITM model for requests with rerank=true (registered name, folder or HF id; None:
+    # the index's recorded one, else Salesforce/blip-itm-base-coco); loaded on first use.
+    rerank_model: str | None = None
 
 
 def check_query_paths(query: str, image_roots: list[Path]) -> None:
@@ -216,17 +219,42 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     holder.fetch_url = _fetch_url_image if config.allow_urls else None
 
+    from mmsearch.rerank.serving import RerankerHolder
+
+    rerankers = RerankerHolder(config.rerank_model, Path(config.index_dir), config.device)
+
+    def _run(query: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """Runs ``query``; with re-ranking, also the candidates dropped (vanished/changed files)."""
+        index = holder.get()
+        if query.rerank is None:
+            return index.run(query), []
+        stage = rerankers.attach(index)
+        results = index.run(query)
+        return results, [{"id": d.id, "reason": d.reason} for d in getattr(stage, "dropped", [])]
+
+    def _with_rerank(query: Any, rerank: bool, depth: int, min_match: float | None) -> Any:
+        from dataclasses import replace
+
+        from mmsearch.search.types import RerankSpec
+
+        return (
+            replace(query, rerank=RerankSpec(depth=depth, min_match=min_match)) if rerank else query
+        )
+
     def _answer(query: Any, shown: str | None) -> dict[str, Any]:
         from mmsearch.search.types import STAGES
 
-        results = holder.get().run(query)
-        return {
+        results, dropped = _run(query)
+        out = {
             "query": shown,
             "mode": results.mode,
             "results": _results(results),
             "reason": results.reason,
             "timings": {stage: round(results.timings.get(stage, 0.0), 6) for stage in STAGES},
         }
+        if query.rerank is not None:
+            out["dropped"] = dropped
+        return out
 
     @app.get("/api/search")
     def search(
@@ -245,6 +273,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         min_score: float | None = None,
         cutoff: bool = False,
         literal: bool = False,
+        rerank: bool = False,
+        rerank_depth: Annotated[int, Query(ge=1, le=MAX_K)] = 50,
+        min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     ) -> dict[str, Any]:
         from mmsearch.query import QueryTerm
         from mmsearch.search.http import build_query
@@ -261,6 +292,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             fusion=fusion, alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup,
             min_score=min_score, cutoff=cutoff, exact=exact,
         )  # fmt: skip
+        query = _with_rerank(query, rerank, rerank_depth, min_match)
         return _answer(query, q if not url else url)
 
     @app.post("/api/search")
@@ -268,14 +300,24 @@ def create_app(config: ServerConfig) -> FastAPI:
         """The same search as GET, as a JSON body with structured terms (no parsing)."""
         return _answer(body.to_query(), body.q)
 
-    def _search_upload(data: bytes, k: int, kind: str, where: list[str]) -> list[dict[str, Any]]:
+    def _search_upload(
+        data: bytes, k: int, kind: str, where: list[str], rerank: tuple[int, float | None] | None
+    ) -> dict[str, Any]:
         from mmsearch.imageio import load_image
         from mmsearch.query import QueryTerm
         from mmsearch.search.http import build_query
 
         image = load_image(data, max_pixels=config.max_pixels)
-        query = build_query(q=None, terms=[QueryTerm(1.0, "image", image)], where=where, kind=kind, k=k)
-        return _results(holder.get().run(query))
+        query = build_query(
+            q=None, terms=[QueryTerm(1.0, "image", image)], where=where, kind=kind, k=k
+        )
+        if rerank is not None:
+            query = _with_rerank(query, True, *rerank)
+        results, dropped = _run(query)
+        out: dict[str, Any] = {"results": _results(results), "reason": results.reason}
+        if rerank is not None:
+            out["dropped"] = dropped
+        return out
 
     @app.post("/api/search/image")
     async def search_image(
@@ -283,6 +325,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
         kind: Annotated[str, Query(pattern="^(any|image|text)$")] = DEFAULT_KIND,
         where: Annotated[list[str] | None, Query()] = None,
+        rerank: bool = False,
+        rerank_depth: Annotated[int, Query(ge=1, le=MAX_K)] = 50,
+        min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     ) -> dict[str, Any]:
         data = await file.read(config.max_upload_bytes + 1)
         if len(data) > config.max_upload_bytes:
@@ -290,8 +335,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         if not data:
             raise BadQueryError("the uploaded file is empty")
         # Decoding and encoding are CPU work: keep them off the event loop.
-        results = await run_in_threadpool(_search_upload, data, k, kind, where or [])
-        return {"query": file.filename, "results": results}
+        options = (rerank_depth, min_match) if rerank else None
+        out = await run_in_threadpool(_search_upload, data, k, kind, where or [], options)
+        return {**out, "query": file.filename}
 
     return app
 

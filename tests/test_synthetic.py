@@ -99,3 +99,29 @@ def test_shape_sits_at_its_position(position: str) -> None:
                 "center": (0.5, 0.5),
             }[position]
             assert abs(cx - expected[0]) < 0.08 and abs(cy - expected[1]) < 0.08
+
+
+def test_pair_scenes_captions_metadata_and_halves(tmp_path: Path) -> None:
+    from mmsearch.datasets.synthetic import CATALOG_COLUMNS
+
+    info = generate_catalog(tmp_path, n=40, seed=5, scenes="pairs")
+    for row in info.rows:
+        assert set(row) == set(CATALOG_COLUMNS)
+        (lc, rc), (ls, rs) = str(row["colour"]).split(","), str(row["shape"]).split(",")
+        assert row["caption"] == f"a {lc} {ls} to the left of a {rc} {rs}"
+        assert (lc, ls) != (rc, rs) and row["position"] == "left,right"
+        with Image.open(tmp_path / str(row["file"])) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float64)
+        # Each half holds pixels close to its own object's colour.
+        for half, colour in ((arr[:, :64], lc), (arr[:, 64:], rc)):
+            dist = np.linalg.norm(half - np.asarray(COLOUR_RGB[colour]), axis=-1)
+            assert (dist < 40).sum() > 40, (row["caption"], colour)
+
+
+def test_mixed_scenes_hold_both_kinds(tmp_path: Path) -> None:
+    info = generate_catalog(tmp_path, n=60, seed=2, scenes="mixed")
+    pairs = [r for r in info.rows if r["position"] == "left,right"]
+    assert 15 < len(pairs) < 45
+    assert all(" on the " in str(r["caption"]) for r in info.rows if r not in pairs)
+    with pytest.raises(ValueError, match="scenes"):
+        generate_catalog(tmp_path / "x", n=2, scenes="triples")

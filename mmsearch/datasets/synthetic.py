@@ -146,15 +146,104 @@ def render_item(
     r = size * float(rng.uniform(0.11, 0.17))
     cx = size * (fx + float(rng.uniform(-0.035, 0.035)))
     cy = size * (fy + float(rng.uniform(-0.035, 0.035)))
+    _draw_shape(ImageDraw.Draw(img), rng, colour, shape, cx, cy, r)
+    return img
+
+
+SCENES: tuple[str, ...] = ("single", "pairs", "mixed")
+
+# Where each object of a two-object scene sits: the left one in the left half, the
+# right one in the right half (centre x as a fraction of the side), vertically near
+# the middle.
+_PAIR_CENTRE_X: tuple[float, float] = (0.26, 0.74)
+
+
+def pair_caption(left: tuple[str, str], right: tuple[str, str]) -> str:
+    """The exact caption of a two-object scene, left object first.
+
+    >>> pair_caption(("red", "circle"), ("blue", "square"))
+    'a red circle to the left of a blue square'
+    """
+    return f"a {left[0]} {left[1]} to the left of a {right[0]} {right[1]}"
+
+
+def _pair_background(rng: np.random.Generator, colours: tuple[str, str], size: int) -> np.ndarray:
+    """A background far enough from *both* colours (falls back to the first's palette)."""
+    both = [
+        bg
+        for bg in _ALLOWED_BG[colours[0]]
+        if any(np.array_equal(bg, other) for other in _ALLOWED_BG[colours[1]])
+    ]
+    palette = both or _ALLOWED_BG[colours[0]]
+    kind = rng.integers(0, 3)
+    a = palette[rng.integers(0, len(palette))]
+    if kind == 0:
+        arr = np.broadcast_to(a, (size, size, 3)).copy()
+    elif kind == 1:
+        b = palette[rng.integers(0, len(palette))]
+        t = np.linspace(0.0, 1.0, size)[:, None]
+        ramp = (1 - t) * a + t * b
+        arr = np.broadcast_to(
+            ramp[:, None, :], (size, size, 3)
+        ).copy()  # vertical: keeps halves alike
+    else:
+        arr = a + rng.normal(0.0, 9.0, size=(size, size, 3))
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    rng: np.random.Generator,
+    colour: str,
+    shape: str,
+    cx: float,
+    cy: float,
+    r: float,
+) -> None:
     jitter = rng.integers(-12, 13, size=3)
     fill = tuple(int(v) for v in np.clip(np.asarray(COLOUR_RGB[colour]) + jitter, 0, 255))
-    draw = ImageDraw.Draw(img)
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     else:
         rot = float(rng.uniform(-0.12, 0.12)) if shape != "square" else 0.0
         draw.polygon(_shape_polygon(shape, cx, cy, r, rot), fill=fill)
+
+
+def render_pair(
+    rng: np.random.Generator,
+    left: tuple[str, str],
+    right: tuple[str, str],
+    size: int = 128,
+) -> Image.Image:
+    """Draws a two-object scene: ``left`` = (colour, shape) in the left half, ``right`` in the right.
+
+    The two objects differ in colour or shape; sizes, vertical positions and small
+    horizontal offsets vary, each object stays inside its half.
+    """
+    for colour, shape in (left, right):
+        if colour not in COLOUR_RGB or shape not in SHAPES:
+            raise ValueError(f"unknown object ({colour!r}, {shape!r})")
+    if left == right:
+        raise ValueError(f"the two objects must differ in colour or shape, got {left} twice")
+    img = Image.fromarray(_pair_background(rng, (left[0], right[0]), size), "RGB")
+    draw = ImageDraw.Draw(img)
+    for (colour, shape), fx in zip((left, right), _PAIR_CENTRE_X, strict=True):
+        r = size * float(rng.uniform(0.09, 0.14))
+        cx = size * (fx + float(rng.uniform(-0.04, 0.04)))
+        cy = size * (0.5 + float(rng.uniform(-0.12, 0.12)))
+        _draw_shape(draw, rng, colour, shape, cx, cy, r)
     return img
+
+
+def random_pair(
+    rng: np.random.Generator,
+) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Two (colour, shape) objects that differ in colour or shape, uniformly drawn."""
+    while True:
+        left = (COLOURS[rng.integers(0, len(COLOURS))], SHAPES[rng.integers(0, len(SHAPES))])
+        right = (COLOURS[rng.integers(0, len(COLOURS))], SHAPES[rng.integers(0, len(SHAPES))])
+        if left != right:
+            return left, right
 
 
 def random_item(rng: np.random.Generator, size: int = 128) -> tuple[Image.Image, str, str, str]:
@@ -275,6 +364,48 @@ def catalog_rows(n: int, seed: int = 0) -> list[dict[str, str | float]]:
     return _plan_rows(np.random.default_rng(seed), n)
 
 
+def _pair_row(rng: np.random.Generator, i: int, sku_index: int) -> dict[str, str | float]:
+    """One two-object row; colour/shape/position hold both objects, left first."""
+    left, right = random_pair(rng)
+    return {
+        "id": f"item-{i:06d}",
+        "file": "",
+        "caption": pair_caption(left, right),
+        "sku": sku_code(sku_index),
+        "title": title_for(sku_index, left[0], f"{left[1]} and {right[0]} {right[1]}"),
+        "category": CATEGORY_OF_SHAPE[left[1]],
+        "price": round(float(rng.uniform(1.0, 150.0)), 2),
+        "colour": f"{left[0]},{right[0]}",
+        "shape": f"{left[1]},{right[1]}",
+        "position": "left,right",
+    }
+
+
+def _plan_scene_rows(rng: np.random.Generator, n: int, scenes: str) -> list[dict[str, str | float]]:
+    """Rows for ``pairs`` (every item a two-object scene) or ``mixed`` (about half each)."""
+    if scenes == "pairs":
+        return [_pair_row(rng, i, i + 1) for i in range(n)]
+    singles = _plan_rows(rng, n)
+    rows: list[dict[str, str | float]] = []
+    for i in range(n):
+        if rng.random() < 0.5:  # SKU ordinals after every single-object SKU (at most n)
+            rows.append(_pair_row(rng, i, n + i + 1))
+        else:
+            row = dict(singles[i])
+            row["id"] = f"item-{i:06d}"
+            rows.append(row)
+    return rows
+
+
+def _render_row(
+    rng: np.random.Generator, row: dict[str, str | float], image_size: int
+) -> Image.Image:
+    if row["position"] == "left,right":
+        colours, shapes = str(row["colour"]).split(","), str(row["shape"]).split(",")
+        return render_pair(rng, (colours[0], shapes[0]), (colours[1], shapes[1]), image_size)
+    return render_item(rng, str(row["colour"]), str(row["shape"]), str(row["position"]), image_size)
+
+
 def _write_corrupt(image_dir: Path, k: int, rng: np.random.Generator) -> list[Path]:
     """Truncated JPEGs, zero-byte files and text files named ``.jpg``."""
     out: list[Path] = []
@@ -306,6 +437,7 @@ def generate_catalog(
     *,
     image_size: int = 128,
     corrupt: int = 0,
+    scenes: str = "single",
 ) -> CatalogInfo:
     """Writes ``n`` images plus ``catalog.jsonl`` and ``catalog.csv`` under ``out_dir``.
 
@@ -313,6 +445,10 @@ def generate_catalog(
     The output is byte-identical for the same ``seed`` and arguments.
     ``corrupt=k`` also writes ``k`` undecodable files, listed in
     :attr:`CatalogInfo.corrupt_files` and absent from the rows.
+    ``scenes`` is ``single`` (one object, ``a red star on the top``), ``pairs``
+    (two objects, ``a red circle to the left of a blue square``; ``colour``,
+    ``shape`` and ``position`` hold both objects, left first: ``red,blue``) or
+    ``mixed`` (about half of each).
 
     >>> info = generate_catalog(tmp_path, n=100, seed=1)   # doctest: +SKIP
     >>> len(info.rows)                                     # doctest: +SKIP
@@ -320,11 +456,13 @@ def generate_catalog(
     """
     if n < 0 or corrupt < 0:
         raise ValueError("n and corrupt must be >= 0")
+    if scenes not in SCENES:
+        raise ValueError(f"unknown scenes {scenes!r}; choose one of {', '.join(SCENES)}")
     root = Path(out_dir)
     image_dir = root / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    rows = _plan_rows(rng, n)
+    rows = _plan_rows(rng, n) if scenes == "single" else _plan_scene_rows(rng, n, scenes)
     made: set[Path] = set()
     for row in rows:
         is_png = rng.random() < 0.3
@@ -333,9 +471,7 @@ def generate_catalog(
         if path.parent not in made:
             path.parent.mkdir(parents=True, exist_ok=True)
             made.add(path.parent)
-        img = render_item(
-            rng, str(row["colour"]), str(row["shape"]), str(row["position"]), image_size
-        )
+        img = _render_row(rng, row, image_size)
         if is_png:
             img.save(path, "PNG", compress_level=1)
         else:

@@ -64,6 +64,7 @@ class FitConfig:
     min_delta: float = 1e-4
     monitor: str = "mean_recall@1"
     max_logit_scale: float = 100.0
+    stop_after: int = 0  # end after this many optimizer steps (the schedule still spans every epoch)
 
 
 @dataclass
@@ -230,7 +231,7 @@ def fit(
             step += 1
             if on_step is not None:
                 on_step(step, float(np.mean(losses[-cfg.grad_accum :])), lr)
-            if micro >= steps_per_epoch * cfg.grad_accum:
+            if micro >= steps_per_epoch * cfg.grad_accum or _stopped(cfg, step):
                 break
         metrics: dict[str, float] = {}
         if evaluate is not None:
@@ -256,10 +257,16 @@ def fit(
         result.history.append(info)
         if on_epoch is not None:
             on_epoch(info)
+        if _stopped(cfg, step):
+            break
         if cfg.patience and since_best >= cfg.patience:
             result.stopped_early = epoch < cfg.epochs
             break
     return result
+
+
+def _stopped(cfg: FitConfig, step: int) -> bool:
+    return bool(cfg.stop_after) and step >= cfg.stop_after
 
 
 def normalise_pixels(images: npt.NDArray[np.uint8], mean: Any, std: Any) -> torch.Tensor:

@@ -37,7 +37,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmsearch.datasets.synthetic import COLOURS, POSITIONS, SHAPES, caption_for, render_item
+from mmsearch.datasets.synthetic import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    caption_for,
+    pair_caption,
+    random_pair,
+    render_item,
+    render_pair,
+)
 from mmsearch.models.preprocess import fit_square
 from mmsearch.training.finetune import save_checkpoint
 from mmsearch.training.loop import Batch, EpochResult, FitConfig, fit, multipositive_loss
@@ -48,6 +57,11 @@ __all__ = ["TrainConfig", "lr_at", "match_matrix", "multipositive_loss", "sample
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "models" / "configs"
 
 Attrs = tuple[str | None, str | None, str | None]  # (colour, shape, position); None = unconstrained
+# An image's label: its full caption and the (colour, shape, position) of each object
+# it shows (two-object scenes give their objects position None).
+ImageLabel = tuple[str, tuple[Attrs, ...]]
+# A text's label: the attributes it constrains, or a two-object caption (matched exactly).
+TextLabel = Attrs | str
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,10 @@ class TrainConfig:
     threads: int = 1
     init_logit_scale: float = 30.0
     config_dir: str = ""
+    pair_frac: float = 0.0
+    augment_frac: float = 0.0
+    init: str = ""  # start from these safetensors weights (e.g. the shipped ones)
+    stop_after: int = 0  # end after this many steps (the schedule still spans ``steps``)
 
 
 def partial_caption(
@@ -94,45 +112,71 @@ def partial_caption(
     return f"{colour} {shape} {position}", (colour, shape, position)
 
 
+def _render(
+    rng: np.random.Generator, size: int, cfg: TrainConfig
+) -> tuple[Image.Image, ImageLabel, str, TextLabel]:
+    """One random scene (single or two-object, plain or augmented) and a caption of it."""
+    from mmsearch.training.augment import augmented_pair, augmented_single
+
+    augment = rng.random() < cfg.augment_frac
+    if rng.random() < cfg.pair_frac:
+        left, right = random_pair(rng)
+        img = (augmented_pair if augment else render_pair)(rng, left, right, size)
+        caption = pair_caption(left, right)
+        objects: tuple[Attrs, ...] = ((*left, None), (*right, None))
+        return img, (caption, objects), caption, caption
+    colour = COLOURS[int(rng.integers(0, len(COLOURS)))]
+    shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
+    position = POSITIONS[int(rng.integers(0, len(POSITIONS)))]
+    img = (augmented_single if augment else render_item)(rng, colour, shape, position, size)
+    full = caption_for(colour, shape, position)
+    label: ImageLabel = (full, ((colour, shape, position),))
+    if rng.random() < cfg.partial_frac:
+        text, attrs = partial_caption(rng, colour, shape, position)
+        return img, label, text, attrs
+    return img, label, full, (colour, shape, position)
+
+
 def sample_batch(
     rng: np.random.Generator, n: int, image_size: int, cfg: TrainConfig
-) -> tuple[npt.NDArray[np.uint8], list[str], list[Attrs], list[Attrs]]:
-    """Renders ``n`` random items; returns uint8 images, texts, image attrs, text attrs."""
+) -> tuple[npt.NDArray[np.uint8], list[str], list[ImageLabel], list[TextLabel]]:
+    """Renders ``n`` random scenes; returns uint8 images, texts, image and text labels."""
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     texts: list[str] = []
-    img_attrs: list[Attrs] = []
-    txt_attrs: list[Attrs] = []
+    img_labels: list[ImageLabel] = []
+    txt_labels: list[TextLabel] = []
     for i in range(n):
-        colour = COLOURS[int(rng.integers(0, len(COLOURS)))]
-        shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
-        position = POSITIONS[int(rng.integers(0, len(POSITIONS)))]
         render_size = 128 if rng.random() < 0.75 else int(rng.choice((96, 160, 224)))
-        img = render_item(rng, colour, shape, position, render_size)
+        img, img_label, text, txt_label = _render(rng, render_size, cfg)
         if rng.random() < cfg.jpeg_frac:
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=int(rng.integers(60, 96)))
             buf.seek(0)
             img = Image.open(buf).convert("RGB")
         images[i] = fit_square(img, image_size)
-        img_attrs.append((colour, shape, position))
-        if rng.random() < cfg.partial_frac:
-            text, attrs = partial_caption(rng, colour, shape, position)
-        else:
-            text, attrs = caption_for(colour, shape, position), (colour, shape, position)
+        img_labels.append(img_label)
         texts.append(text)
-        txt_attrs.append(attrs)
-    return images, texts, img_attrs, txt_attrs
+        txt_labels.append(txt_label)
+    return images, texts, img_labels, txt_labels
 
 
-def match_matrix(img_attrs: list[Attrs], txt_attrs: list[Attrs]) -> torch.Tensor:
-    """``M[i, j] = 1`` when image ``i`` satisfies every constraint of text ``j``."""
-    img = np.array(img_attrs, dtype=object)
-    txt = np.array(txt_attrs, dtype=object)
-    ok = np.ones((len(img_attrs), len(txt_attrs)), dtype=bool)
-    for k in range(3):
-        constrained = np.array([t is not None for t in txt[:, k]])
-        eq = img[:, k][:, None] == txt[:, k][None, :]
-        ok &= eq | ~constrained[None, :]
+def _satisfies(image: ImageLabel, text: TextLabel) -> bool:
+    if isinstance(text, str):
+        return image[0] == text
+    return any(
+        all(want is None or want == have for want, have in zip(text, obj, strict=True))
+        for obj in image[1]
+    )
+
+
+def match_matrix(img_labels: list[ImageLabel], txt_labels: list[TextLabel]) -> torch.Tensor:
+    """``M[i, j] = 1`` when image ``i`` satisfies every constraint of text ``j``.
+
+    A single-object text matches a two-object image when one of its objects has the
+    named colour/shape (texts naming a position match single-object images only); a
+    two-object caption matches exactly that scene.
+    """
+    ok = np.array([[_satisfies(im, tx) for tx in txt_labels] for im in img_labels], dtype=bool)
     return torch.from_numpy(ok.astype(np.float32))
 
 
@@ -211,6 +255,10 @@ def train(
     model = open_clip.create_model(cfg.model)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(cfg.init_logit_scale))
+    if cfg.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(cfg.init).items()})
     tokenizer = open_clip.get_tokenizer(cfg.model)
     pp = model.visual.preprocess_cfg
     image_size = int(pp["size"][0] if isinstance(pp["size"], tuple) else pp["size"])
@@ -224,6 +272,7 @@ def train(
         warmup=cfg.warmup,
         weight_decay=cfg.weight_decay,
         monitor="r1",
+        stop_after=cfg.stop_after,
     )
     data = SyntheticBatches(cfg, eval_every, image_size, tokenizer, mean, std)
     meta = {"model": cfg.model, "seed": str(cfg.seed), "steps": str(cfg.steps)}
@@ -244,7 +293,7 @@ def train(
         r1, r5 = info.metrics["r1"], info.metrics["r5"]
         last = {"step": info.step, "r1": r1, "r5": r5, "seconds": time.time() - start}
         print(f"eval step {info.step} R@1 {r1:.3f} R@5 {r5:.3f}", file=sys.stderr, flush=True)
-        if info.step % save_every == 0 or info.epoch == epochs:
+        if info.step % save_every == 0 or info.epoch == epochs or info.step == cfg.stop_after:
             save_weights(model, out, {**meta, "trained_steps": str(info.step)})
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:

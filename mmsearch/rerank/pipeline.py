@@ -1,0 +1,80 @@
+"""The ITM re-ranker in the query pipeline's rerank slot (:class:`mmsearch.search.rerank.Reranker`).
+
+``SearchIndex(..., reranker=ItmStageReranker(scorer, store=idx.store))`` makes
+``idx.search(q, rerank=True)`` and ``idx.query()...rerank(depth=50)`` re-score their
+top candidates with ITM. The pipeline's stage keeps the retrieval score and applies
+``min_match`` and ``blend``; this class only scores.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from mmsearch.rerank.stage import DroppedCandidate, ItmReranker, MatchScorer, RerankQuery
+
+
+def rerank_query_from_terms(terms: Any) -> RerankQuery:
+    """Positive text terms and the first positive image term of a pipeline query."""
+    from mmsearch.imageio import load_image
+
+    texts = tuple(
+        (str(t.value), float(t.weight)) for t in terms if t.kind == "text" and t.weight > 0
+    )
+    image = None
+    for term in terms:
+        if term.kind != "image" or term.weight <= 0:
+            continue
+        value = term.value
+        if isinstance(value, Image.Image):
+            image = value.convert("RGB")
+        elif isinstance(value, np.ndarray):
+            image = Image.fromarray(np.ascontiguousarray(value, dtype=np.uint8), "RGB")
+        else:  # a path the engine already checked against the allowed roots
+            image = load_image(value)
+        break
+    return RerankQuery(texts=texts, image=image)
+
+
+class ItmStageReranker:
+    """Arrow in, Arrow out: ``score`` becomes the ITM match probability.
+
+    ``store`` (the index's :class:`~mmsearch.storage.ItemStore`) supplies each
+    candidate file's size and mtime as indexed, so a file changed since indexing is
+    dropped; :attr:`dropped` lists the candidates the calling thread's last call dropped.
+    """
+
+    def __init__(self, scorer: MatchScorer, *, store: Any | None = None) -> None:
+        self.scorer = scorer
+        self.store = store
+        self._local = threading.local()
+
+    @property
+    def dropped(self) -> list[DroppedCandidate]:
+        return getattr(self._local, "dropped", [])
+
+    def _with_stat(self, candidates: pa.Table) -> pa.Table:
+        if self.store is None or "mtime_ns" in candidates.column_names or candidates.num_rows == 0:
+            return candidates
+        ids = [int(i) for i in candidates.column("id").to_pylist()]
+        rows = self.store.scan(
+            ["id", "mtime_ns", "size"], where=f"id IN ({', '.join(str(i) for i in ids)})"
+        ).to_pydict()
+        stat = {
+            int(i): (m, s)
+            for i, m, s in zip(rows["id"], rows["mtime_ns"], rows["size"], strict=True)
+        }
+        return candidates.append_column(
+            "mtime_ns", pa.array([stat.get(i, (None, None))[0] for i in ids], pa.int64())
+        ).append_column("size", pa.array([stat.get(i, (None, None))[1] for i in ids], pa.int64()))
+
+    def rerank(self, query: Any, candidates: pa.Table) -> pa.Table:
+        """Scores every candidate row it is given (the stage has cut them to the depth)."""
+        reranker = ItmReranker(self.scorer, depth=max(1, candidates.num_rows))
+        outcome = reranker.rerank(rerank_query_from_terms(query.terms), self._with_stat(candidates))
+        self._local.dropped = outcome.dropped
+        return outcome.table

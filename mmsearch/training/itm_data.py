@@ -1,0 +1,161 @@
+"""Scenes, captions and hard negatives for training the tiny image-text-matching model.
+
+A scene is one object at a named position (``Single``) or two objects side by side
+(``Pair``). A dual encoder confuses captions that use the same words in another
+order; the ITM model is trained to tell them apart with *hard negatives*:
+
+* colours swapped between the two objects (``a blue circle to the left of a red square``),
+* objects swapped left/right (``a blue square to the left of a red circle``),
+* one attribute changed (one colour, one shape, or the position of a single object).
+
+>>> rng = np.random.default_rng(0)
+>>> scene = Pair(("red", "circle"), ("blue", "square"))
+>>> caption(colour_swap(scene))
+'a blue circle to the left of a red square'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from mmsearch.datasets.synthetic import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    caption_for,
+    pair_caption,
+    random_pair,
+    render_item,
+    render_pair,
+)
+
+
+@dataclass(frozen=True)
+class Single:
+    """One object: ``a {colour} {shape} on the {position}``."""
+
+    colour: str
+    shape: str
+    position: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two objects, ``left`` and ``right`` as (colour, shape); they differ in one or both."""
+
+    left: tuple[str, str]
+    right: tuple[str, str]
+
+
+Scene = Single | Pair
+
+
+def caption(scene: Scene) -> str:
+    """The catalog caption of ``scene``."""
+    if isinstance(scene, Single):
+        return caption_for(scene.colour, scene.shape, scene.position)
+    return pair_caption(scene.left, scene.right)
+
+
+def random_scene(rng: np.random.Generator, pair_frac: float) -> Scene:
+    """A uniformly random two-object scene with probability ``pair_frac``, else a single one."""
+    if rng.random() < pair_frac:
+        return Pair(*random_pair(rng))
+    return Single(
+        COLOURS[int(rng.integers(0, len(COLOURS)))],
+        SHAPES[int(rng.integers(0, len(SHAPES)))],
+        POSITIONS[int(rng.integers(0, len(POSITIONS)))],
+    )
+
+
+def colour_swap(scene: Pair) -> Pair | None:
+    """The two objects' colours exchanged; ``None`` when both have the same colour."""
+    if scene.left[0] == scene.right[0]:
+        return None
+    return Pair((scene.right[0], scene.left[1]), (scene.left[0], scene.right[1]))
+
+
+def side_swap(scene: Pair) -> Pair:
+    """The objects exchanged left/right."""
+    return Pair(scene.right, scene.left)
+
+
+def _other(rng: np.random.Generator, values: tuple[str, ...], current: str) -> str:
+    choices = [v for v in values if v != current]
+    return choices[int(rng.integers(0, len(choices)))]
+
+
+def one_attribute_changed(rng: np.random.Generator, scene: Scene) -> Scene:
+    """``scene`` with one colour, shape (or, for a single object, position) replaced."""
+    if isinstance(scene, Single):
+        which = int(rng.integers(0, 3))
+        if which == 0:
+            return Single(_other(rng, COLOURS, scene.colour), scene.shape, scene.position)
+        if which == 1:
+            return Single(scene.colour, _other(rng, SHAPES, scene.shape), scene.position)
+        return Single(scene.colour, scene.shape, _other(rng, POSITIONS, scene.position))
+    while True:
+        objs = [scene.left, scene.right]
+        i = int(rng.integers(0, 2))
+        colour, shape = objs[i]
+        if rng.random() < 0.5:
+            objs[i] = (_other(rng, COLOURS, colour), shape)
+        else:
+            objs[i] = (colour, _other(rng, SHAPES, shape))
+        if objs[0] != objs[1]:
+            return Pair(objs[0], objs[1])
+
+
+def hard_negatives(
+    rng: np.random.Generator, scene: Scene, k: int, pair_frac: float, easy: float = 0.125
+) -> list[Scene]:
+    """``k`` distinct scenes that differ from ``scene``, mostly by one hard change.
+
+    Two-object scenes draw from colour swap, left/right swap and one attribute
+    changed; single objects from one attribute changed. A share ``easy`` is a
+    random scene instead, so easy negatives are seen too.
+    """
+    out: list[Scene] = []
+    tries = 0
+    while len(out) < k and tries < 50:
+        tries += 1
+        roll = rng.random()
+        hard = (roll - easy) / (1.0 - easy)  # where ``roll`` falls among the hard kinds
+        if roll < easy:
+            neg: Scene | None = random_scene(rng, pair_frac)
+        elif isinstance(scene, Pair) and hard < 0.35:
+            neg = colour_swap(scene)
+        elif isinstance(scene, Pair) and hard < 0.7:
+            neg = side_swap(scene)
+        else:
+            neg = one_attribute_changed(rng, scene)
+        if neg is not None and neg != scene and neg not in out:
+            out.append(neg)
+    return out
+
+
+def render_scene(rng: np.random.Generator, scene: Scene, size: int, augment: bool) -> Image.Image:
+    """Draws ``scene`` with the catalog renderer or, with ``augment``, the augmented one."""
+    from mmsearch.training.augment import augmented_pair, augmented_single
+
+    if isinstance(scene, Single):
+        draw_single = augmented_single if augment else render_item
+        return draw_single(rng, scene.colour, scene.shape, scene.position, size)
+    return (augmented_pair if augment else render_pair)(rng, scene.left, scene.right, size)
+
+
+def catalog_words() -> list[str]:
+    """Every word a catalog caption uses, for the tokenizer's vocabulary."""
+    words = {"a", "on", "the", "to", "left", "of"} | set(COLOURS) | set(SHAPES) | set(POSITIONS)
+    return sorted(words)
+
+
+def caption_corpus() -> list[str]:
+    """All single-object captions and all two-object captions (for building the vocabulary)."""
+    singles = [caption_for(c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS]
+    objects = [(c, s) for c in COLOURS for s in SHAPES]
+    pairs = [pair_caption(a, b) for a in objects for b in objects if a != b]
+    return singles + pairs

@@ -1,0 +1,214 @@
+"""Re-ranking with the shipped BLIP ITM model ``mmsearch-tiny-itm`` (real transformers model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from mmsearch.datasets.synthetic import pair_caption, render_pair
+from mmsearch.errors import BadQueryError, RerankModelError
+from mmsearch.rerank import REGISTERED_RERANK_MODELS, ItmReranker, RerankQuery
+from mmsearch.rerank.itm import ItmScorer
+
+RED_CIRCLE_BLUE_SQUARE = (("red", "circle"), ("blue", "square"))
+# The target scene, its colour swap, its left/right swap and one attribute changed.
+SCENES = [
+    (("red", "circle"), ("blue", "square")),
+    (("blue", "circle"), ("red", "square")),
+    (("blue", "square"), ("red", "circle")),
+    (("red", "circle"), ("green", "square")),
+    (("yellow", "star"), ("black", "triangle")),
+]
+
+
+@pytest.fixture(scope="module")
+def scorer() -> ItmScorer:
+    return ItmScorer.load("mmsearch-tiny-itm", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scene_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two renderings of each scene in SCENES, as PNG files (seed 5150)."""
+    root = tmp_path_factory.mktemp("scenes")
+    rng = np.random.default_rng(5150)
+    paths = []
+    for copy in range(2):
+        for i, (left, right) in enumerate(SCENES):
+            path = root / f"scene-{i}-{copy}.png"
+            render_pair(rng, left, right, 128).save(path)
+            paths.append(path)
+    return paths
+
+
+def _image_candidates(paths: list[Path]) -> pa.Table:
+    """Candidates as the first stage hands them over: id, uri, kind, stat as indexed, score.
+
+    The first-stage scores put the right scene *last*, so only the ITM can lift it.
+    """
+    stats = [p.stat() for p in paths]
+    return pa.table(
+        {
+            "id": pa.array(range(len(paths)), pa.int64()),
+            "uri": [str(p) for p in paths],
+            "kind": ["image"] * len(paths),
+            "text": [None] * len(paths),
+            "mtime_ns": [s.st_mtime_ns for s in stats],
+            "size": [s.st_size for s in stats],
+            "score": pa.array(np.linspace(0.9, 0.5, len(paths))[::-1], pa.float32()),
+        }
+    )
+
+
+def _scene_of(uri: str) -> int:
+    return int(Path(uri).stem.split("-")[1])
+
+
+def _objects(scene: int) -> set[tuple[str, str]]:
+    return set(SCENES[scene])
+
+
+def test_text_query_reranks_images(scorer: ItmScorer, scene_files: list[Path]) -> None:
+    table = _image_candidates(scene_files)
+    out = ItmReranker(scorer, depth=50).rerank(
+        RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table
+    )
+    assert out.table.num_rows == len(scene_files) and not out.dropped
+    match = out.table.column("match").to_numpy()
+    assert np.all(np.diff(match) <= 1e-6)
+    assert out.table.column("score").to_pylist() == pytest.approx(match.tolist())
+    assert "first_stage_score" in out.table.column_names
+    # The first stage ranked the scenes the other way round; the ITM lifts the images
+    # holding a red circle and a blue square (the scene, its colour swap and its
+    # left/right swap) above a changed attribute and an unrelated scene.
+    ranked = [_scene_of(u) for u in out.table.column("uri").to_pylist()]
+    assert {tuple(sorted(_objects(s))) for s in ranked[:2]} <= {
+        tuple(sorted(_objects(0))),
+        tuple(sorted({("blue", "circle"), ("red", "square")})),
+    }
+    assert set(ranked[-4:]) == {3, 4}, ranked
+
+
+def test_image_query_reranks_texts(scorer: ItmScorer, scene_files: list[Path]) -> None:
+    captions = [pair_caption(left, right) for left, right in SCENES]
+    table = pa.table(
+        {
+            "id": pa.array(range(len(captions)), pa.int64()),
+            "uri": [f"captions.csv#{i}" for i in range(len(captions))],
+            "kind": ["text"] * len(captions),
+            "text": captions,
+            "score": pa.array(np.linspace(0.5, 0.9, len(captions)), pa.float32()),
+        }
+    )
+    for path, scene in ((scene_files[0], 0), (scene_files[4], 4), (scene_files[8], 3)):
+        with Image.open(path) as im:
+            query = RerankQuery.of_image(im.convert("RGB"))
+        out = ItmReranker(scorer).rerank(query, table)
+        texts = out.table.column("text").to_pylist()
+        assert texts.index(captions[scene]) < texts.index(captions[4 if scene != 4 else 0])
+        if scene == 4:
+            assert texts[0] == captions[4]
+
+
+def test_depth_batches_and_blend(scorer: ItmScorer, scene_files: list[Path]) -> None:
+    table = _image_candidates(scene_files)
+    query = RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE))
+    small_batches = ItmScorer(scorer.model, scorer.processor, scorer.name, "cpu", batch_size=3)
+    a = ItmReranker(scorer, depth=4).rerank(query, table)
+    b = ItmReranker(small_batches, depth=4).rerank(query, table)
+    assert a.table.num_rows == 4  # only the first stage's best 4 are re-scored
+    assert set(a.table.column("id").to_pylist()) == {9, 8, 7, 6}
+    assert a.table.column("match").to_pylist() == pytest.approx(
+        b.table.column("match").to_pylist(), abs=1e-5
+    )
+    blended = ItmReranker(scorer, depth=4, blend=0.5).rerank(query, table).table.to_pydict()
+    for score, match, first in zip(
+        blended["score"], blended["match"], blended["first_stage_score"], strict=True
+    ):
+        assert score == pytest.approx(0.5 * match + 0.5 * first, abs=1e-5)
+
+
+def test_min_match_gives_an_honest_empty_answer(scorer: ItmScorer, scene_files: list[Path]) -> None:
+    table = _image_candidates(scene_files)
+    query = RerankQuery.of_text("a white star to the left of a orange triangle")  # no such image
+    out = ItmReranker(scorer, min_match=0.5).rerank(query, table)
+    assert out.table.num_rows == 0
+    assert out.empty_reason and out.empty_reason.startswith("no good match")
+    kept = ItmReranker(scorer, min_match=0.3).rerank(
+        RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table
+    )
+    assert kept.table.num_rows >= 1 and min(kept.table.column("match").to_pylist()) >= 0.3
+    assert 0 in {_scene_of(u) for u in kept.table.column("uri").to_pylist()}
+    assert not {3, 4} & {_scene_of(u) for u in kept.table.column("uri").to_pylist()}
+
+
+def test_vanished_and_changed_files_are_dropped_and_reported(
+    scorer: ItmScorer, scene_files: list[Path], tmp_path: Path
+) -> None:
+    copies = []
+    for p in scene_files:
+        shutil.copy2(p, tmp_path / p.name)
+        copies.append(tmp_path / p.name)
+    table = _image_candidates(copies)
+    copies[0].unlink()  # vanished
+    with open(copies[5], "ab") as fh:  # changed: the second rendering of the target scene
+        fh.write(b"\0")
+    (tmp_path / "garbage.png").write_bytes(b"not a png")
+    os.replace(tmp_path / "garbage.png", copies[3])  # replaced by an undecodable file
+    out = ItmReranker(scorer).rerank(
+        RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table
+    )
+    reasons = {d.id: d.reason for d in out.dropped}
+    assert reasons[0] == "vanished since indexing"
+    assert reasons[5].startswith("changed since indexing")
+    assert reasons[3].startswith("changed since indexing") or reasons[3].startswith("unreadable")
+    assert sorted(out.table.column("id").to_pylist()) == [1, 2, 4, 6, 7, 8, 9]
+
+
+def test_loads_from_a_local_directory(
+    scorer: ItmScorer, scene_files: list[Path], tmp_path: Path
+) -> None:
+    local = tmp_path / "my-itm"
+    shutil.copytree(REGISTERED_RERANK_MODELS["mmsearch-tiny-itm"], local)
+    other = ItmScorer.load(str(local), device="cpu")
+    images = [Image.open(p).convert("RGB") for p in scene_files[:3]]
+    text = pair_caption(*RED_CIRCLE_BLUE_SQUARE)
+    assert other.score_images(text, images) == pytest.approx(
+        scorer.score_images(text, images), abs=1e-6
+    )
+    config = json.loads((local / "config.json").read_text())
+    assert config["architectures"] == ["BlipForImageTextRetrieval"]
+    assert (local / "model.safetensors").is_file()
+
+
+def test_unloadable_models_give_one_clear_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(REGISTERED_RERANK_MODELS["mmsearch-tiny-itm"], broken)
+    (broken / "model.safetensors").write_bytes(b"\0" * 100)
+    cases = [str(tmp_path / "missing-dir"), str(broken), "no-such-org/no-such-itm-model"]
+    for name in cases:
+        with pytest.raises(RerankModelError) as err:
+            ItmScorer.load(name, device="cpu")
+        message = str(err.value)
+        assert "\n" not in message and "--rerank-model mmsearch-tiny-itm" in message, message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RerankModelError, match="cannot load rerank model"):
+        ItmScorer.load(str(empty), device="cpu")
+
+
+def test_bad_options_are_refused(scorer: ItmScorer) -> None:
+    with pytest.raises(BadQueryError):
+        ItmReranker(scorer, depth=0)
+    with pytest.raises(BadQueryError):
+        ItmReranker(scorer, min_match=1.5)
+    with pytest.raises(BadQueryError, match="score"):
+        ItmReranker(scorer).rerank(
+            RerankQuery.of_text("x"), pa.table({"id": [1], "kind": ["image"]})
+        )

@@ -1,0 +1,144 @@
+"""--rerank end to end: a real two-object index (mmsearch-tiny, LanceDB, FAISS), the CLI and
+the server with the shipped mmsearch-tiny-itm re-ranker."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+import mmsearch
+from mmsearch.cli import app
+from mmsearch.datasets.synthetic import generate_catalog
+from mmsearch.models.spec import ModelSpec
+from mmsearch.server import ServerConfig, create_app
+
+runner = CliRunner()
+ABSENT = "a white star to the left of a orange triangle"
+
+
+@pytest.fixture(scope="module")
+def pair_index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """60 two-object images (seed 8080) indexed with their captions as texts."""
+    root = tmp_path_factory.mktemp("pairs")
+    info = generate_catalog(root / "cat", n=60, seed=8080, scenes="pairs")
+    assert all(r["caption"] != ABSENT for r in info.rows)
+    idx = root / "idx"
+    mmsearch.index(
+        [info.root / "images", info.jsonl_path],
+        idx,
+        model=ModelSpec("mmsearch-tiny", ""),
+        image_metadata=info.jsonl_path,
+        text_column="caption",
+        id_column="id",
+        device="cpu",
+    )
+    by_file = {os.path.realpath(info.root / str(r["file"])): r for r in info.rows}
+    return {"root": info.root, "idx": idx, "rows": info.rows, "by_file": by_file}
+
+
+def _caption_of(hit: dict[str, Any], pair_index: dict[str, Any]) -> str:
+    return str(pair_index["by_file"][os.path.realpath(hit["uri"])]["caption"])
+
+
+def _objects(caption: str) -> set[str]:
+    """``{"red circle", "blue square"}`` of ``a red circle to the left of a blue square``."""
+    left, right = caption.removeprefix("a ").split(" to the left of a ")
+    return {left, right}
+
+
+def test_cli_query_rerank(pair_index: dict[str, Any]) -> None:
+    target = str(pair_index["rows"][7]["caption"])
+    args = ["query", target, "--index", str(pair_index["idx"]), "--kind", "image", "--json"]
+    done = runner.invoke(
+        app, [*args, "--rerank", "--rerank-model", "mmsearch-tiny-itm", "--top", "3"]
+    )
+    assert done.exit_code == 0, done.output
+    hits = json.loads(done.stdout)
+    assert _objects(_caption_of(hits[0], pair_index)) == _objects(target)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert all(0.0 <= h["score"] <= 1.0 for h in hits)  # match probabilities
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_cli_min_match_empty_answer_and_bad_model(pair_index: dict[str, Any]) -> None:
+    base = ["query", ABSENT, "--index", str(pair_index["idx"]), "--kind", "image", "--rerank"]
+    done = runner.invoke(app, [*base, "--rerank-model", "mmsearch-tiny-itm", "--min-match", "0.9"])
+    assert done.exit_code == 3, done.output  # nothing matched: the CLI's "no results" status
+    assert "no results (no good match" in " ".join(done.output.split())
+    bad = runner.invoke(app, [*base, "--rerank-model", str(pair_index["root"] / "no-model")])
+    assert bad.exit_code != 0
+    text = " ".join(bad.output.split())  # the terminal may wrap the one message
+    assert text.count("error:") == 1 and "rerank model folder not found" in text, bad.output
+    assert "--rerank-model mmsearch-tiny-itm" in text and "Traceback" not in bad.output
+
+
+def test_server_rerank_both_directions(pair_index: dict[str, Any]) -> None:
+    config = ServerConfig(
+        index_dir=pair_index["idx"], rerank_model="mmsearch-tiny-itm", allowed_hosts=["testserver"]
+    )
+    client = TestClient(create_app(config))
+    row = pair_index["rows"][11]
+    res = client.get(
+        "/api/search", params={"q": row["caption"], "kind": "image", "rerank": "true", "k": 3}
+    )
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["dropped"] == []  # present only on re-ranked answers
+    assert all(0.0 <= h["score"] <= 1.0 for h in body["results"])  # match probabilities
+    # The same answer as the library's pipeline with the reranker in its slot.
+    from mmsearch.engine import SearchIndex
+    from mmsearch.rerank import attach_reranker
+
+    lib = SearchIndex(pair_index["idx"])
+    attach_reranker(lib, "mmsearch-tiny-itm")
+    library = lib.search(row["caption"], k=3, kind="image", rerank=True)
+    assert [h["id"] for h in body["results"]] == [h.id for h in library]
+    assert [h["score"] for h in body["results"]] == pytest.approx([h.score for h in library])
+    built = lib.query().text(row["caption"]).kind("image").rerank(depth=20).limit(3).results()
+    assert [h.id for h in built] == [h.id for h in library]
+    data = (pair_index["root"] / str(row["file"])).read_bytes()
+    res = client.post(
+        "/api/search/image",
+        params={"kind": "text", "rerank": "true", "k": 3},
+        files={"file": ("q.png", data, "application/octet-stream")},
+    )
+    assert res.status_code == 200, res.text
+    hits = res.json()["results"]
+    assert res.json()["dropped"] == [] and [h["kind"] for h in hits] == ["text"] * 3
+    assert row["caption"] in [h["text"] for h in hits]  # its own caption among the top 3
+    empty = client.get(
+        "/api/search", params={"q": ABSENT, "kind": "image", "rerank": "true", "min_match": 0.9}
+    )
+    assert empty.status_code == 200 and empty.json()["results"] == []
+    assert empty.json()["reason"]  # the pipeline says why the answer is empty
+
+
+def test_recorded_rerank_model_is_used_only_when_recorded(
+    pair_index: dict[str, Any], tmp_path
+) -> None:  # noqa: ANN001
+    from mmsearch.errors import IndexCorruptError
+    from mmsearch.rerank.config import RERANK_CONFIG_FILE, record_rerank_model, rerank_model_for
+
+    assert rerank_model_for(tmp_path, None) == "Salesforce/blip-itm-base-coco"
+    assert rerank_model_for(tmp_path, "x") == "x"
+    (tmp_path / RERANK_CONFIG_FILE).write_text("{not json")
+    with pytest.raises(IndexCorruptError):
+        rerank_model_for(tmp_path, None)
+    idx = pair_index["idx"]
+    record_rerank_model(idx, "mmsearch-tiny-itm")
+    try:
+        target = str(pair_index["rows"][3]["caption"])
+        args = ["query", target, "--index", str(idx), "--kind", "image", "--json", "--rerank"]
+        recorded = runner.invoke(app, args)
+        explicit = runner.invoke(app, [*args, "--rerank-model", "mmsearch-tiny-itm"])
+        assert recorded.exit_code == 0 and explicit.exit_code == 0, recorded.output
+        assert json.loads(recorded.stdout) == json.loads(explicit.stdout)
+        plain = runner.invoke(app, args[:-1])  # without --rerank: cosine scores, not the same
+        assert json.loads(plain.stdout) != json.loads(recorded.stdout)
+    finally:
+        (idx / RERANK_CONFIG_FILE).unlink()
