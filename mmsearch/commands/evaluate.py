@@ -113,11 +113,12 @@ def eval_cmd(
     ] = None,
 ) -> None:
     """Measure retrieval quality: recall@1/5/10, MRR, nDCG@10 — exact vs ANN side by side."""
-    from mmsearch.cli import _errors, _index_dir, _progress_bar, _RichProgress, console, err_console
+    from mmsearch.cli import _errors, _index_dir, console, err_console
+    from mmsearch.progress import RichProgress, progress_bar
 
     with _errors():
-        with _progress_bar() as bar:
-            progress = _RichProgress(bar)
+        with progress_bar(err_console) as bar:
+            progress = RichProgress(bar)
             progress.LABELS = {**progress.LABELS, "queries": "evaluating queries"}
             if is_query_set(source):
                 report = _run_queries(

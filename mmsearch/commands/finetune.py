@@ -118,9 +118,10 @@ def finetune_cmd(
     ] = False,
 ) -> None:
     """Fine-tune a CLIP model on your own image-text pairs; index with the result via --pretrained."""
-    from mmsearch.cli import _errors, _progress_bar, console, err_console
+    from mmsearch.cli import _errors, console, err_console
     from mmsearch.errors import BadQueryError
     from mmsearch.models.spec import ModelSpec
+    from mmsearch.progress import progress_bar
     from mmsearch.training.data import pairs_from_index, read_pairs
     from mmsearch.training.finetune import FinetuneConfig, finetune
     from mmsearch.training.loop import LOCKS, FitConfig
@@ -160,7 +161,7 @@ def finetune_cmd(
             seed=seed,
             device=device,
         )
-        with _progress_bar() as bar:
+        with progress_bar(err_console) as bar:
             result = finetune(cfg, pairs, **_callbacks(bar, err_console))
     if json_out:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")

@@ -46,13 +46,14 @@ def label_cmd(
     """Zero-shot classify every indexed image; new images are labelled on later index runs."""
     from rich.table import Table
 
-    from mmsearch.cli import _errors, _index_dir, _progress_bar, _RichProgress, console
+    from mmsearch.cli import _errors, _index_dir, console, err_console
     from mmsearch.labels import DEFAULT_TEMPLATES, LabelSet, label_index
+    from mmsearch.progress import RichProgress, progress_bar
 
     with _errors():
         label_set = LabelSet(column, tuple(labels.split(",")), tuple(template or DEFAULT_TEMPLATES))
-        with _progress_bar() as bar:
-            progress = _RichProgress(bar)
+        with progress_bar(err_console) as bar:
+            progress = RichProgress(bar)
             progress.LABELS = {**progress.LABELS, "labels": "labelling images"}
             report = label_index(_index_dir(index), label_set, device=device, progress=progress)
     if json_out:

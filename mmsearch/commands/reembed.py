@@ -21,20 +21,21 @@ def reembed_then_index(
 
     from indexer.pipeline import IndexOptions, run_index
     from indexer.reembed import reembed_index
-    from mmsearch.cli import _errors, _progress_bar, _RichProgress, console, err_console
+    from mmsearch.cli import _errors, console, err_console
     from mmsearch.models import load_encoder
+    from mmsearch.progress import RichProgress, progress_bar
     from mmsearch.render import print_summary
 
     with _errors():
         encoder = load_encoder(spec, device=device)  # type: ignore[arg-type]
-        with _progress_bar() as bar:
+        with progress_bar(err_console) as bar:
             report = reembed_index(
                 index_dir,
                 spec,
                 encoder=encoder,
                 batch_size=batch_size,
                 workers=workers,  # type: ignore[arg-type]
-                progress=_RichProgress(bar),
+                progress=RichProgress(bar),
             )
             if paths:
                 more = run_index(
@@ -42,7 +43,7 @@ def reembed_then_index(
                     index_dir,
                     spec,
                     options=IndexOptions(batch_size=batch_size, workers=workers),  # type: ignore[arg-type]
-                    progress=_RichProgress(bar),
+                    progress=RichProgress(bar),
                     encoder=encoder,
                 )
                 report.added, report.deleted, report.unchanged = (
