@@ -62,20 +62,29 @@ def _model(spec: SyntheticSpec) -> _Model:
     return _Model(centres, weights / weights.sum(), projection, frequency, phase)
 
 
-def generate(spec: SyntheticSpec, n: int, *, stream: int = 0) -> npt.NDArray[np.float32]:
-    """``n`` L2-normalised float32 rows of dimension ``spec.d`` from stream ``stream``."""
-    model = _model(spec)
-    out = np.empty((n, spec.d), np.float32)
+def generate(
+    spec: SyntheticSpec, n: int, *, stream: int = 0, out: npt.NDArray[np.float32] | None = None
+) -> npt.NDArray[np.float32]:
+    """``n`` L2-normalised float32 rows of dimension ``spec.d`` from stream ``stream``,
+    written into ``out`` when given."""
+    out = np.empty((n, spec.d), np.float32) if out is None else out
     for chunk_index, start in enumerate(range(0, n, CHUNK)):
         m = min(CHUNK, n - start)
-        rs = np.random.default_rng([spec.seed, stream, chunk_index])
-        cluster = rs.choice(spec.n_clusters, size=m, p=model.weights)
-        z = model.centres[cluster] + spec.cluster_spread * rs.normal(size=(m, spec.latent_dim))
-        x = np.sin((z @ model.projection) * model.frequency + model.phase)
-        x += spec.noise * rs.normal(size=x.shape)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[start : start + m] = x
+        out[start : start + m] = generate_chunk(spec, m, stream, chunk_index)
     return out
+
+
+def generate_chunk(spec: SyntheticSpec, m: int, stream: int, chunk_index: int) -> npt.NDArray[np.float32]:
+    """Rows ``chunk_index * CHUNK`` onwards of a stream (each chunk seeded by its index,
+    so a large set can be generated piece by piece with the same result)."""
+    model = _model(spec)
+    rs = np.random.default_rng([spec.seed, stream, chunk_index])
+    cluster = rs.choice(spec.n_clusters, size=m, p=model.weights)
+    z = model.centres[cluster] + spec.cluster_spread * rs.normal(size=(m, spec.latent_dim))
+    x = np.sin((z @ model.projection) * model.frequency + model.phase)
+    x += spec.noise * rs.normal(size=x.shape)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
 
 
 def describe(x: npt.NDArray[np.float32], *, sample: int = 1000, seed: int = 0) -> dict[str, float]:

@@ -15,6 +15,9 @@ and its files — intact, and readers of the old snapshot keep working.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsearch.errors import MMSearchError
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
+from mmsearch.rowsfile import rows_file_name, write_rows_file
 from mmsearch.snapshot import ANN_DIRNAME, Snapshot, read_snapshot, write_snapshot
 from mmsearch.storage import ItemStore, fixed_list_to_numpy, sql_quote
 
@@ -34,12 +39,43 @@ CROSS_TUNE_QUERIES = 500
 #: Text queries used to tune image indexes when the table holds no texts: generic
 #: product-search phrasing plus the synthetic catalog's own vocabulary.
 CALIBRATION_NOUNS = (
-    "shirt", "dress", "shoe", "bag", "hat", "watch", "chair", "table", "lamp", "phone", "car", "dog",
-    "cat", "tree", "flower", "house", "beach", "mountain", "person", "bottle", "cup", "book", "bicycle",
-    "circle", "square", "triangle", "star",
+    "shirt",
+    "dress",
+    "shoe",
+    "bag",
+    "hat",
+    "watch",
+    "chair",
+    "table",
+    "lamp",
+    "phone",
+    "car",
+    "dog",
+    "cat",
+    "tree",
+    "flower",
+    "house",
+    "beach",
+    "mountain",
+    "person",
+    "bottle",
+    "cup",
+    "book",
+    "bicycle",
+    "circle",
+    "square",
+    "triangle",
+    "star",
 )
 CALIBRATION_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "")
-CALIBRATION_PLACES = ("", " on the left", " on the right", " on the top", " on the bottom", " in the center")
+CALIBRATION_PLACES = (
+    "",
+    " on the left",
+    " on the right",
+    " on the top",
+    " on the bottom",
+    " in the center",
+)
 #: Above this fraction of changed rows, rebuilding is cheaper than patching.
 INCREMENTAL_MAX_CHANGE = 0.5
 _ID_CHUNK = 5000
@@ -62,16 +98,22 @@ def build_ann(
     retrain: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
     seed: int = 0,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
+    refine_dtype: str = "float32",
 ) -> dict[str, dict[str, Any]]:
     """Builds or updates every kind's ANN index from the table's current version.
 
     Each IVF-PQ index is also tuned for cross-modal queries (profile ``"cross"``): with
     a sample of the other kind's vectors from the table, or else — for image indexes,
     given the ``encoder`` — with embedded calibration texts.
+    A rebuilt index is streamed from the table (bounded memory); an updated one keeps
+    its refine segments (hard-linked into the new directory) and adds one segment with
+    the new rows plus a tombstone file. ``refine_dtype="float16"`` halves the refine
+    vectors of rebuilt indexes.
     Returns each kind's ``VectorIndex.info`` plus ``"mode"``: ``incremental`` or ``rebuilt``.
     """
     from mmsearch.ann import VectorIndex
+    from mmsearch.ann.persist import verify_files
 
     index_dir = store.index_dir
     # The full-text index first: updating it commits a table version, and the
@@ -93,39 +135,52 @@ def build_ann(
     ann_dirs: dict[str, str] = {}
     infos: dict[str, dict[str, Any]] = {}
     for kind in KINDS:
+        rel = f"{ANN_DIRNAME}/{kind}-g{generation}"
+        target = index_dir / rel
+        if target.exists():  # left over by a run killed before its snapshot switch
+            shutil.rmtree(target)
         index = None
         mode = "rebuilt"
         if previous is not None and not retrain and kind in previous.ann_dirs:
             index = _update_in_place(store, spec, previous, kind, index_type)
             mode = "incremental" if index is not None else mode
         if index is None:
-            ids, vectors = store.vectors(kind)
-            if len(ids) == 0:
+            if not store.scan(["id"], f"kind = {sql_quote(kind)}").num_rows:
                 continue
-            index = VectorIndex.build(
-                vectors, ids, index_type=index_type, target_recall=target_recall, seed=seed
-            )  # type: ignore[arg-type]
+            # Streamed from the table into the new directory: the float vectors are
+            # never all in RAM, and the save below reuses the segment file.
+            index = VectorIndex.build_streamed(
+                store.iter_vectors(kind),
+                target,
+                index_type=index_type,  # type: ignore[arg-type]
+                target_recall=target_recall,
+                seed=seed,
+                refine_dtype=refine_dtype,
+            )
         if len(index) == 0:
+            shutil.rmtree(target, ignore_errors=True)
             continue
-        cross = _cross_queries(store, kind, encoder, seed)
-        if cross is not None and len(cross):
-            index.tune_profile("cross", cross, target_recall=target_recall)
-        rel = f"{ANN_DIRNAME}/{kind}-g{generation}"
-        target = index_dir / rel
-        if target.exists():  # left over by a run killed before its snapshot switch
-            shutil.rmtree(target)
+        # Only IVF-PQ has parameters to tune: a flat index answers exactly, so no
+        # calibration vectors are read or encoded for it.
+        if index.info["type"] == "ivfpq":
+            cross = _cross_queries(store, kind, encoder, seed)
+            if cross is not None and len(cross):
+                index.tune_profile("cross", cross, target_recall=target_recall)
         index.save(target, table_version=version, model_key=spec.key)
+        verify_files(target)  # read back what was written before the snapshot names it
         ann_dirs[kind] = rel
         infos[kind] = {**index.info, "mode": mode}
         if progress is not None:
             progress("ann", 1, 1)
+    rows_rel = rows_file_name(generation)
+    write_rows_file(store, index_dir / rows_rel, spec)  # what queries show, without LanceDB
     write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation, lexical_index))
-    _collect_garbage(store, set(ann_dirs.values()))
+    _collect_garbage(store, {*ann_dirs.values(), rows_rel})
     return infos
 
 
 def _cross_queries(
-    store: ItemStore, kind: str, encoder: Any | None, seed: int
+    store: ItemStore, kind: str, encoder: Encoder | None, seed: int
 ) -> npt.NDArray[np.float32] | None:
     """Vectors that look like queries from the other modality, for ``kind``'s index."""
     other = "text" if kind == "image" else "image"
@@ -135,21 +190,63 @@ def _cross_queries(
         pick = np.sort(rng.choice(ids, size=min(CROSS_TUNE_QUERIES, len(ids)), replace=False))
         return vectors_of(store, pick.astype(np.int64))[1]
     if kind == "image" and encoder is not None:
-        prompts = [
-            f"a {colour} {noun}{place}".replace("  ", " ")
-            for noun in CALIBRATION_NOUNS
-            for colour in CALIBRATION_COLOURS
-            for place in CALIBRATION_PLACES
-        ]
-        rng = np.random.default_rng(seed)
-        chosen = [
-            prompts[int(i)]
-            for i in rng.choice(
-                len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False
-            )
-        ]
-        return np.asarray(encoder.encode_texts(chosen), dtype=np.float32)
+        return calibration_vectors(encoder, seed)
     return None
+
+
+def calibration_prompts(seed: int) -> list[str]:
+    """The calibration texts used to tune image indexes when the table has no texts."""
+    prompts = [
+        f"a {colour} {noun}{place}".replace("  ", " ")
+        for noun in CALIBRATION_NOUNS
+        for colour in CALIBRATION_COLOURS
+        for place in CALIBRATION_PLACES
+    ]
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False)
+    return [prompts[int(i)] for i in pick]
+
+
+def calibration_vectors(encoder: Any, seed: int) -> npt.NDArray[np.float32]:
+    """Embeddings of :func:`calibration_prompts`, cached per model spec and backend.
+
+    Encoding the prompts costs seconds with a real model; the result depends only on
+    the model, so it is kept under the user cache directory and reused by every index.
+    """
+    from mmsearch.models.cache import user_cache_dir
+
+    prompts = calibration_prompts(seed)
+    spec = getattr(encoder, "spec", None)
+    ident = {
+        "spec": spec.to_json() if spec is not None else type(encoder).__name__,
+        "weights": _weights_stamp(spec),
+        "backend": getattr(encoder, "backend", "torch"),
+        "quantize": getattr(encoder, "quantize", None),
+        "dim": int(encoder.dim),
+        "prompts": prompts,
+    }
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    path = user_cache_dir() / "calibration" / f"{key}.npy"
+    try:
+        cached = np.load(path)
+        if cached.shape == (len(prompts), encoder.dim) and cached.dtype == np.float32:
+            return cached
+    except (OSError, ValueError):
+        pass
+    vectors = np.ascontiguousarray(encoder.encode_texts(prompts), dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, vectors)
+    os.replace(tmp, path)
+    return vectors
+
+
+def _weights_stamp(spec: ModelSpec | None) -> str:
+    """Size and mtime of a local checkpoint named by ``spec`` (its content may change)."""
+    if spec is None or not spec.pretrained or not os.path.isfile(spec.pretrained):
+        return ""
+    st = os.stat(spec.pretrained)
+    return f"{os.path.realpath(spec.pretrained)}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def row_delta(old: ItemStore, new: ItemStore, kind: str) -> RowDelta:
@@ -246,4 +343,7 @@ def _collect_garbage(store: ItemStore, keep: set[str]) -> None:
         return
     for child in root.iterdir():
         if f"{ANN_DIRNAME}/{child.name}" not in keep:
-            shutil.rmtree(child, ignore_errors=True)
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)

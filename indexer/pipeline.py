@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.ann_build import build_ann
-from indexer.decode import DecodeFailure, DecodeOk, DecodePool
+from indexer.decode import DecodeFailure, DecodeOk, DecodePool, default_decode_workers
 from indexer.discover import WalkResult, path_to_uri, walk_images
 from indexer.report import (
     Failure,
@@ -36,9 +36,16 @@ from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
 from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
+from mmsearch.inventory import indexed_sources
 from mmsearch.itemmeta import FILE_KEY, ID_KEY
+from mmsearch.labels import refresh_labels
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
+from mmsearch.objectstore import remote_index
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
+
+#: Texts per forward pass at least: tokens are small, and big batches use the cores better.
+TEXT_BATCH_SIZE = 256
 
 #: progress(stage, advance, more_total): stage is "scan", "images", "texts", "ann" or
 #: "failed" (an item skipped); ``more_total`` announces additional work for the stage
@@ -58,9 +65,22 @@ class IndexOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     text_column: str | None = None
     id_column: str | None = None
+    #: torch | onnx | auto (ONNX Runtime on a CPU when installed); see mmsearch.models.backends.
+    backend: str = "torch"
+    #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).
+    quantize: str | None = None
     build_index: bool = True
     index_type: str = "auto"
     target_recall: float = 0.95
+    #: Storage type of the ANN refine vectors: ``float32`` or ``float16`` (half the
+    #: disk and page cache; recall@10 vs exact measured in benchmarks/RESULTS.md).
+    refine_dtype: str = "float32"
+    #: Run image decoding and embedding on Ray Data: ``"local"`` (a local cluster),
+    #: ``"auto"`` (the cluster of ``ray start``) or a ``ray://host:port`` address;
+    #: None runs on this machine. See ``indexer.ray_pipeline``.
+    ray: str | None = None
+    #: Most embedding actors on a CPU-only Ray cluster (GPU clusters: one per GPU).
+    ray_actors: int = 4
     #: A CSV/JSONL/Parquet sidecar whose rows describe images: ``file_column`` holds the
     #: image path (relative to the sidecar's folder, or absolute); other columns become
     #: the image's metadata, and ``text_column`` (or caption/text/title) its text.
@@ -68,6 +88,8 @@ class IndexOptions:
     file_column: str = "file"
     #: Never reach for the model hub: weights must be shipped, local or cached.
     offline: bool = False
+    #: Replaces :func:`indexer.decode.decode_file` in the workers (module-level, picklable).
+    decode_fn: Callable[[str, int, int], Any] | None = None
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:
@@ -81,7 +103,7 @@ def run_index(
     *,
     options: IndexOptions | None = None,
     progress: ProgressFn | None = None,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
 ) -> IndexReport:
     """Indexes image folders and text collections into ``index_dir``.
 
@@ -94,16 +116,22 @@ def run_index(
     (400, 0)
     """
     opts = options or IndexOptions()
-    index_path = Path(index_dir)
+    remote = remote_index(index_dir)  # s3://bucket/prefix: work in its local cache
+    index_path = remote.local_dir("writer") if remote is not None else Path(index_dir)
     sources = check_sources(paths, index_path)
     if encoder is None:
         from mmsearch.models.loader import check_weights_reachable
 
         check_weights_reachable(spec, offline=opts.offline)
+    if remote is not None:
+        remote.pull("writer")
     fresh = not index_path.exists()
     try:
         with index_write_lock(index_path):
-            return _run_index_locked(sources, index_path, spec, opts, progress or _noop, encoder)
+            report = _run_index_locked(sources, index_path, spec, opts, progress or _noop, encoder)
+            if remote is not None and opts.build_index:
+                remote.publish()
+            return report
     except BaseException:
         if fresh:
             remove_if_only_lock(index_path)
@@ -116,7 +144,7 @@ def _run_index_locked(
     spec: ModelSpec,
     opts: IndexOptions,
     progress: ProgressFn,
-    encoder: Any | None,
+    encoder: Encoder | None,
 ) -> IndexReport:
     report = IndexReport()
 
@@ -133,19 +161,27 @@ def _run_index_locked(
         ).to_dict()
     loading = time.perf_counter()
     if encoder is None:
-        from mmsearch.models import load_encoder
+        from mmsearch.models.backends import load_encoder
 
-        encoder = load_encoder(spec, device=opts.device)
+        encoder = load_encoder(
+            spec, device=opts.device, backend=opts.backend, quantize=opts.quantize
+        )
     started = time.perf_counter()
     report.load_s = started - loading
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
+    from mmsearch.models.backends import check_backend
+
+    check_backend(index_path, encoder, record=True)  # a second backend must agree with the first
 
     next_id = store.max_id() + 1
     for path in paths:
         if is_text_collection(path):
             next_id = _index_texts(path, store, encoder, opts, report, next_id, progress)
         elif path in walks:
-            next_id = _index_images(
+            index_images = _index_images
+            if opts.ray is not None:
+                from indexer.ray_pipeline import index_images_ray as index_images
+            next_id = index_images(
                 path, walks[path], store, encoder, opts, report, next_id, progress, sidecar
             )
         else:  # an indexed source that is gone (unmounted?): reported, and never swept
@@ -156,6 +192,8 @@ def _run_index_locked(
             )
             report.sweep_aborted.append(str(path))
 
+    with write_guard(index_path):  # remembered zero-shot label sets: label new and changed images
+        refresh_labels(store, encoder)
     if opts.build_index:
         with write_guard(index_path):
             report.ann = build_ann(
@@ -165,17 +203,18 @@ def _run_index_locked(
                 target_recall=opts.target_recall,
                 progress=progress,
                 encoder=encoder,
+                refine_dtype=opts.refine_dtype,
             )
     report.table_version = store.version
     report.elapsed_s = time.perf_counter() - started
     with write_guard(index_path):
         report.report_path = str(write_failures(index_path, _run_id(), report.failures))
-        write_run_summary(index_path, report)
+        write_run_summary(index_path, report, indexed_sources(store))
     check_not_all_failed(report)
     return report
 
 
-class _BatchWriter:
+class BatchWriter:
     """Collects Arrow row batches and commits them in groups of ``commit_every`` rows.
 
     Each commit is one atomic LanceDB transaction: what a killed run leaves behind is
@@ -213,39 +252,127 @@ def _relative(path: str, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
+@dataclass
+class ImageDiff:
+    """One image root against the table: what to embed, what was seen (mark and sweep)."""
+
+    root: Path
+    source: str
+    stored: dict[str, StoredState]
+    seen: set[str]
+    todo: list[tuple[str, Any, StoredState | None]]  # (uri, FileItem, previous state)
+
+
+def diff_images(
+    root: Path, walk: WalkResult, store: ItemStore, report: IndexReport, progress: ProgressFn
+) -> ImageDiff:
+    """Walk problems into the report; unchanged files (mtime, size) marked seen; the rest to do."""
+    root_abs = Path(os.path.abspath(root))
+    source = path_to_uri(str(root_abs))
+    for problem in walk.problems:
+        report.failures.append(Failure(problem.path, problem.reason, problem.kind, "walk"))
+    stored = store.state_by_uri(source)
+    diff = ImageDiff(root_abs, source, stored, set(), [])
+    for item in walk.items:
+        uri = path_to_uri(item.path)
+        prev = stored.get(uri)
+        if prev is not None and prev.mtime_ns == item.mtime_ns and prev.size == item.size:
+            diff.seen.add(uri)
+            report.unchanged += 1
+        else:
+            diff.todo.append((uri, item, prev))
+    progress("scan", len(walk.items), len(walk.items))
+    progress("images", 0, len(diff.todo))
+    return diff
+
+
+def write_image_rows(
+    writer: BatchWriter,
+    diff: ImageDiff,
+    done: Sequence[tuple[str, Any, str, StoredState | None]],
+    vectors: np.ndarray,
+    next_id: int,
+    report: IndexReport,
+    sidecar: ImageSidecar | None,
+) -> int:
+    """Rows of embedded images ``(uri, FileItem, sha256, previous state)`` to the writer:
+    a changed file keeps its id, a new one takes the next; returns the next free id."""
+    ids: list[int] = []
+    for _uri, _item, _sha, prev in done:
+        if prev is not None:
+            ids.append(prev.id)
+        else:
+            ids.append(next_id)
+            next_id += 1
+    extra = [sidecar.metadata_for(item.path) if sidecar else {} for _u, item, _s, _p in done]
+    writer.add(
+        make_rows(
+            ids=ids,
+            uris=[uri for uri, *_ in done],
+            kind="image",
+            texts=[e.get(TEXT_KEY) for e in extra],
+            source=diff.source,
+            mtime_ns=[item.mtime_ns for _u, item, _s, _p in done],
+            sizes=[item.size for _u, item, _s, _p in done],
+            sha256=[sha for _u, _i, sha, _p in done],
+            metadata=[
+                {
+                    FILE_KEY: _relative(d[1].path, diff.root),
+                    **{k: v for k, v in e.items() if k != TEXT_KEY},
+                }
+                for d, e in zip(done, extra, strict=True)
+            ],
+            vectors=vectors,
+            schema=writer.store.table.schema,
+        )
+    )
+    for uri, _item, _sha, prev in done:
+        diff.seen.add(uri)
+        if prev is None:
+            report.added += 1
+        else:
+            report.updated += 1
+    report.embedded += len(ids)
+    return next_id
+
+
+def sweep_images(diff: ImageDiff, walk: WalkResult, store: ItemStore, report: IndexReport) -> None:
+    """Delete rows of files gone from a completely walked root (never on doubt)."""
+    # An unmounted mount point looks like an empty folder: never read "no files at all"
+    # as "every file deleted".
+    if walk.complete and not walk.items and diff.stored:
+        report.failures.append(
+            Failure(
+                str(diff.root),
+                "folder is empty but the index has files from it; is it unmounted?",
+                "EmptyRoot",
+                "walk",
+            )
+        )
+        report.sweep_aborted.append(str(diff.root))
+    elif walk.complete:
+        gone = [state.id for uri, state in diff.stored.items() if uri not in diff.seen]
+        report.deleted += store.delete_ids(gone)
+    else:
+        report.sweep_aborted.append(str(diff.root))
+
+
 def _index_images(
     root: Path,
     walk: WalkResult,
     store: ItemStore,
-    encoder: Any,
+    encoder: Encoder,
     opts: IndexOptions,
     report: IndexReport,
     next_id: int,
     progress: ProgressFn,
     sidecar: ImageSidecar | None,
 ) -> int:
-    root_abs = Path(os.path.abspath(root))
-    source = path_to_uri(str(root_abs))
-    for problem in walk.problems:
-        report.failures.append(Failure(problem.path, problem.reason, problem.kind, "walk"))
-    stored = store.state_by_uri(source)
-    seen: set[str] = set()
-    todo: list[tuple[str, Any, StoredState | None]] = []  # (uri, FileItem, previous state)
-    for item in walk.items:
-        uri = path_to_uri(item.path)
-        prev = stored.get(uri)
-        if prev is not None and prev.mtime_ns == item.mtime_ns and prev.size == item.size:
-            seen.add(uri)
-            report.unchanged += 1
-        else:
-            todo.append((uri, item, prev))
-    progress("scan", len(walk.items), len(walk.items))
-    progress("images", 0, len(todo))
-
-    batch_uris: list[str] = []
+    diff = diff_images(root, walk, store, report, progress)
+    todo = diff.todo
     batch_arrays: list[np.ndarray] = []
-    batch_meta: list[tuple[Any, str, StoredState | None]] = []
-    writer = _BatchWriter(store, opts.commit_every)
+    batch_done: list[tuple[str, Any, str, StoredState | None]] = []
+    writer = BatchWriter(store, opts.commit_every)
 
     def flush_embed() -> None:
         nonlocal next_id
@@ -254,78 +381,42 @@ def _index_images(
         t0 = time.perf_counter()
         vectors = encoder.encode_images(np.stack(batch_arrays))
         report.embed_s += time.perf_counter() - t0
-        ids: list[int] = []
-        extra = [sidecar.metadata_for(m[0].path) if sidecar else {} for m in batch_meta]
-        for _item, _sha, prev in batch_meta:
-            if prev is not None:
-                ids.append(prev.id)
-            else:
-                ids.append(next_id)
-                next_id += 1
-        writer.add(
-            make_rows(
-                ids=ids,
-                uris=list(batch_uris),
-                kind="image",
-                texts=[e.get(TEXT_KEY) for e in extra],
-                source=source,
-                mtime_ns=[m[0].mtime_ns for m in batch_meta],
-                sizes=[m[0].size for m in batch_meta],
-                sha256=[m[1] for m in batch_meta],
-                metadata=[
-                    {FILE_KEY: _relative(m[0].path, root_abs), **{k: v for k, v in e.items() if k != TEXT_KEY}}
-                    for m, e in zip(batch_meta, extra, strict=True)
-                ],
-                vectors=vectors,
-                schema=store.table.schema,
-            )
-        )
-        for (_item, _sha, prev), uri in zip(batch_meta, batch_uris, strict=True):
-            seen.add(uri)
-            if prev is None:
-                report.added += 1
-            else:
-                report.updated += 1
-        report.embedded += len(ids)
-        progress("images", len(ids), None)
-        batch_uris.clear()
+        next_id = write_image_rows(writer, diff, batch_done, vectors, next_id, report, sidecar)
+        progress("images", len(batch_done), None)
         batch_arrays.clear()
-        batch_meta.clear()
+        batch_done.clear()
 
+    workers = opts.workers or default_decode_workers(device=str(getattr(encoder, "device", "cpu")))
+    extra = {"decode": opts.decode_fn} if opts.decode_fn is not None else {}
+    # Workers decode and resize ahead (up to 4 chunks each in flight) while this thread
+    # runs the model, so decoding hides behind embedding.
     with DecodePool(
         encoder.image_size,
-        workers=opts.workers,
+        workers=workers,
         timeout_s=opts.decode_timeout_s,
         max_pixels=opts.max_pixels,
+        **extra,
     ) as pool:
         for result in pool.decode((i, item.path) for i, (_u, item, _p) in enumerate(todo)):
             uri, item, prev = todo[result.index]
             if isinstance(result, DecodeFailure):
-                report.failures.append(Failure(item.path, result.reason, result.exc_class, "decode"))
-                progress("images", 0, -1)  # one item less to embed: the bar never counts it as embedded
+                report.failures.append(
+                    Failure(item.path, result.reason, result.exc_class, "decode")
+                )
+                progress(
+                    "images", 0, -1
+                )  # one item less to embed: the bar never counts it as embedded
                 progress("failed", 1, None)
                 continue
             assert isinstance(result, DecodeOk)
-            batch_uris.append(uri)
             batch_arrays.append(result.array)
-            batch_meta.append((item, result.sha256, prev))
+            batch_done.append((uri, item, result.sha256, prev))
             if len(batch_arrays) >= opts.batch_size:
                 flush_embed()
         flush_embed()
         writer.flush()
 
-    # An unmounted mount point looks like an empty folder: never read "no files at all"
-    # as "every file deleted".
-    if walk.complete and not walk.items and stored:
-        report.failures.append(
-            Failure(str(root_abs), "folder is empty but the index has files from it; is it unmounted?", "EmptyRoot", "walk")
-        )
-        report.sweep_aborted.append(str(root_abs))
-    elif walk.complete:
-        gone = [state.id for uri, state in stored.items() if uri not in seen]
-        report.deleted += store.delete_ids(gone)
-    else:
-        report.sweep_aborted.append(str(root_abs))
+    sweep_images(diff, walk, store, report)
     return next_id
 
 
@@ -345,7 +436,7 @@ def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 def _index_texts(
     path: Path,
     store: ItemStore,
-    encoder: Any,
+    encoder: Encoder,
     opts: IndexOptions,
     report: IndexReport,
     next_id: int,
@@ -353,10 +444,18 @@ def _index_texts(
 ) -> int:
     path_abs = Path(os.path.abspath(path))
     source = path_to_uri(str(path_abs))
-    collection = read_text_collection(path_abs, text_column=opts.text_column, id_column=opts.id_column)
+    collection = read_text_collection(
+        path_abs, text_column=opts.text_column, id_column=opts.id_column
+    )
     for problem in collection.problems:
         report.failures.append(
-            Failure(str(path_abs), problem.reason, problem.exc_class, "read", row_number=problem.row_number)
+            Failure(
+                str(path_abs),
+                problem.reason,
+                problem.exc_class,
+                "read",
+                row_number=problem.row_number,
+            )
         )
     stored = store.state_by_uri(source)
     st = os.stat(path_abs)
@@ -374,8 +473,8 @@ def _index_texts(
     progress("scan", len(collection.rows), len(collection.rows))
     progress("texts", 0, len(todo))
 
-    step = max(opts.batch_size, 1)
-    writer = _BatchWriter(store, opts.commit_every)
+    step = max(opts.batch_size, TEXT_BATCH_SIZE)  # texts are cheap to hold: big batches
+    writer = BatchWriter(store, opts.commit_every)
     for chunk in _chunks(todo, step):
         t0 = time.perf_counter()
         vectors = encoder.encode_texts([row.text for _u, row, _s, _p in chunk])

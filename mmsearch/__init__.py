@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 if _typing.TYPE_CHECKING:
     from indexer.report import IndexReport
     from mmsearch.engine import SearchIndex, SearchResult
+    from mmsearch.search.types import Query, Results
 
 
 def open(  # noqa: A001 - mirrors lancedb.connect
@@ -112,6 +113,8 @@ def index(
 _LAZY = {
     "SearchIndex": "mmsearch.engine",
     "SearchResult": "mmsearch.engine",
+    "Query": "mmsearch.search.types",
+    "Results": "mmsearch.search.types",
     "IndexReport": "indexer.report",
 }
 
@@ -136,6 +139,8 @@ __all__ = [
     "ModelLoadError",
     "ModelMismatchError",
     "ModelSpec",
+    "Query",
+    "Results",
     "SearchIndex",
     "SearchResult",
     "SourceNotFoundError",

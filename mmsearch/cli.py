@@ -53,9 +53,11 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 IndexDirOpt = Annotated[
     Path | None,
-    typer.Option("--index", "-i", help="Index directory (default: $MMSEARCH_INDEX or ./.mmsearch)."),
+    typer.Option("--index", "-i", help="Index directory or object-store URI such as s3://bucket/prefix (default: $MMSEARCH_INDEX or ./.mmsearch)."),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="Model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on a CPU when installed).")]
+QuantizeOpt = Annotated[str | None, typer.Option("--quantize", help="int8: dynamically quantised ONNX graphs (ONNX backend only).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors (no progress bar, no summary).")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bar (for logs and CI).")]
 
@@ -88,17 +90,22 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Items embedded per forward pass.")] = 64,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Image decode worker processes (default: CPU count, at most 8).")] = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    quantize: QuantizeOpt = None,
     text_column: Annotated[str | None, typer.Option("--text-column", help="Column holding the text of a text collection (default: auto: caption, text, title, ...).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Column holding row ids of a text collection (default: auto: id, ...).")] = None,
     metadata: Annotated[Path | None, typer.Option("--metadata", help="CSV/JSONL/Parquet describing the images: a file column (see --file-column) plus metadata columns.")] = None,
     file_column: Annotated[str, typer.Option("--file-column", help="Column of --metadata holding image paths, relative to the metadata file.")] = "file",
     index_type: Annotated[str, typer.Option("--index-type", help="ANN index: auto, flat or ivfpq.")] = "auto",
     no_ann: Annotated[bool, typer.Option("--no-ann", help="Only write the table; build the ANN index later with build-index.")] = False,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Decode and embed on Ray Data: local (a cluster on this machine), auto (the cluster of `ray start`) or ray://HOST:10001.")] = None,
+    refine_dtype: Annotated[str, typer.Option("--refine-dtype", help="ANN refine vectors: float32, or float16 (half the disk and page cache).")] = "float32",
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when any item failed.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never contact the model hub: weights must be bundled, local or cached (also: HF_HUB_OFFLINE=1).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     quiet: QuietOpt = False,
     no_progress: NoProgressOpt = False,
+    reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint), then index PATHS.")] = False,
 ) -> None:
     """Index image folders and text collections (incremental: unchanged files are skipped).
 
@@ -109,10 +116,17 @@ def index_cmd(
     from indexer.pipeline import IndexOptions, run_index
 
     spec = ModelSpec.parse(model, pretrained)
+    if reembed:
+        from mmsearch.commands.reembed import reembed_then_index
+
+        reembed_then_index(_index_dir(index), spec, list(paths), batch_size, workers, device, json_out, strict)
+        return
     options = IndexOptions(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        backend=backend,
+        quantize=quantize,
         text_column=text_column,
         id_column=id_column,
         build_index=not no_ann,
@@ -120,6 +134,8 @@ def index_cmd(
         image_metadata=metadata,
         file_column=file_column,
         offline=offline,
+        ray=ray,
+        refine_dtype=refine_dtype,
     )
     with _errors():
         try:
@@ -162,6 +178,8 @@ def query_cmd(
     where: Annotated[list[str] | None, typer.Option("--where", "-w", help="Metadata filter 'column op value' (op: = != < <= > >= in contains); repeatable, ANDed.")] = None,
     preview: Annotated[bool, typer.Option("--preview", "-p", help="Show image hits inline (kitty, iTerm2, WezTerm; MMSEARCH_PREVIEW=kitty|iterm|none overrides).")] = False,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    quantize: QuantizeOpt = None,
 ) -> None:
     """Search an index with text, an image, or a weighted mix of both.
 
@@ -170,7 +188,7 @@ def query_cmd(
     from mmsearch.engine import SearchIndex
 
     with _errors():
-        idx = SearchIndex(_index_dir(index), device=device)
+        idx = SearchIndex(_index_dir(index), device=device, backend=backend, quantize=quantize)
         results = idx.search(
             query, k=top, offset=offset, kind=kind, mode=mode, fusion=fusion, alpha=alpha, literal=literal,  # type: ignore[arg-type]
             group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine, where=where,
@@ -204,15 +222,19 @@ def build_index_cmd(
 ) -> None:
     """(Re)build the ANN index of an index directory from its table."""
     from indexer.ann_build import build_ann
+    from mmsearch.objectstore import remote_index
     from mmsearch.storage import ItemStore, index_write_lock
 
     with _errors():
-        store = ItemStore.open(_index_dir(index))
+        remote = remote_index(_index_dir(index))  # s3://...: build in the local cache, then publish
+        store = ItemStore.open(remote.pull("writer") if remote else _index_dir(index))
         with index_write_lock(store.index_dir), progress_bar(err_console, not (quiet or no_progress)) as bar:
             infos = build_ann(
                 store, store.model_spec, index_type=index_type, target_recall=target_recall,
                 retrain=retrain, progress=RichProgress(bar),
             )
+            if remote is not None:
+                remote.publish()
     if not quiet:
         for kind, info in infos.items():
             console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
@@ -224,16 +246,16 @@ def info_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Show an index: rows, model, ANN parameters, sources, disk use and the last run."""
-    from mmsearch.engine import SearchIndex
-    from mmsearch.inventory import disk_usage, indexed_sources, last_run
+    from mmsearch.indexinfo import index_info
+    from mmsearch.inventory import disk_usage, last_run
 
     index_dir = _index_dir(index)
     with _errors():
-        idx = SearchIndex(index_dir)
-        info = idx.info()
-        info["sources"] = indexed_sources(idx.store)
+        info = index_info(index_dir)
+    run = last_run(index_dir)
+    info["sources"] = run.pop("sources", []) if run else []  # as of the last indexing run
     info["disk_bytes"] = disk_usage(index_dir)
-    info["last_run"] = last_run(index_dir)
+    info["last_run"] = run
     if json_out:
         sys.stdout.write(json.dumps(info, default=str) + "\n")
         return
@@ -263,6 +285,8 @@ def serve_cmd(
     allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Allow image-URL queries (public http(s) addresses only).")] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted upload.")] = 10.0,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    quantize: QuantizeOpt = None,
     token: Annotated[str | None, typer.Option("--token", envvar="MMSEARCH_TOKEN", show_default=False, help="Access token required on every route but /healthz (Authorization: Bearer; the gallery asks once). Prefer the MMSEARCH_TOKEN variable.")] = None,
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Serve a non-loopback address without a token (only behind a proxy that authenticates).")] = False,
     allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Host header value clients use, besides loopback names and --host (repeatable; *.example.com; * = any).")] = None,
@@ -308,7 +332,7 @@ def serve_cmd(
 
         # Fail fast with one clear line. One worker loads the model now and reuses it;
         # several workers each load their own (/readyz answers 503 until they have).
-        opened = SearchIndex(config.index_dir, device=device)
+        opened = SearchIndex(config.index_dir, device=device, backend=backend, quantize=quantize)
         if workers == 1:
             config.encoder = opened.encoder
         del opened
@@ -326,15 +350,20 @@ def check_cmd(
     index: IndexDirOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the changed items as JSON.")] = False,
 ) -> None:
-    """List indexed images the server would refuse: changed, moved, replaced by links, or gone since indexing."""
+    """Verify an index: ANN file checksums and ids against the table, then list indexed
+    images the server would refuse (changed, moved, replaced by links, or gone)."""
+    from mmsearch.indexinfo import check_index
     from mmsearch.serve.files import check_index_files
 
     with _errors():
+        verified = check_index(_index_dir(index))
         checked, changed = check_index_files(_index_dir(index))
     if json_out:
         rows = [{"id": c.id, "path": c.path, "reason": c.reason} for c in changed]
-        sys.stdout.write(json.dumps({"checked": checked, "changed": rows}, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps({"verified": verified, "checked": checked, "changed": rows}, ensure_ascii=False) + "\n")
     else:
+        for kind, rows_checked in verified.items():
+            console.print(f"[green]ok[/] {kind}: {rows_checked} rows; ANN files match their checksums and the table")
         for item in changed:
             console.print(f"[yellow]changed[/] {item.id}  {escape(item.path)}: {escape(item.reason)}")
         style = "green" if not changed else "yellow"
@@ -378,13 +407,40 @@ def demo_cmd(
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")
 
 
+# Commands whose bodies live in mmsearch/commands/ (each imports its heavy parts lazily).
+from mmsearch.commands.evaluate import eval_cmd  # noqa: E402
+from mmsearch.commands.finetune import finetune_cmd  # noqa: E402
+from mmsearch.commands.label import label_cmd  # noqa: E402
+
+app.command("eval")(eval_cmd)
+app.command("label")(label_cmd)
+app.command("finetune")(finetune_cmd)
+
 use_clean_help(app)  # after the last command: PATHS... and untyped flags in --help
+
+
+#: Commands that finish in one shot: once their output is flushed, the process ends
+#: with os._exit, skipping an interpreter teardown that can take a second with torch,
+#: ONNX Runtime and LanceDB loaded. Nothing is left to clean up: results are written,
+#: indexes were only read.
+ONE_SHOT_COMMANDS = frozenset({"query", "info", "check"})
 
 
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    one_shot = len(sys.argv) > 1 and (sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h"))
+    if not one_shot:
+        app()
+        return
+    try:
+        app(standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def _shown(hit: Any) -> str:
 def _brief(metadata: Mapping[str, Any]) -> str:
     meta = {k: v for k, v in metadata.items() if k not in HIDDEN_KEYS}
     chosen = [k for k in BRIEF_KEYS if k in meta] or list(meta)[:4]
-    return ", ".join(f"{k}={meta[k]}" for k in chosen)
+    labels = [k for k in meta if isinstance(meta.get(f"{k}_prob"), (int, float)) and k not in chosen]
+    brief = [f"{k}={meta[k]}" for k in chosen if not k.endswith("_prob")]
+    return ", ".join(brief + [f"{k}={meta[k]} ({meta[k + '_prob']:.2f})" for k in labels])  # zero-shot labels
 
 
 def result_table(results: Sequence[Any]) -> Table:

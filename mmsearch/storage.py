@@ -157,7 +157,18 @@ def index_write_lock(index_dir: str | os.PathLike[str]) -> Iterator[None]:
 def _connect(index_dir: Path) -> Any:
     import lancedb
 
+    from mmsearch.objectstore import table_location
+
+    remote = table_location(index_dir)  # the local cache of an object-store index
+    if remote is not None:
+        return lancedb.connect(remote[0], storage_options=remote[1])
     return lancedb.connect(str(index_dir / DB_DIRNAME))
+
+
+def _has_db(index_dir: Path) -> bool:
+    from mmsearch.objectstore import REMOTE_MARKER
+
+    return (index_dir / DB_DIRNAME).is_dir() or (index_dir / REMOTE_MARKER).is_file()
 
 
 def _table_exists(db: Any) -> bool:
@@ -182,13 +193,13 @@ class ItemStore:
     @classmethod
     def exists(cls, index_dir: str | os.PathLike[str]) -> bool:
         path = Path(index_dir)
-        return (path / DB_DIRNAME).is_dir() and _table_exists(_connect(path))
+        return _has_db(path) and _table_exists(_connect(path))
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike[str], *, version: int | None = None) -> ItemStore:
         """Opens an existing index; ``version`` pins a read-only snapshot."""
         path = Path(index_dir)
-        if not (path / DB_DIRNAME).is_dir():
+        if not _has_db(path):
             raise IndexNotFoundError(
                 f"no mmsearch index at {path} (create one with: mmsearch index PATH --index {path})"
             )
@@ -300,6 +311,28 @@ class ItemStore:
         ids = tbl.column("id").to_numpy().astype(np.int64, copy=False)
         vec = fixed_list_to_numpy(tbl.column("vector"), self.dim)
         return ids, vec
+
+    def iter_vectors(
+        self, kind: str, *, batch_rows: int = 65_536
+    ) -> Iterator[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]:
+        """(vectors, ids) of one ``kind``'s rows in batches of increasing id, streamed from
+        the table at its current (or checked-out) version, never the whole column in memory.
+
+        Table order is not id order once rows were updated (``merge_insert`` rewrites a
+        changed row at the end) or compacted; ANN segment files need ids in order. So the
+        ids are read first (8 bytes a row), and each batch is one id range, sorted.
+        """
+        where = f"kind = {sql_quote(kind)}"
+        ids = np.sort(self.scan(["id"], where).column("id").to_numpy().astype(np.int64))
+        for start in range(0, len(ids), batch_rows):
+            lo, hi = int(ids[start]), int(ids[min(start + batch_rows, len(ids)) - 1])
+            batch = self.scan(["id", "vector"], f"{where} AND id >= {lo} AND id <= {hi}")
+            batch = batch.take(pa.array(np.argsort(batch.column("id").to_numpy(), kind="stable")))
+            if batch.num_rows:
+                yield (
+                    fixed_list_to_numpy(batch.column("vector"), self.dim),
+                    batch.column("id").to_numpy().astype(np.int64, copy=False),
+                )
 
     @property
     def has_lexical_column(self) -> bool:

@@ -39,7 +39,8 @@ from tests.kill_harness import make_encoder
 enc = make_encoder({encoder!r})
 print("ready", flush=True)
 report = run_index([{collection!r}], {index_dir!r}, enc.spec,
-                   options=IndexOptions(workers=2, batch_size=32, commit_every=128), encoder=enc)
+                   options=IndexOptions(workers=2, batch_size=32, commit_every=128, index_type={index_type!r}),
+                   encoder=enc)
 print(json.dumps({{"embedded": report.embedded}}), flush=True)
 """
 
@@ -62,11 +63,29 @@ class TrialResult:
     kill_after_s: float
     rows_after_kill: int
     embedded_on_rerun: int
+    #: the killed run had already published its snapshot (the kill came after the ANN update)
+    published_before_kill: bool = False
     problems: list[str] = field(default_factory=list)
 
 
-def _start_child(collection: Path, index_dir: Path, encoder: str) -> subprocess.Popen[str]:
-    code = _CHILD.format(root=str(ROOT), encoder=encoder, collection=str(collection), index_dir=str(index_dir))
+def _options(incremental: bool) -> Any:
+    from indexer.pipeline import IndexOptions
+
+    return IndexOptions(
+        workers=2, batch_size=32, commit_every=128, index_type="ivfpq" if incremental else "auto"
+    )
+
+
+def _start_child(
+    collection: Path, index_dir: Path, encoder: str, incremental: bool = False
+) -> subprocess.Popen[str]:
+    code = _CHILD.format(
+        root=str(ROOT),
+        encoder=encoder,
+        collection=str(collection),
+        index_dir=str(index_dir),
+        index_type=_options(incremental).index_type,
+    )
     return subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
@@ -85,9 +104,45 @@ def _wait_ready(proc: subprocess.Popen[str]) -> None:
         raise RuntimeError(f"indexing child did not start: {line!r}")
 
 
-def measure_run_seconds(collection: Path, workdir: Path, encoder: str) -> float:
+def prepare_base_index(collection: Path, workdir: Path, enc: Any) -> Path:
+    """An IVF-PQ index of the collection without every 10th image (moved away while
+    indexing, then put back with its mtime): the starting state of incremental trials."""
+    import shutil
+
+    from indexer.discover import walk_images
+    from indexer.pipeline import run_index
+
+    held = workdir / "held"
+    held.mkdir(parents=True, exist_ok=True)
+    items = sorted(walk_images(collection).items, key=lambda item: item.path)
+    moved = [
+        (Path(item.path), held / f"{i}-{Path(item.path).name}")
+        for i, item in enumerate(items[::10])
+    ]
+    for src, dst in moved:
+        shutil.move(src, dst)
+    base = workdir / "base-index"
+    try:
+        run_index([collection], base, enc.spec, options=_options(True), encoder=enc)
+    finally:
+        for src, dst in moved:
+            shutil.move(dst, src)
+    return base
+
+
+def _fresh_index_dir(index_dir: Path, base: Path | None) -> None:
+    if base is not None:
+        import shutil
+
+        shutil.copytree(base, index_dir)
+
+
+def measure_run_seconds(
+    collection: Path, workdir: Path, encoder: str, base: Path | None = None
+) -> float:
     """Duration of one uninterrupted run after the child is ready (the kill window)."""
-    proc = _start_child(collection, workdir / "baseline-index", encoder)
+    _fresh_index_dir(workdir / "baseline-index", base)
+    proc = _start_child(collection, workdir / "baseline-index", encoder, base is not None)
     _wait_ready(proc)
     t0 = time.perf_counter()
     proc.wait(timeout=900)
@@ -111,7 +166,9 @@ def reference_vectors(collection: Path, enc: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def verify(index_dir: Path, enc: Any, reference: dict[str, np.ndarray]) -> list[str]:
+def verify(
+    index_dir: Path, enc: Any, reference: dict[str, np.ndarray], *, incremental: bool = False
+) -> list[str]:
     """Checks an index directory against the reference embeddings; returns problems."""
     from mmsearch.engine import SearchIndex
     from mmsearch.storage import ItemStore, fixed_list_to_numpy
@@ -131,26 +188,51 @@ def verify(index_dir: Path, enc: Any, reference: dict[str, np.ndarray]) -> list[
     missing = set(reference) - set(uris)
     if missing:
         problems.append(f"{len(missing)} items missing")
-    mismatched = [u for u, v in zip(uris, vecs, strict=True) if u in reference and not np.allclose(v, reference[u], atol=1e-4)]
+    mismatched = [
+        u
+        for u, v in zip(uris, vecs, strict=True)
+        if u in reference and not np.allclose(v, reference[u], atol=1e-4)
+    ]
     if mismatched:
-        problems.append(f"{len(mismatched)} rows hold another vector than their file's, e.g. {mismatched[0]}")
+        problems.append(
+            f"{len(mismatched)} rows hold another vector than their file's, e.g. {mismatched[0]}"
+        )
     engine = SearchIndex(index_dir, encoder=enc)
     if engine.snapshot.table_version != store.version:
-        problems.append(f"snapshot version {engine.snapshot.table_version} != table version {store.version}")
+        problems.append(
+            f"snapshot version {engine.snapshot.table_version} != table version {store.version}"
+        )
     ann = engine._ann.get("image")
     if ann is None:
         problems.append("no image ANN index")
     else:
-        _, found = ann.search(vecs, 1)
-        own = found[:, 0] == ids
-        if not own.all():
+        if incremental and ann.info["refine_segments"] < 2:
+            problems.append(
+                "the incremental update rewrote the refine vectors instead of adding a segment"
+            )
+        # every list probed and every row a candidate: what is missing is misaligned
+        # (FAISS ids vs refine store), not approximate
+        wide = (
+            {"nprobe": 1 << 20, "refine": len(ann) // 10 + 1} if ann.info["type"] == "ivfpq" else {}
+        )
+        self_scores = np.einsum("ij,ij->i", vecs, vecs)
+        for label, kwargs in (("ANN", wide), ("exact refine store", {"exact": True})):
+            scores, found = ann.search(vecs, 1, **kwargs)
             # identical images share a vector: accept a tie with the same score
-            scores, _ = ann.search(vecs, 1)
-            self_scores = np.einsum("ij,ij->i", vecs, vecs)
-            bad = (~own) & (scores[:, 0] < self_scores - 1e-4)
+            bad = (found[:, 0] != ids) & (scores[:, 0] < self_scores - 1e-4)
             if bad.any():
-                problems.append(f"ANN does not return {int(bad.sum())} items for their own vector")
+                problems.append(
+                    f"{label} does not return {int(bad.sum())} items for their own vector"
+                )
     return problems
+
+
+def _snapshot_matches_table(index_dir: Path) -> bool:
+    from mmsearch.snapshot import read_snapshot
+    from mmsearch.storage import ItemStore
+
+    snapshot = read_snapshot(index_dir) if index_dir.exists() else None
+    return snapshot is not None and snapshot.table_version == ItemStore.open(index_dir).version
 
 
 def run_trials(
@@ -161,19 +243,22 @@ def run_trials(
     seed: int = 0,
     encoder: str = "fake",
     log: Any = None,
+    incremental: bool = False,
 ) -> list[TrialResult]:
     """Runs ``trials`` kill/re-run/verify cycles; returns one result per trial."""
-    from indexer.pipeline import IndexOptions, run_index
+    from indexer.pipeline import run_index
     from mmsearch.storage import ItemStore
 
     rng = random.Random(seed)
     enc = make_encoder(encoder)
     reference = reference_vectors(collection, enc)
-    window = measure_run_seconds(collection, workdir, encoder)
+    base = prepare_base_index(collection, workdir, enc) if incremental else None
+    window = measure_run_seconds(collection, workdir, encoder, base)
     results: list[TrialResult] = []
     for trial in range(trials):
         index_dir = workdir / f"trial-{trial}"
-        proc = _start_child(collection, index_dir, encoder)
+        _fresh_index_dir(index_dir, base)
+        proc = _start_child(collection, index_dir, encoder, incremental)
         _wait_ready(proc)
         delay = rng.uniform(0.0, window * 1.05)
         time.sleep(delay)
@@ -183,17 +268,18 @@ def run_trials(
             pass
         proc.wait(timeout=60)
         rows = ItemStore.open(index_dir).count() if ItemStore.exists(index_dir) else 0
+        published = _snapshot_matches_table(index_dir)
         report = run_index(
-            [collection], index_dir, enc.spec, options=IndexOptions(workers=2, batch_size=32, commit_every=128), encoder=enc
+            [collection], index_dir, enc.spec, options=_options(incremental), encoder=enc
         )
-        result = TrialResult(trial, round(delay, 3), rows, report.embedded)
+        result = TrialResult(trial, round(delay, 3), rows, report.embedded, published)
         if rows + report.embedded != len(reference):
             result.problems.append(
                 f"re-run embedded {report.embedded} but {len(reference) - rows} were uncommitted"
             )
         if report.failed:
             result.problems.append(f"{report.failed} failures on re-run")
-        result.problems.extend(verify(index_dir, enc, reference))
+        result.problems.extend(verify(index_dir, enc, reference, incremental=incremental))
         results.append(result)
         if log is not None:
             log(json.dumps(result.__dict__))

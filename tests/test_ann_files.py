@@ -127,7 +127,14 @@ def test_incremental_save_after_load_and_garbage_collection(saved) -> None:
     manifest = json.loads((directory / "manifest.json").read_text())
     names = {e["name"] for e in manifest["files"].values()}
     assert set(os.listdir(directory)) == names | {"manifest.json", ".lock"}
-    assert manifest["generation"] == 2 and not (names & first_files)
+    assert manifest["generation"] == 2
+    # append-only: the first segment is kept as it was, only the 200 new rows are written
+    # (one new segment) and the 100 removals become a tombstone file
+    files = manifest["files"]
+    assert files["vectors"]["name"] in first_files and files["ids"]["name"] in first_files
+    assert files["vectors.1"]["size"] == 200 * D * 4 and files["ids.1"]["name"] not in first_files
+    assert files["tombstones"]["size"] == 100 * 8 and manifest["segments"] == [3000, 200]
+    assert not ({files[r]["name"] for r in ("vectors.1", "ids.1", "tombstones")} & first_files)
 
 
 def test_save_without_changes_reuses_files(saved) -> None:
@@ -158,13 +165,13 @@ CHILD = textwrap.dedent(
     if mode == "before-manifest":
         files.write_manifest = hang
     elif mode == "mid-vectors":
-        real_iter = store.VectorStore.iter_live
+        real_iter = store.VectorStore.iter_delta
         def iter_then_hang(self, chunk=65536):
-            for i, item in enumerate(real_iter(self, 256)):
+            for i, item in enumerate(real_iter(self, 64)):
                 yield item
                 if i == 2:
                     hang()
-        store.VectorStore.iter_live = iter_then_hang
+        store.VectorStore.iter_delta = iter_then_hang
 
     index = VectorIndex.load(directory)
     rng = np.random.default_rng(int(sys.argv[4]))

@@ -22,3 +22,18 @@ def test_sigkill_then_rerun_leaves_consistent_index(tmp_path):
     assert failures == []
     # the kills must really land mid-run: some trials had a partial table
     assert any(0 < r.rows_after_kill < 2000 for r in results)
+
+
+@pytest.mark.slow
+def test_sigkill_during_incremental_ann_update(tmp_path):
+    """Kills land in runs that add 10% to an IVF-PQ index (new refine segment +
+    tombstones); each re-run completes it without a full rewrite of the refine vectors."""
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    cat = generate_catalog(tmp_path / "collection", n=300, seed=22)
+    results = run_trials(
+        cat.root, tmp_path / "work", trials=3, seed=6, encoder="fake", incremental=True
+    )
+    assert len(results) == 2
+    assert [(r.trial, r.problems) for r in results if r.problems] == []
+    assert all(r.rows_after_kill >= 270 for r in results)  # every trial started from the base index

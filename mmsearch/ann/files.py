@@ -4,9 +4,14 @@ Layout of an index directory (``<g>`` is the generation, bumped by every save)::
 
     manifest.json          written atomically LAST; the only entry point
     index-<g>.faiss        FAISS IVF-PQ index (absent for flat indexes)
-    vectors-<g>.f32        float32 (n, d) row-major, rows sorted by id (exact refine)
-    ids-<g>.i64            int64 (n,), sorted ascending
+    vectors-<g>.f32|.f16   one refine segment: float32/float16 (n_s, d) row-major
+    ids-<g>.i64            its int64 ids (n_s,), in row order
+    tombstones-<g>.i64     int64 positions of removed rows across the segments
     .lock                  flock'ed by writers
+
+Segments are append-only: a save writes only the rows added since the last one as a
+new segment; a save into another directory hard-links the existing segments there
+(``link_or_copy``) instead of copying them.
 
 Data files never change once written: a save writes new generation files (temp file
 in the same directory, fsync, ``os.replace``, fsync of the directory), then the
@@ -23,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,10 +38,12 @@ from mmsearch.errors import IndexCorruptError, IndexNotFoundError
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+"""Version 1: a single refine segment named by the roles ``vectors`` and ``ids``."""
 REBUILD_HINT = "rebuild it with `mmsearch build-index`"
 
-_DATA_FILE_RE = re.compile(r"^(index-\d+\.faiss|vectors-\d+\.f32|ids-\d+\.i64)$")
+_DATA_FILE_RE = re.compile(r"^(index-\d+\.faiss|vectors-\d+\.f(32|16)|ids-\d+\.i64|tombstones-\d+\.i64)$")
 _TEMP_FILE_RE = re.compile(r"^\..+\.tmp-[0-9a-f]+$")
 
 
@@ -73,6 +81,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make the finished data file ``src`` also appear as ``dst``: a hard link (no bytes
+    copied), or an atomic copy across file systems. An existing ``dst`` that is the
+    same file is kept."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.samefile(src, dst):
+            return
+    with contextlib.suppress(FileNotFoundError):
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+        return
+    fsync_dir(dst.parent)
+
+
 def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in 4 MiB chunks."""
     h = hashlib.sha256()
@@ -107,7 +132,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexCorruptError(f"{path} is not valid JSON ({exc}); {REBUILD_HINT}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format_version") not in READABLE_FORMATS:
         raise IndexCorruptError(
             f"{path} has an unknown format (format_version="
             f"{manifest.get('format_version') if isinstance(manifest, dict) else None!r}, "

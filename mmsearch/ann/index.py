@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from mmsearch.ann.params import (
     retrain_due,
 )
 from mmsearch.ann.persist import load_index, save_index
+from mmsearch.ann.segment import check_dtype
 from mmsearch.ann.store import VectorStore, top_k
 from mmsearch.ann.training import (
     ADD_CHUNK,
@@ -103,10 +105,12 @@ class VectorIndex:
         use_gpu: bool | None = None,
         memory_budget_bytes: int | None = None,
         opq: bool = False,
+        refine_dtype: str = "float32",
     ) -> VectorIndex:
         """Build (train, fill and tune) an index over ``vectors`` (n, d), L2-normalised,
         with unique non-negative ``ids``. ``use_gpu=None`` uses a GPU when FAISS sees one.
-        ``memory_budget_bytes`` and ``opq`` go to ``choose_index_params``.
+        ``memory_budget_bytes`` and ``opq`` go to ``choose_index_params``;
+        ``refine_dtype="float16"`` stores the refine vectors at half size.
 
         Raises ``BadQueryError`` for invalid input.
         """
@@ -122,15 +126,45 @@ class VectorIndex:
             index_type=index_type,
             opq=opq,
         )
-        store = VectorStore.from_arrays(vectors, ids)
-        meta = {
-            "requested_type": index_type,
-            "target_recall": float(target_recall),
-            "seed": int(seed),
-            "memory_budget_bytes": memory_budget_bytes,
-            "opq": bool(opq),
-        }
+        _check_dtype(refine_dtype)
+        store = VectorStore.from_arrays(vectors, ids, dtype=refine_dtype)
+        meta = _build_meta(index_type, target_recall, seed, memory_budget_bytes, opq)
         return cls._from_store(store, params, meta, use_gpu=use_gpu)
+
+    @classmethod
+    def build_streamed(
+        cls,
+        chunks: Iterable[tuple[F32, I64]],
+        directory: str | os.PathLike[str],
+        *,
+        index_type: Literal["auto", "flat", "ivfpq"] = "auto",
+        target_recall: float = 0.95,
+        seed: int = 0,
+        use_gpu: bool | None = None,
+        opq: bool = False,
+        refine_dtype: str = "float32",
+    ) -> VectorIndex:
+        """Build from (vectors, ids) chunks without holding all vectors in RAM.
+
+        The chunks (e.g. batches of a table scan, any id order) are streamed into a
+        refine segment file in ``directory``; IVF-PQ is then trained on a seeded sample
+        read back from that file and filled chunk by chunk. Peak memory is about the
+        FAISS index (codes + ids) plus one chunk and the training sample. Save the
+        result into the same ``directory`` (the segment is reused, not copied).
+        """
+        from mmsearch.ann.persist import streamed_store
+
+        if not 0.0 < target_recall <= 1.0:
+            raise BadQueryError(f"target_recall must be in (0, 1], got {target_recall}")
+        _check_dtype(refine_dtype)
+        store, files, root = streamed_store(chunks, Path(directory), refine_dtype)
+        if store.n_live == 0:
+            raise BadQueryError("cannot build an index from no rows")
+        params = choose_index_params(store.n_live, store.d, index_type=index_type, opq=opq)
+        meta = _build_meta(index_type, target_recall, seed, None, opq)
+        out = cls._from_store(store, params, meta, use_gpu=use_gpu)
+        out._files, out._files_dir = files, root
+        return out
 
     @classmethod
     def _from_store(
@@ -138,11 +172,15 @@ class VectorIndex:
     ) -> VectorIndex:
         t0 = time.perf_counter()
         gpu = gpu_available() if use_gpu is None else bool(use_gpu and gpu_available())
-        index, nprobe, refine, recall = build_index_structure(store, params, meta, use_gpu=gpu)
+        phases: dict[str, float] = {}
+        index, nprobe, refine, recall = build_index_structure(
+            store, params, meta, use_gpu=gpu, phases=phases
+        )
         meta = dict(meta)
         meta.update(
             recall_at_10=recall,
             build_seconds=round(time.perf_counter() - t0, 3),
+            build_phases_s=phases,
             trained_n=store.n_live,
             added_since_train=0,
             gpu=gpu,
@@ -395,7 +433,11 @@ class VectorIndex:
             "target_recall": self._meta.get("target_recall"),
             "bytes_per_vector": ram / max(n, 1),
             "refine_vectors_memory_mapped": self._store.is_memory_mapped,
+            "refine_dtype": self._store.dtype,
+            "refine_segments": len(self._store.segments) + (1 if self._store.delta_rows else 0),
+            "refine_dead_rows": self._store.n_dead,
             "build_seconds": self._meta.get("build_seconds"),
+            "build_phases_s": self._meta.get("build_phases_s"),
             "trained_n": self._meta.get("trained_n"),
             "added_since_train": self._meta.get("added_since_train"),
             "needs_retrain": self.needs_retrain,
@@ -408,6 +450,25 @@ class VectorIndex:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _check_dtype(refine_dtype: str) -> None:
+    try:
+        check_dtype(refine_dtype)
+    except ValueError as exc:
+        raise BadQueryError(str(exc)) from None
+
+
+def _build_meta(
+    index_type: str, target_recall: float, seed: int, memory_budget_bytes: int | None, opq: bool
+) -> dict[str, Any]:
+    return {
+        "requested_type": index_type,
+        "target_recall": float(target_recall),
+        "seed": int(seed),
+        "memory_budget_bytes": memory_budget_bytes,
+        "opq": bool(opq),
+    }
 
 
 def _pads(scores: F32, ids: I64) -> tuple[F32, I64]:

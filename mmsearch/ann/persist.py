@@ -1,8 +1,9 @@
 """Saving and loading a ``VectorIndex``: generation-numbered files plus a manifest.
 
-``save`` writes new-generation data files (reusing unchanged ones when saving back to
-the directory the index came from), then the manifest as the commit point, then
-deletes older generations. ``load`` checks the manifest against the expected model and
+``save`` writes new-generation data files — the rows added since the last save as one
+new refine segment, the tombstones, the FAISS index if it changed — reusing (or
+hard-linking from the directory the index came from) the existing segments, then the
+manifest as the commit point, then deletes files no manifest names. ``load`` checks the manifest against the expected model and
 table version and verifies every file before opening it (memory-mapped by default).
 ``VectorIndex.save`` / ``VectorIndex.load`` delegate here.
 """
@@ -12,52 +13,79 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 
 from mmsearch.ann import files as F
+from mmsearch.ann.checks import check_rows
 from mmsearch.ann.params import ID_BYTES, IndexParams
+from mmsearch.ann.segment import SUFFIX, Segment, check_dtype, write_segment
 from mmsearch.ann.store import VectorStore
 from mmsearch.ann.training import fill_index
-from mmsearch.errors import IndexCorruptError, ModelMismatchError
+from mmsearch.errors import BadQueryError, IndexCorruptError, ModelMismatchError
 
 if TYPE_CHECKING:
     from mmsearch.ann.index import VectorIndex
 
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
 _MMAP_FLAG = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
-_GEN_RE = re.compile(r"^(?:\.)?(?:index|vectors|ids)-(\d+)\.")
+_GEN_RE = re.compile(r"^(?:\.)?(?:index|vectors|ids|tombstones)-(\d+)\.")
+MAX_SEGMENTS = 16
+COMPACT_DEAD_FRACTION = 0.25
 
 
 def save_index(
     index: VectorIndex, directory: str | os.PathLike[str], *, table_version: int, model_key: str
 ) -> None:
     """Write ``index`` to ``directory`` crash-safely (new generation files, then the
-    manifest, then old generations are deleted). Unchanged files are reused."""
+    manifest, then files no manifest names are deleted).
+
+    Existing refine segments are reused in place, or hard-linked from the directory the
+    index came from; only rows added since (one new segment) and the tombstones are
+    written, unless ``should_compact`` asks for one rewritten segment.
+    """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     with index._mutate, F.writer_lock(root):
-        gen = _next_generation(root)
-        same_dir = index._files_dir is not None and _same_dir(index._files_dir, root)
+        store = index._store
+        compact = should_compact(store)
         files: dict[str, dict[str, Any]] = {}
-        new_store = None
-        if (
-            same_dir
-            and not index._store.dirty
-            and _files_present(root, index._files, ("vectors", "ids"))
-        ):
-            files["vectors"], files["ids"] = index._files["vectors"], index._files["ids"]
-        else:
-            vpath, ipath = root / f"vectors-{gen}.f32", root / f"ids-{gen}.i64"
-            vsha, isha = index._store.write(vpath, ipath)
-            files["vectors"], files["ids"] = (
-                F.file_entry(vpath, vsha),
-                F.file_entry(ipath, isha),
-            )
-            new_store = VectorStore.open(vpath, ipath, index._store.n_live, index._store.d)
+        counts: list[int] = []
+        if not compact:
+            for i, seg in enumerate(store.segments):
+                for role in segment_roles(i):
+                    entry = index._files[role]
+                    assert index._files_dir is not None  # sealed segments come from files
+                    F.link_or_copy(index._files_dir / entry["name"], root / entry["name"])
+                    files[role] = dict(entry)
+                counts.append(len(seg))
+        gen = _next_generation(root)
+        suffix = SUFFIX[store.dtype]
+        if compact or store.delta_rows:
+            rows = store.iter_live() if compact else store.iter_delta()
+            vpath, ipath = root / f"vectors-{gen}{suffix}", root / f"ids-{gen}.i64"
+            n_new, vsha, isha = write_segment(vpath, ipath, rows, store.dtype)
+            vrole, irole = segment_roles(len(counts))
+            files[vrole], files[irole] = F.file_entry(vpath, vsha), F.file_entry(ipath, isha)
+            counts.append(n_new)
+        dead = np.empty(0, np.int64) if compact else store.tombstones()
+        if len(dead):
+            old = index._files.get("tombstones")
+            if not store.dirty and old is not None and (root / old["name"]).exists():
+                files["tombstones"] = dict(old)
+            else:
+                tpath = root / f"tombstones-{gen}.i64"
+                data = np.ascontiguousarray(dead, np.int64).tobytes()
+                F.atomic_write_bytes(tpath, data)
+                files["tombstones"] = F.file_entry(tpath)
         if index._params.index_type == "ivfpq":
+            same_dir = index._files_dir is not None and _same_dir(index._files_dir, root)
             if (
                 same_dir
                 and not index._index_dirty
@@ -68,18 +96,104 @@ def save_index(
                 xpath = root / f"index-{gen}.faiss"
                 F.atomic_write(xpath, lambda tmp: faiss.write_index(index._index, str(tmp)))
                 files["index"] = F.file_entry(xpath)
-        manifest = _manifest(index, gen, table_version, model_key, files)
+        manifest = _manifest(index, gen, table_version, model_key, files, counts)
         F.write_manifest(root, manifest)  # commit point
+        reopened = open_store(root, manifest, checksum=False)
         with index._rw.write():
-            if new_store is not None:
-                new_store.dirty = False
-                index._store = new_store  # refine vectors now come from the memory map
+            index._store = reopened  # refine vectors now come from the memory-mapped segments
             index._files, index._files_dir, index._index_dirty = files, root, False
         F.collect_garbage(root, {e["name"] for e in files.values()})
 
 
+def should_compact(store: VectorStore) -> bool:
+    """Rewrite all live rows as one segment when the next save would leave more than
+    ``MAX_SEGMENTS`` segments, or more than ``COMPACT_DEAD_FRACTION`` of the stored
+    rows are dead (a full copy, amortised over many incremental saves)."""
+    stored = sum(len(s) for s in store.segments)
+    too_many = len(store.segments) + (1 if store.delta_rows else 0) > MAX_SEGMENTS
+    return too_many or (stored > 0 and store.n_dead > COMPACT_DEAD_FRACTION * stored)
+
+
+def segment_roles(i: int) -> tuple[str, str]:
+    """Manifest roles of segment ``i``'s vectors and ids files."""
+    return ("vectors", "ids") if i == 0 else (f"vectors.{i}", f"ids.{i}")
+
+
+def open_store(root: Path, manifest: dict[str, Any], *, checksum: bool) -> VectorStore:
+    """The refine store a manifest describes: its segments memory-mapped, tombstones applied."""
+    try:
+        d, files = int(manifest["d"]), manifest["files"]
+        dtype = str(manifest.get("refine_dtype", "float32"))
+        counts = [int(c) for c in manifest.get("segments", [manifest["n"]])]
+        itemsize = check_dtype(dtype).itemsize
+        entries = [tuple(files[r] for r in segment_roles(i)) for i in range(len(counts))]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexCorruptError(
+            f"{root / F.MANIFEST_NAME} is incomplete ({exc!r}); {F.REBUILD_HINT}"
+        ) from exc
+    segments = []
+    for n, (vec_entry, ids_entry) in zip(counts, entries, strict=True):
+        if vec_entry["size"] != n * d * itemsize or ids_entry["size"] != n * ID_BYTES:
+            raise IndexCorruptError(
+                f"{root / F.MANIFEST_NAME} is inconsistent (sizes vs n={n}, d={d}); {F.REBUILD_HINT}"
+            )
+        vpath = F.verify_file(root, vec_entry, checksum=checksum)
+        ipath = F.verify_file(root, ids_entry, checksum=checksum)
+        try:
+            segments.append(Segment.open(vpath, ipath, n, d, dtype))
+        except ValueError as exc:
+            raise IndexCorruptError(f"{ipath} holds repeated ids; {F.REBUILD_HINT}") from exc
+    store = VectorStore(segments, d, dtype=dtype)
+    if "tombstones" in files:
+        tpath = F.verify_file(root, files["tombstones"], checksum=checksum)
+        store.apply_tombstones(np.fromfile(tpath, dtype=np.int64))
+    if store.n_live != int(manifest["n"]):
+        raise IndexCorruptError(
+            f"{root / F.MANIFEST_NAME} records {manifest['n']} rows but its segments hold "
+            f"{store.n_live} live rows; {F.REBUILD_HINT}"
+        )
+    return store
+
+
+def streamed_store(
+    chunks: Iterable[tuple[F32, I64]], root: Path, dtype: str
+) -> tuple[VectorStore, dict[str, dict[str, Any]], Path]:
+    """Write chunks as the first segment of a new index directory; returns the store
+    over it (memory-mapped), the segment's manifest entries and the directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    d_seen: list[int] = []
+
+    def checked() -> Iterator[tuple[F32, I64]]:
+        for vecs, ids in chunks:
+            vecs, ids = check_rows(vecs, ids, d=d_seen[0] if d_seen else None, allow_empty=True)
+            if not d_seen:
+                d_seen.append(vecs.shape[1])
+            yield vecs, ids
+
+    with F.writer_lock(root):
+        gen = _next_generation(root)
+        vpath, ipath = root / f"vectors-{gen}{SUFFIX[dtype]}", root / f"ids-{gen}.i64"
+        n, vsha, isha = write_segment(vpath, ipath, checked(), dtype)
+    if not d_seen:
+        raise BadQueryError("cannot build an index from no rows")
+    d = d_seen[0]
+    try:
+        segment = Segment.open(vpath, ipath, n, d, dtype)
+    except ValueError as exc:
+        raise BadQueryError("ids passed to build must be unique") from exc
+    files = dict(
+        zip(segment_roles(0), (F.file_entry(vpath, vsha), F.file_entry(ipath, isha)), strict=True)
+    )
+    return VectorStore([segment], d, dtype=dtype), files, root
+
+
 def _manifest(
-    index: VectorIndex, gen: int, table_version: int, model_key: str, files: dict[str, Any]
+    index: VectorIndex,
+    gen: int,
+    table_version: int,
+    model_key: str,
+    files: dict[str, Any],
+    counts: list[int],
 ) -> dict[str, Any]:
     return {
         "format_version": F.FORMAT_VERSION,
@@ -89,6 +203,8 @@ def _manifest(
         "model_key": str(model_key),
         "n": index._store.n_live,
         "d": index._params.d,
+        "refine_dtype": index._store.dtype,
+        "segments": counts,
         "params": index._params.to_dict(),
         "nprobe": index._nprobe,
         "refine": index._refine,
@@ -140,10 +256,7 @@ def _load_manifest(
             f"the index in {root} was built with model {manifest.get('model_key')!r} but "
             f"{expect_model_key!r} is in use; re-embed and rebuild with `mmsearch build-index`"
         )
-    if (
-        expect_table_version is not None
-        and manifest.get("table_version") != expect_table_version
-    ):
+    if expect_table_version is not None and manifest.get("table_version") != expect_table_version:
         raise IndexCorruptError(
             f"the index in {root} is for table version {manifest.get('table_version')} but "
             f"the table is at version {expect_table_version} (stale index); {F.REBUILD_HINT}"
@@ -157,21 +270,18 @@ def _load_manifest(
             int(manifest["refine"]),
             dict(manifest["meta"]),
         )
-        vec_entry, ids_entry = files["vectors"], files["ids"]
         index_entry = files["index"] if params.index_type == "ivfpq" else None
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexCorruptError(
             f"{root / F.MANIFEST_NAME} is incomplete ({exc!r}); {F.REBUILD_HINT}"
         ) from exc
-    if vec_entry["size"] != n * d * 4 or ids_entry["size"] != n * ID_BYTES or params.d != d:
+    if params.d != d:
         raise IndexCorruptError(
-            f"{root / F.MANIFEST_NAME} is inconsistent (sizes vs n={n}, d={d}); {F.REBUILD_HINT}"
+            f"{root / F.MANIFEST_NAME} is inconsistent (d={d}); {F.REBUILD_HINT}"
         )
-    vpath = F.verify_file(root, vec_entry, checksum=verify_checksums)
-    ipath = F.verify_file(root, ids_entry, checksum=verify_checksums)
-    store = VectorStore.open(vpath, ipath, n, d)
+    store = open_store(root, manifest, checksum=verify_checksums)
     if verify_checksums and n > 1 and not bool(np.all(np.diff(store.live_ids()) > 0)):
-        raise IndexCorruptError(f"{ipath} is not sorted by id; {F.REBUILD_HINT}")
+        raise IndexCorruptError(f"{root} holds an id twice across segments; {F.REBUILD_HINT}")
     if index_entry is None:
         index: faiss.Index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
         fill_index(index, store)
@@ -195,6 +305,43 @@ def _load_manifest(
     out._files_dir = root
     out._meta["gpu"] = False
     return out
+
+
+def verify_files(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Full check of a saved index's files: size and SHA-256 of each, and id order.
+
+    Reads every byte (seconds for millions of vectors), which is why opening an index
+    does not do it; ``mmsearch check`` and the ANN build (right after writing) do.
+    Returns the manifest; raises :class:`IndexCorruptError` naming the first bad file.
+    """
+    root = Path(directory)
+    manifest = F.read_manifest(root)
+    try:
+        entries = dict(manifest["files"])
+        n = int(manifest["n"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexCorruptError(
+            f"{root / F.MANIFEST_NAME} is incomplete ({exc!r}); {F.REBUILD_HINT}"
+        ) from exc
+    for entry in entries.values():
+        F.verify_file(root, entry, checksum=True)
+    if "ids" in entries:
+        _check_ids(root / entries["ids"]["name"], n, full=True)
+    return manifest
+
+
+def _check_ids(path: Path, n: int, *, full: bool) -> None:
+    """Ids must be non-negative and strictly increasing. The full scan runs with the
+    checksums (``mmsearch check``, after writes); an everyday open checks only the ends,
+    which reads two pages of the memory-mapped file instead of all of it."""
+    if n == 0:
+        return
+    ids = np.memmap(path, dtype=np.int64, mode="r", shape=(n,))
+    ok = int(ids[0]) >= 0 and (n == 1 or int(ids[0]) < int(ids[-1]))
+    if ok and full and n > 1:
+        ok = bool(np.all(np.diff(ids) > 0))
+    if not ok:
+        raise IndexCorruptError(f"{path} is not sorted by id; {F.REBUILD_HINT}")
 
 
 def _next_generation(root: Path) -> int:

@@ -1,32 +1,37 @@
-"""The exact float32 vectors behind an index: refine store and brute-force path.
+"""The exact vectors behind an index: an append-only refine store and the brute-force path.
 
-Rows live in two parts:
+Rows live in *segments* (``mmsearch.ann.segment``):
 
-* the *base*: rows sorted by id, memory-mapped from ``vectors-<g>.f32`` /
-  ``ids-<g>.i64`` after a save or load (plain arrays right after a build), with a
-  lazily created ``dead`` mask for rows removed since;
-* the *delta*: rows added since the base was written, in RAM, sorted by id.
+* sealed segments, memory-mapped from ``vectors-<g>.f32|f16`` / ``ids-<g>.i64`` after a
+  save or load (in RAM right after a build); a file, once written, never changes;
+* the *delta*: rows added since the last save, in RAM, written as one new segment by
+  the next save.
 
-``write`` merges both into new sorted files. Lookups by id are binary searches over
-the sorted ids, so no id -> row table is kept in RAM.
+A removal only marks the row dead (a tombstone); the save persists the dead rows as
+one small file of row positions. An incremental update therefore writes the new rows
+and the tombstones, never a copy of the existing vectors; ``mmsearch.ann.persist``
+compacts the segments into one when there are too many or too many dead rows.
+
+Vectors may be stored as float16 (``dtype="float16"``), half the disk and page cache;
+lookups always return float32.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from mmsearch.ann.files import atomic_write
+from mmsearch.ann.segment import Segment, check_dtype
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 EXACT_BLOCK_BYTES = 1 << 26
 """Score matrix size per block of the brute-force path (64 MiB)."""
+SCAN_ROWS = 65_536
+"""Rows per sequential read of a segment."""
 
 
 def top_k(scores: F32, ids: I64, k: int) -> tuple[F32, I64]:
@@ -50,189 +55,165 @@ def top_k(scores: F32, ids: I64, k: int) -> tuple[F32, I64]:
 class VectorStore:
     """Live (id, vector) rows, addressable by id; see the module docstring."""
 
-    def __init__(self, vectors: F32, ids: I64) -> None:
-        """Wrap base rows that are already sorted by unique id (arrays or memmaps)."""
-        if vectors.ndim != 2 or ids.shape != (vectors.shape[0],):
-            raise ValueError("vectors must be (n, d) and ids (n,)")
-        self.d = int(vectors.shape[1])
-        self._base_vectors = vectors
-        self._base_ids = ids
-        self._base_dead: npt.NDArray[np.bool_] | None = None
-        self._n_base_dead = 0
-        self._delta_vectors: F32 = np.empty((0, self.d), np.float32)
-        self._delta_ids: I64 = np.empty(0, np.int64)
+    def __init__(self, segments: list[Segment], d: int, *, dtype: str = "float32") -> None:
+        """Wrap sealed segments (ids unique across live rows)."""
+        self.d = int(d)
+        self.dtype = dtype
+        self._np_dtype = check_dtype(dtype)
+        self.segments = list(segments)
+        self._delta = Segment(np.empty((0, self.d), self._np_dtype), np.empty(0, np.int64))
         self.dirty = False  # differs from the files it was opened from
 
     @classmethod
-    def from_arrays(cls, vectors: F32, ids: I64) -> VectorStore:
+    def from_arrays(cls, vectors: F32, ids: I64, *, dtype: str = "float32") -> VectorStore:
         """In-RAM store from unsorted rows (ids must be unique; copies the vectors)."""
-        order = np.argsort(ids, kind="stable")
-        store = cls(np.ascontiguousarray(vectors[order], dtype=np.float32), ids[order].copy())
-        store.dirty = True
+        store = cls([], vectors.shape[1], dtype=dtype)
+        store.add(vectors, ids)
         return store
-
-    @classmethod
-    def open(cls, vectors_path: Path, ids_path: Path, n: int, d: int) -> VectorStore:
-        """Memory-map files written by ``write`` (read-only)."""
-        if n == 0:
-            return cls(np.empty((0, d), np.float32), np.empty(0, np.int64))
-        vectors = np.memmap(vectors_path, dtype=np.float32, mode="r", shape=(n, d))
-        ids = np.memmap(ids_path, dtype=np.int64, mode="r", shape=(n,))
-        return cls(vectors, ids)
 
     # ---- size and membership -------------------------------------------------
 
     @property
+    def all_segments(self) -> list[Segment]:
+        """Sealed segments then the delta."""
+        return [*self.segments, self._delta]
+
+    @property
+    def delta_rows(self) -> int:
+        """Rows added since the last save."""
+        return len(self._delta)
+
+    @property
     def n_live(self) -> int:
         """Number of rows that can be returned."""
-        return len(self._base_ids) - self._n_base_dead + len(self._delta_ids)
+        return sum(s.n_live for s in self.all_segments)
+
+    @property
+    def n_dead(self) -> int:
+        """Rows of sealed segments removed since they were written."""
+        return sum(s.n_dead for s in self.segments)
 
     @property
     def is_memory_mapped(self) -> bool:
-        """True when the base rows are backed by files rather than RAM."""
-        return isinstance(self._base_vectors, np.memmap)
-
-    def _base_positions(self, ids: I64) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
-        """Row of each id in the base and whether it is a live base row."""
-        nb = len(self._base_ids)
-        if nb == 0:
-            return np.zeros(len(ids), np.intp), np.zeros(len(ids), bool)
-        pos = np.minimum(np.searchsorted(self._base_ids, ids), nb - 1)
-        hit = np.asarray(self._base_ids[pos]) == ids
-        if self._base_dead is not None:
-            hit &= ~self._base_dead[pos]
-        return pos, hit
-
-    def _delta_positions(self, ids: I64) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
-        nd = len(self._delta_ids)
-        if nd == 0:
-            return np.zeros(len(ids), np.intp), np.zeros(len(ids), bool)
-        pos = np.minimum(np.searchsorted(self._delta_ids, ids), nd - 1)
-        return pos, self._delta_ids[pos] == ids
+        """True when the sealed rows are backed by files rather than RAM."""
+        return bool(self.segments) and all(s.path is not None for s in self.segments if len(s))
 
     def contains(self, ids: I64) -> npt.NDArray[np.bool_]:
         """Which ids are live rows."""
-        return self._base_positions(ids)[1] | self._delta_positions(ids)[1]
+        hit = np.zeros(len(ids), bool)
+        for seg in self.all_segments:
+            hit |= seg.positions(ids)[1]
+        return hit
 
     def lookup(self, ids: I64) -> tuple[F32, npt.NDArray[np.bool_]]:
-        """Vectors of ``ids`` (any shape, flattened) and a found mask; missing rows are 0."""
+        """float32 vectors of ``ids`` (any shape, flattened) and a found mask; missing rows are 0."""
         flat = np.asarray(ids, np.int64).ravel()
         out = np.zeros((len(flat), self.d), np.float32)
-        bpos, bhit = self._base_positions(flat)
-        dpos, dhit = self._delta_positions(flat)
-        if bhit.any():
-            rows = bpos[bhit]
-            order = np.argsort(rows)  # ascending rows read the memmap sequentially
-            out[np.flatnonzero(bhit)[order]] = self._base_vectors[rows[order]]
-        if dhit.any():
-            out[dhit] = self._delta_vectors[dpos[dhit]]
-        return out, bhit | dhit
+        found = np.zeros(len(flat), bool)
+        for seg in self.all_segments:
+            rows, hit = seg.positions(flat)
+            if hit.any():
+                out[hit] = seg.gather(rows[hit])
+                found |= hit
+        return out, found
 
     # ---- mutation (the caller holds the index's write lock) -----------------
 
     def add(self, vectors: F32, ids: I64) -> None:
-        """Append rows whose ids are not live (the caller checks)."""
-        all_ids = np.concatenate([self._delta_ids, ids])
+        """Append rows whose ids are not live (the caller checks) to the delta."""
+        delta = self._delta
+        ids = np.asarray(ids, np.int64)
+        if delta.n_live == 0:  # e.g. a build: one sorted copy of the rows, no concatenation
+            order = np.argsort(ids, kind="stable")
+            rows = np.take(np.asarray(vectors), order, axis=0).astype(self._np_dtype, copy=False)
+            self._delta = Segment(np.ascontiguousarray(rows), ids[order])
+            self.dirty = True
+            return
+        keep = np.ones(len(delta), bool) if delta.dead is None else ~delta.dead
+        all_ids = np.concatenate([np.asarray(delta.ids)[keep], ids])
+        all_vecs = np.concatenate(
+            [np.asarray(delta.vectors)[keep], np.asarray(vectors).astype(self._np_dtype)]
+        )
         order = np.argsort(all_ids, kind="stable")
-        self._delta_ids = all_ids[order]
-        self._delta_vectors = np.concatenate([self._delta_vectors, vectors])[order]
+        self._delta = Segment(np.ascontiguousarray(all_vecs[order]), all_ids[order])
         self.dirty = True
 
     def remove(self, ids: I64) -> int:
-        """Remove live rows with these ids; returns how many were removed."""
-        bpos, bhit = self._base_positions(ids)
+        """Mark live rows with these ids dead; returns how many were removed."""
         removed = 0
-        if bhit.any():
-            if self._base_dead is None:
-                self._base_dead = np.zeros(len(self._base_ids), bool)
-            rows = np.unique(bpos[bhit])
-            self._base_dead[rows] = True
-            self._n_base_dead += len(rows)
-            removed += len(rows)
-        dpos, dhit = self._delta_positions(ids)
-        if dhit.any():
-            keep = np.ones(len(self._delta_ids), bool)
-            keep[dpos[dhit]] = False
-            removed += int((~keep).sum())
-            self._delta_ids = self._delta_ids[keep]
-            self._delta_vectors = self._delta_vectors[keep]
+        for seg in self.all_segments:
+            rows, hit = seg.positions(ids)
+            if hit.any():
+                removed += seg.kill(rows[hit])
         if removed:
             self.dirty = True
         return removed
 
-    # ---- iteration, brute force, persistence ----------------------------------
+    # ---- tombstones ----------------------------------------------------------------
+
+    def tombstones(self) -> I64:
+        """Dead rows of the sealed segments as positions in their concatenation."""
+        parts, offset = [], 0
+        for seg in self.segments:
+            if seg.dead is not None and seg.n_dead:
+                parts.append(np.flatnonzero(seg.dead).astype(np.int64) + offset)
+            offset += len(seg)
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def apply_tombstones(self, positions: I64) -> None:
+        """Mark rows dead from positions written by ``tombstones``."""
+        offset = 0
+        for seg in self.segments:
+            mine = positions[(positions >= offset) & (positions < offset + len(seg))] - offset
+            if len(mine):
+                seg.kill(mine.astype(np.intp))
+            offset += len(seg)
+
+    # ---- iteration, brute force --------------------------------------------------
 
     def live_ids(self) -> I64:
         """All live ids, ascending."""
-        base = np.asarray(self._base_ids)
-        if self._base_dead is not None:
-            base = base[~self._base_dead]
-        return np.sort(np.concatenate([base, self._delta_ids]), kind="stable")
+        parts = []
+        for seg in self.all_segments:
+            ids = np.asarray(seg.ids)
+            parts.append(ids if seg.dead is None else ids[~seg.dead])
+        return np.sort(np.concatenate(parts), kind="stable")
 
-    def iter_live(self, chunk: int = 65_536) -> Iterator[tuple[F32, I64]]:
-        """Live rows in ascending id order, ``chunk`` rows at a time."""
-        live_base = (
-            np.arange(len(self._base_ids))
-            if self._base_dead is None
-            else np.flatnonzero(~self._base_dead)
-        )
-        nb = len(live_base)
-        all_ids = np.concatenate([np.asarray(self._base_ids)[live_base], self._delta_ids])
-        order = np.argsort(all_ids, kind="stable")
-        for start in range(0, len(order), chunk):
-            sel = order[start : start + chunk]
-            in_base = sel < nb
-            out = np.empty((len(sel), self.d), np.float32)
-            if in_base.any():
-                out[in_base] = self._base_vectors[live_base[sel[in_base]]]
-            if (~in_base).any():
-                out[~in_base] = self._delta_vectors[sel[~in_base] - nb]
-            yield out, all_ids[sel]
+    def iter_live(self, chunk: int = SCAN_ROWS) -> Iterator[tuple[F32, I64]]:
+        """Live rows as float32 (vectors, ids) chunks, segment by segment (not sorted)."""
+        for seg in self.all_segments:
+            yield from _iter_segment(seg, chunk)
+
+    def iter_delta(self, chunk: int = SCAN_ROWS) -> Iterator[tuple[F32, I64]]:
+        """Live rows of the delta (what the next save writes as a new segment)."""
+        yield from _iter_segment(self._delta, chunk)
 
     def exact_search(self, queries: F32, k: int) -> tuple[F32, I64]:
         """Brute-force top-``k`` inner products over all live rows (blocked matmul)."""
         q = len(queries)
         best_s = np.full((q, 0), -np.inf, np.float32)
         best_i = np.full((q, 0), -1, np.int64)
-        block = max(1024, EXACT_BLOCK_BYTES // (4 * max(q, 1)))
-        nb = len(self._base_ids)
-        parts: list[tuple[F32, I64, npt.NDArray[np.bool_] | None]] = []
-        for start in range(0, nb, block):
-            stop = min(nb, start + block)
-            dead = None if self._base_dead is None else self._base_dead[start:stop]
-            parts.append(
-                (self._base_vectors[start:stop], np.asarray(self._base_ids[start:stop]), dead)
-            )
-        if len(self._delta_ids):
-            parts.append((self._delta_vectors, self._delta_ids, None))
-        for vecs, ids, dead in parts:
-            scores = queries @ np.asarray(vecs).T
-            if dead is not None and dead.any():
-                scores[:, dead] = -np.inf
+        block = min(SCAN_ROWS, max(1024, EXACT_BLOCK_BYTES // (4 * max(q, 1))))
+        for vecs, ids in self.iter_live(block):
+            scores = queries @ vecs.T
             cand_s = np.concatenate([best_s, scores], axis=1)
             cand_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
             best_s, best_i = top_k(cand_s, cand_i, min(k, cand_s.shape[1]))
         return top_k(best_s, best_i, k)
 
-    def write(self, vectors_path: Path, ids_path: Path) -> tuple[str, str]:
-        """Write the live rows sorted by id to two files atomically; returns their SHA-256.
+    def seal(self, segment: Segment) -> None:
+        """Replace the delta by ``segment``, the file it was just saved to."""
+        self.segments.append(segment)
+        self._delta = Segment(np.empty((0, self.d), self._np_dtype), np.empty(0, np.int64))
 
-        Streams in chunks, so a memory-mapped base is never loaded whole.
-        """
-        vec_hash, id_hash = hashlib.sha256(), hashlib.sha256()
 
-        def write_vectors(tmp: Path) -> None:
-            with open(tmp, "wb") as f:
-                for vecs, _ in self.iter_live():
-                    data = np.ascontiguousarray(vecs, np.float32).tobytes()
-                    vec_hash.update(data)
-                    f.write(data)
-
-        def write_ids(tmp: Path) -> None:
-            data = np.ascontiguousarray(self.live_ids(), np.int64).tobytes()
-            id_hash.update(data)
-            tmp.write_bytes(data)
-
-        atomic_write(vectors_path, write_vectors)
-        atomic_write(ids_path, write_ids)
-        return vec_hash.hexdigest(), id_hash.hexdigest()
+def _iter_segment(seg: Segment, chunk: int) -> Iterator[tuple[F32, I64]]:
+    for start in range(0, len(seg), chunk):
+        stop = min(len(seg), start + chunk)
+        vecs = seg.read_rows(start, stop)
+        ids = np.asarray(seg.ids[start:stop])
+        live = seg.live_mask(start, stop)
+        if live is not None:
+            vecs, ids = vecs[live], ids[live]
+        if len(ids):
+            yield vecs, ids

@@ -10,6 +10,7 @@ already holds ``nlist`` centroids.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -273,13 +274,28 @@ def tune_on_stored_rows(
 
 
 def build_index_structure(
-    store: VectorStore, params: IndexParams, meta: dict[str, Any], *, use_gpu: bool
+    store: VectorStore,
+    params: IndexParams,
+    meta: dict[str, Any],
+    *,
+    use_gpu: bool,
+    phases: dict[str, float] | None = None,
 ) -> tuple[faiss.Index, int, int, float | None]:
     """The FAISS index over ``store`` with its tuned (nprobe, refine) and measured recall@10.
 
     Flat: exact, nothing to tune. IVF-PQ: trained on a seeded sample of ``params.train_size``
     live rows, filled, then tuned to ``meta["target_recall"]`` with ``meta["seed"]``.
+    ``phases`` receives the seconds of each step (train, add, tune).
     """
+    phases = {} if phases is None else phases
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = round(now - clock, 3)
+        clock = now
+
     seed = int(meta["seed"])
     n, d = store.n_live, store.d
     if params.index_type == "flat":
@@ -294,9 +310,12 @@ def build_index_structure(
         xt, _ = store.lookup(train_ids)
         index = train_ivfpq(xt, params, seed=seed, use_gpu=use_gpu)
         del xt
+        lap("train")
         fill_index(index, store)
+        lap("add")
         tuned = tune_on_stored_rows(index, store, params, live, rng, float(meta["target_recall"]))
         nprobe, refine, recall = tuned.nprobe, tuned.refine, tuned.recall
+        lap("tune")
     return index, nprobe, refine, recall
 
 

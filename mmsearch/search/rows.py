@@ -38,9 +38,13 @@ class Rows:
 
     def __init__(self, table: pa.Table) -> None:
         ids = table.column("id").to_numpy()
-        order = np.argsort(ids, kind="stable")
-        self.sorted_ids: npt.NDArray[np.int64] = ids[order].astype(np.int64, copy=False)
-        self.table = table.take(pa.array(order))
+        if len(ids) < 2 or bool(np.all(np.diff(ids) > 0)):  # a rows file comes sorted: no copy
+            self.sorted_ids: npt.NDArray[np.int64] = ids.astype(np.int64, copy=False)
+            self.table = table
+        else:
+            order = np.argsort(ids, kind="stable")
+            self.sorted_ids = ids[order].astype(np.int64, copy=False)
+            self.table = table.take(pa.array(order))
         self._filterable: pa.Table | None = None
         self._lowered: dict[str, pa.Array] | None = None
         self._lock = threading.Lock()
@@ -88,15 +92,6 @@ class Rows:
         """The rows of ``ids`` that exist (in order) and a mask of which ids were found."""
         pos, found = self._positions(ids)
         return self.table.take(pa.array(pos[found])), found
-
-    def column_of(self, ids: npt.NDArray[np.int64], key: str) -> list[Any]:
-        """The values of one filterable column (a metadata key) for ``ids`` (None when absent)."""
-        table = self.filterable()
-        if key not in table.column_names:
-            return [None] * len(ids)
-        pos, found = self._positions(ids)
-        values = table.column(key).take(pa.array(pos)).to_pylist()
-        return [v if ok else None for v, ok in zip(values, found.tolist(), strict=True)]
 
     def identifier_ids(self, text: str) -> npt.NDArray[np.int64]:
         """Ids of rows holding ``text`` as an identifier, case-insensitively.

@@ -35,7 +35,7 @@ class IndexHolder:
         self.reload_error: str | None = None
         self.catalogs = CatalogCache()
         self._on_open = on_open
-        self.fetch_url: Any = None  # set by create_app when image URLs are allowed
+        self.fetch_url: Callable[[str], Any] | None = None  # image-URL terms, when allowed
 
     @property
     def current(self) -> Any:

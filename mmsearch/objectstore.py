@@ -1,0 +1,304 @@
+"""Indexes on object storage: ``--index s3://bucket/prefix`` (any LanceDB URI).
+
+Layout under the URI::
+
+    db/                          the LanceDB items table (written by LanceDB itself)
+    ann/objects/<sha256>         ANN data files, content-addressed (never overwritten)
+    snapshot.json                the snapshot + each kind's ANN manifest; PUT last
+
+Writers and readers work through a local directory (the cache, one per URI) holding a
+``remote.json`` marker: :mod:`mmsearch.storage` then opens the table at ``<uri>/db``
+with the storage options below, while the ANN files and ``snapshot.json`` are the
+usual local files. ``publish`` uploads the ANN files a local snapshot names (only the
+ones the store lacks: an incremental update uploads its new segment, tombstones and
+FAISS file) and then the snapshot object, which is the commit point: a writer killed
+before it leaves the previous snapshot, and its objects, in place. ``pull`` downloads
+the objects of the published snapshot into the cache, keyed by their SHA-256 from the
+manifests, so many query replicas serve one index built once.
+
+S3 (and S3-compatible servers) are reached through boto3 with its own retries; the
+endpoint, ``AWS_ALLOW_HTTP`` and credentials come from the usual ``AWS_*`` variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from mmsearch.errors import StorageError
+
+REMOTE_MARKER = "remote.json"
+SNAPSHOT_KEY = "snapshot.json"
+OBJECTS_DIR = "ann/objects"
+_SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/+(.*)$")
+
+
+def normalise_uri(value: str | os.PathLike[str]) -> str | None:
+    """``scheme://rest`` for an object-store URI (also when a ``Path`` collapsed its
+    ``//``), or None for a local path (``file://`` counts as local)."""
+    m = _SCHEME_RE.match(os.fspath(value))
+    if m is None or m.group(1).lower() == "file":
+        return None
+    return f"{m.group(1).lower()}://{m.group(2).rstrip('/')}"
+
+
+def storage_options_from_env() -> dict[str, str]:
+    """LanceDB ``storage_options`` from the ``AWS_*`` environment variables."""
+    names = {
+        "aws_endpoint": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT"),
+        "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+        "aws_access_key_id": ("AWS_ACCESS_KEY_ID",),
+        "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+        "aws_session_token": ("AWS_SESSION_TOKEN",),
+        "allow_http": ("AWS_ALLOW_HTTP",),
+    }
+    out: dict[str, str] = {}
+    for key, env_names in names.items():
+        for env in env_names:
+            if os.environ.get(env):
+                out[key] = os.environ[env]
+                break
+    return out
+
+
+def cache_root() -> Path:
+    """Where remote indexes are cached: ``$MMSEARCH_CACHE`` or ``~/.cache/mmsearch``."""
+    return Path(os.environ.get("MMSEARCH_CACHE") or Path.home() / ".cache" / "mmsearch")
+
+
+def table_location(index_dir: Path) -> tuple[str, dict[str, str]] | None:
+    """(table URI, storage options) when ``index_dir`` is the cache of a remote index."""
+    try:
+        data = json.loads((index_dir / REMOTE_MARKER).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StorageError(
+            f"cannot read {index_dir / REMOTE_MARKER}: {exc}; delete that cache folder"
+        ) from exc
+    return f"{data['uri']}/db", storage_options_from_env()
+
+
+def remote_index(index_dir: str | os.PathLike[str]) -> RemoteIndex | None:
+    """A :class:`RemoteIndex` for an object-store URI, None for a local directory."""
+    uri = normalise_uri(index_dir)
+    return None if uri is None else RemoteIndex(uri)
+
+
+@dataclass(frozen=True)
+class RemoteIndex:
+    """One index under an object-store URI, with its local cache directory."""
+
+    uri: str
+
+    @property
+    def bucket(self) -> str:
+        return self.uri.split("://", 1)[1].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        rest = self.uri.split("://", 1)[1]
+        return rest.split("/", 1)[1] if "/" in rest else ""
+
+    def local_dir(self, role: str = "reader") -> Path:
+        """This URI's cache directory for ``role`` (``reader`` or ``writer``: a writer's
+        unpublished work never shares a folder with what readers prune), created with
+        its marker on first use."""
+        path = cache_root() / "indexes" / hashlib.sha256(self.uri.encode()).hexdigest()[:16] / role
+        if not (path / REMOTE_MARKER).exists():
+            path.mkdir(parents=True, exist_ok=True)
+            tmp = path / f".{REMOTE_MARKER}.tmp-{uuid.uuid4().hex}"
+            tmp.write_text(json.dumps({"uri": self.uri}))
+            os.replace(tmp, path / REMOTE_MARKER)
+        return path
+
+    @cached_property
+    def _client(self) -> Any:
+        if not self.uri.startswith("s3://"):
+            raise StorageError(
+                f"{self.uri}: ANN files can be published to s3:// URIs (S3 or S3-compatible); "
+                "use an s3:// URI or a local --index directory"
+            )
+        import boto3
+        from botocore.config import Config
+
+        opts = storage_options_from_env()
+        return boto3.client(
+            "s3",
+            endpoint_url=opts.get("aws_endpoint"),
+            region_name=opts.get("aws_region", "us-east-1"),
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    # ---- reading ----------------------------------------------------------------
+
+    def read_published(self) -> dict[str, Any] | None:
+        """The published snapshot object (with each kind's manifest), or None."""
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=self._key(SNAPSHOT_KEY))[
+                "Body"
+            ].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise StorageError(f"cannot read {self.uri}/{SNAPSHOT_KEY}: {exc}") from exc
+        try:
+            return dict(json.loads(body))
+        except ValueError as exc:
+            raise StorageError(
+                f"{self.uri}/{SNAPSHOT_KEY} is damaged ({exc}); re-run mmsearch index"
+            ) from exc
+
+    def pull(self, role: str = "reader") -> Path:
+        """Bring the published snapshot into the cache; returns the local directory.
+
+        Objects already cached (same SHA-256) are not downloaded again; the local
+        ``snapshot.json`` is replaced last. A writer keeps a local snapshot of a later
+        generation (work of a run killed before it published; the next run publishes it).
+        """
+        from mmsearch.snapshot import Snapshot, read_snapshot, write_snapshot
+
+        local = self.local_dir(role)
+        only_if_newer = role == "writer"
+        published = self.read_published()
+        if published is None:
+            return local
+        current = read_snapshot(local)
+        remote = Snapshot(**published["snapshot"])
+        if current is not None and (
+            (only_if_newer and current.generation >= remote.generation) or current == remote
+        ):
+            return local
+        objects = cache_root() / "objects"
+        objects.mkdir(parents=True, exist_ok=True)
+        for kind, rel in remote.ann_dirs.items():
+            manifest = published["manifests"][kind]
+            target = local / rel
+            target.mkdir(parents=True, exist_ok=True)
+            for entry in manifest["files"].values():
+                cached = objects / entry["sha256"]
+                if not cached.exists():
+                    self._download(f"{OBJECTS_DIR}/{entry['sha256']}", cached, entry["sha256"])
+                _link(cached, target / entry["name"])
+            _atomic_text(target / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+        write_snapshot(local, remote)  # last: the cached files it names are complete
+        _drop_unlisted(local, set(remote.ann_dirs.values()))
+        return local
+
+    def _download(self, name: str, dest: Path, sha256: str) -> None:
+        tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            self._client.download_file(self.bucket, self._key(name), str(tmp))
+            digest = _sha256(tmp)
+            if digest != sha256:
+                raise StorageError(
+                    f"{self.uri}/{name} has SHA-256 {digest}, expected {sha256}; re-run mmsearch index"
+                )
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    # ---- writing ----------------------------------------------------------------
+
+    def publish(self) -> dict[str, Any] | None:
+        """Upload the local snapshot's ANN files the store lacks, then the snapshot
+        object (the commit point), then delete objects neither it nor the previous
+        snapshot names. Returns the published snapshot, or None when there is none."""
+        from mmsearch.snapshot import read_snapshot
+
+        local = self.local_dir("writer")
+        snapshot = read_snapshot(local)
+        if snapshot is None:
+            return None
+        manifests: dict[str, Any] = {}
+        for kind, rel in snapshot.ann_dirs.items():
+            manifest = json.loads((local / rel / "manifest.json").read_text())
+            for entry in manifest["files"].values():
+                self._upload_once(local / rel / entry["name"], entry)
+            manifests[kind] = manifest
+        previous = self.read_published()
+        published = {"snapshot": asdict(snapshot), "manifests": manifests}
+        if previous == published:  # nothing new (an unchanged re-run): keep the history as is
+            return published
+        self._client.put_object(
+            Bucket=self.bucket, Key=self._key(SNAPSHOT_KEY), Body=json.dumps(published).encode()
+        )
+        self._collect_garbage(published, previous)
+        return published
+
+    def _upload_once(self, path: Path, entry: dict[str, Any]) -> None:
+        from botocore.exceptions import ClientError
+
+        if not entry.get("sha256"):
+            entry["sha256"] = _sha256(path)
+        key = self._key(f"{OBJECTS_DIR}/{entry['sha256']}")
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key)
+            return  # content-addressed: already there
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                raise StorageError(f"cannot reach {self.uri}: {exc}") from exc
+        self._client.upload_file(str(path), self.bucket, key)
+
+    def _collect_garbage(self, current: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        keep = {
+            e["sha256"]
+            for snap in (current, previous)
+            if snap
+            for m in snap.get("manifests", {}).values()
+            for e in m["files"].values()
+        }
+        paginator = self._client.get_paginator("list_objects_v2")
+        stale = [
+            obj["Key"]
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(OBJECTS_DIR) + "/")
+            for obj in page.get("Contents", [])
+            if obj["Key"].rsplit("/", 1)[-1] not in keep
+        ]
+        for start in range(0, len(stale), 1000):
+            batch = [{"Key": k} for k in stale[start : start + 1000]]
+            self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+
+
+def _sha256(path: Path) -> str:
+    from mmsearch.ann.files import sha256_file
+
+    return sha256_file(path)
+
+
+def _link(src: Path, dst: Path) -> None:
+    from mmsearch.ann.files import link_or_copy
+
+    link_or_copy(src, dst)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from mmsearch.ann.files import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+
+
+def _drop_unlisted(local: Path, keep: set[str]) -> None:
+    """Remove cached ANN directories the current snapshot no longer names."""
+    ann = local / "ann"
+    if ann.is_dir():
+        for child in ann.iterdir():
+            if f"ann/{child.name}" not in keep:
+                shutil.rmtree(child, ignore_errors=True)

@@ -1,0 +1,188 @@
+"""Indexes on object storage, against a real S3-compatible server on loopback (moto)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.pipeline import IndexOptions, run_index
+from mmsearch.engine import SearchIndex
+from mmsearch.objectstore import RemoteIndex, normalise_uri
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "mmsearch-test"
+URI = f"s3://{BUCKET}/shop/index"
+OPTS = IndexOptions(workers=1, batch_size=16, commit_every=16)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, tmp_path, monkeypatch):
+    import boto3
+
+    env = {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "MMSEARCH_CACHE": str(tmp_path / "cache-writer"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    objects = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    for obj in objects:
+        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def keys(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def reader(tmp_path: Path, name: str, encoder, monkeypatch) -> SearchIndex:
+    """A query replica with its own cache (as on another machine)."""
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / f"cache-{name}"))
+    try:
+        return SearchIndex(URI, encoder=encoder)
+    finally:
+        monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache-writer"))
+
+
+def test_uri_forms() -> None:
+    assert normalise_uri("s3://b/p/") == "s3://b/p"
+    assert normalise_uri(Path("s3://b/p")) == "s3://b/p"  # a Path collapses the //
+    assert normalise_uri("file:///tmp/x") is None and normalise_uri("/tmp/x") is None
+    remote = RemoteIndex("s3://bucket/a/b")
+    assert (remote.bucket, remote.prefix) == ("bucket", "a/b")
+
+
+def test_index_query_incremental_and_second_reader(s3, tmp_path, fake_encoder, monkeypatch) -> None:
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    cat = generate_catalog(tmp_path / "catalog", n=40, seed=3)
+    images = sorted((cat.root / "images").rglob("*.*"))
+    held = tmp_path / "held"
+    held.mkdir()
+    for path in images[::4]:  # indexed by the second run
+        shutil.move(path, held / path.name)
+    first = run_index([cat.root], URI, fake_encoder.spec, options=OPTS, encoder=fake_encoder)
+    assert first.added == 30 and first.failed == 0
+    stored = keys(s3, "shop/index/")
+    assert "shop/index/snapshot.json" in stored
+    assert any(k.startswith("shop/index/db/") for k in stored)
+    first_objects = set(keys(s3, "shop/index/ann/objects/"))
+    assert first_objects
+    writer_cache = RemoteIndex(URI).local_dir("writer")
+    assert not (writer_cache / "db").exists()  # the table lives in the object store only
+
+    one = reader(tmp_path, "a", fake_encoder, monkeypatch)
+    assert len(one) == 30
+    vecs = one.store.scan(["id", "vector"])
+    probe = np.asarray(vecs.column("vector").to_pylist()[0], np.float32)
+    assert one.search_vector(probe, k=1)[0].id == vecs.column("id")[0].as_py()
+
+    for path in images[::4]:
+        shutil.move(held / path.name, path)
+    second = run_index([cat.root], URI, fake_encoder.spec, options=OPTS, encoder=fake_encoder)
+    assert second.added == 10 and second.unchanged == 30
+
+    two = reader(tmp_path, "b", fake_encoder, monkeypatch)  # a fresh replica
+    assert len(two) == 40 and two.snapshot.generation == one.snapshot.generation + 1
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache-a"))
+    assert one.reload() and len(one) == 40  # an open replica picks up the new snapshot
+    assert one.snapshot == two.snapshot
+    # unchanged objects were not uploaded again; nothing unreferenced is left behind
+    later = set(keys(s3, "shop/index/ann/objects/"))
+    assert later - first_objects  # the new snapshot's files
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache-writer"))
+    third = run_index([cat.root], URI, fake_encoder.spec, options=OPTS, encoder=fake_encoder)
+    assert third.embedded == 0 and set(keys(s3, "shop/index/ann/objects/")) == later
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    import mmsearch.objectstore as objectstore
+    from indexer.pipeline import IndexOptions, run_index
+    from tests.conftest import FakeEncoder
+
+    def hang(self):  # stop where the snapshot object would be published
+        Path({marker!r}).write_text("ready")
+        time.sleep(600)
+
+    if __name__ == "__main__":  # decode workers are spawned and import this module
+        objectstore.RemoteIndex.publish = hang
+        enc = FakeEncoder()
+        run_index([{root!r}], {uri!r}, enc.spec, options=IndexOptions(workers=1, batch_size=16, commit_every=16),
+                  encoder=enc)
+    """
+)
+
+
+def test_killed_writer_leaves_the_published_snapshot_and_a_rerun_completes(
+    s3, tmp_path, fake_encoder, monkeypatch
+) -> None:
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    cat = generate_catalog(tmp_path / "catalog", n=24, seed=4)
+    extra = generate_catalog(tmp_path / "extra", n=8, seed=5)
+    run_index([cat.root], URI, fake_encoder.spec, options=OPTS, encoder=fake_encoder)
+    before = reader(tmp_path, "r", fake_encoder, monkeypatch)
+    marker = tmp_path / "marker"
+    script = tmp_path / "child.py"
+    script.write_text(
+        KILLED_WRITER.format(repo=str(REPO), marker=str(marker), root=str(extra.root), uri=URI)
+    )
+    child = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while not marker.exists():
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    # the table in the store has the new rows, but readers keep the published snapshot
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache-r"))
+    assert not before.reload() and len(before) == 24 and before.stale
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache-writer"))
+    rerun = run_index(
+        [cat.root, extra.root], URI, fake_encoder.spec, options=OPTS, encoder=fake_encoder
+    )
+    assert rerun.embedded == 0 and rerun.failed == 0  # committed rows are not embedded again
+    after = reader(tmp_path, "s", fake_encoder, monkeypatch)
+    assert len(after) == 32 and not after.stale
+    ids = after.store.scan(["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 32

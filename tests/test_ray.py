@@ -1,0 +1,157 @@
+"""Indexing on Ray Data, on a local Ray cluster started here: same rows, vectors and
+failure report as the single-machine pipeline; a killed driver is completed by a re-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.pipeline import IndexOptions, run_index
+from mmsearch.engine import SearchIndex
+from mmsearch.storage import ItemStore, fixed_list_to_numpy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def rows_by_uri(index_dir: Path) -> dict[str, dict]:
+    store = ItemStore.open(index_dir)
+    tbl = store.scan(["id", "uri", "kind", "sha256", "metadata", "vector"])
+    vecs = fixed_list_to_numpy(tbl.column("vector"), store.dim)
+    out = {}
+    for i, row in enumerate(tbl.drop(["vector"]).to_pylist()):
+        row["vector"] = vecs[i]
+        out[row["uri"]] = row
+    return out
+
+
+def test_ray_pipeline_matches_the_local_one(ray_cluster, tmp_path, tiny_encoder) -> None:
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    cat = generate_catalog(tmp_path / "catalog", n=24, seed=11, image_size=64, corrupt=2)
+    local = run_index(
+        [cat.root], tmp_path / "local", tiny_encoder.spec, options=IndexOptions(workers=1)
+    )
+    # encoder=None: each embedding actor loads its own copy of the model
+    on_ray = run_index(
+        [cat.root],
+        tmp_path / "ray",
+        tiny_encoder.spec,
+        options=IndexOptions(ray="local", batch_size=16, commit_every=20),
+    )
+    assert (
+        (on_ray.added, on_ray.embedded, on_ray.failed)
+        == (local.added, local.embedded, local.failed)
+        == (24, 24, 2)
+    )
+    assert sorted((f.path, f.reason, f.exc_class, f.stage) for f in on_ray.failures) == sorted(
+        (f.path, f.reason, f.exc_class, f.stage) for f in local.failures
+    )
+    a, b = rows_by_uri(tmp_path / "local"), rows_by_uri(tmp_path / "ray")
+    assert a.keys() == b.keys() and len(a) == 24
+    ids = [row["id"] for row in b.values()]
+    assert len(set(ids)) == len(ids)
+    cosines = np.array([float(a[u]["vector"] @ b[u]["vector"]) for u in a])
+    assert cosines.min() >= 0.999
+    for uri in a:
+        assert (a[uri]["kind"], a[uri]["sha256"], a[uri]["metadata"]) == (
+            b[uri]["kind"],
+            b[uri]["sha256"],
+            b[uri]["metadata"],
+        )
+    assert (
+        on_ray.report_path
+        and json.loads(Path(on_ray.report_path).read_text().splitlines()[0])["stage"] == "decode"
+    )
+    # the same snapshot at the end: a searchable index at the table's version
+    engine = SearchIndex(tmp_path / "ray", encoder=tiny_encoder)
+    assert engine.snapshot.table_version == ItemStore.open(tmp_path / "ray").version
+    probe = next(iter(b.values()))
+    assert engine.search_vector(probe["vector"], k=1)[0].uri == probe["uri"]
+    # nothing to do on a second Ray run
+    again = run_index(
+        [cat.root], tmp_path / "ray", tiny_encoder.spec, options=IndexOptions(ray="local")
+    )
+    assert again.embedded == 0 and again.unchanged == 24
+
+
+KILLED_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    import indexer.pipeline as pipeline
+    from indexer.pipeline import IndexOptions, run_index
+    from mmsearch.models.spec import ModelSpec
+
+    real_flush = pipeline.BatchWriter.flush
+
+    def flush_then_hang(self):  # the first group is committed, then the driver stalls
+        real_flush(self)
+        Path({marker!r}).write_text("ready")
+        time.sleep(600)
+
+    if __name__ == "__main__":
+        pipeline.BatchWriter.flush = flush_then_hang
+        run_index([{root!r}], {index!r}, ModelSpec("mmsearch-tiny", ""),
+                  options=IndexOptions(ray={address!r}, batch_size=4, commit_every=4, build_index=False))
+    """
+)
+
+
+def test_killed_driver_leaves_a_state_the_next_run_completes(
+    ray_cluster, tmp_path, tiny_encoder
+) -> None:
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    cat = generate_catalog(tmp_path / "catalog", n=24, seed=12, image_size=64)
+    index, marker = tmp_path / "index", tmp_path / "marker"
+    script = tmp_path / "driver.py"
+    script.write_text(
+        KILLED_DRIVER.format(
+            repo=str(REPO),
+            marker=str(marker),
+            root=str(cat.root),
+            index=str(index),
+            address=ray_cluster,
+        )
+    )
+    driver = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 400  # a hang guard, not a timing assertion
+    while not marker.exists():
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:] if driver.stderr else ""
+        assert time.monotonic() < deadline, "the driver never committed"
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    committed = ItemStore.open(index).count()
+    assert 4 <= committed < 24
+    done = run_index(
+        [cat.root], index, tiny_encoder.spec, options=IndexOptions(workers=1), encoder=tiny_encoder
+    )
+    assert done.embedded == 24 - committed and done.unchanged == committed
+    rows = rows_by_uri(index)
+    assert len(rows) == 24 and len({r["id"] for r in rows.values()}) == 24
