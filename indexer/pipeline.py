@@ -36,7 +36,6 @@ from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
 from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
-from mmsearch.inventory import indexed_sources
 from mmsearch.itemmeta import FILE_KEY, ID_KEY
 from mmsearch.labels import refresh_labels
 from mmsearch.models.base import Encoder
@@ -209,7 +208,7 @@ def _run_index_locked(
     report.elapsed_s = time.perf_counter() - started
     with write_guard(index_path):
         report.report_path = str(write_failures(index_path, _run_id(), report.failures))
-        write_run_summary(index_path, report, indexed_sources(store))
+        write_run_summary(index_path, report)
     check_not_all_failed(report)
     return report
 

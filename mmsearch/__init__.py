@@ -113,9 +113,9 @@ def index(
 _LAZY = {
     "SearchIndex": "mmsearch.engine",
     "SearchResult": "mmsearch.engine",
+    "IndexReport": "indexer.report",
     "Query": "mmsearch.search.types",
     "Results": "mmsearch.search.types",
-    "IndexReport": "indexer.report",
 }
 
 

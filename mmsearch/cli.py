@@ -247,15 +247,14 @@ def info_cmd(
 ) -> None:
     """Show an index: rows, model, ANN parameters, sources, disk use and the last run."""
     from mmsearch.indexinfo import index_info
-    from mmsearch.inventory import disk_usage, last_run
+    from mmsearch.inventory import disk_usage, indexed_sources, last_run
 
     index_dir = _index_dir(index)
     with _errors():
         info = index_info(index_dir)
-    run = last_run(index_dir)
-    info["sources"] = run.pop("sources", []) if run else []  # as of the last indexing run
+        info["sources"] = indexed_sources(index_dir)
     info["disk_bytes"] = disk_usage(index_dir)
-    info["last_run"] = run
+    info["last_run"] = last_run(index_dir)
     if json_out:
         sys.stdout.write(json.dumps(info, default=str) + "\n")
         return
@@ -328,14 +327,14 @@ def serve_cmd(
         drain_s=drain_seconds,
     )
     with _errors():
-        from mmsearch.engine import SearchIndex
+        from mmsearch.serve.lifecycle import check_servable
 
         # Fail fast with one clear line. One worker loads the model now and reuses it;
-        # several workers each load their own (/readyz answers 503 until they have).
-        opened = SearchIndex(config.index_dir, device=device, backend=backend, quantize=quantize)
-        if workers == 1:
-            config.encoder = opened.encoder
-        del opened
+        # several workers each load their own (/readyz answers 503 until they have), and
+        # the supervisor stays small: it only checks that a snapshot exists.
+        config.encoder = check_servable(
+            config.index_dir, device=device, load_model=workers == 1, backend=backend, quantize=quantize
+        )
     shown = f"[{host}]" if ":" in host else host
     extra = f" with {workers} workers" if workers > 1 else ""
     auth = "token required" if token else "no token"

@@ -147,7 +147,7 @@ def check_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     import numpy as np
 
     from mmsearch.ann import VectorIndex
-    from mmsearch.ann.persist import verify_files
+    from mmsearch.ann.persist import open_store, verify_files
     from mmsearch.storage import ItemStore, sql_quote
 
     root = Path(index_dir)
@@ -163,14 +163,7 @@ def check_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
             expect_model_key=store.model_spec.key,
             verify_checksums=False,  # just verified
         )
-        n = int(manifest["n"])
-        ids_path = path / manifest["files"]["ids"]["name"]
-        ann_ids = (
-            np.array(np.memmap(ids_path, dtype=np.int64, mode="r", shape=(n,)))
-            if n
-            else np.zeros(0, np.int64)
-        )
-        ann_ids.sort()
+        ann_ids = np.sort(open_store(path, manifest, checksum=False).live_ids())
         table_ids = np.sort(store.scan(["id"], f"kind = {sql_quote(kind)}").column("id").to_numpy())
         if len(ann_ids) != len(index) or not np.array_equal(ann_ids, table_ids):
             raise IndexCorruptError(

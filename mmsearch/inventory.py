@@ -35,10 +35,26 @@ def disk_usage(index_dir: str | os.PathLike[str]) -> dict[str, int]:
     return sizes
 
 
-def indexed_sources(store: Any) -> list[dict[str, Any]]:
-    """Each folder or text collection the table holds rows from, with its kind and row count."""
-    table = store.scan(["source", "kind"])
-    counts = table.group_by(["source", "kind"]).aggregate([("kind", "count")])
+def indexed_sources(index_dir: str | os.PathLike[str]) -> list[dict[str, Any]] | None:
+    """Each folder or text collection the snapshot holds rows from, with its kind and row count.
+
+    Read from the snapshot's rows file (no LanceDB); None for an index without one.
+    """
+    from mmsearch.rowsfile import read_rows_file, rows_file_path
+    from mmsearch.snapshot import read_snapshot
+
+    snapshot = read_snapshot(Path(index_dir))
+    if snapshot is None:
+        return None
+    try:
+        table = read_rows_file(rows_file_path(index_dir, snapshot))[0]
+    except (OSError, KeyError, ValueError):
+        return None
+    if "source" not in table.column_names:
+        return None
+    counts = (
+        table.select(["source", "kind"]).group_by(["source", "kind"]).aggregate([("kind", "count")])
+    )
     rows = [
         {"source": s, "kind": k, "rows": int(n)}
         for s, k, n in zip(

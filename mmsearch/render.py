@@ -173,7 +173,7 @@ def info_table(info: Mapping[str, Any]) -> Table:
     for kind, ann in info["ann"].items():
         for key, value in ann.items():
             table.add_row(escape(f"ann[{kind}].{key}"), escape(str(value)))
-    for source in info.get("sources", []):
+    for source in info.get("sources") or []:
         table.add_row(
             "source",
             escape(f"{display_path(str(source['source']))} ({source['rows']} {source['kind']})"),

@@ -20,7 +20,7 @@ import pyarrow as pa
 from mmsearch.models.spec import ModelSpec
 from mmsearch.snapshot import ANN_DIRNAME, Snapshot
 
-ROWS_COLUMNS = ["id", "uri", "kind", "text", "metadata"]
+ROWS_COLUMNS = ["id", "uri", "kind", "text", "source", "metadata"]
 _SPEC_KEY = b"mmsearch.model"
 _DIM_KEY = b"mmsearch.dim"
 

@@ -10,7 +10,7 @@ import open_clip
 import pytest
 
 from mmsearch.errors import ModelLoadError, ModelMismatchError
-from mmsearch.models import ModelSpec
+from mmsearch.models import Encoder, ModelSpec
 from mmsearch.models.backends import (
     AGREEMENT_MIN_COSINE,
     check_backend,
@@ -57,6 +57,7 @@ def test_tiny_embeddings_agree_with_torch(onnx_tiny: OnnxEncoder, tiny_encoder) 
 
 
 def test_export_is_cached_and_found_without_export(onnx_tiny: OnnxEncoder) -> None:
+    assert isinstance(onnx_tiny, Encoder)  # the engine's model Protocol
     assert find_export(TINY, None) == onnx_tiny.export_dir
     meta = json.loads((onnx_tiny.export_dir / "meta.json").read_text())
     assert len(meta["weights_sha256"]) == 64 and meta["dim"] == onnx_tiny.dim

@@ -62,11 +62,12 @@ def test_info_imports_nothing_heavy(tiny_index: Path) -> None:
 
 
 def test_onnx_text_query_imports_no_torch(tiny_index: Path) -> None:
-    modules, out = _imported(
-        ["query", "a red circle", "--index", str(tiny_index), "--backend", "onnx", "--json"]
-    )
-    hits = json.loads(out.strip().splitlines()[0])
-    assert len(hits) == 10
+    args = ["query", "a red circle", "--index", str(tiny_index), "--backend", "onnx", "--json"]
+    modules, out = _imported(args)  # hybrid by default: the lexical leg reads LanceDB
+    assert len(json.loads(out.strip().splitlines()[0])) == 10
+    assert "torch" not in modules and "open_clip" not in modules
+    modules, out = _imported([*args, "--mode", "vector"])  # the vector leg alone needs no LanceDB
+    assert len(json.loads(out.strip().splitlines()[0])) == 10
     assert "torch" not in modules and "open_clip" not in modules and "lancedb" not in modules
 
 
