@@ -97,9 +97,8 @@ def write_failures(index_dir: Path, run_id: str, failures: list[Failure]) -> Pat
     return path
 
 
-def write_run_summary(index_dir: Path, report: IndexReport, sources: list[dict] | None = None) -> Path:
-    """Writes ``reports/last-run.json``: the run's counts, its failures file, when it finished
-    and the sources the table then held (``mmsearch info`` shows them without opening it)."""
+def write_run_summary(index_dir: Path, report: IndexReport) -> Path:
+    """Writes ``reports/last-run.json``: the run's counts, its failures file and when it finished."""
     from datetime import datetime, timezone
 
     data = {
@@ -107,7 +106,6 @@ def write_run_summary(index_dir: Path, report: IndexReport, sources: list[dict] 
         **{k: getattr(report, k) for k in ("added", "updated", "deleted", "unchanged", "embedded", "failed")},
         "sweep_aborted": report.sweep_aborted,
         "failures_file": report.report_path,
-        "sources": sources or [],
     }
     out_dir = index_dir / FAILURES_DIRNAME
     out_dir.mkdir(parents=True, exist_ok=True)
