@@ -32,13 +32,13 @@ def test_progress_never_counts_failed_files_as_embedded(tmp_path, fake_encoder):
 
 
 def test_rate_excludes_model_loading(tmp_path, fake_encoder, monkeypatch):
-    import mmsearch.models
+    import mmsearch.models.backends
 
-    def slow_load(spec, device=None):
+    def slow_load(*args, **kwargs):
         time.sleep(1.0)
         return fake_encoder
 
-    monkeypatch.setattr(mmsearch.models, "load_encoder", slow_load)
+    monkeypatch.setattr(mmsearch.models.backends, "load_encoder", slow_load)
     cat = generate_catalog(tmp_path / "cat", n=4, seed=3)
     opts = IndexOptions(workers=1, build_index=False)
     started = time.perf_counter()
