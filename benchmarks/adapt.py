@@ -83,7 +83,8 @@ def finetune_curve(args: argparse.Namespace, work: Path) -> None:
 
 
 def label_accuracy(args: argparse.Namespace, work: Path) -> None:
-    from indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
+
     from mmsearch.labels import LabelSet, label_index
     from mmsearch.models import load_encoder
     from mmsearch.storage import ItemStore
@@ -110,7 +111,8 @@ def label_accuracy(args: argparse.Namespace, work: Path) -> None:
 
 
 def query_set(args: argparse.Namespace, work: Path) -> None:
-    from indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
+
     from mmsearch.engine import SearchIndex
     from mmsearch.evaluation.inputs import read_queries
     from mmsearch.evaluation.runner import evaluate_queries

@@ -91,9 +91,14 @@ def load_data(args: argparse.Namespace, work: Path) -> tuple[np.ndarray, np.ndar
 def load_tiny_embeddings(args: argparse.Namespace, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image embeddings of a generated catalog by mmsearch-tiny; text queries (the real
     workload: text→image) held out from the calibration texts used for tuning."""
-    from indexer.ann_build import CALIBRATION_COLOURS, CALIBRATION_NOUNS, CALIBRATION_PLACES
-    from indexer.decode import DecodePool
-    from indexer.discover import walk_images
+    from mmsearch.indexer.ann_build import (
+        CALIBRATION_COLOURS,
+        CALIBRATION_NOUNS,
+        CALIBRATION_PLACES,
+    )
+    from mmsearch.indexer.decode import DecodePool
+    from mmsearch.indexer.discover import walk_images
+
     from mmsearch.datasets.synthetic import COLOURS, POSITIONS, SHAPES, generate_catalog
     from mmsearch.models import load_encoder
     from mmsearch.models.spec import ModelSpec

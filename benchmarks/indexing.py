@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.pipeline import IndexOptions, run_index  # noqa: E402
+from mmsearch.indexer.pipeline import IndexOptions, run_index  # noqa: E402
+
 from mmsearch.datasets.synthetic import generate_catalog  # noqa: E402
 from mmsearch.models import load_encoder  # noqa: E402
 from mmsearch.models.spec import ModelSpec  # noqa: E402

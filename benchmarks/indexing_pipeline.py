@@ -26,10 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmsearch.indexer.decode import decode_file  # noqa: E402
+from mmsearch.indexer.pipeline import IndexOptions, run_index  # noqa: E402
+
 from benchmarks.rclip_offline import fresh_datadir, prepare  # noqa: E402
 from benchmarks.startup import make_photos  # noqa: E402
-from indexer.decode import decode_file  # noqa: E402
-from indexer.pipeline import IndexOptions, run_index  # noqa: E402
 from mmsearch.models.backends import load_encoder  # noqa: E402
 from mmsearch.models.spec import ModelSpec  # noqa: E402
 

@@ -163,7 +163,8 @@ def main() -> int:
         )
     print(f"encoder: {which} ({why})", flush=True)
 
-    from indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
+
     from mmsearch.datasets.synthetic import generate_catalog
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mmsearch-load-"))

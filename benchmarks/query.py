@@ -49,7 +49,8 @@ def build(index_dir: Path, n: int, seed: int) -> list[dict[str, Any]]:
     store's ``make_rows`` and ``build_ann`` (ANN + full-text index), like an indexing
     run.
     """
-    from indexer.ann_build import build_ann
+    from mmsearch.indexer.ann_build import build_ann
+
     from mmsearch.models import load_encoder
     from mmsearch.models.spec import ModelSpec
     from mmsearch.storage import ItemStore, make_rows

@@ -86,9 +86,9 @@ def build_demo_index(work: Path, n: int, seed: int) -> tuple[Path, Path]:
 def build_big_index(work: Path, demo_index: Path, n: int, seed: int) -> Path:
     """The demo index plus ``n`` synthetic text rows (CLIP-like vectors), with its ANN built."""
     import numpy as np
+    from mmsearch.indexer.ann_build import build_ann
 
     from benchmarks.datasets import SyntheticSpec, generate
-    from indexer.ann_build import build_ann
     from mmsearch.storage import ItemStore, index_write_lock, make_rows
 
     index_dir = work / f"big-{n}-idx"

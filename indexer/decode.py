@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from mmsearch.indexer.workers import MainlessSpawnContext
 
-from indexer.workers import MainlessSpawnContext
 from mmsearch.errors import ImageDecodeError
 from mmsearch.imageio import DEFAULT_MAX_PIXELS, load_image
 from mmsearch.models.preprocess import fit_square

@@ -21,20 +21,20 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
-from indexer.ann_build import build_ann
-from indexer.decode import DecodeFailure, DecodeOk, DecodePool, default_decode_workers
-from indexer.discover import WalkResult, path_to_uri, walk_images
-from indexer.report import (
+from mmsearch.indexer.ann_build import build_ann
+from mmsearch.indexer.decode import DecodeFailure, DecodeOk, DecodePool, default_decode_workers
+from mmsearch.indexer.discover import WalkResult, path_to_uri, walk_images
+from mmsearch.indexer.report import (
     Failure,
     IndexReport,
     check_not_all_failed,
     write_failures,
     write_run_summary,
 )
-from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
-from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
-from indexer.textsource import read_text_collection
+from mmsearch.indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
+from mmsearch.indexer.sources import check_sources, is_text_collection, remove_if_only_lock
+from mmsearch.indexer.textsource import read_text_collection
+
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.itemmeta import FILE_KEY, ID_KEY
 from mmsearch.labels import refresh_labels
@@ -76,7 +76,7 @@ class IndexOptions:
     refine_dtype: str = "float32"
     #: Run image decoding and embedding on Ray Data: ``"local"`` (a local cluster),
     #: ``"auto"`` (the cluster of ``ray start``) or a ``ray://host:port`` address;
-    #: None runs on this machine. See ``indexer.ray_pipeline``.
+    #: None runs on this machine. See ``mmsearch.indexer.ray_pipeline``.
     ray: str | None = None
     #: Most embedding actors on a CPU-only Ray cluster (GPU clusters: one per GPU).
     ray_actors: int = 4
@@ -87,7 +87,7 @@ class IndexOptions:
     file_column: str = "file"
     #: Never reach for the model hub: weights must be shipped, local or cached.
     offline: bool = False
-    #: Replaces :func:`indexer.decode.decode_file` in the workers (module-level, picklable).
+    #: Replaces :func:`mmsearch.indexer.decode.decode_file` in the workers (module-level, picklable).
     decode_fn: Callable[[str, int, int], Any] | None = None
 
 
@@ -179,7 +179,7 @@ def _run_index_locked(
         elif path in walks:
             index_images = _index_images
             if opts.ray is not None:
-                from indexer.ray_pipeline import index_images_ray as index_images
+                from mmsearch.indexer.ray_pipeline import index_images_ray as index_images
             next_id = index_images(
                 path, walks[path], store, encoder, opts, report, next_id, progress, sidecar
             )

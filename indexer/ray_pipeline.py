@@ -2,8 +2,8 @@
 
 ``mmsearch index PATHS --ray [ADDRESS]`` / ``IndexOptions(ray=...)``. Discovery, the diff
 against the table, the writes, the sweep and the ANN build stay on the driver and are
-the single-machine functions (:func:`indexer.pipeline.diff_images`,
-:func:`~indexer.pipeline.write_image_rows`, :func:`~indexer.pipeline.sweep_images`);
+the single-machine functions (:func:`mmsearch.indexer.pipeline.diff_images`,
+:func:`~mmsearch.indexer.pipeline.write_image_rows`, :func:`~mmsearch.indexer.pipeline.sweep_images`);
 Ray Data runs the middle::
 
     files to do ─ map_batches(decode, tasks) ─ map_batches(embed, actors: one model each,
@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from indexer.decode import DecodeOk, decode_chunk
-from indexer.discover import WalkResult
-from indexer.pipeline import (
+from mmsearch.indexer.decode import DecodeOk, decode_chunk
+from mmsearch.indexer.discover import WalkResult
+from mmsearch.indexer.pipeline import (
     BatchWriter,
     IndexOptions,
     ProgressFn,
@@ -35,8 +34,9 @@ from indexer.pipeline import (
     sweep_images,
     write_image_rows,
 )
-from indexer.report import Failure, IndexReport
-from indexer.sidecar import ImageSidecar
+from mmsearch.indexer.report import Failure, IndexReport
+from mmsearch.indexer.sidecar import ImageSidecar
+
 from mmsearch.storage import ItemStore
 
 #: Images per decode task batch (each Ray task decodes one batch).

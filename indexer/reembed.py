@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from mmsearch.indexer.decode import DecodeFailure, DecodePool
+from mmsearch.indexer.discover import uri_to_path
+from mmsearch.indexer.report import Failure, IndexReport, write_failures
 
-from indexer.decode import DecodeFailure, DecodePool
-from indexer.discover import uri_to_path
-from indexer.report import Failure, IndexReport, write_failures
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage import (
     DB_DIRNAME,
@@ -69,7 +69,8 @@ def reembed_index(
 
     Images whose files can no longer be decoded are dropped from the index and reported.
     """
-    from indexer.ann_build import build_ann
+    from mmsearch.indexer.ann_build import build_ann
+
     from mmsearch.labels import refresh_labels
 
     progress = progress or (lambda stage, advance, total: None)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from indexer.discover import path_to_uri
+from mmsearch.indexer.discover import path_to_uri
+
 from mmsearch.errors import SourceNotFoundError
 from mmsearch.storage import ItemStore, index_write_lock, write_guard
 
@@ -63,7 +64,7 @@ def remove_paths(
             doomed |= ids
         store.delete_ids(doomed)
         if build_index:
-            from indexer.ann_build import build_ann
+            from mmsearch.indexer.ann_build import build_ann
 
             with write_guard(store.index_dir):
                 report.ann = build_ann(store, store.model_spec)

@@ -108,7 +108,7 @@ def load_image_metadata(
             "set --file-column"
         )
     if suffix in (".csv", ".tsv"):  # CSV cells are text: type each column as the text reader does
-        from indexer.texttypes import infer_string_column
+        from mmsearch.indexer.texttypes import infer_string_column
 
         for column in frame.columns:
             if column != file_column:

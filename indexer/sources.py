@@ -37,7 +37,7 @@ def check_sources(paths: Sequence[str | os.PathLike[str]], index_dir: Path) -> l
     Traceback (most recent call last):
     SourceNotFoundError: cannot index no-such-folder: no such file or folder
     """
-    from indexer.discover import path_to_uri
+    from mmsearch.indexer.discover import path_to_uri
 
     if not paths:
         raise SourceNotFoundError(

@@ -44,8 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from indexer.textencoding import detect_encoding, encoding_message
-from indexer.texttypes import MetaValue, type_metadata
+from mmsearch.indexer.textencoding import detect_encoding, encoding_message
+from mmsearch.indexer.texttypes import MetaValue, type_metadata
+
 from mmsearch.errors import TextCollectionError
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Typing of metadata columns read by :mod:`indexer.textsource`: one type per column.
+"""Typing of metadata columns read by :mod:`mmsearch.indexer.textsource`: one type per column.
 
 CSV/TSV values are strings: a column becomes bool, int or float when *every* non-empty
 value parses so (``"007"`` stays a string), empty cells become ``None``. JSON/Parquet
@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from indexer.textsource import TextRow
+    from mmsearch.indexer.textsource import TextRow
 
 MetaValue = str | int | float | bool | None
 

@@ -8,7 +8,7 @@ child's :func:`multiprocessing.spawn.prepare` runs that script again as
 ``if __name__ == "__main__":`` guard re-runs itself in each worker, and ``python -``
 fails outright (its ``__file__`` is ``'<stdin>'``, which ``runpy`` cannot open).
 
-Decode workers only run functions of importable modules (:func:`indexer.decode.decode_chunk`
+Decode workers only run functions of importable modules (:func:`mmsearch.indexer.decode.decode_chunk`
 and the decode function it is given), so they need nothing from ``__main__``. This
 context hands its children a preparation without those two keys: they start from
 multiprocessing's own clean entry point (``python -c "from multiprocessing.spawn import

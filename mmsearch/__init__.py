@@ -33,8 +33,8 @@ from mmsearch.models.spec import ModelSpec
 __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:
-    from indexer.report import IndexReport
     from mmsearch.engine import SearchIndex, SearchResult
+    from mmsearch.indexer.report import IndexReport
     from mmsearch.search.types import Query, Results
 
 
@@ -85,7 +85,7 @@ def index(
     >>> report.added, report.failed  # doctest: +SKIP
     (400, 0)
     """
-    from indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
     from mmsearch.storage import default_index_dir
 
     if isinstance(paths, str) or hasattr(paths, "__fspath__"):
@@ -113,7 +113,7 @@ def index(
 _LAZY = {
     "SearchIndex": "mmsearch.engine",
     "SearchResult": "mmsearch.engine",
-    "IndexReport": "indexer.report",
+    "IndexReport": "mmsearch.indexer.report",
     "Query": "mmsearch.search.types",
     "Results": "mmsearch.search.types",
 }

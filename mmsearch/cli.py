@@ -114,7 +114,7 @@ def index_cmd(
     """
     if offline:  # before anything imports huggingface_hub, which reads it once
         os.environ["HF_HUB_OFFLINE"] = "1"
-    from indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
 
     spec = ModelSpec.parse(model, pretrained)
     if reembed:
@@ -245,7 +245,7 @@ def build_index_cmd(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """(Re)build the ANN index of an index directory from its table."""
-    from indexer.ann_build import build_ann
+    from mmsearch.indexer.ann_build import build_ann
     from mmsearch.objectstore import remote_index
     from mmsearch.storage import ItemStore, index_write_lock
 
@@ -291,7 +291,7 @@ def remove_cmd(
     index: IndexDirOpt = None,
 ) -> None:
     """Remove items from an index, then update its ANN index (files stay on disk)."""
-    from indexer.remove import remove_paths
+    from mmsearch.indexer.remove import remove_paths
 
     with _errors():
         report = remove_paths(paths, _index_dir(index))

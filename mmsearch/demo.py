@@ -31,9 +31,9 @@ def run_demo(
     progress: Callable[[str, int, int | None], None] | None = None,
 ) -> DemoResult:
     """Runs the whole demo in ``out`` (catalog/, index/, results.html); safe to re-run."""
-    from indexer.pipeline import IndexOptions, run_index
     from mmsearch.datasets.synthetic import generate_catalog
     from mmsearch.engine import SearchIndex
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
 
     out_dir = Path(out)
     catalog_dir = out_dir / "catalog"

@@ -62,7 +62,7 @@ class SourceNotFoundError(MMSearchError, FileNotFoundError):
 class IndexingFailedError(MMSearchError):
     """An indexing run had work to do and every item of it failed.
 
-    ``report`` is the run's :class:`indexer.report.IndexReport` (failures, report path).
+    ``report`` is the run's :class:`mmsearch.indexer.report.IndexReport` (failures, report path).
     """
 
     def __init__(self, message: str, report: object) -> None:

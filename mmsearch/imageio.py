@@ -292,7 +292,7 @@ def load_image(
     between the decoding steps, so a slow decode stops within about one block of the
     deadline. It cannot interrupt one C call that never returns or a ``read`` stuck
     on a dead network mount; that needs a killable worker process, which is what the
-    indexer's decode pool (``indexer.decode``) provides. No signals are used, so this
+    indexer's decode pool (``mmsearch.indexer.decode``) provides. No signals are used, so this
     is safe off the main thread.
 
     >>> import io

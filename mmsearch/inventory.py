@@ -69,7 +69,7 @@ def indexed_sources(index_dir: str | os.PathLike[str]) -> list[dict[str, Any]] |
 
 def last_run(index_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The latest indexing run's summary (``reports/last-run.json``), or None before any."""
-    from indexer.report import FAILURES_DIRNAME, LAST_RUN_NAME
+    from mmsearch.indexer.report import FAILURES_DIRNAME, LAST_RUN_NAME
 
     path = Path(index_dir) / FAILURES_DIRNAME / LAST_RUN_NAME
     try:

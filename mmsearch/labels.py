@@ -217,7 +217,7 @@ def label_index(
     progress: Callable[[str, int, int | None], None] | None = None,
 ) -> LabelReport:
     """Labels every image of an index, remembers the label set and publishes a new snapshot."""
-    from indexer.ann_build import build_ann
+    from mmsearch.indexer.ann_build import build_ann
     from mmsearch.storage import ItemStore, index_write_lock, write_guard
 
     with index_write_lock(index_dir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from indexer.decode import decode_file
+from mmsearch.indexer.decode import decode_file
 
 
 def decode_or_hang(path: str, size: int, max_pixels: int):  # noqa: ANN201

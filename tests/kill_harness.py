@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _CHILD = r"""
 import sys, json
 sys.path.insert(0, {root!r})
-from indexer.pipeline import IndexOptions, run_index
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from tests.kill_harness import make_encoder
 enc = make_encoder({encoder!r})
 print("ready", flush=True)
@@ -69,7 +69,7 @@ class TrialResult:
 
 
 def _options(incremental: bool) -> Any:
-    from indexer.pipeline import IndexOptions
+    from mmsearch.indexer.pipeline import IndexOptions
 
     return IndexOptions(
         workers=2, batch_size=32, commit_every=128, index_type="ivfpq" if incremental else "auto"
@@ -109,8 +109,8 @@ def prepare_base_index(collection: Path, workdir: Path, enc: Any) -> Path:
     indexing, then put back with its mtime): the starting state of incremental trials."""
     import shutil
 
-    from indexer.discover import walk_images
-    from indexer.pipeline import run_index
+    from mmsearch.indexer.discover import walk_images
+    from mmsearch.indexer.pipeline import run_index
 
     held = workdir / "held"
     held.mkdir(parents=True, exist_ok=True)
@@ -153,8 +153,8 @@ def measure_run_seconds(
 
 def reference_vectors(collection: Path, enc: Any) -> dict[str, np.ndarray]:
     """uri → fresh embedding of every image file of the collection."""
-    from indexer.decode import decode_file
-    from indexer.discover import path_to_uri, walk_images
+    from mmsearch.indexer.decode import decode_file
+    from mmsearch.indexer.discover import path_to_uri, walk_images
 
     walk = walk_images(collection)
     uris = [path_to_uri(item.path) for item in walk.items]
@@ -246,7 +246,8 @@ def run_trials(
     incremental: bool = False,
 ) -> list[TrialResult]:
     """Runs ``trials`` kill/re-run/verify cycles; returns one result per trial."""
-    from indexer.pipeline import run_index
+    from mmsearch.indexer.pipeline import run_index
+
     from mmsearch.storage import ItemStore
 
     rng = random.Random(seed)

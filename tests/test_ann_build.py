@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from mmsearch.indexer.ann_build import build_ann
 
-from indexer.ann_build import build_ann
 from mmsearch.engine import SearchIndex
 from mmsearch.models.spec import ModelSpec
 from mmsearch.snapshot import read_snapshot
@@ -102,7 +102,7 @@ def test_killed_before_snapshot_leaves_previous_state(store, monkeypatch):
     before = read_snapshot(store.index_dir)
     _put(store, np.arange(6000, 6100, dtype=np.int64), _unit(np.random.default_rng(3), 100), "v1")
 
-    import indexer.ann_build as ab
+    import mmsearch.indexer.ann_build as ab
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while publishing")

@@ -6,8 +6,8 @@ import shutil
 import time
 
 import pytest
+from mmsearch.indexer.decode import DecodeFailure, DecodeOk, DecodePool, decode_file
 
-from indexer.decode import DecodeFailure, DecodeOk, DecodePool, decode_file
 from tests.hang_decoder import decode_or_die, decode_or_hang
 
 

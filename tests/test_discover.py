@@ -1,4 +1,4 @@
-"""Tests of indexer.discover: symlinks, loops, unreadable folders, non-UTF-8 names."""
+"""Tests of mmsearch.indexer.discover: symlinks, loops, unreadable folders, non-UTF-8 names."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from indexer import discover
-from indexer.discover import FileItem, path_to_uri, uri_to_path, walk_images
+from mmsearch.indexer import discover
+from mmsearch.indexer.discover import FileItem, path_to_uri, uri_to_path, walk_images
 
 posix_only = pytest.mark.skipif(
     os.name != "posix", reason="needs POSIX symlinks and byte file names"

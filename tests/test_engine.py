@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import BadQueryError, IndexNotFoundError, UnsafePathError
 from mmsearch.query import QueryTerm, parse_query

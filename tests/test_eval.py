@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from typer.testing import CliRunner
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.datasets.captioned import write_coco_captions
 from mmsearch.datasets.synthetic import generate_catalog
 from mmsearch.engine import SearchIndex
@@ -94,7 +94,7 @@ def _brute_force(
     index: SearchIndex, encoder: Any, lines: list[dict[str, Any]], root: Path
 ) -> dict[str, float]:
     """recall@k, MRR (depth 50) and nDCG@10 from a full score matrix, with plain loops."""
-    from indexer.discover import path_to_uri
+    from mmsearch.indexer.discover import path_to_uri
 
     ids, vectors = index.store.vectors("image")
     table = index.store.scan(["id", "uri"])

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.datasets.synthetic import COLOURS, POSITIONS, SHAPES, generate_catalog
 from mmsearch.engine import SearchIndex
 from mmsearch.models.spec import ModelSpec

@@ -6,8 +6,8 @@ import subprocess
 import uuid
 
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.errors import StorageError
 from tests.conftest import FakeEncoder
 from tests.kill_harness import reference_vectors, verify

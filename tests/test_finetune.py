@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from mmsearch.indexer.pipeline import IndexOptions, run_index
+from mmsearch.indexer.reembed import reembed_index
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from indexer.pipeline import IndexOptions, run_index
-from indexer.reembed import reembed_index
 from mmsearch.datasets.synthetic import generate_catalog
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import ModelLoadError, ModelMismatchError

@@ -11,9 +11,9 @@ import json
 from collections import Counter
 
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from typer.testing import CliRunner
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.cli import app
 from mmsearch.datasets.synthetic import BRANDS
 from mmsearch.engine import SearchIndex

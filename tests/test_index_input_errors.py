@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from typer.testing import CliRunner
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.cli import EXIT_ITEMS_FAILED, app
 from mmsearch.errors import (
     IndexingFailedError,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from typer.testing import CliRunner
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.cli import app
 from mmsearch.datasets.synthetic import generate_catalog
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+from mmsearch.indexer.ann_build import build_ann
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 
-from indexer.ann_build import build_ann
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.engine import SearchIndex
 from mmsearch.storage import ItemStore
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from typer.testing import CliRunner
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.datasets.synthetic import COLOURS, SHAPES, generate_catalog
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import BadQueryError

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.engine import SearchIndex
 from mmsearch.objectstore import RemoteIndex, normalise_uri
 
@@ -133,7 +133,7 @@ KILLED_WRITER = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     from pathlib import Path
     import mmsearch.objectstore as objectstore
-    from indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
     from tests.conftest import FakeEncoder
 
     def hang(self):  # stop where the snapshot object would be published

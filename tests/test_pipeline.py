@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mmsearch.indexer.decode import decode_file
+from mmsearch.indexer.discover import path_to_uri, uri_to_path
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 
-from indexer.decode import decode_file
-from indexer.discover import path_to_uri, uri_to_path
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import ModelMismatchError
 from mmsearch.models.spec import ModelSpec

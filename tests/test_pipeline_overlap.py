@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from mmsearch.indexer.decode import decode_file, default_decode_workers
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from PIL import Image, ImageDraw
 
-from indexer.decode import decode_file, default_decode_workers
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.imageio import load_image
 from mmsearch.models.preprocess import fit_square
 from mmsearch.storage import ItemStore

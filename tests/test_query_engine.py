@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import BadQueryError
 from mmsearch.search.types import MAX_K

@@ -7,9 +7,9 @@ import os
 import re
 
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from typer.testing import CliRunner
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.cli import EXIT_NO_RESULTS, app
 from mmsearch.datasets.synthetic import generate_catalog
 

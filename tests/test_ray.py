@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.engine import SearchIndex
 from mmsearch.storage import ItemStore, fixed_list_to_numpy
 
@@ -97,8 +97,8 @@ KILLED_DRIVER = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {repo!r})
     from pathlib import Path
-    import indexer.pipeline as pipeline
-    from indexer.pipeline import IndexOptions, run_index
+    import mmsearch.indexer.pipeline as pipeline
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
     from mmsearch.models.spec import ModelSpec
 
     real_flush = pipeline.BatchWriter.flush

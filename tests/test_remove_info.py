@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from mmsearch.indexer.discover import path_to_uri
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from typer.testing import CliRunner
 
-from indexer.discover import path_to_uri
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.cli import app
 from mmsearch.engine import SearchIndex
 from mmsearch.storage import ItemStore

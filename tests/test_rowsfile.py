@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mmsearch.indexer.ann_build import build_ann
+from mmsearch.indexer.pipeline import IndexOptions, run_index
 from typer.testing import CliRunner
 
-from indexer.ann_build import build_ann
-from indexer.pipeline import IndexOptions, run_index
 from mmsearch.cli import app
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import IndexCorruptError

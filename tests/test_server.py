@@ -27,9 +27,9 @@ pytest.importorskip("httpx")
 
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from mmsearch.indexer.pipeline import IndexOptions, run_index  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from indexer.pipeline import IndexOptions, run_index  # noqa: E402
 from mmsearch.datasets.synthetic import generate_catalog  # noqa: E402
 from mmsearch.server import ServerConfig, create_app  # noqa: E402
 from tests.conftest import FakeEncoder  # noqa: E402

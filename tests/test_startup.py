@@ -35,7 +35,8 @@ def _imported(args: list[str]) -> tuple[list[str], str]:
 
 @pytest.fixture(scope="module")
 def tiny_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
+
     from mmsearch.datasets.synthetic import generate_catalog
     from mmsearch.models import load_encoder
 

@@ -1,4 +1,4 @@
-"""Tests of indexer.textsource: every "Bad text collections" case builds its own file."""
+"""Tests of mmsearch.indexer.textsource: every "Bad text collections" case builds its own file."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from mmsearch.indexer.textsource import RowProblem, TextCollection, read_text_collection
 
-from indexer.textsource import RowProblem, TextCollection, read_text_collection
 from mmsearch.errors import TextCollectionError
 
 
@@ -302,7 +302,7 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
 
 
 def test_bad_utf8_scan_handles_characters_split_across_chunks(tmp_path: Path) -> None:
-    from indexer.textencoding import _first_bad_utf8
+    from mmsearch.indexer.textencoding import _first_bad_utf8
 
     raw = "é€\n😀a\n".encode() + b"\xe2\x82" + b"\nz"  # truncated euro sign on line 3
     p = tmp_path / "x.csv"

@@ -19,9 +19,9 @@ def reembed_then_index(
     """Runs the re-embedding with a progress bar; then an incremental run over ``paths``."""
     import typer
 
-    from indexer.pipeline import IndexOptions, run_index
-    from indexer.reembed import reembed_index
     from mmsearch.cli import _errors, console, err_console
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.reembed import reembed_index
     from mmsearch.models import load_encoder
     from mmsearch.progress import RichProgress, progress_bar
     from mmsearch.render import print_summary

@@ -38,7 +38,7 @@ def index_captioned(
     The images are linked into ``work_dir/images`` as ``NNNNNNN<ext>`` (their position),
     the captions written to ``work_dir/captions.jsonl`` with ids ``c<position>``.
     """
-    from indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
 
     image_dir = work_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)

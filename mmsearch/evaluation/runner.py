@@ -111,7 +111,7 @@ class ItemCatalog:
     """The rows an index serves: id → (uri, kind, text) of every row the index serves, and uri → id."""
 
     def __init__(self, index: Any) -> None:
-        from indexer.discover import path_to_uri, uri_to_path
+        from mmsearch.indexer.discover import path_to_uri, uri_to_path
 
         table = index.store.scan(["id", "uri", "kind", "text"])
         self.ids = table.column("id").to_pylist()

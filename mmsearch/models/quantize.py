@@ -72,7 +72,7 @@ def quantize_export(fp32_dir: Path, target: Path, *, spec: Any) -> dict[str, flo
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from indexer.ann_build import calibration_prompts
+    from mmsearch.indexer.ann_build import calibration_prompts
     from mmsearch.models.onnx_encoder import OnnxEncoder
 
     refused = target / "refused.json"

@@ -139,7 +139,7 @@ class ItmReranker:
     def _load_images(
         self, rows: pa.Table, positions: list[int]
     ) -> tuple[list[int], list[Image.Image], list[DroppedCandidate]]:
-        from indexer.discover import uri_to_path
+        from mmsearch.indexer.discover import uri_to_path
 
         ids, uris = _column(rows, "id"), _column(rows, "uri")
         mtimes, sizes = _column(rows, "mtime_ns"), _column(rows, "size")

@@ -120,7 +120,7 @@ class FileCatalog:
     """
 
     def __init__(self, table: pa.Table) -> None:
-        from indexer.discover import uri_to_path
+        from mmsearch.indexer.discover import uri_to_path
 
         self._uri_to_path = uri_to_path
         ids = table.column("id").to_numpy()

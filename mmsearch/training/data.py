@@ -44,7 +44,7 @@ def read_pairs(
     path: str | os.PathLike[str], *, image_column: str | None = None, text_column: str | None = None
 ) -> PairSet:
     """Pairs of a catalog file; rows with no text or a missing image file are dropped and listed."""
-    from indexer.sidecar import load_image_metadata
+    from mmsearch.indexer.sidecar import load_image_metadata
 
     source = Path(path)
     column = image_column or _guess_image_column(source)
@@ -91,7 +91,7 @@ def _guess_image_column(source: Path) -> str:
 
 def pairs_from_index(index_dir: str | os.PathLike[str]) -> PairSet:
     """The indexed images that carry a text (``--metadata`` captions), as pairs."""
-    from indexer.discover import uri_to_path
+    from mmsearch.indexer.discover import uri_to_path
     from mmsearch.storage import ItemStore
 
     table = ItemStore.open(index_dir).scan(["uri", "text"], "kind = 'image' AND text IS NOT NULL")
