@@ -15,6 +15,9 @@ and its files — intact, and readers of the old snapshot keep working.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsearch.errors import MMSearchError
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
+from mmsearch.rowsfile import rows_file_name, write_rows_file
 from mmsearch.snapshot import ANN_DIRNAME, Snapshot, read_snapshot, write_snapshot
 from mmsearch.storage import ItemStore, fixed_list_to_numpy, sql_quote
 
@@ -93,7 +98,7 @@ def build_ann(
     retrain: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
     seed: int = 0,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
     refine_dtype: str = "float32",
 ) -> dict[str, dict[str, Any]]:
     """Builds or updates every kind's ANN index from the table's current version.
@@ -108,6 +113,7 @@ def build_ann(
     Returns each kind's ``VectorIndex.info`` plus ``"mode"``: ``incremental`` or ``rebuilt``.
     """
     from mmsearch.ann import VectorIndex
+    from mmsearch.ann.persist import verify_files
 
     index_dir = store.index_dir
     # The full-text index first: updating it commits a table version, and the
@@ -154,21 +160,27 @@ def build_ann(
         if len(index) == 0:
             shutil.rmtree(target, ignore_errors=True)
             continue
-        cross = _cross_queries(store, kind, encoder, seed)
-        if cross is not None and len(cross):
-            index.tune_profile("cross", cross, target_recall=target_recall)
+        # Only IVF-PQ has parameters to tune: a flat index answers exactly, so no
+        # calibration vectors are read or encoded for it.
+        if index.info["type"] == "ivfpq":
+            cross = _cross_queries(store, kind, encoder, seed)
+            if cross is not None and len(cross):
+                index.tune_profile("cross", cross, target_recall=target_recall)
         index.save(target, table_version=version, model_key=spec.key)
+        verify_files(target)  # read back what was written before the snapshot names it
         ann_dirs[kind] = rel
         infos[kind] = {**index.info, "mode": mode}
         if progress is not None:
             progress("ann", 1, 1)
+    rows_rel = rows_file_name(generation)
+    write_rows_file(store, index_dir / rows_rel, spec)  # what queries show, without LanceDB
     write_snapshot(index_dir, Snapshot(version, spec.key, ann_dirs, generation, lexical_index))
-    _collect_garbage(store, set(ann_dirs.values()))
+    _collect_garbage(store, {*ann_dirs.values(), rows_rel})
     return infos
 
 
 def _cross_queries(
-    store: ItemStore, kind: str, encoder: Any | None, seed: int
+    store: ItemStore, kind: str, encoder: Encoder | None, seed: int
 ) -> npt.NDArray[np.float32] | None:
     """Vectors that look like queries from the other modality, for ``kind``'s index."""
     other = "text" if kind == "image" else "image"
@@ -178,21 +190,63 @@ def _cross_queries(
         pick = np.sort(rng.choice(ids, size=min(CROSS_TUNE_QUERIES, len(ids)), replace=False))
         return vectors_of(store, pick.astype(np.int64))[1]
     if kind == "image" and encoder is not None:
-        prompts = [
-            f"a {colour} {noun}{place}".replace("  ", " ")
-            for noun in CALIBRATION_NOUNS
-            for colour in CALIBRATION_COLOURS
-            for place in CALIBRATION_PLACES
-        ]
-        rng = np.random.default_rng(seed)
-        chosen = [
-            prompts[int(i)]
-            for i in rng.choice(
-                len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False
-            )
-        ]
-        return np.asarray(encoder.encode_texts(chosen), dtype=np.float32)
+        return calibration_vectors(encoder, seed)
     return None
+
+
+def calibration_prompts(seed: int) -> list[str]:
+    """The calibration texts used to tune image indexes when the table has no texts."""
+    prompts = [
+        f"a {colour} {noun}{place}".replace("  ", " ")
+        for noun in CALIBRATION_NOUNS
+        for colour in CALIBRATION_COLOURS
+        for place in CALIBRATION_PLACES
+    ]
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False)
+    return [prompts[int(i)] for i in pick]
+
+
+def calibration_vectors(encoder: Any, seed: int) -> npt.NDArray[np.float32]:
+    """Embeddings of :func:`calibration_prompts`, cached per model spec and backend.
+
+    Encoding the prompts costs seconds with a real model; the result depends only on
+    the model, so it is kept under the user cache directory and reused by every index.
+    """
+    from mmsearch.models.cache import user_cache_dir
+
+    prompts = calibration_prompts(seed)
+    spec = getattr(encoder, "spec", None)
+    ident = {
+        "spec": spec.to_json() if spec is not None else type(encoder).__name__,
+        "weights": _weights_stamp(spec),
+        "backend": getattr(encoder, "backend", "torch"),
+        "quantize": getattr(encoder, "quantize", None),
+        "dim": int(encoder.dim),
+        "prompts": prompts,
+    }
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+    path = user_cache_dir() / "calibration" / f"{key}.npy"
+    try:
+        cached = np.load(path)
+        if cached.shape == (len(prompts), encoder.dim) and cached.dtype == np.float32:
+            return cached
+    except (OSError, ValueError):
+        pass
+    vectors = np.ascontiguousarray(encoder.encode_texts(prompts), dtype=np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, vectors)
+    os.replace(tmp, path)
+    return vectors
+
+
+def _weights_stamp(spec: ModelSpec | None) -> str:
+    """Size and mtime of a local checkpoint named by ``spec`` (its content may change)."""
+    if spec is None or not spec.pretrained or not os.path.isfile(spec.pretrained):
+        return ""
+    st = os.stat(spec.pretrained)
+    return f"{os.path.realpath(spec.pretrained)}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def row_delta(old: ItemStore, new: ItemStore, kind: str) -> RowDelta:
@@ -289,4 +343,7 @@ def _collect_garbage(store: ItemStore, keep: set[str]) -> None:
         return
     for child in root.iterdir():
         if f"{ANN_DIRNAME}/{child.name}" not in keep:
-            shutil.rmtree(child, ignore_errors=True)
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)

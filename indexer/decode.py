@@ -55,7 +55,7 @@ def decode_file(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> t
     except OSError as exc:
         raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}", cause=exc) from exc
     digest = hashlib.sha256(data).hexdigest()
-    img = load_image(data, max_pixels=max_pixels)
+    img = load_image(data, max_pixels=max_pixels, draft_size=size)  # JPEGs decode near `size`
     return fit_square(img, size), digest
 
 
@@ -76,6 +76,27 @@ def decode_chunk(
         except Exception as exc:  # one bad file must never end the run
             out.append(DecodeFailure(index, path, f"unexpected decode error: {exc}", type(exc).__name__))
     return out
+
+
+def default_decode_workers(cores: int | None = None, *, device: str = "cpu") -> int:
+    """Decode processes that keep the model fed without taking its cores.
+
+    On a CPU the model's threads use every core and one image's decode (with JPEG
+    draft scaling) costs a few percent of its embedding, so one worker per four
+    cores suffices; more would only contend with the model. A GPU leaves the CPU
+    to decoding: every core but one (for the feeding thread), at most 16.
+    """
+    n = cores if cores is not None else _usable_cores()
+    if device.startswith("cuda"):
+        return max(1, min(n - 1, 16))
+    return max(1, min(n // 4, 8))
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class DecodePool:
@@ -101,7 +122,7 @@ class DecodePool:
         the time per image, enforced by killing and replacing the worker pool."""
         self.size = size
         self.decode_fn = decode
-        self.workers = max(1, workers if workers is not None else min(os.cpu_count() or 1, 8))
+        self.workers = max(1, workers if workers is not None else default_decode_workers())
         self.chunk_size = max(1, chunk_size)
         self.timeout_s = timeout_s
         self.max_pixels = max_pixels

@@ -23,16 +23,28 @@ import numpy as np
 import pyarrow as pa
 
 from indexer.ann_build import build_ann
-from indexer.decode import DecodeFailure, DecodeOk, DecodePool
+from indexer.decode import DecodeFailure, DecodeOk, DecodePool, default_decode_workers
 from indexer.discover import WalkResult, path_to_uri, walk_images
-from indexer.report import Failure, IndexReport, check_not_all_failed, write_failures
+from indexer.report import (
+    Failure,
+    IndexReport,
+    check_not_all_failed,
+    write_failures,
+    write_run_summary,
+)
 from indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
 from indexer.sources import check_sources, is_text_collection, remove_if_only_lock
 from indexer.textsource import read_text_collection
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
+from mmsearch.itemmeta import FILE_KEY, ID_KEY
+from mmsearch.labels import refresh_labels
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.objectstore import remote_index
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
+
+#: Texts per forward pass at least: tokens are small, and big batches use the cores better.
+TEXT_BATCH_SIZE = 256
 
 #: progress(stage, advance, more_total): stage is "scan", "images", "texts", "ann" or
 #: "failed" (an item skipped); ``more_total`` announces additional work for the stage
@@ -52,6 +64,10 @@ class IndexOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     text_column: str | None = None
     id_column: str | None = None
+    #: torch | onnx | auto (ONNX Runtime on a CPU when installed); see mmsearch.models.backends.
+    backend: str = "torch"
+    #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).
+    quantize: str | None = None
     build_index: bool = True
     index_type: str = "auto"
     target_recall: float = 0.95
@@ -71,6 +87,8 @@ class IndexOptions:
     file_column: str = "file"
     #: Never reach for the model hub: weights must be shipped, local or cached.
     offline: bool = False
+    #: Replaces :func:`indexer.decode.decode_file` in the workers (module-level, picklable).
+    decode_fn: Callable[[str, int, int], Any] | None = None
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:
@@ -84,7 +102,7 @@ def run_index(
     *,
     options: IndexOptions | None = None,
     progress: ProgressFn | None = None,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
 ) -> IndexReport:
     """Indexes image folders and text collections into ``index_dir``.
 
@@ -125,7 +143,7 @@ def _run_index_locked(
     spec: ModelSpec,
     opts: IndexOptions,
     progress: ProgressFn,
-    encoder: Any | None,
+    encoder: Encoder | None,
 ) -> IndexReport:
     report = IndexReport()
 
@@ -142,12 +160,17 @@ def _run_index_locked(
         ).to_dict()
     loading = time.perf_counter()
     if encoder is None:
-        from mmsearch.models import load_encoder
+        from mmsearch.models.backends import load_encoder
 
-        encoder = load_encoder(spec, device=opts.device)
+        encoder = load_encoder(
+            spec, device=opts.device, backend=opts.backend, quantize=opts.quantize
+        )
     started = time.perf_counter()
     report.load_s = started - loading
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
+    from mmsearch.models.backends import check_backend
+
+    check_backend(index_path, encoder, record=True)  # a second backend must agree with the first
 
     next_id = store.max_id() + 1
     for path in paths:
@@ -168,6 +191,8 @@ def _run_index_locked(
             )
             report.sweep_aborted.append(str(path))
 
+    with write_guard(index_path):  # remembered zero-shot label sets: label new and changed images
+        refresh_labels(store, encoder)
     if opts.build_index:
         with write_guard(index_path):
             report.ann = build_ann(
@@ -183,6 +208,7 @@ def _run_index_locked(
     report.elapsed_s = time.perf_counter() - started
     with write_guard(index_path):
         report.report_path = str(write_failures(index_path, _run_id(), report.failures))
+        write_run_summary(index_path, report)
     check_not_all_failed(report)
     return report
 
@@ -218,6 +244,11 @@ def _run_id() -> str:
 
 
 # -- images ------------------------------------------------------------------------------
+
+
+def _relative(path: str, root: Path) -> str:
+    """``path`` relative to the indexed folder, with ``/`` separators (the ``file`` key)."""
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 @dataclass
@@ -285,7 +316,7 @@ def write_image_rows(
             sha256=[sha for _u, _i, sha, _p in done],
             metadata=[
                 {
-                    "filename": os.path.basename(d[1].path),
+                    FILE_KEY: _relative(d[1].path, diff.root),
                     **{k: v for k, v in e.items() if k != TEXT_KEY},
                 }
                 for d, e in zip(done, extra, strict=True)
@@ -329,7 +360,7 @@ def _index_images(
     root: Path,
     walk: WalkResult,
     store: ItemStore,
-    encoder: Any,
+    encoder: Encoder,
     opts: IndexOptions,
     report: IndexReport,
     next_id: int,
@@ -354,11 +385,16 @@ def _index_images(
         batch_arrays.clear()
         batch_done.clear()
 
+    workers = opts.workers or default_decode_workers(device=str(getattr(encoder, "device", "cpu")))
+    extra = {"decode": opts.decode_fn} if opts.decode_fn is not None else {}
+    # Workers decode and resize ahead (up to 4 chunks each in flight) while this thread
+    # runs the model, so decoding hides behind embedding.
     with DecodePool(
         encoder.image_size,
-        workers=opts.workers,
+        workers=workers,
         timeout_s=opts.decode_timeout_s,
         max_pixels=opts.max_pixels,
+        **extra,
     ) as pool:
         for result in pool.decode((i, item.path) for i, (_u, item, _p) in enumerate(todo)):
             uri, item, prev = todo[result.index]
@@ -399,7 +435,7 @@ def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 def _index_texts(
     path: Path,
     store: ItemStore,
-    encoder: Any,
+    encoder: Encoder,
     opts: IndexOptions,
     report: IndexReport,
     next_id: int,
@@ -436,7 +472,7 @@ def _index_texts(
     progress("scan", len(collection.rows), len(collection.rows))
     progress("texts", 0, len(todo))
 
-    step = max(opts.batch_size, 1)
+    step = max(opts.batch_size, TEXT_BATCH_SIZE)  # texts are cheap to hold: big batches
     writer = BatchWriter(store, opts.commit_every)
     for chunk in _chunks(todo, step):
         t0 = time.perf_counter()
@@ -461,7 +497,7 @@ def _index_texts(
                 mtime_ns=[st.st_mtime_ns] * len(chunk),
                 sizes=[len(row.text.encode("utf-8", "surrogatepass")) for _u, row, _s, _p in chunk],
                 sha256=[s for _u, _r, s, _p in chunk],
-                metadata=[{"row_id": row.id, **row.metadata} for _u, row, _s, _p in chunk],
+                metadata=[{**row.metadata, ID_KEY: row.id} for _u, row, _s, _p in chunk],
                 vectors=vectors,
                 schema=store.table.schema,
             )

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 FAILURES_DIRNAME = "reports"
+#: Summary of the latest indexing run (counts, failures file, when it finished).
+LAST_RUN_NAME = "last-run.json"
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,21 @@ def write_failures(index_dir: Path, run_id: str, failures: list[Failure]) -> Pat
     tmp_latest.write_bytes(path.read_bytes())
     os.replace(tmp_latest, latest)
     return path
+
+
+def write_run_summary(index_dir: Path, report: IndexReport) -> Path:
+    """Writes ``reports/last-run.json``: the run's counts, its failures file and when it finished."""
+    from datetime import datetime, timezone
+
+    data = {
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **{k: getattr(report, k) for k in ("added", "updated", "deleted", "unchanged", "embedded", "failed")},
+        "sweep_aborted": report.sweep_aborted,
+        "failures_file": report.report_path,
+    }
+    out_dir = index_dir / FAILURES_DIRNAME
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (LAST_RUN_NAME + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, out_dir / LAST_RUN_NAME)
+    return out_dir / LAST_RUN_NAME

@@ -13,32 +13,23 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 from mmsearch.cli_help import use_clean_help
 from mmsearch.errors import IndexingFailedError, MMSearchError
 from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
+from mmsearch.progress import RichProgress, progress_bar
 from mmsearch.render import (
+    display_path,
+    info_table,
     no_results_reason,
     paths_only_line,
     print_failures,
+    print_previews,
     print_summary,
     result_table,
 )
@@ -65,6 +56,8 @@ IndexDirOpt = Annotated[
     typer.Option("--index", "-i", help="Index directory or object-store URI such as s3://bucket/prefix (default: $MMSEARCH_INDEX or ./.mmsearch)."),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="Model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on a CPU when installed).")]
+QuantizeOpt = Annotated[str | None, typer.Option("--quantize", help="int8: dynamically quantised ONNX graphs (ONNX backend only).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors (no progress bar, no summary).")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bar (for logs and CI).")]
 
@@ -88,57 +81,6 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-class _RichProgress:
-    """Maps the pipeline's progress callbacks onto rich tasks (rate + ETA)."""
-
-    LABELS = {"scan": "scanning", "images": "embedding images", "texts": "embedding texts", "ann": "building ANN index"}
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.tasks: dict[str, Any] = {}
-        self.failed = 0
-
-    def __call__(self, stage: str, advance: int, more_total: int | None) -> None:
-        if stage == "failed":  # shown beside the images bar, never counted as embedded
-            self.failed += advance
-            if "images" in self.tasks:
-                label = f"{self.LABELS['images']} [yellow]({self.failed} failed)[/]"
-                self.progress.update(self.tasks["images"], description=label)
-            return
-        task = self.tasks.get(stage)
-        if task is None:
-            task = self.progress.add_task(self.LABELS.get(stage, stage), total=more_total or 0)
-            self.tasks[stage] = task
-        elif more_total:
-            current = self.progress.tasks[task].total or 0
-            self.progress.update(task, total=current + more_total)
-        if advance:
-            self.progress.advance(task, advance)
-
-
-class _RateColumn(ProgressColumn):
-    """Items per second of a task."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f}/s" if speed else "   -/s", style="cyan")
-
-
-def _progress_bar(enabled: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err_console,
-        disable=not enabled,
-    )
-
-
 @app.command("index")
 def index_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Image folders (recursive) and/or text collections (.csv .tsv .jsonl .parquet).")],
@@ -148,6 +90,8 @@ def index_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Items embedded per forward pass.")] = 64,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Image decode worker processes (default: CPU count, at most 8).")] = None,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    quantize: QuantizeOpt = None,
     text_column: Annotated[str | None, typer.Option("--text-column", help="Column holding the text of a text collection (default: auto: caption, text, title, ...).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Column holding row ids of a text collection (default: auto: id, ...).")] = None,
     metadata: Annotated[Path | None, typer.Option("--metadata", help="CSV/JSONL/Parquet describing the images: a file column (see --file-column) plus metadata columns.")] = None,
@@ -161,6 +105,7 @@ def index_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
     quiet: QuietOpt = False,
     no_progress: NoProgressOpt = False,
+    reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint), then index PATHS.")] = False,
 ) -> None:
     """Index image folders and text collections (incremental: unchanged files are skipped).
 
@@ -171,10 +116,17 @@ def index_cmd(
     from indexer.pipeline import IndexOptions, run_index
 
     spec = ModelSpec.parse(model, pretrained)
+    if reembed:
+        from mmsearch.commands.reembed import reembed_then_index
+
+        reembed_then_index(_index_dir(index), spec, list(paths), batch_size, workers, device, json_out, strict)
+        return
     options = IndexOptions(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        backend=backend,
+        quantize=quantize,
         text_column=text_column,
         id_column=id_column,
         build_index=not no_ann,
@@ -187,8 +139,8 @@ def index_cmd(
     )
     with _errors():
         try:
-            with _progress_bar(not (quiet or no_progress)) as bar:
-                report = run_index(paths, _index_dir(index), spec, options=options, progress=_RichProgress(bar))
+            with progress_bar(err_console, not (quiet or no_progress)) as bar:
+                report = run_index(paths, _index_dir(index), spec, options=options, progress=RichProgress(bar))
         except IndexingFailedError as exc:  # every item failed: show which, then one line
             print_failures(exc.report, err_console)
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
@@ -224,7 +176,10 @@ def query_cmd(
     nprobe: Annotated[int | None, typer.Option("--nprobe", min=1, help="IVF lists probed (default: tuned at build).")] = None,
     refine: Annotated[int | None, typer.Option("--refine", min=1, help="Candidates re-scored exactly, as a multiple of --top.")] = None,
     where: Annotated[list[str] | None, typer.Option("--where", "-w", help="Metadata filter 'column op value' (op: = != < <= > >= in contains); repeatable, ANDed.")] = None,
+    preview: Annotated[bool, typer.Option("--preview", "-p", help="Show image hits inline (kitty, iTerm2, WezTerm; MMSEARCH_PREVIEW=kitty|iterm|none overrides).")] = False,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    quantize: QuantizeOpt = None,
 ) -> None:
     """Search an index with text, an image, or a weighted mix of both.
 
@@ -233,7 +188,7 @@ def query_cmd(
     from mmsearch.engine import SearchIndex
 
     with _errors():
-        idx = SearchIndex(_index_dir(index), device=device)
+        idx = SearchIndex(_index_dir(index), device=device, backend=backend, quantize=quantize)
         results = idx.search(
             query, k=top, offset=offset, kind=kind, mode=mode, fusion=fusion, alpha=alpha, literal=literal,  # type: ignore[arg-type]
             group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine, where=where,
@@ -245,6 +200,8 @@ def query_cmd(
     elif paths_only:
         for hit in results:
             sys.stdout.write(paths_only_line(hit) + "\n")
+    elif preview and results:
+        print_previews(results, console, err_console)
     elif results:
         console.print(result_table(results))
     if stale:
@@ -260,6 +217,8 @@ def build_index_cmd(
     index_type: Annotated[str, typer.Option("--index-type", help="auto, flat or ivfpq.")] = "auto",
     target_recall: Annotated[float, typer.Option("--target-recall", min=0.1, max=1.0, help="recall@10 the tuner aims for.")] = 0.95,
     retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the IVF-PQ quantizers from scratch.")] = False,
+    quiet: QuietOpt = False,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """(Re)build the ANN index of an index directory from its table."""
     from indexer.ann_build import build_ann
@@ -269,15 +228,16 @@ def build_index_cmd(
     with _errors():
         remote = remote_index(_index_dir(index))  # s3://...: build in the local cache, then publish
         store = ItemStore.open(remote.pull("writer") if remote else _index_dir(index))
-        with index_write_lock(store.index_dir), _progress_bar() as bar:
+        with index_write_lock(store.index_dir), progress_bar(err_console, not (quiet or no_progress)) as bar:
             infos = build_ann(
                 store, store.model_spec, index_type=index_type, target_recall=target_recall,
-                retrain=retrain, progress=_RichProgress(bar),
+                retrain=retrain, progress=RichProgress(bar),
             )
             if remote is not None:
                 remote.publish()
-    for kind, info in infos.items():
-        console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
+    if not quiet:
+        for kind, info in infos.items():
+            console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
 
 
 @app.command("info")
@@ -285,22 +245,34 @@ def info_cmd(
     index: IndexDirOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Show an index: rows, model, ANN type and parameters, tuned nprobe, measured recall."""
-    from mmsearch.engine import SearchIndex
+    """Show an index: rows, model, ANN parameters, sources, disk use and the last run."""
+    from mmsearch.indexinfo import index_info
+    from mmsearch.inventory import disk_usage, indexed_sources, last_run
 
+    index_dir = _index_dir(index)
     with _errors():
-        info = SearchIndex(_index_dir(index)).info()
+        info = index_info(index_dir)
+        info["sources"] = indexed_sources(index_dir)
+    info["disk_bytes"] = disk_usage(index_dir)
+    info["last_run"] = last_run(index_dir)
     if json_out:
         sys.stdout.write(json.dumps(info, default=str) + "\n")
         return
-    table = Table(show_header=False, box=None)
-    for key, value in info.items():
-        if key != "ann":
-            table.add_row(key, str(value))
-    for kind, ann in info["ann"].items():
-        for key, value in ann.items():
-            table.add_row(f"ann[{kind}].{key}", escape(str(value)))
-    console.print(table)
+    console.print(info_table(info))
+
+
+@app.command("remove")
+def remove_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files, folders (everything under them) or text collections to drop from the index.")],
+    index: IndexDirOpt = None,
+) -> None:
+    """Remove items from an index, then update its ANN index (files stay on disk)."""
+    from indexer.remove import remove_paths
+
+    with _errors():
+        report = remove_paths(paths, _index_dir(index))
+    for path, count in report.removed.items():
+        console.print(f"removed {count} item(s) under {escape(display_path(path))}")
 
 
 @app.command("serve")
@@ -312,6 +284,8 @@ def serve_cmd(
     allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Allow image-URL queries (public http(s) addresses only).")] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted upload.")] = 10.0,
     device: DeviceOpt = None,
+    backend: BackendOpt = "auto",
+    quantize: QuantizeOpt = None,
     token: Annotated[str | None, typer.Option("--token", envvar="MMSEARCH_TOKEN", show_default=False, help="Access token required on every route but /healthz (Authorization: Bearer; the gallery asks once). Prefer the MMSEARCH_TOKEN variable.")] = None,
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Serve a non-loopback address without a token (only behind a proxy that authenticates).")] = False,
     allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="Host header value clients use, besides loopback names and --host (repeatable; *.example.com; * = any).")] = None,
@@ -353,14 +327,14 @@ def serve_cmd(
         drain_s=drain_seconds,
     )
     with _errors():
-        from mmsearch.engine import SearchIndex
+        from mmsearch.serve.lifecycle import check_servable
 
         # Fail fast with one clear line. One worker loads the model now and reuses it;
-        # several workers each load their own (/readyz answers 503 until they have).
-        opened = SearchIndex(config.index_dir, device=device)
-        if workers == 1:
-            config.encoder = opened.encoder
-        del opened
+        # several workers each load their own (/readyz answers 503 until they have), and
+        # the supervisor stays small: it only checks that a snapshot exists.
+        config.encoder = check_servable(
+            config.index_dir, device=device, load_model=workers == 1, backend=backend, quantize=quantize
+        )
     shown = f"[{host}]" if ":" in host else host
     extra = f" with {workers} workers" if workers > 1 else ""
     auth = "token required" if token else "no token"
@@ -375,15 +349,20 @@ def check_cmd(
     index: IndexDirOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the changed items as JSON.")] = False,
 ) -> None:
-    """List indexed images the server would refuse: changed, moved, replaced by links, or gone since indexing."""
+    """Verify an index: ANN file checksums and ids against the table, then list indexed
+    images the server would refuse (changed, moved, replaced by links, or gone)."""
+    from mmsearch.indexinfo import check_index
     from mmsearch.serve.files import check_index_files
 
     with _errors():
+        verified = check_index(_index_dir(index))
         checked, changed = check_index_files(_index_dir(index))
     if json_out:
         rows = [{"id": c.id, "path": c.path, "reason": c.reason} for c in changed]
-        sys.stdout.write(json.dumps({"checked": checked, "changed": rows}, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps({"verified": verified, "checked": checked, "changed": rows}, ensure_ascii=False) + "\n")
     else:
+        for kind, rows_checked in verified.items():
+            console.print(f"[green]ok[/] {kind}: {rows_checked} rows; ANN files match their checksums and the table")
         for item in changed:
             console.print(f"[yellow]changed[/] {item.id}  {escape(item.path)}: {escape(item.reason)}")
         style = "green" if not changed else "yellow"
@@ -412,13 +391,14 @@ def demo_cmd(
     out: Annotated[Path, typer.Argument(help="Working folder for the demo catalog, index and HTML page.")] = Path("demo-out"),
     n: Annotated[int, typer.Option("--n", min=10, help="Catalog size.")] = 400,
     device: DeviceOpt = None,
+    no_progress: NoProgressOpt = False,
 ) -> None:
     """Generate a sample catalog, index it with mmsearch-tiny, run queries, write an HTML gallery."""
     from mmsearch.demo import run_demo
 
     with _errors():
-        with _progress_bar() as bar:
-            demo = run_demo(out, n=n, device=device, progress=_RichProgress(bar))
+        with progress_bar(err_console, not no_progress) as bar:
+            demo = run_demo(out, n=n, device=device, progress=RichProgress(bar))
     print_summary(demo.report, console, err_console)
     for query, kind, results in demo.queries:
         console.rule(f"[bold]{escape(query)}[/] → {kind}")
@@ -426,13 +406,40 @@ def demo_cmd(
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")
 
 
+# Commands whose bodies live in mmsearch/commands/ (each imports its heavy parts lazily).
+from mmsearch.commands.evaluate import eval_cmd  # noqa: E402
+from mmsearch.commands.finetune import finetune_cmd  # noqa: E402
+from mmsearch.commands.label import label_cmd  # noqa: E402
+
+app.command("eval")(eval_cmd)
+app.command("label")(label_cmd)
+app.command("finetune")(finetune_cmd)
+
 use_clean_help(app)  # after the last command: PATHS... and untyped flags in --help
+
+
+#: Commands that finish in one shot: once their output is flushed, the process ends
+#: with os._exit, skipping an interpreter teardown that can take a second with torch,
+#: ONNX Runtime and LanceDB loaded. Nothing is left to clean up: results are written,
+#: indexes were only read.
+ONE_SHOT_COMMANDS = frozenset({"query", "info", "check"})
 
 
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    one_shot = len(sys.argv) > 1 and (sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h"))
+    if not one_shot:
+        app()
+        return
+    try:
+        app(standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

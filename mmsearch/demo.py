@@ -79,7 +79,7 @@ def write_gallery(path: Path, queries: list[tuple[str, str, list[Any]]]) -> Path
                 rel = os.path.relpath(hit.path, base)
                 parts.append(
                     f"<figure><img src='{html.escape(rel)}' alt=''><figcaption>#{hit.rank} "
-                    f"{hit.score:.3f}<br>{html.escape(str(hit.metadata.get('filename', '')))}</figcaption></figure>"
+                    f"{hit.score:.3f}<br>{html.escape(str(hit.metadata.get('file', '')))}</figcaption></figure>"
                 )
             else:
                 parts.append(f"<span class='t'>#{hit.rank} {hit.score:.3f} {html.escape(hit.text or hit.uri)}</span>")

@@ -19,14 +19,19 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchError
 from mmsearch.filters import Condition, from_mapping, parse_where
+from mmsearch.itemmeta import normalize_metadata
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.objectstore import remote_index
@@ -49,6 +54,8 @@ from mmsearch.storage import LEXICAL_COLUMN, ItemStore
 
 #: Fewest candidates each leg brings when legs are fused (RRF needs overlap to work).
 FUSION_DEPTH = 50
+#: Runs the lexical leg beside encoding and the vector leg (LanceDB and FAISS release the GIL).
+_LEGS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mmsearch-lexical")
 QueryLike = str | os.PathLike[str] | Any  # also a PIL image or an (H, W, 3) uint8 array
 WhereLike = Mapping[str, Any] | Sequence[str] | str | None
 
@@ -74,11 +81,15 @@ class SearchIndex:
         encoder: Encoder | None = None,
         reranker: Reranker | None = None,
         fetch_url: UrlFetcher | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
     ) -> None:
         # An object-store URI is served from its local cache (pulled on open and reload).
         self._remote = remote_index(index_dir)
         self.index_dir = self._remote.pull() if self._remote is not None else Path(index_dir)
         self.device = device
+        self.backend = backend  # torch | onnx | auto (see mmsearch.models.backends)
+        self.quantize = quantize
         self.image_roots = (
             [Path(os.path.realpath(r)) for r in image_roots] if image_roots is not None else None
         )
@@ -104,8 +115,13 @@ class SearchIndex:
             raise IndexNotFoundError(
                 f"no mmsearch index at {self.index_dir} (create one with: mmsearch index PATH --index {self.index_dir})"
             )
-        store = ItemStore.open(self.index_dir, version=snapshot.table_version)
-        spec = store.model_spec
+        rows = _read_rows_or_none(self.index_dir, snapshot)
+        store: ItemStore | None = None
+        if rows is not None:  # no LanceDB needed until something asks for the table
+            rows_table, spec, dim = rows
+        else:
+            store = ItemStore.open(self.index_dir, version=snapshot.table_version)
+            rows_table, spec, dim = None, store.model_spec, store.dim
         if model is not None and model != spec:
             raise ModelMismatchError(
                 f"index at {self.index_dir} was built with model {spec.key}; cannot query it with {model.key}"
@@ -120,15 +136,17 @@ class SearchIndex:
                 snapshot.ann_path(self.index_dir, kind),
                 expect_table_version=snapshot.table_version,
                 expect_model_key=spec.key,
+                verify_checksums=False,  # sizes and ids only; full checks: `mmsearch check`
             )
             for kind in snapshot.ann_dirs
         }
         with self._lock:
             self.snapshot: Snapshot = snapshot
-            self.store = store
+            self._store = store
+            self._dim = dim
             self.spec = spec
             self._ann = ann
-            self._rows = None
+            self._rows = Rows(rows_table) if rows_table is not None else None
             self._kind_floors = None
 
     def reload(self) -> bool:
@@ -142,8 +160,21 @@ class SearchIndex:
         return True
 
     @property
+    def store(self) -> ItemStore:
+        """The items table at the snapshot's version (opened on first use)."""
+        with self._lock:
+            if self._store is None:
+                self._store = ItemStore.open(self.index_dir, version=self.snapshot.table_version)
+            return self._store
+
+    @property
     def stale(self) -> bool:
         """True when the table has commits newer than the snapshot being served."""
+        from mmsearch.indexinfo import latest_table_version
+
+        latest = latest_table_version(self.index_dir)  # file names only: no LanceDB
+        if latest is not None:
+            return latest > self.snapshot.table_version
         try:
             return ItemStore.open(self.index_dir).version > self.snapshot.table_version
         except IndexNotFoundError:
@@ -153,9 +184,11 @@ class SearchIndex:
     def encoder(self) -> Encoder:
         with self._lock:
             if self._encoder is None:
-                from mmsearch.models import load_encoder
+                from mmsearch.models.backends import check_backend, load_encoder
 
-                self._encoder = load_encoder(self.spec, device=self.device)
+                encoder = load_encoder(self.spec, device=self.device, backend=self.backend, quantize=self.quantize)
+                check_backend(self.index_dir, encoder, record=False)
+                self._encoder = encoder
             return self._encoder
 
     @property
@@ -192,7 +225,7 @@ class SearchIndex:
         return {
             "index_dir": str(self.index_dir),
             "model": self.spec.key,
-            "dim": self.store.dim,
+            "dim": self._dim,
             "rows": self.store.count(),
             "table_version": self.snapshot.table_version,
             "stale": self.stale,
@@ -366,24 +399,17 @@ class SearchIndex:
 
         mode = self.resolve_mode(q) if vector is None else "vector"
         rows = self._rows_view()
-        t = time.perf_counter()
-        if vector is None and mode != "lexical":
-            vector = encode_terms(
-                self.encoder, q.terms, roots=self.image_roots, fetch_url=self.fetch_url
-            )
-            query_kind = modality(q.terms)
-        elif vector is not None and vector.reshape(-1).shape[0] != self.store.dim:
-            raise BadQueryError(
-                f"query vector has dimension {vector.reshape(-1).shape[0]}, index has {self.store.dim}"
-            )
-        t = tick("encode", t)
-        kinds = [q.kind] if q.kind != "any" else [k for k in ("image", "text") if k in self._ann]
-        floors = None
-        if q.cutoff and mode == "hybrid" and vector is not None:
-            floors = {k: v for k, v in self._floors().items() if k in kinds}
-        t = tick("rescore", t)
+        wanted = ("image", "text") if q.kind == "any" else (q.kind,)
+        kinds = [k for k in wanted if k in self._ann]
         if allowed is not None and len(allowed) == 0:
-            return Results(timings=timings, reason="no item matches the filter", mode=mode)
+            shown = " and ".join(repr(_condition_text(c)) for c in q.where)
+            return Results(
+                timings=timings, reason=f"no item matches the filters {shown}", mode=mode
+            )
+        if not kinds:
+            held = ", ".join(sorted(self._ann)) or "nothing"
+            reason = f"the index holds no {q.kind} items; it holds: {held}"
+            return Results(timings=timings, reason=reason, mode=mode)
         need = q.offset + q.k
         depth = need * (4 if (q.group_by or q.dedup) else 1)
         if mode != "vector" or len(kinds) > 1:  # fusion needs room for the legs to overlap
@@ -391,6 +417,30 @@ class SearchIndex:
         if q.rerank is not None:
             depth = max(depth, q.rerank.depth)
         total = max(len(rows), 1)
+
+        def lexical_legs(depth: int) -> list[Any]:
+            return lexical.lexical_legs(
+                self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
+                negative=q.negative_words, allowed_ids=allowed,
+            )  # fmt: skip
+
+        # The lexical leg needs no query vector: it runs beside encoding and the vector leg.
+        pending = _LEGS.submit(lexical_legs, depth) if mode != "vector" else None
+        t = time.perf_counter()
+        if vector is None and mode != "lexical":
+            vector = encode_terms(
+                self.encoder, q.terms, roots=self.image_roots, fetch_url=self.fetch_url
+            )
+            query_kind = modality(q.terms)
+        elif vector is not None and vector.reshape(-1).shape[0] != self._dim:
+            raise BadQueryError(
+                f"query vector has dimension {vector.reshape(-1).shape[0]}, index has {self._dim}"
+            )
+        t = tick("encode", t)
+        floors = None
+        if q.cutoff and mode == "hybrid" and vector is not None:
+            floors = {k: v for k, v in self._floors().items() if k in kinds}
+        t = tick("rescore", t)
         exact_ids = None
         if mode != "vector" and looks_like_identifier(q.lexical_text):
             exact_ids = rows.identifier_ids(q.lexical_text)
@@ -407,18 +457,18 @@ class SearchIndex:
                     self._ann, vector, min(depth, total), kinds, allowed_ids=allowed, query_kind=query_kind,
                     exact=q.exact, nprobe=q.nprobe, refine=q.refine,
                 )  # fmt: skip
-            if mode != "vector":
-                legs += lexical.lexical_legs(
-                    self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
-                    negative=q.negative_words, allowed_ids=allowed,
-                )  # fmt: skip
+            if pending is not None:
+                legs += pending.result()
+                pending = None
+            elif mode != "vector":
+                legs += lexical_legs(depth)
             saturated = any(leg.num_rows >= depth for leg in legs)
             if exact_ids is not None:
                 legs.append(exact_leg)
             t = tick("retrieve", t)
             candidates = fuse_stage.fuse(legs, method=q.fusion, alpha=q.alpha)
             t = tick("fuse", t)
-            candidates = rescore.rescore(candidates, vector, self._ann, rows, self.store.dim)
+            candidates = rescore.rescore(candidates, vector, self._ann, rows, self._dim)
             t = tick("rescore", t)
             candidates = rerank.rerank_stage(self.reranker, q, candidates)
             t = tick("rerank", t)
@@ -459,7 +509,7 @@ class SearchIndex:
                     kind=cols["kind"][i],
                     text=cols["text"][i],
                     score=float(cols["score"][i]),
-                    metadata=json.loads(meta) if meta else {},
+                    metadata=normalize_metadata(json.loads(meta)) if meta else {},
                     similarity=None
                     if cols["similarity"][i] is None
                     else float(cols["similarity"][i]),
@@ -468,6 +518,25 @@ class SearchIndex:
                 )
             )
         return out
+
+
+def _condition_text(condition: Any) -> str:
+    """A filter condition as a person wrote it (``colour in red,blue``)."""
+    value = condition.value
+    shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+    return f"{condition.column} {condition.op} {shown}"
+
+
+def _read_rows_or_none(index_dir: Path, snapshot: Snapshot) -> tuple[pa.Table, ModelSpec, int] | None:
+    """The snapshot's rows file (see :mod:`mmsearch.rowsfile`), or None to use the table."""
+    import pyarrow as pa
+
+    from mmsearch.rowsfile import read_rows_file, rows_file_path
+
+    try:
+        return read_rows_file(rows_file_path(index_dir, snapshot))
+    except (OSError, KeyError, ValueError, pa.ArrowException):  # absent (older index) or unreadable
+        return None
 
 
 def open_index(index_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> SearchIndex:

@@ -26,7 +26,9 @@ MAX_CONDITIONS = 16
 MAX_VALUES = 100
 MAX_VALUE_CHARS = 256
 MAX_FILTER_CHARS = 4096
-RESERVED = frozenset({"id", "vector", "metadata", "sha256"})
+#: The engine's own row-id column in the table filters run on; metadata may have an ``id``.
+ROW_ID_COLUMN = "__row_id"
+RESERVED = frozenset({ROW_ID_COLUMN, "vector", "metadata", "sha256"})
 
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]{0,63})\s*(!=|<=|>=|=|<|>|\bin\b|\bcontains\b)\s*(.*?)\s*$", re.S)
 

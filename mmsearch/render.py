@@ -39,7 +39,9 @@ def _shown(hit: Any) -> str:
 def _brief(metadata: Mapping[str, Any]) -> str:
     meta = {k: v for k, v in metadata.items() if k not in HIDDEN_KEYS}
     chosen = [k for k in BRIEF_KEYS if k in meta] or list(meta)[:4]
-    return ", ".join(f"{k}={meta[k]}" for k in chosen)
+    labels = [k for k in meta if isinstance(meta.get(f"{k}_prob"), (int, float)) and k not in chosen]
+    brief = [f"{k}={meta[k]}" for k in chosen if not k.endswith("_prob")]
+    return ", ".join(brief + [f"{k}={meta[k]} ({meta[k + '_prob']:.2f})" for k in labels])  # zero-shot labels
 
 
 def result_table(results: Sequence[Any]) -> Table:
@@ -132,3 +134,58 @@ def print_failures(report: Any, err: Console, limit: int = 10) -> None:
         err.print(
             f"[yellow]warning:[/] {escape(root)} could not be fully read; deleted files were NOT removed from the index"
         )
+
+
+def print_previews(results: Sequence[Any], out: Console, err: Console) -> None:
+    """Each hit on its own line, image hits followed by an inline preview when the terminal
+    shows images; elsewhere the plain results table and one note."""
+    from mmsearch.termimage import detect_protocol, encode_inline, thumbnail_png
+
+    protocol = detect_protocol(isatty=out.is_terminal)
+    if protocol is None:
+        out.print(result_table(results))
+        err.print(
+            "[yellow]note:[/] this terminal does not show images; previews need kitty, iTerm2 or WezTerm"
+        )
+        return
+    for hit in results:
+        out.print(
+            f"[bold]#{hit.rank}[/] {hit.score:.4f} {hit.kind} {escape(_shown(hit))}", soft_wrap=True
+        )
+        if hit.kind == "image" and getattr(hit, "path", None):
+            try:
+                png = thumbnail_png(hit.path)
+            except Exception as exc:  # a file gone or unreadable since indexing: say so, go on
+                err.print(f"  [yellow]no preview:[/] {escape(str(exc))}")
+                continue
+            out.file.write(encode_inline(png, protocol))
+            out.file.flush()
+
+
+def info_table(info: Mapping[str, Any]) -> Table:
+    """``mmsearch info``: the engine's description, then sources, disk use and the last run."""
+    from mmsearch.inventory import human_bytes
+
+    table = Table(show_header=False, box=None)
+    for key, value in info.items():
+        if key not in ("ann", "sources", "disk_bytes", "last_run"):
+            table.add_row(key, escape(str(value)))
+    for kind, ann in info["ann"].items():
+        for key, value in ann.items():
+            table.add_row(escape(f"ann[{kind}].{key}"), escape(str(value)))
+    for source in info.get("sources") or []:
+        table.add_row(
+            "source",
+            escape(f"{display_path(str(source['source']))} ({source['rows']} {source['kind']})"),
+        )
+    sizes = info.get("disk_bytes") or {}
+    if sizes:
+        parts = ", ".join(f"{name} {human_bytes(n)}" for name, n in sizes.items() if n)
+        table.add_row("disk", f"{parts} (total {human_bytes(sum(sizes.values()))})")
+    run = info.get("last_run")
+    if run:
+        counts = f"{run['added']} added, {run['updated']} updated, {run['deleted']} deleted, {run['failed']} failed"
+        table.add_row("last run", escape(f"{run['finished_at']}: {counts}"))
+        if run["failed"]:
+            table.add_row("last run failures", escape(str(run["failures_file"])))
+    return table

@@ -52,9 +52,9 @@ from mmsearch.errors import (
     UnsafePathError,
 )
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
-from mmsearch.query import QueryTerm
+from mmsearch.models.base import Encoder
 from mmsearch.search.http import SearchRequest
-from mmsearch.search.types import DEFAULT_KIND, MAX_K, MAX_OFFSET
+from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
 from mmsearch.serve.holder import IndexHolder
 from mmsearch.serve.limits import BodyLimitMiddleware, validation_error_body
 from mmsearch.serve.observe import Metrics, ObserveMiddleware, record_results
@@ -75,7 +75,7 @@ class ServerConfig:
     url_timeout_s: float = 10.0
     # An encoder to use instead of loading the index's model: `mmsearch serve` passes the
     # one it loaded at start-up; tests pass a fake one.
-    encoder: Any | None = None
+    encoder: Encoder | None = None
     host: str = "127.0.0.1"  # the bound address: accepted as a Host header
     allowed_hosts: list[str] = field(default_factory=list)  # more Host values ("*" = any)
     token: str | None = None  # required on every route but /healthz when set
@@ -91,6 +91,7 @@ def check_query_paths(query: str, image_roots: list[Path]) -> None:
 
     Checked whether or not the file exists, so the answer never tells a caller which
     files exist outside the roots. Quote a term to search for it as text: ``"holiday.jpg"``.
+    The engine applies the same check to every image term it opens.
     """
     from mmsearch.query import parse_query
     from mmsearch.search.encode import check_image_path
@@ -245,6 +246,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         cutoff: bool = False,
         literal: bool = False,
     ) -> dict[str, Any]:
+        from mmsearch.query import QueryTerm
         from mmsearch.search.http import build_query
 
         terms = []
@@ -255,8 +257,9 @@ def create_app(config: ServerConfig) -> FastAPI:
                 )
             terms.append(QueryTerm(1.0, "url", url))
         query = build_query(
-            q=None if url else q, literal=literal, terms=terms, where=where, kind=kind, mode=mode, fusion=fusion,
-            alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact,
+            q=None if url else q, literal=literal, terms=terms, where=where, kind=kind, mode=mode,
+            fusion=fusion, alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup,
+            min_score=min_score, cutoff=cutoff, exact=exact,
         )  # fmt: skip
         return _answer(query, q if not url else url)
 
@@ -267,12 +270,11 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     def _search_upload(data: bytes, k: int, kind: str, where: list[str]) -> list[dict[str, Any]]:
         from mmsearch.imageio import load_image
+        from mmsearch.query import QueryTerm
         from mmsearch.search.http import build_query
 
         image = load_image(data, max_pixels=config.max_pixels)
-        query = build_query(
-            q=None, terms=[QueryTerm(1.0, "image", image)], where=where, kind=kind, k=k
-        )
+        query = build_query(q=None, terms=[QueryTerm(1.0, "image", image)], where=where, kind=kind, k=k)
         return _results(holder.get().run(query))
 
     @app.post("/api/search/image")

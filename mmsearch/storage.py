@@ -315,13 +315,24 @@ class ItemStore:
     def iter_vectors(
         self, kind: str, *, batch_rows: int = 65_536
     ) -> Iterator[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]:
-        """(vectors, ids) of one ``kind``'s rows in batches, streamed from the table at its
-        current (or checked-out) version, never the whole column in memory."""
-        query = self.table.search().select(["id", "vector"]).where(f"kind = {sql_quote(kind)}")
-        for batch in query.limit(None).to_batches(batch_rows):
+        """(vectors, ids) of one ``kind``'s rows in batches of increasing id, streamed from
+        the table at its current (or checked-out) version, never the whole column in memory.
+
+        Table order is not id order once rows were updated (``merge_insert`` rewrites a
+        changed row at the end) or compacted; ANN segment files need ids in order. So the
+        ids are read first (8 bytes a row), and each batch is one id range, sorted.
+        """
+        where = f"kind = {sql_quote(kind)}"
+        ids = np.sort(self.scan(["id"], where).column("id").to_numpy().astype(np.int64))
+        for start in range(0, len(ids), batch_rows):
+            lo, hi = int(ids[start]), int(ids[min(start + batch_rows, len(ids)) - 1])
+            batch = self.scan(["id", "vector"], f"{where} AND id >= {lo} AND id <= {hi}")
+            batch = batch.take(pa.array(np.argsort(batch.column("id").to_numpy(), kind="stable")))
             if batch.num_rows:
-                ids = batch.column("id").to_numpy().astype(np.int64, copy=False)
-                yield fixed_list_to_numpy(batch.column("vector"), self.dim), ids
+                yield (
+                    fixed_list_to_numpy(batch.column("vector"), self.dim),
+                    batch.column("id").to_numpy().astype(np.int64, copy=False),
+                )
 
     @property
     def has_lexical_column(self) -> bool:

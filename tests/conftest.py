@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from mmsearch.models.spec import ModelSpec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Derived model artefacts (ONNX exports, calibration embeddings) go to a per-run cache.
+os.environ.setdefault("MMSEARCH_CACHE", tempfile.mkdtemp(prefix="mmsearch-test-cache-"))
 
 
 class FakeEncoder:
@@ -47,7 +50,9 @@ class FakeEncoder:
         self.calls += 1
         out = []
         for text in texts:
-            seed = int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:8], "little")
+            seed = int.from_bytes(
+                hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:8], "little"
+            )
             out.append(np.random.default_rng(seed).standard_normal(self.dim))
         return self._norm(np.asarray(out, dtype=np.float32))
 

@@ -60,7 +60,13 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> Any:
     assert report.failed == 0
     app = create_app(ServerConfig(index_dir=base / "idx", encoder=encoder))
     with serve_in_thread(app) as url:
-        yield {"url": url, "catalog": catalog, "base": base, "encoder": which}
+        yield {
+            "url": url,
+            "catalog": catalog,
+            "base": base,
+            "encoder": which,
+            "encoder_obj": encoder,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +155,8 @@ def test_image_upload_search(page: Any, gallery: Any) -> None:
         "() => /for image query\\.png/.test(document.getElementById('status').textContent)"
     )
     first = page.locator("article.hit img").first
-    assert first.get_attribute("title") == str(target)  # the same image ranks first
+    # The same image ranks first; the server shows paths relative to the indexed folder.
+    assert first.get_attribute("title") == str(target.relative_to(catalog.image_dir))
     page.screenshot(path=str(gallery["base"] / "upload.png"))
 
 
@@ -160,3 +167,51 @@ def test_upload_of_a_non_image_shows_an_error(page: Any, gallery: Any) -> None:
     page.set_input_files("#upload", str(bogus))
     page.wait_for_selector("#status.error")
     assert page.inner_text("#status").strip() != ""
+
+
+def test_search_url_is_a_link_that_restores_query_kind_and_filters(page: Any, gallery: Any) -> None:
+    catalog = gallery["catalog"]
+    cheap = sum(1 for r in catalog.rows if float(r["price"]) < 40)
+    _search(page, gallery["url"], "a blue star", where="price < 40")
+    _wait_for_results(page)
+    link = page.url
+    assert "where=price" in link
+    page.goto("about:blank")
+    page.goto(link)  # opened afresh, as a shared link would be
+    _wait_for_results(page)
+    assert page.input_value("input[name=q]") == "a blue star"
+    assert page.input_value("input[name=where]") == "price < 40"
+    assert page.input_value("select[name=kind]") == "image"
+    assert page.locator("article.hit").count() == cheap
+    page.goto(gallery["url"] + "/?q=red&kind=any&where=price+%3C+40&where=price+%3E+0")
+    _wait_for_results(page)
+    assert page.input_value("select[name=kind]") == "any"
+    assert page.input_value("input[name=where]") == "price < 40 and price > 0"
+
+
+def test_token_sign_in_once_then_gallery_works(page: Any, gallery: Any) -> None:
+    """With a token, the gallery asks for it once; the session cookie is HttpOnly and Strict."""
+    token = "browser-test-token-0123456789"
+    app = create_app(
+        ServerConfig(index_dir=gallery["base"] / "idx", encoder=gallery["encoder_obj"], token=token)
+    )
+    with serve_in_thread(app) as url:
+        page.goto(url + "/")
+        assert page.locator("input[name=token]").count() == 1
+        page.fill("input[name=token]", "wrong")
+        page.click("button[type=submit]")
+        page.wait_for_selector("p.error")
+        page.fill("input[name=token]", token)
+        page.click("button[type=submit]")
+        page.wait_for_selector("input[name=q]")
+        _search(page, url, "a red circle")
+        _wait_for_results(page)
+        assert page.locator("article.hit").count() > 0
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: invisible to scripts
+        cookie = next(c for c in page.context.cookies() if c["name"] == "mmsearch_session")
+        assert (
+            cookie["httpOnly"] and cookie["sameSite"] == "Strict" and token not in cookie["value"]
+        )
+        page.goto(url + "/")  # asked once: the cookie carries on
+        assert page.locator("input[name=q]").count() == 1
+        page.context.clear_cookies()

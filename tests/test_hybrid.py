@@ -22,13 +22,17 @@ from mmsearch.errors import BadQueryError
 
 @pytest.fixture(scope="module")
 def catalog_index(tmp_path_factory, tiny_encoder):
-    from mmsearch.datasets.synthetic import generate_catalog
+    from types import SimpleNamespace
+
+    from mmsearch.datasets.synthetic import catalog_rows
 
     root = tmp_path_factory.mktemp("hybrid")
-    cat = generate_catalog(root / "cat", n=330, seed=3, image_size=32)
-    run_index([cat.jsonl_path], root / "idx", tiny_encoder.spec, options=IndexOptions(batch_size=128),
+    rows = catalog_rows(330, seed=3)
+    jsonl = root / "catalog.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    run_index([jsonl], root / "idx", tiny_encoder.spec, options=IndexOptions(batch_size=128),
               encoder=tiny_encoder)  # fmt: skip
-    return SearchIndex(root / "idx", encoder=tiny_encoder), cat
+    return SearchIndex(root / "idx", encoder=tiny_encoder), SimpleNamespace(rows=rows)
 
 
 def test_sku_codes_top1_hybrid_vs_vector(catalog_index, record_property) -> None:
@@ -139,7 +143,9 @@ def test_cli_modes_literal_and_k_cap(catalog_index) -> None:
     hits = json.loads(done.stdout)
     assert hits and hits[0]["metadata"]["title"] == title
     done = runner.invoke(app, [*base[:1], "qzxv wplok", *base[1:], "--cutoff"])
-    assert done.exit_code == 0 and json.loads(done.stdout) == [] and "no good match" in done.output
+    assert done.exit_code == 3 and json.loads(done.stdout) == [] and "no good match" in done.output
+    done = runner.invoke(app, [*base[:1], "red + missing-ref.jpg", *base[1:]])
+    assert done.exit_code == 2 and "image not found: missing-ref.jpg" in done.output
     done = runner.invoke(app, [*base[:1], "red", *base[1:], "--top", "1001"])
     assert done.exit_code == 2 and "1000" in done.output
     done = runner.invoke(

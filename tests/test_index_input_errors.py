@@ -41,12 +41,11 @@ def _one_error_line(output: str) -> str:
 
 def test_missing_path_fails_before_model_load_and_creates_nothing(tmp_path):
     idx = tmp_path / "idx"
-    result = runner.invoke(
-        app, ["index", str(tmp_path / "phtos"), "--index", str(idx), *UNLOADABLE]
-    )
+    missing = tmp_path / "holiday photos from the summer" / "phtos"  # long: the line must not wrap
+    result = runner.invoke(app, ["index", str(missing), "--index", str(idx), *UNLOADABLE])
     assert result.exit_code == 2
     line = _one_error_line(result.output)
-    assert "phtos" in line and "no such file or folder" in line
+    assert len(line) > 100 and str(missing) in line and "no such file or folder" in line
     assert not idx.exists()
 
 

@@ -73,7 +73,9 @@ def test_offset_pages_and_shared_k_cap(mixed) -> None:
 
 def test_api_post_and_get_share_the_query_object(mixed) -> None:
     idx, cat, enc = mixed
-    client = TestClient(create_app(ServerConfig(index_dir=idx.index_dir, encoder=enc)))
+    client = TestClient(
+        create_app(ServerConfig(index_dir=idx.index_dir, encoder=enc, allowed_hosts=["testserver"]))
+    )
     body = {
         "terms": [{"text": "Levi's 501 - circle"}, {"text": "red", "weight": -1}],
         "where": {"price": ["<", 100], "shape": ["circle", "star"]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -69,6 +70,11 @@ def test_engine_reason_is_shown_when_given():
         no_results_reason([], kinds=["image"], kind="any", where=None)
         == "nothing matched the query"
     )
+    without_reason = no_results_reason([], kinds=["image"], kind="text", where=None)  # a plain list
+    assert without_reason == "the index holds no text items; it holds: image"
+    assert no_results_reason([], kinds=["image"], kind="any", where=["price < 1"]) == (
+        "no item matches the filters 'price < 1'"
+    )
 
 
 def test_results_table_relative_paths_no_empty_metadata_column(image_index, monkeypatch):
@@ -84,3 +90,41 @@ def test_results_table_relative_paths_no_empty_metadata_column(image_index, monk
         assert (
             path.startswith("catalog" + os.sep) and (image_index / path).is_file()
         )  # whole, relative, copyable
+
+
+def test_previews_inline_images_with_kitty_and_iterm(image_index, monkeypatch):
+    import base64
+    import io
+
+    from PIL import Image
+
+    for protocol, start in (("kitty", "\x1b_Gf=100,a=T,"), ("iterm", "\x1b]1337;File=inline=1;")):
+        monkeypatch.setenv("MMSEARCH_PREVIEW", protocol)
+        result = _query(image_index, "red circle", "-k", "2", "-p")
+        assert result.exit_code == 0, result.output
+        assert result.stdout.count(start) == 2  # one preview per image hit
+        if protocol == "kitty":  # the first image: its chunks up to the one with m=0
+            parts = []
+            for head, chunk in re.findall(r"\x1b_G([^;]*);([^\x1b]*)\x1b\\", result.stdout):
+                parts.append(chunk)
+                if "m=0" in head:
+                    break
+            data = "".join(parts)
+        else:
+            data = result.stdout.split(start, 1)[1].split(":", 1)[1].split("\x07", 1)[0]
+        thumb = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert thumb.format == "PNG" and max(thumb.size) <= 192
+
+
+def test_previews_fall_back_to_the_table_where_images_cannot_show(image_index, monkeypatch):
+    from mmsearch.termimage import detect_protocol
+
+    monkeypatch.delenv("MMSEARCH_PREVIEW", raising=False)
+    result = _query(image_index, "red circle", "-k", "2", "-p")  # not a terminal
+    assert result.exit_code == 0
+    assert "\x1b_G" not in result.stdout and "1337;File" not in result.stdout
+    assert "does not show images" in result.output and "score" in result.stdout
+    assert detect_protocol({"TERM": "xterm-kitty"}) == "kitty"
+    assert detect_protocol({"TERM_PROGRAM": "WezTerm"}) == "iterm"
+    assert detect_protocol({"TERM": "xterm-256color"}) is None
+    assert detect_protocol({"TERM": "xterm-kitty"}, isatty=False) is None

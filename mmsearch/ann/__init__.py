@@ -12,7 +12,8 @@ import os
 # an explicit OMP_WAIT_POLICY wins, and it only matters if FAISS is not loaded yet.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mmsearch.ann.index import VectorIndex  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
 from mmsearch.ann.params import (  # noqa: E402
     FLAT_THRESHOLD,
     RETRAIN_GROWTH_RATIO,
@@ -22,6 +23,20 @@ from mmsearch.ann.params import (  # noqa: E402
     choose_nlist,
     choose_train_size,
 )
+
+if TYPE_CHECKING:
+    from mmsearch.ann.index import VectorIndex
+
+
+def __getattr__(name: str) -> Any:
+    # faiss loads with the first use of VectorIndex, not with this package: reading a
+    # manifest (``mmsearch info``) must not pay for it.
+    if name == "VectorIndex":
+        from mmsearch.ann.index import VectorIndex
+
+        return VectorIndex
+    raise AttributeError(f"module 'mmsearch.ann' has no attribute {name!r}")
+
 
 __all__ = [
     "FLAT_THRESHOLD",

@@ -307,6 +307,28 @@ def _load_manifest(
     return out
 
 
+def verify_files(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Full check of a saved index's files: size and SHA-256 of each, then the refine
+    segments opened (sizes against the manifest, no repeated ids, live row count).
+
+    Reads every byte (seconds for millions of vectors), which is why opening an index
+    does not do it; ``mmsearch check`` and the ANN build (right after writing) do.
+    Returns the manifest; raises :class:`IndexCorruptError` naming the first bad file.
+    """
+    root = Path(directory)
+    manifest = F.read_manifest(root)
+    try:
+        entries = list(dict(manifest["files"]).values())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexCorruptError(
+            f"{root / F.MANIFEST_NAME} is incomplete ({exc!r}); {F.REBUILD_HINT}"
+        ) from exc
+    for entry in entries:
+        F.verify_file(root, entry, checksum=True)
+    open_store(root, manifest, checksum=False)  # just hashed
+    return manifest
+
+
 def _next_generation(root: Path) -> int:
     gen = 0
     try:

@@ -266,6 +266,15 @@ def _plan_rows(rng: np.random.Generator, n: int) -> list[dict[str, str | float]]
     return rows
 
 
+def catalog_rows(n: int, seed: int = 0) -> list[dict[str, str | float]]:
+    """The product rows (sku, title, caption, price, ...) of a catalog, without images.
+
+    The same SKU plan :func:`generate_catalog` uses; ``file`` is empty. For large text
+    collections (benchmarks) where rendering images would cost more than it tells.
+    """
+    return _plan_rows(np.random.default_rng(seed), n)
+
+
 def _write_corrupt(image_dir: Path, k: int, rng: np.random.Generator) -> list[Path]:
     """Truncated JPEGs, zero-byte files and text files named ``.jpg``."""
     out: list[Path] = []

@@ -9,15 +9,19 @@ honouring ``HF_HUB_OFFLINE`` and the HF cache), a local checkpoint file
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mmsearch.errors import ModelLoadError
 from mmsearch.models.encoder import ClipEncoder
+from mmsearch.models.fastload import TowerLoader
 from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -129,9 +133,56 @@ def _resolve_pretrained(spec: ModelSpec) -> str:
     return pretrained
 
 
+def checkpoint_path(spec: ModelSpec, pretrained: str) -> str | None:
+    """The local file holding ``spec``'s weights (a tag resolves through the HF cache)."""
+    import open_clip
+
+    if not pretrained:
+        return None
+    if os.path.isfile(pretrained):
+        return pretrained
+    cfg = open_clip.get_pretrained_cfg(spec.name, pretrained)
+    path = open_clip.download_pretrained(cfg) if cfg else ""
+    return str(path) if path else None
+
+
+def _tower_loader(spec: ModelSpec, pretrained: str, device: str) -> TowerLoader | None:
+    """A lazy per-tower loader (no random init) when the architecture allows it."""
+    import open_clip
+
+    path = checkpoint_path(spec, pretrained)
+    if path is None:
+        return None
+    towers = TowerLoader.create(spec.name, path, device)
+    if towers is None:
+        return None
+    cfg = (
+        open_clip.get_pretrained_cfg(spec.name, pretrained)
+        if not os.path.isfile(pretrained)
+        else {}
+    )
+    visual = towers.model.visual
+    pp = dict(getattr(visual, "preprocess_cfg", {}) or {})
+    pp.update({k: cfg[k] for k in ("mean", "std") if k in cfg})
+    visual.preprocess_cfg = pp
+    return towers
+
+
 class _OpenClipLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+
+@contextlib.contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """Drops open_clip's records from the root logger (only) while the block runs."""
+    root = logging.getLogger()
+    quiet = _OpenClipLogFilter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -139,40 +190,32 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
-def load_encoder(
-    spec: ModelSpec, device: str | None = None, *, dtype: str | None = None
-) -> ClipEncoder:
-    """Loads ``spec``'s architecture and weights; raises :class:`ModelLoadError` when it cannot.
+def load_model(spec: ModelSpec, device: str | None = None) -> tuple[torch.nn.Module, Any]:
+    """(open_clip model in fp32 on ``device``, tokenizer) for ``spec``; raises :class:`ModelLoadError`.
 
-    ``device`` defaults to CUDA when available, else CPU. ``dtype`` defaults to fp32
-    on CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
-
-    >>> enc = load_encoder(ModelSpec("mmsearch-tiny"), device="cpu")   # doctest: +SKIP
-    >>> enc.dim, enc.image_size                                      # doctest: +SKIP
-    (64, 64)
+    The model is returned as open_clip builds it (train mode, gradients on): the
+    fine-tuning loop starts from here, :func:`load_torch_encoder` wraps it for inference.
     """
     import open_clip
 
     register_model_configs()
     dev = resolve_device(device)
-    autocast = _autocast_dtype(dev, dtype)
     _check_architecture(spec.name)
     pretrained = _resolve_pretrained(spec)
-    # open_clip logs through the root logger; drop its records (only) while loading,
+    check_checkpoint_model(pretrained, spec.name)
+    # open_clip logs through the root logger; its records are dropped while loading,
     # since failures surface as ModelLoadError instead.
-    root = logging.getLogger()
-    quiet = _OpenClipLogFilter()
-    root.addFilter(quiet)
     try:
-        model = open_clip.create_model(
-            spec.name,
-            pretrained=pretrained or None,
-            precision="fp32",
-            device=dev,
-            require_pretrained=True,
-            weights_only=True,
-        )
-        tokenizer = open_clip.get_tokenizer(spec.name)
+        with quiet_open_clip():
+            model = open_clip.create_model(
+                spec.name,
+                pretrained=pretrained or None,
+                precision="fp32",
+                device=dev,
+                require_pretrained=True,
+                weights_only=True,
+            )
+            tokenizer = open_clip.get_tokenizer(spec.name)
     except ModelLoadError:
         raise
     except Exception as exc:  # open_clip raises RuntimeError/OSError/pickle errors/...
@@ -183,8 +226,68 @@ def load_encoder(
         raise ModelLoadError(
             f"cannot load weights {spec.key!r} ({reason}); {_ALTERNATIVES}"
         ) from exc
-    finally:
-        root.removeFilter(quiet)
+    return model, tokenizer
+
+
+#: safetensors metadata key naming the architecture a checkpoint was trained as.
+CHECKPOINT_MODEL_KEY = "mmsearch.model"
+
+
+def check_checkpoint_model(pretrained: str, name: str) -> None:
+    """Refuses a checkpoint whose recorded architecture is not ``name`` (one clear line)."""
+    if not pretrained.endswith(".safetensors") or not os.path.isfile(pretrained):
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(pretrained, framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get(CHECKPOINT_MODEL_KEY)
+    except Exception:  # unreadable files fail with a clearer message in open_clip's loader
+        return
+    if recorded and recorded != name:
+        raise ModelLoadError(
+            f"checkpoint {pretrained} is a fine-tuned {recorded!r}, not {name!r}; use --model {recorded}"
+        )
+
+
+def load_torch_encoder(
+    spec: ModelSpec, device: str | None = None, *, dtype: str | None = None
+) -> ClipEncoder:
+    """Loads ``spec``'s architecture and weights; raises :class:`ModelLoadError` when it cannot.
+
+    ``device`` defaults to CUDA when available, else CPU. ``dtype`` defaults to fp32
+    on CPU and bf16 (fp16 where bf16 is unsupported) autocast on CUDA.
+
+    >>> enc = load_torch_encoder(ModelSpec("mmsearch-tiny"), device="cpu")   # doctest: +SKIP
+    >>> enc.dim, enc.image_size                                      # doctest: +SKIP
+    (64, 64)
+    """
+    dev = resolve_device(device)
+    autocast = _autocast_dtype(dev, dtype)
+    register_model_configs()
+    _check_architecture(spec.name)
+    pretrained = _resolve_pretrained(spec)
+    check_checkpoint_model(pretrained, spec.name)
+    # Only the towers a command uses are built, straight from the weights (no random init).
+    towers = None
+    try:
+        with quiet_open_clip():
+            towers = _tower_loader(spec, pretrained, dev)
+            if towers is not None:
+                import open_clip
+
+                tokenizer = open_clip.get_tokenizer(spec.name)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # open_clip raises RuntimeError/OSError/pickle errors/...
+        raise ModelLoadError(
+            f"cannot load weights {spec.key!r} ({type(exc).__name__}: {_one_line(exc)}); {_ALTERNATIVES}"
+        ) from exc
+    if towers is not None:
+        return ClipEncoder(
+            towers.model, tokenizer, spec, dev, autocast_dtype=autocast, towers=towers
+        )
+    model, tokenizer = load_model(spec, dev)
     model.requires_grad_(False)
     return ClipEncoder(model, tokenizer, spec, dev, autocast_dtype=autocast)
 
@@ -195,17 +298,23 @@ def _env_flag(name: str) -> bool:
 
 def _hub_files(spec: ModelSpec) -> tuple[str, list[str]] | None:
     """(hub repo, candidate files) holding ``spec``'s weights, or None when none is needed."""
-    import open_clip
-
     if spec.name.startswith("hf-hub:"):
         return spec.name[len("hf-hub:") :], ["open_clip_config.json"]
-    if spec.name.startswith("local-dir:") or not spec.pretrained or _looks_like_path(spec.pretrained):
+    if (
+        spec.name.startswith("local-dir:")
+        or not spec.pretrained
+        or _looks_like_path(spec.pretrained)
+    ):
         return None
+    import open_clip
+
     hub = open_clip.get_pretrained_cfg(spec.name, spec.pretrained).get("hf_hub", "")
     if not hub:
         return None  # unknown tag (load_encoder explains) or a URL download
     repo, filename = os.path.split(hub)  # open_clip's convention: "org/name/" or "org/name/file"
-    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    names = (
+        [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    )
     return repo, names
 
 
@@ -228,7 +337,9 @@ def _reach(host: str, port: int, timeout_s: float) -> str | None:
     return outcome[0] if outcome else f"no answer within {timeout_s:g}s"
 
 
-def check_weights_reachable(spec: ModelSpec, *, offline: bool = False, timeout_s: float = 3.0) -> None:
+def check_weights_reachable(
+    spec: ModelSpec, *, offline: bool = False, timeout_s: float = 3.0
+) -> None:
     """Fails at once when ``spec``'s weights must come from the Hugging Face hub and cannot.
 
     Shipped weights, local checkpoints and weights already in the Hugging Face cache
@@ -253,8 +364,16 @@ def check_weights_reachable(spec: ModelSpec, *, offline: bool = False, timeout_s
     else:
         endpoint = urlsplit(constants.ENDPOINT)
         host = endpoint.hostname or "huggingface.co"
-        problem = _reach(host, endpoint.port or (443 if endpoint.scheme == "https" else 80), timeout_s)
+        problem = _reach(
+            host, endpoint.port or (443 if endpoint.scheme == "https" else 80), timeout_s
+        )
         if problem is None:
             return
         reason = f"{host} cannot be reached: {problem}"
-    raise ModelLoadError(f"cannot load weights {spec.key!r}: not in the local Hugging Face cache and {reason}; {_ALTERNATIVES}")
+    raise ModelLoadError(
+        f"cannot load weights {spec.key!r}: not in the local Hugging Face cache and {reason}; {_ALTERNATIVES}"
+    )
+
+
+#: The torch loader under its historical name (``mmsearch.models.load_encoder`` picks a backend).
+load_encoder = load_torch_encoder

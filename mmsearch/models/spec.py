@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 
 TINY_MODEL_NAME = "mmsearch-tiny"
@@ -39,6 +40,8 @@ class ModelSpec:
         name = name or DEFAULT_MODEL_NAME
         if pretrained is None:
             pretrained = DEFAULT_PRETRAINED if name == DEFAULT_MODEL_NAME else ""
+        elif os.path.isfile(pretrained):  # a checkpoint file: stamp its absolute path in the index
+            pretrained = os.path.abspath(pretrained)
         return cls(name=name, pretrained=pretrained)
 
     @property

@@ -17,7 +17,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmsearch.filters import Condition, compile_filter
+from mmsearch.filters import ROW_ID_COLUMN, Condition, compile_filter
+from mmsearch.itemmeta import normalize_metadata
 
 #: Columns read from the table for results.
 ROW_COLUMNS = ["id", "uri", "kind", "text", "metadata"]
@@ -37,9 +38,13 @@ class Rows:
 
     def __init__(self, table: pa.Table) -> None:
         ids = table.column("id").to_numpy()
-        order = np.argsort(ids, kind="stable")
-        self.sorted_ids: npt.NDArray[np.int64] = ids[order].astype(np.int64, copy=False)
-        self.table = table.take(pa.array(order))
+        if len(ids) < 2 or bool(np.all(np.diff(ids) > 0)):  # a rows file comes sorted: no copy
+            self.sorted_ids: npt.NDArray[np.int64] = ids.astype(np.int64, copy=False)
+            self.table = table
+        else:
+            order = np.argsort(ids, kind="stable")
+            self.sorted_ids = ids[order].astype(np.int64, copy=False)
+            self.table = table.take(pa.array(order))
         self._filterable: pa.Table | None = None
         self._lowered: dict[str, pa.Array] | None = None
         self._lock = threading.Lock()
@@ -48,7 +53,7 @@ class Rows:
         return len(self.sorted_ids)
 
     def filterable(self) -> pa.Table:
-        """id, kind and every metadata key as typed columns (built on first use)."""
+        """Row ids (``ROW_ID_COLUMN``), kind and every metadata key as typed columns (built on first use)."""
         with self._lock:
             if self._filterable is None:
                 self._filterable = _expand_metadata(self.sorted_ids, self.table)
@@ -58,7 +63,7 @@ class Rows:
         """Sorted ids of the rows that satisfy every condition."""
         table = self.filterable()
         expr = compile_filter(conditions, table)
-        return table.filter(expr).column("id").to_numpy().astype(np.int64)
+        return table.filter(expr).column(ROW_ID_COLUMN).to_numpy().astype(np.int64)
 
     def kinds_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.object_]:
         """The kind of each id ("" for unknown ids)."""
@@ -87,15 +92,6 @@ class Rows:
         """The rows of ``ids`` that exist (in order) and a mask of which ids were found."""
         pos, found = self._positions(ids)
         return self.table.take(pa.array(pos[found])), found
-
-    def column_of(self, ids: npt.NDArray[np.int64], key: str) -> list[Any]:
-        """The values of one filterable column (a metadata key) for ``ids`` (None when absent)."""
-        table = self.filterable()
-        if key not in table.column_names:
-            return [None] * len(ids)
-        pos, found = self._positions(ids)
-        values = table.column(key).take(pa.array(pos)).to_pylist()
-        return [v if ok else None for v, ok in zip(values, found.tolist(), strict=True)]
 
     def identifier_ids(self, text: str) -> npt.NDArray[np.int64]:
         """Ids of rows holding ``text`` as an identifier, case-insensitively.
@@ -135,7 +131,7 @@ class Rows:
                 self._lowered = {
                     name: pc.utf8_lower(table.column(name).combine_chunks())
                     for name in table.column_names
-                    if name not in ("id", "kind")
+                    if name not in (ROW_ID_COLUMN, "kind")
                     and pa.types.is_string(table.schema.field(name).type)
                 }
             return self._lowered
@@ -149,10 +145,10 @@ def _any(masks: list[Any]) -> Any:
 
 
 def _expand_metadata(sorted_ids: npt.NDArray[np.int64], table: pa.Table) -> pa.Table:
-    records = [json.loads(m) if m else {} for m in table.column("metadata").to_pylist()]
+    records = [normalize_metadata(json.loads(m)) if m else {} for m in table.column("metadata").to_pylist()]
     keys = sorted({key for rec in records for key in rec})
     columns: dict[str, pa.Array] = {
-        "id": pa.array(sorted_ids),
+        ROW_ID_COLUMN: pa.array(sorted_ids),
         "kind": table.column("kind").combine_chunks(),
     }
     for key in keys:

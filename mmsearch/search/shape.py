@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mmsearch.itemmeta import normalize_metadata
 from mmsearch.search.types import Query
 
 
@@ -63,7 +64,7 @@ def group_values(table: pa.Table, key: str) -> list[Any]:
         return table.column(key).to_pylist()
     out = []
     for raw in table.column("metadata").to_pylist():
-        value = json.loads(raw).get(key) if raw else None
+        value = normalize_metadata(json.loads(raw)).get(key) if raw else None
         out.append(
             value if not isinstance(value, (list, dict)) else json.dumps(value, sort_keys=True)
         )

@@ -35,7 +35,7 @@ class IndexHolder:
         self.reload_error: str | None = None
         self.catalogs = CatalogCache()
         self._on_open = on_open
-        self.fetch_url: Any = None  # set by create_app when image URLs are allowed
+        self.fetch_url: Callable[[str], Any] | None = None  # image-URL terms, when allowed
 
     @property
     def current(self) -> Any:
@@ -53,6 +53,7 @@ class IndexHolder:
             fetch_url=self.fetch_url,
         )
         self.catalogs.get(index)  # built now, by the opening thread, not by the next request
+        _warm_search(index)
         if self._on_open is not None:
             self._on_open(index)
         return index
@@ -99,3 +100,14 @@ class IndexHolder:
             return self._index
         finally:
             self._open_lock.release()
+
+
+def _warm_search(index: Any) -> None:
+    """One search on a freshly opened snapshot, so the requests after the swap find its
+    row view built and its ANN pages mapped instead of waiting for them."""
+    import numpy as np
+
+    if len(index) == 0:
+        return
+    probe = np.full(index.store.dim, 1.0 / np.sqrt(index.store.dim), dtype=np.float32)
+    index.search_vector(probe, 1)

@@ -113,7 +113,9 @@ class DrainMiddleware:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port``, or :class:`BindError` in one line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for such
+    # sockets; without it every response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
@@ -128,15 +130,56 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class AppFactory:
-    """A picklable application factory: each worker process builds its own app from it."""
+def check_servable(
+    index_dir: Any,
+    *,
+    device: str | None = None,
+    load_model: bool = True,
+    backend: str = "auto",
+    quantize: str | None = None,
+) -> Any:
+    """Raises the one-line error that would stop serving ``index_dir``; returns its encoder.
 
-    def __init__(self, config: Any) -> None:
+    With ``load_model`` the index is opened and its model loaded (and returned, to be
+    reused by the server); without it only the published snapshot is checked, which
+    imports nothing heavy (a supervisor of worker processes stays small).
+    """
+    from pathlib import Path
+
+    from mmsearch.errors import IndexNotFoundError
+    from mmsearch.snapshot import read_snapshot
+
+    if load_model:
+        from mmsearch.engine import SearchIndex
+
+        return SearchIndex(index_dir, device=device, backend=backend, quantize=quantize).encoder
+    if read_snapshot(Path(index_dir)) is None:
+        raise IndexNotFoundError(
+            f"no searchable mmsearch index at {index_dir} "
+            f"(create one with: mmsearch index PATH --index {index_dir})"
+        )
+    return None
+
+
+class AppFactory:
+    """A picklable application factory: each worker process builds its own app from it.
+
+    ``threads`` caps the math libraries' thread pools of the worker (set before the
+    model runtime is imported), so N workers do not each start one thread per core.
+    """
+
+    def __init__(self, config: Any, threads: int | None = None) -> None:
         self.config = config
+        self.threads = threads
 
     def __call__(self) -> Any:
+        import os
+
         from mmsearch.server import create_app
 
+        if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
+            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                os.environ[name] = str(self.threads)
         return create_app(self.config)
 
 
@@ -172,10 +215,13 @@ def run(
     log_format: str = "text",
 ) -> None:
     """Serves ``create_app(server_config)`` on ``sock`` with ``workers`` processes until stopped."""
+    import os
+
     import uvicorn
 
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     config = uvicorn.Config(
-        AppFactory(server_config),
+        AppFactory(server_config, threads),
         factory=True,
         workers=workers,
         proxy_headers=proxy_headers,

@@ -233,9 +233,10 @@ class ObserveMiddleware:
         elapsed: float,
         obs: Observation,
     ) -> str:
+        now = time.time()
         record: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-            + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int(now * 1000) % 1000:03d}Z",
             "method": method,
             "route": route,
             "status": status,

@@ -14,6 +14,10 @@ every text whose constraints an image satisfies is a positive of that image.
     python -m mmsearch.training.train_tiny --out mmsearch/models/weights/mmsearch-tiny.safetensors \\
         --steps 1200 --seed 0
 
+The optimisation itself is :func:`mmsearch.training.loop.fit`, the loop that
+``mmsearch finetune`` runs: an "epoch" here is ``--eval-every`` steps of freshly
+rendered batches, followed by the in-memory held-out check.
+
 This is a tool: it logs progress to stderr.
 """
 
@@ -35,6 +39,11 @@ from PIL import Image
 
 from mmsearch.datasets.synthetic import COLOURS, POSITIONS, SHAPES, caption_for, render_item
 from mmsearch.models.preprocess import fit_square
+from mmsearch.training.finetune import save_checkpoint
+from mmsearch.training.loop import Batch, EpochResult, FitConfig, fit, multipositive_loss
+from mmsearch.training.loop import lr_at as loop_lr_at
+
+__all__ = ["TrainConfig", "lr_at", "match_matrix", "multipositive_loss", "sample_batch", "train"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "models" / "configs"
 
@@ -127,27 +136,9 @@ def match_matrix(img_attrs: list[Attrs], txt_attrs: list[Attrs]) -> torch.Tensor
     return torch.from_numpy(ok.astype(np.float32))
 
 
-def multipositive_loss(
-    image_features: torch.Tensor,
-    text_features: torch.Tensor,
-    logit_scale: torch.Tensor,
-    match: torch.Tensor,
-) -> torch.Tensor:
-    """Symmetric InfoNCE whose targets spread evenly over all matching pairs."""
-    logits = logit_scale * image_features @ text_features.T
-    t_i2t = match / match.sum(dim=1, keepdim=True)
-    t_t2i = (match / match.sum(dim=0, keepdim=True)).T
-    loss_i = -(t_i2t * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    loss_t = -(t_t2i * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
-    return (loss_i + loss_t) / 2
-
-
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup then cosine decay to ``min_lr``."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return loop_lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup, cfg.steps)
 
 
 def _normalise(
@@ -176,24 +167,44 @@ def _quick_eval(model, tokenizer, mean, std, image_size: int) -> tuple[float, fl
 
 def save_weights(model: torch.nn.Module, path: Path, meta: dict[str, str]) -> None:
     """Stores the state dict as float16 safetensors (the loader upcasts to fp32)."""
-    from safetensors.torch import save_file
+    save_checkpoint(model, path, meta.get("model", "mmsearch-tiny"), meta, dtype=torch.float16)
 
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+
+class SyntheticBatches:
+    """``steps_per_epoch`` batches of freshly rendered items per epoch (one seeded stream)."""
+
+    def __init__(
+        self, cfg: TrainConfig, steps_per_epoch: int, image_size: int, tokenizer, mean, std
+    ) -> None:  # noqa: ANN001
+        self.cfg = cfg
+        self.steps_per_epoch = steps_per_epoch
+        self.image_size = image_size
+        self.tokenizer = tokenizer
+        self.mean, self.std = mean, std
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def batches(self, epoch: int):  # noqa: ANN201
+        while True:
+            images, texts, img_attrs, txt_attrs = sample_batch(
+                self.rng, self.cfg.batch_size, self.image_size, self.cfg
+            )
+            match = None if self.cfg.loss == "clip" else match_matrix(img_attrs, txt_attrs)
+            yield Batch(_normalise(images, self.mean, self.std), self.tokenizer(texts), match)
 
 
 def train(
     cfg: TrainConfig, out: Path, *, eval_every: int = 100, save_every: int = 200
 ) -> dict[str, float]:
-    """Runs one seeded training run and writes the weights to ``out``."""
+    """Runs one seeded training run and writes the weights to ``out``.
+
+    The run is :func:`mmsearch.training.loop.fit` over ``ceil(steps / eval_every)``
+    epochs of ``eval_every`` steps; weights are saved after every epoch that ends on a
+    multiple of ``save_every`` steps, and after the last.
+    """
     import open_clip
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    rng = np.random.default_rng(cfg.seed)
     open_clip.add_model_config(CONFIG_DIR)
     if cfg.config_dir:  # experiments with other architectures
         open_clip.add_model_config(Path(cfg.config_dir))
@@ -205,54 +216,42 @@ def train(
     image_size = int(pp["size"][0] if isinstance(pp["size"], tuple) else pp["size"])
     mean = torch.tensor(pp["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(pp["std"]).view(1, 3, 1, 1)
-
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(
-            p
-        )
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
+    epochs = max(1, math.ceil(cfg.steps / eval_every))
+    fit_cfg = FitConfig(
+        epochs=epochs,
         lr=cfg.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
+        min_lr=cfg.min_lr,
+        warmup=cfg.warmup,
+        weight_decay=cfg.weight_decay,
+        monitor="r1",
     )
-    clip_loss = open_clip.ClipLoss() if cfg.loss == "clip" else None
+    data = SyntheticBatches(cfg, eval_every, image_size, tokenizer, mean, std)
     meta = {"model": cfg.model, "seed": str(cfg.seed), "steps": str(cfg.steps)}
     start = time.time()
     last: dict[str, float] = {}
-    model.train()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        images, texts, img_attrs, txt_attrs = sample_batch(rng, cfg.batch_size, image_size, cfg)
-        imf, txf, logit_scale = model(_normalise(images, mean, std), tokenizer(texts))[:3]
-        if clip_loss is not None:
-            loss = clip_loss(imf, txf, logit_scale)
-        else:
-            loss = multipositive_loss(imf, txf, logit_scale, match_matrix(img_attrs, txt_attrs))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        if step % 20 == 0:
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        if (step - 1) % 20 == 0:
             print(
-                f"step {step} loss {loss.item():.4f} lr {lr_at(step, cfg):.2e} "
-                f"scale {logit_scale.item():.1f} t {time.time() - start:.0f}s",
+                f"step {step - 1} loss {loss:.4f} lr {lr:.2e} scale {model.logit_scale.exp().item():.1f} "
+                f"t {time.time() - start:.0f}s",
                 file=sys.stderr,
                 flush=True,
             )
-        if (step + 1) % eval_every == 0 or step + 1 == cfg.steps:
-            r1, r5 = _quick_eval(model, tokenizer, mean, std, image_size)
-            last = {"step": step + 1, "r1": r1, "r5": r5, "seconds": time.time() - start}
-            print(f"eval step {step + 1} R@1 {r1:.3f} R@5 {r5:.3f}", file=sys.stderr, flush=True)
-        if (step + 1) % save_every == 0 or step + 1 == cfg.steps:
-            save_weights(model, out, {**meta, "trained_steps": str(step + 1)})
+
+    def on_epoch(info: EpochResult) -> None:
+        nonlocal last
+        r1, r5 = info.metrics["r1"], info.metrics["r5"]
+        last = {"step": info.step, "r1": r1, "r5": r5, "seconds": time.time() - start}
+        print(f"eval step {info.step} R@1 {r1:.3f} R@5 {r5:.3f}", file=sys.stderr, flush=True)
+        if info.step % save_every == 0 or info.epoch == epochs:
+            save_weights(model, out, {**meta, "trained_steps": str(info.step)})
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        r1, r5 = _quick_eval(m, tokenizer, mean, std, image_size)
+        return {"r1": r1, "r5": r5}
+
+    fit(model, data, fit_cfg, evaluate=evaluate, on_step=on_step, on_epoch=on_epoch)
     last["seconds"] = time.time() - start
     return last
 

@@ -1,5 +1,9 @@
 """Caption-match retrieval quality of an encoder on a generated synthetic catalog.
 
+The quick model check used while training ``mmsearch-tiny`` and by its tests; R@k is
+computed by :mod:`mmsearch.evaluation.metrics` like every other figure of
+``mmsearch eval``.
+
 Images go the production way: files on disk -> PIL -> ``fit_square`` -> encoder.
 
 * Full captions: for every distinct caption in the catalog, rank all images by
@@ -26,6 +30,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from mmsearch.datasets.synthetic import COLOURS, POSITIONS, SHAPES, generate_catalog
+from mmsearch.evaluation.metrics import hit_curve, topk_hits
 from mmsearch.models.encoder import ClipEncoder
 from mmsearch.models.preprocess import fit_square
 
@@ -135,12 +140,11 @@ def caption_recall(
     labels = np.array([row["caption"] for row in rows])
     captions = sorted(set(labels.tolist()))
     sims = encoder.encode_texts(captions) @ image_vecs.T
-    kmax = max(ks)
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :kmax]
-    hits = labels[top] == np.array(captions)[:, None]
+    positives = labels[None, :] == np.array(captions)[:, None]
+    curve = hit_curve(topk_hits(sims, positives, max(ks)))
     result: dict[str, Any] = {"n_images": len(rows), "n_captions": len(captions)}
     for k in ks:
-        result[f"r{k}"] = float(hits[:, :k].any(axis=1).mean())
+        result[f"r{k}"] = float(curve[k - 1])
     # R-precision: with m images of a caption, the share of its top m that have it
     # (stricter than R@k: every matching image must outrank every other image).
     order = np.argsort(-sims, axis=1, kind="stable")

@@ -1,0 +1,149 @@
+"""One-shot start-up: wall time and peak RSS of `mmsearch --help`, `info` and `query`.
+
+    python benchmarks/startup.py --rounds 3 [--baseline /path/to/other/python] [--rclip /venv/bin/rclip]
+
+Builds (once, cached in --work) a ViT-B-32 index (random weights placed by
+offline_weights.py) over --n generated photo-sized JPEGs and the tiny demo index,
+then runs each command in a fresh process, interleaved round by round so machine
+noise hits every variant alike. Reports the median wall time and peak RSS (from
+wait4) per variant and the ratios against the first query variant. ``--baseline``
+runs the same queries with another interpreter (e.g. an older checkout's venv);
+``--rclip`` runs ``rclip -n`` on the same folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def run_measured(
+    cmd: list[str], env: dict[str, str], cwd: Path | None = None
+) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS MiB, exit status) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        print(
+            f"  ! {' '.join(cmd[:6])} exited {proc.returncode}: {err.strip()[-300:]}",
+            file=sys.stderr,
+        )
+    return wall, usage.ru_maxrss / 1024.0, proc.returncode
+
+
+def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> Path:
+    """n smooth photo-like JPEGs (gradients and shapes) of ``size``; reused when present."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) >= n:
+        return folder
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(n):
+        grad = np.linspace(0, 255, w, dtype=np.float32)[None, :, None] * rng.uniform(0.3, 1.0, 3)
+        img = Image.fromarray(np.broadcast_to(grad, (h, w, 3)).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(5):
+            x, y = int(rng.integers(0, w - w // 4)), int(rng.integers(0, h - h // 4))
+            draw.rectangle(
+                (x, y, x + w // 4, y + h // 4), fill=tuple(int(c) for c in rng.integers(0, 256, 3))
+            )
+        img.save(folder / f"photo-{i:05d}.jpg", quality=88)
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--work", type=Path, default=Path("/tmp/mmsearch-startup-bench"))
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--query", default="floral shirt")
+    ap.add_argument(
+        "--baseline", default=None, help="another python whose mmsearch to compare against"
+    )
+    ap.add_argument("--rclip", default=None, help="path of an rclip executable (its own venv)")
+    ap.add_argument(
+        "--rclip-models", type=Path, default=Path("/tmp/rclip-models"), help="see rclip_offline.py"
+    )
+    args = ap.parse_args()
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    py = sys.executable
+    photos = make_photos(args.work / "photos", args.n, (800, 600))
+    vit_index = args.work / "index-vit"
+    if not (vit_index / "snapshot.json").exists():
+        print(f"indexing {args.n} photos with ViT-B-32 (random weights) ...", file=sys.stderr)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "mmsearch.cli",
+                "index",
+                str(photos),
+                "-i",
+                str(vit_index),
+                "--backend",
+                "onnx",
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    mm = [py, "-m", "mmsearch.cli"]
+    q = [args.query, "-i", str(vit_index), "-k", "10"]
+    variants: dict[str, tuple[list[str], Path | None]] = {
+        "query onnx (ViT-B-32)": ([*mm, "query", *q, "--backend", "onnx"], None),
+        "query torch (ViT-B-32)": ([*mm, "query", *q, "--backend", "torch"], None),
+        "info": ([*mm, "info", "-i", str(vit_index)], None),
+        "--help": ([*mm, "--help"], None),
+    }
+    if args.baseline:
+        # run from outside this checkout, so that `-m` finds the baseline's own mmsearch
+        variants["baseline query (torch)"] = ([args.baseline, "-m", "mmsearch.cli", "query", *q], args.work)
+    if args.rclip:
+        from benchmarks.rclip_offline import fresh_datadir, prepare
+
+        prepare(args.rclip_models)
+        env["RCLIP_DATADIR"] = str(fresh_datadir(args.rclip_models, args.work))
+        # rclip indexes the working directory once here; -n then skips re-indexing
+        subprocess.run(
+            [args.rclip, "-f", "x"], cwd=photos, env=env, stdout=subprocess.DEVNULL, check=True
+        )
+        variants["rclip -n"] = ([args.rclip, "-n", "-f", args.query], photos)
+    for cmd, cwd in variants.values():  # warm the page cache and the ONNX export once
+        run_measured(cmd, env, cwd)
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for name, (cmd, cwd) in variants.items():
+            wall, rss, _ = run_measured(cmd, env, cwd)
+            results[name].append((wall, rss))
+    first = statistics.median(w for w, _ in results["query onnx (ViT-B-32)"])
+    print(
+        f"{'variant':28s} {'wall s (median)':>16s} {'peak RSS MiB':>13s} {'wall / onnx query':>18s}"
+    )
+    for name, rows in results.items():
+        wall = statistics.median(w for w, _ in rows)
+        rss = statistics.median(r for _, r in rows)
+        print(f"{name:28s} {wall:16.2f} {rss:13.0f} {wall / first:18.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Re-embed every item of an index with another model (``mmsearch index --reembed``).
+
+After fine-tuning, the index's vectors must come from the new checkpoint. This keeps
+every row (id, uri, text, metadata, ...) and replaces only the vectors and the model
+stamp; the ANN indexes are retrained and zero-shot labels recomputed with the new
+model. Elsewhere the model check stays strict: indexing into an index built by another
+model is refused.
+
+Crash safety: new rows are committed in batches to a staging table ``items_reembed``
+(a re-run resumes from it); the items table is then replaced in one commit, and the
+new snapshot is published last. Until then readers keep the previous snapshot, whose
+table version and model are unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from indexer.decode import DecodeFailure, DecodePool
+from indexer.discover import uri_to_path
+from indexer.report import Failure, IndexReport, write_failures
+from mmsearch.models.spec import ModelSpec
+from mmsearch.storage import (
+    DB_DIRNAME,
+    DIM_METADATA_KEY,
+    MODEL_METADATA_KEY,
+    TABLE_NAME,
+    ItemStore,
+    index_write_lock,
+    write_guard,
+)
+
+STAGING_TABLE = "items_reembed"
+
+
+def _staging(store: ItemStore, schema: pa.Schema) -> Any:
+    """The staging table for ``schema``'s model (a stale one for another model is dropped)."""
+    import lancedb
+
+    db = lancedb.connect(str(store.index_dir / DB_DIRNAME))
+    names = db.list_tables()
+    names = list(getattr(names, "tables", names))
+    if STAGING_TABLE in names:
+        table = db.open_table(STAGING_TABLE)
+        if (table.schema.metadata or {}).get(MODEL_METADATA_KEY) == schema.metadata[
+            MODEL_METADATA_KEY
+        ]:
+            return db, table
+        db.drop_table(STAGING_TABLE)
+    return db, db.create_table(STAGING_TABLE, schema=schema)
+
+
+def reembed_index(
+    index_dir: str | os.PathLike[str],
+    spec: ModelSpec,
+    *,
+    encoder: Any | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    progress: Any | None = None,
+) -> IndexReport:
+    """Re-embeds every row of an index with ``spec``; returns a report (``updated`` rows, failures).
+
+    Images whose files can no longer be decoded are dropped from the index and reported.
+    """
+    from indexer.ann_build import build_ann
+    from mmsearch.labels import refresh_labels
+
+    progress = progress or (lambda stage, advance, total: None)
+    started = time.perf_counter()
+    report = IndexReport()
+    with index_write_lock(index_dir):
+        store = ItemStore.open(index_dir)
+        if encoder is None:
+            from mmsearch.models import load_encoder
+
+            encoder = load_encoder(spec, device=device)
+        schema = reembedded_schema(store.table.schema, encoder.dim, spec)
+        with write_guard(store.index_dir):
+            db, staging = _staging(store, schema)
+            done = set(
+                staging.search().select(["uri"]).limit(None).to_arrow().column("uri").to_pylist()
+            )
+            rows = store.scan([n for n in schema.names if n != "vector"])
+            todo = rows.filter(
+                pa.array([u not in done for u in rows.column("uri").to_pylist()], pa.bool_())
+            )
+            _embed_rows(todo, staging, schema, encoder, batch_size, workers, report, progress)
+            data = staging.search().limit(None).to_arrow().cast(schema)
+            db.create_table(TABLE_NAME, data=data, schema=schema, mode="overwrite")
+            db.drop_table(STAGING_TABLE)
+            store = ItemStore.open(index_dir)
+            refresh_labels(store, encoder, relabel_all=True)
+            report.ann = build_ann(store, spec, retrain=True, progress=progress, encoder=encoder)
+            report.table_version = store.version
+            report.report_path = str(
+                write_failures(store.index_dir, time.strftime("%Y%m%dT%H%M%S"), report.failures)
+            )
+    report.updated = len(done) + report.embedded
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _embed_rows(
+    rows: pa.Table,
+    staging: Any,
+    schema: pa.Schema,
+    encoder: Any,
+    batch_size: int,
+    workers: int | None,
+    report: IndexReport,
+    progress: Any,
+) -> None:
+    kinds = rows.column("kind").to_pylist()
+    texts = [i for i, k in enumerate(kinds) if k == "text"]
+    images = [i for i, k in enumerate(kinds) if k == "image"]
+    progress("texts", 0, len(texts))
+    for start in range(0, len(texts), batch_size):
+        part = texts[start : start + batch_size]
+        chunk = rows.take(pa.array(part))
+        vectors = encoder.encode_texts(chunk.column("text").to_pylist())
+        _write(staging, chunk, vectors, schema)
+        report.embedded += len(part)
+        progress("texts", len(part), None)
+    progress("images", 0, len(images))
+    uris = rows.column("uri").to_pylist()
+    pending: list[int] = []
+    arrays: list[np.ndarray] = []
+
+    def flush() -> None:
+        if pending:
+            _write(
+                staging,
+                rows.take(pa.array(pending)),
+                encoder.encode_images(np.stack(arrays)),
+                schema,
+            )
+            report.embedded += len(pending)
+            progress("images", len(pending), None)
+            pending.clear()
+            arrays.clear()
+
+    with DecodePool(encoder.image_size, workers=workers) as pool:
+        for result in pool.decode((i, uri_to_path(uris[i])) for i in images):
+            if isinstance(result, DecodeFailure):
+                report.failures.append(
+                    Failure(result.path, result.reason, result.exc_class, "decode")
+                )
+                progress("images", 1, None)
+                continue
+            pending.append(result.index)
+            arrays.append(result.array)
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+
+
+def reembedded_schema(schema: pa.Schema, dim: int, spec: ModelSpec) -> pa.Schema:
+    """The table's schema (every column and its metadata kept), ``dim``-wide vectors, stamped ``spec``."""
+    out = schema.set(
+        schema.get_field_index("vector"), pa.field("vector", pa.list_(pa.float32(), dim))
+    )
+    meta = dict(schema.metadata or {})
+    meta[MODEL_METADATA_KEY] = spec.to_json().encode()
+    meta[DIM_METADATA_KEY] = str(dim).encode()
+    return out.with_metadata(meta)
+
+
+def _write(staging: Any, chunk: pa.Table, vectors: np.ndarray, schema: pa.Schema) -> None:
+    dim = schema.field("vector").type.list_size
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    table = chunk.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, dim))
+    staging.add(table.select(schema.names).cast(schema))

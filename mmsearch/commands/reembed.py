@@ -1,0 +1,61 @@
+"""``mmsearch index --reembed``: re-embed an index with another model, then index any new paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def reembed_then_index(
+    index_dir: Path,
+    spec: object,
+    paths: list[Path],
+    batch_size: int,
+    workers: int | None,
+    device: str | None,
+    json_out: bool,
+    strict: bool,
+) -> None:
+    """Runs the re-embedding with a progress bar; then an incremental run over ``paths``."""
+    import typer
+
+    from indexer.pipeline import IndexOptions, run_index
+    from indexer.reembed import reembed_index
+    from mmsearch.cli import _errors, _progress_bar, _RichProgress, console, err_console
+    from mmsearch.models import load_encoder
+    from mmsearch.render import print_summary
+
+    with _errors():
+        encoder = load_encoder(spec, device=device)  # type: ignore[arg-type]
+        with _progress_bar() as bar:
+            report = reembed_index(
+                index_dir,
+                spec,
+                encoder=encoder,
+                batch_size=batch_size,
+                workers=workers,  # type: ignore[arg-type]
+                progress=_RichProgress(bar),
+            )
+            if paths:
+                more = run_index(
+                    paths,
+                    index_dir,
+                    spec,
+                    options=IndexOptions(batch_size=batch_size, workers=workers),  # type: ignore[arg-type]
+                    progress=_RichProgress(bar),
+                    encoder=encoder,
+                )
+                report.added, report.deleted, report.unchanged = (
+                    more.added,
+                    more.deleted,
+                    more.unchanged,
+                )
+                report.failures += more.failures
+                if any(info.get("mode") != "unchanged" for info in more.ann.values()):
+                    report.ann = more.ann  # else keep the retrained indexes' figures
+    if json_out:
+        console.print_json(json.dumps(report.to_dict(), default=str))
+    else:
+        print_summary(report, console, err_console)
+    if strict and report.failed:
+        raise typer.Exit(1)

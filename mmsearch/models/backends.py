@@ -1,0 +1,152 @@
+"""Which backend embeds (torch or ONNX Runtime), and which backends an index has seen.
+
+``auto`` picks ONNX Runtime on a CPU when it is installed and torch on a GPU. An index
+records, in ``backends.json``, every backend (and quantisation) that wrote to it or
+queried it, with that backend's embeddings of a few fixed probe texts. A different
+backend of the same model spec is accepted only when its probe embeddings agree with
+the first recorded ones within :data:`AGREEMENT_MIN_COSINE` per text, so vectors from
+torch and ONNX (or fp32 and int8) never mix silently. This module imports neither
+torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmsearch.errors import ModelLoadError, ModelMismatchError
+from mmsearch.models.cache import read_json, write_json_atomic
+from mmsearch.models.spec import ModelSpec
+
+BACKENDS = ("auto", "torch", "onnx")
+#: Per-item cosine two backends' embeddings must reach to share an index.
+AGREEMENT_MIN_COSINE = 0.999
+RECORD_NAME = "backends.json"
+PROBE_TEXTS = (
+    "a red circle on the left",
+    "a photo of a dog on the beach",
+    "floral summer dress, size M",
+    "Blue running shoes — 42% off!",
+    "a small green triangle in the center",
+    "black leather bag",
+)
+
+
+def cuda_visible() -> bool:
+    """Whether an NVIDIA GPU is visible, judged without importing torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    try:
+        return gpus.is_dir() and any(gpus.iterdir())
+    except OSError:
+        return False
+
+
+def choose_backend(backend: str | None, device: str | None) -> str:
+    """``torch`` or ``onnx`` for a requested backend and device.
+
+    ``auto``: ONNX Runtime on a CPU when onnxruntime is installed, else torch (always
+    torch on a GPU). ``onnx`` requires a CPU device.
+    """
+    name = (backend or "auto").lower()
+    if name not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    on_gpu = (device or "auto").startswith("cuda") or (
+        device in (None, "", "auto") and cuda_visible()
+    )
+    if name == "onnx":
+        if on_gpu and device not in (None, "", "auto"):
+            raise ModelLoadError("the ONNX backend runs on the CPU; use --backend torch for a GPU")
+        return "onnx"
+    if name == "torch":
+        return "torch"
+    has_ort = importlib.util.find_spec("onnxruntime") is not None
+    return "onnx" if has_ort and not on_gpu else "torch"
+
+
+def load_encoder(
+    spec: ModelSpec,
+    device: str | None = None,
+    *,
+    dtype: str | None = None,
+    backend: str | None = "torch",
+    quantize: str | None = None,
+) -> Any:
+    """An encoder for ``spec`` on the chosen backend (see :func:`choose_backend`).
+
+    Both kinds have the same methods: ``encode_texts``, ``encode_images``,
+    ``encode_pil``, and ``spec``, ``dim``, ``image_size``, ``backend``.
+
+    >>> enc = load_encoder(ModelSpec("mmsearch-tiny"), backend="onnx")  # doctest: +SKIP
+    """
+    chosen = choose_backend(backend, device)
+    if chosen == "onnx":
+        if dtype not in (None, "fp32", "float32"):
+            raise ModelLoadError(
+                "the ONNX backend runs in fp32 (optionally --quantize int8); drop --dtype"
+            )
+        from mmsearch.models.onnx_encoder import load_onnx_encoder
+
+        return load_onnx_encoder(spec, quantize=quantize)
+    if quantize:
+        raise ModelLoadError("--quantize applies to the ONNX backend; add --backend onnx")
+    from mmsearch.models.loader import load_torch_encoder
+
+    return load_torch_encoder(spec, device, dtype=dtype)
+
+
+def backend_label(encoder: Any) -> str:
+    """``torch``, ``onnx`` or ``onnx-int8``: what produced an encoder's vectors."""
+    name = str(getattr(encoder, "backend", "torch"))
+    quantize = getattr(encoder, "quantize", None)
+    return f"{name}-{quantize}" if quantize else name
+
+
+def read_backend_record(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The index's backend record (``{}`` when none was written yet)."""
+    return read_json(Path(index_dir) / RECORD_NAME)
+
+
+def check_backend(index_dir: str | os.PathLike[str], encoder: Any, *, record: bool) -> str:
+    """Refuses an encoder whose backend disagrees with the index's recorded vectors.
+
+    A backend already recorded passes at once (no encoding). Otherwise the probe texts
+    are embedded and compared, per text, with the first recorded backend's; below
+    :data:`AGREEMENT_MIN_COSINE` raises :class:`ModelMismatchError`. With ``record``
+    (writers), the new backend is added to the record. Returns the encoder's label.
+    """
+    label = backend_label(encoder)
+    path = Path(index_dir) / RECORD_NAME
+    data = read_json(path)
+    backends: dict[str, Any] = dict(data.get("backends", {}))
+    spec_key = encoder.spec.key
+    if data.get("model") not in (None, spec_key):
+        return label  # another model altogether: the model check reports that
+    if label in backends:
+        return label
+    probes = np.asarray(encoder.encode_texts(list(PROBE_TEXTS)), dtype=np.float32)
+    if backends:
+        first_label = str(data.get("reference") or next(iter(backends)))
+        reference = np.asarray(backends[first_label]["probe"], dtype=np.float32)
+        if reference.shape == probes.shape:
+            cosines = np.sum(reference * probes, axis=1)
+            worst = float(cosines.min())
+            if worst < AGREEMENT_MIN_COSINE:
+                raise ModelMismatchError(
+                    f"the index was embedded with the {first_label} backend and {label} disagrees with it "
+                    f"(cosine {worst:.4f} < {AGREEMENT_MIN_COSINE}); use --backend "
+                    f"{first_label.split('-')[0]}{' --quantize int8' if first_label.endswith('int8') else ''}"
+                )
+    if record:
+        backends[label] = {"probe": probes.round(6).tolist()}
+        reference_label = data.get("reference") or label  # the first backend stays the reference
+        write_json_atomic(
+            path, {"model": spec_key, "reference": reference_label, "backends": backends}
+        )
+    return label

@@ -1,0 +1,209 @@
+"""`OnnxEncoder`: the CLIP encoder on ONNX Runtime (CPU), without importing torch.
+
+Same public surface as :class:`mmsearch.models.encoder.ClipEncoder` (``spec``,
+``dim``, ``image_size``, ``device``, ``encode_texts``, ``encode_images``,
+``encode_pil``). Each tower's session is created on first use, so a text query loads
+only the text graph. Graphs come from :func:`mmsearch.models.onnx_export.export_onnx`;
+finding an existing export reads one small JSON file and stats the weights file.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mmsearch.errors import BadQueryError, ModelLoadError
+from mmsearch.models.cache import read_json
+from mmsearch.models.spec import ModelSpec
+
+DEFAULT_BATCH_SIZE = 128
+
+
+def clean_text(text: str) -> str:
+    """open_clip's ``basic_clean``: ftfy repair (when installed) and double HTML unescape."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:  # ftfy ships with open_clip; without it only mojibake repair is lost
+        pass
+    return html.unescape(html.unescape(text)).strip()
+
+
+def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
+    """The cached export of ``spec`` when its weights file is unchanged, else None."""
+    from mmsearch.models.onnx_export import exports_registry, registry_key
+
+    entry = read_json(exports_registry()).get(registry_key(spec, quantize))
+    if not isinstance(entry, dict):
+        return None
+    try:
+        st = os.stat(entry["weights"])
+    except (OSError, KeyError, TypeError):
+        return None
+    target = exports_registry().parent / str(entry.get("dir", ""))
+    if (
+        entry.get("stamp") != f"{st.st_size}:{st.st_mtime_ns}"
+        or not (target / "meta.json").is_file()
+    ):
+        return None
+    return target
+
+
+def onnx_threads() -> int:
+    """Intra-op threads: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OnnxEncoder:
+    """Embeds texts and images with exported ONNX graphs on CPU; unit float32 rows.
+
+    >>> enc = load_onnx_encoder(ModelSpec("mmsearch-tiny"))     # doctest: +SKIP
+    >>> enc.encode_texts(["a red circle on the left"]).shape    # doctest: +SKIP
+    (1, 64)
+    """
+
+    backend = "onnx"
+
+    def __init__(
+        self, export_dir: str | os.PathLike[str], spec: ModelSpec, *, threads: int | None = None
+    ) -> None:
+        self.export_dir = Path(export_dir)
+        meta = json.loads((self.export_dir / "meta.json").read_text(encoding="utf-8"))
+        self.spec = spec
+        self.device = "cpu"
+        self.quantize: str | None = meta.get("quantize")
+        self.dim: int = int(meta["dim"])
+        self.image_size: int = int(meta["image_size"])
+        self.mean: tuple[float, ...] = tuple(meta["mean"])
+        self.std: tuple[float, ...] = tuple(meta["std"])
+        self.context_length = int(meta["context_length"])
+        self._sot, self._eot = int(meta["sot_token_id"]), int(meta["eot_token_id"])
+        self.threads = threads or onnx_threads()
+        self._sessions: dict[str, Any] = {}
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        q = f", quantize={self.quantize!r}" if self.quantize else ""
+        return f"OnnxEncoder({self.spec.key!r}, dim={self.dim}, image_size={self.image_size}{q})"
+
+    def _session(self, tower: str) -> Any:
+        with self._lock:
+            session = self._sessions.get(tower)
+            if session is None:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+                options.log_severity_level = 3
+                session = ort.InferenceSession(
+                    str(self.export_dir / f"{tower}.onnx"),
+                    options,
+                    providers=["CPUExecutionProvider"],
+                )
+                self._sessions[tower] = session
+            return session
+
+    def tokenize(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
+        """open_clip-equal token ids: ``[sot] + bpe[: ctx - 2] + [eot]``, zero padded."""
+        with self._lock:
+            if self._tokenizer is None:
+                from tokenizers import Tokenizer
+
+                self._tokenizer = Tokenizer.from_file(str(self.export_dir / "tokenizer.json"))
+        encoded = self._tokenizer.encode_batch(
+            [clean_text(t) for t in texts], add_special_tokens=False
+        )
+        out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        for row, enc in enumerate(encoded):
+            ids = [self._sot, *enc.ids[: self.context_length - 2], self._eot]
+            out[row, : len(ids)] = ids
+        return out
+
+    def encode_texts(
+        self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> npt.NDArray[np.float32]:
+        """Embeds texts (truncated to the context length); float32 ``(N, dim)``, unit rows."""
+        if isinstance(texts, str):
+            raise BadQueryError("encode_texts expects a sequence of strings, not one string")
+        texts = list(texts)
+        for t in texts:
+            if not isinstance(t, str):
+                raise BadQueryError(f"text queries must be strings, got {type(t).__name__}")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        session = self._session("text")
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenize(texts[start : start + batch_size])
+            out[start : start + len(tokens)] = session.run(None, {"tokens": tokens})[0]
+        return out
+
+    def encode_images(
+        self, batch: Any, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> npt.NDArray[np.float32]:
+        """Embeds uint8 ``(N, S, S, 3)`` images (float input in [0, 1] is rounded to uint8)."""
+        arr = np.asarray(batch)
+        if arr.ndim != 4 or 3 not in (arr.shape[1], arr.shape[-1]):
+            raise BadQueryError(f"expected images shaped (N, S, S, 3), got {tuple(arr.shape)}")
+        if arr.dtype != np.uint8:
+            if arr.shape[1] == 3 and arr.shape[-1] != 3:
+                arr = arr.transpose(0, 2, 3, 1)
+            arr = np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        if arr.shape[1:3] != (self.image_size, self.image_size):
+            from PIL import Image
+
+            from mmsearch.models.preprocess import fit_square
+
+            arr = np.stack([fit_square(Image.fromarray(a), self.image_size) for a in arr])
+        out = np.empty((len(arr), self.dim), dtype=np.float32)
+        if not len(arr):
+            return out
+        session = self._session("image")
+        for start in range(0, len(arr), batch_size):
+            chunk = np.ascontiguousarray(arr[start : start + batch_size])
+            out[start : start + len(chunk)] = session.run(None, {"pixels": chunk})[0]
+        return out
+
+    def encode_pil(
+        self, images: Sequence[Any], *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> npt.NDArray[np.float32]:
+        """Convenience: :func:`fit_square` each PIL image, then :meth:`encode_images`."""
+        from mmsearch.models.preprocess import fit_square
+
+        if len(images) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        arr = np.stack([fit_square(im.convert("RGB"), self.image_size) for im in images])
+        return self.encode_images(arr, batch_size=batch_size)
+
+
+def load_onnx_encoder(
+    spec: ModelSpec, *, quantize: str | None = None, threads: int | None = None
+) -> OnnxEncoder:
+    """The ONNX encoder of ``spec``: the cached export, or a new one (imports torch once)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(
+            "the ONNX backend needs onnxruntime: pip install 'mmsearch[onnx]'"
+        ) from exc
+    target = find_export(spec, quantize)
+    if target is None:
+        from mmsearch.models.onnx_export import export_onnx
+
+        target = export_onnx(spec, quantize=quantize)
+    return OnnxEncoder(target, spec, threads=threads)

@@ -1,0 +1,227 @@
+"""Export a CLIP model's towers to ONNX, once per model spec and weights.
+
+Each export lives in its own directory under ``<user cache>/onnx/``, named by the model
+spec, the sha256 of the weights file and the quantisation, holding:
+
+- ``text.onnx``: int64 tokens ``(N, context_length)`` -> unit float32 ``(N, dim)``;
+- ``image.onnx``: uint8 ``(N, S, S, 3)`` pixels -> unit float32 ``(N, dim)``; the
+  scaling and mean/std normalisation are inside the graph, as in the torch encoder;
+- ``tokenizer.json``: open_clip's BPE vocabulary as a Hugging Face ``tokenizers``
+  model, so that text queries tokenise without importing torch or open_clip;
+- ``meta.json``: dimension, image size, context length, special tokens, sources.
+
+``exports.json`` maps ``spec key + quantisation`` to the export directory and the
+weights file's size and mtime: a later process finds its export by reading that file
+and one ``stat``, without importing torch (see :mod:`mmsearch.models.onnx_encoder`).
+This module imports torch; it runs only when an export is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mmsearch.errors import ModelLoadError
+from mmsearch.models.cache import file_fingerprint, read_json, user_cache_dir, write_json_atomic
+from mmsearch.models.spec import ModelSpec
+
+#: Bump when the exported graphs change, so old exports are not reused.
+EXPORT_VERSION = 1
+OPSET = 17
+QUANTIZE_CHOICES = (None, "int8")
+#: The pre-tokenisation pattern of CLIP's BPE tokenizer (open_clip ``SimpleTokenizer``).
+CLIP_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def onnx_root() -> Path:
+    root = user_cache_dir() / "onnx"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def exports_registry() -> Path:
+    """The JSON file mapping ``registry_key`` to export directories."""
+    return onnx_root() / "exports.json"
+
+
+def registry_key(spec: ModelSpec, quantize: str | None) -> str:
+    return f"{spec.key}|{quantize or 'fp32'}"
+
+
+def export_onnx(spec: ModelSpec, *, quantize: str | None = None) -> Path:
+    """The export directory of ``spec`` (exported now when missing); see the module doc."""
+    if quantize not in QUANTIZE_CHOICES:
+        raise ModelLoadError(f"unknown quantisation {quantize!r}; choose int8 or leave it out")
+    from mmsearch.models import loader
+
+    loader.register_model_configs()
+    loader._check_architecture(spec.name)
+    pretrained = loader._resolve_pretrained(spec)
+    weights = loader.checkpoint_path(spec, pretrained)
+    if weights is None:
+        raise ModelLoadError(
+            f"ONNX export needs a local weights file for {spec.key}; use --backend torch"
+        )
+    digest = file_fingerprint(weights)
+    ident = json.dumps([spec.to_json(), digest, quantize, EXPORT_VERSION, OPSET])
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.key)[:60]
+    target = onnx_root() / f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+    if not (target / "meta.json").is_file():
+        if quantize == "int8":
+            from mmsearch.models.quantize import quantize_export
+
+            quantize_export(export_onnx(spec), target, spec=spec)
+        else:
+            _export_into(target, spec, weights, digest)
+    _register(spec, quantize, weights, target)
+    return target
+
+
+def _register(spec: ModelSpec, quantize: str | None, weights: str, target: Path) -> None:
+    st = os.stat(weights)
+    path = exports_registry()
+    registry = read_json(path)
+    registry[registry_key(spec, quantize)] = {
+        "dir": target.name,
+        "weights": os.path.realpath(weights),
+        "stamp": f"{st.st_size}:{st.st_mtime_ns}",
+    }
+    write_json_atomic(path, registry)
+
+
+def _export_into(target: Path, spec: ModelSpec, weights: str, digest: str) -> None:
+    from mmsearch.models.loader import load_torch_encoder
+
+    encoder = load_torch_encoder(spec, device="cpu", dtype="fp32")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _export_text(encoder, tmp / "text.onnx")
+        _export_image(encoder, tmp / "image.onnx")
+        tokenizer = encoder.tokenizer
+        save_clip_tokenizer(tokenizer, tmp / "tokenizer.json")
+        meta: dict[str, Any] = {
+            "spec": json.loads(spec.to_json()),
+            "weights_sha256": digest,
+            "weights": os.path.realpath(weights),
+            "quantize": None,
+            "dim": encoder.dim,
+            "image_size": encoder.image_size,
+            "mean": list(encoder.mean),
+            "std": list(encoder.std),
+            "context_length": int(tokenizer.context_length),
+            "sot_token_id": int(tokenizer.sot_token_id),
+            "eot_token_id": int(tokenizer.eot_token_id),
+            "export_version": EXPORT_VERSION,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process exported the same model first: keep theirs
+            if not (target / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _export_text(encoder: Any, path: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    encoder._ensure("text")
+    model = encoder.model
+
+    class TextTower(torch.nn.Module):
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return F.normalize(model.encode_text(tokens), dim=-1)
+
+    example = encoder.tokenizer(["a photo", "a red circle on the left"])
+    _export(TextTower(), example, path, "tokens")
+
+
+def _export_image(encoder: Any, path: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    encoder._ensure("image")
+    model = encoder.model
+    mean = torch.tensor(encoder.mean).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.std).view(1, 3, 1, 1)
+
+    class ImageTower(torch.nn.Module):
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            x = pixels.permute(0, 3, 1, 2).float() / 255.0
+            return F.normalize(model.encode_image((x - mean) / std), dim=-1)
+
+    size = encoder.image_size
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    _export(ImageTower(), example, path, "pixels")
+
+
+def _export(module: Any, example: Any, path: Path, input_name: str) -> None:
+    import torch
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's fused inference kernel has no ONNX export: trace the plain path.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _trace(module, example, path, input_name)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _trace(module: Any, example: Any, path: Path, input_name: str) -> None:
+    import warnings
+
+    import torch
+
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=["embedding"],
+            dynamic_axes={input_name: {0: "n"}, "embedding": {0: "n"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def save_clip_tokenizer(tokenizer: Any, path: Path) -> None:
+    """Writes open_clip's ``SimpleTokenizer`` BPE as a ``tokenizers`` JSON file.
+
+    Same vocabulary, merges, lower-casing, whitespace folding, split pattern and
+    byte-level alphabet as open_clip; :func:`mmsearch.models.onnx_encoder.clean_text`
+    applies the ftfy/HTML clean-up open_clip does before BPE.
+    """
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+    if not hasattr(tokenizer, "bpe_ranks") or not hasattr(tokenizer, "encoder"):
+        raise ModelLoadError(
+            f"the ONNX backend supports open_clip's CLIP tokenizer only, not {type(tokenizer).__name__}"
+        )
+    merges = [pair for pair, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1])]
+    bpe = models.BPE(
+        vocab=dict(tokenizer.encoder),
+        merges=merges,
+        end_of_word_suffix="</w>",
+        continuing_subword_prefix="",
+        fuse_unk=False,
+    )
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_SPLIT_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    tok.save(str(path))

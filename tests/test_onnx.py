@@ -1,0 +1,100 @@
+"""ONNX Runtime backend: torch agreement, tokenizer equality, export cache, backend records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+
+from mmsearch.errors import ModelLoadError, ModelMismatchError
+from mmsearch.models import Encoder, ModelSpec
+from mmsearch.models.backends import (
+    AGREEMENT_MIN_COSINE,
+    check_backend,
+    choose_backend,
+    load_encoder,
+)
+from mmsearch.models.onnx_encoder import OnnxEncoder, find_export
+
+TINY = ModelSpec("mmsearch-tiny")
+TEXTS = [
+    "a red circle on the left",
+    "Hello, World!! it's 2024 — naïve café 😀",
+    "  several   spaces\tand a tab",
+    "don't STOP &amp; go",
+    "日本語のテキスト",
+    "word " * 80,  # longer than the context: truncated with the end token kept
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_tiny() -> OnnxEncoder:
+    return load_encoder(TINY, backend="onnx")
+
+
+def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_tokenizer_equals_open_clip(onnx_tiny: OnnxEncoder) -> None:
+    reference = open_clip.get_tokenizer("mmsearch-tiny")(TEXTS).numpy()
+    np.testing.assert_array_equal(onnx_tiny.tokenize(TEXTS), reference)
+
+
+def test_tiny_embeddings_agree_with_torch(onnx_tiny: OnnxEncoder, tiny_encoder) -> None:
+    cos_t = np.sum(onnx_tiny.encode_texts(TEXTS) * tiny_encoder.encode_texts(TEXTS), axis=1)
+    images = _images(9, onnx_tiny.image_size)
+    out = onnx_tiny.encode_images(images, batch_size=4)  # several batches, odd tail
+    cos_i = np.sum(out * tiny_encoder.encode_images(images), axis=1)
+    assert cos_t.min() >= AGREEMENT_MIN_COSINE and cos_i.min() >= AGREEMENT_MIN_COSINE
+    assert out.shape == (9, onnx_tiny.dim) and np.allclose(
+        np.linalg.norm(out, axis=1), 1.0, atol=1e-5
+    )
+
+
+def test_export_is_cached_and_found_without_export(onnx_tiny: OnnxEncoder) -> None:
+    assert isinstance(onnx_tiny, Encoder)  # the engine's model Protocol
+    assert find_export(TINY, None) == onnx_tiny.export_dir
+    meta = json.loads((onnx_tiny.export_dir / "meta.json").read_text())
+    assert len(meta["weights_sha256"]) == 64 and meta["dim"] == onnx_tiny.dim
+    assert load_encoder(TINY, backend="onnx").export_dir == onnx_tiny.export_dir
+
+
+def test_backend_choice_and_bad_options() -> None:
+    assert choose_backend("auto", "cpu") == "onnx"
+    assert choose_backend("torch", "cpu") == "torch"
+    assert choose_backend("auto", "cuda") == "torch"
+    with pytest.raises(ModelLoadError, match="backend"):
+        choose_backend("tensorrt", None)
+    with pytest.raises(ModelLoadError, match="ONNX"):
+        load_encoder(TINY, backend="torch", quantize="int8")
+
+
+class _Shifted:
+    """An encoder of the same spec whose vectors are off by a rotation (a bad backend)."""
+
+    backend = "onnx"
+    quantize = "int8"
+
+    def __init__(self, inner) -> None:
+        self.inner, self.spec, self.dim = inner, inner.spec, inner.dim
+
+    def encode_texts(self, texts):
+        x = self.inner.encode_texts(texts)
+        x = x + 0.2 * np.roll(x, 1, axis=1)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_backend_record_allows_agreeing_backends_only(
+    tmp_path: Path, onnx_tiny, tiny_encoder
+) -> None:
+    assert check_backend(tmp_path, tiny_encoder, record=True) == "torch"
+    assert check_backend(tmp_path, onnx_tiny, record=True) == "onnx"  # agrees within tolerance
+    with pytest.raises(ModelMismatchError, match="torch backend"):
+        check_backend(tmp_path, _Shifted(tiny_encoder), record=True)
+    record = json.loads((tmp_path / "backends.json").read_text())
+    assert sorted(record["backends"]) == ["onnx", "torch"]

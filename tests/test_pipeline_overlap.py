@@ -1,0 +1,101 @@
+"""The overlapped indexing pipeline: same vectors as a plain loop, JPEG draft decoding,
+and no stall on a crashed decode worker or a bad file."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from indexer.decode import decode_file, default_decode_workers
+from indexer.pipeline import IndexOptions, run_index
+from mmsearch.imageio import load_image
+from mmsearch.models.preprocess import fit_square
+from mmsearch.storage import ItemStore
+from tests.hang_decoder import decode_or_die
+
+
+def _photo(path: Path, size: tuple[int, int], seed: int) -> None:
+    """A smooth photo-like JPEG: gradient background plus a few filled shapes."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    grad = np.linspace(0, 255, w, dtype=np.float32)[None, :, None] * rng.uniform(0.3, 1.0, 3)
+    img = Image.fromarray(np.broadcast_to(grad, (h, w, 3)).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x, y = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+        draw.ellipse(
+            (x, y, x + w // 3, y + h // 3), fill=tuple(int(c) for c in rng.integers(0, 256, 3))
+        )
+    img.save(path, quality=90)
+
+
+def _stored(index_dir: Path) -> dict[str, np.ndarray]:
+    store = ItemStore.open(index_dir)
+    table = store.scan(["uri", "vector"])
+    vectors = np.asarray(table.column("vector").to_pylist(), np.float32)
+    return dict(zip(table.column("uri").to_pylist(), vectors, strict=True))
+
+
+def test_pipeline_vectors_equal_a_plain_loop(tmp_path: Path, tiny_encoder) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        _photo(folder / f"p{i}.jpg", (640, 480) if i % 3 else (1280, 960), seed=i)
+    opts = IndexOptions(batch_size=4, workers=2, build_index=False)
+    run_index([folder], tmp_path / "index", tiny_encoder.spec, options=opts, encoder=tiny_encoder)
+    stored = _stored(tmp_path / "index")
+    assert len(stored) == 6
+    for path in sorted(folder.iterdir()):
+        plain = tiny_encoder.encode_images(
+            decode_file(str(path), tiny_encoder.image_size)[0][None]
+        )[0]
+        (uri,) = [u for u in stored if u.endswith(path.name)]
+        np.testing.assert_allclose(stored[uri], plain, atol=1e-5)
+
+
+def test_jpeg_draft_decodes_small_and_embeds_alike(tmp_path: Path, tiny_encoder) -> None:
+    path = tmp_path / "big.jpg"
+    _photo(path, (4000, 3000), seed=42)
+    size = tiny_encoder.image_size
+    drafted = load_image(str(path), draft_size=size)
+    full = load_image(str(path))
+    assert full.size == (4000, 3000) and drafted.size == (500, 375)  # 1/8 scale, sides >= size
+    a, b = (tiny_encoder.encode_images(fit_square(im, size)[None])[0] for im in (drafted, full))
+    assert float(a @ b) > 0.98
+
+
+def test_worker_sizing() -> None:
+    assert default_decode_workers(2) == 1 and default_decode_workers(16) == 4
+    assert (
+        default_decode_workers(16, device="cuda") == 15
+        and default_decode_workers(1, device="cuda") == 1
+    )
+
+
+def test_dead_worker_and_bad_file_do_not_stall(tmp_path: Path, fake_encoder) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(12):
+        _photo(folder / f"p{i}.jpg", (64, 48), seed=i)
+    _photo(folder / "die.jpg", (64, 48), seed=99)  # its worker process exits mid-decode
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    opts = IndexOptions(
+        batch_size=4, workers=2, build_index=False, decode_fn=decode_or_die, decode_timeout_s=5
+    )
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        box["report"] = run_index(
+            [folder], tmp_path / "index", fake_encoder.spec, options=opts, encoder=fake_encoder
+        )
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout=240)
+    assert not thread.is_alive(), "the pipeline stalled"
+    report = box["report"]
+    assert report.added == 12 and report.failed == 2  # type: ignore[attr-defined]
+    assert {Path(f.path).name for f in report.failures} == {"die.jpg", "broken.jpg"}  # type: ignore[attr-defined]
