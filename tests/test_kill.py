@@ -32,7 +32,7 @@ def test_sigkill_during_incremental_ann_update(tmp_path):
 
     cat = generate_catalog(tmp_path / "collection", n=300, seed=22)
     results = run_trials(
-        cat.root, tmp_path / "work", trials=3, seed=6, encoder="fake", incremental=True
+        cat.root, tmp_path / "work", trials=2, seed=6, encoder="fake", incremental=True
     )
     assert len(results) == 2
     assert [(r.trial, r.problems) for r in results if r.problems] == []
