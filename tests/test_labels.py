@@ -87,8 +87,12 @@ def test_filters_on_the_label_column_and_new_items_get_labels(
     assert len(metas) == 76 and all("shape_zs" in m and "colour_zs" in m for m in metas)
     truth = {Path(str(r["file"])).name: r for r in extra.rows}
     new = [m for m in metas if "sku" not in m]  # not in the metadata sidecar: the new images
-    assert sorted(m["filename"] for m in new) == sorted(truth)
-    assert np.mean([m["shape_zs"] == truth[m["filename"]]["shape"] for m in new]) >= 0.9
+    names = [Path(m["file"]).name for m in new]  # file: the path relative to the indexed folder
+    assert sorted(names) == sorted(truth)
+    assert (
+        np.mean([m["shape_zs"] == truth[n]["shape"] for m, n in zip(new, names, strict=True)])
+        >= 0.9
+    )
 
 
 def _metas(idx: SearchIndex) -> list[dict[str, Any]]:
