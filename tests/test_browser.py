@@ -84,10 +84,12 @@ def page(gallery: Any) -> Any:
             browser.close()
 
 
-def _search(page: Any, base_url: str, query: str, where: str = "") -> None:
+def _search(page: Any, base_url: str, query: str, where: str = "", kind: str | None = None) -> None:
     page.goto(base_url + "/")
     page.fill("input[name=q]", query)
     page.fill("input[name=where]", where)
+    if kind is not None:
+        page.select_option("select[name=kind]", kind)
     page.click("button[type=submit]")
 
 
@@ -127,7 +129,7 @@ def test_filter_limits_results(page: Any, gallery: Any) -> None:
     catalog = gallery["catalog"]
     cheap = sum(1 for r in catalog.rows if float(r["price"]) < 40)
     assert 0 < cheap < 24
-    _search(page, gallery["url"], "a blue star", where="price < 40")
+    _search(page, gallery["url"], "a blue star", where="price < 40", kind="image")
     _wait_for_results(page)
     assert "error" not in (page.get_attribute("#status", "class") or "")
     metas = page.locator("article.hit .meta").all_inner_texts()
@@ -172,7 +174,7 @@ def test_upload_of_a_non_image_shows_an_error(page: Any, gallery: Any) -> None:
 def test_search_url_is_a_link_that_restores_query_kind_and_filters(page: Any, gallery: Any) -> None:
     catalog = gallery["catalog"]
     cheap = sum(1 for r in catalog.rows if float(r["price"]) < 40)
-    _search(page, gallery["url"], "a blue star", where="price < 40")
+    _search(page, gallery["url"], "a blue star", where="price < 40", kind="image")
     _wait_for_results(page)
     link = page.url
     assert "where=price" in link

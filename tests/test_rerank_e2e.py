@@ -32,7 +32,7 @@ def pair_index(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         [info.root / "images", info.jsonl_path],
         idx,
         model=ModelSpec("mmsearch-tiny", ""),
-        image_metadata=info.jsonl_path,
+        metadata=info.jsonl_path,
         text_column="caption",
         id_column="id",
         device="cpu",
