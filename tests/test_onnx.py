@@ -98,3 +98,35 @@ def test_backend_record_allows_agreeing_backends_only(
         check_backend(tmp_path, _Shifted(tiny_encoder), record=True)
     record = json.loads((tmp_path / "backends.json").read_text())
     assert sorted(record["backends"]) == ["onnx", "torch"]
+
+
+def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeypatch) -> None:
+    """Two installs share the user cache: the export found must be of this install's weights."""
+    import os
+
+    from mmsearch.models.cache import write_json_atomic
+    from mmsearch.models.onnx_encoder import _weights_file
+    from mmsearch.models.onnx_export import exports_registry, registry_key
+
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache"))
+    spec = ModelSpec("mmsearch-tiny", "")
+    export = exports_registry().parent / "export"
+    export.mkdir()
+    (export / "meta.json").write_text("{}", encoding="utf-8")
+
+    def register(weights: str) -> None:
+        st = os.stat(weights)
+        entry = {
+            "dir": "export",
+            "weights": os.path.realpath(weights),
+            "stamp": f"{st.st_size}:{st.st_mtime_ns}",
+        }
+        write_json_atomic(exports_registry(), {registry_key(spec, None): entry})
+
+    other = tmp_path / "other-install" / "mmsearch-tiny.safetensors"
+    other.parent.mkdir()
+    other.write_bytes(b"older weights")
+    register(str(other))
+    assert find_export(spec, None) is None
+    register(str(_weights_file(spec)))
+    assert find_export(spec, None) == export

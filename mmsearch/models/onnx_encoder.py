@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from mmsearch.errors import BadQueryError, ModelLoadError
 from mmsearch.models.cache import read_json
-from mmsearch.models.spec import ModelSpec
+from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
 
 DEFAULT_BATCH_SIZE = 128
 
@@ -38,6 +38,15 @@ def clean_text(text: str) -> str:
     return html.unescape(html.unescape(text)).strip()
 
 
+def _weights_file(spec: ModelSpec) -> str | None:
+    """The weights file ``spec`` names, when that is known without open_clip (else None)."""
+    if spec.name == TINY_MODEL_NAME and not spec.pretrained:
+        return str(Path(__file__).resolve().parent / "weights" / f"{TINY_MODEL_NAME}.safetensors")
+    if spec.pretrained and os.path.isfile(os.path.expanduser(spec.pretrained)):
+        return os.path.expanduser(spec.pretrained)
+    return None
+
+
 def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
     """The cached export of ``spec`` when its weights file is unchanged, else None."""
     from mmsearch.models.onnx_export import exports_registry, registry_key
@@ -45,6 +54,9 @@ def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
     entry = read_json(exports_registry()).get(registry_key(spec, quantize))
     if not isinstance(entry, dict):
         return None
+    current = _weights_file(spec)
+    if current is not None and os.path.realpath(current) != entry.get("weights"):
+        return None  # another install's weights (same spec key, other file): export anew
     try:
         st = os.stat(entry["weights"])
     except (OSError, KeyError, TypeError):
