@@ -351,6 +351,8 @@ def serve_cmd(
         log_queries=log_queries,
         drain_s=drain_seconds,
         rerank_model=rerank_model,
+        backend=backend,
+        quantize=quantize,
     )
     with _errors():
         from mmsearch.serve.lifecycle import check_servable

@@ -87,6 +87,8 @@ class ServerConfig:
     # ITM model for requests with rerank=true (registered name, folder or HF id; None:
     # the index's recorded one, else Salesforce/blip-itm-base-coco); loaded on first use.
     rerank_model: str | None = None
+    backend: str = "torch"  # model runtime of each worker: torch, onnx or auto
+    quantize: str | None = None  # int8: quantised ONNX graphs
 
 
 def check_query_paths(query: str, image_roots: list[Path]) -> None:

@@ -51,6 +51,8 @@ class IndexHolder:
             image_roots=self.config.image_roots,
             encoder=encoder,
             fetch_url=self.fetch_url,
+            backend=getattr(self.config, "backend", "torch"),
+            quantize=getattr(self.config, "quantize", None),
         )
         self.catalogs.get(index)  # built now, by the opening thread, not by the next request
         _warm_search(index)
