@@ -37,3 +37,16 @@ class Encoder(Protocol):
     def encode_images(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """``(N, dim)`` unit rows for uint8 images shaped ``(N, image_size, image_size, 3)``."""
         ...
+
+
+def checked_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list, refusing one bare string or a non-string item (BadQueryError)."""
+    from mmsearch.errors import BadQueryError
+
+    if isinstance(texts, str):
+        raise BadQueryError("encode_texts expects a sequence of strings, not one string")
+    out = list(texts)
+    for t in out:
+        if not isinstance(t, str):
+            raise BadQueryError(f"text queries must be strings, got {type(t).__name__}")
+    return out

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mmsearch.errors import BadQueryError
+from mmsearch.models.base import checked_texts
 from mmsearch.models.preprocess import fit_square
 from mmsearch.models.spec import ModelSpec
 
@@ -144,12 +145,7 @@ class ClipEncoder:
         self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> npt.NDArray[np.float32]:
         """Embeds texts (truncated to the model's context length); float32 ``(N, dim)``, unit rows."""
-        if isinstance(texts, str):
-            raise BadQueryError("encode_texts expects a sequence of strings, not one string")
-        texts = list(texts)
-        for t in texts:
-            if not isinstance(t, str):
-                raise BadQueryError(f"text queries must be strings, got {type(t).__name__}")
+        texts = checked_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         self._ensure("text")
         for start in range(0, len(texts), batch_size):

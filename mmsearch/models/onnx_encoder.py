@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsearch.errors import BadQueryError, ModelLoadError
+from mmsearch.models.base import checked_texts
 from mmsearch.models.cache import read_json
 from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
 
@@ -150,12 +151,7 @@ class OnnxEncoder:
         self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> npt.NDArray[np.float32]:
         """Embeds texts (truncated to the context length); float32 ``(N, dim)``, unit rows."""
-        if isinstance(texts, str):
-            raise BadQueryError("encode_texts expects a sequence of strings, not one string")
-        texts = list(texts)
-        for t in texts:
-            if not isinstance(t, str):
-                raise BadQueryError(f"text queries must be strings, got {type(t).__name__}")
+        texts = checked_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
