@@ -134,6 +134,26 @@ def test_depth_batches_and_blend(scorer: ItmScorer, scene_files: list[Path]) -> 
         assert score == pytest.approx(0.5 * match + 0.5 * first, abs=1e-5)
 
 
+def test_score_pairs_matches_per_query_scoring(scorer: ItmScorer, scene_files: list[Path]) -> None:
+    """The evaluation's many-queries-at-once scoring equals the stage's per-query scoring."""
+    images = []
+    for path in scene_files:
+        with Image.open(path) as im:
+            images.append(im.convert("RGB"))
+    embeds = scorer.encode_images(images)
+    captions = [pair_caption(left, right) for left, right in SCENES]
+    pairs = [(i, t) for t in captions for i in range(len(images))]
+    small = ItmScorer(scorer.model, scorer.processor, scorer.name, "cpu", batch_size=7)
+    together = small.score_pairs(embeds, [i for i, _ in pairs], [t for _, t in pairs])
+    per_text = np.concatenate([scorer.score_images(t, images) for t in captions])
+    np.testing.assert_allclose(together, per_text, atol=1e-5)
+    per_image = scorer.score_texts(images[3], captions)
+    np.testing.assert_allclose(together[3 :: len(images)], per_image, atol=1e-5)
+    assert small.score_pairs(embeds, [], []).shape == (0,)
+    with pytest.raises(ValueError, match="image indices"):
+        scorer.score_pairs(embeds, [0, 1], captions[:1])
+
+
 def test_min_match_gives_an_honest_empty_answer(scorer: ItmScorer, scene_files: list[Path]) -> None:
     table = _image_candidates(scene_files)
     query = RerankQuery.of_text("a white star to the left of a orange triangle")  # no such image

@@ -55,6 +55,24 @@ def _first_hit(labels: npt.NDArray[Any], order: npt.NDArray[np.int64], want: str
     return int(hits[0]) if len(hits) else 1 << 30
 
 
+def _recall_pair(
+    labels: npt.NDArray[Any],
+    orders: npt.NDArray[np.int64],
+    top: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.floating[Any]],
+    wanted: list[str],
+    ks: tuple[int, ...],
+) -> dict[str, float]:
+    """First-stage R@k (``first_rK``) and re-ranked R@1/R@5 (``rerank_rK``) of one direction."""
+    first, reranked = [], []
+    for q, want in enumerate(wanted):
+        first.append(_first_hit(labels, orders[q], want))
+        order = top[q][np.argsort(-scores[q], kind="stable")]
+        reranked.append(_first_hit(labels, order, want))
+    out = {f"first_{k}": v for k, v in _recalls(first, ks).items()}
+    return out | {f"rerank_{k}": v for k, v in _recalls(reranked, (1, 5)).items()}
+
+
 def rerank_recall(
     encoder: ClipEncoder,
     scorer: ItmScorer,
@@ -89,15 +107,13 @@ def rerank_recall(
             queries[int(i)] for i in sorted(rng.choice(len(queries), max_queries, replace=False))
         ]
     sims = encoder.encode_texts(queries) @ image_vecs.T
-    first, reranked = [], []
-    for q, text in enumerate(queries):
-        order = np.argsort(-sims[q], kind="stable")
-        first.append(_first_hit(labels, order, text))
-        top = order[:depth]
-        probs = (1 - blend) * scorer.score_embeds(text, image_embeds[top]) + blend * sims[q][top]
-        reranked.append(_first_hit(labels, top[np.argsort(-probs, kind="stable")], text))
-    t2i = {f"first_{k}": v for k, v in _recalls(first, ks).items()}
-    t2i |= {f"rerank_{k}": v for k, v in _recalls(reranked, (1, 5)).items()}
+    orders = np.argsort(-sims, axis=1, kind="stable")
+    top = orders[:, :depth]
+    match = scorer.score_pairs(
+        image_embeds, top.ravel().tolist(), np.repeat(queries, top.shape[1]).tolist()
+    ).reshape(top.shape)
+    scores = (1 - blend) * match + blend * np.take_along_axis(sims, top, axis=1)
+    t2i = _recall_pair(labels, orders, top, scores, queries, ks)
 
     corpus = possible_captions(
         any(" on the " in t for t in labels), any(" to the left of " in t for t in labels)
@@ -107,18 +123,14 @@ def rerank_recall(
     picks = np.arange(len(rows))
     if max_queries is not None and len(rows) > max_queries:
         picks = np.sort(rng.choice(len(rows), max_queries, replace=False))
-    first, reranked = [], []
-    for i in picks:
-        cos = text_vecs @ image_vecs[i]
-        order = np.argsort(-cos, kind="stable")
-        first.append(_first_hit(corpus_arr, order, labels[i]))
-        top = order[:depth]
-        probs = (1 - blend) * scorer.score_texts(images[i], corpus_arr[top].tolist()) + blend * cos[
-            top
-        ]
-        reranked.append(_first_hit(corpus_arr, top[np.argsort(-probs, kind="stable")], labels[i]))
-    i2t = {f"first_{k}": v for k, v in _recalls(first, ks).items()}
-    i2t |= {f"rerank_{k}": v for k, v in _recalls(reranked, (1, 5)).items()}
+    cos = image_vecs[picks] @ text_vecs.T
+    orders = np.argsort(-cos, axis=1, kind="stable")
+    top = orders[:, :depth]
+    match = scorer.score_pairs(
+        image_embeds, np.repeat(picks, top.shape[1]).tolist(), corpus_arr[top].ravel().tolist()
+    ).reshape(top.shape)
+    scores = (1 - blend) * match + blend * np.take_along_axis(cos, top, axis=1)
+    i2t = _recall_pair(corpus_arr, orders, top, scores, labels[picks].tolist(), ks)
     return {
         "n_images": len(rows),
         "t2i_queries": len(queries),

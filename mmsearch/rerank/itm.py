@@ -117,6 +117,32 @@ class ItmScorer:
                 out.append(self._match(embeds, ids.expand(n, -1), mask.expand(n, -1)))
         return torch.cat(out).cpu().numpy().astype(np.float32) if out else np.zeros(0, np.float32)
 
+    @torch.inference_mode()
+    def score_pairs(
+        self, image_embeds: torch.Tensor, image_index: Sequence[int], texts: Sequence[str]
+    ) -> npt.NDArray[np.float32]:
+        """Match probability of ``texts[j]`` against ``image_embeds[image_index[j]]``, batched.
+
+        Any mix of (image, text) pairs in one call: evaluations score many queries'
+        candidates together. Each distinct text is tokenised once.
+        """
+        if len(image_index) != len(texts):
+            raise ValueError(f"{len(image_index)} image indices for {len(texts)} texts")
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        distinct = list(dict.fromkeys(texts))
+        ids, mask = self._tokens(distinct)
+        row = {text: i for i, text in enumerate(distinct)}
+        text_rows = torch.tensor([row[t] for t in texts], device=ids.device)
+        images = torch.as_tensor(list(image_index), device=image_embeds.device)
+        out: list[torch.Tensor] = []
+        with self._autocast():
+            for start in range(0, len(texts), self.batch_size):
+                part = slice(start, start + self.batch_size)
+                rows = text_rows[part]
+                out.append(self._match(image_embeds[images[part]], ids[rows], mask[rows]))
+        return torch.cat(out).cpu().numpy().astype(np.float32)
+
     def score_images(self, text: str, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
         """Match probability of ``text`` against each image (text tokenised once, images batched)."""
         if not images:

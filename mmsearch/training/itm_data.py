@@ -110,13 +110,19 @@ def one_attribute_changed(rng: np.random.Generator, scene: Scene) -> Scene:
 
 
 def hard_negatives(
-    rng: np.random.Generator, scene: Scene, k: int, pair_frac: float, easy: float = 0.125
+    rng: np.random.Generator,
+    scene: Scene,
+    k: int,
+    pair_frac: float,
+    easy: float = 0.125,
+    swap: float = 0.7,
 ) -> list[Scene]:
     """``k`` distinct scenes that differ from ``scene``, mostly by one hard change.
 
-    Two-object scenes draw from colour swap, left/right swap and one attribute
-    changed; single objects from one attribute changed. A share ``easy`` is a
-    random scene instead, so easy negatives are seen too.
+    Two-object scenes draw from colour swap and left/right swap (together a share
+    ``swap`` of the hard negatives, half each) and one attribute changed; single
+    objects from one attribute changed. A share ``easy`` is a random scene instead,
+    so easy negatives are seen too.
     """
     out: list[Scene] = []
     tries = 0
@@ -126,9 +132,9 @@ def hard_negatives(
         hard = (roll - easy) / (1.0 - easy)  # where ``roll`` falls among the hard kinds
         if roll < easy:
             neg: Scene | None = random_scene(rng, pair_frac)
-        elif isinstance(scene, Pair) and hard < 0.35:
+        elif isinstance(scene, Pair) and hard < swap / 2:
             neg = colour_swap(scene)
-        elif isinstance(scene, Pair) and hard < 0.7:
+        elif isinstance(scene, Pair) and hard < swap:
             neg = side_swap(scene)
         else:
             neg = one_attribute_changed(rng, scene)

@@ -64,7 +64,9 @@ class FitConfig:
     min_delta: float = 1e-4
     monitor: str = "mean_recall@1"
     max_logit_scale: float = 100.0
-    stop_after: int = 0  # end after this many optimizer steps (the schedule still spans every epoch)
+    stop_after: int = (
+        0  # end after this many optimizer steps (the schedule still spans every epoch)
+    )
 
 
 @dataclass

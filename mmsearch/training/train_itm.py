@@ -24,7 +24,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,14 @@ import torch
 import torch.nn.functional as F
 
 from mmsearch.training.itm_data import (
+    Scene,
     caption,
     caption_corpus,
     hard_negatives,
     random_scene,
     render_scene,
 )
+from mmsearch.training.itm_eval import hard_negative_wins
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -52,6 +54,11 @@ class ItmTrainConfig:
     negatives: int = 1
     itc_weight: float = 0.5
     curriculum: float = 0.4  # share of the steps over which easy negatives fade 0.5 -> 0.125
+    swap_frac: float = 0.7  # share of a two-object scene's hard negatives that are swaps
+    identity_frac: float = 0.0  # share of the steps at the start without swap negatives
+    in_batch: int = 0  # extra negatives per image: captions of other scenes in the batch
+    rank_weight: float = 0.0  # weight of the per-image ranking loss (caption vs its negatives)
+    init_range: float = 0.02  # std of the initial weights (both towers)
     pool: int = 0  # > 0: render this many scenes once and draw batches from them
     init: str = ""  # continue from a model folder written by an earlier run
     stop_after: int = 0  # end after this many steps (the schedule still spans ``steps``)
@@ -124,7 +131,7 @@ def build_config(cfg: ItmTrainConfig, tokenizer: Any) -> Any:
         "num_attention_heads": cfg.heads,
         "image_size": cfg.image_size,
         "patch_size": cfg.patch_size,
-        "initializer_range": 0.02,
+        "initializer_range": cfg.init_range,
     }
     text = {
         "vocab_size": len(vocab),
@@ -134,13 +141,18 @@ def build_config(cfg: ItmTrainConfig, tokenizer: Any) -> Any:
         "num_hidden_layers": cfg.text_layers,
         "num_attention_heads": cfg.heads,
         "max_position_embeddings": 32,
+        "initializer_range": cfg.init_range,
         "pad_token_id": vocab["[PAD]"],
         "bos_token_id": vocab["[CLS]"],
         "sep_token_id": vocab["[SEP]"],
         "eos_token_id": vocab["[SEP]"],
     }
     return BlipConfig(
-        text_config=text, vision_config=vision, image_text_hidden_size=64, projection_dim=64
+        text_config=text,
+        vision_config=vision,
+        image_text_hidden_size=64,
+        projection_dim=64,
+        initializer_range=cfg.init_range,
     )
 
 
@@ -166,47 +178,77 @@ def itm_logits(
     return model.itm_head(hidden[:, 0, :])
 
 
+def _texts(
+    rng: np.random.Generator, scenes: list[Scene], cfg: ItmTrainConfig, easy: float, swap: float
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Captions of ``scenes`` (match) followed by each one's negatives (no match).
+
+    Every image gets ``cfg.negatives`` hard negatives and ``cfg.in_batch`` captions
+    of other scenes of the batch. Returns the texts, the index of each text's image
+    and the labels (1 match, 0 no match); an image's texts are contiguous, match first.
+    """
+    texts, owner, labels = [], [], []
+    captions = [caption(scene) for scene in scenes]
+    for i, scene in enumerate(scenes):
+        negs = [
+            caption(n) for n in hard_negatives(rng, scene, cfg.negatives, cfg.pair_frac, easy, swap)
+        ]
+        others = [c for c in dict.fromkeys(captions) if c != captions[i] and c not in negs]
+        if cfg.in_batch and others:
+            picks = rng.choice(len(others), min(cfg.in_batch, len(others)), replace=False)
+            negs += [others[int(j)] for j in picks]
+        texts += [captions[i], *negs]
+        owner += [i] * (1 + len(negs))
+        labels += [1] + [0] * len(negs)
+    return texts, torch.tensor(owner), torch.tensor(labels)
+
+
 def _batch(
-    rng: np.random.Generator, processor: Any, cfg: ItmTrainConfig, easy: float = 0.125
+    rng: np.random.Generator,
+    processor: Any,
+    cfg: ItmTrainConfig,
+    easy: float = 0.125,
+    swap: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    images, texts, owner, labels = [], [], [], []
-    for i in range(cfg.batch_size):
-        scene = random_scene(rng, cfg.pair_frac)
-        size = 128 if rng.random() < 0.75 else int(rng.choice((96, 160)))
-        images.append(render_scene(rng, scene, size, rng.random() < cfg.augment_frac))
-        texts.append(caption(scene))
-        owner.append(i)
-        labels.append(1)
-        for neg in hard_negatives(rng, scene, cfg.negatives, cfg.pair_frac, easy):
-            texts.append(caption(neg))
-            owner.append(i)
-            labels.append(0)
+    scenes = [random_scene(rng, cfg.pair_frac) for _ in range(cfg.batch_size)]
+    images = [
+        render_scene(rng, scene, _render_size(rng), rng.random() < cfg.augment_frac)
+        for scene in scenes
+    ]
+    texts, owner, labels = _texts(rng, scenes, cfg, easy, cfg.swap_frac if swap is None else swap)
     enc = processor(images=images, text=texts, padding=True, return_tensors="pt")
-    return enc, torch.tensor(owner), torch.tensor(labels)
+    return enc, owner, labels
+
+
+def _render_size(rng: np.random.Generator) -> int:
+    return 128 if rng.random() < 0.75 else int(rng.choice((96, 160)))
 
 
 def _itc_loss(
     model: Any, enc: dict[str, torch.Tensor], labels: torch.Tensor, image_embeds: torch.Tensor
 ) -> torch.Tensor:
-    """BLIP's image-text contrastive loss on the unimodal encoders (matching captions only).
+    """BLIP's image-text contrastive loss on the unimodal encoders, with the hard negatives.
 
     It gives the vision tower a strong early signal (which colours and shapes are in
-    the image) before the cross-attention has learned anything.
+    the image) before the cross-attention has learned anything. Image → text ranks
+    each image's caption against *every* text of the batch, the hard negatives
+    included, so the unimodal features must already encode which object is where;
+    text → image ranks each caption against the batch's images.
     """
-    pos = labels == 1
     text = model.text_encoder(
-        input_ids=enc["input_ids"][pos], attention_mask=enc["attention_mask"][pos]
+        input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
     ).last_hidden_state
     img = F.normalize(model.vision_proj(image_embeds[:, 0, :]), dim=-1)
     txt = F.normalize(model.text_proj(text[:, 0, :]), dim=-1)
-    logits = 20.0 * img @ txt.T
-    ids = enc["input_ids"][pos]
-    same = (ids[:, None, :] == ids[None, :, :]).all(-1).float()  # repeated captions are positives
-    target = same / same.sum(1, keepdim=True)
-    return (
-        -(target * logits.log_softmax(1)).sum(1).mean()
-        - (target * logits.T.log_softmax(1)).sum(1).mean()
-    ) / 2
+    logits = 20.0 * img @ txt.T  # (images, all texts)
+    ids = enc["input_ids"]
+    pos_ids = ids[labels == 1]  # one caption per image, in image order
+    same = (pos_ids[:, None, :] == ids[None, :, :]).all(-1).float()  # repeated captions match
+    i2t = -(same / same.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    pos_logits = logits[:, labels == 1].T  # (captions, images)
+    same_pos = same[:, labels == 1]
+    t2i = -(same_pos / same_pos.sum(1, keepdim=True) * pos_logits.log_softmax(1)).sum(1).mean()
+    return (i2t + t2i) / 2
 
 
 class ScenePool:
@@ -221,12 +263,7 @@ class ScenePool:
         chunks = []
         for start in range(0, cfg.pool, 256):
             images = [
-                render_scene(
-                    rng,
-                    scene,
-                    128 if rng.random() < 0.75 else int(rng.choice((96, 160))),
-                    rng.random() < cfg.augment_frac,
-                )
+                render_scene(rng, scene, _render_size(rng), rng.random() < cfg.augment_frac)
                 for scene in self.scenes[start : start + 256]
             ]
             pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
@@ -234,22 +271,36 @@ class ScenePool:
         self.pixels = torch.cat(chunks)
 
     def batch(
-        self, rng: np.random.Generator, processor: Any, cfg: ItmTrainConfig, easy: float
+        self,
+        rng: np.random.Generator,
+        processor: Any,
+        cfg: ItmTrainConfig,
+        easy: float,
+        swap: float,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         picks = rng.integers(0, len(self.scenes), size=cfg.batch_size)
-        texts, owner, labels = [], [], []
-        for i, k in enumerate(picks):
-            scene = self.scenes[int(k)]
-            texts.append(caption(scene))
-            owner.append(i)
-            labels.append(1)
-            for neg in hard_negatives(rng, scene, cfg.negatives, cfg.pair_frac, easy):
-                texts.append(caption(neg))
-                owner.append(i)
-                labels.append(0)
+        texts, owner, labels = _texts(rng, [self.scenes[int(k)] for k in picks], cfg, easy, swap)
         enc = dict(processor.tokenizer(texts, padding=True, return_tensors="pt"))
         enc["pixel_values"] = self.pixels[torch.from_numpy(picks)].float()
-        return enc, torch.tensor(owner), torch.tensor(labels)
+        return enc, owner, labels
+
+
+def rank_loss(logits: torch.Tensor, owner: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per image, cross-entropy of its caption against its negatives on the match margin.
+
+    The margin ``logit[match] - logit[no match]`` orders candidates exactly as the
+    match probability does, so this trains the ranking a re-ranker is used for.
+    """
+    margin = logits[:, 1] - logits[:, 0]
+    n = int(owner.max()) + 1
+    start = torch.zeros(n + 1, dtype=torch.long)
+    start[1:] = torch.bincount(owner, minlength=n).cumsum(0)
+    slot = torch.arange(len(owner)) - start[owner]
+    table = torch.full((n, int(slot.max()) + 1), float("-inf"), dtype=margin.dtype)
+    table[owner, slot] = margin
+    has_neg = (labels == 0).long().bincount(owner, minlength=n) > 0
+    pos = margin[labels == 1]
+    return (table.logsumexp(1) - pos)[has_neg].mean()
 
 
 def _lr_at(step: int, cfg: ItmTrainConfig) -> float:
@@ -257,26 +308,6 @@ def _lr_at(step: int, cfg: ItmTrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _quick_eval(model: Any, processor: Any, cfg: ItmTrainConfig) -> float:
-    """Share of 200 held-out scenes (seed 999) whose caption outscores 3 hard negatives."""
-    rng = np.random.default_rng(999)
-    evaluation = ItmTrainConfig(**{**asdict(cfg), "batch_size": 200, "negatives": 3})
-    enc, owner, labels = _batch(rng, processor, evaluation)
-    model.eval()
-    with torch.inference_mode():
-        logits = itm_logits(
-            model, enc["pixel_values"], enc["input_ids"], enc["attention_mask"], owner
-        )
-    model.train()
-    p = logits.softmax(-1)[:, 1]
-    wins = [
-        bool(p[(owner == i) & (labels == 1)].min() > p[(owner == i) & (labels == 0)].max())
-        for i in range(evaluation.batch_size)
-        if ((owner == i) & (labels == 0)).any()
-    ]
-    return float(np.mean(wins))
 
 
 def train(
@@ -317,15 +348,18 @@ def train(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         easy = 0.125 + 0.375 * max(0.0, 1.0 - step / max(1.0, cfg.curriculum * cfg.steps))
+        swap = 0.0 if step < cfg.identity_frac * cfg.steps else cfg.swap_frac
         if pool is not None:
-            enc, owner, labels = pool.batch(rng, processor, cfg, easy)
+            enc, owner, labels = pool.batch(rng, processor, cfg, easy, swap)
         else:
-            enc, owner, labels = _batch(rng, processor, cfg, easy)
+            enc, owner, labels = _batch(rng, processor, cfg, easy, swap)
         image_embeds = model.vision_model(pixel_values=enc["pixel_values"]).last_hidden_state
         logits = itm_logits(
             model, enc["pixel_values"], enc["input_ids"], enc["attention_mask"], owner, image_embeds
         )
         loss = F.cross_entropy(logits, labels)
+        if cfg.rank_weight > 0:
+            loss = loss + cfg.rank_weight * rank_loss(logits, owner, labels)
         if cfg.itc_weight > 0:
             loss = loss + cfg.itc_weight * _itc_loss(model, enc, labels, image_embeds)
         opt.zero_grad(set_to_none=True)
@@ -341,9 +375,10 @@ def train(
                 flush=True,
             )
         if (step + 1) % eval_every == 0 or step + 1 == cfg.steps:
-            win = _quick_eval(model, processor, cfg)
-            last = {"step": step + 1, "hard_negative_win_rate": win}
-            print(f"eval step {step + 1} win-rate {win:.3f}", file=sys.stderr, flush=True)
+            wins = hard_negative_wins(model, processor)
+            last = {"step": step + 1, **wins}
+            shown = " ".join(f"{k} {v:.3f}" for k, v in wins.items())
+            print(f"eval step {step + 1} wins: {shown}", file=sys.stderr, flush=True)
         stop = step + 1 == cfg.stop_after
         if (step + 1) % save_every == 0 or step + 1 == cfg.steps or stop:
             save(model, processor, out)
