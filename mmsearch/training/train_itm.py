@@ -26,16 +26,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mmsearch.training.itm_data import (
+    Pair,
     Scene,
+    Single,
     caption,
-    caption_corpus,
+    catalog_words,
     hard_negatives,
     random_scene,
     render_scene,
@@ -59,6 +61,8 @@ class ItmTrainConfig:
     in_batch: int = 0  # extra negatives per image: captions of other scenes in the batch
     rank_weight: float = 0.0  # weight of the per-image ranking loss (caption vs its negatives)
     init_range: float = 0.02  # std of the initial weights (both towers)
+    slot_weight: float = 0.0  # weight of the per-word check (does each named attribute hold?)
+    pos_scale: float = 0.0  # > 0: start the vision position embeddings as 2-D sin-cos of this size
     pool: int = 0  # > 0: render this many scenes once and draw batches from them
     init: str = ""  # continue from a model folder written by an earlier run
     stop_after: int = 0  # end after this many steps (the schedule still spans ``steps``)
@@ -81,20 +85,24 @@ class ItmTrainConfig:
 def build_tokenizer() -> Any:
     """A BERT-style WordPiece tokenizer (transformers) whose vocabulary covers the catalog's words.
 
-    Words outside the catalog become ``[UNK]``; the vocabulary also holds the
-    characters and word pieces that WordPiece training keeps.
+    The vocabulary is fixed, in a fixed order: the special tokens, every catalog word,
+    then the characters of those words alone and as ``##`` continuations (so any
+    other word of those letters still tokenizes); other characters become ``[UNK]``.
+    (``WordPieceTrainer`` numbers equally frequent tokens differently from run to run,
+    which made runs unrepeatable and scrambled a continued run's word embeddings.)
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    words = catalog_words()
+    chars = sorted({c for word in words for c in word})
+    tokens = [*SPECIAL_TOKENS, *words, *chars, *(f"##{c}" for c in chars)]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(vocab_size=160, special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
-    tok.train_from_iterator(caption_corpus(), trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    cls_id, sep_id = vocab["[CLS]"], vocab["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -156,6 +164,26 @@ def build_config(cfg: ItmTrainConfig, tokenizer: Any) -> Any:
     )
 
 
+def sincos_positions(grid: int, dim: int) -> torch.Tensor:
+    """2-D sin-cos position codes of a ``grid``×``grid`` patch grid, plus a zero row for CLS.
+
+    Half the channels encode the column, half the row, each as sines and cosines of
+    geometrically spaced frequencies (as in MAE). Returns ``(1, 1 + grid², dim)``.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos positions need a width divisible by 4, got {dim}")
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    coords = torch.arange(grid, dtype=torch.float32)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def code(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.reshape(-1, 1) * freqs[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([code(cols), code(rows)], dim=1)
+    return torch.cat([torch.zeros(1, dim), table])[None]
+
+
 def itm_logits(
     model: Any,
     pixel_values: torch.Tensor,
@@ -163,44 +191,93 @@ def itm_logits(
     attention_mask: torch.Tensor,
     image_index: torch.Tensor,
     image_embeds: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """ITM logits of text ``j`` against image ``image_index[j]``; each image is encoded once."""
+    slot_head: torch.nn.Module | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """ITM logits of text ``j`` against image ``image_index[j]``; each image is encoded once.
+
+    With ``slot_head``, also its logits on every token's state after the text tower's
+    second-to-last layer (the per-word check; the last layer is left to gather them).
+    """
     if image_embeds is None:
         image_embeds = model.vision_model(pixel_values=pixel_values).last_hidden_state
     image_embeds = image_embeds[image_index]
     image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-    hidden = model.text_encoder(
+    out = model.text_encoder(
         input_ids=input_ids,
         attention_mask=attention_mask,
         encoder_hidden_states=image_embeds,
         encoder_attention_mask=image_atts,
-    ).last_hidden_state
-    return model.itm_head(hidden[:, 0, :])
+        output_hidden_states=slot_head is not None,
+    )
+    logits = model.itm_head(out.last_hidden_state[:, 0, :])
+    if slot_head is None:
+        return logits
+    return logits, slot_head(out.hidden_states[-2])
+
+
+# Token positions of the attribute words ([CLS] first; every catalog word is one token):
+# "a {c} {s} to the left of a {c} {s}" and "a {c} {s} on the {p}".
+_PAIR_SLOTS = (2, 3, 9, 10)
+_SINGLE_SLOTS = (2, 3, 6)
+
+
+def slot_labels(image_scene: Scene, text_scene: Scene) -> list[tuple[int, int]]:
+    """``(token position, holds)`` for each attribute word of ``text_scene``'s caption.
+
+    A word holds when the image's scene has that attribute in that slot (the left or
+    right object's colour or shape; a single object's colour, shape or position).
+    Captions of the other kind of scene get no word labels.
+    """
+    if isinstance(image_scene, Pair) and isinstance(text_scene, Pair):
+        truth = (*image_scene.left, *image_scene.right)
+        said = (*text_scene.left, *text_scene.right)
+        return [(p, int(a == b)) for p, a, b in zip(_PAIR_SLOTS, said, truth, strict=True)]
+    if isinstance(image_scene, Single) and isinstance(text_scene, Single):
+        truth = (image_scene.colour, image_scene.shape, image_scene.position)
+        said = (text_scene.colour, text_scene.shape, text_scene.position)
+        return [(p, int(a == b)) for p, a, b in zip(_SINGLE_SLOTS, said, truth, strict=True)]
+    return []
+
+
+class TextBatch(NamedTuple):
+    """Texts of a batch: each image's caption (match) followed by its negatives."""
+
+    texts: list[str]
+    owner: torch.Tensor  # index of each text's image
+    labels: torch.Tensor  # 1 match, 0 no match
+    slots: list[list[tuple[int, int]]]  # per text: (token position, attribute holds)
 
 
 def _texts(
     rng: np.random.Generator, scenes: list[Scene], cfg: ItmTrainConfig, easy: float, swap: float
-) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+) -> TextBatch:
     """Captions of ``scenes`` (match) followed by each one's negatives (no match).
 
     Every image gets ``cfg.negatives`` hard negatives and ``cfg.in_batch`` captions
-    of other scenes of the batch. Returns the texts, the index of each text's image
-    and the labels (1 match, 0 no match); an image's texts are contiguous, match first.
+    of other scenes of the batch; an image's texts are contiguous, match first.
     """
-    texts, owner, labels = [], [], []
-    captions = [caption(scene) for scene in scenes]
+    texts, owner, labels, slots = [], [], [], []
     for i, scene in enumerate(scenes):
-        negs = [
-            caption(n) for n in hard_negatives(rng, scene, cfg.negatives, cfg.pair_frac, easy, swap)
-        ]
-        others = [c for c in dict.fromkeys(captions) if c != captions[i] and c not in negs]
+        negs = hard_negatives(rng, scene, cfg.negatives, cfg.pair_frac, easy, swap)
+        others = [o for o in dict.fromkeys(scenes) if o != scene and o not in negs]
         if cfg.in_batch and others:
             picks = rng.choice(len(others), min(cfg.in_batch, len(others)), replace=False)
             negs += [others[int(j)] for j in picks]
-        texts += [captions[i], *negs]
+        for text_scene in (scene, *negs):
+            texts.append(caption(text_scene))
+            slots.append(slot_labels(scene, text_scene))
         owner += [i] * (1 + len(negs))
         labels += [1] + [0] * len(negs)
-    return texts, torch.tensor(owner), torch.tensor(labels)
+    return TextBatch(texts, torch.tensor(owner), torch.tensor(labels), slots)
+
+
+def slot_targets(slots: list[list[tuple[int, int]]], length: int) -> torch.Tensor:
+    """``(texts, length)`` targets for the per-word check; -100 where a token has none."""
+    out = torch.full((len(slots), length), -100, dtype=torch.long)
+    for row, pairs in enumerate(slots):
+        for pos, holds in pairs:
+            out[row, pos] = holds
+    return out
 
 
 def _batch(
@@ -215,9 +292,10 @@ def _batch(
         render_scene(rng, scene, _render_size(rng), rng.random() < cfg.augment_frac)
         for scene in scenes
     ]
-    texts, owner, labels = _texts(rng, scenes, cfg, easy, cfg.swap_frac if swap is None else swap)
-    enc = processor(images=images, text=texts, padding=True, return_tensors="pt")
-    return enc, owner, labels
+    batch = _texts(rng, scenes, cfg, easy, cfg.swap_frac if swap is None else swap)
+    enc = dict(processor(images=images, text=batch.texts, padding=True, return_tensors="pt"))
+    enc["slot_targets"] = slot_targets(batch.slots, enc["input_ids"].shape[1])
+    return enc, batch.owner, batch.labels
 
 
 def _render_size(rng: np.random.Generator) -> int:
@@ -279,10 +357,11 @@ class ScenePool:
         swap: float,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         picks = rng.integers(0, len(self.scenes), size=cfg.batch_size)
-        texts, owner, labels = _texts(rng, [self.scenes[int(k)] for k in picks], cfg, easy, swap)
-        enc = dict(processor.tokenizer(texts, padding=True, return_tensors="pt"))
+        batch = _texts(rng, [self.scenes[int(k)] for k in picks], cfg, easy, swap)
+        enc = dict(processor.tokenizer(batch.texts, padding=True, return_tensors="pt"))
         enc["pixel_values"] = self.pixels[torch.from_numpy(picks)].float()
-        return enc, owner, labels
+        enc["slot_targets"] = slot_targets(batch.slots, enc["input_ids"].shape[1])
+        return enc, batch.owner, batch.labels
 
 
 def rank_loss(logits: torch.Tensor, owner: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -311,7 +390,12 @@ def _lr_at(step: int, cfg: ItmTrainConfig) -> float:
 
 
 def train(
-    cfg: ItmTrainConfig, out: Path, *, eval_every: int = 250, save_every: int = 250
+    cfg: ItmTrainConfig,
+    out: Path,
+    *,
+    eval_every: int = 250,
+    save_every: int = 250,
+    eval_n: int = 300,
 ) -> dict[str, float]:
     """Runs one seeded training run and writes model + processor to the folder ``out``."""
     from transformers import BlipForImageTextRetrieval
@@ -319,13 +403,27 @@ def train(
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
-    processor = build_processor(cfg.image_size)
-    if cfg.init:
+    if cfg.init:  # its own tokenizer: the word embeddings were learned with its token ids
+        from transformers import BlipProcessor
+
+        processor = BlipProcessor.from_pretrained(cfg.init)
         model = BlipForImageTextRetrieval.from_pretrained(cfg.init, use_safetensors=True)
     else:
+        processor = build_processor(cfg.image_size)
         model = BlipForImageTextRetrieval(build_config(cfg, processor.tokenizer))
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+        if cfg.pos_scale > 0:  # a strong "where" signal from step 0: binding needs it
+            with torch.no_grad():
+                model.vision_model.embeddings.position_embedding.copy_(
+                    cfg.pos_scale * sincos_positions(cfg.image_size // cfg.patch_size, cfg.hidden)
+                )
+    # The per-word check's head trains the text tower's token states; it is not saved.
+    slot_head = torch.nn.Linear(model.config.text_config.hidden_size, 2)
+    params = [
+        *model.named_parameters(),
+        *(("slot_head." + n, p) for n, p in slot_head.named_parameters()),
+    ]
+    decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
@@ -354,14 +452,25 @@ def train(
         else:
             enc, owner, labels = _batch(rng, processor, cfg, easy, swap)
         image_embeds = model.vision_model(pixel_values=enc["pixel_values"]).last_hidden_state
-        logits = itm_logits(
-            model, enc["pixel_values"], enc["input_ids"], enc["attention_mask"], owner, image_embeds
+        logits, word_logits = itm_logits(
+            model,
+            enc["pixel_values"],
+            enc["input_ids"],
+            enc["attention_mask"],
+            owner,
+            image_embeds,
+            slot_head,
         )
-        loss = F.cross_entropy(logits, labels)
+        parts = {"itm": F.cross_entropy(logits, labels)}
+        if cfg.slot_weight > 0:
+            parts["word"] = cfg.slot_weight * F.cross_entropy(
+                word_logits.flatten(0, 1), enc["slot_targets"].flatten(), ignore_index=-100
+            )
         if cfg.rank_weight > 0:
-            loss = loss + cfg.rank_weight * rank_loss(logits, owner, labels)
+            parts["rank"] = cfg.rank_weight * rank_loss(logits, owner, labels)
         if cfg.itc_weight > 0:
-            loss = loss + cfg.itc_weight * _itc_loss(model, enc, labels, image_embeds)
+            parts["itc"] = cfg.itc_weight * _itc_loss(model, enc, labels, image_embeds)
+        loss = torch.stack(list(parts.values())).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -369,13 +478,14 @@ def train(
         if step % 20 == 0:
             acc = (logits.argmax(-1) == labels).float().mean().item()
             print(
-                f"step {step} loss {loss.item():.4f} acc {acc:.3f} lr {_lr_at(step, cfg):.2e} "
-                f"t {time.time() - start:.0f}s",
+                f"step {step} loss {loss.item():.4f} ("
+                + " ".join(f"{k} {v.item():.3f}" for k, v in parts.items())
+                + f") acc {acc:.3f} lr {_lr_at(step, cfg):.2e} t {time.time() - start:.0f}s",
                 file=sys.stderr,
                 flush=True,
             )
         if (step + 1) % eval_every == 0 or step + 1 == cfg.steps:
-            wins = hard_negative_wins(model, processor)
+            wins = hard_negative_wins(model, processor, n=eval_n)
             last = {"step": step + 1, **wins}
             shown = " ".join(f"{k} {v:.3f}" for k, v in wins.items())
             print(f"eval step {step + 1} wins: {shown}", file=sys.stderr, flush=True)
