@@ -148,14 +148,20 @@ def _memory_kb(pid: int) -> tuple[int, int]:
 class Server:
     """``mmsearch serve`` in its own process group on 127.0.0.1."""
 
-    def __init__(self, index_dir: Path, workers: int) -> None:
+    def __init__(
+        self,
+        index_dir: Path,
+        workers: int,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.workers = workers
         self.proc = subprocess.Popen(
             _mmsearch("serve", "--index", str(index_dir), "--port", str(self.port), "--workers", str(workers),
-                      "--log-format", "none", "--drain-seconds", "0"),
-            env={**_env(), "MMSEARCH_TOKEN": TOKEN}, cwd=str(REPO), start_new_session=True,
+                      "--log-format", "none", "--drain-seconds", "0", *(extra or [])),
+            env={**_env(), **(env or {}), "MMSEARCH_TOKEN": TOKEN}, cwd=str(REPO), start_new_session=True,
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 300) -> None:

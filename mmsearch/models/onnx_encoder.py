@@ -72,7 +72,14 @@ def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
 
 
 def onnx_threads() -> int:
-    """Intra-op threads: the cores this process may run on."""
+    """Intra-op threads: ``OMP_NUM_THREADS`` when set, else the cores this process may run on.
+
+    ONNX Runtime's own thread pool ignores the OpenMP variables; following them lets a
+    deployment (or ``mmsearch serve --workers N``) cap every math runtime in one place.
+    """
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -123,6 +130,10 @@ class OnnxEncoder:
                 options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
                 options.log_severity_level = 3
+                if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+                    # Idle pool threads sleep instead of spinning for the next job: a
+                    # server answering concurrent requests gets its cores back.
+                    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 session = ort.InferenceSession(
                     str(self.export_dir / f"{tower}.onnx"),
                     options,
