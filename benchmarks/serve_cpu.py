@@ -7,10 +7,12 @@ Wall-clock latency on a shared machine mostly measures the other jobs; CPU time
 spent by the processes involved barely depends on them. For each ``--config``
 (a name, then extra ``mmsearch serve`` arguments, after optional ``VAR=value``
 environment settings for the server) this script starts ``mmsearch serve``
-with one worker on the demo index (as ``benchmarks/serve.py`` does: token required,
+with ``--workers`` workers (default 1) on the demo index (as ``benchmarks/serve.py`` does: token required,
 access log off), warms it up, then sends ``--requests`` sequential
 ``GET /api/search?q=...&k=10`` requests on one keep-alive connection, once per client
-kind (``http.client`` via :mod:`benchmarks.httpclient`, and ``httpx``), and reports:
+kind (``http.client`` via :mod:`benchmarks.httpclient`, and ``httpx``), and with
+``--concurrency`` also over N concurrent ``http.client`` connections (the CPU cost of
+a request under load: threads that spin or contend show up here), and reports:
 
 - server CPU ms per request: utime + stime of every server process (``/proc/PID/stat``),
   after minus before, over the requests;
@@ -84,13 +86,35 @@ def _check(status: int, body: bytes, snapshot: str | None, k: int) -> dict[str, 
     return answer["timings"]
 
 
-def _send_http_client(server: Server, paths: list[str], k: int) -> list[dict[str, float]]:
-    client = KeepAliveClient("127.0.0.1", server.port, AUTH)
-    out = []
-    for path in paths:
-        status, headers, body = client.get(path)
-        out.append(_check(status, body, headers.get("x-mmsearch-snapshot"), k))
-    client.close()
+def _send_http_client(
+    server: Server, paths: list[str], k: int, concurrency: int = 1
+) -> list[dict[str, float]]:
+    """Sends ``paths`` over ``concurrency`` keep-alive connections (one thread each)."""
+    import threading
+
+    out: list[dict[str, float]] = []
+    failures: list[BaseException] = []
+
+    def run(share: list[str]) -> None:
+        client = KeepAliveClient("127.0.0.1", server.port, AUTH)
+        try:
+            for path in share:
+                status, headers, body = client.get(path)
+                out.append(_check(status, body, headers.get("x-mmsearch-snapshot"), k))
+        except BaseException as exc:  # reported below, after the other threads finish
+            failures.append(exc)
+        finally:
+            client.close()
+
+    threads = [
+        threading.Thread(target=run, args=(paths[i::concurrency],)) for i in range(concurrency)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
     return out
 
 
@@ -139,7 +163,7 @@ def summarise_profile(path: Path, top: int = 25) -> dict[str, list[tuple[str, fl
 
 
 def measure(
-    server: Server, queries: list[str], k: int, client: str, spy: Path | None
+    server: Server, queries: list[str], k: int, client: str, spy: Path | None, concurrency: int = 1
 ) -> dict[str, Any]:
     pids = _tree(server.proc.pid)
     paths = [search_path(q, k) for q in queries]
@@ -150,7 +174,7 @@ def measure(
         time.sleep(1.0)
     server0, client0, wall0 = cpu_seconds(pids), time.process_time(), time.perf_counter()
     if client == "http.client":
-        timings = _send_http_client(server, paths, k)
+        timings = _send_http_client(server, paths, k, concurrency)
     else:
         timings = _send_httpx(server, queries, k)
     wall = time.perf_counter() - wall0
@@ -164,6 +188,7 @@ def measure(
         stages.update(t)
     return {
         "client": client,
+        "concurrency": concurrency,
         "requests": n,
         "server_cpu_ms": round(server_s * 1000 / n, 2),
         "client_cpu_ms": round(client_s * 1000 / n, 2),
@@ -180,11 +205,15 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--requests", type=int, default=400, help="sequential requests per client kind")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=1, help="server worker processes")
     ap.add_argument(
         "--config", action="append", default=None, metavar="NAME=ARGS",
         help="a server configuration: name=extra serve arguments (repeatable)",
     )  # fmt: skip
     ap.add_argument("--clients", default="http.client,httpx", help="client kinds to measure")
+    ap.add_argument(
+        "--concurrency", default="1", help="concurrent http.client connections (comma-separated)"
+    )
     ap.add_argument("--py-spy", type=Path, default=None, help="profile the worker into this folder")
     ap.add_argument("--workdir", type=Path, default=None, help="reused if given")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -200,20 +229,23 @@ def main() -> int:
     for name, _, extra in configs:
         words = extra.split()
         env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
-        server = Server(index_dir, 1, [w for w in words if w.startswith("-") or "=" not in w], env)
+        server = Server(
+            index_dir, args.workers, [w for w in words if w.startswith("-") or "=" not in w], env
+        )
         try:
             server.wait_ready()
             _send_http_client(server, [search_path(q, args.k) for q in queries[:100]], args.k)
-            for client in args.clients.split(","):
+            runs = [
+                (c, int(n)) for c in args.clients.split(",") for n in args.concurrency.split(",")
+            ]
+            runs = [(c, n) for c, n in runs if c == "http.client" or n == 1]
+            for client, concurrency in runs:
                 spy = None
-                if args.py_spy is not None and client == args.clients.split(",")[0]:
+                if args.py_spy is not None and (client, concurrency) == runs[0]:
                     args.py_spy.mkdir(parents=True, exist_ok=True)
                     spy = args.py_spy / f"{name}.txt"
-                res = {
-                    "config": name,
-                    "serve_args": extra,
-                    **measure(server, queries, args.k, client, spy),
-                }
+                res = measure(server, queries, args.k, client, spy, concurrency)
+                res = {"config": name, "workers": args.workers, "serve_args": extra, **res}
                 res["load_average"] = [round(x, 2) for x in os.getloadavg()]
                 results.append(res)
                 print(json.dumps(res), flush=True)

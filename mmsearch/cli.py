@@ -360,9 +360,9 @@ def serve_cmd(
         quantize=quantize,
     )
     with _errors():
-        from mmsearch.serve.lifecycle import apply_thread_policy, check_servable, worker_threads
+        from mmsearch.serve.lifecycle import apply_thread_policy, check_servable
 
-        apply_thread_policy(worker_threads(workers))  # before torch / onnxruntime load
+        apply_thread_policy()  # one math thread per request, before faiss / torch / onnxruntime load
 
         # Fail fast with one clear line. One worker loads the model now and reuses it;
         # several workers each load their own (/readyz answers 503 until they have), and
