@@ -338,7 +338,8 @@ def run_config(
     new_dir = _new_images(work, tag, args.commit_items, seed=1000 + workers)
     checker = Checker(old_max_id=ItemStore.open(index_dir).max_id())
     queries = _queries(200, args.seed)
-    server = Server(index_dir, workers)
+    env = dict(item.split("=", 1) for item in args.server_env)
+    server = Server(index_dir, workers, args.server_args.split(), env)
     levels = []
     commit: dict[str, Any] = {}
     try:
@@ -425,6 +426,13 @@ def main() -> int:
         "--workdir", type=Path, default=None, help="default: a fresh temp folder (reused if given)"
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--server-args", default="", help="extra mmsearch serve arguments (e.g. '--backend torch')"
+    )
+    ap.add_argument(
+        "--server-env", action="append", default=[], metavar="VAR=VALUE",
+        help="environment of the server (repeatable), e.g. PYTHONPATH=<another checkout> for an A/B",
+    )  # fmt: skip
     args = ap.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]
     worker_counts = [int(x) for x in args.workers.split(",")]
