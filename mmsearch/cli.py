@@ -465,6 +465,10 @@ def main() -> None:
     if not one_shot:
         app()
         return
+    if sys.argv[1] == "query":  # a few inferences, then exit: start ONNX sessions without pre-packing
+        from mmsearch.models.ort_session import set_prepacking
+
+        set_prepacking(False)
     try:
         app(standalone_mode=True)
         code = 0

@@ -141,7 +141,7 @@ def test_optimised_graph_is_saved_once_and_reloaded(tmp_path: Path, onnx_tiny) -
 
     import onnxruntime as ort
 
-    from mmsearch.models.ort_session import create_session, optimised_dir
+    from mmsearch.models.ort_session import create_session, optimised_dir, set_prepacking
 
     graph = tmp_path / "text.onnx"
     shutil.copy(onnx_tiny.export_dir / "text.onnx", graph)
@@ -155,6 +155,12 @@ def test_optimised_graph_is_saved_once_and_reloaded(tmp_path: Path, onnx_tiny) -
     again = create_session(graph, 1).run(None, {"tokens": tokens})[0]
     np.testing.assert_allclose(first, expected, atol=1e-5)
     np.testing.assert_allclose(again, expected, atol=1e-5)
+    set_prepacking(False)  # as a one-shot query does
+    try:
+        unpacked = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    finally:
+        set_prepacking(True)
+    np.testing.assert_allclose(unpacked, expected, atol=1e-5)
     with open(weights, "r+b") as fh:
         fh.truncate(1000)
     repaired = create_session(graph, 1).run(None, {"tokens": tokens})[0]
