@@ -132,6 +132,12 @@ def main() -> None:
         "query torch (ViT-B-32)": ([*mm, "query", *q, "--backend", "torch"], None),
         "info": ([*mm, "info", "-i", str(vit_index)], None),
         "--help": ([*mm, "--help"], None),
+        # floors of --help: the interpreter alone, and the CLI framework's own imports
+        "floor: python -c pass": ([py, "-c", "pass"], None),
+        "floor: import typer, rich": (
+            [py, "-c", "import typer, typer.rich_utils, rich.console"],
+            None,
+        ),
     }
     if args.baseline:
         # run from outside this checkout, so that `-m` finds the baseline's own mmsearch
