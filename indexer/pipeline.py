@@ -129,7 +129,10 @@ def _run_index_locked(
     next_id = store.max_id() + 1
     for path in paths:
         if is_text_collection(path):
-            next_id = index_texts(path, store, encoder, opts, report, next_id, progress)
+            index_collection = index_texts
+            if opts.ray is not None:
+                from mmsearch.indexer.ray_pipeline import index_texts_ray as index_collection
+            next_id = index_collection(path, store, encoder, opts, report, next_id, progress)
         elif path in walks:
             index_images = _index_images
             if opts.ray is not None:

@@ -122,16 +122,23 @@ def text_sha(text: str, metadata: dict[str, Any]) -> str:
 TextTodo = tuple[str, TextRow, str, StoredState | None]  # (uri, row, sha256, previous state)
 
 
-def index_texts(
-    path: Path,
-    store: ItemStore,
-    encoder: Encoder,
-    opts: IndexOptions,
-    report: IndexReport,
-    next_id: int,
-    progress: ProgressFn,
-) -> int:
-    """Indexes one text collection (see the module doc); returns the next free id."""
+@dataclass
+class TextDiff:
+    """A text collection read and compared with the table: what to embed, what is gone."""
+
+    path: Path
+    source: str
+    mtime_ns: int
+    todo: list[TextTodo]
+    gone: list[int]
+
+
+def diff_texts(
+    path: Path, store: ItemStore, opts: IndexOptions, report: IndexReport, progress: ProgressFn
+) -> TextDiff:
+    """Reads and validates the collection (problems go to ``report``) and splits its rows
+    into unchanged ones (counted) and ones to embed; ``gone`` holds the ids of stored rows
+    the file no longer has."""
     path_abs = Path(os.path.abspath(path))
     source = path_to_uri(str(path_abs))
     collection = read_text_collection(
@@ -161,11 +168,37 @@ def index_texts(
             todo.append((uri, row, sha, prev))
     progress("scan", len(collection.rows), len(collection.rows))
     progress("texts", 0, len(todo))
+    gone = [state.id for uri, state in stored.items() if uri not in seen]
+    return TextDiff(path_abs, source, os.stat(path_abs).st_mtime_ns, todo, gone)
 
+
+def report_prep_failure(
+    diff: TextDiff, entry: TextTodo, reason: str, exc_class: str, report: IndexReport,
+    progress: ProgressFn,
+) -> None:  # fmt: skip
+    """A row that could not be tokenised: reported with its row number, not embedded."""
+    report.failures.append(
+        Failure(str(diff.path), reason, exc_class, "tokenize", row_number=entry[1].row_number)
+    )
+    progress("texts", 0, -1)  # one row less to embed
+    progress("failed", 1, None)
+
+
+def index_texts(
+    path: Path,
+    store: ItemStore,
+    encoder: Encoder,
+    opts: IndexOptions,
+    report: IndexReport,
+    next_id: int,
+    progress: ProgressFn,
+) -> int:
+    """Indexes one text collection (see the module doc); returns the next free id."""
+    diff = diff_texts(path, store, opts, report, progress)
+    todo = diff.todo
     step = max(opts.batch_size, TEXT_BATCH_SIZE)  # texts are cheap to hold: big batches
     steps = text_steps(encoder)
     writer = BatchWriter(store, opts.commit_every)
-    mtime_ns = os.stat(path_abs).st_mtime_ns
     batch: list[tuple[TextTodo, Any]] = []
 
     def flush_embed() -> None:
@@ -175,8 +208,8 @@ def index_texts(
         t0 = time.perf_counter()
         vectors = steps.embed([value for _, value in batch])
         report.embed_s += time.perf_counter() - t0
-        next_id = _write_rows(
-            writer, [entry for entry, _ in batch], vectors, source, mtime_ns, next_id, report
+        next_id = write_text_rows(
+            writer, diff, [entry for entry, _ in batch], vectors, next_id, report
         )
         progress("texts", len(batch), None)
         batch.clear()
@@ -195,34 +228,22 @@ def index_texts(
         for result in pool.map((i, row.text) for i, (_u, row, _s, _p) in enumerate(todo)):
             entry = todo[result.index]
             if isinstance(result, PrepFailure):
-                report.failures.append(
-                    Failure(
-                        str(path_abs),
-                        result.reason,
-                        result.exc_class,
-                        "tokenize",
-                        row_number=entry[1].row_number,
-                    )
-                )
-                progress("texts", 0, -1)  # one row less to embed
-                progress("failed", 1, None)
+                report_prep_failure(diff, entry, result.reason, result.exc_class, report, progress)
                 continue
             batch.append((entry, result.value))
             if len(batch) >= step:
                 flush_embed()
         flush_embed()
     writer.flush()
-    gone = [state.id for uri, state in stored.items() if uri not in seen]
-    report.deleted += store.delete_ids(gone)
+    report.deleted += store.delete_ids(diff.gone)
     return next_id
 
 
-def _write_rows(
+def write_text_rows(
     writer: BatchWriter,
+    diff: TextDiff,
     done: list[TextTodo],
     vectors: npt.NDArray[np.float32],
-    source: str,
-    mtime_ns: int,
     next_id: int,
     report: IndexReport,
 ) -> int:
@@ -243,8 +264,8 @@ def _write_rows(
             uris=[u for u, *_ in done],
             kind="text",
             texts=[row.text for _u, row, _s, _p in done],
-            source=source,
-            mtime_ns=[mtime_ns] * len(done),
+            source=diff.source,
+            mtime_ns=[diff.mtime_ns] * len(done),
             sizes=[len(row.text.encode("utf-8", "surrogatepass")) for _u, row, _s, _p in done],
             sha256=[s for _u, _r, s, _p in done],
             metadata=[{**row.metadata, ID_KEY: row.id} for _u, row, _s, _p in done],
