@@ -29,7 +29,7 @@ import json, resource, sys, time
 import numpy as np
 import onnxruntime as ort
 from mmsearch.models import ort_session
-graph, variant, tower = sys.argv[1], sys.argv[2], sys.argv[3]
+graph, variant, tower, tokens = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 levels = ort.GraphOptimizationLevel
 t0 = time.perf_counter()
 if variant == "exported, ALL":
@@ -41,11 +41,9 @@ else:
     session = ort_session.create_session(graph, 2)
 t1 = time.perf_counter()
 if tower == "text":
-    x = np.zeros((1, 77), np.int64)
-    x[0, :3] = [49406, 320, 49407]
-    feed = {"tokens": x}
+    feed = {"tokens": np.asarray([tokens], np.int64)}
 else:
-    feed = {"pixels": np.zeros((1, 224, 224, 3), np.uint8)}
+    feed = {"pixels": np.zeros((1, tokens, tokens, 3), np.uint8)}
 session.run(None, feed)
 t2 = time.perf_counter()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -69,13 +67,23 @@ def main() -> None:
     graph = str(encoder.export_dir / f"{args.tower}.onnx")
     variants = ["exported, ALL", "saved, prepack", "saved, no prepack"]
     run = [sys.executable, "-c", CHILD, graph]
+    probe = (
+        encoder.tokenize(["a photo"])[0].tolist() if args.tower == "text" else encoder.image_size
+    )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    subprocess.run([*run, "saved, prepack", args.tower], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*run, "saved, prepack", args.tower, json.dumps(probe)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     rows: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     print(f"{graph}; load average at the start {os.getloadavg()[0]:.2f}")
     for _ in range(args.rounds):
         for v in variants:
-            out = subprocess.run([*run, v, args.tower], env=env, check=True, capture_output=True)
+            out = subprocess.run(
+                [*run, v, args.tower, json.dumps(probe)], env=env, check=True, capture_output=True
+            )
             rows[v].append(json.loads(out.stdout.decode().strip().splitlines()[-1]))
     print(
         f"{'variant':20s} {'session s':>10s} {'first run s':>12s} {'sum s':>8s} {'peak RSS MiB':>13s}"

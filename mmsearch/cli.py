@@ -465,10 +465,10 @@ def main() -> None:
     if not one_shot:
         app()
         return
-    if sys.argv[1] == "query":  # a few inferences, then exit: start ONNX sessions without pre-packing
-        from mmsearch.models.ort_session import set_prepacking
+    if sys.argv[1] == "query":  # one query, then exit: no pre-packing, no pandas (see faststart)
+        from mmsearch.faststart import prepare_one_shot_query
 
-        set_prepacking(False)
+        prepare_one_shot_query()
     try:
         app(standalone_mode=True)
         code = 0
