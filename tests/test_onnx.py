@@ -166,3 +166,20 @@ def test_optimised_graph_is_saved_once_and_reloaded(tmp_path: Path, onnx_tiny) -
     repaired = create_session(graph, 1).run(None, {"tokens": tokens})[0]
     np.testing.assert_allclose(repaired, expected, atol=1e-5)
     assert weights.stat().st_size > 0.9 * graph.stat().st_size
+
+
+def test_clean_text_ascii_shortcut_equals_ftfy() -> None:
+    """Printable ASCII skips ftfy (an import a one-shot query saves); the result is the same."""
+    import html
+    import string
+
+    import ftfy
+
+    from mmsearch.models.onnx_encoder import clean_text
+
+    rng = np.random.default_rng(7)
+    alphabet = np.array(list(string.printable))
+    samples = ["".join(rng.choice(alphabet, size=int(rng.integers(0, 40)))) for _ in range(500)]
+    samples += [" floral shirt ", "it's", "a <b>tag</b>", "x &amp; y", "caf\u00e9", "a\r\nb"]
+    for text in samples:
+        assert clean_text(text) == html.unescape(html.unescape(ftfy.fix_text(text))).strip(), text

@@ -29,7 +29,14 @@ DEFAULT_BATCH_SIZE = 128
 
 
 def clean_text(text: str) -> str:
-    """open_clip's ``basic_clean``: ftfy repair (when installed) and double HTML unescape."""
+    """open_clip's ``basic_clean``: ftfy repair (when installed) and double HTML unescape.
+
+    Printable ASCII without ``&`` is returned stripped without importing ftfy: there is
+    nothing for ftfy (mojibake, control characters, line breaks, HTML entities) or the
+    unescape to change in it (``tests/test_onnx.py`` checks the two paths agree).
+    """
+    if text.isascii() and text.isprintable() and "&" not in text:
+        return text.strip()
     try:
         import ftfy
 
