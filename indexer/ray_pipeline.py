@@ -78,11 +78,18 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, max_pixels: int) -> di
 class EmbedActor:
     """Ray actor: one encoder, loaded once, embeds the decoded rows of each batch."""
 
-    def __init__(self, spec: Any, device: str | None, encoder: Any | None = None) -> None:
+    def __init__(
+        self,
+        spec: Any,
+        device: str | None,
+        encoder: Any | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
+    ) -> None:
         if encoder is None:
-            from mmsearch.models import load_encoder
+            from mmsearch.models.backends import load_encoder
 
-            encoder = load_encoder(spec, device=device)
+            encoder = load_encoder(spec, device=device, backend=backend, quantize=quantize)
         self.encoder = encoder
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,6 +142,8 @@ def index_images_ray(
             "spec": encoder.spec,
             "device": "cuda" if gpus else "cpu",
             "encoder": ship,
+            "backend": opts.backend,  # "auto" picks per actor: torch on a GPU, else ONNX
+            "quantize": opts.quantize,
         },
         batch_size=opts.batch_size,
         batch_format="numpy",
@@ -171,7 +180,9 @@ def index_images_ray(
 
 
 def _loadable(encoder: Any) -> bool:
-    """Whether ``load_encoder(encoder.spec)`` rebuilds this encoder on a worker."""
+    """Whether ``load_encoder(encoder.spec, backend=...)`` rebuilds this encoder on a worker
+    (an ONNX Runtime session cannot be pickled; a registered model loads anywhere)."""
     from mmsearch.models.encoder import ClipEncoder
+    from mmsearch.models.onnx_encoder import OnnxEncoder
 
-    return isinstance(encoder, ClipEncoder)
+    return isinstance(encoder, ClipEncoder | OnnxEncoder)
