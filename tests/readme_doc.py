@@ -270,7 +270,7 @@ SUBSTITUTIONS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "Scale out: Ray, object storage, large indexes#1": [
         ("/shared/photos", "./photos", "the reader's folder of the Command line block"),
-        ("--ray auto", "--ray {ray}", "auto could join another Ray cluster of this machine"),
+        ("--ray auto", "--ray local", "a local cluster stands in for the one `ray start` runs"),
         (
             "mmsearch index",
             "mmsearch index --model mmsearch-tiny",
@@ -311,9 +311,9 @@ NOT_RUN_LINES: dict[tuple[str, str], str] = {
     ("Quick start#1", "bash scripts/test.sh"): "runs this whole suite (CI's entry point)",
     ("Re-ranking#1", "pip install 'mmsearch[rerank]'"): "installs from PyPI (network); the "
     "extra is checked to exist by test_install_block_matches_the_package",
-    ("Scale out: Ray, object storage, large indexes#1", "ray start --head"): "replaced by a "
-    "ray.init(num_cpus=2) cluster: `ray start` leaves daemons whose `ray stop` would end "
-    "every Ray cluster of the machine",
+    ("Scale out: Ray, object storage, large indexes#1", "ray start --head"): "replaced by the "
+    "local cluster of `--ray local`: `ray start` leaves daemons, and `ray stop` would end every "
+    "Ray cluster of the machine (`--ray auto` could also join a cluster of another user)",
 }
 
 

@@ -51,7 +51,9 @@ def _ok(r: Ran) -> Ran:
 # ------------------------------------------------------------- eval, finetune, label
 
 
-def test_measure_block(readme_cli):
+@pytest.fixture(scope="module")
+def measured(readme_cli, tmp_path_factory) -> dict[str, list[Ran]]:
+    """Both blocks of the section, in order, in one process (one interpreter start)."""
     root = readme_cli.root
     # queries.jsonl, as the README describes it: relevant paths relative to the file.
     indexed = [
@@ -66,9 +68,31 @@ def test_measure_block(readme_cli):
         )
     )
     write_coco_captions(root, n=8, seed=1)  # ./captions.json + ./images/
-    lines = run_lines(MEASURE)
+    # COCO / Flickr30k files of the same layout, generated: Karpathy-format JSON naming
+    # images under --images (COCO's as val2014/NAME, Flickr30k's as NAME).
+    for cmd in run_lines(BENCHMARK):
+        source, images = cmd.argv[2], cmd.argv[cmd.argv.index("--images") + 1]
+        sub = "val2014" if "coco" in source else ""
+        written = write_coco_captions(tmp_path_factory.mktemp("captions"), n=6, seed=2)
+        data = json.loads(written.read_text())
+        dest = root / images.lstrip("/") / sub
+        dest.mkdir(parents=True)
+        for image in data["images"]:
+            (written.parent / image["filepath"] / image["filename"]).rename(
+                dest / image["filename"]
+            )
+            image["filepath"] = sub
+        (root / source).write_text(json.dumps(data))
     info = ["mmsearch", "info", "--index", "./idx"]  # which weights the index runs on now
-    ran = run_commands([substitute(c, SUBSTITUTIONS[MEASURE]) for c in lines] + [info], root)
+    measure = [substitute(c, SUBSTITUTIONS[MEASURE]) for c in run_lines(MEASURE)] + [info]
+    benchmark = [substitute(c, SUBSTITUTIONS[BENCHMARK]) for c in run_lines(BENCHMARK)]
+    ran = run_commands(measure + benchmark, root)
+    return {"measure": ran[: len(measure)], "benchmark": ran[len(measure) :]}
+
+
+def test_measure_block(readme_cli, measured):
+    root = readme_cli.root
+    ran = measured["measure"]
     evaluated, captioned, finetuned, reembedded, labelled, queried, info_after = map(_ok, ran)
     assert "6 queries" in evaluated.stdout
     for variant in ("exact", "ann", "+hybrid"):
@@ -89,27 +113,16 @@ def test_measure_block(readme_cli):
         assert prob > 0.5, row
 
 
-def test_captioned_benchmark_block(readme_cli, tmp_path):
-    """COCO / Flickr30k commands on generated Karpathy-format files of the same layout."""
-    root = readme_cli.root
-    for cmd in run_lines(BENCHMARK):
-        source, images = cmd.argv[2], cmd.argv[cmd.argv.index("--images") + 1]
-        sub = "val2014" if "coco" in source else ""  # Karpathy's COCO file: val2014/NAME
-        written = write_coco_captions(tmp_path / source, n=6, seed=2)
-        data = json.loads(written.read_text())
-        dest = root / images.lstrip("/") / sub
-        dest.mkdir(parents=True)
-        for image in data["images"]:
-            (written.parent / image["filepath"] / image["filename"]).rename(
-                dest / image["filename"]
-            )
-            image["filepath"] = sub
-        (root / source).write_text(json.dumps(data))
-    ran = _run_block(BENCHMARK, root)
+def test_captioned_benchmark_block(readme_cli, measured):
+    """The COCO / Flickr30k commands, on generated collections of the same layout."""
+    ran = measured["benchmark"]
+    assert len(ran) == len(run_lines(BENCHMARK)) == 2
     for r in map(_ok, ran):
-        recall = re.search(r"^│ ann +│ +([01]\.\d{4})", r.stdout, re.M)
-        assert recall, r.stdout
-    assert (root / "coco.html").is_file()
+        assert "36 queries · 36 items" in r.stdout  # 6 images, 5 captions each: both ways
+        for column in ("t2i R@1", "t2i R@10", "i2t R@1", "i2t R@10"):  # both directions
+            assert column in r.stdout, (column, r.stdout)
+        assert re.search(r"^│ ann +│ +[01]\.\d{4}", r.stdout, re.M), r.stdout
+    assert "recall" in (readme_cli.root / "coco.html").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------- re-ranking
@@ -212,15 +225,6 @@ def test_proxy_snippets_match_the_serve_command():
 
 
 @pytest.fixture(scope="module")
-def ray_address():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def s3_endpoint():
     import logging
 
@@ -234,7 +238,7 @@ def s3_endpoint():
     server.stop()
 
 
-def test_scale_out_block(readme_cli, ray_address, s3_endpoint):
+def test_scale_out_block(readme_cli, s3_endpoint):
     import boto3
 
     root = readme_cli.root
@@ -255,13 +259,13 @@ def test_scale_out_block(readme_cli, ray_address, s3_endpoint):
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     ).create_bucket(Bucket=bucket)
-    # One process per line: a process joins one Ray cluster, and `--ray local` must start its own.
-    ran = []
-    for cmd in lines:
-        argv = substitute(cmd, SUBSTITUTIONS[SCALE_OUT], ray=ray_address)
-        checks = [["mmsearch", "query", "red circle", "--index", uri, "--kind", "image", "--json"]]
-        ran += run_commands([argv] + (checks if uri in argv else []), root, env)
-    on_cluster, query, local = map(_ok, ran)
+    # One process: the first line starts a local Ray cluster, the second runs on it too.
+    argvs = [substitute(c, SUBSTITUTIONS[SCALE_OUT]) for c in lines]
+    check = ["mmsearch", "query", "red circle", "--index", uri, "--kind", "image", "--json"]
+    ran = run_commands([*argvs, check], root, env)  # a query replica reads the store
+    on_cluster, local, query = ran
+    for r in ran:
+        _ok(r)
     photos = len(list((root / "photos").iterdir()))
     assert re.search(rf"added\s+{photos}\b", on_cluster.stdout), on_cluster.stdout
     hits = json.loads(query.stdout)  # a query replica reads the index from the store
