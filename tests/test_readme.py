@@ -183,6 +183,7 @@ def test_command_line_block(readme_cli):
             assert [h["rank"] for h in hits] == list(range(1, 11))
             shown = re.search(r"JSON: (.*)", block(key).text).group(1).split(", ")
             assert all(set(shown) <= set(h) for h in hits), shown
+            assert {h["kind"] for h in hits[:4]} == {"image", "text"}  # kinds interleave
         elif args[0] == "query" and "-f" in args:
             out = r.stdout.splitlines()
             assert len(out) == 10
