@@ -421,7 +421,8 @@ class SearchIndex:
         def lexical_legs(depth: int) -> list[Any]:
             return lexical.lexical_legs(
                 self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
-                negative=q.negative_words, allowed_ids=allowed,
+                negative=q.negative_words, allowed_ids=allowed, index_kinds=tuple(self._ann),
+                kinds_of=rows.kinds_of,
             )  # fmt: skip
 
         # The lexical leg needs no query vector: it runs beside encoding and the vector leg.

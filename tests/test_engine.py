@@ -72,6 +72,11 @@ def test_image_text_and_kind(built):
     assert texts[0].text == cat.rows[3]["caption"] and all(h.kind == "text" for h in texts)
     mixed = idx.search(cat.rows[3]["caption"], k=200, kind="any")
     assert {h.kind for h in mixed} == {"image", "text"}
+    for kind in ("image", "text"):  # the lexical leg keeps to the kind asked for, too
+        words = idx.search(cat.rows[3]["caption"], k=5, kind=kind, mode="lexical")
+        assert len(words) == 5 and {h.kind for h in words} == {kind}
+    both = idx.search(cat.rows[3]["caption"], k=200, kind="any", mode="lexical")
+    assert {h.kind for h in both} == {"image", "text"}
     assert [h.rank for h in mixed] == list(range(1, len(mixed) + 1))
     assert all(x.score >= y.score for x, y in zip(mixed, mixed[1:], strict=False))
     from PIL import Image

@@ -106,7 +106,7 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
 
     from mmsearch.models.cache import write_json_atomic
     from mmsearch.models.onnx_encoder import _weights_file
-    from mmsearch.models.onnx_export import exports_registry, registry_key
+    from mmsearch.models.onnx_export import EXPORT_VERSION, exports_registry, registry_key
 
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache"))
     spec = ModelSpec("mmsearch-tiny", "")
@@ -120,6 +120,7 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
             "dir": "export",
             "weights": os.path.realpath(weights),
             "stamp": f"{st.st_size}:{st.st_mtime_ns}",
+            "version": EXPORT_VERSION,
         }
         write_json_atomic(exports_registry(), {registry_key(spec, None): entry})
 
@@ -130,3 +131,32 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
     assert find_export(spec, None) is None
     register(str(_weights_file(spec)))
     assert find_export(spec, None) == export
+
+
+def test_optimised_graph_is_saved_once_and_reloaded(tmp_path: Path, onnx_tiny) -> None:
+    """The first session saves the optimised graph (weights in an external file); later
+    sessions load it with the optimisers off, with the same outputs; a damaged saved
+    copy is made again."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from mmsearch.models.ort_session import create_session, optimised_dir
+
+    graph = tmp_path / "text.onnx"
+    shutil.copy(onnx_tiny.export_dir / "text.onnx", graph)
+    tokens = onnx_tiny.tokenize(TEXTS)
+    plain = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    expected = plain.run(None, {"tokens": tokens})[0]
+    first = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    saved = optimised_dir(graph, ort.__version__)
+    weights = saved / "text.weights"
+    assert weights.stat().st_size > 0.9 * graph.stat().st_size  # the weights left the graph
+    again = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    np.testing.assert_allclose(first, expected, atol=1e-5)
+    np.testing.assert_allclose(again, expected, atol=1e-5)
+    with open(weights, "r+b") as fh:
+        fh.truncate(1000)
+    repaired = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    np.testing.assert_allclose(repaired, expected, atol=1e-5)
+    assert weights.stat().st_size > 0.9 * graph.stat().st_size

@@ -47,6 +47,7 @@ class Rows:
             self.table = table.take(pa.array(order))
         self._filterable: pa.Table | None = None
         self._lowered: dict[str, pa.Array] | None = None
+        self._kinds: npt.NDArray[np.object_] | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -68,7 +69,12 @@ class Rows:
     def kinds_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.object_]:
         """The kind of each id ("" for unknown ids)."""
         pos, found = self._positions(ids)
-        kinds = np.asarray(self.table.column("kind").to_numpy(zero_copy_only=False), dtype=object)
+        kinds = self._kinds
+        if kinds is None:  # built once per snapshot: a lookup then costs ~len(ids)
+            kinds = np.asarray(
+                self.table.column("kind").to_numpy(zero_copy_only=False), dtype=object
+            )
+            self._kinds = kinds
         out = np.full(len(ids), "", dtype=object)
         out[found] = kinds[pos[found]]
         return out
@@ -145,7 +151,9 @@ def _any(masks: list[Any]) -> Any:
 
 
 def _expand_metadata(sorted_ids: npt.NDArray[np.int64], table: pa.Table) -> pa.Table:
-    records = [normalize_metadata(json.loads(m)) if m else {} for m in table.column("metadata").to_pylist()]
+    records = [
+        normalize_metadata(json.loads(m)) if m else {} for m in table.column("metadata").to_pylist()
+    ]
     keys = sorted({key for rec in records for key in rec})
     columns: dict[str, pa.Array] = {
         ROW_ID_COLUMN: pa.array(sorted_ids),
