@@ -79,7 +79,14 @@ def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
 
 
 def onnx_threads() -> int:
-    """Intra-op threads: the cores this process may run on."""
+    """Intra-op threads: ``OMP_NUM_THREADS`` when set, else the cores this process may run on.
+
+    ONNX Runtime's own thread pool ignores the OpenMP variables; following them lets a
+    deployment (or ``mmsearch serve --workers N``) cap every math runtime in one place.
+    """
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

@@ -58,6 +58,10 @@ def session_options(threads: int, level: Any) -> Any:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        # Idle pool threads sleep instead of spinning for the next job: a server
+        # answering concurrent requests gets its cores back.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not _prepacking:
         options.add_session_config_entry("session.disable_prepacking", "1")
     return options
