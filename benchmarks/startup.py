@@ -3,7 +3,8 @@
     python benchmarks/startup.py --rounds 3 [--baseline /path/to/other/python] [--rclip /venv/bin/rclip]
 
 Builds (once, cached in --work) a ViT-B-32 index (random weights placed by
-offline_weights.py) over --n generated photo-sized JPEGs and the tiny demo index,
+offline_weights.py) over --n generated photo-sized JPEGs and the demo index (the
+400-item sample catalog with mmsearch-tiny),
 then runs each command in a fresh process, interleaved round by round so machine
 noise hits every variant alike. Reports the median wall time and peak RSS (from
 wait4) per variant and the ratios against the first query variant. ``--baseline``
@@ -108,16 +109,53 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
         )
     mm = [py, "-m", "mmsearch.cli"]
+    demo_index = args.work / "index-demo"
+    if not (demo_index / "snapshot.json").exists():
+        print("indexing the demo catalog (mmsearch-tiny, 400 items) ...", file=sys.stderr)
+        catalog = args.work / "catalog"
+        subprocess.run(
+            [*mm, "sample-data", str(catalog)], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+        subprocess.run(
+            [*mm, "index", str(catalog), "-i", str(demo_index), "--backend", "onnx"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     q = [args.query, "-i", str(vit_index), "-k", "10"]
     variants: dict[str, tuple[list[str], Path | None]] = {
         "query onnx (ViT-B-32)": ([*mm, "query", *q, "--backend", "onnx"], None),
+        # vector search only, as rclip does (the default is hybrid when the index has
+        # a full-text index, which needs LanceDB)
+        "query onnx vector (ViT-B-32)": (
+            [*mm, "query", *q, "--backend", "onnx", "--mode", "vector"],
+            None,
+        ),
+        "query onnx (demo, tiny)": (
+            [*mm, "query", args.query, "-i", str(demo_index), "-k", "10", "--backend", "onnx"],
+            None,
+        ),
+        "query onnx vector (demo)": (
+            [*mm, "query", args.query, "-i", str(demo_index), "-k", "10", "--backend", "onnx"]
+            + ["--mode", "vector"],
+            None,
+        ),
         "query torch (ViT-B-32)": ([*mm, "query", *q, "--backend", "torch"], None),
         "info": ([*mm, "info", "-i", str(vit_index)], None),
         "--help": ([*mm, "--help"], None),
+        # floors of --help: the interpreter alone, and the CLI framework's own imports
+        "floor: python -c pass": ([py, "-c", "pass"], None),
+        "floor: import typer, rich": (
+            [py, "-c", "import typer, typer.rich_utils, rich.console"],
+            None,
+        ),
     }
     if args.baseline:
         # run from outside this checkout, so that `-m` finds the baseline's own mmsearch
-        variants["baseline query (torch)"] = ([args.baseline, "-m", "mmsearch.cli", "query", *q], args.work)
+        variants["baseline query (torch)"] = (
+            [args.baseline, "-m", "mmsearch.cli", "query", *q],
+            args.work,
+        )
     if args.rclip:
         from benchmarks.rclip_offline import fresh_datadir, prepare
 
@@ -130,6 +168,7 @@ def main() -> None:
         variants["rclip -n"] = ([args.rclip, "-n", "-f", args.query], photos)
     for cmd, cwd in variants.values():  # warm the page cache and the ONNX export once
         run_measured(cmd, env, cwd)
+    print(f"load average at the start: {os.getloadavg()}")
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for _ in range(args.rounds):
         for name, (cmd, cwd) in variants.items():
@@ -137,12 +176,14 @@ def main() -> None:
             results[name].append((wall, rss))
     first = statistics.median(w for w, _ in results["query onnx (ViT-B-32)"])
     print(
-        f"{'variant':28s} {'wall s (median)':>16s} {'peak RSS MiB':>13s} {'wall / onnx query':>18s}"
+        f"{'variant':30s} {'wall s (median)':>16s} {'peak RSS MiB':>13s} {'wall / onnx query':>18s}"
     )
     for name, rows in results.items():
         wall = statistics.median(w for w, _ in rows)
         rss = statistics.median(r for _, r in rows)
-        print(f"{name:28s} {wall:16.2f} {rss:13.0f} {wall / first:18.2f}")
+        print(f"{name:30s} {wall:16.2f} {rss:13.0f} {wall / first:18.2f}")
+
+    print(f"load average at the end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

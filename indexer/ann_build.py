@@ -100,6 +100,7 @@ def build_ann(
     seed: int = 0,
     encoder: Encoder | None = None,
     refine_dtype: str = "float32",
+    use_gpu: bool | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Builds or updates every kind's ANN index from the table's current version.
 
@@ -109,7 +110,8 @@ def build_ann(
     A rebuilt index is streamed from the table (bounded memory); an updated one keeps
     its refine segments (hard-linked into the new directory) and adds one segment with
     the new rows plus a tombstone file. ``refine_dtype="float16"`` halves the refine
-    vectors of rebuilt indexes.
+    vectors of rebuilt indexes. ``use_gpu``: train with faiss-gpu (None: when FAISS
+    sees a GPU; the CPU whenever it sees none).
     Returns each kind's ``VectorIndex.info`` plus ``"mode"``: ``incremental`` or ``rebuilt``.
     """
     from mmsearch.ann import VectorIndex
@@ -156,6 +158,7 @@ def build_ann(
                 target_recall=target_recall,
                 seed=seed,
                 refine_dtype=refine_dtype,
+                use_gpu=use_gpu,
             )
         if len(index) == 0:
             shutil.rmtree(target, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Decode images in worker processes, with a per-image time limit.
 
-Workers read the file once, hash its bytes, decode it with the one safe loader
+Workers (an :class:`~mmsearch.indexer.prefetch.OrderedPool` of processes) read the file once, hash its bytes, decode it with the one safe loader
 (:func:`mmsearch.imageio.load_image`) and return a small ``(S, S, 3)`` uint8 array
 ready for the model. A bad file becomes a :class:`DecodeFailure`; a file that makes
 a worker hang past the time limit is isolated (its chunk is retried one item at a
@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
-from mmsearch.indexer.workers import MainlessSpawnContext
+from mmsearch.indexer.prefetch import OrderedPool
 
 from mmsearch.errors import ImageDecodeError
 from mmsearch.imageio import DEFAULT_MAX_PIXELS, load_image
@@ -47,16 +44,29 @@ class DecodeFailure:
 DecodeResult = DecodeOk | DecodeFailure
 
 
-def decode_file(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[npt.NDArray[np.uint8], str]:
-    """Reads, hashes and decodes one image file into the model's square uint8 input."""
+def read_file(path: str) -> tuple[bytes, str]:
+    """The file's bytes and their sha256 (hex); a read error is an :class:`ImageDecodeError`."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}", cause=exc) from exc
-    digest = hashlib.sha256(data).hexdigest()
-    img = load_image(data, max_pixels=max_pixels, draft_size=size)  # JPEGs decode near `size`
-    return fit_square(img, size), digest
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def decode_bytes(
+    data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> npt.NDArray[np.uint8]:
+    """Decodes an image file's bytes into the model's square uint8 input (JPEGs near ``size``)."""
+    return fit_square(load_image(data, max_pixels=max_pixels, draft_size=size), size)
+
+
+def decode_file(
+    path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[npt.NDArray[np.uint8], str]:
+    """Reads, hashes and decodes one image file into the model's square uint8 input."""
+    data, digest = read_file(path)
+    return decode_bytes(data, size, max_pixels), digest
 
 
 DecodeFn = Callable[[str, int, int], tuple[npt.NDArray[np.uint8], str]]
@@ -74,7 +84,9 @@ def decode_chunk(
         except ImageDecodeError as exc:
             out.append(DecodeFailure(index, path, exc.reason, exc.cause_class))
         except Exception as exc:  # one bad file must never end the run
-            out.append(DecodeFailure(index, path, f"unexpected decode error: {exc}", type(exc).__name__))
+            out.append(
+                DecodeFailure(index, path, f"unexpected decode error: {exc}", type(exc).__name__)
+            )
     return out
 
 
@@ -102,6 +114,9 @@ def _usable_cores() -> int:
 class DecodePool:
     """A pool of decode workers that yields results in input order.
 
+    An :class:`~mmsearch.indexer.prefetch.OrderedPool` of processes running
+    :func:`decode_chunk`; a hung or crashing file becomes a :class:`DecodeFailure`.
+
     >>> with DecodePool(size=64, workers=2) as pool:  # doctest: +SKIP
     ...     for result in pool.decode(enumerate(paths)):
     ...         ...
@@ -122,15 +137,17 @@ class DecodePool:
         the time per image, enforced by killing and replacing the worker pool."""
         self.size = size
         self.decode_fn = decode
-        self.workers = max(1, workers if workers is not None else default_decode_workers())
-        self.chunk_size = max(1, chunk_size)
-        self.timeout_s = timeout_s
         self.max_pixels = max_pixels
-        self.max_in_flight = max_in_flight or self.workers * 4
-        # The parent holds torch threads: never fork it. Spawned workers start clean and
-        # never import the caller's __main__ (unguarded scripts, ``python -``, notebooks).
-        self._ctx = MainlessSpawnContext()
-        self._executor: ProcessPoolExecutor | None = None
+        self._pool: OrderedPool[str, DecodeResult] = OrderedPool(
+            partial(decode_chunk, size=size, max_pixels=max_pixels, decode=decode),
+            lost=_lost_decode,
+            kind="process",
+            workers=workers if workers is not None else default_decode_workers(),
+            chunk_size=chunk_size,
+            timeout_s=timeout_s,
+            max_in_flight=max_in_flight,
+        )
+        self.workers = self._pool.workers
 
     def __enter__(self) -> DecodePool:
         return self
@@ -138,27 +155,8 @@ class DecodePool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=self._ctx)
-        return self._executor
-
-    def _kill(self) -> None:
-        """Kills every worker (one is hung) so that a fresh pool can take over."""
-        if self._executor is None:
-            return
-        for proc in list(getattr(self._executor, "_processes", {}).values()):
-            proc.kill()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = None
-
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-
-    def _submit(self, chunk: list[tuple[int, str]]):
-        return self._pool().submit(decode_chunk, chunk, self.size, self.max_pixels, self.decode_fn)
+        self._pool.close()
 
     def decode(self, items: Iterable[tuple[int, str]]) -> Iterator[DecodeResult]:
         """Decodes ``(index, path)`` pairs; yields one result per pair, in order.
@@ -167,44 +165,8 @@ class DecodePool:
         and replaced; the chunk's files are then retried one at a time, alone in the
         pool, so that only the culprit is reported — never an innocent neighbour.
         """
-        source = iter(items)
-        pending: deque[tuple[list[tuple[int, str]], Any]] = deque()
-        retry: deque[list[tuple[int, str]]] = deque()  # innocent chunks to resubmit, in order
+        return self._pool.map(items)
 
-        def fill() -> None:
-            while len(pending) < self.max_in_flight:
-                if retry:
-                    chunk = retry.popleft()
-                else:
-                    chunk = [pair for _, pair in zip(range(self.chunk_size), source, strict=False)]
-                    if not chunk:
-                        return
-                pending.append((chunk, self._submit(chunk)))
 
-        fill()
-        while pending:
-            chunk, future = pending.popleft()
-            try:
-                results = future.result(timeout=self.timeout_s + 5.0)  # a healthy chunk takes far less
-            except Exception:  # timed out, or a worker died (BrokenProcessPool)
-                self._kill()
-                retry.extendleft(reversed([c for c, _ in pending]))
-                pending.clear()
-                yield from self._isolate(chunk)
-                fill()
-                continue
-            yield from results
-            fill()
-
-    def _isolate(self, chunk: list[tuple[int, str]]) -> Iterator[DecodeResult]:
-        """Decodes each file alone in the pool; a hang or a dead worker blames that file."""
-        for index, path in chunk:
-            future = self._submit([(index, path)])
-            try:
-                yield from future.result(timeout=self.timeout_s + 5.0)
-            except FutureTimeout:
-                self._kill()
-                yield DecodeFailure(index, path, f"decode timed out after {self.timeout_s:g}s", "TimeoutError")
-            except Exception as exc:
-                self._kill()
-                yield DecodeFailure(index, path, f"decode worker died: {exc}", type(exc).__name__)
+def _lost_decode(index: int, path: str, reason: str, exc_class: str) -> DecodeFailure:
+    return DecodeFailure(index, path, f"decode {reason}", exc_class)

@@ -9,21 +9,20 @@ and the next run picks up from there without re-embedding what was committed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from mmsearch.indexer.ann_build import build_ann
 from mmsearch.indexer.decode import DecodeFailure, DecodeOk, DecodePool, default_decode_workers
 from mmsearch.indexer.discover import WalkResult, path_to_uri, walk_images
+from mmsearch.indexer.gpudecode import gpu_decode_enabled, read_jpeg_or_decode
+from mmsearch.indexer.options import IndexOptions, ProgressFn
 from mmsearch.indexer.report import (
     Failure,
     IndexReport,
@@ -33,62 +32,16 @@ from mmsearch.indexer.report import (
 )
 from mmsearch.indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
 from mmsearch.indexer.sources import check_sources, is_text_collection, remove_if_only_lock
-from mmsearch.indexer.textsource import read_text_collection
+from mmsearch.indexer.textindex import index_texts
+from mmsearch.indexer.writer import BatchWriter
 
-from mmsearch.imageio import DEFAULT_MAX_PIXELS
-from mmsearch.itemmeta import FILE_KEY, ID_KEY
+from mmsearch.itemmeta import FILE_KEY
 from mmsearch.labels import refresh_labels
 from mmsearch.models.base import Encoder
+from mmsearch.models.batching import batch_size_for
 from mmsearch.models.spec import ModelSpec
 from mmsearch.objectstore import remote_index
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
-
-#: Texts per forward pass at least: tokens are small, and big batches use the cores better.
-TEXT_BATCH_SIZE = 256
-
-#: progress(stage, advance, more_total): stage is "scan", "images", "texts", "ann" or
-#: "failed" (an item skipped); ``more_total`` announces additional work for the stage
-#: (negative: less work, e.g. an image that failed to decode; None: no change).
-ProgressFn = Callable[[str, int, int | None], None]
-
-
-@dataclass
-class IndexOptions:
-    """Knobs of one indexing run (the CLI's options)."""
-
-    batch_size: int = 64
-    workers: int | None = None
-    device: str | None = None
-    commit_every: int = 512
-    decode_timeout_s: float = 30.0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    text_column: str | None = None
-    id_column: str | None = None
-    #: torch | onnx | auto (ONNX Runtime on a CPU when installed); see mmsearch.models.backends.
-    backend: str = "torch"
-    #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).
-    quantize: str | None = None
-    build_index: bool = True
-    index_type: str = "auto"
-    target_recall: float = 0.95
-    #: Storage type of the ANN refine vectors: ``float32`` or ``float16`` (half the
-    #: disk and page cache; recall@10 vs exact measured in benchmarks/RESULTS.md).
-    refine_dtype: str = "float32"
-    #: Run image decoding and embedding on Ray Data: ``"local"`` (a local cluster),
-    #: ``"auto"`` (the cluster of ``ray start``) or a ``ray://host:port`` address;
-    #: None runs on this machine. See ``mmsearch.indexer.ray_pipeline``.
-    ray: str | None = None
-    #: Most embedding actors on a CPU-only Ray cluster (GPU clusters: one per GPU).
-    ray_actors: int = 4
-    #: A CSV/JSONL/Parquet sidecar whose rows describe images: ``file_column`` holds the
-    #: image path (relative to the sidecar's folder, or absolute); other columns become
-    #: the image's metadata, and ``text_column`` (or caption/text/title) its text.
-    image_metadata: str | os.PathLike[str] | None = None
-    file_column: str = "file"
-    #: Never reach for the model hub: weights must be shipped, local or cached.
-    offline: bool = False
-    #: Replaces :func:`mmsearch.indexer.decode.decode_file` in the workers (module-level, picklable).
-    decode_fn: Callable[[str, int, int], Any] | None = None
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:
@@ -167,6 +120,7 @@ def _run_index_locked(
         )
     started = time.perf_counter()
     report.load_s = started - loading
+    opts = replace(opts, batch_size=batch_size_for(encoder, opts.batch_size))
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
     from mmsearch.models.backends import check_backend
 
@@ -175,7 +129,10 @@ def _run_index_locked(
     next_id = store.max_id() + 1
     for path in paths:
         if is_text_collection(path):
-            next_id = _index_texts(path, store, encoder, opts, report, next_id, progress)
+            index_collection = index_texts
+            if opts.ray is not None:
+                from mmsearch.indexer.ray_pipeline import index_texts_ray as index_collection
+            next_id = index_collection(path, store, encoder, opts, report, next_id, progress)
         elif path in walks:
             index_images = _index_images
             if opts.ray is not None:
@@ -203,6 +160,7 @@ def _run_index_locked(
                 progress=progress,
                 encoder=encoder,
                 refine_dtype=opts.refine_dtype,
+                use_gpu=opts.ann_gpu,
             )
     report.table_version = store.version
     report.elapsed_s = time.perf_counter() - started
@@ -211,32 +169,6 @@ def _run_index_locked(
         write_run_summary(index_path, report)
     check_not_all_failed(report)
     return report
-
-
-class BatchWriter:
-    """Collects Arrow row batches and commits them in groups of ``commit_every`` rows.
-
-    Each commit is one atomic LanceDB transaction: what a killed run leaves behind is
-    exactly the groups committed so far.
-    """
-
-    def __init__(self, store: ItemStore, commit_every: int) -> None:
-        self.store = store
-        self.commit_every = max(1, commit_every)
-        self._batches: list[pa.Table] = []
-        self._rows = 0
-
-    def add(self, rows: pa.Table) -> None:
-        self._batches.append(rows)
-        self._rows += rows.num_rows
-        if self._rows >= self.commit_every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._batches:
-            self.store.upsert(pa.concat_tables(self._batches))
-            self._batches.clear()
-            self._rows = 0
 
 
 def _run_id() -> str:
@@ -373,20 +305,29 @@ def _index_images(
     batch_done: list[tuple[str, Any, str, StoredState | None]] = []
     writer = BatchWriter(store, opts.commit_every)
 
+    device = str(getattr(encoder, "device", "cpu"))
+
     def flush_embed() -> None:
         nonlocal next_id
         if not batch_arrays:
             return
         t0 = time.perf_counter()
-        vectors = encoder.encode_images(np.stack(batch_arrays))
-        report.embed_s += time.perf_counter() - t0
-        next_id = write_image_rows(writer, diff, batch_done, vectors, next_id, report, sidecar)
-        progress("images", len(batch_done), None)
+        pixels, done = _batch_pixels(
+            batch_arrays, batch_done, encoder, device, opts, report, progress
+        )
+        if done:
+            vectors = encoder.encode_images(pixels)
+            report.embed_s += time.perf_counter() - t0
+            next_id = write_image_rows(writer, diff, done, vectors, next_id, report, sidecar)
+            progress("images", len(done), None)
         batch_arrays.clear()
         batch_done.clear()
 
-    workers = opts.workers or default_decode_workers(device=str(getattr(encoder, "device", "cpu")))
-    extra = {"decode": opts.decode_fn} if opts.decode_fn is not None else {}
+    workers = opts.workers or default_decode_workers(device=device)
+    decode_fn = opts.decode_fn
+    if decode_fn is None and gpu_decode_enabled(opts.gpu_decode, device):
+        decode_fn = read_jpeg_or_decode  # workers read and check JPEGs; the GPU decodes them
+    extra = {"decode": decode_fn} if decode_fn is not None else {}
     # Workers decode and resize ahead (up to 4 chunks each in flight) while this thread
     # runs the model, so decoding hides behind embedding.
     with DecodePool(
@@ -419,92 +360,27 @@ def _index_images(
     return next_id
 
 
-# -- text collections --------------------------------------------------------------------
-
-
-def _text_sha(text: str, metadata: dict[str, Any]) -> str:
-    payload = json.dumps({"text": text, "metadata": metadata}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(seq), size):
-        yield seq[start : start + size]
-
-
-def _index_texts(
-    path: Path,
-    store: ItemStore,
+def _batch_pixels(
+    arrays: list[np.ndarray],
+    done: list[tuple[str, Any, str, StoredState | None]],
     encoder: Encoder,
+    device: str,
     opts: IndexOptions,
     report: IndexReport,
-    next_id: int,
     progress: ProgressFn,
-) -> int:
-    path_abs = Path(os.path.abspath(path))
-    source = path_to_uri(str(path_abs))
-    collection = read_text_collection(
-        path_abs, text_column=opts.text_column, id_column=opts.id_column
-    )
-    for problem in collection.problems:
-        report.failures.append(
-            Failure(
-                str(path_abs),
-                problem.reason,
-                problem.exc_class,
-                "read",
-                row_number=problem.row_number,
-            )
-        )
-    stored = store.state_by_uri(source)
-    st = os.stat(path_abs)
-    seen: set[str] = set()
-    todo: list[tuple[str, Any, str, StoredState | None]] = []
-    for row in collection.rows:
-        uri = f"{source}#{row.id}"
-        sha = _text_sha(row.text, row.metadata)
-        prev = stored.get(uri)
-        seen.add(uri)
-        if prev is not None and prev.sha256 == sha:
-            report.unchanged += 1
-        else:
-            todo.append((uri, row, sha, prev))
-    progress("scan", len(collection.rows), len(collection.rows))
-    progress("texts", 0, len(todo))
+) -> tuple[Any, list[tuple[str, Any, str, StoredState | None]]]:
+    """The model input of a batch, and its entries: decoded arrays stacked as they are;
+    JPEG bytes (1-D arrays, from GPU-decode workers) decoded on the encoder's device,
+    where a file that no decoder accepts is reported and dropped."""
+    if all(a.ndim != 1 for a in arrays):
+        return np.stack(arrays), list(done)
+    from mmsearch.indexer.gpudecode import materialise_batch
 
-    step = max(opts.batch_size, TEXT_BATCH_SIZE)  # texts are cheap to hold: big batches
-    writer = BatchWriter(store, opts.commit_every)
-    for chunk in _chunks(todo, step):
-        t0 = time.perf_counter()
-        vectors = encoder.encode_texts([row.text for _u, row, _s, _p in chunk])
-        report.embed_s += time.perf_counter() - t0
-        ids: list[int] = []
-        for _u, _row, _s, prev in chunk:
-            if prev is not None:
-                ids.append(prev.id)
-                report.updated += 1
-            else:
-                ids.append(next_id)
-                next_id += 1
-                report.added += 1
-        writer.add(
-            make_rows(
-                ids=ids,
-                uris=[u for u, *_ in chunk],
-                kind="text",
-                texts=[row.text for _u, row, _s, _p in chunk],
-                source=source,
-                mtime_ns=[st.st_mtime_ns] * len(chunk),
-                sizes=[len(row.text.encode("utf-8", "surrogatepass")) for _u, row, _s, _p in chunk],
-                sha256=[s for _u, _r, s, _p in chunk],
-                metadata=[{**row.metadata, ID_KEY: row.id} for _u, row, _s, _p in chunk],
-                vectors=vectors,
-                schema=store.table.schema,
-            )
-        )
-        report.embedded += len(chunk)
-        progress("texts", len(chunk), None)
-    writer.flush()
-    gone = [state.id for uri, state in stored.items() if uri not in seen]
-    report.deleted += store.delete_ids(gone)
-    return next_id
+    pixels, failed = materialise_batch(arrays, encoder.image_size, device, opts.max_pixels)
+    bad = {pos for pos, _reason, _exc in failed}
+    for pos, reason, exc_class in failed:
+        report.failures.append(Failure(done[pos][1].path, reason, exc_class, "decode"))
+        progress("images", 0, -1)
+        progress("failed", 1, None)
+    keep = [i for i in range(len(arrays)) if i not in bad]
+    return pixels[keep], [done[i] for i in keep]

@@ -1,4 +1,4 @@
-"""Image indexing on a Ray cluster: the pipeline's functions as a Ray Data pipeline.
+"""Indexing on a Ray cluster: the pipeline's functions as a Ray Data pipeline.
 
 ``mmsearch index PATHS --ray [ADDRESS]`` / ``IndexOptions(ray=...)``. Discovery, the diff
 against the table, the writes, the sweep and the ANN build stay on the driver and are
@@ -9,6 +9,11 @@ Ray Data runs the middle::
     files to do ─ map_batches(decode, tasks) ─ map_batches(embed, actors: one model each,
     a GPU each where the cluster has GPUs) ─ iter_batches ─▶ driver: rows committed in
     groups of commit_every (the same LanceDB table and schema, the same failure report)
+
+Text collections (CSV/TSV/JSONL/Parquet) go the same way without the decode step: the
+driver reads, validates and diffs the file (:func:`~mmsearch.indexer.textindex.diff_texts`),
+actors tokenise and embed batches of rows (a row that cannot be tokenised comes back
+with the same reason as in a local run), and the driver writes and deletes.
 
 A killed driver leaves the groups committed so far, like a killed local run: the next
 run (Ray or not) sees them as unchanged and embeds only the rest.
@@ -36,6 +41,15 @@ from mmsearch.indexer.pipeline import (
 )
 from mmsearch.indexer.report import Failure, IndexReport
 from mmsearch.indexer.sidecar import ImageSidecar
+from mmsearch.indexer.textindex import (
+    TEXT_BATCH_SIZE,
+    PrepFailure,
+    diff_texts,
+    prepare_chunk,
+    report_prep_failure,
+    text_steps,
+    write_text_rows,
+)
 
 from mmsearch.storage import ItemStore
 
@@ -78,11 +92,18 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, max_pixels: int) -> di
 class EmbedActor:
     """Ray actor: one encoder, loaded once, embeds the decoded rows of each batch."""
 
-    def __init__(self, spec: Any, device: str | None, encoder: Any | None = None) -> None:
+    def __init__(
+        self,
+        spec: Any,
+        device: str | None,
+        encoder: Any | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
+    ) -> None:
         if encoder is None:
-            from mmsearch.models import load_encoder
+            from mmsearch.models.backends import load_encoder
 
-            encoder = load_encoder(spec, device=device)
+            encoder = load_encoder(spec, device=device, backend=backend, quantize=quantize)
         self.encoder = encoder
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -93,6 +114,102 @@ class EmbedActor:
         out = {k: v for k, v in batch.items() if k != "image"}
         out["vector"] = vectors
         return out
+
+
+class TextEmbedActor:
+    """Ray actor: one encoder, loaded once, tokenises and embeds batches of text rows."""
+
+    def __init__(
+        self,
+        spec: Any,
+        device: str | None,
+        encoder: Any | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
+    ) -> None:
+        self.encoder = EmbedActor(spec, device, encoder, backend, quantize).encoder
+        self.steps = text_steps(self.encoder)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["pos"])
+        prepared = prepare_chunk(list(enumerate(str(t) for t in batch["text"])), self.steps.prepare)
+        error, exc_class = [""] * n, [""] * n
+        ok = [r for r in prepared if not isinstance(r, PrepFailure)]
+        for r in prepared:
+            if isinstance(r, PrepFailure):
+                error[r.index], exc_class[r.index] = r.reason, r.exc_class
+        vectors = np.zeros((n, self.encoder.dim), np.float32)
+        if ok:
+            vectors[[r.index for r in ok]] = self.steps.embed([r.value for r in ok])
+        return {
+            "pos": batch["pos"],
+            "vector": vectors,
+            "error": np.asarray(error, dtype=object),
+            "exc_class": np.asarray(exc_class, dtype=object),
+        }
+
+
+def _actor_options(ray: Any, encoder: Any, opts: IndexOptions) -> dict[str, Any]:
+    """map_batches arguments of the embedding actors: one model each, a GPU each where the
+    cluster has GPUs, else up to ``opts.ray_actors`` actors on half the CPUs."""
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if opts.device != "cpu" else 0
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return {
+        "fn_constructor_kwargs": {
+            "spec": encoder.spec,
+            "device": "cuda" if gpus else "cpu",
+            "encoder": None if _loadable(encoder) else encoder,
+            "backend": opts.backend,  # "auto" picks per actor: torch on a GPU, else ONNX
+            "quantize": opts.quantize,
+        },
+        "concurrency": max(1, gpus) if gpus else max(1, min(cpus // 2, opts.ray_actors)),
+        "num_gpus": 1 if gpus else 0,
+    }
+
+
+def index_texts_ray(
+    path: Path,
+    store: ItemStore,
+    encoder: Any,
+    opts: IndexOptions,
+    report: IndexReport,
+    next_id: int,
+    progress: ProgressFn,
+) -> int:
+    """Index one text collection through Ray Data; same contract as the local ``index_texts``."""
+    ray = connect(opts.ray or "local")
+    diff = diff_texts(path, store, opts, report, progress)
+    if diff.todo:
+        step = max(opts.batch_size, TEXT_BATCH_SIZE)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        items = [{"pos": i, "text": row.text} for i, (_u, row, _s, _p) in enumerate(diff.todo)]
+        ds = ray.data.from_items(
+            items, override_num_blocks=max(1, min(len(items) // step, 4 * cpus))
+        )
+        ds = ds.map_batches(
+            TextEmbedActor,
+            batch_size=step,
+            batch_format="numpy",
+            **_actor_options(ray, encoder, opts),
+        )
+        writer = BatchWriter(store, opts.commit_every)
+        for batch in ds.iter_batches(batch_size=opts.commit_every, batch_format="numpy"):
+            done, vectors = [], []
+            for pos, error, exc_class, vector in zip(
+                batch["pos"], batch["error"], batch["exc_class"], batch["vector"], strict=True
+            ):
+                entry = diff.todo[int(pos)]
+                if error:
+                    report_prep_failure(diff, entry, str(error), str(exc_class), report, progress)
+                    continue
+                done.append(entry)
+                vectors.append(vector)
+            if done:
+                next_id = write_text_rows(writer, diff, done, np.stack(vectors), next_id, report)
+                progress("texts", len(done), None)
+        writer.flush()
+    report.deleted += store.delete_ids(diff.gone)
+    return next_id
 
 
 def index_images_ray(
@@ -116,9 +233,7 @@ def index_images_ray(
     if not diff.todo:
         sweep_images(diff, walk, store, report)
         return next_id
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if opts.device != "cpu" else 0
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    ship = None if _loadable(encoder) else encoder
     items = [{"pos": i, "path": item.path} for i, (_u, item, _p) in enumerate(diff.todo)]
     ds = ray.data.from_items(
         items, override_num_blocks=max(1, min(len(items) // DECODE_BATCH, 4 * cpus))
@@ -131,15 +246,9 @@ def index_images_ray(
     )
     ds = ds.map_batches(
         EmbedActor,
-        fn_constructor_kwargs={
-            "spec": encoder.spec,
-            "device": "cuda" if gpus else "cpu",
-            "encoder": ship,
-        },
         batch_size=opts.batch_size,
         batch_format="numpy",
-        concurrency=max(1, gpus) if gpus else max(1, min(cpus // 2, opts.ray_actors)),
-        num_gpus=1 if gpus else 0,
+        **_actor_options(ray, encoder, opts),
     )
     writer = BatchWriter(store, opts.commit_every)
     for batch in ds.iter_batches(batch_size=opts.commit_every, batch_format="numpy"):
@@ -171,7 +280,9 @@ def index_images_ray(
 
 
 def _loadable(encoder: Any) -> bool:
-    """Whether ``load_encoder(encoder.spec)`` rebuilds this encoder on a worker."""
+    """Whether ``load_encoder(encoder.spec, backend=...)`` rebuilds this encoder on a worker
+    (an ONNX Runtime session cannot be pickled; a registered model loads anywhere)."""
     from mmsearch.models.encoder import ClipEncoder
+    from mmsearch.models.onnx_encoder import OnnxEncoder
 
-    return isinstance(encoder, ClipEncoder)
+    return isinstance(encoder, ClipEncoder | OnnxEncoder)

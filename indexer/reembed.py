@@ -61,7 +61,7 @@ def reembed_index(
     *,
     encoder: Any | None = None,
     device: str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     workers: int | None = None,
     progress: Any | None = None,
 ) -> IndexReport:
@@ -72,6 +72,7 @@ def reembed_index(
     from mmsearch.indexer.ann_build import build_ann
 
     from mmsearch.labels import refresh_labels
+    from mmsearch.models.batching import batch_size_for
 
     progress = progress or (lambda stage, advance, total: None)
     started = time.perf_counter()
@@ -82,6 +83,7 @@ def reembed_index(
             from mmsearch.models import load_encoder
 
             encoder = load_encoder(spec, device=device)
+        batch_size = batch_size_for(encoder, batch_size)
         schema = reembedded_schema(store.table.schema, encoder.dim, spec)
         with write_guard(store.index_dir):
             db, staging = _staging(store, schema)

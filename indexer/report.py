@@ -19,7 +19,7 @@ class Failure:
     path: str
     reason: str
     exc_class: str
-    stage: str = "decode"  # walk | read | decode | embed
+    stage: str = "decode"  # walk | read | decode | tokenize | embed
     row_number: int | None = None
 
 

@@ -376,6 +376,7 @@ def _text_value(value: Any, column: str, max_chars: int) -> str:
         raise BadValueError(f"text in column {column!r} is a {type(value).__name__}, not a string")
     if not value.strip():
         raise EmptyTextError(f"empty text in column {column!r}")
+    _check_unicode(value, f"text in column {column!r}")
     if len(value) > max_chars:
         raise TextTooLongError(f"text is {len(value)} characters, over max_text_chars={max_chars}")
     return value
@@ -387,7 +388,19 @@ def _id_value(value: Any, column: str) -> str:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         text = str(value).strip()
         if text:
+            _check_unicode(text, f"id in column {column!r}")
             return text
     if value is None or value == "":
         raise MissingIdError(f"no id in column {column!r}")
     raise BadValueError(f"id in column {column!r} is a {type(value).__name__}: {value!r}")
+
+
+def _check_unicode(value: str, what: str) -> None:
+    """Refuses unpaired surrogates (JSON ``"\\ud800"``): not Unicode, and not storable."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        raise BadValueError(
+            f"{what} has an unpaired surrogate U+{ord(bad):04X} at character {exc.start}"
+        ) from None

@@ -22,17 +22,6 @@ from rich.markup import escape
 from mmsearch.cli_help import use_clean_help
 from mmsearch.errors import IndexingFailedError, MMSearchError
 from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
-from mmsearch.progress import RichProgress, progress_bar
-from mmsearch.render import (
-    display_path,
-    info_table,
-    no_results_reason,
-    paths_only_line,
-    print_failures,
-    print_previews,
-    print_summary,
-    result_table,
-)
 from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
 
 #: Exit status of a query that found nothing (scripts can tell it from an error).
@@ -87,7 +76,7 @@ def index_cmd(
     index: IndexDirOpt = None,
     model: Annotated[str, typer.Option("--model", "-m", help="open_clip architecture, or mmsearch-tiny (the bundled demo model).")] = DEFAULT_MODEL_NAME,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="open_clip tag, or a local checkpoint file (.safetensors preferred).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Items embedded per forward pass.")] = 64,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass (default: 64 on a CPU; fitted to free memory on a GPU). Texts: at least 256.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Image decode worker processes (default: CPU count, at most 8).")] = None,
     device: DeviceOpt = None,
     backend: BackendOpt = "auto",
@@ -100,6 +89,7 @@ def index_cmd(
     no_ann: Annotated[bool, typer.Option("--no-ann", help="Only write the table; build the ANN index later with build-index.")] = False,
     ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Decode and embed on Ray Data: local (a cluster on this machine), auto (the cluster of `ray start`) or ray://HOST:10001.")] = None,
     refine_dtype: Annotated[str, typer.Option("--refine-dtype", help="ANN refine vectors: float32, or float16 (half the disk and page cache).")] = "float32",
+    gpu_decode: Annotated[bool | None, typer.Option("--gpu-decode/--no-gpu-decode", help="Decode JPEGs on the GPU in batches (default: on when the model runs on CUDA).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when any item failed.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never contact the model hub: weights must be bundled, local or cached (also: HF_HUB_OFFLINE=1).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
@@ -137,7 +127,11 @@ def index_cmd(
         offline=offline,
         ray=ray,
         refine_dtype=refine_dtype,
+        gpu_decode=gpu_decode,
     )
+    from mmsearch.progress import RichProgress, progress_bar
+    from mmsearch.render import print_failures, print_summary
+
     with _errors():
         try:
             with progress_bar(err_console, not (quiet or no_progress)) as bar:
@@ -218,6 +212,8 @@ def query_cmd(
                 empty_reason = f"no good match: no candidate reached match probability {min_match:.2f}"
         stale = idx.stale
         kinds = list(idx.info()["ann"]) if not results else []
+    from mmsearch.render import no_results_reason, paths_only_line, print_previews, result_table
+
     if json_out:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], ensure_ascii=False) + "\n")
     elif paths_only:
@@ -247,6 +243,7 @@ def build_index_cmd(
     """(Re)build the ANN index of an index directory from its table."""
     from mmsearch.indexer.ann_build import build_ann
     from mmsearch.objectstore import remote_index
+    from mmsearch.progress import RichProgress, progress_bar
     from mmsearch.storage import ItemStore, index_write_lock
 
     with _errors():
@@ -282,6 +279,8 @@ def info_cmd(
     if json_out:
         sys.stdout.write(json.dumps(info, default=str) + "\n")
         return
+    from mmsearch.render import info_table
+
     console.print(info_table(info))
 
 
@@ -292,6 +291,7 @@ def remove_cmd(
 ) -> None:
     """Remove items from an index, then update its ANN index (files stay on disk)."""
     from mmsearch.indexer.remove import remove_paths
+    from mmsearch.render import display_path
 
     with _errors():
         report = remove_paths(paths, _index_dir(index))
@@ -433,6 +433,8 @@ def demo_cmd(
 ) -> None:
     """Generate a sample catalog, index it with mmsearch-tiny, run queries, write an HTML gallery."""
     from mmsearch.demo import run_demo
+    from mmsearch.progress import RichProgress, progress_bar
+    from mmsearch.render import print_summary, result_table
 
     with _errors():
         with progress_bar(err_console, not no_progress) as bar:
@@ -470,6 +472,10 @@ def main() -> None:
     if not one_shot:
         app()
         return
+    if sys.argv[1] == "query":  # one query, then exit: no pre-packing, no pandas (see faststart)
+        from mmsearch.faststart import prepare_one_shot_query
+
+        prepare_one_shot_query()
     try:
         app(standalone_mode=True)
         code = 0

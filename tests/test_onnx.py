@@ -106,7 +106,7 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
 
     from mmsearch.models.cache import write_json_atomic
     from mmsearch.models.onnx_encoder import _weights_file
-    from mmsearch.models.onnx_export import exports_registry, registry_key
+    from mmsearch.models.onnx_export import EXPORT_VERSION, exports_registry, registry_key
 
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache"))
     spec = ModelSpec("mmsearch-tiny", "")
@@ -120,6 +120,7 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
             "dir": "export",
             "weights": os.path.realpath(weights),
             "stamp": f"{st.st_size}:{st.st_mtime_ns}",
+            "version": EXPORT_VERSION,
         }
         write_json_atomic(exports_registry(), {registry_key(spec, None): entry})
 
@@ -130,3 +131,55 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
     assert find_export(spec, None) is None
     register(str(_weights_file(spec)))
     assert find_export(spec, None) == export
+
+
+def test_optimised_graph_is_saved_once_and_reloaded(tmp_path: Path, onnx_tiny) -> None:
+    """The first session saves the optimised graph (weights in an external file); later
+    sessions load it with the optimisers off, with the same outputs; a damaged saved
+    copy is made again."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from mmsearch.models.ort_session import create_session, optimised_dir, set_prepacking
+
+    graph = tmp_path / "text.onnx"
+    shutil.copy(onnx_tiny.export_dir / "text.onnx", graph)
+    tokens = onnx_tiny.tokenize(TEXTS)
+    plain = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    expected = plain.run(None, {"tokens": tokens})[0]
+    first = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    saved = optimised_dir(graph, ort.__version__)
+    weights = saved / "text.weights"
+    assert weights.stat().st_size > 0.9 * graph.stat().st_size  # the weights left the graph
+    again = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    np.testing.assert_allclose(first, expected, atol=1e-5)
+    np.testing.assert_allclose(again, expected, atol=1e-5)
+    set_prepacking(False)  # as a one-shot query does
+    try:
+        unpacked = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    finally:
+        set_prepacking(True)
+    np.testing.assert_allclose(unpacked, expected, atol=1e-5)
+    with open(weights, "r+b") as fh:
+        fh.truncate(1000)
+    repaired = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    np.testing.assert_allclose(repaired, expected, atol=1e-5)
+    assert weights.stat().st_size > 0.9 * graph.stat().st_size
+
+
+def test_clean_text_ascii_shortcut_equals_ftfy() -> None:
+    """Printable ASCII skips ftfy (an import a one-shot query saves); the result is the same."""
+    import html
+    import string
+
+    import ftfy
+
+    from mmsearch.models.onnx_encoder import clean_text
+
+    rng = np.random.default_rng(7)
+    alphabet = np.array(list(string.printable))
+    samples = ["".join(rng.choice(alphabet, size=int(rng.integers(0, 40)))) for _ in range(500)]
+    samples += [" floral shirt ", "it's", "a <b>tag</b>", "x &amp; y", "caf\u00e9", "a\r\nb"]
+    for text in samples:
+        assert clean_text(text) == html.unescape(html.unescape(ftfy.fix_text(text))).strip(), text

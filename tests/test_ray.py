@@ -155,3 +155,48 @@ def test_killed_driver_leaves_a_state_the_next_run_completes(
     assert done.embedded == 24 - committed and done.unchanged == committed
     rows = rows_by_uri(index)
     assert len(rows) == 24 and len({r["id"] for r in rows.values()}) == 24
+
+
+def test_text_collection_on_ray_matches_the_local_run(ray_cluster, tmp_path, tiny_encoder) -> None:
+    """A JSONL collection embedded by Ray actors: the same rows, vectors and read failures
+    as a local run, and an incremental re-run (one row changed, one gone) agrees too."""
+    from mmsearch.datasets.synthetic import catalog_rows
+
+    rows = catalog_rows(60, seed=5)
+    lines = [json.dumps({"id": r["id"], "caption": r["caption"], "sku": r["sku"]}) for r in rows]
+    lines.insert(7, '{"id": "broken", "caption": ')  # malformed JSON: a read failure
+    jsonl = tmp_path / "catalog.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def both(**kw):
+        local = run_index(
+            [jsonl], tmp_path / "local", tiny_encoder.spec, encoder=tiny_encoder, **kw
+        )
+        on_ray = run_index(
+            [jsonl], tmp_path / "ray", tiny_encoder.spec,
+            options=IndexOptions(ray="local", batch_size=16, commit_every=25, build_index=False),
+        )  # fmt: skip
+        return local, on_ray
+
+    local, on_ray = both(options=IndexOptions(batch_size=16, build_index=False))
+    assert (on_ray.added, on_ray.failed) == (local.added, local.failed) == (60, 1)
+    assert [(f.reason, f.stage, f.row_number) for f in on_ray.failures] == [
+        (f.reason, f.stage, f.row_number) for f in local.failures
+    ]
+    a, b = rows_by_uri(tmp_path / "local"), rows_by_uri(tmp_path / "ray")
+    assert a.keys() == b.keys() and len(a) == 60
+    assert min(float(a[u]["vector"] @ b[u]["vector"]) for u in a) >= 0.999
+    assert all(a[u]["metadata"] == b[u]["metadata"] and a[u]["kind"] == "text" for u in a)
+    assert len({row["id"] for row in b.values()}) == 60
+
+    changed = dict(rows[3], caption="a violet hexagon in the middle")
+    lines = [json.dumps({"id": r["id"], "caption": r["caption"], "sku": r["sku"]})
+             for r in [*rows[:3], changed, *rows[4:-1]]]  # fmt: skip
+    jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    local, on_ray = both(options=IndexOptions(batch_size=16, build_index=False))
+    counts = [(r.updated, r.deleted, r.unchanged, r.embedded) for r in (local, on_ray)]
+    assert counts[0] == counts[1] == (1, 1, 58, 1)
+    a, b = rows_by_uri(tmp_path / "local"), rows_by_uri(tmp_path / "ray")
+    assert a.keys() == b.keys() and len(b) == 59
+    uri = next(u for u in b if u.endswith(f"#{rows[3]['id']}"))
+    assert float(b[uri]["vector"] @ tiny_encoder.encode_texts([changed["caption"]])[0]) >= 0.999

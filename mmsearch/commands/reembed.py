@@ -10,7 +10,7 @@ def reembed_then_index(
     index_dir: Path,
     spec: object,
     paths: list[Path],
-    batch_size: int,
+    batch_size: int | None,
     workers: int | None,
     device: str | None,
     json_out: bool,

@@ -141,20 +141,38 @@ class ClipEncoder:
                 out[start : start + len(pixels)] = F.normalize(feats.float(), dim=-1).cpu().numpy()
         return out
 
+    def tokenize(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Token ids ``(N, context_length)`` for :meth:`encode_tokens` (truncated, zero padded)."""
+        texts = checked_texts(texts)
+        return np.asarray(self.tokenizer(texts), dtype=np.int64)
+
+    def encode_tokens(
+        self, tokens: npt.NDArray[np.int64], *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> npt.NDArray[np.float32]:
+        """Embeds token ids from :meth:`tokenize`; float32 ``(N, dim)``, unit rows.
+
+        Tokenising and embedding are separate steps so that an indexing pipeline can
+        tokenise the next batch while this one runs.
+        """
+        out = np.empty((len(tokens), self.dim), dtype=np.float32)
+        self._ensure("text")
+        for start in range(0, len(tokens), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(tokens[start : start + batch_size]))
+            with self._lock, torch.inference_mode():
+                with self._autocast():
+                    feats = self.model.encode_text(chunk.to(self.device))
+                out[start : start + len(chunk)] = F.normalize(feats.float(), dim=-1).cpu().numpy()
+        return out
+
     def encode_texts(
         self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> npt.NDArray[np.float32]:
         """Embeds texts (truncated to the model's context length); float32 ``(N, dim)``, unit rows."""
         texts = checked_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        self._ensure("text")
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            tokens = self.tokenizer(chunk)
-            with self._lock, torch.inference_mode():
-                with self._autocast():
-                    feats = self.model.encode_text(tokens.to(self.device))
-                out[start : start + len(chunk)] = F.normalize(feats.float(), dim=-1).cpu().numpy()
+            out[start : start + len(chunk)] = self.encode_tokens(self.tokenize(chunk))
         return out
 
     def encode_pil(

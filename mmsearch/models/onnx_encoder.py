@@ -29,7 +29,14 @@ DEFAULT_BATCH_SIZE = 128
 
 
 def clean_text(text: str) -> str:
-    """open_clip's ``basic_clean``: ftfy repair (when installed) and double HTML unescape."""
+    """open_clip's ``basic_clean``: ftfy repair (when installed) and double HTML unescape.
+
+    Printable ASCII without ``&`` is returned stripped without importing ftfy: there is
+    nothing for ftfy (mojibake, control characters, line breaks, HTML entities) or the
+    unescape to change in it (``tests/test_onnx.py`` checks the two paths agree).
+    """
+    if text.isascii() and text.isprintable() and "&" not in text:
+        return text.strip()
     try:
         import ftfy
 
@@ -50,11 +57,11 @@ def _weights_file(spec: ModelSpec) -> str | None:
 
 def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
     """The cached export of ``spec`` when its weights file is unchanged, else None."""
-    from mmsearch.models.onnx_export import exports_registry, registry_key
+    from mmsearch.models.onnx_export import EXPORT_VERSION, exports_registry, registry_key
 
     entry = read_json(exports_registry()).get(registry_key(spec, quantize))
-    if not isinstance(entry, dict):
-        return None
+    if not isinstance(entry, dict) or entry.get("version") != EXPORT_VERSION:
+        return None  # none yet, or made by an older exporter: export anew
     current = _weights_file(spec)
     if current is not None and os.path.realpath(current) != entry.get("weights"):
         return None  # another install's weights (same spec key, other file): export anew
@@ -123,22 +130,9 @@ class OnnxEncoder:
         with self._lock:
             session = self._sessions.get(tower)
             if session is None:
-                import onnxruntime as ort
+                from mmsearch.models.ort_session import create_session
 
-                options = ort.SessionOptions()
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                options.intra_op_num_threads = self.threads
-                options.inter_op_num_threads = 1
-                options.log_severity_level = 3
-                if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
-                    # Idle pool threads sleep instead of spinning for the next job: a
-                    # server answering concurrent requests gets its cores back.
-                    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                session = ort.InferenceSession(
-                    str(self.export_dir / f"{tower}.onnx"),
-                    options,
-                    providers=["CPUExecutionProvider"],
-                )
+                session = create_session(self.export_dir / f"{tower}.onnx", self.threads)
                 self._sessions[tower] = session
             return session
 
@@ -158,18 +152,28 @@ class OnnxEncoder:
             out[row, : len(ids)] = ids
         return out
 
+    def encode_tokens(
+        self, tokens: npt.NDArray[np.int64], *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> npt.NDArray[np.float32]:
+        """Embeds token ids from :meth:`tokenize`; float32 ``(N, dim)``, unit rows."""
+        out = np.empty((len(tokens), self.dim), dtype=np.float32)
+        if not len(tokens):
+            return out
+        session = self._session("text")
+        for start in range(0, len(tokens), batch_size):
+            chunk = np.ascontiguousarray(tokens[start : start + batch_size], dtype=np.int64)
+            out[start : start + len(chunk)] = session.run(None, {"tokens": chunk})[0]
+        return out
+
     def encode_texts(
         self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> npt.NDArray[np.float32]:
         """Embeds texts (truncated to the context length); float32 ``(N, dim)``, unit rows."""
         texts = checked_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        session = self._session("text")
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenize(texts[start : start + batch_size])
-            out[start : start + len(tokens)] = session.run(None, {"tokens": tokens})[0]
+            chunk = texts[start : start + batch_size]
+            out[start : start + len(chunk)] = self.encode_tokens(self.tokenize(chunk))
         return out
 
     def encode_images(

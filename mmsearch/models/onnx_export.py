@@ -30,8 +30,9 @@ from mmsearch.errors import ModelLoadError
 from mmsearch.models.cache import file_fingerprint, read_json, user_cache_dir, write_json_atomic
 from mmsearch.models.spec import ModelSpec
 
-#: Bump when the exported graphs change, so old exports are not reused.
-EXPORT_VERSION = 1
+#: Bump when the exported graphs change, so old exports are not reused. 2: the weights
+#: are graph initializers (registered submodules), which int8 quantisation needs.
+EXPORT_VERSION = 2
 OPSET = 17
 QUANTIZE_CHOICES = (None, "int8")
 #: The pre-tokenisation pattern of CLIP's BPE tokenizer (open_clip ``SimpleTokenizer``).
@@ -90,6 +91,7 @@ def _register(spec: ModelSpec, quantize: str | None, weights: str, target: Path)
         "dir": target.name,
         "weights": os.path.realpath(weights),
         "stamp": f"{st.st_size}:{st.st_mtime_ns}",
+        "version": EXPORT_VERSION,
     }
     write_json_atomic(path, registry)
 
@@ -136,8 +138,14 @@ def _export_text(encoder: Any, path: Path) -> None:
     model = encoder.model
 
     class TextTower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # A registered submodule: its weights export as initializers (which
+            # quantize_dynamic quantises), not as Constant nodes.
+            self.model = model
+
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return F.normalize(model.encode_text(tokens), dim=-1)
+            return F.normalize(self.model.encode_text(tokens), dim=-1)
 
     example = encoder.tokenizer(["a photo", "a red circle on the left"])
     _export(TextTower(), example, path, "tokens")
@@ -153,9 +161,13 @@ def _export_image(encoder: Any, path: Path) -> None:
     std = torch.tensor(encoder.std).view(1, 3, 1, 1)
 
     class ImageTower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model  # weights as initializers, as in TextTower
+
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             x = pixels.permute(0, 3, 1, 2).float() / 255.0
-            return F.normalize(model.encode_image((x - mean) / std), dim=-1)
+            return F.normalize(self.model.encode_image((x - mean) / std), dim=-1)
 
     size = encoder.image_size
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)

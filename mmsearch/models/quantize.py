@@ -64,14 +64,46 @@ def measure_int8_recall(fp32: Any, int8: Any, prompts: list[str]) -> dict[str, f
     }
 
 
+def quantized_matmuls(path: Path) -> int:
+    """How many integer matrix products (``MatMulInteger``/``DynamicQuantizeMatMul``) ``path`` has."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)
+
+
+def quantize_graphs(export_dir: Path) -> None:
+    """Quantises ``text.onnx`` and ``image.onnx`` of a copied export in place (no recall check).
+
+    MatMul/Gemm weights become int8 (ONNX Runtime's ``quantize_dynamic``; activations
+    stay float) and ``meta.json`` says ``"quantize": "int8"``.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for tower in ("text", "image"):
+        src, dst = export_dir / f"{tower}.onnx", export_dir / f"{tower}.int8.onnx"
+        quantize_dynamic(
+            str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+        )
+        if not quantized_matmuls(dst):
+            # quantize_dynamic quantises initializers only: weights held in Constant nodes
+            # (an old export) pass through untouched, and "int8" would be fp32 in disguise.
+            raise ModelLoadError(
+                f"int8 quantisation changed no weight of the {tower} graph ({src}); "
+                "delete the ONNX cache directory and export again"
+            )
+        os.replace(dst, src)
+    meta = json.loads((export_dir / "meta.json").read_text())
+    meta["quantize"] = "int8"
+    (export_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
 def quantize_export(fp32_dir: Path, target: Path, *, spec: Any) -> dict[str, float]:
     """Writes the int8 export of ``fp32_dir`` to ``target``; refuses it when recall drops.
 
     Returns the measured recalls. Raises :class:`ModelLoadError` (and records the
     refusal in ``target/refused.json`` so it is not measured again) below the bar.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from mmsearch.indexer.ann_build import calibration_prompts
     from mmsearch.models.onnx_encoder import OnnxEncoder
 
@@ -80,20 +112,10 @@ def quantize_export(fp32_dir: Path, target: Path, *, spec: Any) -> dict[str, flo
         raise ModelLoadError(json.loads(refused.read_text())["message"])
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(fp32_dir, tmp)
+    shutil.copytree(fp32_dir, tmp, ignore=shutil.ignore_patterns("*.opt-*"))
     try:
-        for tower in ("text", "image"):
-            src, dst = tmp / f"{tower}.onnx", tmp / f"{tower}.int8.onnx"
-            quantize_dynamic(
-                str(src),
-                str(dst),
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gemm"],
-            )
-            os.replace(dst, src)
+        quantize_graphs(tmp)
         meta = json.loads((tmp / "meta.json").read_text())
-        meta["quantize"] = "int8"
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         recalls = measure_int8_recall(
             OnnxEncoder(fp32_dir, spec), OnnxEncoder(tmp, spec), calibration_prompts(0)
         )
