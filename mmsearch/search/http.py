@@ -54,7 +54,25 @@ class RerankIn(BaseModel):
     blend: float | None = Field(None, ge=0, le=1)
 
 
-class SearchParams(BaseModel):
+class _SearchOptions(BaseModel):
+    """What the GET parameters and the POST body share."""
+
+    q: str | None = Field(None, max_length=MAX_QUERY_CHARS)
+    literal: bool = False
+    kind: Literal["image", "text", "any"] = DEFAULT_KIND
+    mode: Literal["vector", "lexical", "hybrid"] | None = None
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    alpha: float = Field(0.7, ge=0, le=1)
+    k: int = Field(20, ge=1, le=MAX_K)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    group_by: str | None = Field(None, min_length=1, max_length=64)
+    dedup: float | None = Field(None, gt=0, le=1)
+    min_score: float | None = None
+    cutoff: bool = False
+    exact: bool = False
+
+
+class SearchParams(_SearchOptions):
     """The query-string parameters of ``GET /api/search`` (unknown ones are ignored).
 
     One model instead of one FastAPI parameter each: FastAPI then validates the query
@@ -63,45 +81,19 @@ class SearchParams(BaseModel):
     """
 
     model_config = ConfigDict(extra="ignore")
-    q: str | None = Field(None, max_length=MAX_QUERY_CHARS)
-    k: int = Field(20, ge=1, le=MAX_K)
-    kind: Literal["image", "text", "any"] = DEFAULT_KIND
     where: list[str] | None = None
-    exact: bool = False
     url: str | None = Field(None, max_length=2048)
-    mode: Literal["vector", "lexical", "hybrid"] | None = None
-    fusion: Literal["rrf", "weighted"] = "rrf"
-    alpha: float = Field(0.7, ge=0, le=1)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
-    group_by: str | None = Field(None, min_length=1, max_length=64)
-    dedup: float | None = Field(None, gt=0, le=1)
-    min_score: float | None = None
-    cutoff: bool = False
-    literal: bool = False
     rerank: bool = False
     rerank_depth: int = Field(50, ge=1, le=MAX_K)
     min_match: float | None = Field(None, ge=0.0, le=1.0)
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(_SearchOptions):
     """The body of ``POST /api/search``."""
 
     model_config = ConfigDict(extra="forbid")
-    q: str | None = Field(None, max_length=MAX_QUERY_CHARS)
-    literal: bool = False
     terms: list[TermIn] = Field(default_factory=list, max_length=MAX_TERMS)
     where: WhereJson = None
-    kind: Literal["image", "text", "any"] = DEFAULT_KIND
-    mode: Literal["vector", "lexical", "hybrid"] | None = None
-    fusion: Literal["rrf", "weighted"] = "rrf"
-    alpha: float = Field(0.7, ge=0, le=1)
-    k: int = Field(20, ge=1, le=MAX_K)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
-    group_by: str | None = Field(None, min_length=1, max_length=64)
-    dedup: float | None = Field(None, gt=0, le=1)
-    min_score: float | None = None
-    cutoff: bool = False
-    exact: bool = False
     rerank: RerankIn | bool | None = None
 
     def to_query(self) -> Query:
