@@ -8,7 +8,10 @@ pre-decoded uint8 arrays, then end-to-end images/s of ``run_index`` (decode work
 embedding, LanceDB writes, ANN build) from the files, with the model already loaded.
 Efficiency = end-to-end / model-only. Also: ONNX-vs-torch agreement (min cosine per
 item), and with ``--rclip PATH`` the images/s of ``rclip`` indexing the same folder
-in the same run. ViT-B-32 needs random weights in the HF cache (offline_weights.py).
+in the same run. With ``--texts N``: texts/s of a generated N-row CSV, model only
+(pre-tokenised), tokenise-then-embed in one thread, and end-to-end ``run_index``
+(tokenised ahead on the prefetch thread). ``--skip-images`` times texts only.
+ViT-B-32 needs random weights in the HF cache (offline_weights.py).
 """
 
 from __future__ import annotations
@@ -55,6 +58,36 @@ def end_to_end_rate(
     return report.added / elapsed
 
 
+def text_rates(encoder, spec: ModelSpec, work: Path, n: int) -> tuple[float, float, float]:
+    """Texts/s of a text collection: (model only on pre-tokenised batches, tokenise then
+    embed in one thread, end-to-end ``run_index`` from a CSV with the prefetch thread)."""
+    from mmsearch.indexer.textindex import TEXT_BATCH_SIZE
+
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "floral", "striped", "linen", "shirt", "dress", "hat", "café", "left"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 14)))) + f" {i}" for i in range(n)]
+    batches = [texts[i : i + TEXT_BATCH_SIZE] for i in range(0, n, TEXT_BATCH_SIZE)]
+    tokens = [encoder.tokenize(b) for b in batches]
+    encoder.encode_tokens(tokens[0][:8])  # warm-up
+    t0 = time.perf_counter()
+    for t in tokens:
+        encoder.encode_tokens(t)
+    model = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for b in batches:
+        encoder.encode_tokens(encoder.tokenize(b))
+    serial = n / (time.perf_counter() - t0)
+    csv_path = work / f"texts-{n}.csv"
+    csv_path.write_text("caption\n" + "\n".join(texts) + "\n", encoding="utf-8")
+    index_dir = Path(tempfile.mkdtemp(prefix="idx-text-", dir=work))
+    opts = IndexOptions(build_index=False, backend=getattr(encoder, "backend", "torch"))
+    t0 = time.perf_counter()
+    report = run_index([csv_path], index_dir, spec, options=opts, encoder=encoder)
+    e2e = report.added / (time.perf_counter() - t0)
+    shutil.rmtree(index_dir, ignore_errors=True)
+    return model, serial, e2e
+
+
 def rclip_rate(rclip: str, models: Path, folder: Path, n: int, work: Path) -> float:
     """Images/s of ``rclip`` indexing ``folder`` into a fresh database (then one query)."""
     data = fresh_datadir(models, work)
@@ -98,6 +131,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--rclip", default=None, help="rclip executable (its own venv)")
     ap.add_argument("--int8", action="store_true", help="also try int8 ONNX (recall-gated)")
+    ap.add_argument("--skip-images", action="store_true", help="no image figures")
+    ap.add_argument(
+        "--texts", type=int, default=0, help="also time a text collection of this many rows"
+    )
     ap.add_argument(
         "--rclip-models", type=Path, default=Path("/tmp/rclip-models"), help="see rclip_offline.py"
     )
@@ -126,13 +163,21 @@ def main() -> None:
         paths = sorted(str(p) for p in folder.glob("*.jpg"))
         arrays = np.stack([decode_file(p, size)[0] for p in paths])
         vectors = {}
-        for backend, encoder in encoders.items():
+        for backend, encoder in encoders.items() if not args.skip_images else ():
             model = model_only_rate(encoder, arrays, args.batch_size)
             e2e = end_to_end_rate(encoder, spec, folder, args.work, backend, args.batch_size)
             vectors[backend] = encoder.encode_images(arrays[:32])
             print(
                 f"{name:16s} {backend:8s} {model:17.1f} {e2e:17.1f} {e2e / model:11.2f}", flush=True
             )
+        if args.texts:
+            for backend, encoder in encoders.items():
+                model, serial, e2e = text_rates(encoder, spec, args.work, args.texts)
+                print(
+                    f"{name:16s} {backend:8s} texts/s: model-only {model:.1f}, tokenise+embed "
+                    f"serial {serial:.1f}, end-to-end {e2e:.1f} (efficiency {e2e / model:.2f})",
+                    flush=True,
+                )
         if args.int8:
             report_int8(spec, arrays, args.batch_size, encoders.get("onnx"))
         if {"torch", "onnx"} <= set(vectors):

@@ -59,7 +59,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="int8-"))
     try:
         int8_dir = work / "int8"
-        shutil.copytree(fp32_dir, int8_dir, ignore=shutil.ignore_patterns("*.ort"))
+        shutil.copytree(fp32_dir, int8_dir, ignore=shutil.ignore_patterns("*.opt-*"))
         quantize_graphs(int8_dir)
         fp32, int8 = OnnxEncoder(fp32_dir, spec), OnnxEncoder(int8_dir, spec)
         sizes = {

@@ -11,8 +11,9 @@ this script:
 2. measures memory: RSS and PSS (proportional set size: shared pages split between
    the processes that map them) of the server processes;
 3. runs each concurrency level for ``--duration`` seconds (at most ``--max-requests``
-   requests): N threads, each with its own keep-alive httpx client, send
-   ``GET /api/search?q=...&k=10`` back to back;
+   requests): N threads of this process (not the server's), each with its own
+   keep-alive ``http.client`` connection (:mod:`benchmarks.httpclient`, far cheaper
+   per request than httpx), send ``GET /api/search?q=...&k=10`` back to back;
 4. at the start of level ``--commit-level`` starts an incremental ``mmsearch index``
    run (a separate process: new images into the same index) that commits a new
    snapshot while the level runs.
@@ -31,6 +32,7 @@ the row count and the ANN index, not on what the rows mean. Everything runs on
 from __future__ import annotations
 
 import argparse
+import http.client as http_client
 import json
 import os
 import platform
@@ -46,6 +48,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.httpclient import KeepAliveClient, json_loads, search_path  # noqa: E402
 from benchmarks.load import _free_port, _queries  # noqa: E402  (same port picking and queries)
 
 TOKEN = "benchmark-token-0123456789abcdef"
@@ -148,14 +151,20 @@ def _memory_kb(pid: int) -> tuple[int, int]:
 class Server:
     """``mmsearch serve`` in its own process group on 127.0.0.1."""
 
-    def __init__(self, index_dir: Path, workers: int) -> None:
+    def __init__(
+        self,
+        index_dir: Path,
+        workers: int,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.workers = workers
         self.proc = subprocess.Popen(
             _mmsearch("serve", "--index", str(index_dir), "--port", str(self.port), "--workers", str(workers),
-                      "--log-format", "none", "--drain-seconds", "0"),
-            env={**_env(), "MMSEARCH_TOKEN": TOKEN}, cwd=str(REPO), start_new_session=True,
+                      "--log-format", "none", "--drain-seconds", "0", *(extra or [])),
+            env={**_env(), **(env or {}), "MMSEARCH_TOKEN": TOKEN}, cwd=str(REPO), start_new_session=True,
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 300) -> None:
@@ -236,8 +245,12 @@ def run_level(
     checker: Checker,
     hold: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """One level: ``clients`` threads for ``duration`` seconds (and until ``hold`` is set, if given)."""
-    import httpx
+    """One level: ``clients`` threads for ``duration`` seconds (and until ``hold`` is set, if given).
+
+    Each thread keeps one ``http.client`` connection (:mod:`benchmarks.httpclient`):
+    about 0.3-0.4 ms of CPU per request with the answer parsed and checked, against
+    1.1-1.3 ms for httpx (``benchmarks/serve_cpu.py``), on cores the server shares.
+    """
     import numpy as np
 
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -245,33 +258,34 @@ def run_level(
     issued = [0]
     lock = threading.Lock()
     deadline = time.perf_counter() + duration
+    port = int(base.rsplit(":", 1)[1])
+    paths = [search_path(q, k) for q in queries]
 
     def client(slot: int) -> None:
-        with httpx.Client(base_url=base, headers=AUTH, timeout=60.0) as http:
-            i = slot
-            while time.perf_counter() < deadline or (hold is not None and not hold.is_set()):
+        http = KeepAliveClient("127.0.0.1", port, AUTH, timeout=60.0)
+        i = slot
+        while time.perf_counter() < deadline or (hold is not None and not hold.is_set()):
+            with lock:
+                if issued[0] >= max_requests and (hold is None or hold.is_set()):
+                    break
+                issued[0] += 1
+            q, path = queries[i % len(queries)], paths[i % len(queries)]
+            i += clients
+            t0 = time.perf_counter()
+            try:
+                status, headers, body = http.get(path)
+                elapsed = time.perf_counter() - t0
+                problem = f"{status}: {body[:120]!r}" if status != 200 else None
+                if problem is None:
+                    ids = tuple(h["id"] for h in json_loads(body)["results"])
+                    problem = checker.check(q, headers.get("x-mmsearch-snapshot"), ids, k)
+            except (OSError, http_client.HTTPException, ValueError) as exc:
+                elapsed, problem = time.perf_counter() - t0, repr(exc)
+            if problem is not None:
                 with lock:
-                    if issued[0] >= max_requests and (hold is None or hold.is_set()):
-                        return
-                    issued[0] += 1
-                q = queries[i % len(queries)]
-                i += clients
-                t0 = time.perf_counter()
-                try:
-                    res = http.get("/api/search", params={"q": q, "k": k})
-                    elapsed = time.perf_counter() - t0
-                    problem = (
-                        f"{res.status_code}: {res.text[:120]}" if res.status_code != 200 else None
-                    )
-                    if problem is None:
-                        ids = tuple(h["id"] for h in res.json()["results"])
-                        problem = checker.check(q, res.headers.get("x-mmsearch-snapshot"), ids, k)
-                except httpx.HTTPError as exc:
-                    elapsed, problem = time.perf_counter() - t0, repr(exc)
-                if problem is not None:
-                    with lock:
-                        errors.append(problem)
-                latencies[slot].append(elapsed)
+                    errors.append(problem)
+            latencies[slot].append(elapsed)
+        http.close()
 
     threads = [threading.Thread(target=client, args=(s,), daemon=True) for s in range(clients)]
     start = time.perf_counter()
@@ -292,6 +306,7 @@ def run_level(
         "p50_ms": pct(50),
         "p99_ms": pct(99),
         "max_ms": round(float(lat.max()), 1) if lat.size else None,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -323,7 +338,8 @@ def run_config(
     new_dir = _new_images(work, tag, args.commit_items, seed=1000 + workers)
     checker = Checker(old_max_id=ItemStore.open(index_dir).max_id())
     queries = _queries(200, args.seed)
-    server = Server(index_dir, workers)
+    env = dict(item.split("=", 1) for item in args.server_env)
+    server = Server(index_dir, workers, args.server_args.split(), env)
     levels = []
     commit: dict[str, Any] = {}
     try:
@@ -366,7 +382,8 @@ def run_config(
             levels.append(res)
             print(
                 f"[{tag}] clients={clients:>3} requests={res['requests']:>6} qps={res['qps']:>7} "
-                f"p50={res['p50_ms']} ms p99={res['p99_ms']} ms max={res['max_ms']} ms errors={res['errors']}"
+                f"p50={res['p50_ms']} ms p99={res['p99_ms']} ms max={res['max_ms']} ms errors={res['errors']} "
+                f"load={res['load_average']}"
                 + (" (index run committing)" if indexer is not None else ""),
                 flush=True,
             )
@@ -409,6 +426,13 @@ def main() -> int:
         "--workdir", type=Path, default=None, help="default: a fresh temp folder (reused if given)"
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--server-args", default="", help="extra mmsearch serve arguments (e.g. '--backend torch')"
+    )
+    ap.add_argument(
+        "--server-env", action="append", default=[], metavar="VAR=VALUE",
+        help="environment of the server (repeatable), e.g. PYTHONPATH=<another checkout> for an A/B",
+    )  # fmt: skip
     args = ap.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]
     worker_counts = [int(x) for x in args.workers.split(",")]

@@ -125,13 +125,30 @@ def main() -> None:
     q = [args.query, "-i", str(vit_index), "-k", "10"]
     variants: dict[str, tuple[list[str], Path | None]] = {
         "query onnx (ViT-B-32)": ([*mm, "query", *q, "--backend", "onnx"], None),
+        # vector search only, as rclip does (the default is hybrid when the index has
+        # a full-text index, which needs LanceDB)
+        "query onnx vector (ViT-B-32)": (
+            [*mm, "query", *q, "--backend", "onnx", "--mode", "vector"],
+            None,
+        ),
         "query onnx (demo, tiny)": (
             [*mm, "query", args.query, "-i", str(demo_index), "-k", "10", "--backend", "onnx"],
+            None,
+        ),
+        "query onnx vector (demo)": (
+            [*mm, "query", args.query, "-i", str(demo_index), "-k", "10", "--backend", "onnx"]
+            + ["--mode", "vector"],
             None,
         ),
         "query torch (ViT-B-32)": ([*mm, "query", *q, "--backend", "torch"], None),
         "info": ([*mm, "info", "-i", str(vit_index)], None),
         "--help": ([*mm, "--help"], None),
+        # floors of --help: the interpreter alone, and the CLI framework's own imports
+        "floor: python -c pass": ([py, "-c", "pass"], None),
+        "floor: import typer, rich": (
+            [py, "-c", "import typer, typer.rich_utils, rich.console"],
+            None,
+        ),
     }
     if args.baseline:
         # run from outside this checkout, so that `-m` finds the baseline's own mmsearch
@@ -159,12 +176,12 @@ def main() -> None:
             results[name].append((wall, rss))
     first = statistics.median(w for w, _ in results["query onnx (ViT-B-32)"])
     print(
-        f"{'variant':28s} {'wall s (median)':>16s} {'peak RSS MiB':>13s} {'wall / onnx query':>18s}"
+        f"{'variant':30s} {'wall s (median)':>16s} {'peak RSS MiB':>13s} {'wall / onnx query':>18s}"
     )
     for name, rows in results.items():
         wall = statistics.median(w for w, _ in rows)
         rss = statistics.median(r for _, r in rows)
-        print(f"{name:28s} {wall:16.2f} {rss:13.0f} {wall / first:18.2f}")
+        print(f"{name:30s} {wall:16.2f} {rss:13.0f} {wall / first:18.2f}")
 
     print(f"load average at the end: {os.getloadavg()}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from mmsearch.indexer.ann_build import build_ann
 from mmsearch.indexer.decode import DecodeFailure, DecodeOk, DecodePool, default_decode_workers
 from mmsearch.indexer.discover import WalkResult, path_to_uri, walk_images
 from mmsearch.indexer.gpudecode import gpu_decode_enabled, read_jpeg_or_decode
+from mmsearch.indexer.options import IndexOptions, ProgressFn
 from mmsearch.indexer.report import (
     Failure,
     IndexReport,
@@ -34,7 +35,6 @@ from mmsearch.indexer.sources import check_sources, is_text_collection, remove_i
 from mmsearch.indexer.textindex import index_texts
 from mmsearch.indexer.writer import BatchWriter
 
-from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.itemmeta import FILE_KEY
 from mmsearch.labels import refresh_labels
 from mmsearch.models.base import Encoder
@@ -42,58 +42,6 @@ from mmsearch.models.batching import batch_size_for
 from mmsearch.models.spec import ModelSpec
 from mmsearch.objectstore import remote_index
 from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
-
-#: progress(stage, advance, more_total): stage is "scan", "images", "texts", "ann" or
-#: "failed" (an item skipped); ``more_total`` announces additional work for the stage
-#: (negative: less work, e.g. an image that failed to decode; None: no change).
-ProgressFn = Callable[[str, int, int | None], None]
-
-
-@dataclass
-class IndexOptions:
-    """Knobs of one indexing run (the CLI's options)."""
-
-    #: Images per forward pass; None: 64 on a CPU, fitted to free memory on a GPU
-    #: (:func:`mmsearch.models.batching.batch_size_for`). Texts go in batches of at least 256.
-    batch_size: int | None = None
-    workers: int | None = None
-    device: str | None = None
-    commit_every: int = 512
-    decode_timeout_s: float = 30.0
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    text_column: str | None = None
-    id_column: str | None = None
-    #: torch | onnx | auto (ONNX Runtime on a CPU when installed); see mmsearch.models.backends.
-    backend: str = "torch"
-    #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).
-    quantize: str | None = None
-    build_index: bool = True
-    index_type: str = "auto"
-    target_recall: float = 0.95
-    #: Storage type of the ANN refine vectors: ``float32`` or ``float16`` (half the
-    #: disk and page cache; recall@10 vs exact measured in benchmarks/RESULTS.md).
-    refine_dtype: str = "float32"
-    #: Run image decoding and embedding on Ray Data: ``"local"`` (a local cluster),
-    #: ``"auto"`` (the cluster of ``ray start``) or a ``ray://host:port`` address;
-    #: None runs on this machine. See ``mmsearch.indexer.ray_pipeline``.
-    ray: str | None = None
-    #: Most embedding actors on a CPU-only Ray cluster (GPU clusters: one per GPU).
-    ray_actors: int = 4
-    #: A CSV/JSONL/Parquet sidecar whose rows describe images: ``file_column`` holds the
-    #: image path (relative to the sidecar's folder, or absolute); other columns become
-    #: the image's metadata, and ``text_column`` (or caption/text/title) its text.
-    image_metadata: str | os.PathLike[str] | None = None
-    file_column: str = "file"
-    #: Never reach for the model hub: weights must be shipped, local or cached.
-    offline: bool = False
-    #: Train the ANN index with faiss-gpu: None uses a GPU when FAISS sees one, False
-    #: never, True when one is there (else the CPU).
-    ann_gpu: bool | None = None
-    #: Decode JPEGs on the GPU in batches (``torchvision.io.decode_jpeg(device="cuda")``):
-    #: None when the encoder runs on CUDA, False never; without CUDA the CPU decodes.
-    gpu_decode: bool | None = None
-    #: Replaces :func:`mmsearch.indexer.decode.decode_file` in the workers (module-level, picklable).
-    decode_fn: Callable[[str, int, int], Any] | None = None
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:

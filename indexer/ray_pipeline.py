@@ -92,11 +92,18 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, max_pixels: int) -> di
 class EmbedActor:
     """Ray actor: one encoder, loaded once, embeds the decoded rows of each batch."""
 
-    def __init__(self, spec: Any, device: str | None, encoder: Any | None = None) -> None:
+    def __init__(
+        self,
+        spec: Any,
+        device: str | None,
+        encoder: Any | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
+    ) -> None:
         if encoder is None:
-            from mmsearch.models import load_encoder
+            from mmsearch.models.backends import load_encoder
 
-            encoder = load_encoder(spec, device=device)
+            encoder = load_encoder(spec, device=device, backend=backend, quantize=quantize)
         self.encoder = encoder
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -112,8 +119,15 @@ class EmbedActor:
 class TextEmbedActor:
     """Ray actor: one encoder, loaded once, tokenises and embeds batches of text rows."""
 
-    def __init__(self, spec: Any, device: str | None, encoder: Any | None = None) -> None:
-        self.encoder = EmbedActor(spec, device, encoder).encoder
+    def __init__(
+        self,
+        spec: Any,
+        device: str | None,
+        encoder: Any | None = None,
+        backend: str = "torch",
+        quantize: str | None = None,
+    ) -> None:
+        self.encoder = EmbedActor(spec, device, encoder, backend, quantize).encoder
         self.steps = text_steps(self.encoder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -145,6 +159,8 @@ def _actor_options(ray: Any, encoder: Any, opts: IndexOptions) -> dict[str, Any]
             "spec": encoder.spec,
             "device": "cuda" if gpus else "cpu",
             "encoder": None if _loadable(encoder) else encoder,
+            "backend": opts.backend,  # "auto" picks per actor: torch on a GPU, else ONNX
+            "quantize": opts.quantize,
         },
         "concurrency": max(1, gpus) if gpus else max(1, min(cpus // 2, opts.ray_actors)),
         "num_gpus": 1 if gpus else 0,
@@ -264,7 +280,9 @@ def index_images_ray(
 
 
 def _loadable(encoder: Any) -> bool:
-    """Whether ``load_encoder(encoder.spec)`` rebuilds this encoder on a worker."""
+    """Whether ``load_encoder(encoder.spec, backend=...)`` rebuilds this encoder on a worker
+    (an ONNX Runtime session cannot be pickled; a registered model loads anywhere)."""
     from mmsearch.models.encoder import ClipEncoder
+    from mmsearch.models.onnx_encoder import OnnxEncoder
 
-    return isinstance(encoder, ClipEncoder)
+    return isinstance(encoder, ClipEncoder | OnnxEncoder)

@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from mmsearch.indexer.discover import path_to_uri
+from mmsearch.indexer.options import IndexOptions, ProgressFn
 from mmsearch.indexer.prefetch import OrderedPool
 from mmsearch.indexer.report import Failure, IndexReport
 from mmsearch.indexer.textsource import TextRow, read_text_collection
@@ -38,9 +39,6 @@ from mmsearch.indexer.writer import BatchWriter
 from mmsearch.itemmeta import ID_KEY
 from mmsearch.models.base import Encoder
 from mmsearch.storage import ItemStore, StoredState, make_rows
-
-if TYPE_CHECKING:
-    from mmsearch.indexer.pipeline import IndexOptions, ProgressFn
 
 #: Texts per forward pass at least: tokens are small, and big batches use the cores better.
 TEXT_BATCH_SIZE = 256

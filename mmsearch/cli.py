@@ -322,6 +322,8 @@ def serve_cmd(
     log_queries: Annotated[bool, typer.Option("--log-queries", help="Include query strings in the access log.")] = False,
     drain_seconds: Annotated[float, typer.Option("--drain-seconds", min=0.0, help="On SIGTERM, answer 503 this long (load balancers notice) before shutting down.")] = 2.0,
     rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model for rerank=true requests: mmsearch-tiny-itm, a local folder or a Hugging Face id (default: the index's recorded one, else Salesforce/blip-itm-base-coco).")] = None,
+    http: Annotated[str, typer.Option("--http", help="HTTP parser: auto (httptools when installed), httptools or h11.")] = "auto",
+    loop: Annotated[str, typer.Option("--loop", help="Event loop: auto (uvloop when installed), uvloop or asyncio.")] = "auto",
 ) -> None:
     """Serve the HTTP API and the web gallery for an index."""
     from mmsearch.serve.lifecycle import bind_socket, prepare_workers, run
@@ -330,6 +332,9 @@ def serve_cmd(
 
     if log_format not in ("text", "json", "none"):
         err_console.print("[bold red]error:[/] --log-format must be text, json or none")
+        raise typer.Exit(2)
+    if http not in ("auto", "httptools", "h11") or loop not in ("auto", "uvloop", "asyncio"):
+        err_console.print("[bold red]error:[/] --http must be auto, httptools or h11; --loop auto, uvloop or asyncio")
         raise typer.Exit(2)
     with _errors():
         check_bind_policy(host, token, insecure_no_auth)
@@ -355,7 +360,9 @@ def serve_cmd(
         quantize=quantize,
     )
     with _errors():
-        from mmsearch.serve.lifecycle import check_servable
+        from mmsearch.serve.lifecycle import apply_thread_policy, check_servable
+
+        apply_thread_policy()  # one math thread per request, before faiss / torch / onnxruntime load
 
         # Fail fast with one clear line. One worker loads the model now and reuses it;
         # several workers each load their own (/readyz answers 503 until they have), and
@@ -369,7 +376,7 @@ def serve_cmd(
     err_console.print(f"serving {escape(str(config.index_dir))} on http://{escape(shown)}:{port}{extra} ({auth})")
     with prepare_workers(workers):
         run(config, sock, workers=workers, proxy_headers=proxy_headers,
-            forwarded_allow_ips=forwarded_allow_ips, log_format=log_format)  # fmt: skip
+            forwarded_allow_ips=forwarded_allow_ips, log_format=log_format, http=http, loop=loop)  # fmt: skip
 
 
 @app.command("check")
@@ -465,6 +472,10 @@ def main() -> None:
     if not one_shot:
         app()
         return
+    if sys.argv[1] == "query":  # one query, then exit: no pre-packing, no pandas (see faststart)
+        from mmsearch.faststart import prepare_one_shot_query
+
+        prepare_one_shot_query()
     try:
         app(standalone_mode=True)
         code = 0

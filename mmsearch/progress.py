@@ -60,9 +60,21 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f}/s" if speed else "   -/s", style="cyan")
 
 
+class _StageProgress(Progress):
+    """A ``Progress`` that leaves no blank line behind when no stage ever started
+    (an error before any work stays the one line it is)."""
+
+    def stop(self) -> None:
+        if self.tasks or self.disable:
+            super().stop()
+            return
+        self.live.transient = True  # and no closing newline, which rich adds off a terminal
+        self.live.stop()
+
+
 def progress_bar(console: Console, enabled: bool = True) -> Progress:
     """A bar per stage on ``console``; ``enabled=False`` shows nothing."""
-    return Progress(
+    return _StageProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -38,10 +38,14 @@ def _shown(hit: Any) -> str:
 
 def _brief(metadata: Mapping[str, Any]) -> str:
     meta = {k: v for k, v in metadata.items() if k not in HIDDEN_KEYS}
-    chosen = [k for k in BRIEF_KEYS if k in meta] or list(meta)[:4]
-    labels = [k for k in meta if isinstance(meta.get(f"{k}_prob"), (int, float)) and k not in chosen]
+    scored = [k for k in meta if isinstance(meta.get(f"{k}_prob"), (int, float))]
+    plain = [k for k in meta if k not in scored and not (k.endswith("_prob") and k[:-5] in scored)]
+    chosen = [k for k in BRIEF_KEYS if k in meta] or plain[:4]
+    labels = [k for k in scored if k not in chosen]
     brief = [f"{k}={meta[k]}" for k in chosen if not k.endswith("_prob")]
-    return ", ".join(brief + [f"{k}={meta[k]} ({meta[k + '_prob']:.2f})" for k in labels])  # zero-shot labels
+    return ", ".join(
+        brief + [f"{k}={meta[k]} ({meta[k + '_prob']:.2f})" for k in labels]
+    )  # zero-shot labels
 
 
 def result_table(results: Sequence[Any]) -> Table:

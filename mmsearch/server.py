@@ -37,7 +37,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -53,9 +53,10 @@ from mmsearch.errors import (
 )
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.base import Encoder
-from mmsearch.search.http import SearchRequest
-from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
+from mmsearch.search.http import SearchParams, SearchRequest
+from mmsearch.search.limits import DEFAULT_KIND, MAX_K
 from mmsearch.serve.holder import IndexHolder
+from mmsearch.serve.jsonbody import json_response
 from mmsearch.serve.limits import BodyLimitMiddleware, validation_error_body
 from mmsearch.serve.observe import Metrics, ObserveMiddleware, record_results
 
@@ -259,48 +260,31 @@ def create_app(config: ServerConfig) -> FastAPI:
         return out
 
     @app.get("/api/search")
-    def search(
-        q: Annotated[str | None, Query(max_length=2000)] = None,
-        k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
-        kind: Annotated[str, Query(pattern="^(any|image|text)$")] = DEFAULT_KIND,
-        where: Annotated[list[str] | None, Query()] = None,
-        exact: bool = False,
-        url: Annotated[str | None, Query(max_length=2048)] = None,
-        mode: Annotated[str | None, Query(pattern="^(vector|lexical|hybrid)$")] = None,
-        fusion: Annotated[str, Query(pattern="^(rrf|weighted)$")] = "rrf",
-        alpha: Annotated[float, Query(ge=0, le=1)] = 0.7,
-        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-        group_by: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-        dedup: Annotated[float | None, Query(gt=0, le=1)] = None,
-        min_score: float | None = None,
-        cutoff: bool = False,
-        literal: bool = False,
-        rerank: bool = False,
-        rerank_depth: Annotated[int, Query(ge=1, le=MAX_K)] = 50,
-        min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-    ) -> dict[str, Any]:
+    def search(params: Annotated[SearchParams, Query()]) -> Response:
         from mmsearch.query import QueryTerm
         from mmsearch.search.http import build_query
 
+        p = params
         terms = []
-        if url:
+        if p.url:
             if not config.allow_urls:
                 raise BadQueryError(
                     "image URLs are disabled on this server (start it with --allow-urls)"
                 )
-            terms.append(QueryTerm(1.0, "url", url))
+            terms.append(QueryTerm(1.0, "url", p.url))
         query = build_query(
-            q=None if url else q, literal=literal, terms=terms, where=where, kind=kind, mode=mode,
-            fusion=fusion, alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup,
-            min_score=min_score, cutoff=cutoff, exact=exact,
+            q=None if p.url else p.q, literal=p.literal, terms=terms, where=p.where, kind=p.kind,
+            mode=p.mode, fusion=p.fusion, alpha=p.alpha, k=p.k, offset=p.offset,
+            group_by=p.group_by, dedup=p.dedup, min_score=p.min_score, cutoff=p.cutoff,
+            exact=p.exact,
         )  # fmt: skip
-        query = _with_rerank(query, rerank, rerank_depth, min_match)
-        return _answer(query, q if not url else url)
+        query = _with_rerank(query, p.rerank, p.rerank_depth, p.min_match)
+        return json_response(_answer(query, p.q if not p.url else p.url))
 
     @app.post("/api/search")
-    def search_json(body: SearchRequest) -> dict[str, Any]:
+    def search_json(body: SearchRequest) -> Response:
         """The same search as GET, as a JSON body with structured terms (no parsing)."""
-        return _answer(body.to_query(), body.q)
+        return json_response(_answer(body.to_query(), body.q))
 
     def _search_upload(
         data: bytes, k: int, kind: str, where: list[str], rerank: tuple[int, float | None] | None
@@ -330,7 +314,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         rerank: bool = False,
         rerank_depth: Annotated[int, Query(ge=1, le=MAX_K)] = 50,
         min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-    ) -> dict[str, Any]:
+    ) -> Response:
         data = await file.read(config.max_upload_bytes + 1)
         if len(data) > config.max_upload_bytes:
             raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
@@ -339,7 +323,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         # Decoding and encoding are CPU work: keep them off the event loop.
         options = (rerank_depth, min_match) if rerank else None
         out = await run_in_threadpool(_search_upload, data, k, kind, where or [], options)
-        return {**out, "query": file.filename}
+        return json_response({**out, "query": file.filename})
 
     return app
 

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 . .venv/bin/activate
-mmsearch demo "${1:-demo-out}"
+mmsearch demo "${1:-demo-out}" "${@:2}"   # e.g. bash scripts/demo.sh demo-out --n 50

@@ -74,3 +74,12 @@ def tiny_encoder():
     from mmsearch.models import load_encoder
 
     return load_encoder(ModelSpec("mmsearch-tiny", ""), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def readme_cli(tmp_path_factory):
+    """The README's Command line block, run once in order (tests/readme_doc.py); later
+    README sections run in the folder it leaves (./catalog, ./idx, ./photos, ...)."""
+    from tests.readme_doc import run_command_line_block
+
+    return run_command_line_block(tmp_path_factory.mktemp("readme"))

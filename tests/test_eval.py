@@ -185,6 +185,17 @@ def test_cli_json_and_missing_relevant(tiny_index: dict[str, Any]) -> None:
     assert any("nowhere.jpg" in s for s in out["skipped"]) and any(
         "line 2" in s for s in out["skipped"]
     )
+    nowhere = catalog.root / "nowhere.jsonl"  # no query can be scored: one line, not a crash
+    nowhere.write_text(
+        json.dumps({"query": "blue", "relevant": ["images/gone.jpg"]}) + "\n", encoding="utf-8"
+    )
+    for extra in (["--json"], ["--html", str(catalog.root / "r.html")]):
+        result = CliRunner().invoke(
+            app, ["eval", str(nowhere), "--index", str(tiny_index["base"] / "idx"), *extra]
+        )
+        assert result.exit_code == 2, result.output
+        assert "none of the 1 queries has a relevant item in the index" in result.output
+        assert "images/gone.jpg" in result.output and not (catalog.root / "r.html").exists()
     bad = catalog.root / "bad.jsonl"
     bad.write_text('{"query": "x", "relevant": []}\n', encoding="utf-8")
     result = CliRunner().invoke(app, ["eval", str(bad), "--index", str(tiny_index["base"] / "idx")])

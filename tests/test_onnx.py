@@ -141,7 +141,7 @@ def test_optimised_graph_is_saved_once_and_reloaded(tmp_path: Path, onnx_tiny) -
 
     import onnxruntime as ort
 
-    from mmsearch.models.ort_session import create_session, optimised_dir
+    from mmsearch.models.ort_session import create_session, optimised_dir, set_prepacking
 
     graph = tmp_path / "text.onnx"
     shutil.copy(onnx_tiny.export_dir / "text.onnx", graph)
@@ -155,8 +155,31 @@ def test_optimised_graph_is_saved_once_and_reloaded(tmp_path: Path, onnx_tiny) -
     again = create_session(graph, 1).run(None, {"tokens": tokens})[0]
     np.testing.assert_allclose(first, expected, atol=1e-5)
     np.testing.assert_allclose(again, expected, atol=1e-5)
+    set_prepacking(False)  # as a one-shot query does
+    try:
+        unpacked = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    finally:
+        set_prepacking(True)
+    np.testing.assert_allclose(unpacked, expected, atol=1e-5)
     with open(weights, "r+b") as fh:
         fh.truncate(1000)
     repaired = create_session(graph, 1).run(None, {"tokens": tokens})[0]
     np.testing.assert_allclose(repaired, expected, atol=1e-5)
     assert weights.stat().st_size > 0.9 * graph.stat().st_size
+
+
+def test_clean_text_ascii_shortcut_equals_ftfy() -> None:
+    """Printable ASCII skips ftfy (an import a one-shot query saves); the result is the same."""
+    import html
+    import string
+
+    import ftfy
+
+    from mmsearch.models.onnx_encoder import clean_text
+
+    rng = np.random.default_rng(7)
+    alphabet = np.array(list(string.printable))
+    samples = ["".join(rng.choice(alphabet, size=int(rng.integers(0, 40)))) for _ in range(500)]
+    samples += [" floral shirt ", "it's", "a <b>tag</b>", "x &amp; y", "caf\u00e9", "a\r\nb"]
+    for text in samples:
+        assert clean_text(text) == html.unescape(html.unescape(ftfy.fix_text(text))).strip(), text

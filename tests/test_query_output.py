@@ -128,3 +128,25 @@ def test_previews_fall_back_to_the_table_where_images_cannot_show(image_index, m
     assert detect_protocol({"TERM_PROGRAM": "WezTerm"}) == "iterm"
     assert detect_protocol({"TERM": "xterm-256color"}) is None
     assert detect_protocol({"TERM": "xterm-kitty"}, isatty=False) is None
+
+
+def test_zero_shot_label_shows_its_probability_when_it_is_the_only_metadata():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from mmsearch.render import result_table
+
+    hit = SimpleNamespace(
+        rank=1,
+        score=0.5,
+        kind="image",
+        text=None,
+        path="a.jpg",
+        uri="a.jpg",
+        metadata={"category_zs": "dress", "category_zs_prob": 0.734},
+    )
+    console = Console(width=200, record=True)
+    console.print(result_table([hit]))
+    text = console.export_text()
+    assert "category_zs=dress (0.73)" in text and "category_zs_prob" not in text

@@ -105,12 +105,17 @@ def test_rrf_rewards_agreement_and_ranks_kinds_alike() -> None:
     lex_txt = _leg([12, 11], [7.0, 3.0], "text", "lexical:text")
     out = fuse([vec_img, vec_txt, lex_txt])
     ids = out.column("id").to_pylist()
-    assert ids[:2] == [12, 11]  # found by two legs
-    assert ids.index(1) < ids.index(10)  # rank 1 image ties rank 1 text, beats rank 2+ of one leg
-    assert out.column("legs").to_pylist()[0] == "lexical:text,vector:text"
-    scores = out.column("score").to_pylist()
-    assert scores == sorted(scores, reverse=True)
-    assert scores[0] == pytest.approx(1 / 63 + 1 / 61)
+    assert ids.index(12) < ids.index(11) < ids.index(10)  # within a kind, agreement wins
+    # Images (no lexical leg) are scaled to the texts' two legs: the kinds interleave
+    # instead of every caption the words matched coming before the first image.
+    assert ids == [1, 12, 2, 11, 3, 10]  # 2 and 11 tie (2/62): the lower id first
+    scores = dict(zip(ids, out.column("score").to_pylist(), strict=True))
+    assert scores[1] == pytest.approx(2 / 61) and scores[12] == pytest.approx(1 / 63 + 1 / 61)
+    assert out.column("legs").to_pylist()[1] == "lexical:text,vector:text"
+    lex_img = _leg([3], [2.0], "image", "lexical:image")  # both kinds have both legs: no scaling
+    both = fuse([vec_img, vec_txt, lex_txt, lex_img])
+    got = dict(zip(both.column("id").to_pylist(), both.column("score").to_pylist(), strict=True))
+    assert got[1] == pytest.approx(1 / 61) and got[3] == pytest.approx(1 / 63 + 1 / 61)
 
 
 def test_weighted_fusion_and_exact_boost() -> None:

@@ -86,3 +86,42 @@ def test_one_shot_exit_flushes_output(tiny_index: Path) -> None:
         [*cmd, "--index", str(tiny_index / "nope")], capture_output=True, text=True, timeout=300
     )
     assert bad.returncode == 2 and "no mmsearch index" in bad.stderr
+
+
+_ONE_SHOT = """
+import json, os, sys
+from mmsearch import cli
+real_exit = os._exit
+def exit_(code):
+    sys.stdout.write("\\nPANDAS=" + json.dumps("pandas" in sys.modules) + "\\n")
+    sys.stdout.flush()
+    real_exit(code)
+os._exit = exit_
+sys.argv = ["mmsearch", *{args!r}]
+cli.main()
+"""
+
+
+def test_one_shot_vector_query_never_imports_pandas(tiny_index: Path) -> None:
+    """The console entry point's query (mmsearch.faststart) answers as the plain app
+    does, without importing pandas; pandas still imports afterwards when asked for."""
+    args = ["query", "a red circle", "--index", str(tiny_index), "--backend", "onnx"]
+    args += ["--mode", "vector", "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _ONE_SHOT.format(args=args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out, _, pandas_loaded = proc.stdout.rpartition("PANDAS=")
+    assert json.loads(pandas_loaded) is False
+    _, plain = _imported(args)
+    fast, slow = (json.loads(text.strip().splitlines()[0]) for text in (out, plain))
+    assert [h["id"] for h in fast] == [h["id"] for h in slow]  # weights not pre-packed: same hits
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(fast, slow, strict=True)) < 1e-5
+    after = "from mmsearch.faststart import arrow_without_pandas as a; a(); import pandas; print(pandas.DataFrame({'x': [1]}).shape)"
+    done = subprocess.run(
+        [sys.executable, "-c", after], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "(1, 1)", done.stderr[-1000:]

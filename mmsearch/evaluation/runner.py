@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mmsearch.errors import BadQueryError
 from mmsearch.evaluation.inputs import EvalQuery
 from mmsearch.evaluation.metrics import (
     DEFAULT_KS,
@@ -237,6 +238,12 @@ def evaluate_queries(
                     [catalog.shown(i, grades.get(i, 0.0) > 0) for i in ranked[:5]],
                 ),
             )
+        )
+    if not rows:
+        raise BadQueryError(
+            f"none of the {len(queries)} queries has a relevant item in the index "
+            f"({skipped[0] if skipped else 'the set is empty'}); "
+            "relevant paths are relative to the query file"
         )
     figures = {name: mean_metrics(values) for name, values in per_variant.items() if values}
     curves = {

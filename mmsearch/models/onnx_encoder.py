@@ -29,7 +29,14 @@ DEFAULT_BATCH_SIZE = 128
 
 
 def clean_text(text: str) -> str:
-    """open_clip's ``basic_clean``: ftfy repair (when installed) and double HTML unescape."""
+    """open_clip's ``basic_clean``: ftfy repair (when installed) and double HTML unescape.
+
+    Printable ASCII without ``&`` is returned stripped without importing ftfy: there is
+    nothing for ftfy (mojibake, control characters, line breaks, HTML entities) or the
+    unescape to change in it (``tests/test_onnx.py`` checks the two paths agree).
+    """
+    if text.isascii() and text.isprintable() and "&" not in text:
+        return text.strip()
     try:
         import ftfy
 
@@ -72,7 +79,14 @@ def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
 
 
 def onnx_threads() -> int:
-    """Intra-op threads: the cores this process may run on."""
+    """Intra-op threads: ``OMP_NUM_THREADS`` when set, else the cores this process may run on.
+
+    ONNX Runtime's own thread pool ignores the OpenMP variables; following them lets a
+    deployment (or ``mmsearch serve --workers N``) cap every math runtime in one place.
+    """
+    configured = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

@@ -112,7 +112,7 @@ def quantize_export(fp32_dir: Path, target: Path, *, spec: Any) -> dict[str, flo
         raise ModelLoadError(json.loads(refused.read_text())["message"])
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(fp32_dir, tmp, ignore=shutil.ignore_patterns("*.ort"))
+    shutil.copytree(fp32_dir, tmp, ignore=shutil.ignore_patterns("*.opt-*"))
     try:
         quantize_graphs(tmp)
         meta = json.loads((tmp / "meta.json").read_text())

@@ -4,7 +4,9 @@
   of a one-kind lexical search), so such queries rank and score as they always did.
 * ``rrf`` (default): reciprocal rank fusion, ``Σ 1 / (60 + rank)`` over the legs
   that found an item. Ranks, not raw scores, so BM25 and cosine need no common
-  scale, and each kind's leg counts alike (fair ``kind=any`` answers).
+  scale, and each kind's leg counts alike (fair ``kind=any`` answers). A kind found by
+  fewer legs (images without text get no lexical hits) has its scores scaled to the
+  same total leg weight, so kinds interleave by their own ranks.
 * ``weighted``: each leg's scores min-max normalised to [0, 1], vector legs weighted
   ``alpha`` and lexical legs ``1 − alpha``, summed.
 
@@ -31,6 +33,30 @@ def _normalised(scores: np.ndarray) -> np.ndarray:
     if hi - lo < 1e-12:
         return np.ones_like(scores)
     return (scores - lo) / (hi - lo)
+
+
+def _even_out_kinds(
+    score: np.ndarray, kinds: np.ndarray, ranked: Sequence[pa.Table], method: str, alpha: float
+) -> None:
+    """Scales each kind's fused scores to the same total leg weight (in place).
+
+    A kind that lacks a leg (images without any text have no lexical hits) would
+    otherwise rank wholly under a kind that two legs found: captions would crowd images
+    out of ``kind=any``. Within a kind the order is unchanged; across kinds, items
+    interleave by how their own kind's legs ranked them.
+    """
+    weight: dict[str, float] = {}
+    for leg in ranked:
+        name = leg.column("leg")[0].as_py()
+        w = 1.0 if method != "weighted" else (alpha if name.startswith("vector:") else 1 - alpha)
+        kind = leg.column("kind")[0].as_py()
+        weight[kind] = weight.get(kind, 0.0) + w
+    if len(weight) < 2 or min(weight.values()) <= 0:
+        return
+    top = max(weight.values())
+    for kind, w in weight.items():
+        if w < top:
+            score[kinds == kind] *= top / w
 
 
 def fuse(
@@ -74,6 +100,8 @@ def fuse(
             np.add.at(score, pos, weight * _normalised(raw))
         else:
             np.add.at(score, pos, 1.0 / (rrf_k + rank))
+    if len(ranked) > 1:
+        _even_out_kinds(score, kinds, ranked, method, alpha)
     if exact:
         score[is_exact] += EXACT_BOOST
     order = np.lexsort((uniq, best_rank, -score))

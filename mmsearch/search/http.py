@@ -54,14 +54,11 @@ class RerankIn(BaseModel):
     blend: float | None = Field(None, ge=0, le=1)
 
 
-class SearchRequest(BaseModel):
-    """The body of ``POST /api/search``."""
+class _SearchOptions(BaseModel):
+    """What the GET parameters and the POST body share."""
 
-    model_config = ConfigDict(extra="forbid")
     q: str | None = Field(None, max_length=MAX_QUERY_CHARS)
     literal: bool = False
-    terms: list[TermIn] = Field(default_factory=list, max_length=MAX_TERMS)
-    where: WhereJson = None
     kind: Literal["image", "text", "any"] = DEFAULT_KIND
     mode: Literal["vector", "lexical", "hybrid"] | None = None
     fusion: Literal["rrf", "weighted"] = "rrf"
@@ -73,6 +70,30 @@ class SearchRequest(BaseModel):
     min_score: float | None = None
     cutoff: bool = False
     exact: bool = False
+
+
+class SearchParams(_SearchOptions):
+    """The query-string parameters of ``GET /api/search`` (unknown ones are ignored).
+
+    One model instead of one FastAPI parameter each: FastAPI then validates the query
+    string in one pydantic call instead of resolving 18 parameters one by one (about
+    half of the framework's CPU time per request).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    where: list[str] | None = None
+    url: str | None = Field(None, max_length=2048)
+    rerank: bool = False
+    rerank_depth: int = Field(50, ge=1, le=MAX_K)
+    min_match: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class SearchRequest(_SearchOptions):
+    """The body of ``POST /api/search``."""
+
+    model_config = ConfigDict(extra="forbid")
+    terms: list[TermIn] = Field(default_factory=list, max_length=MAX_TERMS)
+    where: WhereJson = None
     rerank: RerankIn | bool | None = None
 
     def to_query(self) -> Query:

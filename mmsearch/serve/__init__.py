@@ -10,6 +10,7 @@ modules here are the parts it is assembled from:
   gallery's sign-in page, and the bind policy (no token, no public address).
 - :mod:`mmsearch.serve.observe`: Prometheus metrics and structured access logs.
 - :mod:`mmsearch.serve.limits`: request body cap and capped validation errors.
-- :mod:`mmsearch.serve.lifecycle`: readiness, graceful drain on SIGTERM, and running
-  one or several worker processes on one listening socket.
+- :mod:`mmsearch.serve.jsonbody`: search answers serialised once (orjson when installed).
+- :mod:`mmsearch.serve.lifecycle`: readiness, graceful drain on SIGTERM, running
+  one or several worker processes on one listening socket, and their math-thread policy.
 """

@@ -161,25 +161,47 @@ def check_servable(
     return None
 
 
-class AppFactory:
-    """A picklable application factory: each worker process builds its own app from it.
+#: Math-library threads per worker process. A server runs many small requests side by
+#: side (a thread pool per worker, one process per worker): its parallelism is across
+#: requests, so a request's matrix work runs on one thread. More threads per request
+#: buy a lone request a little latency on an idle machine and cost every request under
+#: load: measured on 2 cores, a FAISS flat search of 400 vectors takes 7x the CPU time
+#: with 2 OpenMP threads (0.11 vs 0.015 ms), 100k vectors 9x. ``OMP_NUM_THREADS`` in
+#: the environment overrides it.
+SERVE_THREADS = 1
 
-    ``threads`` caps the math libraries' thread pools of the worker (set before the
-    model runtime is imported), so N workers do not each start one thread per core.
+
+def apply_thread_policy(threads: int | None = SERVE_THREADS) -> None:
+    """Sets this process's math-library thread policy, before the model runtime is imported.
+
+    Variables already set in the environment win. Worker processes inherit them.
+
+    - ``threads`` caps the thread pools (``OMP_NUM_THREADS`` and friends: FAISS's and
+      torch's OpenMP, BLAS, and :func:`mmsearch.models.onnx_encoder.onnx_threads`);
+    - ``OMP_WAIT_POLICY=PASSIVE``: idle pool threads sleep instead of spinning for the
+      next job (OpenMP and ONNX Runtime's pool both follow it), so threads that are
+      not working leave the cores to the requests that are.
     """
+    import os
 
-    def __init__(self, config: Any, threads: int | None = None) -> None:
+    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = str(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+class AppFactory:
+    """A picklable application factory: each worker process builds its own app from it,
+    after :func:`apply_thread_policy` (``threads``: see :data:`SERVE_THREADS`)."""
+
+    def __init__(self, config: Any, threads: int | None = SERVE_THREADS) -> None:
         self.config = config
         self.threads = threads
 
     def __call__(self) -> Any:
-        import os
-
         from mmsearch.server import create_app
 
-        if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
-            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                os.environ[name] = str(self.threads)
+        apply_thread_policy(self.threads)
         return create_app(self.config)
 
 
@@ -213,17 +235,24 @@ def run(
     proxy_headers: bool = False,
     forwarded_allow_ips: str = "127.0.0.1",
     log_format: str = "text",
+    http: str = "auto",
+    loop: str = "auto",
 ) -> None:
-    """Serves ``create_app(server_config)`` on ``sock`` with ``workers`` processes until stopped."""
-    import os
+    """Serves ``create_app(server_config)`` on ``sock`` with ``workers`` processes until stopped.
+
+    ``http`` (``auto``, ``httptools``, ``h11``) and ``loop`` (``auto``, ``uvloop``,
+    ``asyncio``) pick uvicorn's HTTP parser and event loop; ``auto`` takes the C ones
+    (httptools, uvloop) when installed.
+    """
 
     import uvicorn
 
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     config = uvicorn.Config(
-        AppFactory(server_config, threads),
+        AppFactory(server_config),
         factory=True,
         workers=workers,
+        http=http,
+        loop=loop,
         proxy_headers=proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips,
         server_header=False,

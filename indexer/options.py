@@ -1,0 +1,64 @@
+"""The options of an indexing run (the CLI's ``mmsearch index`` flags) and its progress callback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mmsearch.imageio import DEFAULT_MAX_PIXELS
+
+__all__ = ["IndexOptions", "ProgressFn"]
+
+#: progress(stage, advance, more_total): stage is "scan", "images", "texts", "ann" or
+#: "failed" (an item skipped); ``more_total`` announces additional work for the stage
+#: (negative: less work, e.g. an image that failed to decode; None: no change).
+ProgressFn = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class IndexOptions:
+    """Knobs of one indexing run (the CLI's options)."""
+
+    #: Images per forward pass; None: 64 on a CPU, fitted to free memory on a GPU
+    #: (:func:`mmsearch.models.batching.batch_size_for`). Texts go in batches of at least 256.
+    batch_size: int | None = None
+    workers: int | None = None
+    device: str | None = None
+    commit_every: int = 512
+    decode_timeout_s: float = 30.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    text_column: str | None = None
+    id_column: str | None = None
+    #: torch | onnx | auto (ONNX Runtime on a CPU when installed); see mmsearch.models.backends.
+    backend: str = "torch"
+    #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).
+    quantize: str | None = None
+    build_index: bool = True
+    index_type: str = "auto"
+    target_recall: float = 0.95
+    #: Storage type of the ANN refine vectors: ``float32`` or ``float16`` (half the
+    #: disk and page cache; recall@10 vs exact measured in benchmarks/RESULTS.md).
+    refine_dtype: str = "float32"
+    #: Run image decoding and embedding on Ray Data: ``"local"`` (a local cluster),
+    #: ``"auto"`` (the cluster of ``ray start``) or a ``ray://host:port`` address;
+    #: None runs on this machine. See ``mmsearch.indexer.ray_pipeline``.
+    ray: str | None = None
+    #: Most embedding actors on a CPU-only Ray cluster (GPU clusters: one per GPU).
+    ray_actors: int = 4
+    #: A CSV/JSONL/Parquet sidecar whose rows describe images: ``file_column`` holds the
+    #: image path (relative to the sidecar's folder, or absolute); other columns become
+    #: the image's metadata, and ``text_column`` (or caption/text/title) its text.
+    image_metadata: str | os.PathLike[str] | None = None
+    file_column: str = "file"
+    #: Never reach for the model hub: weights must be shipped, local or cached.
+    offline: bool = False
+    #: Train the ANN index with faiss-gpu: None uses a GPU when FAISS sees one, False
+    #: never, True when one is there (else the CPU).
+    ann_gpu: bool | None = None
+    #: Decode JPEGs on the GPU in batches (``torchvision.io.decode_jpeg(device="cuda")``):
+    #: None when the encoder runs on CUDA, False never; without CUDA the CPU decodes.
+    gpu_decode: bool | None = None
+    #: Replaces :func:`mmsearch.indexer.decode.decode_file` in the workers (module-level, picklable).
+    decode_fn: Callable[[str, int, int], Any] | None = None
