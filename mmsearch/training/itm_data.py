@@ -157,11 +157,3 @@ def catalog_words() -> list[str]:
     """Every word a catalog caption uses, for the tokenizer's vocabulary."""
     words = {"a", "on", "the", "to", "left", "of"} | set(COLOURS) | set(SHAPES) | set(POSITIONS)
     return sorted(words)
-
-
-def caption_corpus() -> list[str]:
-    """All single-object captions and all two-object captions (for building the vocabulary)."""
-    singles = [caption_for(c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS]
-    objects = [(c, s) for c in COLOURS for s in SHAPES]
-    pairs = [pair_caption(a, b) for a in objects for b in objects if a != b]
-    return singles + pairs
