@@ -324,6 +324,7 @@ def serve_cmd(
     rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model for rerank=true requests: mmsearch-tiny-itm, a local folder or a Hugging Face id (default: the index's recorded one, else Salesforce/blip-itm-base-coco).")] = None,
     http: Annotated[str, typer.Option("--http", help="HTTP parser: auto (httptools when installed), httptools or h11.")] = "auto",
     loop: Annotated[str, typer.Option("--loop", help="Event loop: auto (uvloop when installed), uvloop or asyncio.")] = "auto",
+    search_concurrency: Annotated[int, typer.Option("--search-concurrency", min=1, max=256, help="Searches each worker runs at once; more wait their turn in arrival order.")] = 2,
 ) -> None:
     """Serve the HTTP API and the web gallery for an index."""
     from mmsearch.serve.lifecycle import bind_socket, prepare_workers, run
@@ -358,6 +359,7 @@ def serve_cmd(
         rerank_model=rerank_model,
         backend=backend,
         quantize=quantize,
+        search_concurrency=search_concurrency,
     )
     with _errors():
         from mmsearch.serve.lifecycle import apply_thread_policy, check_servable

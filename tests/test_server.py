@@ -688,3 +688,56 @@ def test_gallery_page_served_with_csp(client: TestClient) -> None:
     assert res.status_code == 200
     assert "<title>mmsearch</title>" in res.text
     assert "default-src 'none'" in res.headers["content-security-policy"]
+
+
+class _SlowCountingEncoder:
+    """Wraps an encoder: each text encode takes 50 ms and the most at once is recorded."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.spec, self.dim, self.image_size = (
+            inner,
+            inner.spec,
+            inner.dim,
+            inner.image_size,
+        )
+        self.active = self.most = 0
+        self._lock = threading.Lock()
+
+    def encode_texts(self, texts: Any) -> Any:
+        with self._lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            time.sleep(0.05)
+            return self.inner.encode_texts(texts)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def encode_images(self, batch: Any) -> Any:
+        return self.inner.encode_images(batch)
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_search_concurrency_caps_searches_per_worker(indexed, encoder, slots: int) -> None:
+    """8 simultaneous searches on a worker with ``slots`` search slots: every one is
+    answered, and never more than ``slots`` run at once."""
+    import httpx
+
+    slow = _SlowCountingEncoder(encoder)
+    app = create_app(_config(indexed, slow, search_concurrency=slots))
+    with serve_in_thread(app) as base:
+        codes: list[int] = []
+
+        def ask(i: int) -> None:
+            res = httpx.get(f"{base}/api/search", params={"q": f"red circle {i}", "k": 3},
+                            headers={"host": "testserver"}, timeout=30)  # fmt: skip
+            codes.append(res.status_code)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert codes == [200] * 8
+    assert slow.most == slots
