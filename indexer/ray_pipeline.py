@@ -116,18 +116,11 @@ class EmbedActor:
         return out
 
 
-class TextEmbedActor:
+class TextEmbedActor(EmbedActor):
     """Ray actor: one encoder, loaded once, tokenises and embeds batches of text rows."""
 
-    def __init__(
-        self,
-        spec: Any,
-        device: str | None,
-        encoder: Any | None = None,
-        backend: str = "torch",
-        quantize: str | None = None,
-    ) -> None:
-        self.encoder = EmbedActor(spec, device, encoder, backend, quantize).encoder
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.steps = text_steps(self.encoder)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
