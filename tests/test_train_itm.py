@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mmsearch.rerank.itm import ItmScorer
-from mmsearch.training.itm_data import Pair, Single, colour_swap, side_swap
+from mmsearch.training.itm_data import (
+    Pair,
+    Single,
+    colour_swap,
+    near_misses,
+    one_attribute_changed,
+    side_swap,
+)
 from mmsearch.training.train_itm import (
     ItmTrainConfig,
+    object_loss,
+    object_targets,
     rank_loss,
     sincos_positions,
     slot_labels,
+    text_groups,
+    text_rank_loss,
     train,
 )
 
@@ -39,6 +51,46 @@ def test_rank_loss_prefers_the_caption_over_its_negatives() -> None:
     same = torch.zeros(5, 2)  # no preference: log(group size) averaged over the images
     expected = (torch.log(torch.tensor(3.0)) + torch.log(torch.tensor(2.0))) / 2
     assert rank_loss(same, owner, labels) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_text_rank_loss_compares_one_caption_across_images() -> None:
+    # rows: caption A on image 0 (match), A on image 1 (no match), B on image 1 (match),
+    # C on image 0 (no match: C is on no other image, so it forms no group with a match)
+    group = text_groups(["A", "A", "B", "C"])
+    assert group.tolist() == [0, 0, 1, 2]
+    labels = torch.tensor([1, 0, 1, 0])
+    good = torch.tensor([[0.0, 5.0], [0.0, -5.0], [0.0, 5.0], [0.0, 9.0]])
+    assert text_rank_loss(good, group, labels) < 1e-3  # C's high score is not its business
+    bad = torch.tensor([[0.0, -5.0], [0.0, 5.0], [0.0, 5.0], [0.0, 0.0]])
+    assert text_rank_loss(bad, group, labels) > 9.0
+    same = torch.zeros(4, 2)  # only caption A has a negative image: log 2
+    assert text_rank_loss(same, group, labels) == pytest.approx(float(torch.log(torch.tensor(2.0))))
+    alone = text_rank_loss(same, text_groups(["A", "B", "C", "D"]), labels)
+    assert alone == 0.0 and alone.requires_grad is False  # no caption met another image
+
+
+def test_near_misses_and_shape_changes() -> None:
+    rng = np.random.default_rng(0)
+    fam = near_misses(rng, SCENE, 3, shape_frac=1.0)
+    assert fam[0] == side_swap(SCENE) and len(set(fam)) == 3 and SCENE not in fam
+    for neg in fam[1:]:  # shape_frac 1: only shapes change, colours stay where they were
+        assert (neg.left[0], neg.right[0]) == ("red", "blue")  # type: ignore[union-attr]
+    changed = [one_attribute_changed(rng, SCENE, shape_frac=0.0) for _ in range(50)]
+    assert all((c.left[1], c.right[1]) == ("circle", "square") for c in changed)  # type: ignore[union-attr]
+
+
+def test_object_loss_names_each_half() -> None:
+    single = Single("green", "star", "top")
+    targets = object_targets([SCENE, single])
+    assert targets[0].tolist() == [[0, 0], [2, 1], [-100, -100]]  # red circle | blue square
+    assert targets[1].tolist() == [[-100, -100], [-100, -100], [1, 3]]  # green star, anywhere
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 12)
+    embeds = torch.randn(2, 1 + 16, 4)  # CLS + a 4×4 patch grid
+    loss = object_loss(head, embeds, targets)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
 
 
 def test_sincos_positions_tell_columns_apart() -> None:
@@ -68,3 +120,20 @@ def test_short_seeded_run_writes_a_loadable_model(tmp_path: Path) -> None:
     ):
         assert torch.equal(a, b), key  # seeded: the same weights twice
     assert runs[0].model.vision_model.embeddings.position_embedding.shape == (1, 17, 32)
+
+
+def test_family_pool_run_trains_with_every_check(tmp_path: Path) -> None:
+    """The pool of families, the per-caption ranking loss and the per-object check run together."""
+    cfg = ItmTrainConfig(
+        steps=2, batch_size=4, negatives=1, rank_weight=1.0, text_rank_weight=1.0,
+        object_weight=1.0, slot_weight=1.0, family=2, pool=8, shape_frac=0.8, hidden=32,
+        patch_size=16, vision_layers=1, text_layers=1, heads=2, warmup=1, augment_frac=0.5,
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        first = train(cfg, tmp_path / "a", eval_every=100, save_every=100, eval_n=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert 0.0 <= first["all"] <= 1.0
+    scorer = ItmScorer.load(str(tmp_path / "a"), device="cpu")
+    assert not any(k.startswith(("slot_head", "object_head")) for k in scorer.model.state_dict())

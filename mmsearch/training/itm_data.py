@@ -88,8 +88,11 @@ def _other(rng: np.random.Generator, values: tuple[str, ...], current: str) -> s
     return choices[int(rng.integers(0, len(choices)))]
 
 
-def one_attribute_changed(rng: np.random.Generator, scene: Scene) -> Scene:
-    """``scene`` with one colour, shape (or, for a single object, position) replaced."""
+def one_attribute_changed(rng: np.random.Generator, scene: Scene, shape_frac: float = 0.5) -> Scene:
+    """``scene`` with one colour, shape (or, for a single object, position) replaced.
+
+    For two-object scenes a shape is changed with probability ``shape_frac``, else a colour.
+    """
     if isinstance(scene, Single):
         which = int(rng.integers(0, 3))
         if which == 0:
@@ -101,7 +104,7 @@ def one_attribute_changed(rng: np.random.Generator, scene: Scene) -> Scene:
         objs = [scene.left, scene.right]
         i = int(rng.integers(0, 2))
         colour, shape = objs[i]
-        if rng.random() < 0.5:
+        if rng.random() < 1.0 - shape_frac:
             objs[i] = (_other(rng, COLOURS, colour), shape)
         else:
             objs[i] = (colour, _other(rng, SHAPES, shape))
@@ -116,13 +119,15 @@ def hard_negatives(
     pair_frac: float,
     easy: float = 0.125,
     swap: float = 0.7,
+    shape_frac: float = 0.5,
 ) -> list[Scene]:
     """``k`` distinct scenes that differ from ``scene``, mostly by one hard change.
 
     Two-object scenes draw from colour swap and left/right swap (together a share
     ``swap`` of the hard negatives, half each) and one attribute changed; single
-    objects from one attribute changed. A share ``easy`` is a random scene instead,
-    so easy negatives are seen too.
+    objects from one attribute changed (for two objects a shape with probability
+    ``shape_frac``, else a colour). A share ``easy`` is a random scene instead, so
+    easy negatives are seen too.
     """
     out: list[Scene] = []
     tries = 0
@@ -137,10 +142,28 @@ def hard_negatives(
         elif isinstance(scene, Pair) and hard < swap:
             neg = side_swap(scene)
         else:
-            neg = one_attribute_changed(rng, scene)
+            neg = one_attribute_changed(rng, scene, shape_frac)
         if neg is not None and neg != scene and neg not in out:
             out.append(neg)
     return out
+
+
+def near_misses(rng: np.random.Generator, scene: Scene, k: int, shape_frac: float) -> list[Scene]:
+    """``k`` distinct scenes one hard change away from ``scene``, for a family of images.
+
+    A family (a scene drawn together with its near misses) lets training compare one
+    caption across images that differ in one detail, which is what text→image
+    re-ranking does: for two objects the left/right swap, then one-attribute changes
+    (a shape with probability ``shape_frac``); for a single object one-attribute changes.
+    """
+    out: list[Scene] = [side_swap(scene)] if isinstance(scene, Pair) else []
+    tries = 0
+    while len(out) < k and tries < 50:
+        tries += 1
+        neg = one_attribute_changed(rng, scene, shape_frac)
+        if neg != scene and neg not in out:
+            out.append(neg)
+    return out[:k]
 
 
 def render_scene(rng: np.random.Generator, scene: Scene, size: int, augment: bool) -> Image.Image:

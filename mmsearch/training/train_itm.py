@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmsearch.datasets.synthetic import COLOURS, SHAPES
 from mmsearch.training.itm_data import (
     Pair,
     Scene,
@@ -39,6 +40,7 @@ from mmsearch.training.itm_data import (
     caption,
     catalog_words,
     hard_negatives,
+    near_misses,
     random_scene,
     render_scene,
 )
@@ -64,6 +66,10 @@ class ItmTrainConfig:
     slot_weight: float = 0.0  # weight of the per-word check (does each named attribute hold?)
     pos_scale: float = 0.0  # > 0: start the vision position embeddings as 2-D sin-cos of this size
     pool: int = 0  # > 0: render this many scenes once and draw batches from them
+    shape_frac: float = 0.5  # share of two-object one-attribute negatives that change a shape
+    family: int = 0  # > 1: the pool holds scenes with family-1 near misses, drawn together
+    text_rank_weight: float = 0.0  # weight of the per-caption ranking loss (image vs near misses)
+    object_weight: float = 0.0  # weight of the per-object check on the vision tower's patches
     init: str = ""  # continue from a model folder written by an earlier run
     stop_after: int = 0  # end after this many steps (the schedule still spans ``steps``)
     lr: float = 5e-4
@@ -249,16 +255,27 @@ class TextBatch(NamedTuple):
 
 
 def _texts(
-    rng: np.random.Generator, scenes: list[Scene], cfg: ItmTrainConfig, easy: float, swap: float
+    rng: np.random.Generator,
+    scenes: list[Scene],
+    cfg: ItmTrainConfig,
+    easy: float,
+    swap: float,
+    kin: list[list[Scene]] | None = None,
 ) -> TextBatch:
     """Captions of ``scenes`` (match) followed by each one's negatives (no match).
 
-    Every image gets ``cfg.negatives`` hard negatives and ``cfg.in_batch`` captions
-    of other scenes of the batch; an image's texts are contiguous, match first.
+    Every image gets the captions of its family (``kin[i]``, the other scenes drawn
+    with it), ``cfg.negatives`` hard negatives and ``cfg.in_batch`` captions of other
+    scenes of the batch; an image's texts are contiguous, match first.
     """
     texts, owner, labels, slots = [], [], [], []
     for i, scene in enumerate(scenes):
-        negs = hard_negatives(rng, scene, cfg.negatives, cfg.pair_frac, easy, swap)
+        negs = [k for k in dict.fromkeys(kin[i]) if k != scene] if kin else []
+        for neg in hard_negatives(
+            rng, scene, cfg.negatives, cfg.pair_frac, easy, swap, cfg.shape_frac
+        ):
+            if neg not in negs:
+                negs.append(neg)
         others = [o for o in dict.fromkeys(scenes) if o != scene and o not in negs]
         if cfg.in_batch and others:
             picks = rng.choice(len(others), min(cfg.in_batch, len(others)), replace=False)
@@ -295,7 +312,59 @@ def _batch(
     batch = _texts(rng, scenes, cfg, easy, cfg.swap_frac if swap is None else swap)
     enc = dict(processor(images=images, text=batch.texts, padding=True, return_tensors="pt"))
     enc["slot_targets"] = slot_targets(batch.slots, enc["input_ids"].shape[1])
+    enc["text_group"] = text_groups(batch.texts)
     return enc, batch.owner, batch.labels
+
+
+def object_targets(scenes: list[Scene]) -> torch.Tensor:
+    """``(images, 3, 2)`` colour and shape indices per region: left half, right half, whole.
+
+    A two-object scene names its left and right objects; a single object names the
+    whole image (its position varies). -100 where a region names nothing.
+    """
+    out = torch.full((len(scenes), 3, 2), -100, dtype=torch.long)
+    for i, scene in enumerate(scenes):
+        if isinstance(scene, Pair):
+            for region, (colour, shape) in enumerate((scene.left, scene.right)):
+                out[i, region] = torch.tensor([COLOURS.index(colour), SHAPES.index(shape)])
+        else:
+            out[i, 2] = torch.tensor([COLOURS.index(scene.colour), SHAPES.index(scene.shape)])
+    return out
+
+
+def object_loss(
+    head: torch.nn.Module, image_embeds: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """The per-object check: a linear probe on pooled patch states names each region's object.
+
+    Patch states (CLS dropped) are averaged over the left half of the patch grid, the
+    right half and the whole grid; ``head`` predicts colour and shape of each region's
+    object (:func:`object_targets`). It trains the vision tower to encode *what* is in
+    each half, which the cross-attention then reads; the probe is not saved.
+    """
+    patches = image_embeds[:, 1:, :]
+    grid = int(round(patches.shape[1] ** 0.5))
+    cells = patches.reshape(patches.shape[0], grid, grid, -1)
+    half = grid // 2
+    pooled = torch.stack(
+        [cells[:, :, :half].mean((1, 2)), cells[:, :, half:].mean((1, 2)), cells.mean((1, 2))],
+        dim=1,
+    )  # (images, 3, hidden)
+    logits = head(pooled)
+    n_colours = len(COLOURS)
+    colour = F.cross_entropy(
+        logits[..., :n_colours].flatten(0, 1), targets[..., 0].flatten(), ignore_index=-100
+    )
+    shape = F.cross_entropy(
+        logits[..., n_colours:].flatten(0, 1), targets[..., 1].flatten(), ignore_index=-100
+    )
+    return colour + shape
+
+
+def text_groups(texts: list[str]) -> torch.Tensor:
+    """One id per distinct text: rows with the same caption (on different images) share it."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(t, len(ids)) for t in texts])
 
 
 def _render_size(rng: np.random.Generator) -> int:
@@ -334,12 +403,27 @@ class ScenePool:
 
     On a CPU, rendering costs more than a small model's step; a pool renders each
     scene once and pairs it with newly drawn hard negatives every time it is used.
+
+    With ``cfg.family > 1`` the pool is made of families: a random scene and
+    ``family - 1`` of its near misses (:func:`near_misses`), each rendered on its own
+    (own size, own augmentation); a batch then holds whole families.
     """
 
     def __init__(self, rng: np.random.Generator, processor: Any, cfg: ItmTrainConfig) -> None:
-        self.scenes = [random_scene(rng, cfg.pair_frac) for _ in range(cfg.pool)]
+        self.scenes: list[Scene] = []
+        self.family_of: list[int] = []
+        size = max(1, cfg.family)
+        self.families: list[list[int]] = []  # pool indices of each family's scenes
+        while len(self.scenes) < cfg.pool:
+            base = random_scene(rng, cfg.pair_frac)
+            members = (
+                [base, *near_misses(rng, base, size - 1, cfg.shape_frac)] if size > 1 else [base]
+            )
+            self.families.append(list(range(len(self.scenes), len(self.scenes) + len(members))))
+            self.family_of += [len(self.families) - 1] * len(members)
+            self.scenes += members
         chunks = []
-        for start in range(0, cfg.pool, 256):
+        for start in range(0, len(self.scenes), 256):
             images = [
                 render_scene(rng, scene, _render_size(rng), rng.random() < cfg.augment_frac)
                 for scene in self.scenes[start : start + 256]
@@ -356,11 +440,22 @@ class ScenePool:
         easy: float,
         swap: float,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        picks = rng.integers(0, len(self.scenes), size=cfg.batch_size)
-        batch = _texts(rng, [self.scenes[int(k)] for k in picks], cfg, easy, swap)
+        kin: list[list[Scene]] | None = None
+        if cfg.family > 1:
+            fams = rng.choice(
+                len(self.families), max(1, cfg.batch_size // cfg.family), replace=False
+            )
+            picks = np.array([k for f in fams for k in self.families[int(f)]])
+            kin = [[self.scenes[j] for j in self.families[self.family_of[int(k)]]] for k in picks]
+        else:
+            picks = rng.integers(0, len(self.scenes), size=cfg.batch_size)
+        scenes = [self.scenes[int(k)] for k in picks]
+        batch = _texts(rng, scenes, cfg, easy, swap, kin)
         enc = dict(processor.tokenizer(batch.texts, padding=True, return_tensors="pt"))
         enc["pixel_values"] = self.pixels[torch.from_numpy(picks)].float()
         enc["slot_targets"] = slot_targets(batch.slots, enc["input_ids"].shape[1])
+        enc["text_group"] = text_groups(batch.texts)
+        enc["object_targets"] = object_targets(scenes)
         return enc, batch.owner, batch.labels
 
 
@@ -380,6 +475,29 @@ def rank_loss(logits: torch.Tensor, owner: torch.Tensor, labels: torch.Tensor) -
     has_neg = (labels == 0).long().bincount(owner, minlength=n) > 0
     pos = margin[labels == 1]
     return (table.logsumexp(1) - pos)[has_neg].mean()
+
+
+def text_rank_loss(logits: torch.Tensor, group: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per caption, cross-entropy of its own image against the other images it was paired with.
+
+    Rows sharing ``group`` carry the same caption on different images; for each match
+    row, the softmax of the match margin runs over that row and the group's no-match
+    rows. This is the comparison text→image re-ranking makes (one caption, many
+    candidate images); captions paired with no other image add nothing. Zero when no
+    caption has a negative image.
+    """
+    margin = logits[:, 1] - logits[:, 0]
+    losses = []
+    for g in torch.unique(group[labels == 1]).tolist():
+        rows = group == g
+        negs = margin[rows & (labels == 0)]
+        if len(negs) == 0:
+            continue
+        for pos in margin[rows & (labels == 1)]:
+            losses.append(torch.logsumexp(torch.cat([pos[None], negs]), 0) - pos)
+    if not losses:
+        return margin.sum() * 0.0
+    return torch.stack(losses).mean()
 
 
 def _lr_at(step: int, cfg: ItmTrainConfig) -> float:
@@ -418,9 +536,17 @@ def train(
                 )
     # The per-word check's head trains the text tower's token states; it is not saved.
     slot_head = torch.nn.Linear(model.config.text_config.hidden_size, 2)
+    # The per-object check's head trains the vision tower's patch states; not saved either.
+    # (Made only when used, so that runs without it draw the same random numbers as before.)
+    object_head = (
+        torch.nn.Linear(model.config.vision_config.hidden_size, len(COLOURS) + len(SHAPES))
+        if cfg.object_weight > 0
+        else torch.nn.Identity()
+    )
     params = [
         *model.named_parameters(),
         *(("slot_head." + n, p) for n, p in slot_head.named_parameters()),
+        *(("object_head." + n, p) for n, p in object_head.named_parameters()),
     ]
     decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
@@ -468,6 +594,14 @@ def train(
             )
         if cfg.rank_weight > 0:
             parts["rank"] = cfg.rank_weight * rank_loss(logits, owner, labels)
+        if cfg.object_weight > 0:
+            parts["object"] = cfg.object_weight * object_loss(
+                object_head, image_embeds, enc["object_targets"]
+            )
+        if cfg.text_rank_weight > 0:
+            parts["trank"] = cfg.text_rank_weight * text_rank_loss(
+                logits, enc["text_group"], labels
+            )
         if cfg.itc_weight > 0:
             parts["itc"] = cfg.itc_weight * _itc_loss(model, enc, labels, image_embeds)
         loss = torch.stack(list(parts.values())).sum()
