@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 root / name,
                 depth=args.depth,
                 max_queries=args.max_queries,
-                blend=args.blend,
+                retrieval_weight=args.retrieval_weight,
             )
     return out
 
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=31337)
     ap.add_argument("--depth", type=int, default=50)
     ap.add_argument("--max-queries", type=int, default=None)
-    ap.add_argument("--blend", type=float, default=0.0, help="weight of the first-stage score")
+    ap.add_argument(
+        "--retrieval-weight", type=float, default=0.0, help="weight of the first-stage score"
+    )
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     res = run(args)

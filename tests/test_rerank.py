@@ -113,7 +113,7 @@ def test_image_query_reranks_texts(scorer: ItmScorer, scene_files: list[Path]) -
             assert texts[0] == captions[4]
 
 
-def test_depth_batches_and_blend(scorer: ItmScorer, scene_files: list[Path]) -> None:
+def test_depth_batches_and_retrieval_weight(scorer: ItmScorer, scene_files: list[Path]) -> None:
     table = _image_candidates(scene_files)
     query = RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE))
     small_batches = ItmScorer(scorer.model, scorer.processor, scorer.name, "cpu", batch_size=3)
@@ -124,7 +124,9 @@ def test_depth_batches_and_blend(scorer: ItmScorer, scene_files: list[Path]) -> 
     assert a.table.column("match").to_pylist() == pytest.approx(
         b.table.column("match").to_pylist(), abs=1e-5
     )
-    blended = ItmReranker(scorer, depth=4, blend=0.5).rerank(query, table).table.to_pydict()
+    blended = (
+        ItmReranker(scorer, depth=4, retrieval_weight=0.5).rerank(query, table).table.to_pydict()
+    )
     for score, match, first in zip(
         blended["score"], blended["match"], blended["first_stage_score"], strict=True
     ):

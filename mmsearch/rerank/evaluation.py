@@ -81,12 +81,12 @@ def rerank_recall(
     depth: int = 50,
     max_queries: int | None = None,
     seed: int = 0,
-    blend: float = 0.0,
+    retrieval_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Text→image and image→text caption recall, first stage vs re-ranked at ``depth``.
 
     ``max_queries`` evaluates a seeded sample of the queries (all when ``None``);
-    ``blend`` is the re-rank stage's weight of the first-stage score.
+    ``retrieval_weight`` is the re-rank stage's weight of the first-stage score.
     """
     start = time.perf_counter()
     root = Path(catalog_dir)
@@ -112,7 +112,9 @@ def rerank_recall(
     match = scorer.score_pairs(
         image_embeds, top.ravel().tolist(), np.repeat(queries, top.shape[1]).tolist()
     ).reshape(top.shape)
-    scores = (1 - blend) * match + blend * np.take_along_axis(sims, top, axis=1)
+    scores = (1 - retrieval_weight) * match + retrieval_weight * np.take_along_axis(
+        sims, top, axis=1
+    )
     t2i = _recall_pair(labels, orders, top, scores, queries, ks)
 
     corpus = possible_captions(
@@ -129,7 +131,9 @@ def rerank_recall(
     match = scorer.score_pairs(
         image_embeds, np.repeat(picks, top.shape[1]).tolist(), corpus_arr[top].ravel().tolist()
     ).reshape(top.shape)
-    scores = (1 - blend) * match + blend * np.take_along_axis(cos, top, axis=1)
+    scores = (1 - retrieval_weight) * match + retrieval_weight * np.take_along_axis(
+        cos, top, axis=1
+    )
     i2t = _recall_pair(corpus_arr, orders, top, scores, labels[picks].tolist(), ks)
     return {
         "n_images": len(rows),
@@ -137,7 +141,7 @@ def rerank_recall(
         "i2t_queries": len(picks),
         "i2t_corpus": len(corpus),
         "depth": depth,
-        "blend": blend,
+        "retrieval_weight": retrieval_weight,
         "t2i": t2i,
         "i2t": i2t,
         "seconds": time.perf_counter() - start,
