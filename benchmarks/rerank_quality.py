@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 root / name,
                 depth=args.depth,
                 max_queries=args.max_queries,
-                retrieval_weight=args.retrieval_weight,
+                blend=args.blend,
             )
     return out
 
@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--depth", type=int, default=50)
     ap.add_argument("--max-queries", type=int, default=None)
     ap.add_argument(
-        "--retrieval-weight", type=float, default=0.0, help="weight of the first-stage score"
+        "--blend",
+        type=float,
+        default=None,
+        help="weight of the ITM probability vs the first-stage score (default: the model's)",
     )
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)

@@ -182,6 +182,7 @@ def query_cmd(
     rerank: Annotated[bool, typer.Option("--rerank", help="Re-rank the first stage's best candidates with a BLIP image-text-matching model.")] = False,
     rerank_depth: Annotated[int, typer.Option("--rerank-depth", min=1, max=10000, help="Candidates re-ranked.")] = 50,
     min_match: Annotated[float | None, typer.Option("--min-match", min=0.0, max=1.0, help="Lowest match probability kept (with --rerank); none above it gives an empty answer.")] = None,
+    rerank_blend: Annotated[float | None, typer.Option("--rerank-blend", min=0.0, max=1.0, help="Weight of the match probability against the first-stage score (default: the rerank model's own, else 1).")] = None,
     rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="ITM model: mmsearch-tiny-itm, a local folder or a Hugging Face id (default: the one recorded with index --rerank-model, else Salesforce/blip-itm-base-coco).")] = None,
 ) -> None:
     """Search an index with text, an image, or a weighted mix of both.
@@ -199,7 +200,7 @@ def query_cmd(
             from mmsearch.search.types import RerankSpec
 
             attach_reranker(idx, rerank_model, device=device)
-            spec = RerankSpec(depth=rerank_depth, min_match=min_match)
+            spec = RerankSpec(depth=rerank_depth, min_match=min_match, blend=rerank_blend)
         results = idx.search(
             query, k=top, offset=offset, kind=kind, mode=mode, fusion=fusion, alpha=alpha, literal=literal,  # type: ignore[arg-type]
             group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine, where=where,

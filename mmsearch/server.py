@@ -238,14 +238,15 @@ def create_app(config: ServerConfig) -> FastAPI:
         results = index.run(query)
         return results, [{"id": d.id, "reason": d.reason} for d in getattr(stage, "dropped", [])]
 
-    def _with_rerank(query: Any, rerank: bool, depth: int, min_match: float | None) -> Any:
+    def _with_rerank(
+        query: Any, rerank: bool, depth: int, min_match: float | None, blend: float | None = None
+    ) -> Any:
         from dataclasses import replace
 
         from mmsearch.search.types import RerankSpec
 
-        return (
-            replace(query, rerank=RerankSpec(depth=depth, min_match=min_match)) if rerank else query
-        )
+        spec = RerankSpec(depth=depth, min_match=min_match, blend=blend)
+        return replace(query, rerank=spec) if rerank else query
 
     def _answer(query: Any, shown: str | None) -> dict[str, Any]:
         from mmsearch.search.types import STAGES
@@ -301,11 +302,15 @@ def create_app(config: ServerConfig) -> FastAPI:
             group_by=p.group_by, dedup=p.dedup, min_score=p.min_score, cutoff=p.cutoff,
             exact=p.exact,
         )  # fmt: skip
-        query = _with_rerank(query, p.rerank, p.rerank_depth, p.min_match)
+        query = _with_rerank(query, p.rerank, p.rerank_depth, p.min_match, p.rerank_blend)
         return _answer(query, p.q if not p.url else p.url)
 
     def _search_upload(
-        data: bytes, k: int, kind: str, where: list[str], rerank: tuple[int, float | None] | None
+        data: bytes,
+        k: int,
+        kind: str,
+        where: list[str],
+        rerank: tuple[int, float | None, float | None] | None,
     ) -> dict[str, Any]:
         from mmsearch.imageio import load_image
         from mmsearch.query import QueryTerm
@@ -332,6 +337,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         rerank: bool = False,
         rerank_depth: Annotated[int, Query(ge=1, le=MAX_K)] = 50,
         min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+        rerank_blend: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     ) -> Response:
         data = await file.read(config.max_upload_bytes + 1)
         if len(data) > config.max_upload_bytes:
@@ -339,7 +345,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         if not data:
             raise BadQueryError("the uploaded file is empty")
         # Decoding and encoding are CPU work: keep them off the event loop.
-        options = (rerank_depth, min_match) if rerank else None
+        options = (rerank_depth, min_match, rerank_blend) if rerank else None
         out = await _gated(_search_upload, data, k, kind, where or [], options)
         return json_response({**out, "query": file.filename})
 

@@ -113,7 +113,7 @@ def test_image_query_reranks_texts(scorer: ItmScorer, scene_files: list[Path]) -
             assert texts[0] == captions[4]
 
 
-def test_depth_batches_and_retrieval_weight(scorer: ItmScorer, scene_files: list[Path]) -> None:
+def test_depth_batches_and_blend(scorer: ItmScorer, scene_files: list[Path]) -> None:
     table = _image_candidates(scene_files)
     query = RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE))
     small_batches = ItmScorer(scorer.model, scorer.processor, scorer.name, "cpu", batch_size=3)
@@ -124,13 +124,12 @@ def test_depth_batches_and_retrieval_weight(scorer: ItmScorer, scene_files: list
     assert a.table.column("match").to_pylist() == pytest.approx(
         b.table.column("match").to_pylist(), abs=1e-5
     )
-    blended = (
-        ItmReranker(scorer, depth=4, retrieval_weight=0.5).rerank(query, table).table.to_pydict()
-    )
-    for score, match, first in zip(
-        blended["score"], blended["match"], blended["first_stage_score"], strict=True
-    ):
-        assert score == pytest.approx(0.5 * match + 0.5 * first, abs=1e-5)
+    blended = ItmReranker(scorer, depth=4, blend=0.5).rerank(query, table).table.to_pydict()
+    first = np.asarray(blended["first_stage_score"])
+    scaled = (first - first.min()) / (first.max() - first.min())  # min-max over the candidates
+    assert first.max() > first.min()
+    for score, match, base in zip(blended["score"], blended["match"], scaled, strict=True):
+        assert score == pytest.approx(0.5 * match + 0.5 * base, abs=1e-5)
 
 
 def test_score_pairs_matches_per_query_scoring(scorer: ItmScorer, scene_files: list[Path]) -> None:
@@ -231,3 +230,37 @@ def test_bad_options_are_refused(scorer: ItmScorer) -> None:
         ItmReranker(scorer).rerank(
             RerankQuery.of_text("x"), pa.table({"id": [1], "kind": ["image"]})
         )
+
+
+def test_a_model_folder_can_recommend_its_blend(scorer: ItmScorer, tmp_path: Path) -> None:
+    """``mmsearch_rerank.json`` sets the default blend; a query's own blend wins; bad files fail."""
+    from mmsearch.rerank.loader import RERANK_DEFAULTS_FILE
+    from mmsearch.search.rerank import rerank_stage
+    from mmsearch.search.types import Query, RerankSpec
+
+    local = tmp_path / "itm"
+    shutil.copytree(REGISTERED_RERANK_MODELS["mmsearch-tiny-itm"], local)
+    (local / RERANK_DEFAULTS_FILE).write_text(json.dumps({"blend": 0.25}))
+    assert ItmScorer.load(str(local), device="cpu").default_blend == 0.25
+    (local / RERANK_DEFAULTS_FILE).unlink()
+    assert ItmScorer.load(str(local), device="cpu").default_blend is None
+
+    class Fixed:  # a reranker whose own score is 1 for the first row, 0 for the second
+        default_blend = 0.25
+
+        def rerank(self, query: Query, candidates: pa.Table) -> pa.Table:
+            return candidates.set_column(
+                candidates.schema.get_field_index("score"), "score", pa.array([1.0, 0.0])
+            )
+
+    table = pa.table({"id": [1, 2], "score": [0.2, 0.6]})  # retrieval prefers row 2
+    by_default = rerank_stage(Fixed(), Query(rerank=RerankSpec(depth=2)), table).to_pydict()
+    assert by_default["id"] == [2, 1]  # 0.25 × match + 0.75 × scaled retrieval
+    assert by_default["score"] == pytest.approx([0.75, 0.25])
+    own = rerank_stage(Fixed(), Query(rerank=RerankSpec(depth=2, blend=1.0)), table).to_pydict()
+    assert own["id"] == [1, 2]
+
+    for bad in ('{"blend": 2}', "not json", '{"blend": "high"}'):
+        (local / RERANK_DEFAULTS_FILE).write_text(bad)
+        with pytest.raises(RerankModelError, match="mmsearch_rerank.json"):
+            ItmScorer.load(str(local), device="cpu")

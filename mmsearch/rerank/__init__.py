@@ -62,7 +62,7 @@ def load_reranker(
     *,
     depth: int = DEFAULT_DEPTH,
     min_match: float | None = None,
-    retrieval_weight: float = 0.0,
+    blend: float | None = None,
     device: str | None = None,
     batch_size: int = 32,
 ) -> ItmReranker:
@@ -70,7 +70,7 @@ def load_reranker(
     from mmsearch.rerank.itm import ItmScorer
 
     scorer = ItmScorer.load(model, device=device, batch_size=batch_size)
-    return ItmReranker(scorer, depth=depth, min_match=min_match, retrieval_weight=retrieval_weight)
+    return ItmReranker(scorer, depth=depth, min_match=min_match, blend=blend)
 
 
 def attach_reranker(index: Any, model: str | None = None, *, device: str | None = None) -> Any:

@@ -32,6 +32,7 @@ from mmsearch.imageio import load_image
 from mmsearch.models.encoder import ClipEncoder
 from mmsearch.models.preprocess import fit_square
 from mmsearch.rerank.itm import ItmScorer
+from mmsearch.search.rerank import blend_scores
 
 
 def possible_captions(has_singles: bool, has_pairs: bool) -> list[str]:
@@ -73,6 +74,15 @@ def _recall_pair(
     return out | {f"rerank_{k}": v for k, v in _recalls(reranked, (1, 5)).items()}
 
 
+def _final(
+    match: npt.NDArray[np.floating[Any]], first: npt.NDArray[np.floating[Any]], blend: float | None
+) -> npt.NDArray[np.floating[Any]]:
+    """Per query row, the re-rank stage's final score of its candidates."""
+    if blend is None:
+        return match
+    return np.stack([blend_scores(m, f, blend) for m, f in zip(match, first, strict=True)])
+
+
 def rerank_recall(
     encoder: ClipEncoder,
     scorer: ItmScorer,
@@ -81,12 +91,14 @@ def rerank_recall(
     depth: int = 50,
     max_queries: int | None = None,
     seed: int = 0,
-    retrieval_weight: float = 0.0,
+    blend: float | None = None,
 ) -> dict[str, Any]:
     """Text→image and image→text caption recall, first stage vs re-ranked at ``depth``.
 
     ``max_queries`` evaluates a seeded sample of the queries (all when ``None``);
-    ``retrieval_weight`` is the re-rank stage's weight of the first-stage score.
+    ``blend`` mixes the ITM probability with the first-stage score exactly as the query
+    pipeline's rerank stage does (:func:`mmsearch.search.rerank.blend_scores`); ``None``
+    uses the model's recommended blend (``scorer.default_blend``), or the ITM alone.
     """
     start = time.perf_counter()
     root = Path(catalog_dir)
@@ -112,9 +124,8 @@ def rerank_recall(
     match = scorer.score_pairs(
         image_embeds, top.ravel().tolist(), np.repeat(queries, top.shape[1]).tolist()
     ).reshape(top.shape)
-    scores = (1 - retrieval_weight) * match + retrieval_weight * np.take_along_axis(
-        sims, top, axis=1
-    )
+    mix = blend if blend is not None else scorer.default_blend
+    scores = _final(match, np.take_along_axis(sims, top, axis=1), mix)
     t2i = _recall_pair(labels, orders, top, scores, queries, ks)
 
     corpus = possible_captions(
@@ -131,9 +142,7 @@ def rerank_recall(
     match = scorer.score_pairs(
         image_embeds, np.repeat(picks, top.shape[1]).tolist(), corpus_arr[top].ravel().tolist()
     ).reshape(top.shape)
-    scores = (1 - retrieval_weight) * match + retrieval_weight * np.take_along_axis(
-        cos, top, axis=1
-    )
+    scores = _final(match, np.take_along_axis(cos, top, axis=1), mix)
     i2t = _recall_pair(corpus_arr, orders, top, scores, labels[picks].tolist(), ks)
     return {
         "n_images": len(rows),
@@ -141,7 +150,7 @@ def rerank_recall(
         "i2t_queries": len(picks),
         "i2t_corpus": len(corpus),
         "depth": depth,
-        "retrieval_weight": retrieval_weight,
+        "blend": mix,
         "t2i": t2i,
         "i2t": i2t,
         "seconds": time.perf_counter() - start,

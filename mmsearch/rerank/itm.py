@@ -22,7 +22,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
-from mmsearch.rerank.loader import load_itm_model
+from mmsearch.rerank.loader import load_itm_model, rerank_defaults
 
 
 def _resolve_device(device: str | None) -> str:
@@ -36,7 +36,9 @@ class ItmScorer:
 
     On CUDA the model runs under bf16 autocast (fp16 where bf16 is unsupported);
     on CPU in fp32. ``batch_size`` bounds how many pairs go through the text
-    encoder at once.
+    encoder at once. ``default_blend`` is the weight of the ITM probability that the
+    model's folder recommends for blending with the first-stage score
+    (:func:`~mmsearch.rerank.loader.rerank_defaults`), ``None`` for ITM alone.
     """
 
     def __init__(
@@ -49,13 +51,17 @@ class ItmScorer:
         self.name = name
         self.device = device
         self.batch_size = batch_size
+        self.default_blend: float | None = None
 
     @classmethod
     def load(cls, name: str, device: str | None = None, *, batch_size: int = 32) -> ItmScorer:
         """Loads ``name`` (registered name, local folder or Hugging Face id); see :mod:`.loader`."""
         dev = _resolve_device(device)
+        defaults = rerank_defaults(name)
         model, processor = load_itm_model(name, dev)
-        return cls(model, processor, name, dev, batch_size=batch_size)
+        scorer = cls(model, processor, name, dev, batch_size=batch_size)
+        scorer.default_blend = defaults.get("blend")
+        return scorer
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:

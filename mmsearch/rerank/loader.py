@@ -10,10 +10,16 @@ A model is named by
   network exists; ``HF_HUB_OFFLINE=1`` uses the local cache only).
 
 Weights are read from safetensors only and no remote code is ever run.
+
+A model folder may also hold ``mmsearch_rerank.json`` with the settings it was
+measured with, e.g. ``{"blend": 0.2}``: the default weight of the ITM probability
+when a query asks for re-ranking without a ``blend`` of its own
+(:func:`rerank_defaults`). A model without the file is used on its ITM score alone.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,31 @@ def resolve_rerank_source(name: str) -> tuple[str, bool]:
     if looks_local:
         raise RerankModelError(f"rerank model folder not found: {name}; {_FIX}")
     return name, False
+
+
+RERANK_DEFAULTS_FILE = "mmsearch_rerank.json"
+
+
+def rerank_defaults(name: str) -> dict[str, float]:
+    """The settings a local model folder recommends (``blend``), or ``{}`` when it has none.
+
+    Raises :class:`~mmsearch.errors.RerankModelError` when the file is unreadable or a
+    value is out of range.
+    """
+    source, local = resolve_rerank_source(name)
+    path = Path(source) / RERANK_DEFAULTS_FILE
+    if not local or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        blend = data.get("blend") if isinstance(data, dict) else None
+        if blend is not None and not (isinstance(blend, int | float) and 0.0 <= blend <= 1.0):
+            raise ValueError(f"blend must be a number in [0, 1], got {blend!r}")
+    except (OSError, ValueError) as exc:
+        raise RerankModelError(
+            f"unreadable {path}: {_one_line(exc)}; fix or delete the file"
+        ) from exc
+    return {} if blend is None else {"blend": float(blend)}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -54,6 +54,11 @@ class ItmStageReranker:
         self._local = threading.local()
 
     @property
+    def default_blend(self) -> float | None:
+        """The blend the model recommends when a query sets none (see :class:`ItmScorer`)."""
+        return getattr(self.scorer, "default_blend", None)
+
+    @property
     def dropped(self) -> list[DroppedCandidate]:
         return getattr(self._local, "dropped", [])
 

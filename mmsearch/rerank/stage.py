@@ -9,8 +9,9 @@ two added columns, ``first_stage_score`` and ``match`` (the ITM probability).
 
 * A text term re-ranks image candidates; the image term re-ranks text candidates.
   Several text terms are combined as the weighted mean of their probabilities.
-* ``score = match`` by default, or
-  ``(1 - retrieval_weight) * match + retrieval_weight * first_stage_score``.
+* ``score = match``, or with ``blend`` (given, or recommended by the model's folder)
+  ``blend * match + (1 - blend) * first_stage_score`` min-max scaled over the candidates
+  (:func:`mmsearch.search.rerank.blend_scores`, the query pipeline's mix).
 * ``min_match``: candidates below it are removed; when none is left the answer is
   empty and :attr:`RerankOutcome.empty_reason` says why (an honest "no good match").
 * Candidate images are re-read from disk with the indexer's safe loader
@@ -36,6 +37,7 @@ from PIL import Image
 
 from mmsearch.errors import BadQueryError, ImageDecodeError
 from mmsearch.imageio import DEFAULT_MAX_PIXELS, load_image
+from mmsearch.search.rerank import blend_scores
 
 DEFAULT_DEPTH = 50
 
@@ -113,8 +115,8 @@ class ItmReranker:
 
     ``depth``: how many of the first stage's best candidates are re-scored;
     ``min_match``: the lowest ITM probability kept (``None`` keeps all);
-    ``retrieval_weight``: weight of the first-stage score in the final score (0 = ITM
-    only). (The query's ``rerank(blend=...)`` is the pipeline's own mix, applied after.)
+    ``blend``: weight of the ITM probability against the first-stage score (``None``:
+    the scorer's ``default_blend``, else the ITM probability alone).
     """
 
     def __init__(
@@ -123,19 +125,19 @@ class ItmReranker:
         *,
         depth: int = DEFAULT_DEPTH,
         min_match: float | None = None,
-        retrieval_weight: float = 0.0,
+        blend: float | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if depth < 1:
             raise BadQueryError(f"rerank depth must be >= 1, got {depth}")
         if min_match is not None and not 0.0 <= min_match <= 1.0:
             raise BadQueryError(f"min_match must be a probability in [0, 1], got {min_match}")
-        if not 0.0 <= retrieval_weight <= 1.0:
-            raise BadQueryError(f"retrieval_weight must be in [0, 1], got {retrieval_weight}")
+        if blend is not None and not 0.0 <= blend <= 1.0:
+            raise BadQueryError(f"blend must be in [0, 1], got {blend}")
         self.scorer = scorer
         self.depth = depth
         self.min_match = min_match
-        self.retrieval_weight = retrieval_weight
+        self.blend = blend if blend is not None else getattr(scorer, "default_blend", None)
         self.max_pixels = max_pixels
 
     def _load_images(
@@ -201,9 +203,8 @@ class ItmReranker:
         keep = np.array([int(i) not in dropped_ids for i in _column(rows, "id")], dtype=bool)
         scored = keep & ~np.isnan(match)
         first = np.asarray(rows.column("score").to_numpy(), dtype=np.float32)
-        final = np.where(
-            scored, (1.0 - self.retrieval_weight) * match + self.retrieval_weight * first, -np.inf
-        )
+        mixed = match if self.blend is None else blend_scores(match, first, self.blend)
+        final = np.where(scored, mixed, -np.inf)
         not_scored = int((keep & ~scored).sum())
         if self.min_match is not None:
             keep &= scored & (match >= self.min_match)

@@ -86,6 +86,7 @@ class SearchParams(_SearchOptions):
     rerank: bool = False
     rerank_depth: int = Field(50, ge=1, le=MAX_K)
     min_match: float | None = Field(None, ge=0.0, le=1.0)
+    rerank_blend: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class SearchRequest(_SearchOptions):

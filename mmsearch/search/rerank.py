@@ -4,7 +4,9 @@ A :class:`Reranker` takes the :class:`~mmsearch.search.types.Query` and the cand
 table (``id, uri, kind, text, metadata, score, similarity, …``, best first) and
 returns a table of the same rows — or fewer — whose ``score`` is its own. The stage
 keeps the retrieval score as ``retrieval_score``, then applies ``min_match`` (drop
-rows the reranker scores below it) and ``blend`` (mix in the retrieval score).
+rows the reranker scores below it) and ``blend`` (mix in the retrieval score). A query
+without a ``blend`` uses the reranker's ``default_blend`` when it has one (a model can
+recommend the mix it was measured with), else the reranker's score alone.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ def _minmax(values: np.ndarray) -> np.ndarray:
     return np.ones_like(values) if hi - lo < 1e-12 else (values - lo) / (hi - lo)
 
 
+def blend_scores(rerank: np.ndarray, retrieval: np.ndarray, blend: float) -> np.ndarray:
+    """``blend`` × the reranker's score + (1 − ``blend``) × the retrieval score min-max scaled.
+
+    The retrieval scores are scaled to [0, 1] over the re-ranked candidates, so one
+    ``blend`` means the same for cosine, BM25 or fused scores.
+    """
+    base = _minmax(np.asarray(retrieval, dtype=np.float64))
+    return blend * np.asarray(rerank, dtype=np.float64) + (1 - blend) * base
+
+
 def rerank_stage(reranker: Reranker | None, query: Query, candidates: pa.Table) -> pa.Table:
     """Re-scores the top ``query.rerank.depth`` candidates and sorts them, best first.
 
@@ -56,13 +68,11 @@ def rerank_stage(reranker: Reranker | None, query: Query, candidates: pa.Table) 
         raise TypeError("a reranker must return a table with 'id' and 'score' columns")
     if spec.min_match is not None:
         out = out.filter(pc.greater_equal(out.column("score"), spec.min_match))
-    if spec.blend is not None and "retrieval_score" in out.column_names:
-        own = out.column("score").to_numpy().astype(np.float64)
-        base = _minmax(out.column("retrieval_score").to_numpy().astype(np.float64))
-        out = out.set_column(
-            out.schema.get_field_index("score"),
-            "score",
-            pa.array(spec.blend * own + (1 - spec.blend) * base),
+    blend = spec.blend if spec.blend is not None else getattr(reranker, "default_blend", None)
+    if blend is not None and "retrieval_score" in out.column_names:
+        mixed = blend_scores(
+            out.column("score").to_numpy(), out.column("retrieval_score").to_numpy(), blend
         )
+        out = out.set_column(out.schema.get_field_index("score"), "score", pa.array(mixed))
     order = pc.sort_indices(out, sort_keys=[("score", "descending")])
     return out.take(order)

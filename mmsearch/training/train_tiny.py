@@ -86,6 +86,8 @@ class TrainConfig:
     augment_frac: float = 0.0
     init: str = ""  # start from these safetensors weights (e.g. the shipped ones)
     stop_after: int = 0  # end after this many steps (the schedule still spans ``steps``)
+    pair_family: int = 0  # > 1: each two-object scene comes with pair_family - 1 near misses
+    shape_frac: float = 0.5  # share of the near misses' one-attribute changes that are shapes
 
 
 def partial_caption(
@@ -122,9 +124,7 @@ def _render(
     if rng.random() < cfg.pair_frac:
         left, right = random_pair(rng)
         img = (augmented_pair if augment else render_pair)(rng, left, right, size)
-        caption = pair_caption(left, right)
-        objects: tuple[Attrs, ...] = ((*left, None), (*right, None))
-        return img, (caption, objects), caption, caption
+        return _pair_item(img, left, right)
     colour = COLOURS[int(rng.integers(0, len(COLOURS)))]
     shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
     position = POSITIONS[int(rng.integers(0, len(POSITIONS)))]
@@ -137,6 +137,38 @@ def _render(
     return img, label, full, (colour, shape, position)
 
 
+def _pair_item(
+    img: Image.Image, left: tuple[str, str], right: tuple[str, str]
+) -> tuple[Image.Image, ImageLabel, str, TextLabel]:
+    caption = pair_caption(left, right)
+    objects: tuple[Attrs, ...] = ((*left, None), (*right, None))
+    return img, (caption, objects), caption, caption
+
+
+def _near_miss_items(
+    rng: np.random.Generator, caption: str, k: int, cfg: TrainConfig
+) -> list[tuple[Image.Image, ImageLabel, str, TextLabel]]:
+    """``k`` two-object scenes one hard change away from ``caption``'s scene, each rendered.
+
+    In the same batch they are the contrastive loss's hard negatives: the scene's left/
+    right swap and scenes with one shape or colour changed
+    (:func:`mmsearch.training.itm_data.near_misses`).
+    """
+    from mmsearch.training.augment import augmented_pair
+    from mmsearch.training.itm_data import Pair, near_misses
+
+    left, right = caption.removeprefix("a ").split(" to the left of a ")
+    base = Pair(tuple(left.split()), tuple(right.split()))  # type: ignore[arg-type]
+    out = []
+    for scene in near_misses(rng, base, k, cfg.shape_frac):
+        assert isinstance(scene, Pair)
+        size = 128 if rng.random() < 0.75 else int(rng.choice((96, 160, 224)))
+        augment = rng.random() < cfg.augment_frac
+        img = (augmented_pair if augment else render_pair)(rng, scene.left, scene.right, size)
+        out.append(_pair_item(img, scene.left, scene.right))
+    return out
+
+
 def sample_batch(
     rng: np.random.Generator, n: int, image_size: int, cfg: TrainConfig
 ) -> tuple[npt.NDArray[np.uint8], list[str], list[ImageLabel], list[TextLabel]]:
@@ -145,9 +177,15 @@ def sample_batch(
     texts: list[str] = []
     img_labels: list[ImageLabel] = []
     txt_labels: list[TextLabel] = []
+    pending: list[tuple[Image.Image, ImageLabel, str, TextLabel]] = []
     for i in range(n):
-        render_size = 128 if rng.random() < 0.75 else int(rng.choice((96, 160, 224)))
-        img, img_label, text, txt_label = _render(rng, render_size, cfg)
+        if pending:  # a near miss of an earlier scene of this batch
+            img, img_label, text, txt_label = pending.pop(0)
+        else:
+            render_size = 128 if rng.random() < 0.75 else int(rng.choice((96, 160, 224)))
+            img, img_label, text, txt_label = _render(rng, render_size, cfg)
+            if cfg.pair_family > 1 and isinstance(txt_label, str):
+                pending = _near_miss_items(rng, txt_label, min(cfg.pair_family - 1, n - i - 1), cfg)
         if rng.random() < cfg.jpeg_frac:
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=int(rng.integers(60, 96)))
