@@ -158,3 +158,28 @@ def test_train_tiny_runs_on_the_shared_loop(tmp_path: Path) -> None:
     assert result["step"] == 2 and 0.0 <= result["r1"] <= 1.0
     with safe_open(str(out), framework="pt") as fh:
         assert fh.metadata()["trained_steps"] == "2"
+
+
+def test_train_tiny_batches_hold_near_miss_families() -> None:
+    """With ``pair_family`` each two-object scene comes with its near misses, as hard negatives."""
+    import numpy as np
+
+    from mmsearch.training import train_tiny
+
+    cfg = train_tiny.TrainConfig(pair_frac=1.0, pair_family=4, shape_frac=1.0, jpeg_frac=0.0)
+    images, texts, img_labels, txt_labels = train_tiny.sample_batch(
+        np.random.default_rng(0), 12, 64, cfg
+    )
+    assert images.shape == (12, 64, 64, 3) and len(texts) == 12
+    for start in range(0, 12, 4):
+        base, *misses = texts[start : start + 4]
+        parts = base.removeprefix("a ").split(" to the left of a ")
+        assert misses[0] == f"a {parts[1]} to the left of a {parts[0]}"  # left/right swap
+        for miss in misses[1:]:  # shape_frac 1: one shape changed, the colours kept
+            changed = [a != b for a, b in zip(base.split(), miss.split(), strict=True)]
+            assert sum(changed) == 1 and miss.split()[changed.index(True)] in SHAPE_WORDS
+    match = train_tiny.match_matrix(img_labels, txt_labels)
+    assert torch.equal(match, torch.eye(12))  # a near miss is no positive of its family
+
+
+SHAPE_WORDS = {"circle", "square", "triangle", "star"}

@@ -137,3 +137,17 @@ def test_family_pool_run_trains_with_every_check(tmp_path: Path) -> None:
     assert 0.0 <= first["all"] <= 1.0
     scorer = ItmScorer.load(str(tmp_path / "a"), device="cpu")
     assert not any(k.startswith(("slot_head", "object_head")) for k in scorer.model.state_dict())
+
+
+def test_shape_swaps_join_negatives_and_families() -> None:
+    from mmsearch.training.itm_data import caption, hard_negatives, shape_swap
+
+    assert caption(shape_swap(SCENE)) == "a red square to the left of a blue circle"  # type: ignore[arg-type]
+    assert shape_swap(Pair(("red", "star"), ("blue", "star"))) is None
+    rng = np.random.default_rng(0)
+    fam = near_misses(rng, SCENE, 3, shape_frac=0.5, shape_swaps=True)
+    assert fam[:2] == [side_swap(SCENE), shape_swap(SCENE)]
+    drawn = [n for _ in range(100) for n in hard_negatives(rng, SCENE, 3, 1.0, 0.0, 1.0, 0.5, True)]
+    kinds = {colour_swap(SCENE), side_swap(SCENE), shape_swap(SCENE)}
+    assert set(drawn) == kinds  # swap share 1: only the three swaps
+    assert shape_swap(SCENE) not in hard_negatives(rng, SCENE, 2, 1.0, 0.0, 1.0)  # off by default

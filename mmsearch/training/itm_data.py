@@ -78,6 +78,17 @@ def colour_swap(scene: Pair) -> Pair | None:
     return Pair((scene.right[0], scene.left[1]), (scene.left[0], scene.right[1]))
 
 
+def shape_swap(scene: Pair) -> Pair | None:
+    """The two objects' shapes exchanged, colours kept; ``None`` when both have the same shape.
+
+    The same words as the caption in another order, which a dual encoder cannot tell
+    apart: only *which shape is where* differs.
+    """
+    if scene.left[1] == scene.right[1]:
+        return None
+    return Pair((scene.left[0], scene.right[1]), (scene.right[0], scene.left[1]))
+
+
 def side_swap(scene: Pair) -> Pair:
     """The objects exchanged left/right."""
     return Pair(scene.right, scene.left)
@@ -120,11 +131,13 @@ def hard_negatives(
     easy: float = 0.125,
     swap: float = 0.7,
     shape_frac: float = 0.5,
+    shape_swaps: bool = False,
 ) -> list[Scene]:
     """``k`` distinct scenes that differ from ``scene``, mostly by one hard change.
 
     Two-object scenes draw from colour swap and left/right swap (together a share
-    ``swap`` of the hard negatives, half each) and one attribute changed; single
+    ``swap`` of the hard negatives, half each; a third each with ``shape_swaps``, the
+    third being the shape swap) and one attribute changed; single
     objects from one attribute changed (for two objects a shape with probability
     ``shape_frac``, else a colour). A share ``easy`` is a random scene instead, so
     easy negatives are seen too.
@@ -137,6 +150,8 @@ def hard_negatives(
         hard = (roll - easy) / (1.0 - easy)  # where ``roll`` falls among the hard kinds
         if roll < easy:
             neg: Scene | None = random_scene(rng, pair_frac)
+        elif isinstance(scene, Pair) and shape_swaps and hard < swap:
+            neg = (colour_swap, side_swap, shape_swap)[min(2, int(3 * hard / swap))](scene)
         elif isinstance(scene, Pair) and hard < swap / 2:
             neg = colour_swap(scene)
         elif isinstance(scene, Pair) and hard < swap:
@@ -148,15 +163,23 @@ def hard_negatives(
     return out
 
 
-def near_misses(rng: np.random.Generator, scene: Scene, k: int, shape_frac: float) -> list[Scene]:
+def near_misses(
+    rng: np.random.Generator, scene: Scene, k: int, shape_frac: float, shape_swaps: bool = False
+) -> list[Scene]:
     """``k`` distinct scenes one hard change away from ``scene``, for a family of images.
 
     A family (a scene drawn together with its near misses) lets training compare one
     caption across images that differ in one detail, which is what text→image
-    re-ranking does: for two objects the left/right swap, then one-attribute changes
-    (a shape with probability ``shape_frac``); for a single object one-attribute changes.
+    re-ranking does: for two objects the left/right swap (and, with ``shape_swaps``, the
+    shape swap), then one-attribute changes (a shape with probability ``shape_frac``);
+    for a single object one-attribute changes.
     """
-    out: list[Scene] = [side_swap(scene)] if isinstance(scene, Pair) else []
+    out: list[Scene] = []
+    if isinstance(scene, Pair):
+        out.append(side_swap(scene))
+        swapped = shape_swap(scene) if shape_swaps else None
+        if swapped is not None:
+            out.append(swapped)
     tries = 0
     while len(out) < k and tries < 50:
         tries += 1

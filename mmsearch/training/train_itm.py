@@ -70,6 +70,7 @@ class ItmTrainConfig:
     family: int = 0  # > 1: the pool holds scenes with family-1 near misses, drawn together
     text_rank_weight: float = 0.0  # weight of the per-caption ranking loss (image vs near misses)
     object_weight: float = 0.0  # weight of the per-object check on the vision tower's patches
+    shape_swaps: int = 0  # 1: shape swaps join the hard negatives and the families
     init: str = ""  # continue from a model folder written by an earlier run
     stop_after: int = 0  # end after this many steps (the schedule still spans ``steps``)
     lr: float = 5e-4
@@ -272,7 +273,14 @@ def _texts(
     for i, scene in enumerate(scenes):
         negs = [k for k in dict.fromkeys(kin[i]) if k != scene] if kin else []
         for neg in hard_negatives(
-            rng, scene, cfg.negatives, cfg.pair_frac, easy, swap, cfg.shape_frac
+            rng,
+            scene,
+            cfg.negatives,
+            cfg.pair_frac,
+            easy,
+            swap,
+            cfg.shape_frac,
+            bool(cfg.shape_swaps),
         ):
             if neg not in negs:
                 negs.append(neg)
@@ -417,7 +425,9 @@ class ScenePool:
         while len(self.scenes) < cfg.pool:
             base = random_scene(rng, cfg.pair_frac)
             members = (
-                [base, *near_misses(rng, base, size - 1, cfg.shape_frac)] if size > 1 else [base]
+                [base, *near_misses(rng, base, size - 1, cfg.shape_frac, bool(cfg.shape_swaps))]
+                if size > 1
+                else [base]
             )
             self.families.append(list(range(len(self.scenes), len(self.scenes) + len(members))))
             self.family_of += [len(self.families) - 1] * len(members)
