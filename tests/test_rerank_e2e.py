@@ -95,8 +95,23 @@ def test_server_rerank_both_directions(pair_index: dict[str, Any]) -> None:
     assert [h["score"] for h in body["results"]] == pytest.approx(
         [h.score for h in library], rel=1e-5
     )
-    built = lib.query().text(row["caption"]).kind("image").rerank(depth=20).limit(3).results()
+    built = lib.query().text(row["caption"]).kind("image").rerank(depth=50).limit(3).results()
     assert [h.id for h in built] == [h.id for h in library]
+    # rerank_blend 0 keeps the first stage's order; 1 is the match probability alone.
+    plain = client.get("/api/search", params={"q": row["caption"], "kind": "image", "k": 3})
+    first_only = client.get(
+        "/api/search",
+        params={"q": row["caption"], "kind": "image", "rerank": "true", "rerank_blend": 0, "k": 3},
+    )
+    assert [h["id"] for h in first_only.json()["results"]] == [
+        h["id"] for h in plain.json()["results"]
+    ]
+    alone = lib.query().text(row["caption"]).kind("image").rerank(blend=1.0).limit(3).results()
+    match_only = client.get(
+        "/api/search",
+        params={"q": row["caption"], "kind": "image", "rerank": "true", "rerank_blend": 1, "k": 3},
+    )
+    assert [h["id"] for h in match_only.json()["results"]] == [h.id for h in alone]
     data = (pair_index["root"] / str(row["file"])).read_bytes()
     res = client.post(
         "/api/search/image",

@@ -101,6 +101,7 @@ def test_get_parameters_validate_as_before() -> None:
     )
     assert not hasattr(p, "other")  # unknown parameters are ignored, as before
     for bad in ({"k": 0}, {"kind": "video"}, {"q": "a" * 2001}, {"alpha": 2}, {"dedup": 0},
-                {"mode": "fuzzy"}, {"offset": -1}, {"rerank_depth": 0}, {"min_match": 1.5}):  # fmt: skip
+                {"mode": "fuzzy"}, {"offset": -1}, {"rerank_depth": 0}, {"min_match": 1.5},
+                {"rerank_blend": -0.1}):  # fmt: skip
         with pytest.raises(ValidationError):
             SearchParams.model_validate(bad)
