@@ -76,7 +76,9 @@ def _objects(scene: int) -> set[tuple[str, str]]:
 
 def test_text_query_reranks_images(scorer: ItmScorer, scene_files: list[Path]) -> None:
     table = _image_candidates(scene_files)
-    out = ItmReranker(scorer, depth=50).rerank(
+    # blend=1: the ITM probability alone (the shipped model recommends a mix with the
+    # first stage, which here ranks the scenes the wrong way round on purpose)
+    out = ItmReranker(scorer, depth=50, blend=1.0).rerank(
         RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table
     )
     assert out.table.num_rows == len(scene_files) and not out.dropped
@@ -86,10 +88,10 @@ def test_text_query_reranks_images(scorer: ItmScorer, scene_files: list[Path]) -
     assert "first_stage_score" in out.table.column_names
     # The first stage ranked the scenes the other way round; the ITM lifts both renderings
     # of the scene itself above its colour swap, its left/right swap, a changed
-    # attribute and an unrelated scene.
+    # attribute and an unrelated scene (all of which it scores close to 0).
     ranked = [_scene_of(u) for u in out.table.column("uri").to_pylist()]
     assert ranked[:2] == [0, 0], ranked
-    assert 4 in ranked[-4:], ranked
+    assert match[1] > 0.5 and match[2] < 0.05, match  # the near misses score far below it
 
 
 def test_image_query_reranks_texts(scorer: ItmScorer, scene_files: list[Path]) -> None:
@@ -106,7 +108,7 @@ def test_image_query_reranks_texts(scorer: ItmScorer, scene_files: list[Path]) -
     for path, scene in ((scene_files[0], 0), (scene_files[4], 4), (scene_files[8], 3)):
         with Image.open(path) as im:
             query = RerankQuery.of_image(im.convert("RGB"))
-        out = ItmReranker(scorer).rerank(query, table)
+        out = ItmReranker(scorer, blend=1.0).rerank(query, table)
         texts = out.table.column("text").to_pylist()
         assert texts.index(captions[scene]) < texts.index(captions[4 if scene != 4 else 0])
         if scene == 4:
