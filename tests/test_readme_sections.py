@@ -132,12 +132,18 @@ def test_rerank_block(readme_cli):
     sample, indexed, query = _run_block("Re-ranking#1", readme_cli.root)
     assert "wrote 40 items" in _ok(sample).stdout
     assert re.search(r"added\s+80\b", _ok(indexed).stdout)
-    scores = [
-        float(s) for s in re.findall(r"^│ +\d+ │ ([01]\.\d{4}) │ image", _ok(query).stdout, re.M)
-    ]
-    min_match = float(query.argv[query.argv.index("--min-match") + 1])
-    assert scores and all(min_match <= s <= 1 for s in scores), query.stdout  # ITM probabilities
+    out = _ok(query).stdout
+    scores = [float(s) for s in re.findall(r"^│ +\d+ │ ([01]\.\d{4}) │ image", out, re.M)]
+    # Scores are the model's blend of match probability and first-stage score, in [0, 1];
+    # --min-match keeps only candidates whose match probability reaches it.
+    assert scores and all(0 <= s <= 1 for s in scores), out
     assert scores == sorted(scores, reverse=True)
+    wanted = query.argv[query.argv.index("query") + 1]
+    rows = [json.loads(line) for line in (readme_cli.root / "pairs" / "catalog.jsonl").open()]
+    exact = {r["file"] for r in rows if r["caption"] == wanted}
+    assert exact, "the README's query names a scene of the sample catalog"
+    top = re.search(r"^│ +1 │ [01]\.\d{4} │ image │ pairs/(\S+)", out, re.M)
+    assert top and top.group(1) in exact, out  # the exact scene first
 
 
 # ----------------------------------------------------------------------------- deploying

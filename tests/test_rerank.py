@@ -266,3 +266,18 @@ def test_a_model_folder_can_recommend_its_blend(scorer: ItmScorer, tmp_path: Pat
         (local / RERANK_DEFAULTS_FILE).write_text(bad)
         with pytest.raises(RerankModelError, match="mmsearch_rerank.json"):
             ItmScorer.load(str(local), device="cpu")
+
+
+def test_pipeline_stage_returns_match_probabilities(
+    scorer: ItmScorer, scene_files: list[Path]
+) -> None:
+    """The pipeline mixes once: its ITM stage scores by match alone, whatever the model recommends."""
+    from mmsearch.rerank.pipeline import ItmStageReranker
+    from mmsearch.search.types import Query, QueryTerm
+
+    assert scorer.default_blend is not None  # the shipped model recommends a blend
+    stage = ItmStageReranker(scorer)
+    query = Query(terms=(QueryTerm(1.0, "text", pair_caption(*RED_CIRCLE_BLUE_SQUARE)),))
+    out = stage.rerank(query, _image_candidates(scene_files)).to_pydict()
+    assert out["score"] == pytest.approx(out["match"])
+    assert stage.default_blend == scorer.default_blend

@@ -1,10 +1,12 @@
 """What the shipped re-ranker adds on held-out two-object scenes: it reads which object is where.
 
-A dual encoder (the shipped mmsearch-tiny) embeds image and caption apart, so a scene's
-caption and its colour-swapped or left/right-swapped caption score almost alike. The
-ITM model (the shipped mmsearch-tiny-itm) reads them jointly. 200 two-object scenes
-from the catalog generator with a seed that training never used; for each, the
-caption against its colour swap and its left/right swap, scored by both models.
+A dual encoder embeds image and caption apart; the ITM model (the shipped
+mmsearch-tiny-itm) reads them jointly. 200 two-object scenes from the catalog
+generator with a seed that training never used; for each, the caption against its
+colour swap, its left/right swap and its shape swap (the same words in another
+order), scored by both models. The shipped mmsearch-tiny learned much of this from
+near-miss training too, so the re-ranker must be near perfect *and* no worse than it.
+Below: the acceptance line, caption R@1 of the first stage alone vs re-ranked.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mmsearch.imageio import load_image
 from mmsearch.models import ModelSpec, load_encoder
 from mmsearch.models.preprocess import fit_square
 from mmsearch.rerank.itm import ItmScorer
-from mmsearch.training.itm_data import Pair, caption, colour_swap, side_swap
+from mmsearch.training.itm_data import Pair, caption, colour_swap, shape_swap, side_swap
 
 HELD_OUT_SEED = 271828  # training draws its scenes from seeds 0 and 1, its check from 999
 N_IMAGES = 200
@@ -46,7 +48,7 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     image_embeds = scorer.encode_images(images)
     out: dict[str, Any] = {}
-    for kind, swap in (("colour", colour_swap), ("side", side_swap)):
+    for kind, swap in (("colour", colour_swap), ("side", side_swap), ("shape", shape_swap)):
         pairs = [(i, _objects(row["caption"])) for i, row in enumerate(rows)]
         pairs = [(i, scene, swap(scene)) for i, scene in pairs if swap(scene) is not None]
         idx = [i for i, _, _ in pairs]
@@ -62,12 +64,12 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["colour", "side"])
+@pytest.mark.parametrize("kind", ["colour", "side", "shape"])
 def test_the_reranker_tells_a_scene_from_its_swap(scores: dict[str, Any], kind: str) -> None:
     got = scores[kind]
     assert got["n"] >= 150, got
-    assert got["itm"] >= 0.9, got
-    assert got["itm"] >= got["first"] + 0.25, got  # the dual encoder is close to a coin toss
+    assert got["itm"] >= 0.95, got
+    assert got["itm"] >= got["first"], got
 
 
 RECALL_SEED = 314159  # a held-out two-object catalog of its own (training never drew it)

@@ -79,7 +79,9 @@ class ItmStageReranker:
 
     def rerank(self, query: Any, candidates: pa.Table) -> pa.Table:
         """Scores every candidate row it is given (the stage has cut them to the depth)."""
-        reranker = ItmReranker(self.scorer, depth=max(1, candidates.num_rows))
+        # blend 1: the match probability alone; the pipeline's stage applies min_match
+        # and the mix with the retrieval score (the query's blend, else default_blend).
+        reranker = ItmReranker(self.scorer, depth=max(1, candidates.num_rows), blend=1.0)
         outcome = reranker.rerank(rerank_query_from_terms(query.terms), self._with_stat(candidates))
         self._local.dropped = outcome.dropped
         return outcome.table
