@@ -37,7 +37,7 @@ import faiss  # noqa: E402
 
 from benchmarks import ann_scale  # noqa: E402
 from benchmarks.datasets import SyntheticSpec, generate  # noqa: E402
-from mmsearch.ann import VectorIndex  # noqa: E402
+from mmsearch.ann import VectorIndex, choose_index_params  # noqa: E402
 
 K = 10
 
@@ -179,18 +179,21 @@ def bench_ours(
     shutil.rmtree(directory, ignore_errors=True)
     shutil.rmtree(work / "ours-incremental", ignore_errors=True)
     t0 = time.perf_counter()
-    if args.streamed:  # from the data file in chunks: the float matrix is never in RAM
-        built = VectorIndex.build_streamed(
-            ann_scale.iter_rows(args.data_path), directory, seed=args.seed,
-            target_recall=args.target_recall, refine_dtype=args.refine_dtype,
-        )
-    else:
-        ids = np.arange(len(x), dtype=np.int64)
-        built = VectorIndex.build(
-            np.asarray(x), ids, seed=args.seed, target_recall=args.target_recall, refine_dtype=args.refine_dtype
-        )
-    if getattr(args, "cross_tune", None) is not None:  # cross-modal queries: tune their own profile
-        built.tune_profile("cross", args.cross_tune, target_recall=args.target_recall)
+    with ann_scale.PeakMemory() as build_memory:
+        if args.streamed:  # from the data file in chunks: the float matrix is never in RAM
+            built = VectorIndex.build_streamed(
+                ann_scale.iter_rows(args.data_path), directory, seed=args.seed,
+                target_recall=args.target_recall, refine_dtype=args.refine_dtype,
+                quantizer=args.quantizer,
+            )
+        else:
+            ids = np.arange(len(x), dtype=np.int64)
+            built = VectorIndex.build(
+                np.asarray(x), ids, seed=args.seed, target_recall=args.target_recall,
+                refine_dtype=args.refine_dtype, quantizer=args.quantizer,
+            )
+        if getattr(args, "cross_tune", None) is not None:  # cross-modal queries: tune their own profile
+            built.tune_profile("cross", args.cross_tune, target_recall=args.target_recall)
     build = time.perf_counter() - t0
     profile = "cross" if getattr(args, "cross_tune", None) is not None else None
     build_peak_rss = ann_scale.peak_rss_bytes()
@@ -226,6 +229,7 @@ def bench_ours(
         "load_s": load,
         "rss_anon_bytes_per_vector_after_load": anon_per_vector,
         "peak_rss_bytes_after_build": build_peak_rss,
+        "build_memory": build_memory.as_dict(),
         "disk_bytes_per_vector": ann_scale.dir_bytes(directory) / len(x),
         "refine_dtype": args.refine_dtype,
         "incremental_add_1pct": ann_scale.incremental_add(index, SyntheticSpec(d=args.d, seed=args.seed), len(x), work)
@@ -356,7 +360,7 @@ def bench_lancedb(
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    ours = rows[1]
+    ours = next((r for r in rows if r["name"].startswith("mmsearch")), rows[0])
     head = "| index | build s | B/vector in RAM | recall@1 | recall@10 | p50 ms | p99 ms | batched QPS | p50 vs ours | QPS: ours / this |\n"
     head += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     lines = []
@@ -380,11 +384,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--skip-lancedb", action="store_true")
+    ap.add_argument("--skip-ours", action="store_true",
+                    help="LanceDB only (e.g. at 10M, after a run of ours): same nlist/m as ours "
+                    "would choose, tuned to --match-recall")
+    ap.add_argument("--match-recall", type=float, default=None,
+                    help="--skip-ours: the recall@10 our index reached in its own run")
     ap.add_argument("--streamed", action="store_true",
                     help="larger than RAM: data generated to disk, exact truth by a blocked scan for "
                     "--flat-queries queries, our index built with build_streamed (default above 2M rows)")
     ap.add_argument("--flat-queries", type=int, default=200, help="--streamed: queries with exact ground truth")
     ap.add_argument("--refine-dtype", choices=["float32", "float16"], default="float32")
+    ap.add_argument("--quantizer", choices=["auto", "flat", "hnsw"], default="auto",
+                    help="IVF-PQ coarse quantizer (auto: HNSW from 8,192 lists up)")
     ap.add_argument("--quick", action="store_true", help="100k vectors, 300 queries")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mmsearch-ann-bench"))
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
@@ -420,14 +431,22 @@ def main() -> None:
     else:
         flat_row, truth = bench_flat(x, q, min(args.flat_single, len(q)))
     print(f"flat: {flat_row}", flush=True)
-    ours_row, ours_extra = bench_ours(x, q, truth, args.workdir, args)
-    print(f"ours: {ours_row}\n      {ours_extra}", flush=True)
-    rows = [flat_row, ours_row]
-    extra: dict[str, Any] = {"ours": ours_extra}
+    rows = [flat_row]
+    extra: dict[str, Any] = {}
+    if args.skip_ours:
+        if args.match_recall is None:
+            ap.error("--skip-ours needs --match-recall (the recall@10 of our index's run)")
+        chosen = choose_index_params(len(x), args.d)
+        p, want = {"nlist": chosen.nlist, "m": chosen.m}, args.match_recall
+    else:
+        ours_row, ours_extra = bench_ours(x, q, truth, args.workdir, args)
+        print(f"ours: {ours_row}\n      {ours_extra}", flush=True)
+        rows.append(ours_row)
+        extra["ours"] = ours_extra
+        p, want = ours_extra["info"]["params"], ours_row["recall@10"]
     if not args.skip_lancedb:
-        p = ours_extra["info"]["params"]
         lance_row, lance_extra = bench_lancedb(
-            x, q, truth, args.workdir, p["nlist"], p["m"], ours_row["recall@10"], args
+            x, q, truth, args.workdir, p["nlist"], p["m"], want, args
         )
         print(f"lancedb: {lance_row}\n      {lance_extra}", flush=True)
         rows.append(lance_row)

@@ -9,6 +9,7 @@ a sample of queries; our index is built with ``VectorIndex.build_streamed``.
 from __future__ import annotations
 
 import resource
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,56 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class PeakMemory:
+    """Peak memory of this process over a ``with`` block (Linux).
+
+    ``rss``: the kernel's high-water mark of the resident set (VmHWM, reset on entry by
+    writing 5 to /proc/self/clear_refs), file-backed mapped pages included.
+    ``anon`` / ``file``: the largest RssAnon (heap, the process's own memory) and
+    RssFile (mapped file pages: page cache it can give back) seen by a sampler thread
+    every ``interval`` seconds.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.rss = self.anon = self.file = 0
+        self.hwm_reset = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.anon = max(self.anon, _status_kib("RssAnon") * 1024)
+            self.file = max(self.file, _status_kib("RssFile") * 1024)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.hwm_reset = True
+        except OSError:  # older kernels / restricted /proc: VmHWM then covers the whole run
+            self.hwm_reset = False
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.rss = _status_kib("VmHWM") * 1024
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"peak_rss_bytes": self.rss, "peak_rss_anon_bytes": self.anon,
+                "peak_rss_file_bytes": self.file, "hwm_reset": self.hwm_reset}
+
+
 def dir_bytes(path: Path) -> int:
     """Bytes of the regular files under ``path`` (hard links counted once)."""
     seen: set[int] = set()
@@ -40,17 +91,18 @@ def dir_bytes(path: Path) -> int:
 
 
 def ensure_data(spec: SyntheticSpec, n: int, work: Path) -> Path:
-    """The base set as ``data-<n>x<d>-s<seed>.npy``, generated chunk-wise once."""
+    """The base set as ``data-<n>x<d>-s<seed>.npy``, generated chunk-wise once (plain
+    writes: a writable memory map would keep the written pages in this process's RSS)."""
     path = work / f"data-{n}x{spec.d}-s{spec.seed}.npy"
     if not path.exists():
         tmp = path.with_suffix(".tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, spec.d))
-        step = 1 << 20
-        for start in range(0, n, step):  # one generate() call per 1M rows: bounded memory
-            m = min(step, n - start)
-            out[start : start + m] = _stream_slice(spec, start, m)
-            out.flush()
-        del out
+        header = {"descr": "<f4", "fortran_order": False, "shape": (n, spec.d)}
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            step = 1 << 20
+            for start in range(0, n, step):  # one generate() call per 1M rows: bounded memory
+                m = min(step, n - start)
+                f.write(np.ascontiguousarray(_stream_slice(spec, start, m), "<f4").tobytes())
         tmp.rename(path)
     return path
 

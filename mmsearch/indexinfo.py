@@ -75,7 +75,13 @@ def ann_info(manifest: dict[str, Any]) -> dict[str, Any]:
         needs_retrain = meta.get("requested_type") == "auto" and n >= FLAT_THRESHOLD
     else:
         ram = estimate_ivfpq_bytes(
-            n, params.d, params.nlist, params.m, opq=params.opq, nbits=params.nbits
+            n,
+            params.d,
+            params.nlist,
+            params.m,
+            opq=params.opq,
+            nbits=params.nbits,
+            quantizer=params.quantizer,
         )
         needs_retrain = retrain_due(
             int(meta.get("trained_n", n)), int(meta.get("added_since_train", 0))
@@ -90,6 +96,7 @@ def ann_info(manifest: dict[str, Any]) -> dict[str, Any]:
             "nbits": params.nbits,
             "opq": params.opq,
             "train_size": params.train_size,
+            "quantizer": params.quantizer,
         },
         "nprobe": int(manifest.get("nprobe", 0)),
         "refine": int(manifest.get("refine", 0)),

@@ -106,10 +106,11 @@ class VectorIndex:
         memory_budget_bytes: int | None = None,
         opq: bool = False,
         refine_dtype: str = "float32",
+        quantizer: Literal["auto", "flat", "hnsw"] = "auto",
     ) -> VectorIndex:
         """Build (train, fill and tune) an index over ``vectors`` (n, d), L2-normalised,
         with unique non-negative ``ids``. ``use_gpu=None`` uses a GPU when FAISS sees one.
-        ``memory_budget_bytes`` and ``opq`` go to ``choose_index_params``;
+        ``memory_budget_bytes``, ``opq`` and ``quantizer`` go to ``choose_index_params``;
         ``refine_dtype="float16"`` stores the refine vectors at half size.
 
         Raises ``BadQueryError`` for invalid input.
@@ -125,10 +126,11 @@ class VectorIndex:
             memory_budget_bytes=memory_budget_bytes,
             index_type=index_type,
             opq=opq,
+            quantizer=quantizer,
         )
         _check_dtype(refine_dtype)
         store = VectorStore.from_arrays(vectors, ids, dtype=refine_dtype)
-        meta = _build_meta(index_type, target_recall, seed, memory_budget_bytes, opq)
+        meta = _build_meta(index_type, target_recall, seed, memory_budget_bytes, opq, quantizer)
         return cls._from_store(store, params, meta, use_gpu=use_gpu)
 
     @classmethod
@@ -143,6 +145,7 @@ class VectorIndex:
         use_gpu: bool | None = None,
         opq: bool = False,
         refine_dtype: str = "float32",
+        quantizer: Literal["auto", "flat", "hnsw"] = "auto",
     ) -> VectorIndex:
         """Build from (vectors, ids) chunks without holding all vectors in RAM.
 
@@ -160,8 +163,10 @@ class VectorIndex:
         store, files, root = streamed_store(chunks, Path(directory), refine_dtype)
         if store.n_live == 0:
             raise BadQueryError("cannot build an index from no rows")
-        params = choose_index_params(store.n_live, store.d, index_type=index_type, opq=opq)
-        meta = _build_meta(index_type, target_recall, seed, None, opq)
+        params = choose_index_params(
+            store.n_live, store.d, index_type=index_type, opq=opq, quantizer=quantizer
+        )
+        meta = _build_meta(index_type, target_recall, seed, None, opq, quantizer)
         out = cls._from_store(store, params, meta, use_gpu=use_gpu)
         out._files, out._files_dir = files, root
         return out
@@ -255,7 +260,9 @@ class VectorIndex:
         with self._rw.read():
             return self._store.lookup(np.asarray(ids, dtype=np.int64))
 
-    def tune_profile(self, name: str, queries: F32, *, target_recall: float | None = None) -> dict[str, Any]:
+    def tune_profile(
+        self, name: str, queries: F32, *, target_recall: float | None = None
+    ) -> dict[str, Any]:
         """Tunes nprobe/refine for queries unlike the stored rows and keeps them as ``name``.
 
         Tuning at build uses stored rows as queries. Queries from another modality (text
@@ -266,7 +273,9 @@ class VectorIndex:
         q = check_queries(queries, self._params.d)
         if self._params.index_type == "flat" or len(q) == 0:
             return {}
-        target = float(self._meta.get("target_recall", 0.95) if target_recall is None else target_recall)
+        target = float(
+            self._meta.get("target_recall", 0.95) if target_recall is None else target_recall
+        )
         with self._rw.read():
             tuned = tune_on_queries(
                 self._index,
@@ -276,7 +285,12 @@ class VectorIndex:
                 q,
                 target,
             )
-        result = {"nprobe": tuned.nprobe, "refine": tuned.refine, "recall_at_10": tuned.recall, "queries": len(q)}
+        result = {
+            "nprobe": tuned.nprobe,
+            "refine": tuned.refine,
+            "recall_at_10": tuned.recall,
+            "queries": len(q),
+        }
         with self._mutate:
             self._meta.setdefault("profiles", {})[name] = result
         return result
@@ -354,6 +368,7 @@ class VectorIndex:
             memory_budget_bytes=self._meta.get("memory_budget_bytes"),
             index_type=requested,
             opq=bool(self._meta.get("opq", False)),
+            quantizer=self._meta.get("quantizer", "auto"),
         )
         # Searches keep using the old index while the new one trains.
         fresh = VectorIndex._from_store(
@@ -370,7 +385,21 @@ class VectorIndex:
         """A memory-mapped FAISS index is read-only (mutating it aborts the process):
         copy it into RAM before the first add/remove."""
         if self._index_readonly_mmap:
-            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+            entry = self._files.get("index")
+            path = (
+                None
+                if entry is None or self._files_dir is None
+                else self._files_dir / entry["name"]
+            )
+            fresh = None
+            if path is not None:  # one read of the file, not a serialised copy of the map
+                try:
+                    fresh = faiss.read_index(str(path))
+                except RuntimeError:  # collected by another writer's save since we mapped it
+                    fresh = None
+            if fresh is None or fresh.ntotal != self._index.ntotal:
+                fresh = faiss.deserialize_index(faiss.serialize_index(self._index))
+            self._index = fresh
             self._index_readonly_mmap = False
 
     # --------------------------------------------------------------- persist
@@ -404,7 +433,6 @@ class VectorIndex:
             mmap=mmap,
         )
 
-
     # ------------------------------------------------------------------ info
 
     @property
@@ -415,7 +443,9 @@ class VectorIndex:
         if p.index_type == "flat":
             ram = estimate_flat_bytes(n, p.d)
         else:
-            ram = estimate_ivfpq_bytes(n, p.d, p.nlist, p.m, opq=p.opq, nbits=p.nbits)
+            ram = estimate_ivfpq_bytes(
+                n, p.d, p.nlist, p.m, opq=p.opq, nbits=p.nbits, quantizer=p.quantizer
+            )
         return {
             "type": p.index_type,
             "n": n,
@@ -426,6 +456,7 @@ class VectorIndex:
                 "nbits": p.nbits,
                 "opq": p.opq,
                 "train_size": p.train_size,
+                "quantizer": p.quantizer,
             },
             "nprobe": self._nprobe,
             "refine": self._refine,
@@ -460,7 +491,12 @@ def _check_dtype(refine_dtype: str) -> None:
 
 
 def _build_meta(
-    index_type: str, target_recall: float, seed: int, memory_budget_bytes: int | None, opq: bool
+    index_type: str,
+    target_recall: float,
+    seed: int,
+    memory_budget_bytes: int | None,
+    opq: bool,
+    quantizer: str = "auto",
 ) -> dict[str, Any]:
     return {
         "requested_type": index_type,
@@ -468,6 +504,7 @@ def _build_meta(
         "seed": int(seed),
         "memory_budget_bytes": memory_budget_bytes,
         "opq": bool(opq),
+        "quantizer": quantizer,
     }
 
 
