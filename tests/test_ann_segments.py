@@ -125,3 +125,19 @@ def test_reader_keeps_working_after_its_files_are_collected(tmp_path: Path) -> N
     _, exact = reader.search(x[:20], 1, exact=True)  # sequential reads of unlinked files
     np.testing.assert_array_equal(exact[:, 0], ids[:20])
     assert len(VectorIndex.load(tmp_path / "g2")) == 3010
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_large_gathers_read_the_file_and_match_the_map(tmp_path: Path, dtype: str) -> None:
+    from mmsearch.ann.segment import GATHER_PREAD_MIN, Segment, write_segment
+
+    n, d = 3 * GATHER_PREAD_MIN, 16
+    x = np.random.default_rng(4).normal(size=(n, d)).astype(np.float32)
+    ids = np.arange(n, dtype=np.int64) * 3
+    vpath, ipath = tmp_path / "v.bin", tmp_path / "i.i64"
+    write_segment(vpath, ipath, [(x[: n // 2], ids[: n // 2]), (x[n // 2 :], ids[n // 2 :])], dtype)
+    seg = Segment.open(vpath, ipath, n, d, dtype)
+    rows = np.random.default_rng(5).integers(0, n, size=GATHER_PREAD_MIN + 7)  # unsorted, repeats
+    expect = x.astype(dtype).astype(np.float32)
+    np.testing.assert_array_equal(seg.gather(rows), expect[rows])  # pread path
+    np.testing.assert_array_equal(seg.gather(rows[:50]), expect[rows[:50]])  # map path
