@@ -273,6 +273,7 @@ def bench_lancedb(
     for start in range(step, len(x), step):
         table.add(batch(start, min(start + step, len(x))))
     write_s = time.perf_counter() - t0
+    print(f"lancedb: table of {len(x)} rows written in {write_s:.1f} s", flush=True)
     t0 = time.perf_counter()
     table.create_index(
         "vector",
@@ -285,6 +286,7 @@ def bench_lancedb(
         ),
     )
     index_s = time.perf_counter() - t0
+    print(f"lancedb: IVF_PQ index built in {index_s:.1f} s", flush=True)
 
     def search_one(qq: np.ndarray, nprobes: int, refine: int) -> np.ndarray:
         r = (
@@ -332,6 +334,7 @@ def bench_lancedb(
             dt = time.perf_counter() - t0
             rec = recall_at(found, tune_t, K)
             tried.append({"nprobes": nprobes, "refine": refine, "recall@10": rec, "batch_s": dt})
+            print(f"lancedb: tuning {tried[-1]}", flush=True)
             if rec >= want_recall:
                 if best is None or dt < best["batch_s"]:
                     best = tried[-1]
