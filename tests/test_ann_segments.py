@@ -139,5 +139,6 @@ def test_large_gathers_read_the_file_and_match_the_map(tmp_path: Path, dtype: st
     seg = Segment.open(vpath, ipath, n, d, dtype)
     rows = np.random.default_rng(5).integers(0, n, size=GATHER_PREAD_MIN + 7)  # unsorted, repeats
     expect = x.astype(dtype).astype(np.float32)
-    np.testing.assert_array_equal(seg.gather(rows), expect[rows])  # pread path
-    np.testing.assert_array_equal(seg.gather(rows[:50]), expect[rows[:50]])  # map path
+    np.testing.assert_array_equal(seg.gather(rows, bulk=True), expect[rows])  # pread path
+    np.testing.assert_array_equal(seg.gather(rows), expect[rows])  # map path
+    np.testing.assert_array_equal(seg.gather(rows[:50], bulk=True), expect[rows[:50]])

@@ -41,7 +41,7 @@ def check_dtype(dtype: str) -> np.dtype[np.floating]:
 
 
 GATHER_PREAD_MIN = 4096
-"""``Segment.gather`` reads this many rows or more with ``pread`` instead of the map."""
+"""``Segment.gather(bulk=True)`` reads this many rows or more with ``pread``, not the map."""
 
 
 class Segment:
@@ -111,17 +111,19 @@ class Segment:
             hit &= ~self.dead[rows]
         return rows, hit
 
-    def gather(self, rows: npt.NDArray[np.intp]) -> F32:
+    def gather(self, rows: npt.NDArray[np.intp], *, bulk: bool = False) -> F32:
         """float32 vectors of ``rows`` (read in ascending row order).
 
-        Few rows (a query's candidates) come from the memory map. Many rows (a training
-        sample) are read with one ``pread`` each: faulting them in through the map would
-        also map the neighbouring pages the kernel faults around each one (64 KiB), and
-        a 6 % sample of a 10 GB segment would then hold the whole file in the resident set.
+        Rows come from the memory map (query candidates: the fastest path once the
+        pages are cached). ``bulk=True`` (a one-off read of a large sample, e.g. for
+        training) reads them with one ``pread`` each when there are at least
+        ``GATHER_PREAD_MIN``: faulting them in through the map would also map the pages
+        the kernel faults around each one (64 KiB), and a 6 % sample of a 10 GB segment
+        would then hold the whole file in the process's resident set.
         """
         order = np.argsort(rows)
         out = np.empty((len(rows), self.d), np.float32)
-        if self._fd is None or len(rows) < GATHER_PREAD_MIN:
+        if not bulk or self._fd is None or len(rows) < GATHER_PREAD_MIN:
             out[order] = self.vectors[rows[order]]
             return out
         row_bytes = self.d * self.vectors.dtype.itemsize

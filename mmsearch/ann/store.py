@@ -105,15 +105,16 @@ class VectorStore:
             hit |= seg.positions(ids)[1]
         return hit
 
-    def lookup(self, ids: I64) -> tuple[F32, npt.NDArray[np.bool_]]:
-        """float32 vectors of ``ids`` (any shape, flattened) and a found mask; missing rows are 0."""
+    def lookup(self, ids: I64, *, bulk: bool = False) -> tuple[F32, npt.NDArray[np.bool_]]:
+        """float32 vectors of ``ids`` (any shape, flattened) and a found mask; missing rows
+        are 0. ``bulk=True`` for one-off large reads (see ``Segment.gather``)."""
         flat = np.asarray(ids, np.int64).ravel()
         out = np.zeros((len(flat), self.d), np.float32)
         found = np.zeros(len(flat), bool)
         for seg in self.all_segments:
             rows, hit = seg.positions(flat)
             if hit.any():
-                out[hit] = seg.gather(rows[hit])
+                out[hit] = seg.gather(rows[hit], bulk=bulk)
                 found |= hit
         return out, found
 

@@ -290,7 +290,7 @@ def tune_on_stored_rows(
     truth = np.stack([row[row != qid][:TUNE_K] for row, qid in zip(gt, qids, strict=True)])
 
     def rescore(qs: F32, cand: I64) -> tuple[F32, I64]:
-        vecs, found = store.lookup(cand)
+        vecs, found = store.lookup(cand, bulk=True)  # ~80k rows per call at build time
         vecs = vecs.reshape(cand.shape[0], cand.shape[1], -1)
         s = np.einsum("qcd,qd->qc", vecs, qs).astype(np.float32)
         ok = found.reshape(cand.shape) & (cand >= 0)
@@ -346,7 +346,7 @@ def build_index_structure(
         rng = np.random.default_rng(seed)
         live = store.live_ids()
         train_ids = np.sort(rng.choice(live, size=min(params.train_size, n), replace=False))
-        xt, _ = store.lookup(train_ids)
+        xt, _ = store.lookup(train_ids, bulk=True)
         index = train_ivfpq(xt, params, seed=seed, use_gpu=use_gpu)
         del xt
         lap("train")
