@@ -322,12 +322,13 @@ def bench_lancedb(
         return out
 
     # Tune: for each refine factor, the smallest nprobes reaching our recall@10 on the
-    # same queries; keep the fastest of those (batched time).
+    # same queries (doubling nprobes stops once recall stops growing: the refine factor
+    # caps it); keep the fastest of those (batched time).
     tune_q, tune_t = q[: args.tune_queries], truth[: args.tune_queries]
     tried = []
     best = None
     for refine in (1, 2, 4, 8, 16):
-        nprobes = 4
+        nprobes, previous = 4, -1.0
         while nprobes <= nlist:
             t0 = time.perf_counter()
             found = search_batch(tune_q, nprobes, refine)
@@ -339,6 +340,9 @@ def bench_lancedb(
                 if best is None or dt < best["batch_s"]:
                     best = tried[-1]
                 break
+            if rec <= previous + 0.002:  # plateau: this refine factor caps recall, more probes only cost
+                break
+            previous = rec
             nprobes *= 2
     if best is None:
         best = max(tried, key=lambda t: t["recall@10"])

@@ -242,7 +242,13 @@ class VectorIndex:
                     )
                     _, cand = self._gpu_index.search(q, min(n_cand, 2048))
             else:
-                _, cand = self._index.search(q, n_cand, params=search_params(self._index, nprobe_v))
+                _, cand = self._index.search(
+                    q,
+                    n_cand,
+                    params=search_params(
+                        self._index, nprobe_v, hnsw=self._params.quantizer == "hnsw"
+                    ),
+                )
             return self._rescore(q, cand, k)
 
     def _rescore(self, q: F32, cand: I64, k: int) -> tuple[F32, I64]:

@@ -112,7 +112,11 @@ class VectorStore:
         out = np.zeros((len(flat), self.d), np.float32)
         found = np.zeros(len(flat), bool)
         for seg in self.all_segments:
+            if not len(seg):
+                continue
             rows, hit = seg.positions(flat)
+            if hit.all():  # the common case: one segment holds every candidate
+                return seg.gather(rows, bulk=bulk), hit
             if hit.any():
                 out[hit] = seg.gather(rows[hit], bulk=bulk)
                 found |= hit
