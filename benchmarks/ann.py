@@ -324,7 +324,8 @@ def bench_lancedb(
     # Tune: for each refine factor, the smallest nprobes reaching our recall@10 on the
     # same queries (doubling nprobes stops once recall stops growing: the refine factor
     # caps it); keep the fastest of those (batched time).
-    tune_q, tune_t = q[: args.tune_queries], truth[: args.tune_queries]
+    n_tune = min(args.tune_queries, len(truth))  # --streamed: exact truth for a sample only
+    tune_q, tune_t = q[:n_tune], truth[:n_tune]
     tried = []
     best = None
     for refine in (1, 2, 4, 8, 16):
@@ -347,7 +348,7 @@ def bench_lancedb(
     if best is None:
         best = max(tried, key=lambda t: t["recall@10"])
     nprobes, refine = best["nprobes"], best["refine"]
-    found = search_batch(q, nprobes, refine)
+    found = search_batch(q[: len(truth)], nprobes, refine)
     p50, p99 = latency_ms(lambda qq: search_one(qq, nprobes, refine), q, args.single)
     qps = batched_qps(lambda qq: search_batch(qq, nprobes, refine), q)
     config = table.list_indices()[0]
