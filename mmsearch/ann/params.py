@@ -69,10 +69,10 @@ HNSW_QUANTIZER_MIN_NLIST = 8192
 
 At nlist 16,384 x 512 (10M vectors) a flat coarse search reads all 32 MB of centroids
 for every query: 2.3 ms of a single query's time, and assigning 65,536 rows to lists
-(the bulk of building: 10M rows) takes 7.3 s on 2 cores. An HNSW graph (32 links) over
-the same centroids answers the query's top-32 lists in 0.14 ms (efSearch 64, 99.6 % of
-the exact top-32) and assigns the 65,536 rows in 2.4 s (efSearch 32, 99.96 % to the
-same list). At nlist 4,096 (1M vectors) the 8 MB of centroids stay in cache and a
+(the bulk of building: 10M rows) takes 6.5 s on 2 cores. An HNSW graph (32 links) over
+the same centroids answers the query's top-32 lists in 0.1 ms (efSearch 64, 99.6 % of
+the exact top-32) and assigns the 65,536 rows in 1.8 s (efSearch 32, 99.96 % to the
+same list); ``benchmarks/coarse_quantizer.py`` measures it. At nlist 4,096 (1M vectors) the 8 MB of centroids stay in cache and a
 flat scan is fast and exact, so smaller indexes keep it."""
 
 HNSW_M = 32
