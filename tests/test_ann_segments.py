@@ -125,6 +125,10 @@ def test_reader_keeps_working_after_its_files_are_collected(tmp_path: Path) -> N
     _, exact = reader.search(x[:20], 1, exact=True)  # sequential reads of unlinked files
     np.testing.assert_array_equal(exact[:, 0], ids[:20])
     assert len(VectorIndex.load(tmp_path / "g2")) == 3010
+    # Its FAISS file is gone too: the first change copies the mapped index instead.
+    reader.add(vectors(5, seed=11), np.arange(6000, 6005, dtype=np.int64), retrain=False)
+    _, top = reader.search(vectors(5, seed=11), 1)
+    np.testing.assert_array_equal(top[:, 0], np.arange(6000, 6005))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

@@ -392,15 +392,10 @@ class VectorIndex:
         copy it into RAM before the first add/remove."""
         if self._index_readonly_mmap:
             entry = self._files.get("index")
-            path = (
-                None
-                if entry is None or self._files_dir is None
-                else self._files_dir / entry["name"]
-            )
             fresh = None
-            if path is not None:  # one read of the file, not a serialised copy of the map
-                try:
-                    fresh = faiss.read_index(str(path))
+            if entry is not None and self._files_dir is not None:
+                try:  # one read of the file, not a serialised copy of the map
+                    fresh = faiss.read_index(str(self._files_dir / entry["name"]))
                 except RuntimeError:  # collected by another writer's save since we mapped it
                     fresh = None
             if fresh is None or fresh.ntotal != self._index.ntotal:

@@ -72,8 +72,9 @@ for every query: 2.3 ms of a single query's time, and assigning 65,536 rows to l
 (the bulk of building: 10M rows) takes 6.5 s on 2 cores. An HNSW graph (32 links) over
 the same centroids answers the query's top-32 lists in 0.1 ms (efSearch 64, 99.6 % of
 the exact top-32) and assigns the 65,536 rows in 1.8 s (efSearch 32, 99.96 % to the
-same list); ``benchmarks/coarse_quantizer.py`` measures it. At nlist 4,096 (1M vectors) the 8 MB of centroids stay in cache and a
-flat scan is fast and exact, so smaller indexes keep it."""
+same list); ``benchmarks/coarse_quantizer.py`` measures it. At nlist 4,096 (1M vectors)
+the 8 MB of centroids stay in cache and a flat scan is fast and exact, so smaller
+indexes keep it."""
 
 HNSW_M = 32
 """Links per node of the HNSW coarse quantizer (4 bytes each, two per link at level 0)."""
@@ -120,9 +121,9 @@ class IndexParams:
 
 
 def _quantizer_of(value: Any) -> QuantizerType:
-    if value not in ("flat", "hnsw"):
-        raise ValueError(f"unknown coarse quantizer {value!r}")
-    return "hnsw" if value == "hnsw" else "flat"
+    if value == "hnsw" or value == "flat":
+        return value
+    raise ValueError(f"unknown coarse quantizer {value!r}")
 
 
 def is_power_of_two(x: int) -> bool:
@@ -223,7 +224,7 @@ def choose_quantizer(nlist: int, wanted: str = "auto") -> QuantizerType:
         raise BadQueryError(f"quantizer must be 'auto', 'flat' or 'hnsw', got {wanted!r}")
     if wanted == "auto":
         return "hnsw" if nlist >= HNSW_QUANTIZER_MIN_NLIST else "flat"
-    return "hnsw" if wanted == "hnsw" else "flat"
+    return _quantizer_of(wanted)
 
 
 def choose_index_params(

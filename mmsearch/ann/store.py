@@ -109,17 +109,21 @@ class VectorStore:
         """float32 vectors of ``ids`` (any shape, flattened) and a found mask; missing rows
         are 0. ``bulk=True`` for one-off large reads (see ``Segment.gather``)."""
         flat = np.asarray(ids, np.int64).ravel()
-        out = np.zeros((len(flat), self.d), np.float32)
+        out: F32 | None = None  # allocated only when the rows span segments or miss
         found = np.zeros(len(flat), bool)
         for seg in self.all_segments:
             if not len(seg):
                 continue
             rows, hit = seg.positions(flat)
-            if hit.all():  # the common case: one segment holds every candidate
+            if out is None and hit.all():  # the common case: one segment holds every row
                 return seg.gather(rows, bulk=bulk), hit
             if hit.any():
+                if out is None:
+                    out = np.zeros((len(flat), self.d), np.float32)
                 out[hit] = seg.gather(rows[hit], bulk=bulk)
                 found |= hit
+        if out is None:
+            out = np.zeros((len(flat), self.d), np.float32)
         return out, found
 
     # ---- mutation (the caller holds the index's write lock) -----------------

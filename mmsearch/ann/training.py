@@ -195,7 +195,9 @@ def search_params(
     searches with different nprobe are safe). ``hnsw``: whether the coarse quantizer is
     an HNSW graph, when the caller knows (else it is looked up, ~10 us)."""
     ivf_params = faiss.SearchParametersIVF(nprobe=int(nprobe))
-    if _has_hnsw_quantizer(index) if hnsw is None else hnsw:
+    if hnsw is None:
+        hnsw = _has_hnsw_quantizer(index)
+    if hnsw:
         hnsw = faiss.SearchParametersHNSW()
         hnsw.efSearch = max(HNSW_EF_SEARCH_MIN, 2 * int(nprobe))
         ivf_params.quantizer_params = hnsw
