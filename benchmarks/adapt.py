@@ -87,7 +87,7 @@ def label_accuracy(args: argparse.Namespace, work: Path) -> None:
 
     from mmsearch.labels import LabelSet, label_index
     from mmsearch.models import load_encoder
-    from mmsearch.storage import ItemStore
+    from mmsearch.storage.table import ItemStore
 
     encoder = load_encoder(ModelSpec("mmsearch-tiny"), device="cpu")
     catalog = generate_catalog(work / "catalog", n=args.n, seed=args.seed)

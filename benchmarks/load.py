@@ -4,7 +4,7 @@
 
 Generates a seeded catalog, indexes it with mmsearch-tiny when its weights file
 exists (else the tests' fake encoder; ``--encoder`` forces one), starts
-``mmsearch.server`` under uvicorn in a *separate process* on 127.0.0.1 (so the
+``mmsearch.serve.app`` under uvicorn in a *separate process* on 127.0.0.1 (so the
 load generator does not share the server's GIL), then runs each concurrency level
 for ``--duration`` seconds (at most ``--max-requests`` requests): N threads, each
 with its own keep-alive httpx client, send ``GET /api/search?q=...&k=10`` back to
@@ -48,7 +48,7 @@ def _serve(index_dir: str, port: int, which: str) -> None:
     """Server-process entry point."""
     import uvicorn
 
-    from mmsearch.server import ServerConfig, create_app
+    from mmsearch.serve.app import ServerConfig, create_app
 
     app = create_app(
         ServerConfig(index_dir=Path(index_dir), encoder=_make_encoder(which), device="cpu")

@@ -55,7 +55,8 @@ def build(index_dir: Path, n: int, seed: int) -> list[dict[str, Any]]:
 
     from mmsearch.models import load_encoder
     from mmsearch.models.spec import ModelSpec
-    from mmsearch.storage import ItemStore, make_rows
+    from mmsearch.storage.schema import make_rows
+    from mmsearch.storage.table import ItemStore
 
     rows = catalog_rows(n, seed)
     for row in rows:

@@ -92,7 +92,9 @@ def build_big_index(work: Path, demo_index: Path, n: int, seed: int) -> Path:
     from mmsearch.indexer.ann_build import build_ann
 
     from benchmarks.datasets import SyntheticSpec, generate
-    from mmsearch.storage import ItemStore, index_write_lock, make_rows
+    from mmsearch.storage.locks import index_write_lock
+    from mmsearch.storage.schema import make_rows
+    from mmsearch.storage.table import ItemStore
 
     index_dir = work / f"big-{n}-idx"
     if (index_dir / "snapshot.json").is_file():
@@ -329,7 +331,7 @@ def _new_images(work: Path, tag: str, n: int, seed: int) -> Path:
 def run_config(
     args: argparse.Namespace, work: Path, name: str, source_index: Path, workers: int
 ) -> dict[str, Any]:
-    from mmsearch.storage import ItemStore
+    from mmsearch.storage.table import ItemStore
 
     tag = f"{name}-w{workers}"
     index_dir = work / f"run-{tag}"

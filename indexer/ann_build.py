@@ -2,7 +2,7 @@
 
 One :class:`mmsearch.ann.VectorIndex` per kind (image, text), each matching the table
 at one version, and the table's full-text index brought up to date first (see
-:meth:`mmsearch.storage.ItemStore.update_lexical_index`). When the previous snapshot holds a trained IVF-PQ index, the rows
+:meth:`mmsearch.storage.table.ItemStore.update_lexical_index`). When the previous snapshot holds a trained IVF-PQ index, the rows
 that changed since its table version are removed/added in place (no retraining);
 the index retrains by itself once the rows added since training exceed
 ``RETRAIN_GROWTH_RATIO`` × the rows it was trained on, and ``retrain=True`` (``mmsearch
@@ -29,9 +29,10 @@ import numpy.typing as npt
 from mmsearch.errors import MMSearchError
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
-from mmsearch.rowsfile import rows_file_name, write_rows_file
-from mmsearch.snapshot import ANN_DIRNAME, Snapshot, read_snapshot, write_snapshot
-from mmsearch.storage import ItemStore, fixed_list_to_numpy, sql_quote
+from mmsearch.storage.rowsfile import rows_file_name, write_rows_file
+from mmsearch.storage.schema import fixed_list_to_numpy, sql_quote
+from mmsearch.storage.snapshot import ANN_DIRNAME, Snapshot, read_snapshot, write_snapshot
+from mmsearch.storage.table import ItemStore
 
 KINDS = ("image", "text")
 #: Cross-modal tuning sample size (text queries against images, and back).

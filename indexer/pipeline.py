@@ -35,13 +35,15 @@ from mmsearch.indexer.sources import check_sources, is_text_collection, remove_i
 from mmsearch.indexer.textindex import index_texts
 from mmsearch.indexer.writer import BatchWriter
 
-from mmsearch.itemmeta import FILE_KEY
 from mmsearch.labels import refresh_labels
 from mmsearch.models.base import Encoder
 from mmsearch.models.batching import batch_size_for
 from mmsearch.models.spec import ModelSpec
-from mmsearch.objectstore import remote_index
-from mmsearch.storage import ItemStore, StoredState, index_write_lock, make_rows, write_guard
+from mmsearch.storage.locks import index_write_lock, write_guard
+from mmsearch.storage.metadata_keys import FILE_KEY
+from mmsearch.storage.objectstore import remote_index
+from mmsearch.storage.schema import make_rows
+from mmsearch.storage.table import ItemStore, StoredState
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:

@@ -51,7 +51,7 @@ from mmsearch.indexer.textindex import (
     write_text_rows,
 )
 
-from mmsearch.storage import ItemStore
+from mmsearch.storage.table import ItemStore
 
 #: Images per decode task batch (each Ray task decodes one batch).
 DECODE_BATCH = 32

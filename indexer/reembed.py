@@ -25,15 +25,9 @@ from mmsearch.indexer.discover import uri_to_path
 from mmsearch.indexer.report import Failure, IndexReport, write_failures
 
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage import (
-    DB_DIRNAME,
-    DIM_METADATA_KEY,
-    MODEL_METADATA_KEY,
-    TABLE_NAME,
-    ItemStore,
-    index_write_lock,
-    write_guard,
-)
+from mmsearch.storage.locks import index_write_lock, write_guard
+from mmsearch.storage.schema import DB_DIRNAME, DIM_METADATA_KEY, MODEL_METADATA_KEY, TABLE_NAME
+from mmsearch.storage.table import ItemStore
 
 STAGING_TABLE = "items_reembed"
 

@@ -16,7 +16,8 @@ from typing import Any
 from mmsearch.indexer.discover import path_to_uri
 
 from mmsearch.errors import SourceNotFoundError
-from mmsearch.storage import ItemStore, index_write_lock, write_guard
+from mmsearch.storage.locks import index_write_lock, write_guard
+from mmsearch.storage.table import ItemStore
 
 
 @dataclass

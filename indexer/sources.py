@@ -23,7 +23,7 @@ def is_text_collection(path: Path) -> bool:
 
 
 def _indexed_sources(index_dir: Path) -> set[str]:
-    from mmsearch.storage import ItemStore
+    from mmsearch.storage.table import ItemStore
 
     if not ItemStore.exists(index_dir):
         return set()
@@ -65,7 +65,7 @@ def check_sources(paths: Sequence[str | os.PathLike[str]], index_dir: Path) -> l
 
 def remove_if_only_lock(index_dir: Path) -> None:
     """Removes an index directory that a failed first run left holding only its lock file."""
-    from mmsearch.storage import WRITE_LOCK_NAME
+    from mmsearch.storage.locks import WRITE_LOCK_NAME
 
     try:
         entries = os.listdir(index_dir)

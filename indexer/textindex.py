@@ -36,9 +36,10 @@ from mmsearch.indexer.report import Failure, IndexReport
 from mmsearch.indexer.textsource import TextRow, read_text_collection
 from mmsearch.indexer.writer import BatchWriter
 
-from mmsearch.itemmeta import ID_KEY
 from mmsearch.models.base import Encoder
-from mmsearch.storage import ItemStore, StoredState, make_rows
+from mmsearch.storage.metadata_keys import ID_KEY
+from mmsearch.storage.schema import make_rows
+from mmsearch.storage.table import ItemStore, StoredState
 
 #: Texts per forward pass at least: tokens are small, and big batches use the cores better.
 TEXT_BATCH_SIZE = 256

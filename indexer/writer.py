@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from mmsearch.storage import ItemStore
+from mmsearch.storage.table import ItemStore
 
 
 class BatchWriter:

@@ -86,7 +86,7 @@ def index(
     (400, 0)
     """
     from mmsearch.indexer.pipeline import IndexOptions, run_index
-    from mmsearch.storage import default_index_dir
+    from mmsearch.storage.table import default_index_dir
 
     if isinstance(paths, str) or hasattr(paths, "__fspath__"):
         paths = [paths]  # type: ignore[list-item]

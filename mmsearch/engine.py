@@ -30,14 +30,12 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchError
-from mmsearch.filters import Condition, from_mapping, parse_where
-from mmsearch.itemmeta import normalize_metadata
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
-from mmsearch.objectstore import remote_index
-from mmsearch.query import QueryTerm, parse_query
 from mmsearch.search.builder import QueryBuilder
 from mmsearch.search.encode import UrlFetcher, encode_terms, modality
+from mmsearch.search.filters import Condition, from_mapping, parse_where
+from mmsearch.search.language import QueryTerm, parse_query
 from mmsearch.search.rerank import Reranker
 from mmsearch.search.rows import ROW_COLUMNS, Rows, looks_like_identifier
 from mmsearch.search.types import (
@@ -49,8 +47,11 @@ from mmsearch.search.types import (
     SearchResult,
     check_k,
 )
-from mmsearch.snapshot import Snapshot, read_snapshot
-from mmsearch.storage import LEXICAL_COLUMN, ItemStore
+from mmsearch.storage.metadata_keys import normalize_metadata
+from mmsearch.storage.objectstore import remote_index
+from mmsearch.storage.schema import LEXICAL_COLUMN
+from mmsearch.storage.snapshot import Snapshot, read_snapshot
+from mmsearch.storage.table import ItemStore
 
 #: Fewest candidates each leg brings when legs are fused (RRF needs overlap to work).
 FUSION_DEPTH = 50
@@ -170,7 +171,7 @@ class SearchIndex:
     @property
     def stale(self) -> bool:
         """True when the table has commits newer than the snapshot being served."""
-        from mmsearch.indexinfo import latest_table_version
+        from mmsearch.maintenance.info import latest_table_version
 
         latest = latest_table_version(self.index_dir)  # file names only: no LanceDB
         if latest is not None:
@@ -299,7 +300,7 @@ class SearchIndex:
 
         ``kind`` restricts results to images or texts; ``where`` filters on metadata:
         ``{"category": "buttons", "price": ("<", 20)}`` or ``["price < 20", "colour in red,blue"]``
-        (see :mod:`mmsearch.filters`); ``mode`` is ``vector``, ``lexical`` or ``hybrid``
+        (see :mod:`mmsearch.search.filters`); ``mode`` is ``vector``, ``lexical`` or ``hybrid``
         (default: hybrid when the index has a full-text index and the query has text);
         ``literal`` takes a string as one text term; ``min_score`` drops hits below a cosine
         similarity; ``cutoff`` (hybrid) answers nothing, with a reason, when no hit beats
@@ -529,10 +530,10 @@ def _condition_text(condition: Any) -> str:
 
 
 def _read_rows_or_none(index_dir: Path, snapshot: Snapshot) -> tuple[pa.Table, ModelSpec, int] | None:
-    """The snapshot's rows file (see :mod:`mmsearch.rowsfile`), or None to use the table."""
+    """The snapshot's rows file (see :mod:`mmsearch.storage.rowsfile`), or None to use the table."""
     import pyarrow as pa
 
-    from mmsearch.rowsfile import read_rows_file, rows_file_path
+    from mmsearch.storage.rowsfile import read_rows_file, rows_file_path
 
     try:
         return read_rows_file(rows_file_path(index_dir, snapshot))
@@ -542,6 +543,6 @@ def _read_rows_or_none(index_dir: Path, snapshot: Snapshot) -> tuple[pa.Table, M
 
 def open_index(index_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> SearchIndex:
     """Opens an index for searching (``$MMSEARCH_INDEX`` or ``./.mmsearch`` by default)."""
-    from mmsearch.storage import default_index_dir
+    from mmsearch.storage.table import default_index_dir
 
     return SearchIndex(index_dir if index_dir is not None else default_index_dir(), **kwargs)

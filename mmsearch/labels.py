@@ -30,7 +30,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from mmsearch.errors import BadQueryError
-from mmsearch.storage import fixed_list_to_numpy, sql_quote
+from mmsearch.storage.schema import fixed_list_to_numpy, sql_quote
 
 LABELS_FILE = "labels.json"
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -218,7 +218,8 @@ def label_index(
 ) -> LabelReport:
     """Labels every image of an index, remembers the label set and publishes a new snapshot."""
     from mmsearch.indexer.ann_build import build_ann
-    from mmsearch.storage import ItemStore, index_write_lock, write_guard
+    from mmsearch.storage.locks import index_write_lock, write_guard
+    from mmsearch.storage.table import ItemStore
 
     with index_write_lock(index_dir):
         store = ItemStore.open(index_dir)

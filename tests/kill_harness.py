@@ -171,7 +171,8 @@ def verify(
 ) -> list[str]:
     """Checks an index directory against the reference embeddings; returns problems."""
     from mmsearch.engine import SearchIndex
-    from mmsearch.storage import ItemStore, fixed_list_to_numpy
+    from mmsearch.storage.schema import fixed_list_to_numpy
+    from mmsearch.storage.table import ItemStore
 
     problems: list[str] = []
     store = ItemStore.open(index_dir)
@@ -228,8 +229,8 @@ def verify(
 
 
 def _snapshot_matches_table(index_dir: Path) -> bool:
-    from mmsearch.snapshot import read_snapshot
-    from mmsearch.storage import ItemStore
+    from mmsearch.storage.snapshot import read_snapshot
+    from mmsearch.storage.table import ItemStore
 
     snapshot = read_snapshot(index_dir) if index_dir.exists() else None
     return snapshot is not None and snapshot.table_version == ItemStore.open(index_dir).version
@@ -248,7 +249,7 @@ def run_trials(
     """Runs ``trials`` kill/re-run/verify cycles; returns one result per trial."""
     from mmsearch.indexer.pipeline import run_index
 
-    from mmsearch.storage import ItemStore
+    from mmsearch.storage.table import ItemStore
 
     rng = random.Random(seed)
     enc = make_encoder(encoder)

@@ -8,8 +8,9 @@ from mmsearch.indexer.ann_build import build_ann
 
 from mmsearch.engine import SearchIndex
 from mmsearch.models.spec import ModelSpec
-from mmsearch.snapshot import read_snapshot
-from mmsearch.storage import ItemStore, make_rows
+from mmsearch.storage.schema import make_rows
+from mmsearch.storage.snapshot import read_snapshot
+from mmsearch.storage.table import ItemStore
 from tests.conftest import FakeEncoder
 
 DIM = 32

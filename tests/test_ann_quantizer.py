@@ -15,7 +15,7 @@ from mmsearch.ann.params import (
     choose_quantizer,
     estimate_ivfpq_bytes,
 )
-from mmsearch.ann.training import HNSW_EF_SEARCH_MIN, ivf_of, search_params
+from mmsearch.ann.tuning import HNSW_EF_SEARCH_MIN, ivf_of, search_params
 from mmsearch.errors import BadQueryError
 from tests.test_ann_index import brute_force, recall, structured_vectors
 

@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("playwright")
 
 from mmsearch.datasets.synthetic import generate_catalog  # noqa: E402
-from mmsearch.server import ServerConfig, create_app  # noqa: E402
+from mmsearch.serve.app import ServerConfig, create_app  # noqa: E402
 from tests.conftest import FakeEncoder  # noqa: E402
 from tests.test_server import build_index, png_bytes, serve_in_thread  # noqa: E402
 

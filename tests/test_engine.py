@@ -12,7 +12,7 @@ from mmsearch.indexer.pipeline import IndexOptions, run_index
 
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import BadQueryError, IndexNotFoundError, UnsafePathError
-from mmsearch.query import QueryTerm, parse_query
+from mmsearch.search.language import QueryTerm, parse_query
 
 
 def _build(tmp_path: Path, catalog, enc, name: str = "idx") -> Path:

@@ -36,7 +36,7 @@ def test_disk_full_then_rerun_completes(tmp_path, small_disk):
     opts = IndexOptions(workers=2, commit_every=64)
     with pytest.raises(StorageError, match="No space left on device"):
         run_index([cat.root], index_dir, enc.spec, options=opts, encoder=enc)
-    from mmsearch.storage import ItemStore
+    from mmsearch.storage.table import ItemStore
 
     committed = ItemStore.open(index_dir).count()
     assert 0 < committed < 600  # some batches made it before the disk filled

@@ -19,7 +19,7 @@ from mmsearch.indexer.pipeline import IndexOptions, run_index
 from PIL import Image
 
 from mmsearch.ann import VectorIndex
-from mmsearch.ann.training import gpu_available
+from mmsearch.ann.tuning import gpu_available
 from mmsearch.models.batching import (
     CPU_BATCH_SIZE,
     MAX_GPU_BATCH,
@@ -28,7 +28,7 @@ from mmsearch.models.batching import (
     vision_bytes_per_image,
 )
 from mmsearch.models.preprocess import fit_square
-from mmsearch.storage import ItemStore
+from mmsearch.storage.table import ItemStore
 from tests.test_pipeline_overlap import _photo
 
 

@@ -202,7 +202,7 @@ def test_sidecar_join_counts_in_report_and_summary(tmp_path, small_catalog, fake
 
     from rich.console import Console
 
-    from mmsearch.render import print_summary
+    from mmsearch.cli.render import print_summary
 
     out, err = Console(record=True, width=200), Console(record=True, width=200)
     print_summary(report, out, err)

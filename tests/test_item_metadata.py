@@ -9,7 +9,7 @@ from mmsearch.indexer.ann_build import build_ann
 from mmsearch.indexer.pipeline import IndexOptions, run_index
 
 from mmsearch.engine import SearchIndex
-from mmsearch.storage import ItemStore
+from mmsearch.storage.table import ItemStore
 
 
 def _metadata_by_kind(index_dir) -> dict[str, list[dict]]:

@@ -135,7 +135,7 @@ def test_cli_label_and_results_show_it(labelled: dict[str, Any]) -> None:
     )
     from rich.console import Console
 
-    from mmsearch.render import result_table
+    from mmsearch.cli.render import result_table
 
     console = Console(width=400, record=True)
     console.print(result_table(SearchIndex(index_dir).search("circle", k=3, kind="image")))

@@ -16,7 +16,7 @@ import pytest
 from mmsearch.indexer.pipeline import IndexOptions, run_index
 
 from mmsearch.engine import SearchIndex
-from mmsearch.objectstore import RemoteIndex, normalise_uri
+from mmsearch.storage.objectstore import RemoteIndex, normalise_uri
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "mmsearch-test"
@@ -132,7 +132,7 @@ KILLED_WRITER = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {repo!r})
     from pathlib import Path
-    import mmsearch.objectstore as objectstore
+    import mmsearch.storage.objectstore as objectstore
     from mmsearch.indexer.pipeline import IndexOptions, run_index
     from tests.conftest import FakeEncoder
 

@@ -16,7 +16,7 @@ from mmsearch.indexer.pipeline import IndexOptions, run_index
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import ModelMismatchError
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage import ItemStore
+from mmsearch.storage.table import ItemStore
 
 OPTS = IndexOptions(workers=2, batch_size=16, commit_every=32)
 
@@ -38,7 +38,7 @@ def _assert_rows_match_files(index_dir: Path, enc) -> None:
     uris = tbl.column("uri").to_pylist()
     assert len(set(ids)) == len(ids)
     assert len(set(uris)) == len(uris)
-    from mmsearch.storage import fixed_list_to_numpy
+    from mmsearch.storage.schema import fixed_list_to_numpy
 
     vecs = fixed_list_to_numpy(tbl.column("vector"), store.dim)
     fresh = enc.encode_images(np.stack([decode_file(uri_to_path(u), enc.image_size)[0] for u in uris]))
@@ -206,7 +206,7 @@ def test_bad_text_rows_reported_with_row_numbers(tmp_path, fake_encoder):
 
 def test_second_writer_is_refused(tmp_path, small_catalog, fake_encoder):
     from mmsearch.errors import StorageError
-    from mmsearch.storage import index_write_lock
+    from mmsearch.storage.locks import index_write_lock
 
     idx = tmp_path / "idx"
     with index_write_lock(idx):  # as if another process were indexing

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from mmsearch.imageio import load_image
 from mmsearch.models.preprocess import fit_square
-from mmsearch.storage import ItemStore
+from mmsearch.storage.table import ItemStore
 from tests.hang_decoder import decode_or_die
 
 

@@ -13,8 +13,8 @@ from mmsearch.indexer.pipeline import IndexOptions, run_index
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import BadQueryError
 from mmsearch.search.types import MAX_K
-from mmsearch.server import ServerConfig, create_app
-from mmsearch.storage import ItemStore
+from mmsearch.serve.app import ServerConfig, create_app
+from mmsearch.storage.table import ItemStore
 
 
 @pytest.fixture(scope="module")

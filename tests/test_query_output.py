@@ -60,7 +60,7 @@ def test_no_results_says_why_and_exits_3(image_index, args, reason):
 
 
 def test_engine_reason_is_shown_when_given():
-    from mmsearch.render import no_results_reason
+    from mmsearch.cli.render import no_results_reason
 
     class Empty(list):
         reason = "every candidate scored below --min-score 0.9"
@@ -117,7 +117,7 @@ def test_previews_inline_images_with_kitty_and_iterm(image_index, monkeypatch):
 
 
 def test_previews_fall_back_to_the_table_where_images_cannot_show(image_index, monkeypatch):
-    from mmsearch.termimage import detect_protocol
+    from mmsearch.cli.termimage import detect_protocol
 
     monkeypatch.delenv("MMSEARCH_PREVIEW", raising=False)
     result = _query(image_index, "red circle", "-k", "2", "-p")  # not a terminal
@@ -135,7 +135,7 @@ def test_zero_shot_label_shows_its_probability_when_it_is_the_only_metadata():
 
     from rich.console import Console
 
-    from mmsearch.render import result_table
+    from mmsearch.cli.render import result_table
 
     hit = SimpleNamespace(
         rank=1,

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmsearch.errors import BadQueryError, NoRerankerError
-from mmsearch.query import QueryTerm, parse_query
 from mmsearch.search.builder import QueryBuilder
 from mmsearch.search.fuse import EXACT_BOOST, fuse
+from mmsearch.search.language import QueryTerm, parse_query
 from mmsearch.search.rerank import Reranker, rerank_stage
 from mmsearch.search.retrieve import leg_table
 from mmsearch.search.rows import Rows, looks_like_identifier

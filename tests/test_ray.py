@@ -17,7 +17,8 @@ import pytest
 from mmsearch.indexer.pipeline import IndexOptions, run_index
 
 from mmsearch.engine import SearchIndex
-from mmsearch.storage import ItemStore, fixed_list_to_numpy
+from mmsearch.storage.schema import fixed_list_to_numpy
+from mmsearch.storage.table import ItemStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -219,7 +219,7 @@ def test_proxy_snippets_match_the_serve_command():
     assert re.search(rf"server_name {re.escape(site)};", nginx)
     assert re.search(rf"proxy_pass http://{re.escape(upstream)};", nginx)
     assert nginx.count("{") == nginx.count("}") and caddy.count("{") == caddy.count("}")
-    from mmsearch.cli import serve_cmd
+    from mmsearch.cli.serve import serve_cmd
 
     default_mb = inspect.signature(serve_cmd).parameters["max_upload_mb"].default
     body_mb = float(re.search(r"client_max_body_size (\d+)m;", nginx).group(1))

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mmsearch.cli import app
 from mmsearch.engine import SearchIndex
-from mmsearch.storage import ItemStore
+from mmsearch.storage.table import ItemStore
 
 runner = CliRunner()
 

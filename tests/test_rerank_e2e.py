@@ -15,7 +15,7 @@ import mmsearch
 from mmsearch.cli import app
 from mmsearch.datasets.synthetic import generate_catalog
 from mmsearch.models.spec import ModelSpec
-from mmsearch.server import ServerConfig, create_app
+from mmsearch.serve.app import ServerConfig, create_app
 
 runner = CliRunner()
 ABSENT = "a white star to the left of a orange triangle"

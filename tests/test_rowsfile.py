@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from mmsearch.cli import app
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import IndexCorruptError
-from mmsearch.indexinfo import check_index, index_info
-from mmsearch.rowsfile import read_rows_file, rows_file_path
-from mmsearch.snapshot import read_snapshot
-from mmsearch.storage import ItemStore
+from mmsearch.maintenance.info import check_index, index_info
+from mmsearch.storage.rowsfile import read_rows_file, rows_file_path
+from mmsearch.storage.snapshot import read_snapshot
+from mmsearch.storage.table import ItemStore
 
 
 @pytest.fixture

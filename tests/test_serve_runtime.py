@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from mmsearch.search.http import SearchParams
 from mmsearch.serve import jsonbody
+from mmsearch.serve.schemas import SearchParams
 
 _POLICY_PROBE = """
 import json, os

@@ -1,4 +1,4 @@
-"""HTTP API (mmsearch.server): shapes, typed filters, uploads, paths, URLs, load, reloads.
+"""HTTP API (mmsearch.serve.app): shapes, typed filters, uploads, paths, URLs, load, reloads.
 
 Indexes are built with the fake encoder (fast, deterministic: the same pixels give
 the same vector, so an uploaded copy of an indexed image comes back first).
@@ -31,7 +31,7 @@ from mmsearch.indexer.pipeline import IndexOptions, run_index  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mmsearch.datasets.synthetic import generate_catalog  # noqa: E402
-from mmsearch.server import ServerConfig, create_app  # noqa: E402
+from mmsearch.serve.app import ServerConfig, create_app  # noqa: E402
 from tests.conftest import FakeEncoder  # noqa: E402
 
 N_ITEMS = 60

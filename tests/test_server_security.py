@@ -30,9 +30,9 @@ from typer.testing import CliRunner  # noqa: E402
 
 from mmsearch.cli import app as cli_app  # noqa: E402
 from mmsearch.datasets.synthetic import generate_catalog  # noqa: E402
+from mmsearch.serve.app import ServerConfig, create_app  # noqa: E402
 from mmsearch.serve.files import FileChangedError, check_index_files, open_indexed_file  # noqa: E402
 from mmsearch.serve.security import InsecureBindError, check_bind_policy, session_value  # noqa: E402
-from mmsearch.server import ServerConfig, create_app  # noqa: E402
 from tests.conftest import FakeEncoder  # noqa: E402
 from tests.test_server import build_index, huge_header_png, png_bytes  # noqa: E402
 
@@ -511,7 +511,7 @@ _WORKERS_SCRIPT = textwrap.dedent(
     import sys
     from pathlib import Path
     from mmsearch.serve.lifecycle import bind_socket, prepare_workers, run
-    from mmsearch.server import ServerConfig
+    from mmsearch.serve.app import ServerConfig
     from tests.conftest import FakeEncoder
 
     sock = bind_socket("127.0.0.1", 0)

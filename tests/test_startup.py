@@ -103,7 +103,7 @@ cli.main()
 
 
 def test_one_shot_vector_query_never_imports_pandas(tiny_index: Path) -> None:
-    """The console entry point's query (mmsearch.faststart) answers as the plain app
+    """The console entry point's query (mmsearch.cli.faststart) answers as the plain app
     does, without importing pandas; pandas still imports afterwards when asked for."""
     args = ["query", "a red circle", "--index", str(tiny_index), "--backend", "onnx"]
     args += ["--mode", "vector", "--json"]
@@ -120,7 +120,7 @@ def test_one_shot_vector_query_never_imports_pandas(tiny_index: Path) -> None:
     fast, slow = (json.loads(text.strip().splitlines()[0]) for text in (out, plain))
     assert [h["id"] for h in fast] == [h["id"] for h in slow]  # weights not pre-packed: same hits
     assert max(abs(a["score"] - b["score"]) for a, b in zip(fast, slow, strict=True)) < 1e-5
-    after = "from mmsearch.faststart import arrow_without_pandas as a; a(); import pandas; print(pandas.DataFrame({'x': [1]}).shape)"
+    after = "from mmsearch.cli.faststart import arrow_without_pandas as a; a(); import pandas; print(pandas.DataFrame({'x': [1]}).shape)"
     done = subprocess.run(
         [sys.executable, "-c", after], capture_output=True, text=True, timeout=120
     )

@@ -16,7 +16,7 @@ from mmsearch.indexer.textindex import TEXT_BATCH_SIZE
 
 from mmsearch.models.backends import load_encoder
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage import ItemStore
+from mmsearch.storage.table import ItemStore
 from tests.conftest import FakeEncoder
 
 WORDS = ["red", "blue", "floral", "striped", "shirt", "hat", "left", "right", "café", "日本"]

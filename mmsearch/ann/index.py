@@ -37,7 +37,7 @@ from mmsearch.ann.params import (
 from mmsearch.ann.persist import load_index, save_index
 from mmsearch.ann.segment import check_dtype
 from mmsearch.ann.store import VectorStore, top_k
-from mmsearch.ann.training import (
+from mmsearch.ann.tuning import (
     ADD_CHUNK,
     TUNE_K,
     build_index_structure,

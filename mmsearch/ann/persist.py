@@ -26,7 +26,7 @@ from mmsearch.ann.checks import check_rows
 from mmsearch.ann.params import ID_BYTES, IndexParams
 from mmsearch.ann.segment import SUFFIX, Segment, check_dtype, write_segment
 from mmsearch.ann.store import VectorStore
-from mmsearch.ann.training import fill_index
+from mmsearch.ann.tuning import fill_index
 from mmsearch.errors import BadQueryError, IndexCorruptError, ModelMismatchError
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from mmsearch.rerank.loader import (
     TINY_ITM_NAME,
     resolve_rerank_source,
 )
-from mmsearch.rerank.stage import (
+from mmsearch.rerank.scoring import (
     DEFAULT_DEPTH,
     DroppedCandidate,
     ItmReranker,

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from mmsearch.rerank.stage import DroppedCandidate, ItmReranker, MatchScorer, RerankQuery
+from mmsearch.rerank.scoring import DroppedCandidate, ItmReranker, MatchScorer, RerankQuery
 
 
 def rerank_query_from_terms(terms: Any) -> RerankQuery:
@@ -43,7 +43,7 @@ def rerank_query_from_terms(terms: Any) -> RerankQuery:
 class ItmStageReranker:
     """Arrow in, Arrow out: ``score`` becomes the ITM match probability.
 
-    ``store`` (the index's :class:`~mmsearch.storage.ItemStore`) supplies each
+    ``store`` (the index's :class:`~mmsearch.storage.table.ItemStore`) supplies each
     candidate file's size and mtime as indexed, so a file changed since indexing is
     dropped; :attr:`dropped` lists the candidates the calling thread's last call dropped.
     """

@@ -17,8 +17,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from mmsearch.errors import BadQueryError
-from mmsearch.filters import Condition, from_mapping, parse_where
-from mmsearch.query import QueryTerm, classify_term, parse_query
+from mmsearch.search.filters import Condition, from_mapping, parse_where
+from mmsearch.search.language import QueryTerm, classify_term, parse_query
 from mmsearch.search.types import Query, RerankSpec, Results
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from mmsearch.errors import BadQueryError, UnsafePathError
 from mmsearch.models.base import Encoder
-from mmsearch.query import QueryTerm
+from mmsearch.search.language import QueryTerm
 
 #: Fetches an image URL and returns a decoded PIL image (the server's SSRF-safe fetcher).
 UrlFetcher = Callable[[str], Any]

@@ -1,6 +1,6 @@
 """Lexical leg: BM25 over the table's full-text index (LanceDB native FTS), and the exact-identifier leg.
 
-The index covers :data:`mmsearch.storage.LEXICAL_COLUMN` (an item's text plus its
+The index covers :data:`mmsearch.storage.schema.LEXICAL_COLUMN` (an item's text plus its
 string metadata values: sku, title, category, ...), tokenised, lower-cased, stemmed,
 stop words removed. Queries go in as a LanceDB ``MatchQuery`` object (terms ORed,
 ranked by BM25), never as query-syntax text, so user input cannot change the query's

@@ -17,8 +17,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmsearch.filters import ROW_ID_COLUMN, Condition, compile_filter
-from mmsearch.itemmeta import normalize_metadata
+from mmsearch.search.filters import ROW_ID_COLUMN, Condition, compile_filter
+from mmsearch.storage.metadata_keys import normalize_metadata
 
 #: Columns read from the table for results.
 ROW_COLUMNS = ["id", "uri", "kind", "text", "metadata"]

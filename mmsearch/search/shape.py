@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mmsearch.itemmeta import normalize_metadata
 from mmsearch.search.types import Query
+from mmsearch.storage.metadata_keys import normalize_metadata
 
 
 @dataclass

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from mmsearch.errors import BadQueryError
-from mmsearch.filters import Condition
-from mmsearch.query import TERM_KINDS, QueryTerm
+from mmsearch.search.filters import Condition
+from mmsearch.search.language import TERM_KINDS, QueryTerm
 from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
 
 Kind = Literal["image", "text", "any"]

@@ -1,6 +1,6 @@
 """Production serving: file confinement, authentication, metrics, logs and process control.
 
-The HTTP application itself is built by :func:`mmsearch.server.create_app`; the
+The HTTP application itself is built by :func:`mmsearch.serve.app.create_app`; the
 modules here are the parts it is assembled from:
 
 - :mod:`mmsearch.serve.files`: indexed files served only while they are still what

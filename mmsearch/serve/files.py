@@ -143,7 +143,7 @@ class FileCatalog:
 
     @classmethod
     def of_store(cls, store: Any) -> FileCatalog:
-        """Scans the catalog columns of an :class:`mmsearch.storage.ItemStore` (at its pinned version)."""
+        """Scans the catalog columns of an :class:`mmsearch.storage.table.ItemStore` (at its pinned version)."""
         return cls(store.scan(_CATALOG_COLUMNS))
 
     def __len__(self) -> int:

@@ -71,7 +71,7 @@ class IndexHolder:
         return self.catalogs.get(index)
 
     def _get(self) -> Any:
-        from mmsearch.snapshot import read_snapshot
+        from mmsearch.storage.snapshot import read_snapshot
 
         current = self._index
         if current is None:

@@ -147,7 +147,7 @@ def check_servable(
     from pathlib import Path
 
     from mmsearch.errors import IndexNotFoundError
-    from mmsearch.snapshot import read_snapshot
+    from mmsearch.storage.snapshot import read_snapshot
 
     if load_model:
         from mmsearch.engine import SearchIndex
@@ -199,7 +199,7 @@ class AppFactory:
         self.threads = threads
 
     def __call__(self) -> Any:
-        from mmsearch.server import create_app
+        from mmsearch.serve.app import create_app
 
         apply_thread_policy(self.threads)
         return create_app(self.config)

@@ -24,7 +24,7 @@ from mmsearch.serve.holder import IndexHolder
 from mmsearch.serve.lifecycle import ServeState
 from mmsearch.serve.observe import Metrics
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_ITEM_ID = 2**63 - 1
 PAGE_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "

@@ -32,7 +32,7 @@ LOGIN_PATH = "/login"
 #: Paths that never need a token: liveness, and the form that accepts the token.
 PUBLIC_PATHS = frozenset({"/healthz", LOGIN_PATH})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-_LOGIN_HTML = Path(__file__).resolve().parent.parent / "web" / "login.html"
+_LOGIN_HTML = Path(__file__).resolve().parent / "web" / "login.html"
 _LOGIN_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 
 

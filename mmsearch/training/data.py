@@ -92,7 +92,7 @@ def _guess_image_column(source: Path) -> str:
 def pairs_from_index(index_dir: str | os.PathLike[str]) -> PairSet:
     """The indexed images that carry a text (``--metadata`` captions), as pairs."""
     from mmsearch.indexer.discover import uri_to_path
-    from mmsearch.storage import ItemStore
+    from mmsearch.storage.table import ItemStore
 
     table = ItemStore.open(index_dir).scan(["uri", "text"], "kind = 'image' AND text IS NOT NULL")
     pairs = PairSet([], [])

@@ -4,7 +4,7 @@ Endpoints
     GET  /                      the gallery page
     GET  /api/search?q=&k=&kind=&where=&mode=&offset=&group_by=&dedup=&min_score=&url=
                                 text / query-language / image-URL search
-    POST /api/search            the same as JSON with structured terms (see mmsearch.search.http)
+    POST /api/search            the same as JSON with structured terms (see mmsearch.serve.schemas)
     POST /api/search/image      multipart upload (field ``file``) → image search
     GET  /api/info              index info
     GET  /media/{id}            the image file of an indexed item (by id, never by path)
@@ -52,12 +52,12 @@ from mmsearch.errors import (
 )
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.base import Encoder
-from mmsearch.search.http import SearchParams, SearchRequest
 from mmsearch.search.limits import DEFAULT_KIND, MAX_K
 from mmsearch.serve.holder import IndexHolder
 from mmsearch.serve.jsonbody import json_response
 from mmsearch.serve.limits import BodyLimitMiddleware, validation_error_body
 from mmsearch.serve.observe import Metrics, ObserveMiddleware, record_results
+from mmsearch.serve.schemas import SearchParams, SearchRequest
 
 # Multipart framing (boundaries, part headers, other small fields) on top of the file.
 _MULTIPART_SLACK = 64 * 1024
@@ -102,8 +102,8 @@ def check_query_paths(query: str, image_roots: list[Path]) -> None:
     files exist outside the roots. Quote a term to search for it as text: ``"holiday.jpg"``.
     The engine applies the same check to every image term it opens.
     """
-    from mmsearch.query import parse_query
     from mmsearch.search.encode import check_image_path
+    from mmsearch.search.language import parse_query
 
     roots = [Path(os.path.realpath(r)) for r in image_roots]
     for term in parse_query(query):
@@ -225,7 +225,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     holder.fetch_url = _fetch_url_image if config.allow_urls else None
 
-    from mmsearch.rerank.serving import RerankerHolder
+    from mmsearch.serve.reranker import RerankerHolder
 
     rerankers = RerankerHolder(config.rerank_model, Path(config.index_dir), config.device)
 
@@ -285,8 +285,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         return json_response(await _gated(lambda: _answer(body.to_query(), body.q)))
 
     def _get_search(params: SearchParams) -> dict[str, Any]:
-        from mmsearch.query import QueryTerm
-        from mmsearch.search.http import build_query
+        from mmsearch.search.language import QueryTerm
+        from mmsearch.serve.schemas import build_query
 
         p = params
         terms = []
@@ -313,8 +313,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         rerank: tuple[int, float | None, float | None] | None,
     ) -> dict[str, Any]:
         from mmsearch.imageio import load_image
-        from mmsearch.query import QueryTerm
-        from mmsearch.search.http import build_query
+        from mmsearch.search.language import QueryTerm
+        from mmsearch.serve.schemas import build_query
 
         image = load_image(data, max_pixels=config.max_pixels)
         query = build_query(

@@ -22,7 +22,7 @@ from mmsearch.ann.params import (
     retrain_due,
 )
 from mmsearch.errors import IndexCorruptError, IndexNotFoundError
-from mmsearch.snapshot import Snapshot, read_snapshot
+from mmsearch.storage.snapshot import Snapshot, read_snapshot
 
 #: The LanceDB table's directory inside an index (``storage.DB_DIRNAME/TABLE_NAME.lance``);
 #: spelled out here so that reading it does not import the storage layer.
@@ -155,7 +155,8 @@ def check_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
     from mmsearch.ann import VectorIndex
     from mmsearch.ann.persist import open_store, verify_files
-    from mmsearch.storage import ItemStore, sql_quote
+    from mmsearch.storage.schema import sql_quote
+    from mmsearch.storage.table import ItemStore
 
     root = Path(index_dir)
     snapshot = _snapshot_or_raise(root)

@@ -143,7 +143,7 @@ def print_failures(report: Any, err: Console, limit: int = 10) -> None:
 def print_previews(results: Sequence[Any], out: Console, err: Console) -> None:
     """Each hit on its own line, image hits followed by an inline preview when the terminal
     shows images; elsewhere the plain results table and one note."""
-    from mmsearch.termimage import detect_protocol, encode_inline, thumbnail_png
+    from mmsearch.cli.termimage import detect_protocol, encode_inline, thumbnail_png
 
     protocol = detect_protocol(isatty=out.is_terminal)
     if protocol is None:
@@ -168,7 +168,7 @@ def print_previews(results: Sequence[Any], out: Console, err: Console) -> None:
 
 def info_table(info: Mapping[str, Any]) -> Table:
     """``mmsearch info``: the engine's description, then sources, disk use and the last run."""
-    from mmsearch.inventory import human_bytes
+    from mmsearch.maintenance.usage import human_bytes
 
     table = Table(show_header=False, box=None)
     for key, value in info.items():

@@ -113,16 +113,16 @@ def eval_cmd(
     ] = None,
 ) -> None:
     """Measure retrieval quality: recall@1/5/10, MRR, nDCG@10 — exact vs ANN side by side."""
-    from mmsearch.cli import _errors, _index_dir, console, err_console
-    from mmsearch.progress import RichProgress, progress_bar
+    from mmsearch.cli.common import console, err_console, reported_errors, resolve_index_dir
+    from mmsearch.cli.progress import RichProgress, progress_bar
 
-    with _errors():
+    with reported_errors():
         with progress_bar(err_console) as bar:
             progress = RichProgress(bar)
             progress.LABELS = {**progress.LABELS, "queries": "evaluating queries"}
             if is_query_set(source):
                 report = _run_queries(
-                    source, _index_dir(index), depth, variant, worst, device, progress
+                    source, resolve_index_dir(index), depth, variant, worst, device, progress
                 )
             else:
                 report = _run_captioned(
@@ -188,7 +188,7 @@ def _run_captioned(
     from mmsearch.models.spec import ModelSpec
 
     if model is None and index is not None:
-        from mmsearch.storage import ItemStore
+        from mmsearch.storage.table import ItemStore
 
         spec = ItemStore.open(index).model_spec
     else:

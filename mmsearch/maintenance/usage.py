@@ -40,8 +40,8 @@ def indexed_sources(index_dir: str | os.PathLike[str]) -> list[dict[str, Any]] |
 
     Read from the snapshot's rows file (no LanceDB); None for an index without one.
     """
-    from mmsearch.rowsfile import read_rows_file, rows_file_path
-    from mmsearch.snapshot import read_snapshot
+    from mmsearch.storage.rowsfile import read_rows_file, rows_file_path
+    from mmsearch.storage.snapshot import read_snapshot
 
     snapshot = read_snapshot(Path(index_dir))
     if snapshot is None:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmsearch.models.spec import ModelSpec
-from mmsearch.snapshot import ANN_DIRNAME, Snapshot
+from mmsearch.storage.snapshot import ANN_DIRNAME, Snapshot
 
 ROWS_COLUMNS = ["id", "uri", "kind", "text", "source", "metadata"]
 _SPEC_KEY = b"mmsearch.model"

@@ -17,8 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsearch.errors import BadQueryError
-from mmsearch.filters import Condition, from_mapping, parse_where
-from mmsearch.query import MAX_QUERY_CHARS, MAX_TERMS, QueryTerm, parse_query
+from mmsearch.search.filters import Condition, from_mapping, parse_where
+from mmsearch.search.language import MAX_QUERY_CHARS, MAX_TERMS, QueryTerm, parse_query
 from mmsearch.search.types import DEFAULT_KIND, MAX_K, MAX_OFFSET, Query, RerankSpec
 
 WhereJson = list[str] | dict[str, Any] | None

@@ -19,14 +19,14 @@ def reembed_then_index(
     """Runs the re-embedding with a progress bar; then an incremental run over ``paths``."""
     import typer
 
-    from mmsearch.cli import _errors, console, err_console
+    from mmsearch.cli.common import console, err_console, reported_errors
+    from mmsearch.cli.progress import RichProgress, progress_bar
+    from mmsearch.cli.render import print_summary
     from mmsearch.indexer.pipeline import IndexOptions, run_index
     from mmsearch.indexer.reembed import reembed_index
     from mmsearch.models import load_encoder
-    from mmsearch.progress import RichProgress, progress_bar
-    from mmsearch.render import print_summary
 
-    with _errors():
+    with reported_errors():
         encoder = load_encoder(spec, device=device)  # type: ignore[arg-type]
         with progress_bar(err_console) as bar:
             report = reembed_index(

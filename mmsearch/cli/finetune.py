@@ -118,21 +118,21 @@ def finetune_cmd(
     ] = False,
 ) -> None:
     """Fine-tune a CLIP model on your own image-text pairs; index with the result via --pretrained."""
-    from mmsearch.cli import _errors, console, err_console
+    from mmsearch.cli.common import console, err_console, reported_errors
+    from mmsearch.cli.progress import progress_bar
     from mmsearch.errors import BadQueryError
     from mmsearch.models.spec import ModelSpec
-    from mmsearch.progress import progress_bar
     from mmsearch.training.data import pairs_from_index, read_pairs
     from mmsearch.training.finetune import FinetuneConfig, finetune
     from mmsearch.training.loop import LOCKS, FitConfig
 
-    with _errors():
+    with reported_errors():
         if (catalog is None) == (index is None):
             raise BadQueryError("give a catalog file or --index (one of them)")
         if lock not in LOCKS or precision not in ("auto", "bf16", "fp32"):
             raise BadQueryError("--lock is image, text or none; --precision is auto, bf16 or fp32")
         if model is None and index is not None:
-            from mmsearch.storage import ItemStore
+            from mmsearch.storage.table import ItemStore
 
             spec = ItemStore.open(index).model_spec
         else:

@@ -45,7 +45,7 @@ class _Option(TyperOption):
 
 
 class CleanHelpCommand(TyperCommand):
-    """A Typer command whose parameters are shown as :mod:`mmsearch.cli_help` describes."""
+    """A Typer command whose parameters are shown as :mod:`mmsearch.cli.help` describes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

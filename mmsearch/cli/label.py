@@ -46,16 +46,16 @@ def label_cmd(
     """Zero-shot classify every indexed image; new images are labelled on later index runs."""
     from rich.table import Table
 
-    from mmsearch.cli import _errors, _index_dir, console, err_console
+    from mmsearch.cli.common import console, err_console, reported_errors, resolve_index_dir
+    from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.labels import DEFAULT_TEMPLATES, LabelSet, label_index
-    from mmsearch.progress import RichProgress, progress_bar
 
-    with _errors():
+    with reported_errors():
         label_set = LabelSet(column, tuple(labels.split(",")), tuple(template or DEFAULT_TEMPLATES))
         with progress_bar(err_console) as bar:
             progress = RichProgress(bar)
             progress.LABELS = {**progress.LABELS, "labels": "labelling images"}
-            report = label_index(_index_dir(index), label_set, device=device, progress=progress)
+            report = label_index(resolve_index_dir(index), label_set, device=device, progress=progress)
     if json_out:
         sys.stdout.write(
             json.dumps(

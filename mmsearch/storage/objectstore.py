@@ -170,7 +170,7 @@ class RemoteIndex:
         ``snapshot.json`` is replaced last. A writer keeps a local snapshot of a later
         generation (work of a run killed before it published; the next run publishes it).
         """
-        from mmsearch.snapshot import Snapshot, read_snapshot, write_snapshot
+        from mmsearch.storage.snapshot import Snapshot, read_snapshot, write_snapshot
 
         local = self.local_dir(role)
         only_if_newer = role == "writer"
@@ -219,7 +219,7 @@ class RemoteIndex:
         """Upload the local snapshot's ANN files the store lacks, then the snapshot
         object (the commit point), then delete objects neither it nor the previous
         snapshot names. Returns the published snapshot, or None when there is none."""
-        from mmsearch.snapshot import read_snapshot
+        from mmsearch.storage.snapshot import read_snapshot
 
         local = self.local_dir("writer")
         snapshot = read_snapshot(local)

@@ -1,0 +1,77 @@
+"""The ``mmsearch`` command line: the only place (with the server) that talks to people.
+
+Commands live one module per concern in this package; this module assembles the
+typer app and the console-script entry point (see :mod:`.common` for exit statuses).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from mmsearch.cli.data import demo_cmd, sample_data_cmd
+from mmsearch.cli.evaluate import eval_cmd
+from mmsearch.cli.finetune import finetune_cmd
+from mmsearch.cli.help import use_clean_help
+from mmsearch.cli.index import index_cmd
+from mmsearch.cli.label import label_cmd
+from mmsearch.cli.manage import build_index_cmd, check_cmd, info_cmd, remove_cmd
+from mmsearch.cli.query import query_cmd
+from mmsearch.cli.serve import serve_cmd
+
+app = typer.Typer(
+    name="mmsearch",
+    help="Cross-modal semantic search: index image folders and text collections with CLIP, then query them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("index")(index_cmd)
+app.command("query")(query_cmd)
+app.command("build-index")(build_index_cmd)
+app.command("info")(info_cmd)
+app.command("remove")(remove_cmd)
+app.command("serve")(serve_cmd)
+app.command("check")(check_cmd)
+app.command("sample-data")(sample_data_cmd)
+app.command("demo")(demo_cmd)
+app.command("eval")(eval_cmd)
+app.command("label")(label_cmd)
+app.command("finetune")(finetune_cmd)
+
+use_clean_help(app)  # after the last command: PATHS... and untyped flags in --help
+
+
+#: Commands that finish in one shot: once their output is flushed, the process ends
+#: with os._exit, skipping an interpreter teardown that can take a second with torch,
+#: ONNX Runtime and LanceDB loaded. Nothing is left to clean up: results are written,
+#: indexes were only read.
+ONE_SHOT_COMMANDS = frozenset({"query", "info", "check"})
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    one_shot = len(sys.argv) > 1 and (sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h"))
+    if not one_shot:
+        app()
+        return
+    if sys.argv[1] == "query":  # one query, then exit: no pre-packing, no pandas (see faststart)
+        from mmsearch.cli.faststart import prepare_one_shot_query
+
+        prepare_one_shot_query()
+    try:
+        app(standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

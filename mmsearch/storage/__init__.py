@@ -1,0 +1,12 @@
+"""Storage of an index: the LanceDB items table, its snapshot, files and object store.
+
+- :mod:`.schema`: the table's Arrow schema and rows built in it.
+- :mod:`.table`: :class:`~mmsearch.storage.table.ItemStore`, the table of one index.
+- :mod:`.locks`: the writer lock and write errors.
+- :mod:`.snapshot`: ``snapshot.json``, which ties a table version to its ANN files.
+- :mod:`.rowsfile`: the display columns of a snapshot, memory-mapped by queries.
+- :mod:`.objectstore`: indexes under ``s3://bucket/prefix``.
+- :mod:`.metadata_keys`: the metadata keys every row shares (``file``, ``id``).
+
+Importing this package loads nothing heavy: import the module you need.
+"""

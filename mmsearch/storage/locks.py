@@ -1,0 +1,55 @@
+"""The index directory's writer lock, and I/O failures while writing turned into one error."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mmsearch.errors import StorageError
+
+
+@contextmanager
+def write_guard(index_dir: Path) -> Iterator[None]:
+    """Turns I/O failures while writing the index (disk full, ...) into :class:`StorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"cannot write the index at {index_dir}: {exc.strerror or exc}; "
+            "fix that and re-run (work committed so far is kept)"
+        ) from exc
+    except RuntimeError as exc:  # lance reports I/O errors as RuntimeError("lance error: ...")
+        if "lance error" not in str(exc) and "LanceError" not in str(exc):
+            raise
+        detail = str(exc).split(", /", 1)[0].replace("lance error: ", "")
+        raise StorageError(
+            f"cannot write the index at {index_dir}: {detail}; fix that and re-run (work committed so far is kept)"
+        ) from exc
+
+WRITE_LOCK_NAME = ".write.lock"
+
+@contextmanager
+def index_write_lock(index_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Holds the index directory's writer lock; a second writer fails fast.
+
+    Two indexing runs writing one index at once would hand out the same row ids.
+    The lock is an advisory ``flock``: the OS releases it when the process dies.
+    """
+    import fcntl
+
+    path = Path(index_dir)
+    with write_guard(path):
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / WRITE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StorageError(
+                f"another mmsearch process is writing the index at {path}; wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
