@@ -183,6 +183,29 @@ def build_ann(
     return infos
 
 
+def rebuild_ann(
+    index: str | os.PathLike[str],
+    *,
+    index_type: str = "auto",
+    target_recall: float = 0.95,
+    retrain: bool = False,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    wait_s: float = 0.0,
+) -> dict[str, Any]:
+    """``mmsearch build-index``: (re)builds the ANN indexes of ``index`` from its table and
+    publishes the new snapshot, as one writer (see :func:`writer_session`)."""
+    from mmsearch.indexer.session import writer_session
+
+    with writer_session(index, wait_s=wait_s) as session:
+        store = ItemStore.open(session.local_dir)
+        infos = build_ann(
+            store, store.model_spec, index_type=index_type, target_recall=target_recall,
+            retrain=retrain, progress=progress,
+        )  # fmt: skip
+        session.publish()
+    return infos
+
+
 def _cross_queries(
     store: ItemStore, kind: str, encoder: Encoder | None, seed: int
 ) -> npt.NDArray[np.float32] | None:

@@ -36,6 +36,8 @@ class IndexOptions:
     #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).
     quantize: str | None = None
     build_index: bool = True
+    #: Seconds to wait for another writer of the index to finish before failing.
+    lock_wait_s: float = 0.0
     index_type: str = "auto"
     target_recall: float = 0.95
     #: Storage type of the ANN refine vectors: ``float32`` or ``float16`` (half the

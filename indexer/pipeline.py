@@ -30,8 +30,9 @@ from mmsearch.indexer.report import (
     write_failures,
     write_run_summary,
 )
+from mmsearch.indexer.session import writer_location, writer_session
 from mmsearch.indexer.sidecar import TEXT_KEY, ImageSidecar, load_image_metadata
-from mmsearch.indexer.sources import check_sources, is_text_collection, remove_if_only_lock
+from mmsearch.indexer.sources import check_sources, is_text_collection
 from mmsearch.indexer.textindex import index_texts
 from mmsearch.indexer.writer import BatchWriter
 
@@ -39,9 +40,8 @@ from mmsearch.labels import refresh_labels
 from mmsearch.models.base import Encoder
 from mmsearch.models.batching import batch_size_for
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage.locks import index_write_lock, write_guard
+from mmsearch.storage.locks import write_guard
 from mmsearch.storage.metadata_keys import FILE_KEY
-from mmsearch.storage.objectstore import remote_index
 from mmsearch.storage.schema import make_rows
 from mmsearch.storage.table import ItemStore, StoredState
 
@@ -70,26 +70,17 @@ def run_index(
     (400, 0)
     """
     opts = options or IndexOptions()
-    remote = remote_index(index_dir)  # s3://bucket/prefix: work in its local cache
-    index_path = remote.local_dir("writer") if remote is not None else Path(index_dir)
+    index_path = writer_location(index_dir)[0]
     sources = check_sources(paths, index_path)
     if encoder is None:
         from mmsearch.models.loader import check_weights_reachable
 
         check_weights_reachable(spec, offline=opts.offline)
-    if remote is not None:
-        remote.pull("writer")
-    fresh = not index_path.exists()
-    try:
-        with index_write_lock(index_path):
-            report = _run_index_locked(sources, index_path, spec, opts, progress or _noop, encoder)
-            if remote is not None and opts.build_index:
-                remote.publish()
-            return report
-    except BaseException:
-        if fresh:
-            remove_if_only_lock(index_path)
-        raise
+    with writer_session(index_dir, wait_s=opts.lock_wait_s) as session:
+        report = _run_index_locked(sources, session.local_dir, spec, opts, progress or _noop, encoder)
+        if opts.build_index:
+            session.publish()
+        return report
 
 
 def _run_index_locked(

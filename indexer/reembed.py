@@ -23,9 +23,10 @@ import pyarrow as pa
 from mmsearch.indexer.decode import DecodeFailure, DecodePool
 from mmsearch.indexer.discover import uri_to_path
 from mmsearch.indexer.report import Failure, IndexReport, write_failures
+from mmsearch.indexer.session import writer_session
 
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage.locks import index_write_lock, write_guard
+from mmsearch.storage.locks import write_guard
 from mmsearch.storage.schema import DB_DIRNAME, DIM_METADATA_KEY, MODEL_METADATA_KEY, TABLE_NAME
 from mmsearch.storage.table import ItemStore
 
@@ -71,7 +72,8 @@ def reembed_index(
     progress = progress or (lambda stage, advance, total: None)
     started = time.perf_counter()
     report = IndexReport()
-    with index_write_lock(index_dir):
+    with writer_session(index_dir) as session:
+        index_dir = session.local_dir
         store = ItemStore.open(index_dir)
         if encoder is None:
             from mmsearch.models import load_encoder

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmsearch.indexer.discover import path_to_uri
+from mmsearch.indexer.session import writer_session
 
 from mmsearch.errors import SourceNotFoundError
-from mmsearch.storage.locks import index_write_lock, write_guard
+from mmsearch.storage.locks import write_guard
 from mmsearch.storage.table import ItemStore
 
 
@@ -48,9 +49,8 @@ def remove_paths(
     >>> remove_paths(["./photos/old"], ".mmsearch").total  # doctest: +SKIP
     12
     """
-    ItemStore.open(index_dir)  # a missing index is IndexNotFoundError, before taking the lock
-    with index_write_lock(index_dir):
-        store = ItemStore.open(index_dir)
+    with writer_session(index_dir) as session:
+        store = ItemStore.open(session.local_dir)
         state = store.state_by_uri()
         report = RemoveReport()
         doomed: set[int] = set()
@@ -69,4 +69,5 @@ def remove_paths(
 
             with write_guard(store.index_dir):
                 report.ann = build_ann(store, store.model_spec)
+            session.publish()
     return report

@@ -61,17 +61,3 @@ def check_sources(paths: Sequence[str | os.PathLike[str]], index_dir: Path) -> l
             raise SourceNotFoundError(f"cannot index {path}: no such file or folder")
         out.append(path)
     return out
-
-
-def remove_if_only_lock(index_dir: Path) -> None:
-    """Removes an index directory that a failed first run left holding only its lock file."""
-    from mmsearch.storage.locks import WRITE_LOCK_NAME
-
-    try:
-        entries = os.listdir(index_dir)
-    except OSError:
-        return
-    if set(entries) <= {WRITE_LOCK_NAME}:
-        for name in entries:
-            (index_dir / name).unlink(missing_ok=True)
-        index_dir.rmdir()

@@ -31,21 +31,13 @@ def build_index_cmd(
 ) -> None:
     """(Re)build the ANN index of an index directory from its table."""
     from mmsearch.cli.progress import RichProgress, progress_bar
-    from mmsearch.indexer.ann_build import build_ann
-    from mmsearch.storage.locks import index_write_lock
-    from mmsearch.storage.objectstore import remote_index
-    from mmsearch.storage.table import ItemStore
+    from mmsearch.indexer.ann_build import rebuild_ann
 
-    with reported_errors():
-        remote = remote_index(resolve_index_dir(index))  # s3://...: build in the local cache, then publish
-        store = ItemStore.open(remote.pull("writer") if remote else resolve_index_dir(index))
-        with index_write_lock(store.index_dir), progress_bar(err_console, not (quiet or no_progress)) as bar:
-            infos = build_ann(
-                store, store.model_spec, index_type=index_type, target_recall=target_recall,
-                retrain=retrain, progress=RichProgress(bar),
-            )
-            if remote is not None:
-                remote.publish()
+    with reported_errors(), progress_bar(err_console, not (quiet or no_progress)) as bar:
+        infos = rebuild_ann(
+            resolve_index_dir(index), index_type=index_type, target_recall=target_recall,
+            retrain=retrain, progress=RichProgress(bar),
+        )  # fmt: skip
     if not quiet:
         for kind, info in infos.items():
             console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")

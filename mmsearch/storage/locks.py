@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,13 +30,16 @@ def write_guard(index_dir: Path) -> Iterator[None]:
         ) from exc
 
 WRITE_LOCK_NAME = ".write.lock"
+#: How often a waiting writer tries the lock again.
+_LOCK_POLL_S = 0.05
+
 
 @contextmanager
-def index_write_lock(index_dir: str | os.PathLike[str]) -> Iterator[None]:
-    """Holds the index directory's writer lock; a second writer fails fast.
+def index_write_lock(index_dir: str | os.PathLike[str], *, wait_s: float = 0.0) -> Iterator[None]:
+    """Holds the index directory's writer lock; a second writer waits up to ``wait_s``, then fails.
 
-    Two indexing runs writing one index at once would hand out the same row ids.
-    The lock is an advisory ``flock``: the OS releases it when the process dies.
+    Two writers at once would hand out the same row ids. The lock is an advisory
+    ``flock``: the OS releases it when the process dies.
     """
     import fcntl
 
@@ -44,12 +48,31 @@ def index_write_lock(index_dir: str | os.PathLike[str]) -> Iterator[None]:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / WRITE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StorageError(
-                f"another mmsearch process is writing the index at {path}; wait for it to finish"
-            ) from None
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
+                    raise StorageError(
+                        f"another mmsearch process is writing the index at {path}{waited}; "
+                        "wait for it to finish"
+                    ) from None
+                time.sleep(_LOCK_POLL_S)
         yield
     finally:
         os.close(fd)
+
+
+def remove_if_only_lock(index_dir: Path) -> None:
+    """Removes an index directory that a failed first run left holding only its lock file."""
+    try:
+        entries = os.listdir(index_dir)
+    except OSError:
+        return
+    if set(entries) <= {WRITE_LOCK_NAME}:
+        for name in entries:
+            (index_dir / name).unlink(missing_ok=True)
+        index_dir.rmdir()
