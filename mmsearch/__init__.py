@@ -44,16 +44,25 @@ def open(  # noqa: A001 - mirrors lancedb.connect
     model: ModelSpec | None = None,
     device: str | None = None,
     image_roots: _Sequence[str | _os.PathLike[str]] | None = None,
+    create: bool = False,
 ) -> "SearchIndex":
     """Opens an index directory for searching (``$MMSEARCH_INDEX`` or ``./.mmsearch`` by default).
 
     ``model`` (optional) must be the index's own model; ``device`` picks where queries
-    are encoded; ``image_roots`` restricts query image paths to those folders.
-    See :class:`mmsearch.engine.SearchIndex`.
+    are encoded; ``image_roots`` restricts query image paths to those folders;
+    ``create=True`` makes an empty index of ``model`` first when there is none, for
+    ``idx.upsert(records)`` and ``idx.delete(ids)``. See :class:`mmsearch.engine.SearchIndex`.
     """
     from mmsearch.engine import open_index
 
-    return open_index(index_dir, model=model, device=device, image_roots=image_roots)
+    encoder = None
+    if create:
+        from mmsearch.indexer.upsert import create_index
+        from mmsearch.storage.table import default_index_dir
+
+        index_dir = index_dir if index_dir is not None else default_index_dir()
+        encoder = create_index(index_dir, model, device=device)
+    return open_index(index_dir, model=model, device=device, image_roots=image_roots, encoder=encoder)
 
 
 def index(

@@ -29,6 +29,8 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from mmsearch.indexer.recordtypes import UpsertReport
+
 from mmsearch.errors import BadQueryError, IndexNotFoundError, ModelMismatchError
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
@@ -86,6 +88,7 @@ class SearchIndex:
         quantize: str | None = None,
     ) -> None:
         # An object-store URI is served from its local cache (pulled on open and reload).
+        self._index = index_dir  # as given: writers work on it (a folder, or the URI)
         self._remote = remote_index(index_dir)
         self.index_dir = self._remote.pull() if self._remote is not None else Path(index_dir)
         self.device = device
@@ -242,6 +245,31 @@ class SearchIndex:
         if found is None or found[1] != "image":
             return None
         return uri_to_path(found[0])
+
+    # -- writing records ---------------------------------------------------------------------
+    def upsert(
+        self, records: Sequence[Mapping[str, Any]] | Mapping[str, Any], **options: Any
+    ) -> UpsertReport:
+        """Inserts or updates records by their ``id``; searchable here when this returns.
+
+        Options: ``text_fields``, ``image_fields``, ``allow_private_urls``, ``local_paths``,
+        ``fetch_policy``, ``lock_wait_s`` (see :func:`mmsearch.indexer.upsert.upsert_records`).
+
+        >>> idx.upsert([{"id": "sku-1", "title": "red shirt", "image": "https://cdn/1.jpg"}])  # doctest: +SKIP
+        """
+        from mmsearch.indexer.upsert import upsert_records
+
+        report = upsert_records(self._index, records, encoder=self.encoder, **options)
+        self.reload()
+        return report
+
+    def delete(self, ids: Sequence[str], *, lock_wait_s: float = 10.0) -> int:
+        """Deletes records by id (every row of each); returns how many the index held."""
+        from mmsearch.indexer.upsert import delete_records
+
+        found = delete_records(self._index, ids, encoder=self.encoder, lock_wait_s=lock_wait_s)
+        self.reload()
+        return found
 
     # -- building queries ------------------------------------------------------------------
     def query(self) -> QueryBuilder:
