@@ -19,17 +19,25 @@ import csv
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmsearch.indexer.recordtypes import Record, RecordFields, read_record
+from mmsearch.indexer.discover import path_to_uri
+from mmsearch.indexer.options import IndexOptions
+from mmsearch.indexer.recordimages import ImageResolver
+from mmsearch.indexer.records import RecordSource
+from mmsearch.indexer.recordtypes import Record, RecordFields, UpsertReport, read_record
+from mmsearch.indexer.report import Failure, IndexReport
 from mmsearch.indexer.textencoding import detect_encoding, encoding_message
 from mmsearch.indexer.textformats import RowProblem, format_of, read_csv, read_jsonl, read_parquet
 from mmsearch.indexer.textsource import TextRow
 from mmsearch.indexer.texttypes import type_metadata
 
 from mmsearch.errors import TextCollectionError
+from mmsearch.urlfetch import FetchPolicy
 
 #: Image columns that make a collection a product feed (first found is the main image).
 IMAGE_COLUMNS = ("image_link", "image", "image_url", "images")
@@ -205,3 +213,33 @@ def _split_prices(row: dict[str, Any]) -> None:
             row[column] = amount
             if currency and not row.get("currency"):
                 row["currency"] = currency
+
+
+#: Feed records fetched, decoded and committed together.
+FEED_CHUNK = 256
+
+
+@contextmanager
+def feed_source(path: Path, opts: IndexOptions, report: IndexReport) -> Iterator[RecordSource]:
+    """The records of the feed at ``path`` as a source whose sweep removes the records the
+    feed no longer has (not when a row could not be read); read problems go to ``report``."""
+    path = Path(os.path.abspath(path))
+    feed = read_feed(
+        path, id_column=opts.id_column, image_column=opts.image_column, text_column=opts.text_column
+    )
+    for problem in feed.problems:
+        report.failures.append(
+            Failure(
+                str(path), problem.reason, problem.exc_class, "read", row_number=problem.row_number
+            )
+        )
+    if feed.problems:
+        report.sweep_aborted.append(str(path))
+    if report.records is None:
+        report.records = UpsertReport()
+    chunks = [feed.records[i : i + FEED_CHUNK] for i in range(0, len(feed.records), FEED_CHUNK)]
+    with ImageResolver(FetchPolicy(allow_private=opts.allow_private_urls)) as resolver:
+        yield RecordSource(
+            chunks, resolver, report.records, source=path_to_uri(str(path)),
+            sweep_missing=not feed.problems,
+        )  # fmt: skip

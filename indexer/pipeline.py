@@ -23,6 +23,7 @@ from mmsearch.indexer.ann_build import build_ann
 from mmsearch.indexer.collection import TextCollectionSource
 from mmsearch.indexer.discover import walk_images
 from mmsearch.indexer.executor import Executor, LocalExecutor
+from mmsearch.indexer.feed import feed_source, is_product_feed
 from mmsearch.indexer.folder import ImageFolder
 from mmsearch.indexer.items import IdAllocator
 from mmsearch.indexer.options import IndexOptions, ProgressFn
@@ -128,6 +129,10 @@ def _run_index_locked(
     writer = BatchWriter(store, opts.commit_every)
     for path in paths:
         source: Source
+        if is_text_collection(path) and is_product_feed(path, opts.image_column):
+            with feed_source(path, opts, report) as source:
+                write_source(source, store, executor, writer, ids, report, progress)
+            continue
         if is_text_collection(path):
             source = TextCollectionSource(path, opts.text_column, opts.id_column)
         elif path in walks:

@@ -123,7 +123,7 @@ class RecordSource:
             _attach_vectors(store, items)
             yield items
             # The chunk's rows are committed: drop what its records no longer name.
-            store.delete_ids(self._count_removed(stale))
+            report.deleted += store.delete_ids(self._count_removed(stale))
 
     def _count_removed(self, stale: dict[str, list[Stored]]) -> list[int]:
         """The ids of stale rows to delete; an image in place of a removed one counts as updated."""
@@ -164,6 +164,7 @@ class RecordSource:
             sha = hashlib.sha256(record.text.encode("utf-8")).hexdigest()
             item = self._item(record, "text", uri, record.text, sha, mine.get(uri), meta, None)
             items += [item] if item is not None else []
+            report.unchanged += item is None
         for n, (ref, data) in enumerate(zip(record.images, images, strict=True)):
             if isinstance(data, ImageProblem):
                 self._fail(record.id, f"image {n} ({describe(ref)})", data.reason, data.exc_class,
@@ -176,6 +177,7 @@ class RecordSource:
             keep.add(uri)
             item = self._item(record, "image", uri, data, sha, mine.get(uri), meta, n)
             items += [item] if item is not None else []
+            report.unchanged += item is None
         stale[record.id] = [s for u, s in mine.items() if u not in keep]
         return items
 
@@ -241,7 +243,9 @@ class RecordSource:
 
     def failure(self, failed: Failed) -> Failure:
         part: Part = failed.item.ref
-        what = "text" if part.image is None else f"image {part.image}"
+        what = "text"
+        if part.image is not None:
+            what = f"image {part.image} ({describe(part.record.images[part.image])})"
         self.doubtful.add(part.record.id)
         self.upsert.failed.append((part.record.id, what, failed.reason))
         return Failure(part.record.id, f"{what}: {failed.reason}", failed.exc_class, failed.stage)

@@ -75,13 +75,20 @@ def index(
     workers: int | None = None,
     text_column: str | None = None,
     id_column: str | None = None,
+    image_column: str | None = None,
+    allow_private_urls: bool = False,
     metadata: str | _os.PathLike[str] | None = None,
     file_column: str = "file",
     build_index: bool = True,
     index_type: str = "auto",
     offline: bool = False,
 ) -> "IndexReport":
-    """Indexes image folders and text collections; returns the run's ``IndexReport``.
+    """Indexes image folders, text collections and product feeds; returns the run's ``IndexReport``.
+
+    A collection with an image column (``image_column``, or a merchant feed's
+    ``image_link``) is a product feed; ``report.records`` then holds the same counts and
+    failures by id as ``idx.upsert`` returns. ``allow_private_urls`` lets a feed fetch
+    images from an internal host.
 
     Works from any caller: scripts without a ``__main__`` guard, ``python -``, a REPL
     or a notebook (decode workers never import the caller's ``__main__``). Raises
@@ -105,6 +112,8 @@ def index(
         device=device,
         text_column=text_column,
         id_column=id_column,
+        image_column=image_column,
+        allow_private_urls=allow_private_urls,
         image_metadata=metadata,
         file_column=file_column,
         build_index=build_index,
