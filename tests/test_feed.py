@@ -109,7 +109,10 @@ def test_feed_runs_add_update_and_remove_by_id(tmp_path, catalog, server):
     idx = SearchIndex(index)
     hits = idx.search("brand7", k=5, mode="lexical", group_by="id")
     assert [h.metadata["id"] for h in hits] == ["P007"]
-    assert hits[0].metadata["price"] == float(rows[7]["price"][:-4]) and hits[0].metadata["gtin"] == "00000007"
+    assert (
+        hits[0].metadata["price"] == float(rows[7]["price"][:-4])
+        and hits[0].metadata["gtin"] == "00000007"
+    )
     cheap = idx.search(rows[7]["title"], k=50, where={"price__lt": 30}, group_by="id")
     assert all(h.metadata["price"] < 30 for h in cheap)
 
