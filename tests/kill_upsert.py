@@ -147,6 +147,7 @@ def run_upsert_trials(
 ) -> list[UpsertTrial]:
     """Runs ``trials`` kill / upsert again / verify cycles (see the module docstring)."""
     from mmsearch.indexer.upsert import create_index, upsert_records
+
     from mmsearch.storage.table import ItemStore
     from tests.kill_harness import make_encoder
 

@@ -46,7 +46,6 @@ def test_sigkill_during_record_upserts(tmp_path, mode):
     images): upserting the same records again leaves exactly their rows, each with the
     vector of its own text or image, searchable."""
     from mmsearch.datasets.synthetic import generate_catalog
-
     from tests.kill_upsert import run_upsert_trials
 
     cat = generate_catalog(tmp_path / "collection", n=120, seed=23, image_size=64)
