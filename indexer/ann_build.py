@@ -326,6 +326,7 @@ def _update_in_place(
     info = index.info
     if info["type"] != "ivfpq" or index_type not in ("auto", info["type"]):
         return None
+    index.merge_pending()  # rows record upserts left beside the structure go in now
     if len(delta.removed) + len(delta.added) > INCREMENTAL_MAX_CHANGE * max(len(index), 1):
         return None
     if len(delta.removed):
@@ -350,6 +351,8 @@ def _unchanged_infos(
                 expect_table_version=snapshot.table_version,
                 expect_model_key=spec.key,
             )
+            if index.waiting_rows:  # record upserts left rows beside it: merge them
+                return None
             infos[kind] = {**index.info, "mode": "unchanged"}
     except (MMSearchError, OSError, ValueError, RuntimeError):
         return None

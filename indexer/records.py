@@ -103,6 +103,7 @@ class RecordSource:
         self.seen: set[str] = set()
         self.doubtful: set[str] = set()  # records with a failed part: nothing of theirs is deleted
         self._new_images: dict[str, int] = {}  # per record: images embedded as new rows
+        self.removed_ids: list[int] = []  # rows deleted (stale images, swept records)
 
     def plan(
         self, store: ItemStore, report: IndexReport, progress: ProgressFn
@@ -123,7 +124,9 @@ class RecordSource:
             _attach_vectors(store, items)
             yield items
             # The chunk's rows are committed: drop what its records no longer name.
-            report.deleted += store.delete_ids(self._count_removed(stale))
+            gone = self._count_removed(stale)
+            self.removed_ids += gone
+            report.deleted += store.delete_ids(gone)
 
     def _count_removed(self, stale: dict[str, list[Stored]]) -> list[int]:
         """The ids of stale rows to delete; an image in place of a removed one counts as updated."""
@@ -267,6 +270,7 @@ class RecordSource:
         for row in gone:
             self.upsert.counts(row["kind"]).removed += 1
         self.upsert.deleted_records += len({record_id_of(r["uri"]) for r in gone})
+        self.removed_ids += [r["id"] for r in gone]
         report.deleted += store.delete_ids(r["id"] for r in gone)
 
 

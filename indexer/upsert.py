@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import pyarrow as pa
+from mmsearch.indexer.ann_delta import RowChanges, publish_changes
 from mmsearch.indexer.executor import LocalExecutor
 from mmsearch.indexer.items import IdAllocator
 from mmsearch.indexer.options import IndexOptions
@@ -109,26 +111,50 @@ def upsert_records(
     chunks = [parsed[i : i + CHUNK_RECORDS] for i in range(0, len(parsed), CHUNK_RECORDS)]
     with writer_session(index, wait_s=lock_wait_s) as session:
         store = ItemStore.create(session.local_dir, dim=encoder.dim, spec=encoder.spec)
+        changes = RowChanges(since=store.version)
         with ImageResolver(policy, local_paths=local_paths) as resolver:
             source = RecordSource(chunks, resolver, upsert, source=RECORDS_SOURCE)
-            write_records(source, store, encoder, IndexOptions())
-        upsert.table_version = publish_rows(session, store, encoder)
+            write_records(source, store, encoder, IndexOptions(), changes)
+        changes.removed += source.removed_ids
+        changes.until = store.version
+        upsert.table_version = publish_rows(session, store, encoder, changes)
     upsert.elapsed_s = time.perf_counter() - started
     return upsert
 
 
 def write_records(
-    source: RecordSource, store: ItemStore, encoder: Encoder, opts: IndexOptions
+    source: RecordSource,
+    store: ItemStore,
+    encoder: Encoder,
+    opts: IndexOptions,
+    changes: RowChanges | None = None,
 ) -> IndexReport:
-    """Feeds a record source through the loop; images decode in threads (they are in memory)."""
+    """Feeds a record source through the loop; images decode in threads (they are in
+    memory). The ids of the rows written go to ``changes``."""
     from mmsearch.models.batching import batch_size_for
 
     opts = replace(opts, batch_size=batch_size_for(encoder, opts.batch_size))
     report = IndexReport()
     executor = LocalExecutor(encoder, opts, decode_in="thread")
-    writer = BatchWriter(store, opts.commit_every)
+    writer = RecordingWriter(store, opts.commit_every, changes)
     write_source(source, store, executor, writer, IdAllocator.for_store(store), report, _quiet)
     return report
+
+
+class RecordingWriter(BatchWriter):
+    """A :class:`BatchWriter` that notes the ids of the rows it writes, by kind."""
+
+    def __init__(self, store: ItemStore, commit_every: int, changes: RowChanges | None) -> None:
+        super().__init__(store, commit_every)
+        self.changes = changes
+
+    def add(self, rows: pa.Table) -> None:
+        if self.changes is not None:
+            for kind, row_id in zip(
+                rows.column("kind").to_pylist(), rows.column("id").to_pylist(), strict=True
+            ):
+                self.changes.written.setdefault(kind, []).append(int(row_id))
+        super().add(rows)
 
 
 def delete_records(
@@ -145,30 +171,34 @@ def delete_records(
         return 0
     with writer_session(index, wait_s=lock_wait_s) as session:
         store = ItemStore.open(session.local_dir)
+        changes = RowChanges(since=store.version)
         found: set[str] = set()
         for start in range(0, len(wanted), 200):
             part = wanted[start : start + 200]
             where = " OR ".join(record_range(r) for r in part)
-            uris = store.scan(["uri"], where).column("uri").to_pylist()
-            if uris:
-                found.update(r for r in map(record_id_of, uris) if r is not None)
+            rows = store.scan(["uri", "id"], where)
+            if rows.num_rows:
+                found.update(r for r in map(record_id_of, rows.column("uri").to_pylist()) if r)
+                changes.removed += rows.column("id").to_pylist()
                 with write_guard(store.index_dir):
                     store.table.delete(where)
         if found:
-            publish_rows(session, store, encoder)
+            changes.until = store.version
+            publish_rows(session, store, encoder, changes)
     return len(found)
 
 
-def publish_rows(session: WriterSession, store: ItemStore, encoder: Encoder) -> int:
-    """Makes the committed rows what readers see: labels, ANN update, snapshot, publish.
-    Returns the table version published."""
-    from mmsearch.indexer.ann_build import build_ann
-
+def publish_rows(
+    session: WriterSession, store: ItemStore, encoder: Encoder, changes: RowChanges | None = None
+) -> int:
+    """Makes the committed rows what readers see: labels, then the new rows beside the
+    ANN index (:func:`~mmsearch.indexer.ann_delta.publish_changes`), the snapshot, the
+    object store. Returns the table version published."""
     from mmsearch.labels import refresh_labels
 
     with write_guard(store.index_dir):
         refresh_labels(store, encoder)
-        build_ann(store, store.model_spec, encoder=encoder)
+        publish_changes(store, store.model_spec, changes, encoder=encoder)
     session.publish()
     return store.version
 

@@ -259,3 +259,48 @@ def test_fetcher_retries_and_refuses(tmp_path, catalog):
     with UrlFetcher(FetchPolicy()) as strict:  # the default policy refuses loopback
         with pytest.raises(UnsafeURLError, match="non-public"):
             strict.fetch(srv.url("a.jpg"))
+
+
+def test_upserts_wait_beside_an_ivfpq_index_until_a_merge(tmp_path, catalog, tiny_encoder):
+    from mmsearch.indexer.ann_build import rebuild_ann
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
+
+    from mmsearch.storage.snapshot import read_snapshot
+
+    index = tmp_path / "index"
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for row in catalog.rows[:300]:
+        (folder / Path(row["file"]).name).write_bytes((catalog.root / row["file"]).read_bytes())
+    opts = IndexOptions(index_type="ivfpq", workers=1)
+    run_index([folder], index, tiny_encoder.spec, options=opts, encoder=tiny_encoder)
+    writer = SearchIndex(index, encoder=tiny_encoder)
+    writer.upsert({"id": "first", "title": "the first text"})  # the index's first text: built
+    first = read_snapshot(index)
+    structure = next((index / first.ann_dirs["image"]).glob("index-*.faiss")).stat().st_ino
+    reader = SearchIndex(index, encoder=tiny_encoder)  # another reader, as a server worker
+    recs = [{"id": f"n{i}", "title": row["caption"], "image": str(catalog.root / row["file"])}
+            for i, row in enumerate(catalog.rows[300:320])]  # fmt: skip
+    writer.upsert(recs)
+    snap = read_snapshot(index)
+    linked = next((index / snap.ann_dirs["image"]).glob("index-*.faiss"))
+    assert linked.stat().st_ino == structure  # the FAISS structure: neither rebuilt nor rewritten
+    assert reader.reload() and reader.info()["ann"]["image"]["pending_rows"] == 20
+    rows = rows_of(index)
+    new = [r for r in rows.values() if r["kind"] == "image" and '"n' in (r["metadata"] or "")]
+    assert len(new) == 20
+    for row in new:
+        assert reader.search_vector(row["vector"], k=1, kind="image")[0].uri == row["uri"]
+    writer.delete([f"n{i}" for i in range(5)])
+    assert reader.reload()
+    doomed = {f"n{i}" for i in range(5)}
+    gone = {r["uri"] for r in new if json.loads(r["metadata"])["id"] in doomed}
+    assert len(gone) == 5
+    for row in new:
+        hit = reader.search_vector(row["vector"], k=1, kind="image")[0]
+        assert (hit.uri == row["uri"]) == (row["uri"] not in gone)
+    rebuild_ann(index)  # build-index merges what waits
+    assert reader.reload() and reader.info()["ann"]["image"]["pending_rows"] == 0
+    for row in new:
+        if row["uri"] not in gone:
+            assert reader.search_vector(row["vector"], k=1, kind="image")[0].uri == row["uri"]

@@ -34,6 +34,7 @@ from mmsearch.ann.params import (
     estimate_ivfpq_bytes,
     retrain_due,
 )
+from mmsearch.ann.pending import id_list, merge_answers, search_pending, store_ids
 from mmsearch.ann.persist import load_index, save_index
 from mmsearch.ann.segment import check_dtype
 from mmsearch.ann.store import VectorStore, top_k
@@ -226,30 +227,33 @@ class VectorIndex:
         nprobe_v = default_nprobe if nprobe is None else positive_int("nprobe", nprobe)
         refine_v = default_refine if refine is None else positive_int("refine", refine)
         with self._rw.read():
-            if exact:
-                return self._store.exact_search(q, k)
+            pending = id_list(self._meta, "pending")
+            if exact or (self._params.index_type == "flat" and self.waiting_rows):
+                return self._store.exact_search(q, k)  # covers pending rows, skips removed ones
             if self._params.index_type == "flat":
                 scores, ids = self._index.search(q, k)
                 return _pads(scores, ids)
-            nprobe_v = min(nprobe_v, self._params.nlist)
-            # The tuned refine holds for top-TUNE_K; smaller k keep that many candidates,
-            # or near-duplicate neighbours crowd the true top-1 out of k*refine.
-            n_cand = max(k, TUNE_K) * refine_v
-            if self._gpu_index is not None:  # pragma: no cover - no GPU in CI
-                with self._gpu_lock:  # GPU nprobe is set on the index, not per call
-                    faiss.GpuParameterSpace().set_index_parameter(
-                        self._gpu_index, "nprobe", nprobe_v
-                    )
-                    _, cand = self._gpu_index.search(q, min(n_cand, 2048))
-            else:
-                _, cand = self._index.search(
-                    q,
-                    n_cand,
-                    params=search_params(
-                        self._index, nprobe_v, hnsw=self._params.quantizer == "hnsw"
-                    ),
-                )
-            return self._rescore(q, cand, k)
+            if len(pending):
+                answer = self._search_ivf(q, k, nprobe_v, refine_v)
+                return merge_answers(answer, search_pending(self._store, q, pending, k), k)
+            return self._search_ivf(q, k, nprobe_v, refine_v)
+
+    def _search_ivf(self, q: F32, k: int, nprobe_v: int, refine_v: int) -> tuple[F32, I64]:
+        nprobe_v = min(nprobe_v, self._params.nlist)
+        # The tuned refine holds for top-TUNE_K; smaller k keep that many candidates,
+        # or near-duplicate neighbours crowd the true top-1 out of k*refine.
+        n_cand = max(k, TUNE_K) * refine_v
+        if self._gpu_index is not None:  # pragma: no cover - no GPU in CI
+            with self._gpu_lock:  # GPU nprobe is set on the index, not per call
+                faiss.GpuParameterSpace().set_index_parameter(self._gpu_index, "nprobe", nprobe_v)
+                _, cand = self._gpu_index.search(q, min(n_cand, 2048))
+        else:
+            _, cand = self._index.search(
+                q,
+                n_cand,
+                params=search_params(self._index, nprobe_v, hnsw=self._params.quantizer == "hnsw"),
+            )
+        return self._rescore(q, cand, k)
 
     def _rescore(self, q: F32, cand: I64, k: int) -> tuple[F32, I64]:
         """Exact inner products of the candidates; unknown or removed ids drop out."""
@@ -314,9 +318,71 @@ class VectorIndex:
             )
         return retrain_due(int(self._meta["trained_n"]), int(self._meta["added_since_train"]))
 
+    @property
+    def waiting_rows(self) -> int:
+        """Pending plus lazily removed rows (see :mod:`mmsearch.ann.pending`)."""
+        return len(self._meta.get("pending", ())) + len(self._meta.get("lazily_removed", ()))
+
+    def add_pending(self, vectors: F32, ids: I64) -> None:
+        """Add rows to the refine store only: searched exactly beside the ANN structure
+        until :meth:`merge_pending` (ids must not be present already)."""
+        vectors, ids = check_rows(vectors, ids, d=self._params.d, allow_empty=True)
+        if not len(ids):
+            return
+        with self._mutate:
+            present = self._store.contains(ids)
+            if present.any() or len(np.unique(ids)) != len(ids):
+                raise BadQueryError("ids passed to add_pending are present already or repeated")
+            with self._rw.write():
+                self._store.add(vectors, ids)
+                both = np.concatenate([id_list(self._meta, "pending"), ids])
+                store_ids(self._meta, "pending", both)
+
+    def remove_lazily(self, ids: I64) -> None:
+        """Remove rows from the refine store only (never returned again); the ANN
+        structure forgets them at :meth:`merge_pending`."""
+        arr = np.unique(np.asarray(ids, np.int64))
+        if not len(arr):
+            return
+        with self._mutate, self._rw.write():
+            arr = arr[self._store.contains(arr)]  # unknown ids are ignored
+            self._store.remove(arr)
+            pending = id_list(self._meta, "pending")
+            store_ids(self._meta, "pending", pending[~np.isin(pending, arr)])
+            lazy = np.concatenate(
+                [id_list(self._meta, "lazily_removed"), arr[~np.isin(arr, pending)]]
+            )
+            store_ids(self._meta, "lazily_removed", lazy)
+
+    def merge_pending(self) -> int:
+        """Adds the pending rows to the ANN structure and drops the lazily removed ones;
+        returns how many rows were waiting."""
+        with self._mutate:
+            pending = id_list(self._meta, "pending")
+            lazy = id_list(self._meta, "lazily_removed")
+            if not len(pending) and not len(lazy):
+                return 0
+            vectors, found = self._store.lookup(pending, bulk=True)
+            with self._rw.write():
+                self._make_mutable()
+                if len(lazy):
+                    self._index.remove_ids(lazy)
+                for start in range(0, int(found.sum()), ADD_CHUNK):
+                    part = slice(start, start + ADD_CHUNK)
+                    self._index.add_with_ids(vectors[found][part], pending[found][part])
+                self._meta["added_since_train"] = int(self._meta.get("added_since_train", 0)) + len(
+                    pending
+                )
+                store_ids(self._meta, "pending", pending[:0])
+                store_ids(self._meta, "lazily_removed", lazy[:0])
+                self._index_dirty = True
+                self._gpu_index = None
+            return len(pending) + len(lazy)
+
     def add(self, vectors: F32, ids: I64, *, retrain: bool | None = None) -> None:
         """Add rows (ids must not be present already). ``retrain=None`` retrains when
         ``needs_retrain`` becomes true, ``True`` always, ``False`` never."""
+        self.merge_pending()  # rows waiting beside the structure go in first
         vectors, ids = check_rows(vectors, ids, d=self._params.d, allow_empty=True)
         with self._mutate:
             if len(ids):
@@ -351,6 +417,7 @@ class VectorIndex:
         arr = np.unique(arr.astype(np.int64))
         if not len(arr):
             return
+        self.merge_pending()
         with self._mutate, self._rw.write():
             self._make_mutable()
             self._store.remove(arr)
@@ -365,6 +432,8 @@ class VectorIndex:
 
     def _retrain_locked(self) -> None:
         store = self._store
+        store_ids(self._meta, "pending", np.empty(0, np.int64))  # the rebuild takes every live row
+        store_ids(self._meta, "lazily_removed", np.empty(0, np.int64))
         if store.n_live == 0:
             raise BadQueryError("cannot retrain an empty index")
         requested = self._meta.get("requested_type", "auto")
@@ -473,6 +542,7 @@ class VectorIndex:
             "trained_n": self._meta.get("trained_n"),
             "added_since_train": self._meta.get("added_since_train"),
             "needs_retrain": self.needs_retrain,
+            "pending_rows": len(self._meta.get("pending", ())),
             "profiles": dict(self._meta.get("profiles", {})),
             "gpu": bool(self._meta.get("gpu")),
         }

@@ -92,6 +92,14 @@ def save_index(
                 and _files_present(root, index._files, ("index",))
             ):
                 files["index"] = index._files["index"]
+            elif (  # unchanged (pending rows wait beside it): linked from the previous directory
+                not index._index_dirty
+                and index._files_dir is not None
+                and _files_present(index._files_dir, index._files, ("index",))
+            ):
+                entry = index._files["index"]
+                F.link_or_copy(index._files_dir / entry["name"], root / entry["name"])
+                files["index"] = dict(entry)
             else:
                 xpath = root / f"index-{gen}.faiss"
                 F.atomic_write(xpath, lambda tmp: faiss.write_index(index._index, str(tmp)))
@@ -285,6 +293,8 @@ def _load_manifest(
     if index_entry is None:
         index: faiss.Index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
         fill_index(index, store)
+        meta.pop("pending", None)  # filled from the store: it holds every live row
+        meta.pop("lazily_removed", None)
     else:
         xpath = F.verify_file(root, index_entry, checksum=verify_checksums)
         try:
@@ -293,10 +303,12 @@ def _load_manifest(
             raise IndexCorruptError(
                 f"cannot read FAISS index {xpath}: {exc}; {F.REBUILD_HINT}"
             ) from exc
-        if index.ntotal != n or index.d != d:
+        # rows waiting beside the structure (mmsearch.ann.pending) are not in it yet
+        in_structure = n - len(meta.get("pending", ())) + len(meta.get("lazily_removed", ()))
+        if index.ntotal != in_structure or index.d != d:
             raise IndexCorruptError(
                 f"FAISS index {xpath} holds {index.ntotal} vectors of dimension {index.d}, "
-                f"manifest says {n} x {d}; {F.REBUILD_HINT}"
+                f"manifest says {in_structure} x {d}; {F.REBUILD_HINT}"
             )
     out = cls(params=params, index=index, store=store, nprobe=nprobe, refine=refine, meta=meta)
     out._index_readonly_mmap = index_entry is not None and mmap
