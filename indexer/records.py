@@ -120,7 +120,7 @@ class RecordSource:
                 mine = {u: s for u, s in stored.items() if u.startswith(record_prefix(record.id))}
                 images = [next(resolved) for _ in record.images]
                 items += self._plan_record(record, mine, images, stale, report)
-            progress("scan", len(chunk), None)
+            progress("scan", len(chunk), len(chunk))
             _attach_vectors(store, items)
             yield items
             # The chunk's rows are committed: drop what its records no longer name.
