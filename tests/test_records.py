@@ -304,3 +304,36 @@ def test_upserts_wait_beside_an_ivfpq_index_until_a_merge(tmp_path, catalog, tin
     for row in new:
         if row["uri"] not in gone:
             assert reader.search_vector(row["vector"], k=1, kind="image")[0].uri == row["uri"]
+
+
+def test_images_from_s3_through_the_object_store_client(tmp_path, catalog, tiny_encoder,
+                                                       monkeypatch):  # fmt: skip
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ALLOW_HTTP": "true",
+               "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_REGION": "us-east-1"}  # fmt: skip
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+        s3.create_bucket(Bucket="shop-images")
+        data = (catalog.root / catalog.rows[0]["file"]).read_bytes()
+        s3.put_object(Bucket="shop-images", Key="p/1.jpg", Body=data)
+        create_index(tmp_path / "i", tiny_encoder.spec, encoder=tiny_encoder)
+        idx = SearchIndex(tmp_path / "i", encoder=tiny_encoder)
+        report = idx.upsert({"id": "s", "images": ["s3://shop-images/p/1.jpg", "s3://shop-images/none.jpg"]})
+        assert report.images.added == 1
+        assert [(f[0], f[1]) for f in report.failed] == [("s", "image 1 (s3://shop-images/none.jpg)")]
+        assert "NoSuchKey" in report.failed[0][2]
+        row = next(r for r in rows_of(tmp_path / "i").values() if r["kind"] == "image")
+        assert row["sha256"] == __import__("hashlib").sha256(data).hexdigest()
+    finally:
+        server.stop()
