@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mmsearch.errors import BadQueryError
-from mmsearch.search.filters import Condition, from_mapping
+from mmsearch.search.filters import Condition
 from mmsearch.search.language import QueryTerm, classify_term, parse_query
 from mmsearch.search.request import where_conditions
 from mmsearch.search.types import Query, RerankSpec, Results
@@ -42,8 +42,8 @@ LOOKUPS = {
 
 def conditions_from_kwargs(kwargs: Mapping[str, Any]) -> list[Condition]:
     """``price__lt=20, colour=["red", "blue"]`` → typed conditions (lists mean ``in``)."""
-    mapping: dict[str, Any] = {}
-    out: list[Condition] = []
+    plain: dict[str, Any] = {}
+    lookups: list[Mapping[str, Any]] = []
     for key, value in kwargs.items():
         column, _, lookup = key.partition("__")
         if lookup:
@@ -51,10 +51,10 @@ def conditions_from_kwargs(kwargs: Mapping[str, Any]) -> list[Condition]:
                 raise BadQueryError(
                     f"unknown filter lookup {lookup!r} in {key!r}; use one of {', '.join(LOOKUPS)}"
                 )
-            out.extend(from_mapping({column: (LOOKUPS[lookup], value)}))
+            lookups.append({column: (LOOKUPS[lookup], value)})
         else:
-            mapping[column] = value
-    return from_mapping(mapping) + out if mapping else out
+            plain[column] = value
+    return list(where_conditions([plain, *lookups]))
 
 
 def image_term(image: Any, weight: float) -> QueryTerm:
