@@ -351,7 +351,7 @@ def _unchanged_infos(
                 expect_table_version=snapshot.table_version,
                 expect_model_key=spec.key,
             )
-            if index.waiting_rows:  # record upserts left rows beside it: merge them
+            if index.info["waiting_rows"]:  # record upserts left rows beside it: merge them
                 return None
             infos[kind] = {**index.info, "mode": "unchanged"}
     except (MMSearchError, OSError, ValueError, RuntimeError):

@@ -152,7 +152,7 @@ def _updated(
         ids, vectors = vectors_of(store, added)
         index.add_pending(vectors, ids)
     info = index.info
-    if merge_due(info["pending_rows"], index.waiting_rows - info["pending_rows"], len(index)):
+    if merge_due(info["pending_rows"], info["waiting_rows"] - info["pending_rows"], len(index)):
         index.merge_pending()
     return index
 

@@ -167,7 +167,7 @@ class UrlFetcher:
             raise FetchError(f"image URL answered HTTP {exc.status}") from exc
         if self.sniff:
             from mmsearch.errors import ImageDecodeError
-            from mmsearch.imageio import SNIFF_BYTES, sniff_image_format
+            from mmsearch.imageformats import SNIFF_BYTES, sniff_image_format
 
             if sniff_image_format(body[:SNIFF_BYTES]) is None:
                 raise ImageDecodeError("the URL did not return an image (unrecognised content)")

@@ -54,7 +54,7 @@ def test_pending_rows_are_searched_and_removed_rows_never_return(tmp_path, index
     assert again.info["pending_rows"] == (25 if ivf else 0)
     check(again)
     assert again.merge_pending() == (25 + 5 if ivf else 0)
-    assert again.waiting_rows == 0 and again.info["pending_rows"] == 0
+    assert again.info["waiting_rows"] == 0 and again.info["pending_rows"] == 0
     check(again)
     assert again.merge_pending() == 0
 

@@ -41,6 +41,21 @@ def store_ids(meta: dict[str, Any], key: str, ids: I64) -> None:
         meta.pop(key, None)
 
 
+def clear_waiting(meta: dict[str, Any]) -> None:
+    """No row waits any more (the structure was rebuilt from every live row)."""
+    meta.pop("pending", None)
+    meta.pop("lazily_removed", None)
+
+
+def with_pending(
+    store: VectorStore, queries: F32, pending: I64, k: int, answer: tuple[F32, I64]
+) -> tuple[F32, I64]:
+    """``answer`` (from the ANN structure) merged with the exact top-``k`` of the pending rows."""
+    if not len(pending):
+        return answer
+    return merge_answers(answer, search_pending(store, queries, pending, k), k)
+
+
 def merge_due(n_pending: int, n_lazy: int, n_live: int) -> bool:
     """Whether waiting rows should be merged into the ANN structure now."""
     waiting = n_pending + n_lazy
