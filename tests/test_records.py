@@ -22,7 +22,7 @@ from tests.image_server import ImageServer
 N = 1000
 #: A short, retrying policy that may reach the loopback test server.
 POLICY = FetchPolicy(
-    allow_private=True, timeout_s=1.0, max_bytes=1_000_000, retries=1, backoff_s=0.05
+    allow_private=True, timeout_s=3.0, max_bytes=1_000_000, retries=1, backoff_s=0.05
 )
 BAD = {  # record index -> (path on the server, words its failure reason holds)
     3: ("missing.jpg", "HTTP 404"),
@@ -46,7 +46,7 @@ def catalog(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(catalog):
-    with ImageServer(slow_s=3.0) as srv:
+    with ImageServer(slow_s=8.0) as srv:
         for row in catalog.rows:
             srv.add("img/" + row["file"], (catalog.root / row["file"]).read_bytes())
         yield srv
@@ -244,7 +244,7 @@ def test_fetcher_retries_and_refuses(tmp_path, catalog):
     from mmsearch.urlfetch import FetchError, UnsafeURLError, UrlFetcher
 
     data = (catalog.root / catalog.rows[0]["file"]).read_bytes()
-    with ImageServer(slow_s=2.0) as srv, UrlFetcher(POLICY) as fetcher:
+    with ImageServer(slow_s=8.0) as srv, UrlFetcher(POLICY) as fetcher:
         srv.add("a.jpg", data)
         assert fetcher.fetch(srv.url("flaky/a.jpg")) == data
         assert srv.requests.count("/flaky/a.jpg") == 2
