@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
-from mmsearch.errors import MMSearchError
+from mmsearch.errors import RecordError
 
 #: Text fields of a record, in the order their values are joined.
 DEFAULT_TEXT_FIELDS = ("title", "description")
@@ -33,9 +33,7 @@ _URI_PREFIX = "record:"
 
 MetaValue = str | int | float | bool | None
 
-
-class RecordError(MMSearchError, ValueError):
-    """A record cannot be used at all (no id, not an object, an id given twice, ...)."""
+__all__ = ["Record", "RecordError", "RecordFields", "UpsertReport", "read_records"]
 
 
 @dataclass(frozen=True)

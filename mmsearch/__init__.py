@@ -23,6 +23,7 @@ from mmsearch.errors import (
     MMSearchError,
     ModelLoadError,
     ModelMismatchError,
+    RecordError,
     SourceNotFoundError,
     StorageError,
     TextCollectionError,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:
     from mmsearch.engine import SearchIndex, SearchResult
+    from mmsearch.indexer.recordtypes import UpsertReport
     from mmsearch.indexer.report import IndexReport
     from mmsearch.search.types import Query, Results
 
@@ -132,6 +134,7 @@ _LAZY = {
     "SearchIndex": "mmsearch.engine",
     "SearchResult": "mmsearch.engine",
     "IndexReport": "mmsearch.indexer.report",
+    "UpsertReport": "mmsearch.indexer.recordtypes",
     "Query": "mmsearch.search.types",
     "Results": "mmsearch.search.types",
 }
@@ -158,6 +161,7 @@ __all__ = [
     "ModelMismatchError",
     "ModelSpec",
     "Query",
+    "RecordError",
     "Results",
     "SearchIndex",
     "SearchResult",
@@ -165,6 +169,7 @@ __all__ = [
     "StorageError",
     "TextCollectionError",
     "UnsafePathError",
+    "UpsertReport",
     "index",
     "open",
 ]

@@ -211,7 +211,7 @@ def test_bad_records_are_refused_before_anything_is_written(tmp_path, tiny_encod
         (["not a dict"], "not an object"),
         ([{"id": " "}], "empty 'id'"),
     ):
-        with pytest.raises(mmsearch.MMSearchError, match=words):
+        with pytest.raises(mmsearch.RecordError, match=words):
             idx.upsert(bad)
     assert ItemStore.open(tmp_path / "i").version == version
 

@@ -32,6 +32,7 @@ from mmsearch.storage.table import ItemStore
 
 if TYPE_CHECKING:
     from mmsearch.indexer.recordtypes import UpsertReport
+    from mmsearch.urlfetch import FetchPolicy
 
 __all__ = ["Query", "QueryBuilder", "Results", "SearchIndex", "SearchResult", "open_index"]
 
@@ -115,18 +116,36 @@ class SearchIndex:
 
     # -- records -----------------------------------------------------------------------------
     def upsert(
-        self, records: Sequence[Mapping[str, Any]] | Mapping[str, Any], **options: Any
+        self,
+        records: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+        *,
+        text_fields: Sequence[str] | None = None,
+        image_fields: Sequence[str] | None = None,
+        allow_private_urls: bool = False,
+        local_paths: bool = True,
+        fetch_policy: FetchPolicy | None = None,
+        lock_wait_s: float = 10.0,
     ) -> UpsertReport:
         """Inserts or updates records by their ``id``; searchable here when this returns.
 
-        Options: ``text_fields``, ``image_fields``, ``allow_private_urls``, ``local_paths``,
-        ``fetch_policy``, ``lock_wait_s`` (see :func:`mmsearch.indexer.upsert.upsert_records`).
+        ``text_fields`` (default ``title``, ``description``) make a record's text,
+        ``image_fields`` (default ``image``, ``images``) hold its images: URLs, ``s3://``,
+        ``data:`` URIs, bytes, PIL images or paths (``local_paths=False`` refuses paths,
+        for records from a network client). ``fetch_policy`` (or ``allow_private_urls``)
+        governs URL fetching. Raises :class:`~mmsearch.errors.RecordError` (nothing
+        written) for a record without an id or an id given twice, and
+        :class:`~mmsearch.errors.StorageError` when another writer holds the index past
+        ``lock_wait_s``. See :mod:`mmsearch.indexer.records`.
 
         >>> idx.upsert([{"id": "sku-1", "title": "red shirt", "image": "https://cdn/1.jpg"}])  # doctest: +SKIP
         """
         from mmsearch.indexer.upsert import upsert_records
 
-        report = upsert_records(self._location, records, encoder=self.encoder, **options)
+        report = upsert_records(
+            self._location, records, encoder=self.encoder, text_fields=text_fields,
+            image_fields=image_fields, allow_private_urls=allow_private_urls,
+            local_paths=local_paths, fetch_policy=fetch_policy, lock_wait_s=lock_wait_s,
+        )  # fmt: skip
         self.reload()
         return report
 
