@@ -39,7 +39,7 @@ def check_image_path(path: str | os.PathLike[str], roots: Sequence[Path] | None)
         raise UnsafePathError(
             f"image path {shown!r} is outside the allowed folders (quote the term to search for it as text)"
         )
-    if not real.is_file():
+    if not os.path.isfile(real):  # False, not OSError, for an over-long name (errno 36)
         raise BadQueryError(f"image not found: {shown} (quote the term to search for it as text)")
     return real
 

@@ -1,6 +1,6 @@
 """The server's non-search routes: gallery page, index info, media, health, readiness, metrics.
 
-GET /            the gallery page (strict CSP)
+GET /            the gallery page (strict CSP: its one script runs by a per-answer nonce)
 GET /api/info    index info (server paths only with ``expose_paths``)
 GET /media/{id}  an indexed image, only while it is still what was indexed
 GET /healthz     200 while the process runs (no token, no Host check)
@@ -12,25 +12,38 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from mmsearch.serve.files import FileChangedError, open_indexed_file, read_chunks
+from mmsearch.serve.failures import error_responses
+from mmsearch.serve.files import FileChangedError, read_indexed_file
 from mmsearch.serve.holder import IndexHolder
 from mmsearch.serve.lifecycle import ServeState
 from mmsearch.serve.observe import Metrics
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_ITEM_ID = 2**63 - 1
-PAGE_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+_PAGE_CSP = (
+    "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; "
     "img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 _INFO_PATH_KEYS = ("index_dir",)
+
+
+def page_csp(nonce: str) -> str:
+    """The gallery's Content-Security-Policy: only the script carrying ``nonce`` runs."""
+    return _PAGE_CSP.format(nonce=nonce)
+
+
+def gallery_page(nonce: str) -> str:
+    """The gallery's HTML with ``nonce`` on its script tags."""
+    html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+    return html.replace("<script>", f'<script nonce="{nonce}">')
 
 
 def snapshot_body(index: Any) -> dict[str, Any]:
@@ -50,13 +63,25 @@ def add_ops_routes(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index_page() -> HTMLResponse:
-        html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+        nonce = secrets.token_urlsafe(16)
         return HTMLResponse(
-            html, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"}
+            gallery_page(nonce),
+            headers={"Content-Security-Policy": page_csp(nonce), "Cache-Control": "no-store"},
         )
 
-    @app.get("/api/info")
+    @app.get(
+        "/api/info",
+        responses={
+            200: {
+                "description": "The served index: items, model, ANN indexes, snapshot.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            **error_responses(),
+        },
+        response_class=JSONResponse,
+    )
     def info() -> dict[str, Any]:
+        """What the server serves: the index's items, model and ANN indexes."""
         out = holder.get().info()
         out["reload_error"] = holder.reload_error
         if not config.expose_paths:
@@ -66,31 +91,42 @@ def add_ops_routes(
                 out["reload_error"] = "the newest snapshot could not be opened (see the server log)"
         return out
 
-    @app.get("/media/{item_id}")
-    def media(item_id: Annotated[int, PathParam(ge=0, le=MAX_ITEM_ID)]) -> StreamingResponse:
+    @app.get(
+        "/media/{item_id}",
+        responses={
+            200: {
+                "description": "The image's bytes, exactly as indexed.",
+                "content": {
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **error_responses(404, 422),
+        },
+        response_class=Response,
+    )
+    def media(item_id: Annotated[int, PathParam(ge=0, le=MAX_ITEM_ID)]) -> Response:
+        """The image file of an indexed item, while it is still the one that was indexed."""
         index = holder.get()
         item = holder.catalog(index).get(item_id)
         if item is None or item.kind != "image":
             metrics.media_refused.labels(reason="unknown_id").inc()
             raise HTTPException(404, "no image with that id")
         try:
-            fd = open_indexed_file(item.path, item.root, size=item.size, mtime_ns=item.mtime_ns)
+            data = read_indexed_file(
+                item.path, item.root, size=item.size, mtime_ns=item.mtime_ns, sha256=item.sha256
+            )
         except FileChangedError:
             metrics.media_refused.labels(reason="changed").inc()
             raise HTTPException(
                 404,
                 "this image changed since indexing; re-index it (mmsearch check lists such items)",
             ) from None
-        size = os.fstat(fd).st_size
         media_type = (
             mimetypes.guess_type(os.path.basename(item.path))[0] or "application/octet-stream"
         )
-        headers = {
-            "Content-Length": str(size),
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "private, max-age=60",
-        }
-        return StreamingResponse(read_chunks(fd), media_type=media_type, headers=headers)
+        headers = {"Cache-Control": "private, max-age=60"}
+        return Response(data, media_type=media_type, headers=headers)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
