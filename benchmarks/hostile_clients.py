@@ -193,7 +193,9 @@ def main() -> int:
         help="each phase lasts at least this long (longer than the server's 10 s header timeout)",
     )  # fmt: skip
     parser.add_argument("--idle", type=int, default=500, help="idle sockets during the attack")
-    parser.add_argument("--header-mb", type=float, default=48.0, help="size of each oversized header")
+    parser.add_argument(
+        "--header-mb", type=float, default=48.0, help="size of each oversized header"
+    )
     parser.add_argument("--n", type=int, default=200, help="demo catalog items")
     parser.add_argument("--max-ratio", type=float, default=2.0)
     parser.add_argument("--http", default="auto", help="--http of mmsearch serve")

@@ -59,8 +59,10 @@ numbers = st.one_of(
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.one_of(st.text(max_size=8), surrogates), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.one_of(st.text(max_size=8), surrogates), children, max_size=4)
+    ),
     max_leaves=8,
 )
 
@@ -133,7 +135,9 @@ uploads = st.one_of(
     st.just("sample"),
 )
 upload_params = st.dictionaries(
-    st.sampled_from(["k", "kind", "where", "rerank", "rerank_depth", "min_match", "rerank_blend", "x"]),
+    st.sampled_from(
+        ["k", "kind", "where", "rerank", "rerank_depth", "min_match", "rerank_blend", "x"]
+    ),
     scalars,
     max_size=4,
 )
@@ -148,6 +152,7 @@ def test_multipart_uploads_never_answer_5xx(
     safe_name = filename.encode("utf-8", "surrogatepass").decode("latin-1")
     query = "&".join(f"{k}={_as_param(v)}" for k, v in params.items())
     res = client.post(
-        f"/api/search/image?{query}", files={field: (safe_name, content, "application/octet-stream")}
+        f"/api/search/image?{query}",
+        files={field: (safe_name, content, "application/octet-stream")},
     )
     _check(res)

@@ -847,7 +847,7 @@ def test_finding3_over_long_file_name_in_an_image_term(
         client.post("/api/search", json={"terms": [{"image": long_name}]}),
         client.get("/api/search", params={"q": long_name}),
     ):
-        assert res.status_code == 400, res.text[:200]
+        assert res.status_code == 404, res.text[:200]
         assert "image not found" in res.json()["error"]
 
 
@@ -1093,3 +1093,22 @@ def test_finding8_nosniff_csp_nonce_and_local_docs(client: TestClient) -> None:
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
         assert f"/docs/assets/{asset}" in docs.text
         assert client.get(f"/docs/assets/{asset}").status_code == 200
+
+
+def test_lexical_rerank_query_cannot_open_images_outside_the_roots(
+    shared: dict[str, Any], encoder: FakeEncoder
+) -> None:
+    """A lexical query encodes no image, but re-ranking opened its image terms unchecked."""
+    outside = shared["base"] / "outside.png"
+    outside.write_bytes(png_bytes(next(shared["catalog"].image_dir.rglob("*.jpg"))))
+    client = _client(
+        shared["index_dir"], encoder, image_roots=[shared["catalog"].image_dir],
+        rerank_model="mmsearch-tiny-itm",
+    )  # fmt: skip
+    body = {"mode": "lexical", "rerank": True, "terms": [{"text": "red"}, {"image": str(outside)}]}
+    res = client.post("/api/search", json=body)
+    assert res.status_code == 403 and res.json()["type"] == "UnsafePathError", res.text[:200]
+    res = client.get(
+        "/api/search", params={"q": f"red + {outside}", "mode": "lexical", "rerank": "true"}
+    )
+    assert res.status_code == 403, res.text[:200]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsearch.errors import BadQueryError, UnsafePathError
+from mmsearch.errors import BadQueryError, ImageNotFoundError, UnsafePathError
 from mmsearch.models.base import Encoder
 from mmsearch.search.language import QueryTerm
 
@@ -40,7 +40,7 @@ def check_image_path(path: str | os.PathLike[str], roots: Sequence[Path] | None)
             f"image path {shown!r} is outside the allowed folders (quote the term to search for it as text)"
         )
     if not os.path.isfile(real):  # False, not OSError, for an over-long name (errno 36)
-        raise BadQueryError(f"image not found: {shown} (quote the term to search for it as text)")
+        raise ImageNotFoundError(f"image not found: {shown} (quote the term to search for it as text)")
     return real
 
 

@@ -40,6 +40,7 @@ from fastapi import FastAPI
 from mmsearch.errors import BadQueryError, UnsafePathError
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 from mmsearch.models.base import Encoder
+from mmsearch.serve.contract import install_openapi
 from mmsearch.serve.failures import install_error_handlers
 from mmsearch.serve.holder import IndexHolder
 from mmsearch.serve.limits import BodyLimitMiddleware
@@ -206,6 +207,9 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     holder.fetch_url = _fetch_url_image if config.allow_urls else None
     add_search_routes(app, config, holder, rerankers)
+    install_openapi(app, allow_urls=config.allow_urls, token_required=bool(config.token))
+    app.state.rerankers = rerankers
+    app.state.config = config
     return app
 
 

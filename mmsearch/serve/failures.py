@@ -29,6 +29,7 @@ from starlette.responses import Response
 from mmsearch.errors import (
     BadQueryError,
     ImageDecodeError,
+    ImageNotFoundError,
     IndexCorruptError,
     IndexNotFoundError,
     MMSearchError,
@@ -51,13 +52,15 @@ class ErrorBody(BaseModel):
 
 #: What each error status means on this server (the schema's descriptions).
 ERROR_MEANINGS = {
-    400: "The request cannot be answered as asked: query-language syntax, a filter on a "
-    "column this index does not have, an image that does not exist, a Host header "
-    "this server does not answer to.",
+    400: "The request cannot be answered as asked, for a reason the schema cannot state: "
+    "query-language syntax, a filter on a column this index does not have or with a "
+    "value of the wrong type for it, terms that cancel out, an image URL that cannot be "
+    "fetched, two Host headers or one this server does not answer to.",
     401: "A token is required: send `Authorization: Bearer <token>` (or sign in).",
     403: "Refused: an image path outside the allowed folders, or a cross-site request "
     "(its `Origin` is not this server).",
-    404: "No such thing (an unknown id, or an image changed since indexing).",
+    404: "No such thing: an unknown id, an image changed since indexing, or an image "
+    "path (inside the allowed folders) that names no file.",
     405: "The path does not take this method (`Allow` lists those it takes).",
     413: "The request body is larger than the server accepts.",
     415: "The request body has another content type than the route takes.",
@@ -135,6 +138,8 @@ def status_of(exc: MMSearchError) -> int:
     """The HTTP status of a library error."""
     if isinstance(exc, UnsafePathError):
         return 403
+    if isinstance(exc, ImageNotFoundError):
+        return 404
     if isinstance(exc, BadQueryError):
         return 400
     if isinstance(exc, ImageDecodeError):

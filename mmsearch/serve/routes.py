@@ -35,6 +35,17 @@ _PAGE_CSP = (
 _INFO_PATH_KEYS = ("index_dir",)
 
 
+_STATUS = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string"}},
+}
+
+
+def _json_ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def page_csp(nonce: str) -> str:
     """The gallery's Content-Security-Policy: only the script carrying ``nonce`` runs."""
     return _PAGE_CSP.format(nonce=nonce)
@@ -72,10 +83,9 @@ def add_ops_routes(
     @app.get(
         "/api/info",
         responses={
-            200: {
-                "description": "The served index: items, model, ANN indexes, snapshot.",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
+            200: _json_ok(
+                "The served index: items, model, ANN indexes, snapshot.", {"type": "object"}
+            ),
             **error_responses(),
         },
         response_class=JSONResponse,
@@ -128,16 +138,42 @@ def add_ops_routes(
         headers = {"Cache-Control": "private, max-age=60"}
         return Response(data, media_type=media_type, headers=headers)
 
-    @app.get("/healthz", include_in_schema=False)
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        responses={
+            200: _json_ok("The process runs (no token, no Host check).", _STATUS),
+            **error_responses(),
+        },
+        response_class=JSONResponse,
+    )
     def healthz() -> dict[str, str]:
+        """Liveness, for load balancers."""
         return {"status": "alive"}
 
     def _warm() -> None:
         index = holder.get()
         _ = index.encoder  # load the model now, not on the first query
 
-    @app.get("/readyz", include_in_schema=False)
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        responses={
+            200: _json_ok("Ready: the served snapshot, item count and worker pid.", _STATUS),
+            **error_responses(),
+            503: {
+                "description": "Starting (index or model not loaded yet), failed, or draining.",
+                "content": {
+                    "application/json": {
+                        "schema": {"anyOf": [_STATUS, {"$ref": "#/components/schemas/ErrorBody"}]}
+                    }
+                },
+            },
+        },
+        response_class=JSONResponse,
+    )
     def readyz() -> JSONResponse:
+        """Readiness: 200 once the index is open and the model loaded."""
         if state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         if not state.ready:
@@ -154,8 +190,20 @@ def add_ops_routes(
         body = {"status": "ready", "snapshot": snapshot, "items": len(index), "pid": os.getpid()}
         return JSONResponse(body)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        responses={
+            200: {
+                "description": "Prometheus text exposition.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **error_responses(),
+        },
+        response_class=Response,
+    )
     def metrics_route() -> Response:
+        """Prometheus metrics (see the README's Deploying section)."""
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from mmsearch.errors import BadQueryError
@@ -49,6 +56,20 @@ _CONDITION_START = (
     rf"^\s*[A-Za-z_][A-Za-z0-9_.]{{0,{MAX_COLUMN_CHARS - 1}}}\s*(!=|<=|>=|=|<|>|in\s|contains\s)"
 )
 
+
+def _integral(value: Any) -> Any:
+    """``20.0`` → ``20``: JSON Schema counts an integral number as an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer; in a JSON body also an integral float (``20.0``), never a string or a bool.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+#: JSON bodies are validated strictly (no ``"0.5"`` for a number, no ``0`` for a boolean):
+#: what the schema calls invalid is refused, not coerced.
+STRICT_JSON = ConfigDict(strict=True)
+
 QueryText = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS, pattern=_NOT_BLANK)
 ]
@@ -62,7 +83,11 @@ FilterValue = (
     FilterScalar | Annotated[list[FilterScalar], Field(min_length=1, max_length=MAX_VALUES)]
 )
 WhereList = Annotated[list[FilterText], Field(max_length=MAX_CONDITIONS)]
-WhereMap = Annotated[dict[Column, FilterValue], Field(max_length=MAX_CONDITIONS)]
+WhereMap = Annotated[
+    dict[Column, FilterValue],
+    # pydantic states the key pattern as patternProperties; other keys are refused too.
+    Field(max_length=MAX_CONDITIONS, json_schema_extra={"additionalProperties": False}),
+]
 WhereJson = WhereList | WhereMap | None
 
 
@@ -107,9 +132,10 @@ class TermIn(StrictModel):
     """One term: exactly one of ``text``, ``image`` (a path under the server's image roots) or ``url``."""
 
     model_config = ConfigDict(
+        strict=True,
         json_schema_extra={
             "oneOf": [{"required": ["text"]}, {"required": ["image"]}, {"required": ["url"]}]
-        }
+        },
     )
     text: QueryText | SkipJsonSchema[None] = None
     image: (
@@ -143,7 +169,8 @@ class TermIn(StrictModel):
 
 
 class RerankIn(StrictModel):
-    depth: int = Field(50, ge=1, le=MAX_K)
+    model_config = STRICT_JSON
+    depth: JsonInt = Field(50, ge=1, le=MAX_K)
     min_match: float | None = Field(None, ge=0.0, le=1.0)
     blend: float | None = Field(None, ge=0.0, le=1.0)
 
@@ -156,8 +183,8 @@ class _SearchOptions(StrictModel):
     mode: Literal["vector", "lexical", "hybrid"] | None = None
     fusion: Literal["rrf", "weighted"] = "rrf"
     alpha: float = Field(0.7, ge=0, le=1)
-    k: int = Field(20, ge=1, le=MAX_K)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    k: JsonInt = Field(20, ge=1, le=MAX_K)
+    offset: JsonInt = Field(0, ge=0, le=MAX_OFFSET)
     group_by: Column | None = None
     dedup: float | None = Field(None, gt=0, le=1)
     min_score: float | None = Field(None, ge=-MAX_SCORE, le=MAX_SCORE)
@@ -191,7 +218,13 @@ class SearchRequest(_SearchOptions):
     """The body of ``POST /api/search``: ``q``, ``terms`` or both."""
 
     model_config = ConfigDict(
-        json_schema_extra={"anyOf": [{"required": ["q"]}, {"required": ["terms"]}]}
+        strict=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["q"]},
+                {"required": ["terms"], "properties": {"terms": {"minItems": 1}}},
+            ]
+        },
     )
     q: QueryText | SkipJsonSchema[None] = None
     terms: list[TermIn] = Field(default_factory=list, max_length=MAX_TERMS)

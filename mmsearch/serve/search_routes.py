@@ -8,13 +8,16 @@ slot, so loading a model never holds up plain searches.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import Response
 
 from mmsearch.errors import BadQueryError
+from mmsearch.search.encode import check_image_path
 from mmsearch.search.filters import MAX_CONDITIONS
 from mmsearch.search.limits import DEFAULT_KIND, MAX_K
 from mmsearch.serve.failures import error_responses
@@ -93,8 +96,17 @@ def add_search_routes(
             out.append(item)
         return out
 
+    roots = [Path(os.path.realpath(r)) for r in config.image_roots]
+
     def _run(query: Any) -> tuple[Any, list[dict[str, Any]]]:
-        """Runs ``query``; with re-ranking, also the candidates dropped (vanished/changed files)."""
+        """Runs ``query``; with re-ranking, also the candidates dropped (vanished/changed files).
+
+        Every image-path term is checked against the image roots first, whatever the
+        mode: a lexical query does not encode its images, but re-ranking opens them.
+        """
+        for term in query.terms:
+            if term.kind == "image" and isinstance(term.value, (str, os.PathLike)):
+                check_image_path(term.value, roots)
         index = holder.get()
         if query.rerank is None:
             return index.run(query), []
@@ -156,7 +168,7 @@ def add_search_routes(
         options = (p.rerank_depth, p.min_match, p.rerank_blend) if p.rerank else None
         return _answer(_with_rerank(query, options), p.q if not p.url else p.url)
 
-    search_errors = error_responses(400, 403, 422)
+    search_errors = error_responses(400, 403, 404, 422)
 
     @app.get(
         "/api/search",
@@ -172,7 +184,10 @@ def add_search_routes(
 
     @app.post(
         "/api/search",
-        responses={200: _ok("The results, best first."), **error_responses(400, 403, 415, 422)},
+        responses={
+            200: _ok("The results, best first."),
+            **error_responses(400, 403, 404, 415, 422),
+        },
         response_class=Response,
     )
     async def search_json(body: SearchRequest) -> Response:
