@@ -30,17 +30,9 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from mmsearch.errors import BadQueryError
-from mmsearch.search.filters import (
-    MAX_CONDITIONS,
-    MAX_FILTER_CHARS,
-    MAX_VALUE_CHARS,
-    MAX_VALUES,
-    OPERATORS,
-    Condition,
-    from_mapping,
-    parse_where,
-)
-from mmsearch.search.language import MAX_QUERY_CHARS, MAX_TERMS, MAX_WEIGHT, QueryTerm, parse_query
+from mmsearch.search.filters import MAX_CONDITIONS, MAX_FILTER_CHARS, MAX_VALUE_CHARS, MAX_VALUES
+from mmsearch.search.language import MAX_QUERY_CHARS, MAX_TERMS, MAX_WEIGHT, QueryTerm
+from mmsearch.search.request import make_query
 from mmsearch.search.types import DEFAULT_KIND, MAX_K, MAX_OFFSET, Query, RerankSpec
 
 #: Bounds of the numbers that have no natural range (score thresholds, filter values).
@@ -262,22 +254,6 @@ class SearchRequest(_SearchOptions):
         )
 
 
-def where_conditions(where: WhereJson) -> tuple[Condition, ...]:
-    if not where:
-        return ()
-    if isinstance(where, dict):
-        mapping = {
-            key: (
-                tuple(value)
-                if isinstance(value, list) and len(value) == 2 and value[0] in OPERATORS
-                else value
-            )
-            for key, value in where.items()
-        }
-        return tuple(from_mapping(mapping))
-    return tuple(parse_where(where))
-
-
 def build_query(
     *,
     q: str | None,
@@ -287,13 +263,9 @@ def build_query(
     **options: Any,
 ) -> Query:
     """A validated query from HTTP inputs (GET parameters or a JSON body)."""
-    all_terms = list(terms or [])
-    if q is not None and q.strip():
-        all_terms = parse_query(q, literal=literal) + all_terms
-    if not all_terms:
+    text = q if q is not None and q.strip() else None
+    if text is None and not terms:
         raise BadQueryError(
             "give a query: q=TEXT, or terms (or url=IMAGE_URL where image URLs are enabled)"
         )
-    if len(all_terms) > MAX_TERMS:
-        raise BadQueryError(f"at most {MAX_TERMS} terms in a query")
-    return Query(terms=tuple(all_terms), where=where_conditions(where), **options).validated()
+    return make_query(text, literal=literal, terms=terms or (), where=where, **options)
