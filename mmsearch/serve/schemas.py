@@ -41,8 +41,10 @@ MAX_FILTER_NUMBER = 1e15
 MAX_IMAGE_PATH_CHARS = 4096
 MAX_URL_CHARS = 2048
 MAX_COLUMN_CHARS = 64
-# A text with something in it (not only white space).
-_NOT_BLANK = r"\S"
+# A text with something in it, not only white space: the characters Python strips and
+# both regex dialects (JSON Schema's ECMA-262 \s lacks U+0085 and U+001C-001F, Rust's
+# lacks U+FEFF) count as space, so the schema and the server agree on every string.
+_NOT_BLANK = r"[^\s\u001c-\u001f\u0085\ufeff]"
 _COLUMN = rf"^[A-Za-z_][A-Za-z0-9_.]{{0,{MAX_COLUMN_CHARS - 1}}}$"
 _CONDITION_START = (
     rf"^\s*[A-Za-z_][A-Za-z0-9_.]{{0,{MAX_COLUMN_CHARS - 1}}}\s*(!=|<=|>=|=|<|>|in\s|contains\s)"
