@@ -142,3 +142,16 @@ def test_the_schema_states_what_the_server_requires(contract_app: FastAPI) -> No
     assert "image/*" in media and "application/json" not in media
     assert "url" not in spec["components"]["schemas"]["TermIn"]["properties"]  # URLs are off
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_json_routes_require_a_json_content_type(contract_app: FastAPI) -> None:
+    client = TestClient(contract_app, headers=AUTH)
+    body = b'{"q": "red"}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"content-type": content_type} if content_type else {}
+        res = client.post("/api/search", content=body, headers=headers)
+        assert res.status_code == 415 and res.json()["type"] == "UnsupportedMediaType", content_type
+    ok = client.post(
+        "/api/search", content=body, headers={"content-type": "application/json; charset=utf-8"}
+    )
+    assert ok.status_code == 200

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from mmsearch.errors import BadQueryError
@@ -67,6 +67,17 @@ def search_answer_schema() -> dict[str, Any]:
             },
         },
     }
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON (``application/json`` or ``*/*+json``): a
+    browser form cannot send that cross-site without a preflight, and a client that
+    forgot the header learns it in one line."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    ):
+        raise HTTPException(415, "send the body as JSON (Content-Type: application/json)")
 
 
 def _ok(description: str) -> dict[str, Any]:
@@ -189,6 +200,7 @@ def add_search_routes(
             **error_responses(400, 403, 404, 415, 422),
         },
         response_class=Response,
+        dependencies=[Depends(require_json)],
     )
     async def search_json(body: SearchRequest) -> Response:
         """The same search as GET, as a JSON body with structured terms (no parsing)."""
