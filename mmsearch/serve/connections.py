@@ -91,7 +91,7 @@ def _raw_response(status: int, reason: str, message: str, kind: str) -> bytes:
     return head.encode("ascii") + body
 
 
-_CAPS: dict[int, int] = {}  # id(ConnectionLimits) -> cap, computed once per process
+_CAPS: dict[ConnectionLimits, int] = {}  # limits -> cap, computed once per process
 
 
 class _Guard:
@@ -112,10 +112,9 @@ class _Guard:
         self._tail = b""
 
     def _cap(self) -> int:
-        key = id(self._limits)
-        if key not in _CAPS:
-            _CAPS[key] = connection_cap(self._limits, open_file_limit())
-        return _CAPS[key]
+        if self._limits not in _CAPS:
+            _CAPS[self._limits] = connection_cap(self._limits, open_file_limit())
+        return _CAPS[self._limits]
 
     def _refuse(self, status: int, reason: str, message: str, kind: str) -> None:
         self._cancel_timer()
