@@ -47,6 +47,7 @@ from mmsearch.search.types import (
     SearchResult,
     check_k,
 )
+from mmsearch.storage.fulltext import FullTextTable, open_items_fulltext
 from mmsearch.storage.metadata_keys import normalize_metadata
 from mmsearch.storage.objectstore import remote_index
 from mmsearch.storage.schema import LEXICAL_COLUMN
@@ -144,6 +145,7 @@ class SearchIndex:
         with self._lock:
             self.snapshot: Snapshot = snapshot
             self._store = store
+            self._fulltext: FullTextTable | None = None
             self._dim = dim
             self.spec = spec
             self._ann = ann
@@ -167,6 +169,14 @@ class SearchIndex:
             if self._store is None:
                 self._store = ItemStore.open(self.index_dir, version=self.snapshot.table_version)
             return self._store
+
+    @property
+    def fulltext(self) -> FullTextTable:
+        """The items table at the snapshot's version, for the lexical leg (no ``import lancedb``)."""
+        with self._lock:
+            if self._fulltext is None:
+                self._fulltext = open_items_fulltext(self.index_dir, self.snapshot.table_version)
+            return self._fulltext
 
     @property
     def stale(self) -> bool:
@@ -421,7 +431,7 @@ class SearchIndex:
 
         def lexical_legs(depth: int) -> list[Any]:
             return lexical.lexical_legs(
-                self.store.table, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
+                self.fulltext, LEXICAL_COLUMN, q.lexical_text, depth, kinds,
                 negative=q.negative_words, allowed_ids=allowed, index_kinds=tuple(self._ann),
                 kinds_of=rows.kinds_of,
             )  # fmt: skip
