@@ -77,7 +77,9 @@ def run_index(
 
         check_weights_reachable(spec, offline=opts.offline)
     with writer_session(index_dir, wait_s=opts.lock_wait_s) as session:
-        report = _run_index_locked(sources, session.local_dir, spec, opts, progress or _noop, encoder)
+        report = _run_index_locked(
+            sources, session.local_dir, spec, opts, progress or _noop, encoder
+        )
         if opts.build_index:
             session.publish()
         return report
@@ -98,6 +100,8 @@ def _run_index_locked(
     # Walk the folders and join the metadata sidecar before loading the model, so that a
     # sidecar that names none of the images fails in a second, not after the model load.
     walks = {path: walk_images(Path(os.path.abspath(path))) for path in paths if path.is_dir()}
+    if not ItemStore.exists(index_path):
+        _refuse_nothing_to_index(paths, walks)
     sidecar = None
     if opts.image_metadata:
         sidecar = load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column)
@@ -162,6 +166,21 @@ def _run_index_locked(
         write_run_summary(index_path, report)
     check_not_all_failed(report)
     return report
+
+
+def _refuse_nothing_to_index(paths: Sequence[Path], walks: dict[Path, WalkResult]) -> None:
+    """A new index from folders without a single image is a mistake: say so, write nothing."""
+    if any(is_text_collection(p) for p in paths) or any(w.items for w in walks.values()):
+        return
+    from mmsearch.errors import NothingToIndexError
+    from mmsearch.imageio import IMAGE_EXTENSIONS
+
+    where = ", ".join(str(p) for p in paths)
+    kinds = " ".join(sorted(IMAGE_EXTENSIONS))
+    raise NothingToIndexError(
+        f"nothing to index: no images ({kinds}) in {where}; "
+        "give a folder of images or a text collection (.csv .tsv .jsonl .parquet)"
+    )
 
 
 def _run_id() -> str:

@@ -418,8 +418,12 @@ class SearchIndex:
                 timings=timings, reason=f"no item matches the filters {shown}", mode=mode
             )
         if not kinds:
-            held = ", ".join(sorted(self._ann)) or "nothing"
-            reason = f"the index holds no {q.kind} items; it holds: {held}"
+            held = ", ".join(sorted(self._ann))
+            reason = (
+                f"the index holds no {q.kind} items; it holds: {held}"
+                if held
+                else "the index holds no items yet; add some with: mmsearch index PATH"
+            )
             return Results(timings=timings, reason=reason, mode=mode)
         need = q.offset + q.k
         depth = need * (4 if (q.group_by or q.dedup) else 1)

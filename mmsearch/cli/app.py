@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
 from mmsearch.cli.data import demo_cmd, sample_data_cmd
 from mmsearch.cli.evaluate import eval_cmd
 from mmsearch.cli.finetune import finetune_cmd
-from mmsearch.cli.help import use_clean_help
+from mmsearch.cli.help import CleanHelpGroup, use_clean_help
 from mmsearch.cli.index import index_cmd
 from mmsearch.cli.label import label_cmd
 from mmsearch.cli.manage import build_index_cmd, check_cmd, info_cmd, remove_cmd
@@ -27,7 +28,32 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=CleanHelpGroup,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mmsearch {version('mmsearch')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("mmsearch (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Cross-modal semantic search: index image folders and text collections with CLIP, then query them."""
+
 
 app.command("index")(index_cmd)
 app.command("query")(query_cmd)
@@ -55,7 +81,9 @@ ONE_SHOT_COMMANDS = frozenset({"query", "info", "check"})
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    one_shot = len(sys.argv) > 1 and (sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h"))
+    one_shot = len(sys.argv) > 1 and (
+        sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h", "--version")
+    )
     if not one_shot:
         app()
         return
