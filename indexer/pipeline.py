@@ -73,7 +73,7 @@ def run_index(
     index_path = writer_location(index_dir)[0]
     sources = check_sources(paths, index_path)
     if encoder is None:
-        from mmsearch.models.loader import check_weights_reachable
+        from mmsearch.models.hub import check_weights_reachable
 
         check_weights_reachable(spec, offline=opts.offline)
     with writer_session(index_dir, wait_s=opts.lock_wait_s) as session:

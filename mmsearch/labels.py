@@ -30,6 +30,8 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from mmsearch.errors import BadQueryError
+from mmsearch.models.hub import check_weights_reachable
+from mmsearch.storage.rowsfile import published_model
 from mmsearch.storage.schema import fixed_list_to_numpy, sql_quote
 
 LABELS_FILE = "labels.json"
@@ -221,6 +223,9 @@ def label_index(
     from mmsearch.storage.locks import index_write_lock, write_guard
     from mmsearch.storage.table import ItemStore
 
+    published = published_model(index_dir) if encoder is None else None
+    if published is not None:  # weights out of reach: say so in a second, before LanceDB loads
+        check_weights_reachable(published)
     with index_write_lock(index_dir):
         store = ItemStore.open(index_dir)
         spec = store.model_spec

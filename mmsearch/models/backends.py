@@ -20,6 +20,7 @@ import numpy as np
 
 from mmsearch.errors import ModelLoadError, ModelMismatchError
 from mmsearch.models.cache import read_json, write_json_atomic
+from mmsearch.models.hub import check_weights_reachable
 from mmsearch.models.spec import ModelSpec
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -96,6 +97,7 @@ def load_encoder(
         return load_onnx_encoder(spec, quantize=quantize)
     if quantize:
         raise ModelLoadError("--quantize applies to the ONNX backend; add --backend onnx")
+    check_weights_reachable(spec)  # in a second, before torch and open_clip load
     from mmsearch.models.loader import load_torch_encoder
 
     return load_torch_encoder(spec, device, dtype=dtype)

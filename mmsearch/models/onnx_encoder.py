@@ -226,6 +226,9 @@ def load_onnx_encoder(
         ) from exc
     target = find_export(spec, quantize)
     if target is None:
+        from mmsearch.models.hub import check_weights_reachable
+
+        check_weights_reachable(spec)  # in a second, before the export imports torch
         from mmsearch.models.onnx_export import export_onnx
 
         target = export_onnx(spec, quantize=quantize)
