@@ -183,3 +183,27 @@ def test_clean_text_ascii_shortcut_equals_ftfy() -> None:
     samples += [" floral shirt ", "it's", "a <b>tag</b>", "x &amp; y", "caf\u00e9", "a\r\nb"]
     for text in samples:
         assert clean_text(text) == html.unescape(html.unescape(ftfy.fix_text(text))).strip(), text
+
+
+def test_first_backend_is_recorded_without_encoding(tmp_path: Path, onnx_tiny, tiny_encoder):
+    """An image-only first run never loads the text tower for the record; the probes of
+    the reference backend are embedded when a second backend arrives."""
+
+    class ImageOnly:
+        backend = "onnx"
+        quantize = None
+        spec = onnx_tiny.spec
+
+        def encode_texts(self, texts):
+            raise AssertionError("the first backend of an index embedded the probe texts")
+
+    assert check_backend(tmp_path, ImageOnly(), record=True) == "onnx"
+    record = json.loads((tmp_path / "backends.json").read_text())
+    assert record["backends"] == {"onnx": {}} and record["reference"] == "onnx"
+    assert check_backend(tmp_path, ImageOnly(), record=False) == "onnx"  # known: no encoding
+    assert check_backend(tmp_path, tiny_encoder, record=True) == "torch"  # agrees with onnx
+    record = json.loads((tmp_path / "backends.json").read_text())
+    assert record["reference"] == "onnx"
+    assert all(len(entry["probe"]) == 6 for entry in record["backends"].values())
+    with pytest.raises(ModelMismatchError, match="onnx backend"):
+        check_backend(tmp_path, _Shifted(tiny_encoder), record=False)
