@@ -139,9 +139,7 @@ def main() -> None:
     print(f"{'variant':16s} {'images/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s} {'min cosine':>11s}")
     for name, rate in rates.items():
         gflops = rate * args.gflop
-        print(
-            f"{name:16s} {rate:9.2f} {gflops:8.1f} {gflops / peak:8.1%} {cosines[name]:11.6f}"
-        )
+        print(f"{name:16s} {rate:9.2f} {gflops:8.1f} {gflops / peak:8.1%} {cosines[name]:11.6f}")
     print(f"load average at the end: {os.getloadavg()}")
 
 
