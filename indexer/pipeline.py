@@ -10,6 +10,7 @@ and the next run picks up from there without re-embedding what was committed.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -340,6 +341,11 @@ def _index_images(
     if decode_fn is None and gpu_decode_enabled(opts.gpu_decode, device):
         decode_fn = read_jpeg_or_decode  # workers read and check JPEGs; the GPU decodes them
     extra = {"decode": decode_fn} if decode_fn is not None else {}
+    warm_up = getattr(encoder, "warm_up", None)
+    if todo and warm_up is not None:  # the model's session loads while the first images decode
+        threading.Thread(
+            target=warm_up, args=("image",), name="mmsearch-warm-up", daemon=True
+        ).start()
     # Workers decode and resize ahead (up to 4 chunks each in flight) while this thread
     # runs the model, so decoding hides behind embedding.
     with DecodePool(

@@ -107,3 +107,30 @@ def test_missing_table_is_a_storage_error(tmp_path: Path) -> None:
 
     with pytest.raises(StorageError, match="cannot open table items"):
         FullTextTable.open(str(tmp_path / "db"), "items")
+
+
+_DEFERRED = """
+import sys
+from mmsearch.storage.lanceimport import import_lancedb
+import pyarrow as pa
+lancedb = import_lancedb()
+db = lancedb.connect(sys.argv[1])
+table = db.create_table("items", pa.table({"id": [1, 2], "text": ["red shirt", "blue hat"]}))
+from lancedb.index import FTS
+table.create_index("text", config=FTS(with_position=False))
+hits = table.search("shirt", query_type="fts").select(["id"]).limit(5).to_arrow().column("id").to_pylist()
+before = "lance_namespace_urllib3_client.api" in sys.modules
+import lance_namespace_urllib3_client as client
+print(hits, before, client.ApiClient.__name__, "lance_namespace_urllib3_client.api" in sys.modules)
+"""
+
+
+def test_lancedb_imports_without_the_rest_client_init_until_it_is_used(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _DEFERRED, str(tmp_path / "db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["[1]", "False", "ApiClient", "True"]

@@ -207,3 +207,24 @@ def test_first_backend_is_recorded_without_encoding(tmp_path: Path, onnx_tiny, t
     assert all(len(entry["probe"]) == 6 for entry in record["backends"].values())
     with pytest.raises(ModelMismatchError, match="onnx backend"):
         check_backend(tmp_path, _Shifted(tiny_encoder), record=False)
+
+
+def test_openvino_runtime_agrees_with_onnx_runtime(onnx_tiny, monkeypatch) -> None:
+    """MMSEARCH_CPU_RUNTIME=openvino runs the same graphs: same vectors within 0.999."""
+    pytest.importorskip("openvino")
+    from mmsearch.models.onnx_encoder import OnnxEncoder
+    from mmsearch.models.openvino_session import OpenVinoSession
+
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino")
+    ov = OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec, threads=2)
+    texts = ["a red circle on the left", "blue square", "x " * 100, "café — 42%"]
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    got_t, got_i = ov.encode_texts(texts), ov.encode_images(images)
+    assert all(isinstance(s, OpenVinoSession) for s in ov._sessions.values())
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "onnxruntime")
+    want_t, want_i = onnx_tiny.encode_texts(texts), onnx_tiny.encode_images(images)
+    assert np.sum(got_t * want_t, axis=1).min() >= 0.999
+    assert np.sum(got_i * want_i, axis=1).min() >= 0.999
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "tensorflow")
+    with pytest.raises(ModelLoadError, match="choose one of onnxruntime, openvino"):
+        OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec).encode_texts(["x"])

@@ -74,8 +74,10 @@ use_clean_help(app)  # after the last command: PATHS... and untyped flags in --h
 #: Commands that finish in one shot: once their output is flushed, the process ends
 #: with os._exit, skipping an interpreter teardown that can take a second with torch,
 #: ONNX Runtime and LanceDB loaded. Nothing is left to clean up: results are written,
-#: indexes were only read.
-ONE_SHOT_COMMANDS = frozenset({"query", "info", "check"})
+#: indexes were only read, or (index) every commit is made, the snapshot published and
+#: the writer lock released before the summary prints. ``index --ray`` keeps the normal
+#: exit, which stops the local Ray cluster it started.
+ONE_SHOT_COMMANDS = frozenset({"query", "info", "check", "index"})
 
 
 def main() -> None:
@@ -84,6 +86,8 @@ def main() -> None:
     one_shot = len(sys.argv) > 1 and (
         sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h", "--version")
     )
+    if "--ray" in sys.argv or any(arg.startswith("--ray=") for arg in sys.argv):
+        one_shot = False
     if not one_shot:
         app()
         return

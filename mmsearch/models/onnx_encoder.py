@@ -130,11 +130,27 @@ class OnnxEncoder:
         with self._lock:
             session = self._sessions.get(tower)
             if session is None:
-                from mmsearch.models.ort_session import create_session
+                from mmsearch.models.openvino_session import OpenVinoSession, cpu_runtime
 
-                session = create_session(self.export_dir / f"{tower}.onnx", self.threads)
+                graph = self.export_dir / f"{tower}.onnx"
+                if cpu_runtime() == "openvino":
+                    session = OpenVinoSession(graph, self.threads)
+                else:
+                    from mmsearch.models.ort_session import create_session
+
+                    session = create_session(graph, self.threads)
                 self._sessions[tower] = session
             return session
+
+    def warm_up(self, tower: str) -> None:
+        """Creates ``tower``'s session now (e.g. on a thread while the first images decode).
+
+        Errors are left for the first real use to raise, where the caller handles them.
+        """
+        try:
+            self._session(tower)
+        except Exception:  # noqa: BLE001 - re-raised by the first encode
+            pass
 
     def tokenize(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
         """open_clip-equal token ids: ``[sot] + bpe[: ctx - 2] + [eot]``, zero padded."""

@@ -49,9 +49,10 @@ class StoredState:
 
 
 def _connect(index_dir: Path) -> Any:
-    import lancedb
-
+    from mmsearch.storage.lanceimport import import_lancedb
     from mmsearch.storage.objectstore import table_location
+
+    lancedb = import_lancedb()  # without the REST namespace client's 1 s __init__
 
     remote = table_location(index_dir)  # the local cache of an object-store index
     if remote is not None:
