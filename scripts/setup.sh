@@ -35,7 +35,8 @@ pip_install() {
   PYTHONWARNINGS=ignore python -m pip install --progress-bar on "$@" \
     2> >(grep -v "^WARNING: Location 'file:" >&2) | { grep -v "^Requirement already satisfied" || true; }
 }
-pip_install -q --upgrade pip >/dev/null
+# The venv's own pip (23.x with Python 3.11) installs everything here; upgrading it first
+# cost a minute of index look-ups on every first install.
 step 2 "installing torch 2.14.1 and torchvision (the largest wheels)"
 pip_install "torch==2.14.1" "torchvision==0.29.1"
 step 3 "installing mmsearch[${extras}]"
