@@ -30,8 +30,8 @@ from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.search.encode import UrlFetcher
 from mmsearch.search.rows import ROW_COLUMNS, Rows
-from mmsearch.storage.objectstore import RemoteIndex, remote_index
 from mmsearch.storage.fulltext import FullTextTable, open_items_fulltext
+from mmsearch.storage.objectstore import RemoteIndex, remote_index
 from mmsearch.storage.snapshot import Snapshot, read_snapshot
 from mmsearch.storage.table import ItemStore
 
