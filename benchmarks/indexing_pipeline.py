@@ -116,21 +116,29 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
     mm += ["--backend", "onnx", "--json", "--no-progress"]
     if rclip:
         prepare(args.rclip_models)
-    runs: dict[str, list[dict[str, float]]] = {"mmsearch": [], "rclip": []}
+    runtimes = args.runtimes.split(",")
+    tools = {rt: "mmsearch" if rt == "onnxruntime" else f"mmsearch ({rt})" for rt in runtimes}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in tools.values()}
+    runs["rclip"] = []
     print(f"load average at the start: {os.getloadavg()}")
     peak = 0.0
     for _ in range(args.rounds):
         peak = max(peak, matmul_peak_gflops())
-        index_dir = Path(tempfile.mkdtemp(prefix="idx-cli-", dir=args.work))
-        out = args.work / "mmsearch-run.json"
-        with out.open("w") as sink:
-            wall, rss, code = run_measured([*mm, "--index", str(index_dir)], env, stdout=sink)
-        shutil.rmtree(index_dir, ignore_errors=True)
-        if code == 0:
-            report = json.loads(out.read_text())
-            runs["mmsearch"].append(
-                {"wall": wall, "rss": rss, "embed": report["embed_s"], "added": report["added"]}
-            )
+        for runtime, tool in tools.items():
+            index_dir = Path(tempfile.mkdtemp(prefix="idx-cli-", dir=args.work))
+            out = args.work / "mmsearch-run.json"
+            with out.open("w") as sink:
+                wall, rss, code = run_measured(
+                    [*mm, "--index", str(index_dir)],
+                    dict(env, MMSEARCH_CPU_RUNTIME=runtime),
+                    stdout=sink,
+                )
+            shutil.rmtree(index_dir, ignore_errors=True)
+            if code == 0:
+                report = json.loads(out.read_text())
+                runs[tool].append(
+                    {"wall": wall, "rss": rss, "embed": report["embed_s"], "added": report["added"]}
+                )
         if rclip:
             data = fresh_datadir(args.rclip_models, args.work)
             wall, rss, code = run_measured(
@@ -140,7 +148,7 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
             if code == 0:
                 runs["rclip"].append({"wall": wall, "rss": rss, "added": total})
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (best of {args.rounds})")
-    print(f"{'tool':10s} {'wall s':>7s} {'images/s':>9s} {'peak MiB':>9s} {'embed s':>8s} "
+    print(f"{'tool':22s} {'wall s':>7s} {'images/s':>9s} {'peak MiB':>9s} {'embed s':>8s} "
           f"{'fixed s':>8s} {'embed of peak':>14s}")  # fmt: skip
     rates = {}
     for tool, rows in runs.items():
@@ -149,14 +157,15 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
         wall = statistics.median(r["wall"] for r in rows)
         rss = statistics.median(r["rss"] for r in rows)
         rates[tool] = total / wall
-        line = f"{tool:10s} {wall:7.2f} {total / wall:9.2f} {rss:9.0f}"
+        line = f"{tool:22s} {wall:7.2f} {total / wall:9.2f} {rss:9.0f}"
         if "embed" in rows[0]:
             embed = statistics.median(r["embed"] for r in rows)
             share = rows[0]["added"] / embed * args.gflop / peak
             line += f" {embed:8.2f} {wall - embed:8.2f} {share:14.1%}"
         print(line)
-    if len(rates) == 2:
-        print(f"mmsearch / rclip images/s: {rates['mmsearch'] / rates['rclip']:.2f}")
+    for tool, rate in rates.items():
+        if tool != "rclip" and "rclip" in rates:
+            print(f"{tool} / rclip images/s: {rate / rates['rclip']:.2f}")
     print(f"load average at the end: {os.getloadavg()}")
 
 
@@ -193,6 +202,9 @@ def main() -> None:
     ap.add_argument("--gflop", type=float, default=8.8, help="GFLOP per image of the model")
     ap.add_argument("--models", default="ViT-B-32")
     ap.add_argument("--backends", default="onnx")
+    ap.add_argument(
+        "--runtimes", default="onnxruntime", help="whole runs: onnxruntime and/or openvino"
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument(
         "--rclip", default=None, help="rclip executable (default: found when installed)"
