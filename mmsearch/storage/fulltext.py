@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import threading
 from collections.abc import Coroutine, Sequence
@@ -92,11 +93,13 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
         self._lock = threading.Lock()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         with self._lock:
-            if self._loop is None:
+            if self._loop is None or self._pid != os.getpid():  # none yet, or a forked child
+                self._pid = os.getpid()
                 loop = asyncio.new_event_loop()
                 threading.Thread(
                     target=loop.run_forever, name="mmsearch-fulltext", daemon=True
