@@ -17,7 +17,8 @@ from mmsearch.models.backends import (
     choose_backend,
     load_encoder,
 )
-from mmsearch.models.onnx_encoder import OnnxEncoder, find_export
+from mmsearch.models.exports import find_export
+from mmsearch.models.onnx_encoder import OnnxEncoder
 
 TINY = ModelSpec("mmsearch-tiny")
 TEXTS = [
@@ -105,8 +106,12 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
     import os
 
     from mmsearch.models.cache import write_json_atomic
-    from mmsearch.models.onnx_encoder import _weights_file
-    from mmsearch.models.onnx_export import EXPORT_VERSION, exports_registry, registry_key
+    from mmsearch.models.exports import (
+        EXPORT_VERSION,
+        exports_registry,
+        registry_key,
+        weights_file,
+    )
 
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache"))
     spec = ModelSpec("mmsearch-tiny", "")
@@ -129,7 +134,7 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
     other.write_bytes(b"older weights")
     register(str(other))
     assert find_export(spec, None) is None
-    register(str(_weights_file(spec)))
+    register(str(weights_file(spec)))
     assert find_export(spec, None) == export
 
 

@@ -92,8 +92,6 @@ def load_encoder(
             raise ModelLoadError(
                 "the ONNX backend runs in fp32 (optionally --quantize int8); drop --dtype"
             )
-        from mmsearch.models.onnx_encoder import load_onnx_encoder
-
         return load_onnx_encoder(spec, quantize=quantize)
     if quantize:
         raise ModelLoadError("--quantize applies to the ONNX backend; add --backend onnx")
@@ -167,3 +165,25 @@ def _probes_of(label: str, spec: ModelSpec) -> np.ndarray:
     backend, _, quantize = label.partition("-")
     encoder = load_encoder(spec, "cpu", backend=backend, quantize=quantize or None)
     return np.asarray(encoder.encode_texts(list(PROBE_TEXTS)), dtype=np.float32)
+
+
+def load_onnx_encoder(
+    spec: ModelSpec, *, quantize: str | None = None, threads: int | None = None
+) -> Any:
+    """The ONNX encoder (:class:`~mmsearch.models.onnx_encoder.OnnxEncoder`) of ``spec``: the cached export, or a new one (imports torch once)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(
+            "the ONNX backend needs onnxruntime: pip install 'mmsearch[onnx]'"
+        ) from exc
+    from mmsearch.models.exports import find_export
+    from mmsearch.models.onnx_encoder import OnnxEncoder
+
+    target = find_export(spec, quantize)
+    if target is None:
+        check_weights_reachable(spec)  # in a second, before the export imports torch
+        from mmsearch.models.onnx_export import export_onnx
+
+        target = export_onnx(spec, quantize=quantize)
+    return OnnxEncoder(target, spec, threads=threads)
