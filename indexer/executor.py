@@ -14,6 +14,7 @@ its neighbours are embedded as usual.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -98,6 +99,11 @@ class LocalExecutor:
         arrays: list[np.ndarray] = []
         pending: list[tuple[Item, str]] = []
         failed: list[Outcome] = []
+        warm_up = getattr(self.encoder, "warm_up", None)
+        if warm_up is not None:  # the model's session loads while the first images decode
+            threading.Thread(
+                target=warm_up, args=("image",), name="mmsearch-warm-up", daemon=True
+            ).start()
         # Workers decode and resize ahead (up to 4 chunks each in flight) while this
         # thread runs the model, so decoding hides behind embedding.
         with self._decode_pool() as pool:

@@ -134,3 +134,19 @@ def write_rows_delta(
 
     atomic_write(path, write)
     return base
+
+
+def published_model(index_dir: str | os.PathLike[str]) -> ModelSpec | None:
+    """The model of the index's published snapshot (its rows file's schema), without LanceDB;
+    None when there is no snapshot or rows file yet."""
+    from mmsearch.storage.snapshot import read_snapshot
+
+    snapshot = read_snapshot(Path(index_dir))
+    if snapshot is None:
+        return None
+    try:
+        with pa.memory_map(str(rows_file_path(index_dir, snapshot)), "r") as source:
+            meta = pa.ipc.open_file(source).schema.metadata or {}
+        return ModelSpec.from_json(meta[_SPEC_KEY].decode())
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
