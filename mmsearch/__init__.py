@@ -29,6 +29,7 @@ from mmsearch.errors import (
     StorageError,
     TextCollectionError,
     UnsafePathError,
+    WriterBusyError,
 )
 from mmsearch.models.spec import ModelSpec
 
@@ -172,6 +173,7 @@ __all__ = [
     "TextCollectionError",
     "UnsafePathError",
     "UpsertReport",
+    "WriterBusyError",
     "index",
     "open",
 ]

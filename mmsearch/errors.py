@@ -51,6 +51,10 @@ class StorageError(MMSearchError):
     """
 
 
+class WriterBusyError(StorageError):
+    """Another writer held the index for longer than the caller would wait; retry later."""
+
+
 class UnsafePathError(BadQueryError):
     """A path in a query resolves outside the allowed roots."""
 

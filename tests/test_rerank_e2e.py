@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -153,3 +154,48 @@ def test_recorded_rerank_model_is_used_only_when_recorded(
         assert json.loads(plain.stdout) != json.loads(recorded.stdout)
     finally:
         (idx / RERANK_CONFIG_FILE).unlink()
+
+
+def test_library_checks_query_images_against_its_roots_before_reranking(
+    pair_index: dict[str, Any], tmp_path
+) -> None:  # noqa: ANN001
+    """A lexical query encodes no image, but re-ranking opens its image: the library
+    checks the path against the index's image roots first (the encode stage's check),
+    whichever way the reranker is reached; no server in front."""
+    import shutil
+    from pathlib import Path
+
+    from mmsearch.errors import UnsafePathError
+    from mmsearch.rerank import attach_reranker
+    from mmsearch.rerank.pipeline import ItmStageReranker, rerank_query_from_terms
+    from mmsearch.search.language import QueryTerm
+    from mmsearch.search.types import Query
+
+    root = pair_index["root"]
+    row = pair_index["rows"][5]
+    inside = root / str(row["file"])
+    outside = tmp_path / "elsewhere" / "secret.png"  # a real image, outside the roots
+    outside.parent.mkdir()
+    shutil.copy(inside, outside)
+    idx = mmsearch.open(pair_index["idx"], image_roots=[root], device="cpu")
+    attach_reranker(idx, "mmsearch-tiny-itm", device="cpu")
+    text = f'"{row["caption"]}"'
+    for mode in ("lexical", "hybrid", "vector"):
+        with pytest.raises(UnsafePathError, match="outside the allowed folders"):
+            idx.search(f"{text} + {outside}", mode=mode, rerank=True, kind="image", k=3)
+    hits = idx.search(f"{text} + {inside}", mode="lexical", rerank=True, kind="image", k=3)
+    assert hits and all(0.0 <= h.score <= 1.0 for h in hits)  # inside the roots: re-ranked
+    # The stage on its own, as a caller may use it: the same check.
+    real_root = [Path(os.path.realpath(root))]
+    terms = (QueryTerm(1.0, "text", row["caption"]), QueryTerm(1.0, "image", str(outside)))
+    with pytest.raises(UnsafePathError):
+        rerank_query_from_terms(terms, roots=real_root)
+    assert rerank_query_from_terms(terms[:1] + (QueryTerm(1.0, "image", str(inside)),),
+                                   roots=real_root).image is not None  # fmt: skip
+    stage = ItmStageReranker(idx.reranker.scorer, store=idx.store, image_roots=[root])
+    candidates = idx.search(text, kind="image", k=3, mode="lexical")
+    table = pa.table({"id": [h.id for h in candidates], "uri": [h.uri for h in candidates],
+                      "kind": ["image"] * len(candidates), "text": [h.text for h in candidates],
+                      "score": [h.score for h in candidates]})  # fmt: skip
+    with pytest.raises(UnsafePathError):
+        stage.rerank(Query(terms=terms, k=3), table)

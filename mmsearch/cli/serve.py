@@ -25,6 +25,8 @@ def serve_cmd(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8000,
     image_root: Annotated[list[Path] | None, typer.Option("--image-root", help="Folders query image paths may come from (repeatable; default: none).")] = None,
     allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Allow image-URL queries (public http(s) addresses only).")] = False,
+    allow_writes: Annotated[bool, typer.Option("--allow-writes", help="Serve PUT /api/items and DELETE /api/items/{id} (records by id; needs a token, also on loopback).")] = False,
+    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls", help="Writes may fetch record images from private and loopback addresses (an internal image host).")] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted upload.")] = 10.0,
     device: DeviceOpt = None,
     backend: BackendOpt = "auto",
@@ -53,10 +55,18 @@ def serve_cmd(
     from mmsearch.serve.app import ServerConfig
     from mmsearch.serve.connections import ConnectionLimits
     from mmsearch.serve.lifecycle import bind_socket, prepare_workers, run
-    from mmsearch.serve.security import check_bind_policy, check_token, is_loopback
+    from mmsearch.serve.security import (
+        check_bind_policy,
+        check_token,
+        check_write_policy,
+        is_loopback,
+    )
 
     if log_format not in ("text", "json", "none"):
         err_console.print("[bold red]error:[/] --log-format must be text, json or none")
+        raise typer.Exit(2)
+    if allow_private_urls and not allow_writes:
+        err_console.print("[bold red]error:[/] --allow-private-urls applies to writes: add --allow-writes")
         raise typer.Exit(2)
     if http not in ("auto", "httptools", "h11") or loop not in ("auto", "uvloop", "asyncio"):
         err_console.print("[bold red]error:[/] --http must be auto, httptools or h11; --loop auto, uvloop or asyncio")
@@ -65,6 +75,7 @@ def serve_cmd(
         if token:
             check_token(token)
         check_bind_policy(host, token, insecure_no_auth)
+        check_write_policy(allow_writes, token)
         sock = bind_socket(host, port)  # a busy port fails here, before the model loads
     if not token and not is_loopback(host):
         err_console.print(f"[bold yellow]WARNING:[/] serving {escape(host)} WITHOUT authentication (--insecure-no-auth)")
@@ -86,6 +97,8 @@ def serve_cmd(
         backend=backend,
         quantize=quantize,
         search_concurrency=search_concurrency,
+        writes=allow_writes,
+        allow_private_write_urls=allow_private_urls,
     )
     with reported_errors():
         from mmsearch.serve.lifecycle import apply_thread_policy, check_servable
@@ -101,6 +114,8 @@ def serve_cmd(
     shown = f"[{host}]" if ":" in host else host
     extra = f" with {workers} workers" if workers > 1 else ""
     auth = "token required" if token else "no token"
+    if allow_writes:
+        auth += ", writes on"
     err_console.print(f"serving {escape(str(config.index_dir))} on http://{escape(shown)}:{port}{extra} ({auth})")
     limits = ConnectionLimits(
         max_header_bytes=int(max_header_kb * 1024), header_timeout_s=header_timeout,

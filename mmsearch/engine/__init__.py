@@ -9,6 +9,7 @@ loads the re-ranker on demand; the snapshot and the stages do the work.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsearch.engine.snapshot import IndexSnapshot, LazyEncoder
+from mmsearch.indexer.recordtypes import record_prefix
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.search import pipeline
@@ -27,6 +29,7 @@ from mmsearch.search.language import QueryTerm
 from mmsearch.search.request import QueryLike, WhereLike, make_query, query_terms
 from mmsearch.search.rerank import Reranker
 from mmsearch.search.types import DEFAULT_KIND, Kind, Query, RerankSpec, Results, SearchResult
+from mmsearch.storage.metadata_keys import normalize_metadata
 from mmsearch.storage.snapshot import Snapshot
 from mmsearch.storage.table import ItemStore
 
@@ -148,6 +151,21 @@ class SearchIndex:
         )  # fmt: skip
         self.reload()
         return report
+
+    def record(self, record_id: str) -> list[dict[str, Any]]:
+        """The rows of record ``record_id`` in the served snapshot, by row id ([] when it has
+        none): ``id`` (the row's), ``uri``, ``kind``, ``text`` and ``metadata``.
+
+        >>> [(r["kind"], r["metadata"]["price"]) for r in idx.record("sku-1")]  # doctest: +SKIP
+        [('text', 19.0), ('image', 19.0)]
+        """
+        table = self.current.rows().with_uri_prefix(record_prefix(str(record_id)))
+        rows = table.select(["id", "uri", "kind", "text", "metadata"]).to_pylist()
+        for row in rows:
+            row["metadata"] = (
+                normalize_metadata(json.loads(row["metadata"])) if row["metadata"] else {}
+            )
+        return rows
 
     def delete(self, ids: Sequence[str], *, lock_wait_s: float = 10.0) -> int:
         """Deletes records by id (every row of each); returns how many the index held."""

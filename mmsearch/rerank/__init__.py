@@ -88,5 +88,7 @@ def attach_reranker(index: Any, model: str | None = None, *, device: str | None 
     from mmsearch.rerank.pipeline import ItmStageReranker
 
     scorer = ItmScorer.load(rerank_model_for(index.index_dir, model), device=device)
-    index.reranker = ItmStageReranker(scorer, store=index.store)
+    index.reranker = ItmStageReranker(
+        scorer, store=index.store, image_roots=index.current.image_roots
+    )
     return index.reranker

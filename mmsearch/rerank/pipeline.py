@@ -1,6 +1,6 @@
 """The ITM re-ranker in the query pipeline's rerank slot (:class:`mmsearch.search.rerank.Reranker`).
 
-``SearchIndex(..., reranker=ItmStageReranker(scorer, store=idx.store))`` makes
+``SearchIndex(..., reranker=ItmStageReranker(scorer, store=idx.store, image_roots=roots))`` makes
 ``idx.search(q, rerank=True)`` and ``idx.query()...rerank(depth=50)`` re-score their
 top candidates with ITM. The pipeline's stage keeps the retrieval score and applies
 ``min_match`` and ``blend``; this class only scores.
@@ -8,7 +8,10 @@ top candidates with ITM. The pipeline's stage keeps the retrieval score and appl
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +19,17 @@ import pyarrow as pa
 from PIL import Image
 
 from mmsearch.rerank.scoring import DroppedCandidate, ItmReranker, MatchScorer, RerankQuery
+from mmsearch.search.encode import check_image_path
 
 
-def rerank_query_from_terms(terms: Any) -> RerankQuery:
-    """Positive text terms and the first positive image term of a pipeline query."""
+def rerank_query_from_terms(terms: Any, *, roots: Sequence[Path] | None = None) -> RerankQuery:
+    """Positive text terms and the first positive image term of a pipeline query.
+
+    An image path is opened only once :func:`~mmsearch.search.encode.check_image_path`
+    accepts it: under one of ``roots`` (resolved folders; None: any path) and an
+    existing file, as the encode stage requires (:class:`~mmsearch.errors.UnsafePathError`
+    otherwise, whether or not the file exists).
+    """
     from mmsearch.imageio import load_image
 
     texts = tuple(
@@ -34,8 +44,8 @@ def rerank_query_from_terms(terms: Any) -> RerankQuery:
             image = value.convert("RGB")
         elif isinstance(value, np.ndarray):
             image = Image.fromarray(np.ascontiguousarray(value, dtype=np.uint8), "RGB")
-        else:  # a path the engine already checked against the allowed roots
-            image = load_image(value)
+        else:  # a path: checked here too, so this class is safe however it is called
+            image = load_image(check_image_path(value, roots))
         break
     return RerankQuery(texts=texts, image=image)
 
@@ -46,11 +56,22 @@ class ItmStageReranker:
     ``store`` (the index's :class:`~mmsearch.storage.table.ItemStore`) supplies each
     candidate file's size and mtime as indexed, so a file changed since indexing is
     dropped; :attr:`dropped` lists the candidates the calling thread's last call dropped.
+    ``image_roots``: the folders a query's image path must resolve under (the index's
+    own policy, ``SearchIndex(image_roots=...)``; None: any path).
     """
 
-    def __init__(self, scorer: MatchScorer, *, store: Any | None = None) -> None:
+    def __init__(
+        self,
+        scorer: MatchScorer,
+        *,
+        store: Any | None = None,
+        image_roots: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> None:
         self.scorer = scorer
         self.store = store
+        self.image_roots = (
+            [Path(os.path.realpath(r)) for r in image_roots] if image_roots is not None else None
+        )
         self._local = threading.local()
 
     @property
@@ -82,6 +103,7 @@ class ItmStageReranker:
         # blend 1: the match probability alone; the pipeline's stage applies min_match
         # and the mix with the retrieval score (the query's blend, else default_blend).
         reranker = ItmReranker(self.scorer, depth=max(1, candidates.num_rows), blend=1.0)
-        outcome = reranker.rerank(rerank_query_from_terms(query.terms), self._with_stat(candidates))
+        terms = rerank_query_from_terms(query.terms, roots=self.image_roots)
+        outcome = reranker.rerank(terms, self._with_stat(candidates))
         self._local.dropped = outcome.dropped
         return outcome.table

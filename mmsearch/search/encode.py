@@ -1,7 +1,8 @@
 """Encode stage: a query's weighted text and image terms → one unit query vector.
 
 Texts are embedded in one batch; images come as paths (checked against the allowed
-roots first, then for existence, so a refusal never reveals which files exist), PIL
+roots first, then for existence, so a refusal never reveals which files exist: the
+pipeline checks them with :func:`check_image_terms` before any stage runs), PIL
 images, ``(H, W, 3)`` uint8 arrays, or URLs through a caller-supplied fetcher (off
 unless given).
 """
@@ -42,6 +43,14 @@ def check_image_path(path: str | os.PathLike[str], roots: Sequence[Path] | None)
     if not os.path.isfile(real):  # False, not OSError, for an over-long name (errno 36)
         raise ImageNotFoundError(f"image not found: {shown} (quote the term to search for it as text)")
     return real
+
+
+def check_image_terms(terms: Sequence[QueryTerm], roots: Sequence[Path] | None) -> None:
+    """Checks every image-path term of a query with :func:`check_image_path`, whatever
+    the query's mode: a lexical query encodes no image, but re-ranking opens them."""
+    for term in terms:
+        if term.kind == "image" and isinstance(term.value, (str, os.PathLike)):
+            check_image_path(term.value, roots)
 
 
 def image_vector(

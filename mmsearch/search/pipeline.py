@@ -26,7 +26,7 @@ import pyarrow as pa
 from mmsearch.errors import BadQueryError
 from mmsearch.search import fuse as fuse_stage
 from mmsearch.search import lexical, rerank, rescore, retrieve, shape
-from mmsearch.search.encode import encode_terms, modality
+from mmsearch.search.encode import check_image_terms, encode_terms, modality
 from mmsearch.search.filters import Condition
 from mmsearch.search.rerank import Reranker
 from mmsearch.search.rows import looks_like_identifier
@@ -116,6 +116,7 @@ def run(
     """
     q = query.validated()
     clock = _Clock()
+    check_image_terms(q.terms, source.image_roots)  # every mode: re-ranking opens them too
     allowed = allowed_ids
     if allowed is None and q.where:
         allowed = source.rows().matching_ids(list(q.where))

@@ -2,7 +2,8 @@
 
 :class:`Rows` answers three questions for the stages: which ids pass a filter
 (metadata expanded into typed columns), what are a set of ids' uri/kind/text/metadata,
-and which rows carry an exact identifier (a SKU typed as the whole query).
+which rows carry an exact identifier (a SKU typed as the whole query), and which rows
+belong to one record (a uri prefix).
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class Rows:
         """The rows of ``ids`` that exist (in order) and a mask of which ids were found."""
         pos, found = self._positions(ids)
         return self.table.take(pa.array(pos[found])), found
+
+    def with_uri_prefix(self, prefix: str) -> pa.Table:
+        """The rows whose uri starts with ``prefix`` (every row of one record), by id."""
+        return self.table.filter(pc.starts_with(self.table.column("uri"), pattern=prefix))
 
     def identifier_ids(self, text: str) -> npt.NDArray[np.int64]:
         """Ids of rows holding ``text`` as an identifier, case-insensitively.

@@ -6,6 +6,9 @@ Endpoints
                                 text / query-language / image-URL search
     POST /api/search            the same as JSON with structured terms (see mmsearch.serve.schemas)
     POST /api/search/image      multipart upload (field ``file``) → image search
+    GET  /api/items/{id}        a record's rows (records written by a backend)
+    PUT  /api/items             records inserted or updated by id (``writes``, token required)
+    DELETE /api/items/{id}      a record deleted (``writes``, token required)
     GET  /api/info              index info
     GET  /media/{id}            the image file of an indexed item (by id, never by path)
     GET  /healthz, /readyz, /metrics, POST /login   operations (see mmsearch.serve.routes)
@@ -86,6 +89,12 @@ class ServerConfig:
     state_dir: Path | None = None
     # Failed token attempts (wrong bearer token or sign-in) a client may make per minute.
     auth_failures_per_minute: int = 10
+    # PUT /api/items and DELETE /api/items/{id} (mmsearch.serve.item_routes); need a token.
+    writes: bool = False
+    # Record image URLs of writes may name private and loopback hosts (an internal CDN).
+    allow_private_write_urls: bool = False
+    # How long a write waits for another writer of the index before answering 503.
+    write_wait_s: float = 30.0
 
 
 def check_query_paths(query: str, image_roots: list[Path]) -> None:
@@ -112,6 +121,7 @@ def check_query_paths(query: str, image_roots: list[Path]) -> None:
 def create_app(config: ServerConfig) -> FastAPI:
     """Builds the FastAPI application for ``config``."""
     from mmsearch.serve import auth, security
+    from mmsearch.serve.item_routes import add_item_routes
     from mmsearch.serve.lifecycle import DrainMiddleware, ServeState
     from mmsearch.serve.reranker import RerankerHolder
     from mmsearch.serve.routes import add_ops_routes
@@ -119,6 +129,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     if config.token is not None:
         security.check_token(config.token)
+    security.check_write_policy(config.writes, config.token)
     metrics = Metrics()
 
     def on_open(index: Any) -> None:
@@ -207,6 +218,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     holder.fetch_url = _fetch_url_image if config.allow_urls else None
     add_search_routes(app, config, holder, rerankers)
+    add_item_routes(app, config, holder)
     install_openapi(app, allow_urls=config.allow_urls, token_required=bool(config.token))
     app.state.rerankers = rerankers
     app.state.config = config

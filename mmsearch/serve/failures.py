@@ -35,7 +35,10 @@ from mmsearch.errors import (
     MMSearchError,
     ModelLoadError,
     ModelMismatchError,
+    RecordError,
+    StorageError,
     UnsafePathError,
+    WriterBusyError,
 )
 from mmsearch.serve.limits import cap_text, validation_error_body
 
@@ -55,7 +58,8 @@ ERROR_MEANINGS = {
     400: "The request cannot be answered as asked, for a reason the schema cannot state: "
     "query-language syntax, a filter on a column this index does not have or with a "
     "value of the wrong type for it, terms that cancel out, an image URL that cannot be "
-    "fetched, two Host headers or one this server does not answer to.",
+    "fetched, two Host headers or one this server does not answer to, two records with "
+    "the same id in one write.",
     401: "A token is required: send `Authorization: Bearer <token>` (or sign in).",
     403: "Refused: an image path outside the allowed folders, or a cross-site request "
     "(its `Origin` is not this server).",
@@ -67,8 +71,9 @@ ERROR_MEANINGS = {
     422: "The request does not match its schema, or an image cannot be decoded.",
     429: "Too many failed sign-ins from this client; retry after `Retry-After` seconds.",
     431: "The request headers are larger than the server accepts.",
-    503: "Not now: the server is starting, shutting down or full, or a model it needs "
-    "cannot be loaded; retry after `Retry-After` seconds where given.",
+    503: "Not now: the server is starting, shutting down or full, a model it needs "
+    "cannot be loaded, or the index cannot be written (another writer holds it, the "
+    "disk is full); retry after `Retry-After` seconds where given.",
 }
 
 #: Statuses any route can answer: auth, Host check, size caps, drain and capacity.
@@ -140,12 +145,15 @@ def status_of(exc: MMSearchError) -> int:
         return 403
     if isinstance(exc, ImageNotFoundError):
         return 404
-    if isinstance(exc, BadQueryError):
+    if isinstance(exc, (BadQueryError, RecordError)):
         return 400
     if isinstance(exc, ImageDecodeError):
         return 422
-    if isinstance(exc, (IndexNotFoundError, IndexCorruptError, ModelLoadError, ModelMismatchError)):
-        return 503  # the server cannot answer until its index or model is fixed
+    if isinstance(
+        exc,
+        (IndexNotFoundError, IndexCorruptError, ModelLoadError, ModelMismatchError, StorageError),
+    ):
+        return 503  # the server cannot answer until its index, model or disk is fixed
     return 500
 
 
@@ -158,7 +166,9 @@ def install_error_handlers(app: FastAPI, allowed_methods: Any) -> None:
     @app.exception_handler(MMSearchError)
     async def _mmsearch_error(request: Request, exc: MMSearchError) -> Response:
         status = status_of(exc)
-        retry = getattr(exc, "retry_after_s", None)
+        retry = getattr(exc, "retry_after_s", None) or (
+            1 if isinstance(exc, WriterBusyError) else None
+        )
         headers = {"Retry-After": str(max(1, int(retry)))} if retry else None
         return error_response(status, str(exc), type(exc).__name__, headers=headers)
 

@@ -60,9 +60,14 @@ class IndexHolder:
             self._on_open(index)
         return index
 
-    def get(self) -> Any:
-        """The newest openable snapshot's index (opens or swaps when needed)."""
-        index = self._get()
+    def get(self, *, wait: bool = False) -> Any:
+        """The newest openable snapshot's index (opens or swaps when needed).
+
+        While another request opens a newer snapshot, this serves the current one, unless
+        ``wait``: then it waits for that open (a write waits, so that its answer, and
+        this worker's next request, see what it wrote).
+        """
+        index = self._get(wait)
         record_snapshot(index.snapshot)
         return index
 
@@ -70,7 +75,7 @@ class IndexHolder:
         """The file catalog of ``index`` (one of this holder's indexes)."""
         return self.catalogs.get(index)
 
-    def _get(self) -> Any:
+    def _get(self, wait: bool) -> Any:
         from mmsearch.storage.snapshot import read_snapshot
 
         current = self._index
@@ -86,11 +91,11 @@ class IndexHolder:
             return current
         if latest is None or latest == current.snapshot or latest == self._failed:
             return current
-        if not self._open_lock.acquire(blocking=False):
+        if not self._open_lock.acquire(blocking=wait):
             return current  # another request is opening it; serve the current snapshot meanwhile
         try:
             current = self._index
-            if latest != current.snapshot:
+            if latest != current.snapshot and latest != self._failed:
                 encoder = self.config.encoder
                 if encoder is None and latest.model_key == current.spec.key:
                     encoder = current.encoder  # same model: reuse the loaded weights

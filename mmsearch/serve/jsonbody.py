@@ -1,4 +1,5 @@
-"""JSON response bodies serialised once, with ``orjson`` when it is installed.
+"""JSON bodies: answers serialised once (``orjson`` when installed), and requests that
+must declare JSON (:func:`require_json`).
 
 A FastAPI route that returns a dict has it validated against its return type and
 encoded again (``jsonable_encoder`` + pydantic); a search answer is plain JSON data
@@ -16,6 +17,8 @@ import json
 import math
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 try:
@@ -23,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - the server extra installs it
     orjson = None  # type: ignore[assignment]
 
-__all__ = ["dumps", "json_response"]
+__all__ = ["dumps", "json_response", "require_json"]
 
 
 def _plain(value: Any) -> Any:
@@ -57,3 +60,14 @@ def dumps(data: Any) -> bytes:
 def json_response(data: Any, status_code: int = 200) -> Response:
     """A ``200 application/json`` (or ``status_code``) response holding ``data``."""
     return Response(dumps(data), status_code=status_code, media_type="application/json")
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON (``application/json`` or ``*/*+json``): a
+    browser form cannot send that cross-site without a preflight, and a client that
+    forgot the header learns it in one line. (A route dependency.)"""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    ):
+        raise HTTPException(415, "send the body as JSON (Content-Type: application/json)")

@@ -107,5 +107,7 @@ class RerankerHolder:
         scorer = self.load()
         with self._lock:
             if getattr(index, "reranker", None) is None:
-                index.reranker = ItmStageReranker(scorer, store=index.store)
+                index.reranker = ItmStageReranker(
+                    scorer, store=index.store, image_roots=index.current.image_roots
+                )
         return index.reranker

@@ -44,7 +44,7 @@ MAX_COLUMN_CHARS = 64
 # A text with something in it, not only white space: the characters Python strips and
 # both regex dialects (JSON Schema's ECMA-262 \s lacks U+0085 and U+001C-001F, Rust's
 # lacks U+FEFF) count as space, so the schema and the server agree on every string.
-_NOT_BLANK = r"[^\s\u001c-\u001f\u0085\ufeff]"
+NOT_BLANK = r"[^\s\u001c-\u001f\u0085\ufeff]"
 _COLUMN = rf"^[A-Za-z_][A-Za-z0-9_.]{{0,{MAX_COLUMN_CHARS - 1}}}$"
 _CONDITION_START = (
     rf"^\s*[A-Za-z_][A-Za-z0-9_.]{{0,{MAX_COLUMN_CHARS - 1}}}\s*(!=|<=|>=|=|<|>|in\s|contains\s)"
@@ -65,7 +65,7 @@ JsonInt = Annotated[int, BeforeValidator(_integral)]
 STRICT_JSON = ConfigDict(strict=True)
 
 QueryText = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS, pattern=_NOT_BLANK)
+    str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK)
 ]
 FilterText = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_FILTER_CHARS, pattern=_CONDITION_START)
@@ -135,7 +135,7 @@ class TermIn(StrictModel):
     image: (
         Annotated[
             str,
-            StringConstraints(min_length=1, max_length=MAX_IMAGE_PATH_CHARS, pattern=_NOT_BLANK),
+            StringConstraints(min_length=1, max_length=MAX_IMAGE_PATH_CHARS, pattern=NOT_BLANK),
         ]
         | SkipJsonSchema[None]
     ) = None

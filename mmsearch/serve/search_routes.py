@@ -13,16 +13,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import Response
 
 from mmsearch.errors import BadQueryError
-from mmsearch.search.encode import check_image_path
+from mmsearch.indexer.recordtypes import record_id_of
+from mmsearch.search.encode import check_image_terms
 from mmsearch.search.filters import MAX_CONDITIONS
 from mmsearch.search.limits import DEFAULT_KIND, MAX_K
 from mmsearch.serve.failures import error_responses
 from mmsearch.serve.holder import IndexHolder
-from mmsearch.serve.jsonbody import json_response
+from mmsearch.serve.jsonbody import json_response, require_json
 from mmsearch.serve.limits import cap_text
 from mmsearch.serve.observe import record_results
 from mmsearch.serve.reranker import RerankerHolder
@@ -45,7 +46,11 @@ def search_answer_schema() -> dict[str, Any]:
             "text": {"type": ["string", "null"]},
             "score": {"type": ["number", "null"]},
             "metadata": {"type": "object"},
-            "media": {"type": ["string", "null"], "description": "`/media/{id}` for images"},
+            "media": {
+                "type": ["string", "null"],
+                "description": "`/media/{id}` for indexed image files (null for texts and "
+                "for the images of records, whose bytes are not kept)",
+            },
         },
     }
     return {
@@ -69,17 +74,6 @@ def search_answer_schema() -> dict[str, Any]:
     }
 
 
-def require_json(request: Request) -> None:
-    """415 unless the body is declared JSON (``application/json`` or ``*/*+json``): a
-    browser form cannot send that cross-site without a preflight, and a client that
-    forgot the header learns it in one line."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json" and not (
-        content_type.startswith("application/") and content_type.endswith("+json")
-    ):
-        raise HTTPException(415, "send the body as JSON (Content-Type: application/json)")
-
-
 def _ok(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -101,8 +95,9 @@ def add_search_routes(
         out = []
         for hit in hits:
             item = hit.to_dict()
-            item["media"] = f"/media/{hit.id}" if hit.kind == "image" else None
-            if catalog is not None:
+            record = record_id_of(hit.uri) is not None  # a record's row: no file to serve
+            item["media"] = f"/media/{hit.id}" if hit.kind == "image" and not record else None
+            if catalog is not None and not record:
                 item["uri"] = catalog.relative_uri(item["uri"])
             out.append(item)
         return out
@@ -112,12 +107,10 @@ def add_search_routes(
     def _run(query: Any) -> tuple[Any, list[dict[str, Any]]]:
         """Runs ``query``; with re-ranking, also the candidates dropped (vanished/changed files).
 
-        Every image-path term is checked against the image roots first, whatever the
-        mode: a lexical query does not encode its images, but re-ranking opens them.
+        Image-path terms are checked against the image roots before the index is even
+        taken (the query pipeline checks them again, whatever the mode).
         """
-        for term in query.terms:
-            if term.kind == "image" and isinstance(term.value, (str, os.PathLike)):
-                check_image_path(term.value, roots)
+        check_image_terms(query.terms, roots)
         index = holder.get()
         if query.rerank is None:
             return index.run(query), []

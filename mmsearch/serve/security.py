@@ -10,8 +10,11 @@
   whose ``Origin`` is not this server (or ``null``) gets 403, with or without a
   token: a web page elsewhere cannot make a visitor's browser upload, sign in or write.
 - **Bind policy**: :func:`check_bind_policy` refuses a non-loopback address without
-  a token, and :func:`check_token` a token shorter than :data:`MIN_TOKEN_CHARS`
-  characters, blank, or with spaces at either end, before anything heavy is loaded.
+  a token, :func:`check_write_policy` write routes without a token on any address
+  (loopback included: any local process, or a page a local browser opens, could
+  otherwise change the index), and :func:`check_token` a token shorter than
+  :data:`MIN_TOKEN_CHARS` characters, blank, or with spaces at either end, before
+  anything heavy is loaded.
   Token checks themselves live in :mod:`mmsearch.serve.auth`.
 """
 
@@ -38,6 +41,10 @@ class InsecureBindError(MMSearchError):
     """Serving on a non-loopback address without a token was refused."""
 
 
+class InsecureWriteError(MMSearchError):
+    """Write routes were asked for without a token."""
+
+
 class InsecureTokenError(MMSearchError):
     """The access token is too short, blank, or has spaces at either end."""
 
@@ -62,6 +69,16 @@ def check_bind_policy(host: str, token: str | None, insecure_no_auth: bool) -> N
         "index and read its images; set MMSEARCH_TOKEN or pass --token "
         "(or --insecure-no-auth if a proxy in front does the authentication)"
     )
+
+
+def check_write_policy(writes: bool, token: str | None) -> None:
+    """Raises :class:`InsecureWriteError` when writes are asked for without a token."""
+    if writes and not token:
+        raise InsecureWriteError(
+            "refusing to enable writes (--allow-writes) without a token, even on loopback: "
+            "any local process or web page could change the index; set MMSEARCH_TOKEN or "
+            "pass --token"
+        )
 
 
 def check_token(token: str) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mmsearch.errors import StorageError
+from mmsearch.errors import StorageError, WriterBusyError
 
 
 @contextmanager
@@ -36,7 +36,8 @@ _LOCK_POLL_S = 0.05
 
 @contextmanager
 def index_write_lock(index_dir: str | os.PathLike[str], *, wait_s: float = 0.0) -> Iterator[None]:
-    """Holds the index directory's writer lock; a second writer waits up to ``wait_s``, then fails.
+    """Holds the index directory's writer lock; a second writer waits up to ``wait_s``, then
+    gets :class:`~mmsearch.errors.WriterBusyError`.
 
     Two writers at once would hand out the same row ids. The lock is an advisory
     ``flock``: the OS releases it when the process dies.
@@ -56,7 +57,7 @@ def index_write_lock(index_dir: str | os.PathLike[str], *, wait_s: float = 0.0) 
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     waited = f" (waited {wait_s:g} s)" if wait_s > 0 else ""
-                    raise StorageError(
+                    raise WriterBusyError(
                         f"another mmsearch process is writing the index at {path}{waited}; "
                         "wait for it to finish"
                     ) from None
