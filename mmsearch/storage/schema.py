@@ -38,8 +38,6 @@ LEXICAL_COLUMN = "search_text"
 
 LEXICAL_INDEX_NAME = f"{LEXICAL_COLUMN}_idx"
 
-#: Columns every row has, besides ``vector``.
-CORE_COLUMNS = ("id", "uri", "kind", "text", "source", "mtime_ns", "size", "sha256", "metadata")
 
 def items_schema(
     dim: int, spec: ModelSpec, lexical_fields: Sequence[str] | None = None
