@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from mmsearch.datasets.captioned import write_coco_captions
 from mmsearch.datasets.synthetic import generate_catalog
 from mmsearch.engine import SearchIndex
-from mmsearch.evaluation.captioned import evaluate_captioned
 from mmsearch.evaluation.inputs import read_captioned, read_queries
 from mmsearch.evaluation.metrics import ndcg_at_k, query_metrics, reciprocal_rank
 from mmsearch.evaluation.runner import evaluate_queries
+from mmsearch.maintenance.evaluate import evaluate_captioned
 from mmsearch.models.preprocess import fit_square
 from tests.conftest import FakeEncoder
 

@@ -183,8 +183,8 @@ def _run_captioned(
     device: Any,
     progress: Any,
 ) -> Any:
-    from mmsearch.evaluation.captioned import evaluate_captioned
     from mmsearch.evaluation.inputs import read_captioned
+    from mmsearch.maintenance.evaluate import evaluate_captioned
     from mmsearch.models.spec import ModelSpec
 
     if model is None and index is not None:

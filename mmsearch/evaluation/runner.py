@@ -1,7 +1,7 @@
 """Run an evaluation against an index through the public search API.
 
 :func:`evaluate_queries` runs a query set (``mmsearch eval QUERIES.jsonl``);
-:func:`mmsearch.evaluation.captioned.evaluate_captioned` indexes a captioned collection
+:func:`mmsearch.maintenance.evaluate.evaluate_captioned` indexes a captioned collection
 and measures text→image and image→text retrieval as CLIP_benchmark does. Both run
 every :mod:`~mmsearch.evaluation.variants` variant side by side and return an
 :class:`EvalReport`; the library never prints (``progress`` reports work done).
