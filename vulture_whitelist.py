@@ -56,6 +56,9 @@ description  # evaluation.variants.Variant: what a search variant does, for peop
 embedded_on_rerun  # tests/kill_harness.TrialResult
 lang  # tests/readme_doc.Block: a README fence's info string
 
+# Protocol methods with no caller yet.
+file_stats  # search.source.SnapshotSource: ids' indexed mtime and size, for the re-rank stage
+
 # Callback and fixture parameters that a signature requires.
 per_epoch  # cli.finetune's on_start(total_steps, steps_per_epoch) callback
 empty_hf_cache  # pytest fixture used for its effect

@@ -279,7 +279,7 @@ class IndexSnapshot:
     @property
     def stale(self) -> bool:
         """True when the table has commits newer than this snapshot's version."""
-        from mmsearch.maintenance.info import latest_table_version
+        from mmsearch.storage.versions import latest_table_version
 
         latest = latest_table_version(self._index_dir)  # file names only: no LanceDB
         if latest is not None:

@@ -23,11 +23,7 @@ from mmsearch.ann.params import (
 )
 from mmsearch.errors import IndexCorruptError, IndexNotFoundError
 from mmsearch.storage.snapshot import Snapshot, read_snapshot
-
-#: The LanceDB table's directory inside an index (``storage.DB_DIRNAME/TABLE_NAME.lance``);
-#: spelled out here so that reading it does not import the storage layer.
-TABLE_DIR = Path("db") / "items.lance"
-_U64_MAX = (1 << 64) - 1
+from mmsearch.storage.versions import TABLE_DIR, latest_table_version
 
 
 def _snapshot_or_raise(index_dir: Path) -> Snapshot:
@@ -41,28 +37,6 @@ def _snapshot_or_raise(index_dir: Path) -> Snapshot:
     raise IndexNotFoundError(
         f"no mmsearch index at {index_dir} (create one with: mmsearch index PATH --index {index_dir})"
     )
-
-
-def latest_table_version(index_dir: str | os.PathLike[str]) -> int | None:
-    """The newest committed table version, from the names of Lance's version manifests.
-
-    Lance names them ``<v>.manifest`` or, in its newer layout, ``<2**64-1-v>.manifest``.
-    Returns None when the layout is not recognised (the caller then omits staleness).
-    """
-    folder = Path(index_dir) / TABLE_DIR / "_versions"
-    best: int | None = None
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return None
-    for name in names:
-        stem, dot, ext = name.partition(".")
-        if ext != "manifest" or not stem.isdigit():
-            continue
-        value = int(stem)
-        version = _U64_MAX - value if value > (1 << 63) else value
-        best = version if best is None else max(best, version)
-    return best
 
 
 def ann_info(manifest: dict[str, Any]) -> dict[str, Any]:

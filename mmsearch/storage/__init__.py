@@ -4,6 +4,7 @@
 - :mod:`.table`: :class:`~mmsearch.storage.table.ItemStore`, the table of one index.
 - :mod:`.locks`: the writer lock and write errors.
 - :mod:`.snapshot`: ``snapshot.json``, which ties a table version to its ANN files.
+- :mod:`.versions`: the table's newest committed version, from file names only.
 - :mod:`.rowsfile`: the display columns of a snapshot, memory-mapped by queries.
 - :mod:`.objectstore`: indexes under ``s3://bucket/prefix``.
 - :mod:`.metadata_keys`: the metadata keys every row shares (``file``, ``id``).
