@@ -56,9 +56,9 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Create ``path`` atomically: ``write(temp_path)`` fills a temp file in the same
-    directory, which is then fsynced, renamed over ``path`` and the directory fsynced.
+    directory (its return value is ignored), which is then fsynced, renamed over ``path`` and the directory fsynced.
     The temp file is removed if ``write`` fails."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:

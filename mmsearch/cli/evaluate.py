@@ -175,7 +175,7 @@ def _run_captioned(
     split: str,
     model: Any,
     pretrained: Any,
-    index: Any,
+    index: Path | None,
     work_dir: Any,
     variant: Any,
     worst: int,

@@ -137,11 +137,11 @@ def finetune_cmd(
             spec = ItemStore.open(index).model_spec
         else:
             spec = ModelSpec.parse(model, pretrained)
-        pairs = (
-            read_pairs(catalog, image_column=image_column, text_column=text_column)
-            if catalog
-            else pairs_from_index(index)
-        )  # type: ignore[arg-type]
+        if catalog is not None:
+            pairs = read_pairs(catalog, image_column=image_column, text_column=text_column)
+        else:
+            assert index is not None  # one of them was given (checked above)
+            pairs = pairs_from_index(index)
         fit_cfg = FitConfig(
             epochs=epochs,
             lr=lr,

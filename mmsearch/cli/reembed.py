@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mmsearch.models.spec import ModelSpec
 
 
 def reembed_then_index(
     index_dir: Path,
-    spec: object,
+    spec: ModelSpec,
     paths: list[Path],
     batch_size: int | None,
     workers: int | None,

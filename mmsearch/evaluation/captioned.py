@@ -9,7 +9,7 @@ folder and opening it is :func:`mmsearch.maintenance.evaluate.evaluate_captioned
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,13 @@ import numpy as np
 from mmsearch.evaluation.inputs import CaptionedSet
 from mmsearch.evaluation.metrics import first_relevant_rank, hit_curve
 from mmsearch.evaluation.runner import EvalReport, ItemCatalog, ProgressFn, WorstCase
-from mmsearch.evaluation.variants import PRIMARY, Variant, available_variants, vector_options
+from mmsearch.evaluation.variants import (
+    PRIMARY,
+    EvaluatedIndex,
+    Variant,
+    available_variants,
+    vector_options,
+)
 
 
 def _position_of(catalog: ItemCatalog) -> tuple[dict[int, int], dict[int, int]]:
@@ -35,7 +41,7 @@ def _position_of(catalog: ItemCatalog) -> tuple[dict[int, int], dict[int, int]]:
 
 
 def captioned_report(
-    index: Any,
+    index: EvaluatedIndex,
     data: CaptionedSet,
     ks: Sequence[int],
     variants: Sequence[str] | None,
@@ -63,8 +69,10 @@ def captioned_report(
     }  # the work dir goes away
     id_of_image = {p: i for i, p in image_pos.items()}
     image_ids = [id_of_image[p] for p in sorted(id_of_image)]
-    text_ids = sorted(text_pos, key=text_pos.get)
-    t2i_positive = {i: {id_of_image.get(data.caption_image[text_pos[i]])} for i in text_ids}
+    text_ids = sorted(text_pos, key=lambda i: text_pos[i])
+    t2i_positive: dict[int, set[int | None]] = {
+        i: {id_of_image.get(data.caption_image[text_pos[i]])} for i in text_ids
+    }
     i2t_positive: dict[int, set[int]] = {i: set() for i in image_ids}
     for t in text_ids:
         image = id_of_image.get(data.caption_image[text_pos[t]])
@@ -139,17 +147,17 @@ def captioned_report(
     )
 
 
-def _stored_vectors(index: Any, ids: list[int]) -> np.ndarray:
+def _stored_vectors(index: EvaluatedIndex, ids: list[int]) -> np.ndarray:
     ids_all, vectors = index.store.vectors("image")
     pos = {int(i): n for n, i in enumerate(ids_all)}
     return vectors[[pos[i] for i in ids]]
 
 
 def _ranked_hits(
-    index: Any,
+    index: EvaluatedIndex,
     vectors: np.ndarray,
     query_ids: list[int],
-    positives: dict[int, set[int | None]],
+    positives: Mapping[int, Set[int | None]],
     kind: str,
     query_kind: str,
     depth: int,

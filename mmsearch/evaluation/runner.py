@@ -24,7 +24,12 @@ from mmsearch.evaluation.metrics import (
     mean_metrics,
     query_metrics,
 )
-from mmsearch.evaluation.variants import PRIMARY, available_variants, search_options
+from mmsearch.evaluation.variants import (
+    PRIMARY,
+    EvaluatedIndex,
+    available_variants,
+    search_options,
+)
 from mmsearch.uris import path_to_uri, uri_to_path
 
 #: progress(stage, advance, more_total), as the indexing pipeline reports it.
@@ -112,7 +117,7 @@ class EvalReport:
 class ItemCatalog:
     """The rows an index serves: id → (uri, kind, text) of every row the index serves, and uri → id."""
 
-    def __init__(self, index: Any) -> None:
+    def __init__(self, index: EvaluatedIndex) -> None:
         table = index.store.scan(["id", "uri", "kind", "text"])
         self.ids = table.column("id").to_pylist()
         self.uri = dict(zip(self.ids, table.column("uri").to_pylist(), strict=True))
@@ -148,7 +153,7 @@ class ItemCatalog:
 
 
 def evaluate_queries(
-    index: Any,
+    index: EvaluatedIndex,
     queries: Sequence[EvalQuery],
     *,
     ks: Sequence[int] = DEFAULT_KS,

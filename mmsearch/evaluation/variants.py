@@ -12,10 +12,38 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mmsearch.models.base import Encoder
+    from mmsearch.models.spec import ModelSpec
+    from mmsearch.storage.table import ItemStore
 
 
-def _always(index: Any) -> bool:
+class EvaluatedIndex(Protocol):
+    """What an evaluation uses of an open index (:class:`mmsearch.engine.SearchIndex` is one).
+
+    ``search`` is called with each variant's options (those its signature offers);
+    ``search_vector`` with a stored vector, ``k``, ``kind``, ``query_kind`` and options.
+    """
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    @property
+    def store(self) -> ItemStore: ...
+
+    @property
+    def encoder(self) -> Encoder: ...
+
+    @property
+    def search(self) -> Callable[..., Any]: ...
+
+    @property
+    def search_vector(self) -> Callable[..., Any]: ...
+
+
+def _always(index: EvaluatedIndex) -> bool:
     return True
 
 
@@ -26,7 +54,7 @@ class Variant:
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
-    available: Callable[[Any], bool] = _always
+    available: Callable[[EvaluatedIndex], bool] = _always
 
 
 _REGISTRY: list[Variant] = [
@@ -76,7 +104,7 @@ def vector_options(variant: Variant) -> dict[str, Any] | None:
     return options if set(options) <= {"exact", "nprobe", "refine"} else None
 
 
-def available_variants(index: Any, names: list[str] | None = None) -> list[Variant]:
+def available_variants(index: EvaluatedIndex, names: list[str] | None = None) -> list[Variant]:
     """The registered variants ``index`` can run (optionally only ``names``, in that order)."""
     known = {v.name: v for v in _REGISTRY}
     ok = [

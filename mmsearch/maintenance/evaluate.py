@@ -24,13 +24,15 @@ from mmsearch.evaluation.inputs import CaptionedSet
 from mmsearch.evaluation.metrics import DEFAULT_KS
 from mmsearch.evaluation.runner import EvalReport, ProgressFn, no_progress
 from mmsearch.indexer.pipeline import IndexOptions, run_index
+from mmsearch.models.base import Encoder
+from mmsearch.models.spec import ModelSpec
 
 
 def index_captioned(
     data: CaptionedSet,
     work_dir: Path,
-    spec: Any,
-    encoder: Any,
+    spec: ModelSpec,
+    encoder: Encoder,
     progress: ProgressFn,
     batch_size: int = 64,
 ) -> dict[str, Any]:
@@ -62,9 +64,9 @@ def index_captioned(
 
 def evaluate_captioned(
     data: CaptionedSet,
-    spec: Any,
+    spec: ModelSpec,
     *,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
     device: str | None = None,
     work_dir: str | os.PathLike[str] | None = None,
     ks: Sequence[int] = DEFAULT_KS,

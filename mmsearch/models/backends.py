@@ -14,13 +14,16 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mmsearch.errors import ModelLoadError, ModelMismatchError
 from mmsearch.models.cache import read_json, write_json_atomic
 from mmsearch.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from mmsearch.models.base import Encoder
 
 BACKENDS = ("auto", "torch", "onnx")
 #: Per-item cosine two backends' embeddings must reach to share an index.
@@ -101,7 +104,7 @@ def load_encoder(
     return load_torch_encoder(spec, device, dtype=dtype)
 
 
-def backend_label(encoder: Any) -> str:
+def backend_label(encoder: Encoder) -> str:
     """``torch``, ``onnx`` or ``onnx-int8``: what produced an encoder's vectors."""
     name = str(getattr(encoder, "backend", "torch"))
     quantize = getattr(encoder, "quantize", None)
@@ -113,7 +116,7 @@ def read_backend_record(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return read_json(Path(index_dir) / RECORD_NAME)
 
 
-def check_backend(index_dir: str | os.PathLike[str], encoder: Any, *, record: bool) -> str:
+def check_backend(index_dir: str | os.PathLike[str], encoder: Encoder, *, record: bool) -> str:
     """Refuses an encoder whose backend disagrees with the index's recorded vectors.
 
     A backend already recorded passes at once (no encoding). Otherwise the probe texts

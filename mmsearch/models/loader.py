@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 
@@ -161,7 +161,7 @@ def _tower_loader(spec: ModelSpec, pretrained: str, device: str) -> TowerLoader 
         if not os.path.isfile(pretrained)
         else {}
     )
-    visual = towers.model.visual
+    visual: Any = towers.model.visual  # open_clip's vision tower (untyped)
     pp = dict(getattr(visual, "preprocess_cfg", {}) or {})
     pp.update({k: cfg[k] for k in ("mean", "std") if k in cfg})
     visual.preprocess_cfg = pp
@@ -190,7 +190,12 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
-def load_model(spec: ModelSpec, device: str | None = None) -> tuple[torch.nn.Module, Any]:
+#: An open_clip ``CLIP`` as :func:`load_model` returns it: a torch Module with
+#: ``encode_image``, ``encode_text``, ``visual`` and ``logit_scale`` (open_clip is untyped).
+ClipModel: TypeAlias = Any
+
+
+def load_model(spec: ModelSpec, device: str | None = None) -> tuple[ClipModel, Any]:
     """(open_clip model in fp32 on ``device``, tokenizer) for ``spec``; raises :class:`ModelLoadError`.
 
     The model is returned as open_clip builds it (train mode, gradients on): the

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage.snapshot import ANN_DIRNAME, Snapshot
+
+if TYPE_CHECKING:
+    from mmsearch.storage.table import ItemStore
 
 ROWS_COLUMNS = ["id", "uri", "kind", "text", "source", "metadata"]
 _SPEC_KEY = b"mmsearch.model"
@@ -34,7 +37,7 @@ def rows_file_path(index_dir: str | os.PathLike[str], snapshot: Snapshot) -> Pat
     return Path(index_dir) / rows_file_name(snapshot.generation)
 
 
-def write_rows_file(store: Any, path: Path, spec: ModelSpec) -> None:
+def write_rows_file(store: ItemStore, path: Path, spec: ModelSpec) -> None:
     """Writes the table's display columns, sorted by id, atomically (temp file + rename)."""
     from mmsearch.ann.files import atomic_write
 
