@@ -29,7 +29,7 @@ def type_metadata(rows: list[TextRow], columns: list[str], *, infer_from_strings
     for col in columns:
         values = [row.metadata.get(col) for row in rows]
         if infer_from_strings:
-            typed = _infer_strings([None if v is None or v == "" else v for v in values])
+            typed = _infer_strings([None if v is None or v == "" else str(v) for v in values])
         else:
             typed = _unify([_plain(v) for v in values])
         for row, value in zip(rows, typed, strict=True):
@@ -70,7 +70,7 @@ def _plain(value: Any) -> MetaValue:
 
 def _unify(values: list[MetaValue]) -> list[MetaValue]:
     kinds = {type(v) for v in values if v is not None}
-    if kinds == {int} and all(_INT64[0] <= v <= _INT64[1] for v in values if v is not None):
+    if kinds == {int} and all(_INT64[0] <= v <= _INT64[1] for v in values if isinstance(v, int)):
         return values
     if kinds <= {int, float} and kinds != {int}:
         return [None if v is None else float(v) for v in values]

@@ -11,6 +11,7 @@ modules here are the parts it is assembled from:
 - :mod:`mmsearch.serve.observe`: Prometheus metrics and structured access logs.
 - :mod:`mmsearch.serve.limits`: request body cap and capped validation errors.
 - :mod:`mmsearch.serve.jsonbody`: search answers serialised once (orjson when installed).
-- :mod:`mmsearch.serve.lifecycle`: readiness, graceful drain on SIGTERM, running
-  one or several worker processes on one listening socket, and their math-thread policy.
+- :mod:`mmsearch.serve.drain`: readiness, and the graceful drain on SIGTERM.
+- :mod:`mmsearch.serve.lifecycle`: binding first, running one or several worker
+  processes on one listening socket, and their math-thread policy.
 """

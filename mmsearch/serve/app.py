@@ -131,7 +131,7 @@ def _status_of(exc: MMSearchError) -> int:
 def create_app(config: ServerConfig) -> FastAPI:
     """Builds the FastAPI application for ``config``."""
     from mmsearch.serve import security
-    from mmsearch.serve.lifecycle import DrainMiddleware, ServeState
+    from mmsearch.serve.drain import DrainMiddleware, ServeState
     from mmsearch.serve.routes import add_ops_routes
 
     metrics = Metrics()

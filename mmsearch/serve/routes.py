@@ -19,9 +19,9 @@ from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from mmsearch.serve.drain import ServeState
 from mmsearch.serve.files import FileChangedError, open_indexed_file, read_chunks
 from mmsearch.serve.holder import IndexHolder
-from mmsearch.serve.lifecycle import ServeState
 from mmsearch.serve.observe import Metrics
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
