@@ -56,9 +56,20 @@ description  # evaluation.variants.Variant: what a search variant does, for peop
 embedded_on_rerun  # tests/kill_harness.TrialResult
 lang  # tests/readme_doc.Block: a README fence's info string
 
+# Read by LanceDB's native full-text core (storage.fulltext's query objects stand in for
+# lancedb's own, duck-typed).
+boost
+fuzziness
+max_expansions
+operator
+prefix_length
+document_granularity
+
 # Protocol methods with no caller yet.
 file_stats  # search.source.SnapshotSource: ids' indexed mtime and size, for the re-rank stage
 
 # Callback and fixture parameters that a signature requires.
 per_epoch  # cli.finetune's on_start(total_steps, steps_per_epoch) callback
+show_version  # typer's --version option: its callback does the work
+output_names  # models.openvino_session: ONNX Runtime's Session.run(output_names, feed) signature
 empty_hf_cache  # pytest fixture used for its effect

@@ -59,6 +59,10 @@ class SourceNotFoundError(MMSearchError, FileNotFoundError):
     """A path given to index does not exist, or is neither a folder nor a text collection."""
 
 
+class NothingToIndexError(MMSearchError):
+    """A first indexing run found no image and no text collection in the paths given."""
+
+
 class IndexingFailedError(MMSearchError):
     """An indexing run had work to do and every item of it failed.
 

@@ -24,34 +24,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmsearch.errors import ModelLoadError
-from mmsearch.models.cache import file_fingerprint, read_json, user_cache_dir, write_json_atomic
+from mmsearch.models.cache import file_fingerprint, read_json, write_json_atomic
+from mmsearch.models.exports import EXPORT_VERSION, exports_registry, onnx_root, registry_key
 from mmsearch.models.spec import ModelSpec
 
-#: Bump when the exported graphs change, so old exports are not reused. 2: the weights
-#: are graph initializers (registered submodules), which int8 quantisation needs.
-EXPORT_VERSION = 2
+if TYPE_CHECKING:
+    from mmsearch.models.encoder import ClipEncoder
+
 OPSET = 17
 QUANTIZE_CHOICES = (None, "int8")
 #: The pre-tokenisation pattern of CLIP's BPE tokenizer (open_clip ``SimpleTokenizer``).
 CLIP_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-
-
-def onnx_root() -> Path:
-    root = user_cache_dir() / "onnx"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def exports_registry() -> Path:
-    """The JSON file mapping ``registry_key`` to export directories."""
-    return onnx_root() / "exports.json"
-
-
-def registry_key(spec: ModelSpec, quantize: str | None) -> str:
-    return f"{spec.key}|{quantize or 'fp32'}"
 
 
 def export_onnx(spec: ModelSpec, *, quantize: str | None = None) -> Path:
@@ -61,8 +47,8 @@ def export_onnx(spec: ModelSpec, *, quantize: str | None = None) -> Path:
     from mmsearch.models import loader
 
     loader.register_model_configs()
-    loader._check_architecture(spec.name)
-    pretrained = loader._resolve_pretrained(spec)
+    loader.check_architecture(spec.name)
+    pretrained = loader.resolve_pretrained(spec)
     weights = loader.checkpoint_path(spec, pretrained)
     if weights is None:
         raise ModelLoadError(
@@ -104,7 +90,7 @@ def _export_into(target: Path, spec: ModelSpec, weights: str, digest: str) -> No
     try:
         _export_text(encoder, tmp / "text.onnx")
         _export_image(encoder, tmp / "image.onnx")
-        tokenizer = encoder.tokenizer
+        tokenizer: Any = encoder.tokenizer  # open_clip's tokenizer: context length, special ids
         save_clip_tokenizer(tokenizer, tmp / "tokenizer.json")
         meta: dict[str, Any] = {
             "spec": json.loads(spec.to_json()),
@@ -130,7 +116,7 @@ def _export_into(target: Path, spec: ModelSpec, weights: str, digest: str) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _export_text(encoder: Any, path: Path) -> None:
+def _export_text(encoder: ClipEncoder, path: Path) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -151,7 +137,7 @@ def _export_text(encoder: Any, path: Path) -> None:
     _export(TextTower(), example, path, "tokens")
 
 
-def _export_image(encoder: Any, path: Path) -> None:
+def _export_image(encoder: ClipEncoder, path: Path) -> None:
     import torch
     import torch.nn.functional as F
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsearch.errors import BadQueryError, UnsafePathError
+from mmsearch.errors import BadQueryError, ImageDecodeError, UnsafePathError
 from mmsearch.models.base import Encoder
 from mmsearch.search.language import QueryTerm
 
@@ -65,7 +65,10 @@ def image_vector(
             )
         image = fetch_url(str(image))
     elif isinstance(image, (str, os.PathLike)):
-        image = load_image(check_image_path(image, roots))
+        try:
+            image = load_image(check_image_path(image, roots))
+        except ImageDecodeError as exc:  # unreadable, not an image, too large: name the file
+            raise BadQueryError(f"cannot use image {os.fspath(image)}: {exc}") from exc
     elif isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise BadQueryError("an image array must be (H, W, 3)")

@@ -37,6 +37,7 @@ def default_index_dir() -> Path:
     """``$MMSEARCH_INDEX`` or ``./.mmsearch``."""
     return Path(os.environ.get("MMSEARCH_INDEX") or ".mmsearch")
 
+
 @dataclass(frozen=True)
 class StoredState:
     """What the table already knows about one item, for incremental diffs."""
@@ -46,25 +47,30 @@ class StoredState:
     size: int | None
     sha256: str | None
 
-def _connect(index_dir: Path) -> Any:
-    import lancedb
 
+def _connect(index_dir: Path) -> Any:
+    from mmsearch.storage.lanceimport import import_lancedb
     from mmsearch.storage.objectstore import table_location
+
+    lancedb = import_lancedb()  # without the REST namespace client's 1 s __init__
 
     remote = table_location(index_dir)  # the local cache of an object-store index
     if remote is not None:
         return lancedb.connect(remote[0], storage_options=remote[1])
     return lancedb.connect(str(index_dir / DB_DIRNAME))
 
+
 def _has_db(index_dir: Path) -> bool:
     from mmsearch.storage.objectstore import REMOTE_MARKER
 
     return (index_dir / DB_DIRNAME).is_dir() or (index_dir / REMOTE_MARKER).is_file()
 
+
 def _table_exists(db: Any) -> bool:
     names = db.list_tables()
     names = getattr(names, "tables", names)
     return TABLE_NAME in list(names)
+
 
 class ItemStore:
     """The items table of one index directory.
@@ -150,7 +156,10 @@ class ItemStore:
                 f"index at {self.index_dir} was built with model {built.key}, not {spec.key}; "
                 f"use --model {built.name}"
                 + (f" --pretrained {built.pretrained}" if built.pretrained else "")
-                + " or index into a new --index directory"
+                + ", index into a new --index directory, or re-embed this index with the new"
+                f" model: mmsearch index --reembed --model {spec.name}"
+                + (f" --pretrained {spec.pretrained}" if spec.pretrained else "")
+                + f" --index {self.index_dir}"
             )
 
     # -- reading -------------------------------------------------------------------------
