@@ -40,6 +40,9 @@ _._Popen  # multiprocessing Process
 _.sentinel  # multiprocessing Popen
 _.finalizer  # multiprocessing Popen
 Process  # multiprocessing context attribute
+GuardedHttpToolsProtocol  # serve.connections: named to uvicorn by an import string
+GuardedH11Protocol  # serve.connections: named to uvicorn by an import string
+_.send_400_response  # uvicorn's HttpToolsProtocol
 _._usage_display_name  # click/typer help formatting (mmsearch.cli.help)
 _.__class__  # click/typer help formatting
 _.do_GET  # http.server.BaseHTTPRequestHandler (test HTTP servers)

@@ -55,6 +55,10 @@ class UnsafePathError(BadQueryError):
     """A path in a query resolves outside the allowed roots."""
 
 
+class ImageNotFoundError(BadQueryError):
+    """An image path in a query names no file (inside the allowed roots)."""
+
+
 class SourceNotFoundError(MMSearchError, FileNotFoundError):
     """A path given to index does not exist, or is neither a folder nor a text collection."""
 
