@@ -14,11 +14,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmsearch.errors import IndexCorruptError, MMSearchError
 from mmsearch.serve.files import CatalogCache, FileCatalog
 from mmsearch.serve.observe import record_snapshot
+
+if TYPE_CHECKING:
+    from mmsearch.engine import SearchIndex
+    from mmsearch.models.base import Encoder
+    from mmsearch.serve.config import ServerConfig
 
 
 class IndexHolder:
@@ -27,10 +32,12 @@ class IndexHolder:
     ``on_open(index)`` is called after each snapshot is opened (metrics use it).
     """
 
-    def __init__(self, config: Any, on_open: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, on_open: Callable[[SearchIndex], None] | None = None
+    ) -> None:
         self.config = config
         self._open_lock = threading.Lock()
-        self._index: Any = None
+        self._index: SearchIndex | None = None
         self._failed: Any = None  # the snapshot that last failed to open
         self.reload_error: str | None = None
         self.catalogs = CatalogCache()
@@ -38,11 +45,11 @@ class IndexHolder:
         self.fetch_url: Callable[[str], Any] | None = None  # image-URL terms, when allowed
 
     @property
-    def current(self) -> Any:
+    def current(self) -> SearchIndex | None:
         """The index now served, or None before the first open (never opens or reloads)."""
         return self._index
 
-    def _open(self, encoder: Any | None) -> Any:
+    def _open(self, encoder: Encoder | None) -> SearchIndex:
         from mmsearch.engine import SearchIndex
 
         index = SearchIndex(
@@ -60,25 +67,26 @@ class IndexHolder:
             self._on_open(index)
         return index
 
-    def get(self) -> Any:
+    def get(self) -> SearchIndex:
         """The newest openable snapshot's index (opens or swaps when needed)."""
         index = self._get()
         record_snapshot(index.snapshot)
         return index
 
-    def catalog(self, index: Any) -> FileCatalog:
+    def catalog(self, index: SearchIndex) -> FileCatalog:
         """The file catalog of ``index`` (one of this holder's indexes)."""
         return self.catalogs.get(index)
 
-    def _get(self) -> Any:
+    def _get(self) -> SearchIndex:
         from mmsearch.storage.snapshot import read_snapshot
 
         current = self._index
         if current is None:
             with self._open_lock:
-                if self._index is None:
-                    self._index = self._open(self.config.encoder)
-                return self._index
+                opened = self._index
+                if opened is None:
+                    opened = self._index = self._open(self.config.encoder)
+                return opened
         try:
             latest = read_snapshot(Path(self.config.index_dir))
         except IndexCorruptError as exc:
@@ -90,21 +98,22 @@ class IndexHolder:
             return current  # another request is opening it; serve the current snapshot meanwhile
         try:
             current = self._index
+            assert current is not None  # set by the first open, never unset
             if latest != current.snapshot:
                 encoder = self.config.encoder
                 if encoder is None and latest.model_key == current.spec.key:
                     encoder = current.encoder  # same model: reuse the loaded weights
                 try:
-                    self._index = self._open(encoder)
+                    self._index = current = self._open(encoder)
                     self._failed, self.reload_error = None, None
                 except MMSearchError as exc:
                     self._failed, self.reload_error = latest, f"{type(exc).__name__}: {exc}"
-            return self._index
+            return current
         finally:
             self._open_lock.release()
 
 
-def _warm_search(index: Any) -> None:
+def _warm_search(index: SearchIndex) -> None:
     """One search on a freshly opened snapshot, so the requests after the swap find its
     row view built and its ANN pages mapped instead of waiting for them."""
     import numpy as np

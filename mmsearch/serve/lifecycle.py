@@ -11,9 +11,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmsearch.errors import MMSearchError
+
+if TYPE_CHECKING:
+    from mmsearch.serve.config import ServerConfig
 
 
 class BindError(MMSearchError):
@@ -104,7 +107,7 @@ class AppFactory:
     """A picklable application factory: each worker process builds its own app from it,
     after :func:`apply_thread_policy` (``threads``: see :data:`SERVE_THREADS`)."""
 
-    def __init__(self, config: Any, threads: int | None = SERVE_THREADS) -> None:
+    def __init__(self, config: ServerConfig, threads: int | None = SERVE_THREADS) -> None:
         self.config = config
         self.threads = threads
 

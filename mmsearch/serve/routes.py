@@ -14,7 +14,7 @@ import mimetypes
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
@@ -25,6 +25,10 @@ from mmsearch.serve.failures import error_responses
 from mmsearch.serve.files import FileChangedError, read_indexed_file
 from mmsearch.serve.holder import IndexHolder
 from mmsearch.serve.observe import Metrics
+
+if TYPE_CHECKING:
+    from mmsearch.engine import SearchIndex
+    from mmsearch.serve.config import ServerConfig
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_ITEM_ID = 2**63 - 1
@@ -57,7 +61,7 @@ def gallery_page(nonce: str) -> str:
     return html.replace("<script>", f'<script nonce="{nonce}">')
 
 
-def snapshot_body(index: Any) -> dict[str, Any]:
+def snapshot_body(index: SearchIndex) -> dict[str, Any]:
     """The served snapshot, as ``/readyz`` reports it."""
     snap = index.snapshot
     return {
@@ -68,7 +72,7 @@ def snapshot_body(index: Any) -> dict[str, Any]:
 
 
 def add_ops_routes(
-    app: FastAPI, config: Any, holder: IndexHolder, state: ServeState, metrics: Metrics
+    app: FastAPI, config: ServerConfig, holder: IndexHolder, state: ServeState, metrics: Metrics
 ) -> None:
     """Adds the routes of this module's docstring to ``app``."""
 

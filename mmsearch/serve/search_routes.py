@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import Response
@@ -27,6 +27,9 @@ from mmsearch.serve.limits import cap_text
 from mmsearch.serve.observe import record_results
 from mmsearch.serve.reranker import RerankerHolder
 from mmsearch.serve.schemas import FilterText, SearchParams, SearchRequest, build_query
+
+if TYPE_CHECKING:
+    from mmsearch.serve.config import ServerConfig
 
 MAX_FILENAME_CHARS = 255
 _NO_QUERY = "no query: give q=TEXT (the query language) or url=IMAGE_URL"
@@ -88,7 +91,7 @@ def _ok(description: str) -> dict[str, Any]:
 
 
 def add_search_routes(
-    app: FastAPI, config: Any, holder: IndexHolder, rerankers: RerankerHolder
+    app: FastAPI, config: ServerConfig, holder: IndexHolder, rerankers: RerankerHolder
 ) -> None:
     """Adds the search routes of this module's docstring to ``app``."""
     import anyio
@@ -97,7 +100,8 @@ def add_search_routes(
 
     def _results(hits: Any) -> list[dict[str, Any]]:
         record_results(hits)
-        catalog = None if config.expose_paths else holder.catalog(holder.current)
+        current = holder.current  # the index that answered (opened by holder.get())
+        catalog = None if config.expose_paths or current is None else holder.catalog(current)
         out = []
         for hit in hits:
             item = hit.to_dict()
