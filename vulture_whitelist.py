@@ -29,6 +29,7 @@ _.decoder  # tokenizers.Tokenizer
 _.post_processor  # tokenizers.Tokenizer
 _.transient  # rich.progress.Progress (the bar disappears when done)
 _.should_exit  # uvicorn.Server (tests stop their server with it)
+_.daemon_threads  # socketserver.ThreadingMixIn (test HTTP servers)
 model_config  # pydantic models (extra="forbid")
 
 # Methods that a base class or a framework calls.

@@ -187,7 +187,7 @@ def _cross_queries(
     return None
 
 
-def calibration_vectors(encoder: Any, seed: int) -> npt.NDArray[np.float32]:
+def calibration_vectors(encoder: Encoder, seed: int) -> npt.NDArray[np.float32]:
     """Embeddings of :func:`calibration_prompts`, cached per model spec and backend.
 
     Encoding the prompts costs seconds with a real model; the result depends only on
@@ -279,6 +279,7 @@ def _update_in_place(
     info = index.info
     if info["type"] != "ivfpq" or index_type not in ("auto", info["type"]):
         return None
+    index.merge_pending()  # rows record upserts left beside the structure go in now
     if len(delta.removed) + len(delta.added) > INCREMENTAL_MAX_CHANGE * max(len(index), 1):
         return None
     if len(delta.removed):
@@ -303,6 +304,8 @@ def _unchanged_infos(
                 expect_table_version=snapshot.table_version,
                 expect_model_key=spec.key,
             )
+            if index.info["waiting_rows"]:  # record upserts left rows beside it: merge them
+                return None
             infos[kind] = {**index.info, "mode": "unchanged"}
     except (MMSearchError, OSError, ValueError, RuntimeError):
         return None

@@ -31,6 +31,10 @@ class IndexOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     text_column: str | None = None
     id_column: str | None = None
+    #: A product feed's main image column (default: image_link, image, image_url, images).
+    image_column: str | None = None
+    #: Let feeds fetch images from private, loopback and link-local hosts (an internal CDN).
+    allow_private_urls: bool = False
     #: torch | onnx | auto (ONNX Runtime on a CPU when installed); see mmsearch.models.backends.
     backend: str = "torch"
     #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).

@@ -6,6 +6,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mmsearch.indexer.recordtypes import UpsertReport
 
 FAILURES_DIRNAME = "reports"
 #: Summary of the latest indexing run (counts, failures file, when it finished).
@@ -42,6 +46,8 @@ class IndexReport:
     ann: dict[str, dict] = field(default_factory=dict)  # kind -> VectorIndex.info
     #: rows / matched / unmatched / images_without_row of a --metadata sidecar (None: no sidecar)
     metadata_join: dict[str, int] | None = None
+    #: Per kind counts and failures by record id of the product feeds of the run (None: no feed)
+    records: UpsertReport | None = None
 
     @property
     def failed(self) -> int:

@@ -11,12 +11,17 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mmsearch.indexer.textsource import TextRow
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 MetaValue = str | int | float | bool | None
+
+
+class HasMetadata(Protocol):
+    """A row with typed metadata (:class:`mmsearch.indexer.textsource.TextRow` is one)."""
+
+    @property
+    def metadata(self) -> dict[str, MetaValue]: ...
 
 _INT_RE = re.compile(r"-?(?:0|[1-9]\d{0,17})")
 _FLOAT_RE = re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
@@ -24,7 +29,9 @@ _BOOLS = {"true": True, "false": False}
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-def type_metadata(rows: list[TextRow], columns: list[str], *, infer_from_strings: bool) -> None:
+def type_metadata(
+    rows: Sequence[HasMetadata], columns: list[str], *, infer_from_strings: bool
+) -> None:
     """Give every row every metadata column, with one type per column (in place)."""
     for col in columns:
         values = [row.metadata.get(col) for row in rows]

@@ -24,6 +24,7 @@ from mmsearch.errors import (
     ModelLoadError,
     ModelMismatchError,
     NothingToIndexError,
+    RecordError,
     SourceNotFoundError,
     StorageError,
     TextCollectionError,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:
     from mmsearch.engine import SearchIndex, SearchResult
+    from mmsearch.indexer.recordtypes import UpsertReport
     from mmsearch.indexer.report import IndexReport
     from mmsearch.search.types import Query, Results
 
@@ -45,16 +47,25 @@ def open(  # noqa: A001 - mirrors lancedb.connect
     model: ModelSpec | None = None,
     device: str | None = None,
     image_roots: _Sequence[str | _os.PathLike[str]] | None = None,
+    create: bool = False,
 ) -> "SearchIndex":
     """Opens an index directory for searching (``$MMSEARCH_INDEX`` or ``./.mmsearch`` by default).
 
     ``model`` (optional) must be the index's own model; ``device`` picks where queries
-    are encoded; ``image_roots`` restricts query image paths to those folders.
-    See :class:`mmsearch.engine.SearchIndex`.
+    are encoded; ``image_roots`` restricts query image paths to those folders;
+    ``create=True`` makes an empty index of ``model`` first when there is none, for
+    ``idx.upsert(records)`` and ``idx.delete(ids)``. See :class:`mmsearch.engine.SearchIndex`.
     """
     from mmsearch.engine import open_index
 
-    return open_index(index_dir, model=model, device=device, image_roots=image_roots)
+    encoder = None
+    if create:
+        from mmsearch.indexer.upsert import create_index
+        from mmsearch.storage.table import default_index_dir
+
+        index_dir = index_dir if index_dir is not None else default_index_dir()
+        encoder = create_index(index_dir, model, device=device)
+    return open_index(index_dir, model=model, device=device, image_roots=image_roots, encoder=encoder)
 
 
 def index(
@@ -67,13 +78,20 @@ def index(
     workers: int | None = None,
     text_column: str | None = None,
     id_column: str | None = None,
+    image_column: str | None = None,
+    allow_private_urls: bool = False,
     metadata: str | _os.PathLike[str] | None = None,
     file_column: str = "file",
     build_index: bool = True,
     index_type: str = "auto",
     offline: bool = False,
 ) -> "IndexReport":
-    """Indexes image folders and text collections; returns the run's ``IndexReport``.
+    """Indexes image folders, text collections and product feeds; returns the run's ``IndexReport``.
+
+    A collection with an image column (``image_column``, or a merchant feed's
+    ``image_link``) is a product feed; ``report.records`` then holds the same counts and
+    failures by id as ``idx.upsert`` returns. ``allow_private_urls`` lets a feed fetch
+    images from an internal host.
 
     Works from any caller: scripts without a ``__main__`` guard, ``python -``, a REPL
     or a notebook (decode workers never import the caller's ``__main__``). Raises
@@ -97,6 +115,8 @@ def index(
         device=device,
         text_column=text_column,
         id_column=id_column,
+        image_column=image_column,
+        allow_private_urls=allow_private_urls,
         image_metadata=metadata,
         file_column=file_column,
         build_index=build_index,
@@ -115,6 +135,7 @@ _LAZY = {
     "SearchIndex": "mmsearch.engine",
     "SearchResult": "mmsearch.engine",
     "IndexReport": "mmsearch.indexer.report",
+    "UpsertReport": "mmsearch.indexer.recordtypes",
     "Query": "mmsearch.search.types",
     "Results": "mmsearch.search.types",
 }
@@ -142,6 +163,7 @@ __all__ = [
     "ModelSpec",
     "NothingToIndexError",
     "Query",
+    "RecordError",
     "Results",
     "SearchIndex",
     "SearchResult",
@@ -149,6 +171,7 @@ __all__ = [
     "StorageError",
     "TextCollectionError",
     "UnsafePathError",
+    "UpsertReport",
     "index",
     "open",
 ]

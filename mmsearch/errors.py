@@ -88,3 +88,8 @@ class RerankModelError(ModelLoadError):
 
 class NoRerankerError(BadQueryError):
     """Re-ranking was asked for, but the index was opened without a reranker."""
+
+
+class RecordError(MMSearchError, ValueError):
+    """A record cannot be used at all (no id, not an object, an id given twice, ...);
+    nothing of the upsert was written."""

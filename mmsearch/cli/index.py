@@ -28,7 +28,7 @@ from mmsearch.models.spec import DEFAULT_MODEL_NAME, ModelSpec
 
 
 def index_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="Image folders (recursive) and/or text collections (.csv .tsv .jsonl .parquet).")],
+    paths: Annotated[list[Path], typer.Argument(help="Image folders (recursive), text collections and product feeds (.csv .tsv .jsonl .parquet).")],
     index: IndexDirOpt = None,
     model: Annotated[str, typer.Option("--model", "-m", help="open_clip architecture, or mmsearch-tiny (the bundled demo model).")] = DEFAULT_MODEL_NAME,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="open_clip tag, or a local checkpoint file (.safetensors preferred).")] = None,
@@ -39,6 +39,8 @@ def index_cmd(
     quantize: QuantizeOpt = None,
     text_column: Annotated[str | None, typer.Option("--text-column", help="Column holding the text of a text collection (default: auto: caption, text, title, ...).")] = None,
     id_column: Annotated[str | None, typer.Option("--id-column", help="Column holding row ids of a text collection (default: auto: id, ...).")] = None,
+    image_column: Annotated[str | None, typer.Option("--image-column", help="Product feed: column holding the main image URL (default: auto: image_link, image, image_url, images).")] = None,
+    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls", help="Product feed: fetch images from private, loopback and link-local hosts too (an internal image host).")] = False,
     metadata: Annotated[Path | None, typer.Option("--metadata", help="CSV/JSONL/Parquet describing the images: a file column (see --file-column) plus metadata columns.")] = None,
     file_column: Annotated[str, typer.Option("--file-column", help="Column of --metadata holding image paths, relative to the metadata file.")] = "file",
     index_type: Annotated[str, typer.Option("--index-type", help="ANN index: auto, flat or ivfpq.")] = "auto",
@@ -54,7 +56,12 @@ def index_cmd(
     reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint), then index PATHS.")] = False,
     rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="Record this ITM model as the index's re-ranking model (used by query --rerank and serve).")] = None,
 ) -> None:
-    """Index image folders and text collections (incremental: unchanged files are skipped).
+    """Index image folders, text collections and product feeds (incremental: unchanged items are skipped).
+
+    A .csv/.tsv/.jsonl/.parquet file with an image column is a product feed: one record
+    per row (id, title/description as text, image_link + additional_image_link, the other
+    columns as metadata); a later run adds new ids, updates changed rows and removes ids
+    the feed no longer has.
 
     Exit status 1 when every item failed (or any, with --strict), 2 on an error.
     """
@@ -79,6 +86,8 @@ def index_cmd(
         quantize=quantize,
         text_column=text_column,
         id_column=id_column,
+        image_column=image_column,
+        allow_private_urls=allow_private_urls,
         build_index=not no_ann,
         index_type=index_type,
         image_metadata=metadata,

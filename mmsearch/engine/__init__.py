@@ -10,9 +10,9 @@ loads the re-ranker on demand; the snapshot and the stages do the work.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,10 @@ from mmsearch.search.rerank import Reranker
 from mmsearch.search.types import DEFAULT_KIND, Kind, Query, RerankSpec, Results, SearchResult
 from mmsearch.storage.snapshot import Snapshot
 from mmsearch.storage.table import ItemStore
+
+if TYPE_CHECKING:
+    from mmsearch.indexer.recordtypes import UpsertReport
+    from mmsearch.urlfetch import FetchPolicy
 
 __all__ = ["Query", "QueryBuilder", "Results", "SearchIndex", "SearchResult", "open_index"]
 
@@ -65,6 +69,7 @@ class SearchIndex:
         )
         self.index_dir: Path = self.current.index_dir
         self.reranker = reranker
+        self._location = index_dir  # as given: writers work on it (a folder, or the URI)
 
     # -- the snapshot served ---------------------------------------------------------------
     def reload(self) -> bool:
@@ -108,6 +113,49 @@ class SearchIndex:
     def info(self) -> dict[str, Any]:
         """Row count, model, snapshot, full-text index and per-kind ANN parameters."""
         return self.current.info()
+
+    # -- records -----------------------------------------------------------------------------
+    def upsert(
+        self,
+        records: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+        *,
+        text_fields: Sequence[str] | None = None,
+        image_fields: Sequence[str] | None = None,
+        allow_private_urls: bool = False,
+        local_paths: bool = True,
+        fetch_policy: FetchPolicy | None = None,
+        lock_wait_s: float = 10.0,
+    ) -> UpsertReport:
+        """Inserts or updates records by their ``id``; searchable here when this returns.
+
+        ``text_fields`` (default ``title``, ``description``) make a record's text,
+        ``image_fields`` (default ``image``, ``images``) hold its images: URLs, ``s3://``,
+        ``data:`` URIs, bytes, PIL images or paths (``local_paths=False`` refuses paths,
+        for records from a network client). ``fetch_policy`` (or ``allow_private_urls``)
+        governs URL fetching. Raises :class:`~mmsearch.errors.RecordError` (nothing
+        written) for a record without an id or an id given twice, and
+        :class:`~mmsearch.errors.StorageError` when another writer holds the index past
+        ``lock_wait_s``. See :mod:`mmsearch.indexer.records`.
+
+        >>> idx.upsert([{"id": "sku-1", "title": "red shirt", "image": "https://cdn/1.jpg"}])  # doctest: +SKIP
+        """
+        from mmsearch.indexer.upsert import upsert_records
+
+        report = upsert_records(
+            self._location, records, encoder=self.encoder, text_fields=text_fields,
+            image_fields=image_fields, allow_private_urls=allow_private_urls,
+            local_paths=local_paths, fetch_policy=fetch_policy, lock_wait_s=lock_wait_s,
+        )  # fmt: skip
+        self.reload()
+        return report
+
+    def delete(self, ids: Sequence[str], *, lock_wait_s: float = 10.0) -> int:
+        """Deletes records by id (every row of each); returns how many the index held."""
+        from mmsearch.indexer.upsert import delete_records
+
+        found = delete_records(self._location, ids, encoder=self.encoder, lock_wait_s=lock_wait_s)
+        self.reload()
+        return found
 
     # -- queries ---------------------------------------------------------------------------
     def query(self) -> QueryBuilder:

@@ -7,6 +7,7 @@ ever an Arrow scalar, so ``x' OR 1=1 --`` is a string that matches nothing.
 
     parse_where(["price < 20", "category = buttons", "colour in red,blue"])
     where={"price": ("<", 20), "category": "buttons", "colour": ("in", ["red", "blue"])}
+    where={"price__lt": 20, "colour__in": ["red", "blue"]}
 """
 
 from __future__ import annotations
@@ -70,10 +71,20 @@ def parse_where(expressions: Iterable[str]) -> list[Condition]:
     return _checked(out)
 
 
+#: ``{"price__lt": 80}``: the operator as a suffix of the column (as Django and Marqo spell it).
+SUFFIX_OPERATORS = {"eq": "=", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "in": "in", "contains": "contains"}
+
+
 def from_mapping(where: Mapping[str, Any]) -> list[Condition]:
-    """``{"col": value}`` (equality) or ``{"col": (op, value)}``."""
+    """``{"col": value}`` (equality), ``{"col": (op, value)}`` or ``{"col__lt": value}``."""
     out = []
     for column, spec in where.items():
+        base, _, suffix = str(column).rpartition("__")
+        if base and suffix in SUFFIX_OPERATORS:
+            op = SUFFIX_OPERATORS[suffix]
+            value = tuple(spec) if op == "in" and isinstance(spec, (list, tuple, set)) else spec
+            out.append(Condition(base, op, value if op != "in" or isinstance(value, tuple) else (value,)))
+            continue
         if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and spec[0] in OPERATORS:
             op, value = spec
         elif isinstance(spec, (list, tuple, set)):

@@ -302,3 +302,29 @@ def _drop_unlisted(local: Path, keep: set[str]) -> None:
         for child in ann.iterdir():
             if f"ann/{child.name}" not in keep:
                 shutil.rmtree(child, ignore_errors=True)
+
+
+def read_object_bytes(uri: str, *, max_bytes: int) -> bytes:
+    """The bytes of one object, ``s3://bucket/key`` (an image of a record or a feed), at
+    most ``max_bytes`` of them; the endpoint and credentials come from ``AWS_*`` as for
+    indexes. Raises :class:`StorageError` for a missing, unreadable or oversized object."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise StorageError(f"{uri}: not an s3://bucket/key URI")
+    remote = RemoteIndex(uri.rsplit("/", 1)[0])
+    bucket, key = uri[5:].split("/", 1)
+    try:
+        obj = remote._client.get_object(Bucket=bucket, Key=key)
+        size = int(obj.get("ContentLength") or 0)
+        if size > max_bytes:
+            raise StorageError(f"{uri} is {size} bytes, over the limit of {max_bytes}")
+        data = obj["Body"].read(max_bytes + 1)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise StorageError(f"cannot read {uri}: {code}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+    if len(data) > max_bytes:
+        raise StorageError(f"{uri} is over the limit of {max_bytes} bytes")
+    return bytes(data)
