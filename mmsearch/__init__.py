@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 if _typing.TYPE_CHECKING:
     from mmsearch.engine import SearchIndex, SearchResult
     from mmsearch.indexer.report import IndexReport
+    from mmsearch.search.rerank import Reranker
     from mmsearch.search.types import Query, Results
 
 
@@ -44,16 +45,25 @@ def open(  # noqa: A001 - mirrors lancedb.connect
     model: ModelSpec | None = None,
     device: str | None = None,
     image_roots: _Sequence[str | _os.PathLike[str]] | None = None,
+    reranker: "Reranker | str | None" = None,
 ) -> "SearchIndex":
     """Opens an index directory for searching (``$MMSEARCH_INDEX`` or ``./.mmsearch`` by default).
 
     ``model`` (optional) must be the index's own model; ``device`` picks where queries
     are encoded; ``image_roots`` restricts query image paths to those folders.
-    See :class:`mmsearch.engine.SearchIndex`.
+    ``reranker`` serves ``search(..., rerank=True)``: a re-ranker object or the name of
+    an ITM model (``"mmsearch-tiny-itm"``, a folder, a Hugging Face id); without it the
+    first re-ranked query loads the index's recorded model, else the default, exactly
+    as ``mmsearch query --rerank`` does. See :class:`mmsearch.engine.SearchIndex`.
+
+    >>> idx = mmsearch.open(".mmsearch", reranker="mmsearch-tiny-itm")  # doctest: +SKIP
+    >>> idx.search("a red circle to the left of a blue square", rerank=True)  # doctest: +SKIP
     """
     from mmsearch.engine import open_index
 
-    return open_index(index_dir, model=model, device=device, image_roots=image_roots)
+    return open_index(
+        index_dir, model=model, device=device, image_roots=image_roots, reranker=reranker
+    )
 
 
 def index(

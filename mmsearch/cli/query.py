@@ -61,25 +61,19 @@ def query_cmd(
     from mmsearch.search.request import make_query
     from mmsearch.search.types import RerankSpec
 
-    empty_reason = None
     with reported_errors():
-        idx = SearchIndex(resolve_index_dir(index), device=device, backend=backend, quantize=quantize)
+        # --rerank: --rerank-model, else the index's recorded model, else the default (on first use)
+        reranker = rerank_model if rerank else None
+        idx = SearchIndex(resolve_index_dir(index), device=device, backend=backend, quantize=quantize, reranker=reranker)
         spec = RerankSpec(depth=rerank_depth, min_match=min_match, blend=rerank_blend) if rerank else None
         q = make_query(
             query, literal=literal, where=where, rerank=spec, k=top, offset=offset, kind=kind, mode=mode, fusion=fusion,
             alpha=alpha, group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe,
             refine=refine,
         )  # fmt: skip
-        if rerank:
-            from mmsearch.rerank import attach_reranker
-
-            attach_reranker(idx, rerank_model, device=device)
         results = idx.run(q)
-        if spec is not None:
-            for gone in idx.reranker.dropped:
-                err_console.print(f"[yellow]skipped:[/] {escape(gone.uri)}: {escape(gone.reason)}")
-            if not results and min_match is not None:
-                empty_reason = f"no good match: no candidate reached match probability {min_match:.2f}"
+        for gone in results.dropped:
+            err_console.print(f"[yellow]skipped:[/] {escape(gone.uri)}: {escape(gone.reason)}")
         stale = idx.stale
         kinds = list(idx.info()["ann"]) if not results else []
     from mmsearch.cli.render import no_results_reason, paths_only_line, print_previews, result_table
@@ -96,6 +90,6 @@ def query_cmd(
     if stale:
         err_console.print("[yellow]note:[/] the index has changes newer than its search index; run mmsearch build-index")
     if not results:
-        reason = empty_reason or no_results_reason(results, kinds=kinds, kind=kind, where=where)
+        reason = no_results_reason(results, kinds=kinds, kind=kind, where=where)
         err_console.print(f"no results ({escape(reason)})")
         raise typer.Exit(EXIT_NO_RESULTS)

@@ -10,6 +10,7 @@ loads the re-ranker on demand; the snapshot and the stages do the work.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ class SearchIndex:
     """A searchable index directory (or object-store URI, served from its local cache).
 
     ``reranker``: the :class:`~mmsearch.search.rerank.Reranker` of queries that ask for
-    re-ranking.
+    re-ranking, or the name of an ITM model to load as one; without it the first such
+    query loads the index's recorded model, else the default, as ``query --rerank``
+    does (:func:`mmsearch.rerank.reranker_for`).
 
     >>> import mmsearch
     >>> idx = mmsearch.open(".mmsearch")  # doctest: +SKIP
@@ -53,7 +56,7 @@ class SearchIndex:
         device: str | None = None,
         image_roots: Sequence[str | os.PathLike[str]] | None = None,
         encoder: Encoder | None = None,
-        reranker: Reranker | None = None,
+        reranker: Reranker | str | None = None,
         fetch_url: UrlFetcher | None = None,
         backend: str = "torch",
         quantize: str | None = None,
@@ -64,7 +67,10 @@ class SearchIndex:
             index_dir, encoders=encoders, model=model, image_roots=image_roots, fetch_url=fetch_url
         )
         self.index_dir: Path = self.current.index_dir
-        self.reranker = reranker
+        if isinstance(reranker, str):
+            reranker = _reranker_for(self.index_dir, reranker, device=device)
+        self.reranker: Reranker | None = reranker
+        self._lock = threading.Lock()
 
     # -- the snapshot served ---------------------------------------------------------------
     def reload(self) -> bool:
@@ -186,7 +192,20 @@ class SearchIndex:
 
     def run(self, query: Query) -> Results:
         """Runs a query object through the stages; see :class:`Results` for the answer."""
-        return pipeline.run(self.current, query, reranker=self.reranker)
+        reranker = self.reranker
+        if query.rerank is not None and reranker is None:
+            with self._lock:  # one load, however many queries ask at once
+                if self.reranker is None:
+                    self.reranker = _reranker_for(self.index_dir, None, device=self.device)
+                reranker = self.reranker
+        return pipeline.run(self.current, query, reranker=reranker)
+
+
+def _reranker_for(index_dir: Path, model: str | None, *, device: str | None) -> Reranker:
+    # Imported on use: the ITM code (PIL, transformers) costs a plain query's start-up.
+    from mmsearch.rerank import reranker_for
+
+    return reranker_for(index_dir, model, device=device)
 
 
 def open_index(index_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> SearchIndex:

@@ -232,11 +232,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     def _run(query: Any) -> tuple[Any, list[dict[str, Any]]]:
         """Runs ``query``; with re-ranking, also the candidates dropped (vanished/changed files)."""
         index = holder.get()
-        if query.rerank is None:
-            return index.run(query), []
-        stage = rerankers.attach(index)
+        if query.rerank is not None:
+            rerankers.attach(index)
         results = index.run(query)
-        return results, [{"id": d.id, "reason": d.reason} for d in getattr(stage, "dropped", [])]
+        return results, [{"id": d.id, "reason": d.reason} for d in results.dropped]
 
     def _with_rerank(
         query: Any, rerank: bool, depth: int, min_match: float | None, blend: float | None = None
