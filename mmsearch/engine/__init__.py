@@ -33,18 +33,18 @@ from mmsearch.storage.table import ItemStore
 
 __all__ = ["Query", "QueryBuilder", "Results", "SearchIndex", "SearchResult", "open_index"]
 
+#: The terms of a query that arrives as a vector (they are never encoded).
+_VECTOR_TERMS = (QueryTerm(1.0, "text", "<vector>"),)
+
 
 class SearchIndex:
     """A searchable index directory (or object-store URI, served from its local cache).
 
-    ``reranker``: the :class:`~mmsearch.search.rerank.Reranker` of queries that ask for
-    re-ranking, or the name of an ITM model to load as one; without it the first such
-    query loads the index's recorded model, else the default, as ``query --rerank``
-    does (:func:`mmsearch.rerank.reranker_for`).
+    ``reranker``: the :class:`~mmsearch.search.rerank.Reranker` of re-ranked queries, or an
+    ITM model name; without it the first such query loads the index's recorded model, else
+    the default, as ``query --rerank`` does (:func:`mmsearch.rerank.reranker_for`).
 
-    >>> import mmsearch
     >>> idx = mmsearch.open(".mmsearch")  # doctest: +SKIP
-    >>> [r.uri for r in idx.search("a red circle on the left", k=3)]  # doctest: +SKIP
     >>> idx.query().text("SKU-00042").group_by("sku").limit(5).to_list()  # doctest: +SKIP
     """
 
@@ -72,13 +72,11 @@ class SearchIndex:
         self.reranker: Reranker | None = reranker
         self._lock = threading.Lock()
 
-    # -- the snapshot served ---------------------------------------------------------------
     def reload(self) -> bool:
         """Switches to a newer published snapshot, if any; returns whether it changed."""
-        latest = self.current.reload()
-        changed = latest is not self.current
+        latest, before = self.current.reload(), self.current
         self.current = latest  # queries already running finish on the one they took
-        return changed
+        return latest is not before
 
     @property
     def snapshot(self) -> Snapshot:
@@ -115,7 +113,6 @@ class SearchIndex:
         """Row count, model, snapshot, full-text index and per-kind ANN parameters."""
         return self.current.info()
 
-    # -- queries ---------------------------------------------------------------------------
     def query(self) -> QueryBuilder:
         """A fluent query builder bound to this index (see :class:`QueryBuilder`)."""
         return QueryBuilder(self)
@@ -149,24 +146,19 @@ class SearchIndex:
     ) -> Results:
         """Top-``k`` items for a query (text, query string, image path, PIL image or array).
 
-        ``kind`` restricts results to images or texts; ``where`` filters on metadata:
-        ``{"category": "buttons", "price": ("<", 20)}`` or ``["price < 20", "colour in red,blue"]``
-        (see :mod:`mmsearch.search.filters`); ``mode`` is ``vector``, ``lexical`` or ``hybrid``
+        ``where``: ``{"category": "buttons", "price": ("<", 20)}`` or ``["price < 20"]``
+        (:mod:`mmsearch.search.filters`); ``mode``: ``vector``, ``lexical`` or ``hybrid``
         (default: hybrid when the index has a full-text index and the query has text);
-        ``literal`` takes a string as one text term; ``min_score`` drops hits below a cosine
-        similarity; ``cutoff`` (hybrid) answers nothing, with a reason, when no hit beats
-        the index's calibrated chance level and no word matched. ``rerank`` (True or a
-        :class:`RerankSpec`) re-scores the top candidates with the index's re-ranker.
-        ``exact`` bypasses the ANN index; ``nprobe``/``refine`` override its tuned
-        parameters. Returns :class:`Results`.
+        ``literal``: a string is one text term; ``cutoff`` (hybrid): nothing, with a reason,
+        when no hit beats the index's chance level and no word matched; ``rerank``: True or
+        a :class:`RerankSpec`; ``exact``/``nprobe``/``refine``: ANN overrides. See :class:`Query`.
         """
-        return self.run(
-            make_query(
-                query, literal=literal, where=where, rerank=rerank, kind=kind, mode=mode,
-                fusion=fusion, alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup,
-                min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine,
-            )
+        q = make_query(
+            query, literal=literal, where=where, rerank=rerank, kind=kind, mode=mode, fusion=fusion,
+            alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup, min_score=min_score,
+            cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine,
         )  # fmt: skip
+        return self.run(q)
 
     def search_vector(
         self,
@@ -181,14 +173,9 @@ class SearchIndex:
         query_kind: str | None = None,
     ) -> Results:
         """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``)."""
-        q = Query(
-            terms=(QueryTerm(1.0, "text", "<vector>"),), kind=kind, mode="vector", k=k,
-            exact=exact, nprobe=nprobe, refine=refine,
-        )  # fmt: skip
-        return pipeline.run(
-            self.current, q, vector=np.asarray(vector, np.float32), allowed_ids=allowed_ids,
-            query_kind=query_kind,
-        )  # fmt: skip
+        q = Query(terms=_VECTOR_TERMS, kind=kind, mode="vector", k=k, exact=exact, nprobe=nprobe, refine=refine)  # fmt: skip
+        vec = np.asarray(vector, np.float32)
+        return pipeline.run(self.current, q, vector=vec, allowed_ids=allowed_ids, query_kind=query_kind)  # fmt: skip
 
     def run(self, query: Query) -> Results:
         """Runs a query object through the stages; see :class:`Results` for the answer."""

@@ -178,9 +178,12 @@ class ItmReranker:
         order = np.lexsort((-first, -final, gone))
         out = rows.take(pa.array(order, type=pa.int64()))
         score = np.where(scored, match, first)[order]
-        out = out.set_column(out.column_names.index("score"), "score", pa.array(score, pa.float32()))
+        out = out.set_column(
+            out.column_names.index("score"), "score", pa.array(score, pa.float32())
+        )
         out = out.append_column(
-            "match", pa.array([None if np.isnan(m) else float(m) for m in match[order]], pa.float32())
+            "match",
+            pa.array([None if np.isnan(m) else float(m) for m in match[order]], pa.float32()),
         )
         reasons = [dropped.get(int(i)) for i in order]
         return out.append_column(DROP_REASON, pa.array(reasons, pa.string()))

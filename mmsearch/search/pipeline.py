@@ -248,9 +248,7 @@ class _Run:
         return out
 
 
-def _empty_reason(
-    shaped: shape.Shaped, reranked: rerank.Reranked, query: Query, mode: str
-) -> str:
+def _empty_reason(shaped: shape.Shaped, reranked: rerank.Reranked, query: Query, mode: str) -> str:
     """Why a query's page is empty."""
     if shaped.dropped_by_cutoff:
         return "no good match: every candidate scored below the cut-off"

@@ -102,7 +102,9 @@ def _split_dropped(out: pa.Table) -> tuple[pa.Table, list[DroppedCandidate]]:
     return kept.drop_columns([DROP_REASON]), dropped
 
 
-def _empty_reason(scored: pa.Table, dropped: list[DroppedCandidate], min_match: float | None) -> str:
+def _empty_reason(
+    scored: pa.Table, dropped: list[DroppedCandidate], min_match: float | None
+) -> str:
     if min_match is not None and scored.num_rows:
         best = float(pc.max(scored.column("score")).as_py())
         return (
