@@ -60,7 +60,8 @@ def index_cmd(
     """
     if offline:  # before anything imports huggingface_hub, which reads it once
         os.environ["HF_HUB_OFFLINE"] = "1"
-    from mmsearch.indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.options import index_options
+    from mmsearch.indexer.pipeline import run_index
 
     spec = ModelSpec.parse(model, pretrained)
     if reembed:
@@ -68,23 +69,12 @@ def index_cmd(
 
         reembed_then_index(resolve_index_dir(index), spec, list(paths), batch_size, workers, device, json_out, strict)
         return
-    options = IndexOptions(
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        backend=backend,
-        quantize=quantize,
-        text_column=text_column,
-        id_column=id_column,
-        build_index=not no_ann,
-        index_type=index_type,
-        image_metadata=metadata,
-        file_column=file_column,
-        offline=offline,
-        ray=ray,
-        refine_dtype=refine_dtype,
-        gpu_decode=gpu_decode,
-    )
+    options = index_options(
+        batch_size=batch_size, workers=workers, device=device, backend=backend, quantize=quantize,
+        text_column=text_column, id_column=id_column, metadata=metadata, file_column=file_column,
+        build_index=not no_ann, index_type=index_type, refine_dtype=refine_dtype, ray=ray,
+        gpu_decode=gpu_decode, offline=offline,
+    )  # fmt: skip
     from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.cli.render import print_failures, print_summary
 
