@@ -25,9 +25,10 @@ from mmsearch.search import pipeline
 from mmsearch.search.builder import QueryBuilder
 from mmsearch.search.encode import UrlFetcher, encode_terms
 from mmsearch.search.language import QueryTerm
+from mmsearch.search.limits import DEFAULT_KIND
 from mmsearch.search.request import QueryLike, WhereLike, make_query, query_terms
 from mmsearch.search.rerank import Reranker
-from mmsearch.search.types import DEFAULT_KIND, Kind, Query, RerankSpec, Results, SearchResult
+from mmsearch.search.types import Kind, Query, RerankSpec, Results, SearchResult
 from mmsearch.storage.snapshot import Snapshot
 from mmsearch.storage.table import ItemStore
 

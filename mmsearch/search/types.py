@@ -86,7 +86,7 @@ class Query:
 
     terms: tuple[QueryTerm, ...] = ()
     where: tuple[Condition, ...] = ()
-    kind: Kind = DEFAULT_KIND  # type: ignore[assignment]
+    kind: Kind = DEFAULT_KIND
     mode: Mode | None = None
     fusion: Fusion = "rrf"
     alpha: float = 0.7
