@@ -164,7 +164,9 @@ class RayExecutor:
         if kind == "text":
             step = max(opts.batch_size or 1, TEXT_BATCH_SIZE)
             rows = [{"pos": i, "text": str(item.payload)} for i, item in enumerate(items)]
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // step, 4 * cpus)))
+            ds = ray.data.from_items(
+                rows, override_num_blocks=max(1, min(len(rows) // step, 4 * cpus))
+            )
             ds = ds.map_batches(
                 TextEmbedActor, batch_size=step, batch_format="numpy",
                 **_actor_options(ray, self.encoder, opts),
@@ -196,7 +198,9 @@ class RayExecutor:
                 if error:
                     out.append(Failed(item, str(error), str(exc_class), stage))
                 else:
-                    out.append(Embedded(item, vector, str(shas[n]) if shas is not None else item.sha256))
+                    out.append(
+                        Embedded(item, vector, str(shas[n]) if shas is not None else item.sha256)
+                    )
             yield out
 
 

@@ -109,7 +109,10 @@ def write_run_summary(index_dir: Path, report: IndexReport) -> Path:
 
     data = {
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **{k: getattr(report, k) for k in ("added", "updated", "deleted", "unchanged", "embedded", "failed")},
+        **{
+            k: getattr(report, k)
+            for k in ("added", "updated", "deleted", "unchanged", "embedded", "failed")
+        },
         "sweep_aborted": report.sweep_aborted,
         "failures_file": report.report_path,
     }

@@ -45,7 +45,9 @@ def writer_location(index: str | os.PathLike[str]) -> tuple[Path, RemoteIndex | 
 
 
 @contextmanager
-def writer_session(index: str | os.PathLike[str], *, wait_s: float = 0.0) -> Iterator[WriterSession]:
+def writer_session(
+    index: str | os.PathLike[str], *, wait_s: float = 0.0
+) -> Iterator[WriterSession]:
     """Holds ``index`` for writing (see the module docstring); yields a :class:`WriterSession`.
 
     A second writer waits up to ``wait_s`` seconds, then gets :class:`StorageError`.

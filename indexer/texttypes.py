@@ -23,6 +23,7 @@ class HasMetadata(Protocol):
     @property
     def metadata(self) -> dict[str, MetaValue]: ...
 
+
 _INT_RE = re.compile(r"-?(?:0|[1-9]\d{0,17})")
 _FLOAT_RE = re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _BOOLS = {"true": True, "false": False}

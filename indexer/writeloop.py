@@ -109,4 +109,3 @@ def _write(
         report.embedded += len(done)
     report.added += sum(1 for item in items if item.prev is None)
     report.updated += sum(1 for item in items if item.prev is not None)
-

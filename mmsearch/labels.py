@@ -195,7 +195,9 @@ def apply_labels(
     return report
 
 
-def refresh_labels(store: ItemStore, encoder: Encoder, *, relabel_all: bool = False) -> list[LabelReport]:
+def refresh_labels(
+    store: ItemStore, encoder: Encoder, *, relabel_all: bool = False
+) -> list[LabelReport]:
     """Applies every remembered label set to the images that lack it (all images when ``relabel_all``)."""
     return [
         apply_labels(store, encoder, s, only_missing=not relabel_all)

@@ -14,8 +14,7 @@ MAX_LINES = 400
 #: Private names still used across modules, each with the change that removes the use.
 PENDING_PRIVATE: dict[str, str] = {}
 #: Modules still over the limit, each with the change that splits it.
-PENDING_SPLITS: dict[str, str] = {
-}
+PENDING_SPLITS: dict[str, str] = {}
 
 
 def _modules() -> dict[str, Path]:

@@ -12,7 +12,7 @@ from mmsearch.errors import BadQueryError, NoRerankerError
 from mmsearch.search.builder import QueryBuilder
 from mmsearch.search.fuse import EXACT_BOOST, fuse
 from mmsearch.search.language import QueryTerm, parse_query
-from mmsearch.search.rerank import Reranker, rerank_stage
+from mmsearch.search.rerank import DROP_REASON, Reranker, rerank_stage
 from mmsearch.search.retrieve import leg_table
 from mmsearch.search.rows import Rows, looks_like_identifier
 from mmsearch.search.shape import shape
@@ -194,14 +194,42 @@ def test_rerank_slot() -> None:
     q = Query(terms=(QueryTerm(1.0, "text", "x"),), k=2, rerank=RerankSpec(depth=4))
     with pytest.raises(NoRerankerError, match="reranker"):
         rerank_stage(None, q, _candidates(6))
-    out = rerank_stage(ReverseReranker(), q, _candidates(6))
+    out = rerank_stage(ReverseReranker(), q, _candidates(6)).table
     assert out.column("id").to_pylist() == [103, 102, 101, 100]  # depth 4, re-sorted
     assert "retrieval_score" in out.column_names
     kept = rerank_stage(
         ReverseReranker(), q.with_(rerank=RerankSpec(depth=4, min_match=0.5)), _candidates(6)
-    )
+    ).table
     assert kept.column("id").to_pylist() == [103, 102]
-    assert rerank_stage(None, q.with_(rerank=None), _candidates(3)).num_rows == 3
+    assert rerank_stage(None, q.with_(rerank=None), _candidates(3)).table.num_rows == 3
+
+
+class GoneReranker:
+    """Marks the first candidate's file as gone (``drop_reason``) and scores the rest 0.2."""
+
+    def rerank(self, query: Query, candidates: pa.Table) -> pa.Table:
+        n = candidates.num_rows
+        reasons = ["vanished since indexing"] + [None] * (n - 1)
+        scored = candidates.set_column(
+            candidates.schema.get_field_index("score"), "score", pa.array([0.2] * n)
+        )
+        return scored.append_column(DROP_REASON, pa.array(reasons, pa.string()))
+
+
+def test_rerank_stage_reports_dropped_candidates_and_why_nothing_is_left() -> None:
+    q = Query(terms=(QueryTerm(1.0, "text", "x"),), k=2, rerank=RerankSpec(depth=3, blend=1.0))
+    out = rerank_stage(GoneReranker(), q, _candidates(6))
+    assert out.table.column("id").to_pylist() == [101, 102] and out.reason is None
+    assert DROP_REASON not in out.table.column_names
+    assert [(d.id, d.reason) for d in out.dropped] == [(100, "vanished since indexing")]
+    strict = q.with_(rerank=RerankSpec(depth=3, min_match=0.5))
+    empty = rerank_stage(GoneReranker(), strict, _candidates(6))
+    assert empty.table.num_rows == 0 and len(empty.dropped) == 1
+    assert empty.reason == (
+        "no good match: no candidate reached match probability 0.50 (best 0.20 among 2 re-ranked)"
+    )
+    with pytest.raises(BadQueryError, match="min_match"):
+        q.with_(rerank=RerankSpec(min_match=1.5)).validated()
 
 
 # -- rows and results -----------------------------------------------------------------------

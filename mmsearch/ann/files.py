@@ -43,7 +43,9 @@ READABLE_FORMATS = (1, 2)
 """Version 1: a single refine segment named by the roles ``vectors`` and ``ids``."""
 REBUILD_HINT = "rebuild it with `mmsearch build-index`"
 
-_DATA_FILE_RE = re.compile(r"^(index-\d+\.faiss|vectors-\d+\.f(32|16)|ids-\d+\.i64|tombstones-\d+\.i64)$")
+_DATA_FILE_RE = re.compile(
+    r"^(index-\d+\.faiss|vectors-\d+\.f(32|16)|ids-\d+\.i64|tombstones-\d+\.i64)$"
+)
 _TEMP_FILE_RE = re.compile(r"^\..+\.tmp-[0-9a-f]+$")
 
 

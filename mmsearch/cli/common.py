@@ -29,13 +29,35 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 IndexDirOpt = Annotated[
     Path | None,
-    typer.Option("--index", "-i", help="Index directory or object-store URI such as s3://bucket/prefix (default: $MMSEARCH_INDEX or ./.mmsearch)."),
+    typer.Option(
+        "--index",
+        "-i",
+        help="Index directory or object-store URI such as s3://bucket/prefix (default: $MMSEARCH_INDEX or ./.mmsearch).",
+    ),
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="Model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on a CPU when installed).")]
-QuantizeOpt = Annotated[str | None, typer.Option("--quantize", help="int8: dynamically quantised ONNX graphs (ONNX backend only).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors (no progress bar, no summary).")]
-NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bar (for logs and CI).")]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")
+]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on a CPU when installed).",
+    ),
+]
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option("--quantize", help="int8: dynamically quantised ONNX graphs (ONNX backend only)."),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Print only warnings and errors (no progress bar, no summary)."
+    ),
+]
+NoProgressOpt = Annotated[
+    bool, typer.Option("--no-progress", help="No progress bar (for logs and CI).")
+]
 
 
 def resolve_index_dir(value: Path | None) -> Path:

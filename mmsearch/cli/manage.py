@@ -24,9 +24,16 @@ from mmsearch.cli.common import (
 def build_index_cmd(
     index: IndexDirOpt = None,
     index_type: Annotated[str, typer.Option("--index-type", help="auto, flat or ivfpq.")] = "auto",
-    target_recall: Annotated[float, typer.Option("--target-recall", min=0.1, max=1.0, help="recall@10 the tuner aims for.")] = 0.95,
-    retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the IVF-PQ quantizers from scratch.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print each kind's ANN index description as JSON.")] = False,
+    target_recall: Annotated[
+        float,
+        typer.Option("--target-recall", min=0.1, max=1.0, help="recall@10 the tuner aims for."),
+    ] = 0.95,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Retrain the IVF-PQ quantizers from scratch.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print each kind's ANN index description as JSON.")
+    ] = False,
     quiet: QuietOpt = False,
     no_progress: NoProgressOpt = False,
 ) -> None:
@@ -71,7 +78,12 @@ def info_cmd(
 
 
 def remove_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="Image files, folders (everything under them) or text collections to drop from the index.")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files, folders (everything under them) or text collections to drop from the index."
+        ),
+    ],
     index: IndexDirOpt = None,
 ) -> None:
     """Remove items from an index, then update its ANN index (files stay on disk)."""
@@ -86,7 +98,9 @@ def remove_cmd(
 
 def check_cmd(
     index: IndexDirOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the changed items as JSON.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the changed items as JSON.")
+    ] = False,
 ) -> None:
     """Verify an index: ANN file checksums and ids against the table, then list indexed
     images the server would refuse (changed, moved, replaced by links, or gone)."""
@@ -98,12 +112,21 @@ def check_cmd(
         checked, changed = check_index_files(resolve_index_dir(index))
     if json_out:
         rows = [{"id": c.id, "path": c.path, "reason": c.reason} for c in changed]
-        sys.stdout.write(json.dumps({"verified": verified, "checked": checked, "changed": rows}, ensure_ascii=False) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {"verified": verified, "checked": checked, "changed": rows}, ensure_ascii=False
+            )
+            + "\n"
+        )
     else:
         for kind, rows_checked in verified.items():
-            console.print(f"[green]ok[/] {kind}: {rows_checked} rows; ANN files match their checksums and the table")
+            console.print(
+                f"[green]ok[/] {kind}: {rows_checked} rows; ANN files match their checksums and the table"
+            )
         for item in changed:
-            console.print(f"[yellow]changed since indexing:[/] {escape(item.path)}: {escape(item.reason)} (item id {item.id})")
+            console.print(
+                f"[yellow]changed since indexing:[/] {escape(item.path)}: {escape(item.reason)} (item id {item.id})"
+            )
         style = "green" if not changed else "yellow"
         console.print(f"[{style}]{checked} image(s) checked, {len(changed)} changed since indexing[/]"
                       + ("; re-run mmsearch index on their folders" if changed else ""))  # fmt: skip

@@ -235,7 +235,12 @@ class IndexSnapshot:
     @property
     def encoder(self) -> Encoder:
         """The index's query encoder (loaded and backend-checked on first use)."""
-        return self._encoders.get(self.spec, self._index_dir)
+        # Under the snapshot's lock, like the table's opening: a one-shot hybrid query
+        # would otherwise load the model while its lexical leg imports LanceDB, two
+        # import-bound loads fighting over the GIL (measured 1.2x slower than one after
+        # the other; benchmarks/RESULTS.md, engine refactor).
+        with self._lock:
+            return self._encoders.get(self.spec, self._index_dir)
 
     @property
     def store(self) -> ItemStore:

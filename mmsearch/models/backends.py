@@ -139,7 +139,9 @@ def check_backend(index_dir: str | os.PathLike[str], encoder: Encoder, *, record
         return label
     if not backends:
         if record:
-            write_json_atomic(path, {"model": spec_key, "reference": label, "backends": {label: {}}})
+            write_json_atomic(
+                path, {"model": spec_key, "reference": label, "backends": {label: {}}}
+            )
         return label
     first_label = str(data.get("reference") or next(iter(backends)))
     probes = np.asarray(encoder.encode_texts(list(PROBE_TEXTS)), dtype=np.float32)

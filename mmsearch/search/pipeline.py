@@ -227,35 +227,39 @@ class _Run:
             clock.tick("fuse")
             candidates = rescore.rescore(candidates, vector, source.ann, self.rows, source.dim)
             clock.tick("rescore")
-            candidates = rerank.rerank_stage(self.reranker, q, candidates)
+            reranked = rerank.rerank_stage(
+                self.reranker, q, candidates, file_stats=source.file_stats
+            )
             clock.tick("rerank")
-            shaped = shape.shape(candidates, q, floors=floors)
+            shaped = shape.shape(reranked.table, q, floors=floors)
             clock.tick("shape")
             if shaped.available >= need or not saturated or depth >= total:
                 break
             depth = min(depth * 4, total)
-        return self.results(shaped)
+        return self.results(shaped, reranked)
 
-    def results(self, shaped: shape.Shaped) -> Results:
+    def results(self, shaped: shape.Shaped, reranked: rerank.Reranked) -> Results:
         q = self.q
         reason = None
         if shaped.table.num_rows == 0:
-            reason = _empty_reason(shaped, q, self.mode)
+            reason = _empty_reason(shaped, reranked, q, self.mode)
         out = Results.from_table(
             shaped.table, offset=q.offset, groups=shaped.groups, duplicates=shaped.duplicates,
-            reason=reason, mode=self.mode,
+            reason=reason, mode=self.mode, dropped=reranked.dropped,
         )  # fmt: skip
         self.clock.tick("shape")
         out.timings.update(self.clock.timings)
         return out
 
 
-def _empty_reason(shaped: shape.Shaped, query: Query, mode: str) -> str:
+def _empty_reason(shaped: shape.Shaped, reranked: rerank.Reranked, query: Query, mode: str) -> str:
     """Why a query's page is empty."""
     if shaped.dropped_by_cutoff:
         return "no good match: every candidate scored below the cut-off"
     if shaped.available:
         return f"no results past offset {query.offset}"
+    if reranked.reason:
+        return reranked.reason
     if mode == "lexical":
         return "no good match: no item contains the query's words"
     return "no good match: the index has no items of that kind"

@@ -86,7 +86,7 @@ class Query:
 
     terms: tuple[QueryTerm, ...] = ()
     where: tuple[Condition, ...] = ()
-    kind: Kind = DEFAULT_KIND  # type: ignore[assignment]
+    kind: Kind = DEFAULT_KIND
     mode: Mode | None = None
     fusion: Fusion = "rrf"
     alpha: float = 0.7
@@ -141,8 +141,14 @@ class Query:
             depth = self.rerank.depth
             if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_K:
                 raise BadQueryError(f"rerank depth must be an integer between 1 and {MAX_K}")
-            if self.rerank.blend is not None and not 0.0 <= self.rerank.blend <= 1.0:
+            if self.rerank.blend is not None and not (
+                _is_number(self.rerank.blend) and 0.0 <= self.rerank.blend <= 1.0
+            ):
                 raise BadQueryError("rerank blend must be between 0 and 1")
+            if self.rerank.min_match is not None and not (
+                _is_number(self.rerank.min_match) and 0.0 <= self.rerank.min_match <= 1.0
+            ):
+                raise BadQueryError("rerank min_match must be a match probability in [0, 1]")
         return self
 
     @property
@@ -222,12 +228,22 @@ class SearchResult:
         return out
 
 
+@dataclass(frozen=True)
+class DroppedCandidate:
+    """A candidate the re-rank stage left out, with the reason (``vanished since indexing``...)."""
+
+    id: int
+    uri: str
+    reason: str
+
+
 class Results(list[SearchResult]):
     """The hits of one query, best first, plus how long each stage took.
 
     A list of :class:`SearchResult`; ``timings`` maps each stage of :data:`STAGES` to
     seconds; ``reason`` says why the list is empty (or is None); ``mode`` is the mode
-    that ran.
+    that ran; ``dropped`` lists the candidates re-ranking had to leave out (a file that
+    vanished or changed since indexing).
     """
 
     def __init__(
@@ -237,12 +253,14 @@ class Results(list[SearchResult]):
         timings: Mapping[str, float] | None = None,
         reason: str | None = None,
         mode: str | None = None,
+        dropped: Iterable[DroppedCandidate] = (),
     ) -> None:
         super().__init__(hits)
         self.timings: dict[str, float] = {stage: 0.0 for stage in STAGES}
         self.timings.update(timings or {})
         self.reason = reason
         self.mode = mode
+        self.dropped: list[DroppedCandidate] = list(dropped)
 
     @classmethod
     def from_table(
@@ -255,6 +273,7 @@ class Results(list[SearchResult]):
         timings: Mapping[str, float] | None = None,
         reason: str | None = None,
         mode: str | None = None,
+        dropped: Iterable[DroppedCandidate] = (),
     ) -> Results:
         """Hits from a shaped candidates table (``id, uri, kind, text, score, similarity,
         metadata``), ranked from ``offset + 1``; ``groups``/``duplicates`` align with its rows."""
@@ -280,7 +299,7 @@ class Results(list[SearchResult]):
                     duplicates=tuple(duplicates[i]) if duplicates is not None else (),
                 )
             )
-        return cls(hits, timings=timings, reason=reason, mode=mode)
+        return cls(hits, timings=timings, reason=reason, mode=mode, dropped=dropped)
 
     def to_list(self) -> list[dict[str, Any]]:
         """Plain dicts, ready for JSON."""

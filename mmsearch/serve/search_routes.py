@@ -123,11 +123,10 @@ def add_search_routes(
             if term.kind == "image" and isinstance(term.value, (str, os.PathLike)):
                 check_image_path(term.value, roots)
         index = holder.get()
-        if query.rerank is None:
-            return index.run(query), []
-        stage = rerankers.attach(index)
+        if query.rerank is not None:
+            rerankers.attach(index)
         results = index.run(query)
-        return results, [{"id": d.id, "reason": d.reason} for d in getattr(stage, "dropped", [])]
+        return results, [{"id": d.id, "reason": d.reason} for d in results.dropped]
 
     def _with_rerank(query: Any, options: tuple[int, float | None, float | None] | None) -> Any:
         from mmsearch.search.types import RerankSpec

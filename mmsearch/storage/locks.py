@@ -29,6 +29,7 @@ def write_guard(index_dir: Path) -> Iterator[None]:
             f"cannot write the index at {index_dir}: {detail}; fix that and re-run (work committed so far is kept)"
         ) from exc
 
+
 WRITE_LOCK_NAME = ".write.lock"
 #: How often a waiting writer tries the lock again.
 _LOCK_POLL_S = 0.05
