@@ -16,8 +16,15 @@ before it leaves the previous snapshot, and its objects, in place. ``pull`` down
 the objects of the published snapshot into the cache, keyed by their SHA-256 from the
 manifests, so many query replicas serve one index built once.
 
-S3 (and S3-compatible servers) are reached through boto3 with its own retries; the
-endpoint, ``AWS_ALLOW_HTTP`` and credentials come from the usual ``AWS_*`` variables.
+S3 (and S3-compatible servers) are reached through boto3, every call bounded by the
+timeouts and retries of :mod:`mmsearch.storage.s3`; the endpoint, ``AWS_ALLOW_HTTP``
+and credentials come from the usual ``AWS_*`` variables. A failure to reach the store
+is a :class:`~mmsearch.errors.StorageError` of one line naming the URI.
+
+The snapshot is written with a condition: ``If-Match`` on the snapshot object the
+writer started from (``If-None-Match: *`` when there was none), so a writer can never
+publish over a snapshot it did not see; garbage collection runs after that and its
+failure never undoes the publication.
 """
 
 from __future__ import annotations
@@ -29,12 +36,22 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from mmsearch.errors import StorageError
+from mmsearch.storage.s3 import (
+    MISSING_CODES,
+    PRECONDITION_CODES,
+    StoreLimits,
+    error_code,
+    is_store_failure,
+    make_client,
+    store_error,
+)
 
 REMOTE_MARKER = "remote.json"
 SNAPSHOT_KEY = "snapshot.json"
@@ -52,7 +69,8 @@ def normalise_uri(value: str | os.PathLike[str]) -> str | None:
 
 
 def storage_options_from_env() -> dict[str, str]:
-    """LanceDB ``storage_options`` from the ``AWS_*`` environment variables."""
+    """LanceDB ``storage_options`` from the ``AWS_*`` environment variables, with the
+    timeouts and retries of :class:`~mmsearch.storage.s3.StoreLimits`."""
     names = {
         "aws_endpoint": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT"),
         "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
@@ -61,7 +79,7 @@ def storage_options_from_env() -> dict[str, str]:
         "aws_session_token": ("AWS_SESSION_TOKEN",),
         "allow_http": ("AWS_ALLOW_HTTP",),
     }
-    out: dict[str, str] = {}
+    out: dict[str, str] = StoreLimits.from_env().lance_options()
     for key, env_names in names.items():
         for env in env_names:
             if os.environ.get(env):
@@ -88,10 +106,48 @@ def table_location(index_dir: Path) -> tuple[str, dict[str, str]] | None:
     return f"{data['uri']}/db", storage_options_from_env()
 
 
+def remote_uri_of(index_dir: str | os.PathLike[str]) -> str | None:
+    """The object-store URI whose local cache ``index_dir`` is, or None (a local index)."""
+    try:
+        return str(json.loads((Path(index_dir) / REMOTE_MARKER).read_text())["uri"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def remote_index(index_dir: str | os.PathLike[str]) -> RemoteIndex | None:
     """A :class:`RemoteIndex` for an object-store URI, None for a local directory."""
     uri = normalise_uri(index_dir)
     return None if uri is None else RemoteIndex(uri)
+
+
+def local_view(index: str | os.PathLike[str]) -> Path:
+    """The directory to read ``index`` from: a local index itself, or for an object-store
+    URI its reader cache with the published snapshot pulled into it."""
+    remote = remote_index(index)
+    return Path(index) if remote is None else remote.pull()
+
+
+@dataclass
+class Published:
+    """What :meth:`RemoteIndex.publish` did: the snapshot object and its etag, and what
+    went wrong after it was live (garbage collection), which never fails a run."""
+
+    data: dict[str, Any]
+    etag: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def store_errors(uri: str, doing: str = "reach") -> Iterator[None]:
+    """Turns botocore's and LanceDB's store failures into one-line :class:`StorageError` s."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        if is_store_failure(exc):
+            raise store_error(uri, exc, doing) from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -128,36 +184,36 @@ class RemoteIndex:
                 f"{self.uri}: ANN files can be published to s3:// URIs (S3 or S3-compatible); "
                 "use an s3:// URI or a local --index directory"
             )
-        import boto3
-        from botocore.config import Config
+        return make_client()
 
-        opts = storage_options_from_env()
-        return boto3.client(
-            "s3",
-            endpoint_url=opts.get("aws_endpoint"),
-            region_name=opts.get("aws_region", "us-east-1"),
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-        )
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client (bounded timeouts and retries; see :mod:`mmsearch.storage.s3`)."""
+        return self._client
 
-    def _key(self, name: str) -> str:
+    def key(self, name: str) -> str:
+        """The object key of ``name`` under this index's prefix."""
         return f"{self.prefix}/{name}" if self.prefix else name
 
     # ---- reading ----------------------------------------------------------------
 
     def read_published(self) -> dict[str, Any] | None:
         """The published snapshot object (with each kind's manifest), or None."""
-        from botocore.exceptions import ClientError
+        return self.read_published_etag()[0]
 
+    def read_published_etag(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The published snapshot object and its etag, or (None, None)."""
         try:
-            body = self._client.get_object(Bucket=self.bucket, Key=self._key(SNAPSHOT_KEY))[
-                "Body"
-            ].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise StorageError(f"cannot read {self.uri}/{SNAPSHOT_KEY}: {exc}") from exc
+            got = self._client.get_object(Bucket=self.bucket, Key=self.key(SNAPSHOT_KEY))
+            body = got["Body"].read()
+        except Exception as exc:
+            if error_code(exc) in MISSING_CODES:
+                return None, None
+            if is_store_failure(exc):
+                raise store_error(self.uri, exc, "read") from exc
+            raise
         try:
-            return dict(json.loads(body))
+            return dict(json.loads(body)), str(got["ETag"])
         except ValueError as exc:
             raise StorageError(
                 f"{self.uri}/{SNAPSHOT_KEY} is damaged ({exc}); re-run mmsearch index"
@@ -170,11 +226,19 @@ class RemoteIndex:
         ``snapshot.json`` is replaced last. A writer keeps a local snapshot of a later
         generation (work of a run killed before it published; the next run publishes it).
         """
+        return self.pull_etag(role)[0]
+
+    def pull_etag(self, role: str = "reader") -> tuple[Path, str | None]:
+        """:meth:`pull`, and the etag of the snapshot object pulled (None: none published)."""
+        with store_errors(self.uri, "read"):
+            published, etag = self.read_published_etag()
+            return self._pull(role, published), etag
+
+    def _pull(self, role: str, published: dict[str, Any] | None) -> Path:
         from mmsearch.storage.snapshot import Snapshot, read_snapshot, write_snapshot
 
         local = self.local_dir(role)
         only_if_newer = role == "writer"
-        published = self.read_published()
         if published is None:
             return local
         current = read_snapshot(local)
@@ -202,7 +266,7 @@ class RemoteIndex:
     def _download(self, name: str, dest: Path, sha256: str) -> None:
         tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
         try:
-            self._client.download_file(self.bucket, self._key(name), str(tmp))
+            self._client.download_file(self.bucket, self.key(name), str(tmp))
             digest = _sha256(tmp)
             if digest != sha256:
                 raise StorageError(
@@ -215,44 +279,84 @@ class RemoteIndex:
 
     # ---- writing ----------------------------------------------------------------
 
-    def publish(self) -> dict[str, Any] | None:
+    def publish(
+        self, *, expect_etag: str | None = None, check: Callable[[], None] | None = None
+    ) -> Published | None:
         """Upload the local snapshot's ANN files the store lacks, then the snapshot
         object (the commit point), then delete objects neither it nor the previous
-        snapshot names. Returns the published snapshot, or None when there is none."""
+        snapshot names. Returns what was published, or None when there is no snapshot.
+
+        The snapshot object is written only over the one whose etag is ``expect_etag``
+        (None: only where none exists): when another writer published meanwhile, this
+        raises :class:`StorageError` and leaves that writer's snapshot in place.
+        ``check`` runs just before that write (the writer lease's check).
+        """
         from mmsearch.storage.snapshot import read_snapshot
 
         local = self.local_dir("writer")
         snapshot = read_snapshot(local)
         if snapshot is None:
             return None
-        manifests: dict[str, Any] = {}
-        for kind, rel in snapshot.ann_dirs.items():
-            manifest = json.loads((local / rel / "manifest.json").read_text())
-            for entry in manifest["files"].values():
-                self._upload_once(local / rel / entry["name"], entry)
-            manifests[kind] = manifest
-        previous = self.read_published()
-        published = {"snapshot": asdict(snapshot), "manifests": manifests}
-        if previous == published:  # nothing new (an unchanged re-run): keep the history as is
-            return published
-        self._client.put_object(
-            Bucket=self.bucket, Key=self._key(SNAPSHOT_KEY), Body=json.dumps(published).encode()
+        with store_errors(self.uri, "publish to"):
+            manifests: dict[str, Any] = {}
+            for kind, rel in snapshot.ann_dirs.items():
+                manifest = json.loads((local / rel / "manifest.json").read_text())
+                for entry in manifest["files"].values():
+                    self._upload_once(local / rel / entry["name"], entry)
+                manifests[kind] = manifest
+            previous, etag = self.read_published_etag()
+            published = {"snapshot": asdict(snapshot), "manifests": manifests}
+            if previous == published:  # nothing new (an unchanged re-run): keep the history as is
+                return Published(published, etag)
+            if etag != expect_etag:
+                raise self._overtaken()
+            if check is not None:
+                check()
+            new_etag = self._put_snapshot(published, expect_etag)
+        out = Published(published, new_etag)
+        try:  # the new snapshot is live: nothing from here on fails the run
+            with store_errors(self.uri, "clean up old ANN files of"):
+                self._collect_garbage(published, previous)
+        except StorageError as exc:
+            out.warnings.append(f"{exc}; the new snapshot is published, old files stay until the next run")
+        return out
+
+    def _overtaken(self) -> StorageError:
+        return StorageError(
+            f"another writer published a snapshot of {self.uri} after this run started; "
+            "this run's rows are committed: re-run to publish them on top of it"
         )
-        self._collect_garbage(published, previous)
-        return published
+
+    def _put_snapshot(self, published: dict[str, Any], expect_etag: str | None) -> str | None:
+        """The conditional PUT of the snapshot object; its new etag."""
+        body = json.dumps(published).encode()
+        cond = {"IfMatch": expect_etag} if expect_etag is not None else {"IfNoneMatch": "*"}
+        try:
+            out = self._client.put_object(
+                Bucket=self.bucket, Key=self.key(SNAPSHOT_KEY), Body=body, **cond
+            )
+            return str(out["ETag"])
+        except Exception as exc:
+            code = error_code(exc)
+            if code not in PRECONDITION_CODES and code not in MISSING_CODES:
+                raise
+            now, etag = self.read_published_etag()  # a retried PUT may have landed the first time
+            if now == published:
+                return etag
+            raise self._overtaken() from exc
 
     def _upload_once(self, path: Path, entry: dict[str, Any]) -> None:
         from botocore.exceptions import ClientError
 
         if not entry.get("sha256"):
             entry["sha256"] = _sha256(path)
-        key = self._key(f"{OBJECTS_DIR}/{entry['sha256']}")
+        key = self.key(f"{OBJECTS_DIR}/{entry['sha256']}")
         try:
             self._client.head_object(Bucket=self.bucket, Key=key)
             return  # content-addressed: already there
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-                raise StorageError(f"cannot reach {self.uri}: {exc}") from exc
+            if error_code(exc) not in MISSING_CODES:
+                raise
         self._client.upload_file(str(path), self.bucket, key)
 
     def _collect_garbage(self, current: dict[str, Any], previous: dict[str, Any] | None) -> None:
@@ -266,7 +370,7 @@ class RemoteIndex:
         paginator = self._client.get_paginator("list_objects_v2")
         stale = [
             obj["Key"]
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(OBJECTS_DIR) + "/")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(OBJECTS_DIR) + "/")
             for obj in page.get("Contents", [])
             if obj["Key"].rsplit("/", 1)[-1] not in keep
         ]
