@@ -281,6 +281,7 @@ def row_delta(old: ItemStore, new: ItemStore, kind: str) -> RowDelta:
     where = f"kind = {sql_quote(kind)}"
     before = old.scan(["id", "sha256"], where)
     after = new.scan(["id", "sha256"], where)
+    new.check_unique_ids(after.column("id").to_numpy().astype(np.int64))
     old_map = dict(
         zip(before.column("id").to_pylist(), before.column("sha256").to_pylist(), strict=True)
     )

@@ -80,6 +80,7 @@ def run_index(
         report = _run_index_locked(sources, session.local_dir, spec, opts, progress or _noop, encoder)
         if opts.build_index:
             session.publish()
+            report.warnings.extend(session.warnings)
         return report
 
 

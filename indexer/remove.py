@@ -43,13 +43,14 @@ def remove_paths(
     index_dir: str | os.PathLike[str],
     *,
     build_index: bool = True,
+    wait_s: float = 0.0,
 ) -> RemoveReport:
     """Removes the items under ``paths`` from the index; raises when a path matches none.
 
     >>> remove_paths(["./photos/old"], ".mmsearch").total  # doctest: +SKIP
     12
     """
-    with writer_session(index_dir) as session:
+    with writer_session(index_dir, wait_s=wait_s) as session:
         store = ItemStore.open(session.local_dir)
         state = store.state_by_uri()
         report = RemoveReport()
@@ -59,7 +60,7 @@ def remove_paths(
             ids = {s.id for uri, s in state.items() if _matches(uri, target)}
             if not ids:
                 raise SourceNotFoundError(
-                    f"nothing in the index at {index_dir} is under {os.fspath(raw)}; nothing removed"
+                    f"nothing in the index at {session.index} is under {os.fspath(raw)}; nothing removed"
                 )
             report.removed[os.fspath(raw)] = len(ids - doomed)
             doomed |= ids

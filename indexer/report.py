@@ -42,6 +42,8 @@ class IndexReport:
     ann: dict[str, dict] = field(default_factory=dict)  # kind -> VectorIndex.info
     #: rows / matched / unmatched / images_without_row of a --metadata sidecar (None: no sidecar)
     metadata_join: dict[str, int] | None = None
+    #: what went wrong after the new snapshot was published (never a failed run)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:

@@ -89,7 +89,7 @@ def writer_session(
     name = remote.uri if remote is not None else None
     try:
         with index_write_lock(local, wait_s=wait_s, name=name), ExitStack() as stack:
-            session = WriterSession(os.fspath(index), local, remote)
+            session = WriterSession(remote.uri if remote else os.fspath(index), local, remote)
             if remote is not None:
                 stack.enter_context(store_errors(remote.uri))
                 lease = WriterLease(remote, cache=str(cache_root()))

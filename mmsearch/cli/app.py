@@ -17,7 +17,7 @@ from mmsearch.cli.finetune import finetune_cmd
 from mmsearch.cli.help import use_clean_help
 from mmsearch.cli.index import index_cmd
 from mmsearch.cli.label import label_cmd
-from mmsearch.cli.manage import build_index_cmd, check_cmd, info_cmd, remove_cmd
+from mmsearch.cli.manage import build_index_cmd, check_cmd, info_cmd, remove_cmd, repair_cmd
 from mmsearch.cli.query import query_cmd
 from mmsearch.cli.serve import serve_cmd
 
@@ -36,6 +36,7 @@ app.command("info")(info_cmd)
 app.command("remove")(remove_cmd)
 app.command("serve")(serve_cmd)
 app.command("check")(check_cmd)
+app.command("repair")(repair_cmd)
 app.command("sample-data")(sample_data_cmd)
 app.command("demo")(demo_cmd)
 app.command("eval")(eval_cmd)

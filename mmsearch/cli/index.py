@@ -18,8 +18,10 @@ from mmsearch.cli.common import (
     NoProgressOpt,
     QuantizeOpt,
     QuietOpt,
+    WaitOpt,
     console,
     err_console,
+    print_warnings,
     reported_errors,
     resolve_index_dir,
 )
@@ -53,6 +55,7 @@ def index_cmd(
     no_progress: NoProgressOpt = False,
     reembed: Annotated[bool, typer.Option("--reembed", help="First re-embed every item already in the index with --model/--pretrained (e.g. a fine-tuned checkpoint), then index PATHS.")] = False,
     rerank_model: Annotated[str | None, typer.Option("--rerank-model", help="Record this ITM model as the index's re-ranking model (used by query --rerank and serve).")] = None,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """Index image folders and text collections (incremental: unchanged files are skipped).
 
@@ -84,6 +87,7 @@ def index_cmd(
         ray=ray,
         refine_dtype=refine_dtype,
         gpu_decode=gpu_decode,
+        lock_wait_s=wait,
     )
     from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.cli.render import print_failures, print_summary
@@ -106,5 +110,6 @@ def index_cmd(
         print_failures(report, err_console)
     else:
         print_summary(report, console, err_console)
+    print_warnings(report.warnings)
     if strict and (report.failed or report.sweep_aborted):
         raise typer.Exit(EXIT_ITEMS_FAILED)

@@ -197,6 +197,15 @@ class RemoteIndex:
 
     # ---- reading ----------------------------------------------------------------
 
+    def list_names(self, folder: str) -> list[str]:
+        """The names of the objects directly under ``folder`` (relative to the index URI)."""
+        prefix = self.key(folder.strip("/")) + "/"
+        with store_errors(self.uri, "list"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            )
+            return [o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", [])]
+
     def read_published(self) -> dict[str, Any] | None:
         """The published snapshot object (with each kind's manifest), or None."""
         return self.read_published_etag()[0]

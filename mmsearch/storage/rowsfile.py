@@ -35,13 +35,18 @@ def rows_file_path(index_dir: str | os.PathLike[str], snapshot: Snapshot) -> Pat
 
 
 def write_rows_file(store: Any, path: Path, spec: ModelSpec) -> None:
-    """Writes the table's display columns, sorted by id, atomically (temp file + rename)."""
+    """Writes the table's display columns, sorted by id, atomically (temp file + rename).
+
+    Raises :class:`~mmsearch.errors.IndexCorruptError` when two rows share an id (of any
+    kind): no snapshot may name such a table."""
     from mmsearch.ann.files import atomic_write
 
     table = store.scan(ROWS_COLUMNS)
     ids = table.column("id").to_numpy()
     if len(ids) > 1 and not bool(np.all(np.diff(ids) > 0)):
-        table = table.take(pa.array(np.argsort(ids, kind="stable")))
+        order = np.argsort(ids, kind="stable")
+        store.check_unique_ids(ids[order], presorted=True)
+        table = table.take(pa.array(order))
     meta = {_SPEC_KEY: spec.to_json().encode(), _DIM_KEY: str(int(store.dim)).encode()}
     table = table.replace_schema_metadata(meta).combine_chunks()
 
