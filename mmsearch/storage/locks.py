@@ -29,9 +29,10 @@ def write_guard(index_dir: Path) -> Iterator[None]:
         remote = _store_failure(index_dir, exc)
         if remote is not None:
             raise remote from exc
+        shown = remote_uri_of(index_dir) or index_dir
         if isinstance(exc, OSError):
             raise StorageError(
-                f"cannot write the index at {index_dir}: {exc.strerror or exc}; "
+                f"cannot write the index at {shown}: {exc.strerror or exc}; "
                 "fix that and re-run (work committed so far is kept)"
             ) from exc
         # lance reports I/O errors as RuntimeError("lance error: ...")
@@ -41,7 +42,7 @@ def write_guard(index_dir: Path) -> Iterator[None]:
             raise
         detail = str(exc).split(", /", 1)[0].replace("lance error: ", "")
         raise StorageError(
-            f"cannot write the index at {index_dir}: {detail}; fix that and re-run (work committed so far is kept)"
+            f"cannot write the index at {shown}: {detail}; fix that and re-run (work committed so far is kept)"
         ) from exc
 
 
