@@ -191,9 +191,11 @@ def rebuild_ann(
     retrain: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
     wait_s: float = 0.0,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """``mmsearch build-index``: (re)builds the ANN indexes of ``index`` from its table and
-    publishes the new snapshot, as one writer (see :func:`writer_session`)."""
+    publishes the new snapshot, as one writer (see :func:`writer_session`). What went
+    wrong after publishing (clean-up of old files) is appended to ``warnings``."""
     from mmsearch.indexer.session import writer_session
 
     with writer_session(index, wait_s=wait_s) as session:
@@ -203,6 +205,8 @@ def rebuild_ann(
             retrain=retrain, progress=progress,
         )  # fmt: skip
         session.publish()
+        if warnings is not None:
+            warnings.extend(session.warnings)
     return infos
 
 

@@ -27,6 +27,7 @@ class RemoveReport:
 
     removed: dict[str, int] = field(default_factory=dict)
     ann: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # after the snapshot was published
 
     @property
     def total(self) -> int:
@@ -47,6 +48,9 @@ def remove_paths(
 ) -> RemoveReport:
     """Removes the items under ``paths`` from the index; raises when a path matches none.
 
+    When an earlier run stopped before it published (its rows are deleted, readers still
+    see them), a path that matches nothing is no error: the re-run publishes.
+
     >>> remove_paths(["./photos/old"], ".mmsearch").total  # doctest: +SKIP
     12
     """
@@ -58,6 +62,11 @@ def remove_paths(
         for raw in paths:
             target = path_to_uri(os.path.abspath(raw))
             ids = {s.id for uri, s in state.items() if _matches(uri, target)}
+            if not ids and build_index and session.unpublished(store.version):
+                report.removed[os.fspath(raw)] = (
+                    0  # removed by a run that stopped before publishing
+                )
+                continue
             if not ids:
                 raise SourceNotFoundError(
                     f"nothing in the index at {session.index} is under {os.fspath(raw)}; nothing removed"
@@ -71,4 +80,5 @@ def remove_paths(
             with write_guard(store.index_dir):
                 report.ann = build_ann(store, store.model_spec)
             session.publish()
+            report.warnings.extend(session.warnings)
     return report

@@ -33,6 +33,7 @@ from mmsearch.storage.fence import fenced
 from mmsearch.storage.lease import WriterLease
 from mmsearch.storage.locks import index_write_lock, remove_if_only_lock
 from mmsearch.storage.objectstore import RemoteIndex, cache_root, remote_index, store_errors
+from mmsearch.storage.snapshot import read_snapshot
 
 
 @dataclass
@@ -49,7 +50,19 @@ class WriterSession:
     remote: RemoteIndex | None
     lease: WriterLease | None = None
     published_etag: str | None = None  # the published snapshot this session builds on
+    published_generation: int | None = None
     warnings: list[str] = field(default_factory=list)
+
+    def unpublished(self, table_version: int) -> bool:
+        """True when an earlier run left work that readers do not see yet: table commits
+        newer than the local snapshot, or a local snapshot newer than the published one
+        (it stopped before it built or published its snapshot). A re-run publishes it."""
+        local = read_snapshot(self.local_dir)
+        if local is None:  # nothing was ever built: nothing waits to be published
+            return False
+        if local.table_version < table_version:
+            return True
+        return self.remote is not None and local.generation > (self.published_generation or 0)
 
     def publish(self) -> None:
         """Makes the local snapshot the published one (object stores; a no-op for local
@@ -62,6 +75,7 @@ class WriterSession:
         out = self.remote.publish(expect_etag=self.published_etag, check=check)
         if out is not None:
             self.published_etag = out.etag
+            self.published_generation = int(out.data["snapshot"].get("generation", 0))
             self.warnings.extend(out.warnings)
 
 
@@ -92,12 +106,17 @@ def writer_session(
             session = WriterSession(remote.uri if remote else os.fspath(index), local, remote)
             if remote is not None:
                 stack.enter_context(store_errors(remote.uri))
-                lease = WriterLease(remote, cache=str(cache_root()))
+                # the flock above is held: a lease of this cache was left by a dead run
+                lease = WriterLease(remote, cache=str(cache_root()), cache_locked=True)
                 lease.acquire(wait_s=max(0.0, deadline - time.monotonic()))
                 stack.callback(lease.release)
                 stack.enter_context(fenced(local, lease.check))
                 session.lease = lease
-                session.published_etag = remote.pull_etag("writer")[1]
+                pulled = remote.pull_published("writer")
+                session.published_etag, session.published_generation = (
+                    pulled.etag,
+                    pulled.generation,
+                )
             yield session
     except BaseException:
         if fresh:

@@ -71,6 +71,20 @@ def test_a_dead_holders_lease_expires_and_is_taken_over(s3) -> None:
     heir.release()
 
 
+def test_a_lease_left_by_a_dead_run_of_this_cache_is_taken_at_once(s3) -> None:
+    dead = lease("/cache/same", ttl_s=60)
+    dead.acquire()
+    dead._stop.set()  # killed: no heartbeat, no release
+    elsewhere = lease("/cache/other", ttl_s=60)
+    with pytest.raises(StorageError, match="another mmsearch writer holds"):
+        elsewhere.acquire(wait_s=0)
+    rerun = WriterLease(RemoteIndex(URI), cache="/cache/same", ttl_s=60, cache_locked=True)
+    started = time.monotonic()
+    rerun.acquire(wait_s=0)  # holds the cache's writer lock: the old holder cannot be running
+    assert time.monotonic() - started < 5 and rerun.took_over == dead.holder
+    rerun.release()
+
+
 def test_heartbeats_keep_a_live_lease(s3) -> None:
     live = lease("/cache/live", ttl_s=1.5)
     live.acquire()

@@ -56,6 +56,9 @@ ONE_SHOT_COMMANDS = frozenset({"query", "info", "check"})
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # LanceDB's native log lines (a commit it could not verify, ...) would come on top of
+    # the one-line error that says what happened; LANCEDB_LOG=warn brings them back.
+    os.environ.setdefault("LANCEDB_LOG", "error")
     one_shot = len(sys.argv) > 1 and (sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h"))
     if not one_shot:
         app()

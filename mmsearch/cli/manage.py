@@ -39,11 +39,13 @@ def build_index_cmd(
     from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.indexer.ann_build import rebuild_ann
 
+    warnings: list[str] = []
     with reported_errors(), progress_bar(err_console, not (quiet or no_progress)) as bar:
         infos = rebuild_ann(
             resolve_index_dir(index), index_type=index_type, target_recall=target_recall,
-            retrain=retrain, progress=RichProgress(bar), wait_s=wait,
+            retrain=retrain, progress=RichProgress(bar), wait_s=wait, warnings=warnings,
         )  # fmt: skip
+    print_warnings(warnings)
     if not quiet:
         for kind, info in infos.items():
             console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
@@ -84,6 +86,7 @@ def remove_cmd(
         report = remove_paths(paths, resolve_index_dir(index), wait_s=wait)
     for path, count in report.removed.items():
         console.print(f"removed {count} item(s) under {escape(display_path(path))}")
+    print_warnings(report.warnings)
 
 
 def check_cmd(

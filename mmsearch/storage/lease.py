@@ -13,6 +13,9 @@ store's conditional writes:
   or cut off). Its age is read on the store's own clock (the ``Date`` of the answer
   minus the object's ``Last-Modified``), so the machines' clocks need not agree.
 - **release**: ``PUT If-Match`` of a released lease when the writer finishes.
+- **left behind**: a lease of this host and cache found by a writer that holds that
+  cache's writer lock (the session takes it first) belongs to a run that died: the
+  re-run on the same machine takes it over at once.
 
 The holder stops writing before anyone may take over: :meth:`WriterLease.check`
 fails once ``ttl/2`` seconds passed since the last renewal it sent that the store
@@ -110,9 +113,19 @@ class WriterLease:
     """
 
     def __init__(
-        self, remote: Any, *, cache: str, ttl_s: float | None = None, poll_s: float | None = None
+        self,
+        remote: Any,
+        *,
+        cache: str,
+        ttl_s: float | None = None,
+        poll_s: float | None = None,
+        cache_locked: bool = False,
     ) -> None:
+        """``cache_locked``: the caller holds the writer lock of ``cache`` on this host, so a
+        lease held by this host and cache belongs to a run that died (its next run need not
+        wait for the lease to expire)."""
         self.remote = remote
+        self.cache_locked = cache_locked
         self.uri: str = remote.uri
         self.ttl_s = ttl_s if ttl_s is not None else lease_ttl_from_env()
         self.poll_s = poll_s if poll_s is not None else min(1.0, self.ttl_s / 10)
@@ -193,7 +206,7 @@ class WriterLease:
                 etag = self._put(if_match=None)
             else:
                 first = seen.setdefault(state.etag, sent)
-                if not state.expired(sent - first):
+                if not state.expired(sent - first) and not self._left_by_dead_run(state):
                     if time.monotonic() >= deadline:
                         raise self._held_error(state, wait_s)
                     time.sleep(self.poll_s)
@@ -205,6 +218,16 @@ class WriterLease:
                 self._held(etag, sent)
                 self._start_heartbeat()
                 return
+
+    def _left_by_dead_run(self, state: LeaseState) -> bool:
+        """A lease of this host and cache while this process holds that cache's writer lock:
+        its holder cannot be running (it would hold the lock)."""
+        holder = state.holder
+        return (
+            self.cache_locked
+            and holder is not None
+            and (holder.host, holder.cache) == (self.holder.host, self.holder.cache)
+        )
 
     def _confirm(self, etag: str) -> bool:
         """Reads the lease back: ours (a store whose conditional writes race loses nothing)."""
@@ -284,8 +307,8 @@ class WriterLease:
     def release(self) -> None:
         """Stops the heartbeat and marks the lease released (best effort: it expires anyway)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is not None:  # a renewal in flight finishes on its own: never wait on it
+            self._thread.join(timeout=0.5)
         with self._lock:
             etag, lost = self._etag, self._lost
             self._beat += 1

@@ -127,6 +127,16 @@ def local_view(index: str | os.PathLike[str]) -> Path:
     return Path(index) if remote is None else remote.pull()
 
 
+@dataclass(frozen=True)
+class Pulled:
+    """What :meth:`RemoteIndex.pull_published` found: the local directory, and the etag and
+    generation of the published snapshot (None: nothing published yet)."""
+
+    local: Path
+    etag: str | None
+    generation: int | None
+
+
 @dataclass
 class Published:
     """What :meth:`RemoteIndex.publish` did: the snapshot object and its etag, and what
@@ -235,13 +245,15 @@ class RemoteIndex:
         ``snapshot.json`` is replaced last. A writer keeps a local snapshot of a later
         generation (work of a run killed before it published; the next run publishes it).
         """
-        return self.pull_etag(role)[0]
+        return self.pull_published(role).local
 
-    def pull_etag(self, role: str = "reader") -> tuple[Path, str | None]:
-        """:meth:`pull`, and the etag of the snapshot object pulled (None: none published)."""
+    def pull_published(self, role: str = "reader") -> Pulled:
+        """:meth:`pull`, and which published snapshot it saw (its etag and generation)."""
         with store_errors(self.uri, "read"):
             published, etag = self.read_published_etag()
-            return self._pull(role, published), etag
+            local = self._pull(role, published)
+        generation = int(published["snapshot"].get("generation", 0)) if published else None
+        return Pulled(local, etag, generation)
 
     def _pull(self, role: str, published: dict[str, Any] | None) -> Path:
         from mmsearch.storage.snapshot import Snapshot, read_snapshot, write_snapshot
@@ -268,8 +280,16 @@ class RemoteIndex:
                     self._download(f"{OBJECTS_DIR}/{entry['sha256']}", cached, entry["sha256"])
                 _link(cached, target / entry["name"])
             _atomic_text(target / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+        keep = set(remote.ann_dirs.values())
+        rows = published.get("rows")
+        if rows:  # what queries show of each hit: vector queries need no table read
+            cached = objects / rows["sha256"]
+            if not cached.exists():
+                self._download(f"{OBJECTS_DIR}/{rows['sha256']}", cached, rows["sha256"])
+            _link(cached, local / rows["path"])
+            keep.add(rows["path"])
         write_snapshot(local, remote)  # last: the cached files it names are complete
-        _drop_unlisted(local, set(remote.ann_dirs.values()))
+        _drop_unlisted(local, keep)
         return local
 
     def _download(self, name: str, dest: Path, sha256: str) -> None:
@@ -313,8 +333,12 @@ class RemoteIndex:
                 for entry in manifest["files"].values():
                     self._upload_once(local / rel / entry["name"], entry)
                 manifests[kind] = manifest
-            previous, etag = self.read_published_etag()
             published = {"snapshot": asdict(snapshot), "manifests": manifests}
+            rows = self._rows_entry(local, snapshot.generation)
+            if rows is not None:
+                self._upload_once(local / rows["path"], rows)
+                published["rows"] = rows
+            previous, etag = self.read_published_etag()
             if previous == published:  # nothing new (an unchanged re-run): keep the history as is
                 return Published(published, etag)
             if etag != expect_etag:
@@ -327,8 +351,21 @@ class RemoteIndex:
             with store_errors(self.uri, "clean up old ANN files of"):
                 self._collect_garbage(published, previous)
         except StorageError as exc:
-            out.warnings.append(f"{exc}; the new snapshot is published, old files stay until the next run")
+            out.warnings.append(
+                f"{exc}; the new snapshot is published, old files stay until the next run"
+            )
         return out
+
+    @staticmethod
+    def _rows_entry(local: Path, generation: int) -> dict[str, Any] | None:
+        """The snapshot's rows file (see :mod:`mmsearch.storage.rowsfile`), to publish too."""
+        from mmsearch.storage.rowsfile import rows_file_name
+
+        rel = rows_file_name(generation)
+        path = local / rel
+        if not path.is_file():
+            return None
+        return {"path": rel, "size": path.stat().st_size, "sha256": _sha256(path)}
 
     def _overtaken(self) -> StorageError:
         return StorageError(
@@ -376,6 +413,9 @@ class RemoteIndex:
             for m in snap.get("manifests", {}).values()
             for e in m["files"].values()
         }
+        keep |= {
+            snap["rows"]["sha256"] for snap in (current, previous) if snap and snap.get("rows")
+        }
         paginator = self._client.get_paginator("list_objects_v2")
         stale = [
             obj["Key"]
@@ -409,9 +449,12 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def _drop_unlisted(local: Path, keep: set[str]) -> None:
-    """Remove cached ANN directories the current snapshot no longer names."""
+    """Remove cached ANN directories (and rows files) the current snapshot no longer names."""
     ann = local / "ann"
     if ann.is_dir():
         for child in ann.iterdir():
             if f"ann/{child.name}" not in keep:
-                shutil.rmtree(child, ignore_errors=True)
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)

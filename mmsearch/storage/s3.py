@@ -6,13 +6,17 @@ table, through its ``storage_options``). The bounds come from the environment:
 
 =================================  =======  ===========================================
 ``MMSEARCH_S3_CONNECT_TIMEOUT_S``  5        seconds to open a connection
-``MMSEARCH_S3_TIMEOUT_S``          30       seconds one request may wait for its answer
+``MMSEARCH_S3_TIMEOUT_S``          20       seconds one request may take (LanceDB: in
+                                            all; boto3: between two reads of the answer)
 ``MMSEARCH_S3_ATTEMPTS``           3        attempts per request (the first + retries)
 =================================  =======  ===========================================
 
-so a store that refuses connections, cuts them or never answers fails a command in
-about ``ATTEMPTS × (CONNECT + TIMEOUT)`` seconds per request, not minutes.
-:func:`describe_store_error` turns what boto3 and LanceDB raise into one line.
+A request to a store that refuses connections, cuts them or never answers fails after
+at most ``ATTEMPTS × (CONNECT + TIMEOUT)`` seconds. A command stops at its first
+failed request, except a table commit whose answer never came: LanceDB then asks
+three more times whether it landed, so a run stops within
+:meth:`StoreLimits.run_bound_s` (about five requests' worth). :func:`describe_store_error`
+turns what boto3 and LanceDB raise into one line.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class StoreLimits:
     """How long one store request may take, and how often it is tried."""
 
     connect_timeout_s: float = 5.0
-    timeout_s: float = 30.0
+    timeout_s: float = 20.0
     attempts: int = 3
 
     @classmethod
@@ -49,14 +53,23 @@ class StoreLimits:
             attempts=max(1, int(_env_float("MMSEARCH_S3_ATTEMPTS", base.attempts))),
         )
 
+    @property
+    def request_bound_s(self) -> float:
+        """The longest one request may take, retries included."""
+        return self.attempts * (self.connect_timeout_s + self.timeout_s)
+
+    def run_bound_s(self) -> float:
+        """The longest a command takes to stop once the store stops answering: an unanswered
+        commit, LanceDB's three checks of it, and the release of the writer lease."""
+        return 5 * self.request_bound_s
+
     def lance_options(self) -> dict[str, str]:
         """LanceDB (object_store) ``storage_options`` with these bounds."""
-        per_request = self.connect_timeout_s + self.timeout_s
         return {
             "connect_timeout": f"{self.connect_timeout_s:g}s",
             "timeout": f"{self.timeout_s:g}s",
             "client_max_retries": str(self.attempts - 1),
-            "client_retry_timeout": f"{max(1, round(per_request * self.attempts))}",
+            "client_retry_timeout": f"{max(1, round(self.request_bound_s))}",
         }
 
 
@@ -112,6 +125,7 @@ def error_code(exc: BaseException) -> str | None:
 # LanceDB reports store failures as text (Rust error debug output); these say what happened.
 _LANCE_REASONS = (
     (re.compile(r"TimedOut|timed out|Timeout", re.I), "no answer in time"),
+    (re.compile(r"error sending request", re.I), "no answer, or the connection was cut"),
     (re.compile(r"Connection refused|ConnectError|tcp connect error", re.I), "connection refused"),
     (
         re.compile(r"IncompleteMessage|connection closed|reset by peer|broken pipe|EOF", re.I),
@@ -122,7 +136,8 @@ _LANCE_REASONS = (
     (re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch"), "the credentials were refused"),
 )
 _LANCE_MARKERS = re.compile(
-    r'store: "S3"|object_store|ObjectStore|reqwest|RetryError|Generic \{|HttpError|dispatch failure',
+    r'store: "S3"|S3 error|object_store|ObjectStore|reqwest|RetryError|Generic \{|HttpError|'
+    r"HTTP error|error sending request|dispatch failure",
 )
 
 
@@ -161,16 +176,18 @@ def describe_store_error(exc: BaseException, limits: StoreLimits | None = None) 
         message = getattr(exc, "response", {}).get("Error", {}).get("Message") or ""
         return f"{code}" + (f": {message}" if message else "")
     text = str(exc)
+    unknown = " (its last commit may or may not have landed)" if "is unknown" in text else ""
     for pattern, reason in _LANCE_REASONS:
         if pattern.search(text):
-            return f"{reason}{at}"
+            return f"{reason}{at}{unknown}"
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return first[:200]
 
 
 def store_error(uri: str, exc: BaseException, doing: str = "reach") -> StorageError:
     """A :class:`StorageError` of one line: ``cannot <doing> <uri>: <what happened>; ...``."""
+    kept = " (work committed so far is kept)" if doing in ("write", "publish to") else ""
     return StorageError(
         f"cannot {doing} {uri}: {describe_store_error(exc)}; "
-        "check the endpoint and the network, then re-run (committed work is kept)"
+        f"check the endpoint and the network, then re-run{kept}"
     )

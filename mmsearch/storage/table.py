@@ -38,6 +38,7 @@ def default_index_dir() -> Path:
     """``$MMSEARCH_INDEX`` or ``./.mmsearch``."""
     return Path(os.environ.get("MMSEARCH_INDEX") or ".mmsearch")
 
+
 @dataclass(frozen=True)
 class StoredState:
     """What the table already knows about one item, for incremental diffs."""
@@ -46,6 +47,7 @@ class StoredState:
     mtime_ns: int | None
     size: int | None
     sha256: str | None
+
 
 def _connect(index_dir: Path) -> Any:
     import lancedb
@@ -57,15 +59,18 @@ def _connect(index_dir: Path) -> Any:
         return lancedb.connect(remote[0], storage_options=remote[1])
     return lancedb.connect(str(index_dir / DB_DIRNAME))
 
+
 def _has_db(index_dir: Path) -> bool:
     from mmsearch.storage.objectstore import REMOTE_MARKER
 
     return (index_dir / DB_DIRNAME).is_dir() or (index_dir / REMOTE_MARKER).is_file()
 
+
 def _table_exists(db: Any) -> bool:
     names = db.list_tables()
     names = getattr(names, "tables", names)
     return TABLE_NAME in list(names)
+
 
 class ItemStore:
     """The items table of one index directory.
