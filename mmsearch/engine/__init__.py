@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from mmsearch.search.language import QueryTerm
 from mmsearch.search.request import QueryLike, WhereLike, make_query, query_terms
 from mmsearch.search.rerank import Reranker
 from mmsearch.search.types import DEFAULT_KIND, Kind, Query, RerankSpec, Results, SearchResult
+from mmsearch.storage.objectstore import remote_uri_of, store_errors
 from mmsearch.storage.snapshot import Snapshot
 from mmsearch.storage.table import ItemStore
 
@@ -65,6 +67,7 @@ class SearchIndex:
         )
         self.index_dir: Path = self.current.index_dir
         self.reranker = reranker
+        self._uri = remote_uri_of(self.index_dir)  # an object-store index: names it in errors
 
     # -- the snapshot served ---------------------------------------------------------------
     def reload(self) -> bool:
@@ -179,14 +182,21 @@ class SearchIndex:
             terms=(QueryTerm(1.0, "text", "<vector>"),), kind=kind, mode="vector", k=k,
             exact=exact, nprobe=nprobe, refine=refine,
         )  # fmt: skip
-        return pipeline.run(
-            self.current, q, vector=np.asarray(vector, np.float32), allowed_ids=allowed_ids,
-            query_kind=query_kind,
-        )  # fmt: skip
+        with self._store_errors():
+            return pipeline.run(
+                self.current, q, vector=np.asarray(vector, np.float32), allowed_ids=allowed_ids,
+                query_kind=query_kind,
+            )  # fmt: skip
 
     def run(self, query: Query) -> Results:
         """Runs a query object through the stages; see :class:`Results` for the answer."""
-        return pipeline.run(self.current, query, reranker=self.reranker)
+        with self._store_errors():
+            return pipeline.run(self.current, query, reranker=self.reranker)
+
+    def _store_errors(self) -> AbstractContextManager[None]:
+        """An object-store index's table reads (full-text legs, rows of indexes without a
+        rows file) fail as one :class:`~mmsearch.errors.StorageError` naming the URI."""
+        return nullcontext() if self._uri is None else store_errors(self._uri, "read")
 
 
 def open_index(index_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> SearchIndex:
