@@ -145,3 +145,37 @@ def test_killed_writer_leaves_the_published_snapshot_and_a_rerun_completes(
     assert len(after) == 32 and not after.stale
     ids = after.store.scan(["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 32
+
+
+def test_commands_take_an_object_store_uri(s3, tmp_path, tiny_encoder) -> None:
+    """info, check, eval, remove, build-index and repair on ``s3://`` (issue 27, finding 4)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmsearch.cli import app
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    cat = generate_catalog(tmp_path / "catalog", n=16, seed=6)
+    run_index([cat.image_dir], URI, tiny_encoder.spec, options=OPTS, encoder=tiny_encoder)
+    runner = CliRunner()
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(app, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    info = json.loads(ok("info", "--index", URI, "--json"))
+    assert info["index_dir"] == URI and info["rows"] == 16 and info["stale"] is False
+    assert "16 rows; ANN files match" in ok("check", "--index", URI)
+    queries = cat.root / "queries.jsonl"
+    colour = cat.rows[0]["colour"]
+    relevant = [str(r["file"]) for r in cat.rows if r["colour"] == colour]
+    queries.write_text(json.dumps({"query": colour, "relevant": relevant, "kind": "image"}) + "\n")
+    figures = json.loads(ok("eval", str(queries), "--index", URI, "--json"))
+    assert figures["n_queries"] == 1
+    victim = cat.image_dir / str(cat.rows[0]["file"]).split("/", 1)[1]
+    assert "removed 1 item(s)" in ok("remove", str(victim), "--index", URI)
+    ok("build-index", "--index", URI, "--retrain")
+    assert "nothing to repair" in ok("repair", "--index", URI)
+    assert json.loads(ok("info", "--index", URI, "--json"))["rows"] == 15
