@@ -34,7 +34,7 @@ def _stop_here(point: str) -> None:
 
 
 def _install_hooks() -> None:
-    from mmsearch.storage.objectstore import RemoteIndex
+    from mmsearch.storage import publish
     from mmsearch.storage.table import ItemStore
 
     def before(point: str, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -53,8 +53,8 @@ def _install_hooks() -> None:
         return hooked
 
     ItemStore.upsert = before("commit", ItemStore.upsert)  # type: ignore[method-assign]
-    RemoteIndex._upload_once = after("upload", RemoteIndex._upload_once)  # type: ignore[method-assign]
-    RemoteIndex._put_snapshot = before("put", RemoteIndex._put_snapshot)  # type: ignore[method-assign]
+    publish.upload_once = after("upload", publish.upload_once)  # type: ignore[assignment]
+    publish.put_snapshot = before("put", publish.put_snapshot)  # type: ignore[assignment]
 
 
 def main() -> None:

@@ -36,26 +36,29 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from mmsearch.errors import StorageError
+from mmsearch.storage.publish import OBJECTS_DIR, SNAPSHOT_KEY, Published, publish_snapshot
 from mmsearch.storage.s3 import (
     MISSING_CODES,
-    PRECONDITION_CODES,
     StoreLimits,
     error_code,
     is_store_failure,
     make_client,
     store_error,
+    store_errors,
 )
 
 REMOTE_MARKER = "remote.json"
-SNAPSHOT_KEY = "snapshot.json"
-OBJECTS_DIR = "ann/objects"
+__all__ = [
+    "OBJECTS_DIR", "REMOTE_MARKER", "SNAPSHOT_KEY", "Published", "Pulled", "RemoteIndex",
+    "store_errors",
+]  # fmt: skip
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/+(.*)$")
 
 
@@ -135,29 +138,6 @@ class Pulled:
     local: Path
     etag: str | None
     generation: int | None
-
-
-@dataclass
-class Published:
-    """What :meth:`RemoteIndex.publish` did: the snapshot object and its etag, and what
-    went wrong after it was live (garbage collection), which never fails a run."""
-
-    data: dict[str, Any]
-    etag: str | None
-    warnings: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def store_errors(uri: str, doing: str = "reach") -> Iterator[None]:
-    """Turns botocore's and LanceDB's store failures into one-line :class:`StorageError` s."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except Exception as exc:
-        if is_store_failure(exc):
-            raise store_error(uri, exc, doing) from exc
-        raise
 
 
 @dataclass(frozen=True)
@@ -311,123 +291,8 @@ class RemoteIndex:
     def publish(
         self, *, expect_etag: str | None = None, check: Callable[[], None] | None = None
     ) -> Published | None:
-        """Upload the local snapshot's ANN files the store lacks, then the snapshot
-        object (the commit point), then delete objects neither it nor the previous
-        snapshot names. Returns what was published, or None when there is no snapshot.
-
-        The snapshot object is written only over the one whose etag is ``expect_etag``
-        (None: only where none exists): when another writer published meanwhile, this
-        raises :class:`StorageError` and leaves that writer's snapshot in place.
-        ``check`` runs just before that write (the writer lease's check).
-        """
-        from mmsearch.storage.snapshot import read_snapshot
-
-        local = self.local_dir("writer")
-        snapshot = read_snapshot(local)
-        if snapshot is None:
-            return None
-        with store_errors(self.uri, "publish to"):
-            manifests: dict[str, Any] = {}
-            for kind, rel in snapshot.ann_dirs.items():
-                manifest = json.loads((local / rel / "manifest.json").read_text())
-                for entry in manifest["files"].values():
-                    self._upload_once(local / rel / entry["name"], entry)
-                manifests[kind] = manifest
-            published = {"snapshot": asdict(snapshot), "manifests": manifests}
-            rows = self._rows_entry(local, snapshot.generation)
-            if rows is not None:
-                self._upload_once(local / rows["path"], rows)
-                published["rows"] = rows
-            previous, etag = self.read_published_etag()
-            if previous == published:  # nothing new (an unchanged re-run): keep the history as is
-                return Published(published, etag)
-            if etag != expect_etag:
-                raise self._overtaken()
-            if check is not None:
-                check()
-            new_etag = self._put_snapshot(published, expect_etag)
-        out = Published(published, new_etag)
-        try:  # the new snapshot is live: nothing from here on fails the run
-            with store_errors(self.uri, "clean up old ANN files of"):
-                self._collect_garbage(published, previous)
-        except StorageError as exc:
-            out.warnings.append(
-                f"{exc}; the new snapshot is published, old files stay until the next run"
-            )
-        return out
-
-    @staticmethod
-    def _rows_entry(local: Path, generation: int) -> dict[str, Any] | None:
-        """The snapshot's rows file (see :mod:`mmsearch.storage.rowsfile`), to publish too."""
-        from mmsearch.storage.rowsfile import rows_file_name
-
-        rel = rows_file_name(generation)
-        path = local / rel
-        if not path.is_file():
-            return None
-        return {"path": rel, "size": path.stat().st_size, "sha256": _sha256(path)}
-
-    def _overtaken(self) -> StorageError:
-        return StorageError(
-            f"another writer published a snapshot of {self.uri} after this run started; "
-            "this run's rows are committed: re-run to publish them on top of it"
-        )
-
-    def _put_snapshot(self, published: dict[str, Any], expect_etag: str | None) -> str | None:
-        """The conditional PUT of the snapshot object; its new etag."""
-        body = json.dumps(published).encode()
-        cond = {"IfMatch": expect_etag} if expect_etag is not None else {"IfNoneMatch": "*"}
-        try:
-            out = self._client.put_object(
-                Bucket=self.bucket, Key=self.key(SNAPSHOT_KEY), Body=body, **cond
-            )
-            return str(out["ETag"])
-        except Exception as exc:
-            code = error_code(exc)
-            if code not in PRECONDITION_CODES and code not in MISSING_CODES:
-                raise
-            now, etag = self.read_published_etag()  # a retried PUT may have landed the first time
-            if now == published:
-                return etag
-            raise self._overtaken() from exc
-
-    def _upload_once(self, path: Path, entry: dict[str, Any]) -> None:
-        from botocore.exceptions import ClientError
-
-        if not entry.get("sha256"):
-            entry["sha256"] = _sha256(path)
-        key = self.key(f"{OBJECTS_DIR}/{entry['sha256']}")
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
-            return  # content-addressed: already there
-        except ClientError as exc:
-            if error_code(exc) not in MISSING_CODES:
-                raise
-        self._client.upload_file(str(path), self.bucket, key)
-
-    def _collect_garbage(self, current: dict[str, Any], previous: dict[str, Any] | None) -> None:
-        keep = {
-            e["sha256"]
-            for snap in (current, previous)
-            if snap
-            for m in snap.get("manifests", {}).values()
-            for e in m["files"].values()
-        }
-        keep |= {
-            snap["rows"]["sha256"] for snap in (current, previous) if snap and snap.get("rows")
-        }
-        paginator = self._client.get_paginator("list_objects_v2")
-        stale = [
-            obj["Key"]
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(OBJECTS_DIR) + "/")
-            for obj in page.get("Contents", [])
-            if obj["Key"].rsplit("/", 1)[-1] not in keep
-        ]
-        for start in range(0, len(stale), 1000):
-            batch = [{"Key": k} for k in stale[start : start + 1000]]
-            self._client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-            )
+        """Publishes the writer cache's snapshot: see :func:`mmsearch.storage.publish.publish_snapshot`."""
+        return publish_snapshot(self, expect_etag=expect_etag, check=check)
 
 
 def _sha256(path: Path) -> str:

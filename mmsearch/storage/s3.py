@@ -21,8 +21,10 @@ turns what boto3 and LanceDB raise into one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,3 +193,16 @@ def store_error(uri: str, exc: BaseException, doing: str = "reach") -> StorageEr
         f"cannot {doing} {uri}: {describe_store_error(exc)}; "
         f"check the endpoint and the network, then re-run{kept}"
     )
+
+
+@contextlib.contextmanager
+def store_errors(uri: str, doing: str = "reach") -> Iterator[None]:
+    """Turns botocore's and LanceDB's store failures into one-line :class:`StorageError` s."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        if is_store_failure(exc):
+            raise store_error(uri, exc, doing) from exc
+        raise
