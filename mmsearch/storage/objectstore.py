@@ -196,10 +196,6 @@ class RemoteIndex:
             )
             return [o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", [])]
 
-    def read_published(self) -> dict[str, Any] | None:
-        """The published snapshot object (with each kind's manifest), or None."""
-        return self.read_published_etag()[0]
-
     def read_published_etag(self) -> tuple[dict[str, Any] | None, str | None]:
         """The published snapshot object and its etag, or (None, None)."""
         try:

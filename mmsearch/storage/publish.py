@@ -18,16 +18,32 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mmsearch.errors import StorageError
 from mmsearch.storage.s3 import MISSING_CODES, PRECONDITION_CODES, error_code, store_errors
 
-if TYPE_CHECKING:
-    from mmsearch.storage.objectstore import RemoteIndex
-
 SNAPSHOT_KEY = "snapshot.json"
 OBJECTS_DIR = "ann/objects"
+
+
+class RemoteIndex(Protocol):
+    """What publishing needs of :class:`mmsearch.storage.objectstore.RemoteIndex`."""
+
+    @property
+    def uri(self) -> str: ...
+
+    @property
+    def bucket(self) -> str: ...
+
+    @property
+    def client(self) -> Any: ...
+
+    def key(self, name: str) -> str: ...
+
+    def local_dir(self, role: str = "reader") -> Path: ...
+
+    def read_published_etag(self) -> tuple[dict[str, Any] | None, str | None]: ...
 
 
 @dataclass
