@@ -1,25 +1,37 @@
-"""Pipeline efficiency: model-only images/s vs end-to-end indexing from JPEG files.
+"""Indexing speed: whole runs side by side with rclip, the embedding phase against the CPU's
+peak, and model-only vs end-to-end images/s in one process.
 
-    python benchmarks/indexing_pipeline.py --n 200 --n-large 8 --models mmsearch-tiny,ViT-B-32
+    HF_HUB_OFFLINE=1 python benchmarks/indexing_pipeline.py --n 300 --rounds 2
 
-On one generated folder of photo-sized JPEGs (``--n`` at 800×600 plus ``--n-large``
-at 4000×3000), for each model and backend (torch, onnx): model-only images/s on
-pre-decoded uint8 arrays, then end-to-end images/s of ``run_index`` (decode workers,
-embedding, LanceDB writes, ANN build) from the files, with the model already loaded.
-Efficiency = end-to-end / model-only. Also: ONNX-vs-torch agreement (min cosine per
-item), and with ``--rclip PATH`` the images/s of ``rclip`` indexing the same folder
-in the same run. With ``--texts N``: texts/s of a generated N-row CSV, model only
-(pre-tokenised), tokenise-then-embed in one thread, and end-to-end ``run_index``
-(tokenised ahead on the prefetch thread). ``--skip-images`` times texts only.
-ViT-B-32 needs random weights in the HF cache (offline_weights.py).
+On one generated folder of ``--n`` photo-sized JPEGs (800×600; plus ``--n-large`` at
+4000×3000):
+
+1. **Whole runs** (``--rounds``, interleaved): ``mmsearch index FOLDER --json`` in a
+   fresh process per round and, when rclip is installed (on PATH, ``$RCLIP`` or
+   ``--rclip``), ``rclip -f x`` on the same folder with a fresh database (it indexes,
+   then answers one query), each measured with ``wait4`` (wall seconds, peak RSS).
+   Reported per tool: median images/s, peak RSS, and for mmsearch the embedding
+   phase (``embed_s`` of its report) and the fixed cost of a run (wall minus
+   embedding: start-up, model load, first decodes, writes, ANN build). The embedding
+   phase is also given as a share of the CPU's fp32 peak, measured in the same run
+   with a large matrix product (``--gflop`` per image: ViT-B-32's 8.8 at 224 px).
+2. **In one process** (``--in-process``): for each model and backend, model-only
+   images/s on pre-decoded arrays, then ``run_index`` end to end with the model
+   already loaded; efficiency = end-to-end / model-only; ONNX-vs-torch agreement.
+   With ``--texts N``: texts/s of a generated N-row CSV (model only, tokenise then
+   embed serially, end to end). ``--int8`` tries int8 ONNX (recall-gated).
+
+ViT-B-32 needs random weights in the HF cache (``offline_weights.py``); rclip runs
+offline on the random ViT-B-32-256 ONNX files of ``benchmarks/rclip_offline.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -32,8 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmsearch.indexer.decode import decode_file  # noqa: E402
 from mmsearch.indexer.pipeline import IndexOptions, run_index  # noqa: E402
 
-from benchmarks.rclip_offline import fresh_datadir, prepare  # noqa: E402
-from benchmarks.startup import make_photos  # noqa: E402
+from benchmarks.cpu_runtimes import matmul_peak_gflops  # noqa: E402
+from benchmarks.rclip_offline import find_rclip, fresh_datadir, prepare  # noqa: E402
+from benchmarks.startup import make_photos, run_measured  # noqa: E402
 from mmsearch.models.backends import load_encoder  # noqa: E402
 from mmsearch.models.spec import ModelSpec  # noqa: E402
 
@@ -88,13 +101,72 @@ def text_rates(encoder, spec: ModelSpec, work: Path, n: int) -> tuple[float, flo
     return model, serial, e2e
 
 
-def rclip_rate(rclip: str, models: Path, folder: Path, n: int, work: Path) -> float:
-    """Images/s of ``rclip`` indexing ``folder`` into a fresh database (then one query)."""
-    data = fresh_datadir(models, work)
-    env = dict(os.environ, RCLIP_DATADIR=str(data), HF_HUB_OFFLINE="1")
-    t0 = time.perf_counter()
-    subprocess.run([rclip, "-f", "x"], cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
-    return n / (time.perf_counter() - t0)
+def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | None) -> None:
+    """``mmsearch index`` and ``rclip`` on the same folder, each in fresh processes (section 1)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    mm = [
+        sys.executable,
+        "-m",
+        "mmsearch.cli",
+        "index",
+        str(folder),
+        "--model",
+        args.models.split(",")[0],
+    ]
+    mm += ["--backend", "onnx", "--json", "--no-progress"]
+    if rclip:
+        prepare(args.rclip_models)
+    runtimes = args.runtimes.split(",")
+    tools = {rt: "mmsearch" if rt == "onnxruntime" else f"mmsearch ({rt})" for rt in runtimes}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in tools.values()}
+    runs["rclip"] = []
+    print(f"load average at the start: {os.getloadavg()}")
+    peak = 0.0
+    for _ in range(args.rounds):
+        peak = max(peak, matmul_peak_gflops())
+        for runtime, tool in tools.items():
+            index_dir = Path(tempfile.mkdtemp(prefix="idx-cli-", dir=args.work))
+            out = args.work / "mmsearch-run.json"
+            with out.open("w") as sink:
+                wall, rss, code = run_measured(
+                    [*mm, "--index", str(index_dir)],
+                    dict(env, MMSEARCH_CPU_RUNTIME=runtime),
+                    stdout=sink,
+                )
+            shutil.rmtree(index_dir, ignore_errors=True)
+            if code == 0:
+                report = json.loads(out.read_text())
+                runs[tool].append(
+                    {"wall": wall, "rss": rss, "embed": report["embed_s"], "added": report["added"]}
+                )
+        if rclip:
+            data = fresh_datadir(args.rclip_models, args.work)
+            wall, rss, code = run_measured(
+                [rclip, "-f", "x"], dict(env, RCLIP_DATADIR=str(data)), cwd=folder
+            )
+            shutil.rmtree(data, ignore_errors=True)
+            if code == 0:
+                runs["rclip"].append({"wall": wall, "rss": rss, "added": total})
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s (best of {args.rounds})")
+    print(f"{'tool':22s} {'wall s':>7s} {'images/s':>9s} {'peak MiB':>9s} {'embed s':>8s} "
+          f"{'fixed s':>8s} {'embed of peak':>14s}")  # fmt: skip
+    rates = {}
+    for tool, rows in runs.items():
+        if not rows:
+            continue
+        wall = statistics.median(r["wall"] for r in rows)
+        rss = statistics.median(r["rss"] for r in rows)
+        rates[tool] = total / wall
+        line = f"{tool:22s} {wall:7.2f} {total / wall:9.2f} {rss:9.0f}"
+        if "embed" in rows[0]:
+            embed = statistics.median(r["embed"] for r in rows)
+            share = rows[0]["added"] / embed * args.gflop / peak
+            line += f" {embed:8.2f} {wall - embed:8.2f} {share:14.1%}"
+        print(line)
+    for tool, rate in rates.items():
+        if tool != "rclip" and "rclip" in rates:
+            print(f"{tool} / rclip images/s: {rate / rates['rclip']:.2f}")
+    print(f"load average at the end: {os.getloadavg()}")
 
 
 def report_int8(spec: ModelSpec, arrays: np.ndarray, batch_size: int, fp32: object | None) -> None:
@@ -124,14 +196,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--n-large", type=int, default=8)
-    ap.add_argument("--models", default="mmsearch-tiny,ViT-B-32")
-    ap.add_argument("--backends", default="torch,onnx")
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--n-large", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=2, help="whole runs of each tool")
+    ap.add_argument("--gflop", type=float, default=8.8, help="GFLOP per image of the model")
+    ap.add_argument("--models", default="ViT-B-32")
+    ap.add_argument("--backends", default="onnx")
+    ap.add_argument(
+        "--runtimes", default="onnxruntime", help="whole runs: onnxruntime and/or openvino"
+    )
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--rclip", default=None, help="rclip executable (its own venv)")
+    ap.add_argument(
+        "--rclip", default=None, help="rclip executable (default: found when installed)"
+    )
+    ap.add_argument("--no-rclip", action="store_true", help="do not run rclip")
+    ap.add_argument("--in-process", action="store_true", help="also the in-process figures")
     ap.add_argument("--int8", action="store_true", help="also try int8 ONNX (recall-gated)")
-    ap.add_argument("--skip-images", action="store_true", help="no image figures")
+    ap.add_argument("--skip-images", action="store_true", help="no in-process image figures")
     ap.add_argument(
         "--texts", type=int, default=0, help="also time a text collection of this many rows"
     )
@@ -143,14 +224,26 @@ def main() -> None:
 
     folder = args.work / "photos"
     make_photos(folder, args.n, (800, 600))
-    make_photos(args.work / "large", args.n_large, (4000, 3000), seed=1)
-    for path in (args.work / "large").glob("*.jpg"):
-        if not (folder / f"large-{path.name}").exists():
-            shutil.copy(path, folder / f"large-{path.name}")
+    if args.n_large:
+        make_photos(args.work / "large", args.n_large, (4000, 3000), seed=1)
+        for path in (args.work / "large").glob("*.jpg"):
+            if not (folder / f"large-{path.name}").exists():
+                shutil.copy(path, folder / f"large-{path.name}")
     total = len(list(folder.glob("*.jpg")))
     print(
         f"folder: {total} JPEGs ({args.n} at 800x600, {args.n_large} at 4000x3000); cores={os.cpu_count()}"
     )
+    rclip = None if args.no_rclip else find_rclip(args.rclip)
+    if rclip is None and not args.no_rclip:
+        print("rclip: not installed (pip install rclip in its own venv, then --rclip PATH)")
+    if args.rounds:
+        whole_runs(args, folder, total, rclip)
+    if args.in_process or args.texts or args.int8:
+        in_process(args, folder)
+
+
+def in_process(args: argparse.Namespace, folder: Path) -> None:
+    """Section 2: model-only vs end to end with the model loaded, texts, int8."""
     print(
         f"{'model':16s} {'backend':8s} {'model-only img/s':>17s} {'end-to-end img/s':>17s} {'efficiency':>11s}"
     )
@@ -183,10 +276,6 @@ def main() -> None:
         if {"torch", "onnx"} <= set(vectors):
             cos = np.sum(vectors["torch"] * vectors["onnx"], axis=1)
             print(f"{name:16s} onnx vs torch: min cosine per image {cos.min():.6f} (32 images)")
-    if args.rclip:
-        prepare(args.rclip_models)
-        rate = rclip_rate(args.rclip, args.rclip_models, folder, total, args.work)
-        print(f"{'rclip B-32-256':16s} {'onnx':8s} {'':17s} {rate:17.1f}")
 
 
 if __name__ == "__main__":

@@ -25,10 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmsearch.indexer.ann_build import calibration_prompts  # noqa: E402
-
 from mmsearch.models.onnx_encoder import OnnxEncoder  # noqa: E402
 from mmsearch.models.onnx_export import export_onnx  # noqa: E402
+from mmsearch.models.prompts import calibration_prompts  # noqa: E402
 from mmsearch.models.quantize import (  # noqa: E402
     MIN_RECALL_AT_10,
     generated_images,

@@ -67,6 +67,17 @@ def prepare(datadir: Path) -> Path:
     return datadir
 
 
+def find_rclip(given: str | None = None) -> str | None:
+    """The rclip executable: ``given``, else ``$RCLIP``, else ``rclip`` on PATH; None if none.
+    (rclip belongs in a venv of its own: ``python -m venv V && V/bin/pip install rclip``.)"""
+    import os
+
+    for candidate in (given, os.environ.get("RCLIP"), shutil.which("rclip")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def fresh_datadir(models: Path, work: Path) -> Path:
     """An empty rclip data directory (own database) linking to the prepared model files."""
     import tempfile

@@ -1,15 +1,18 @@
-"""One-shot start-up: wall time and peak RSS of `mmsearch --help`, `info` and `query`.
+"""One-shot start-up: wall time and peak RSS of `mmsearch --help`, `info` and `query`,
+side by side with `rclip -n` when rclip is installed.
 
-    python benchmarks/startup.py --rounds 3 [--baseline /path/to/other/python] [--rclip /venv/bin/rclip]
+    HF_HUB_OFFLINE=1 python benchmarks/startup.py --rounds 3 [--baseline /other/python] [--rclip PATH]
 
 Builds (once, cached in --work) a ViT-B-32 index (random weights placed by
-offline_weights.py) over --n generated photo-sized JPEGs and the demo index (the
-400-item sample catalog with mmsearch-tiny),
-then runs each command in a fresh process, interleaved round by round so machine
-noise hits every variant alike. Reports the median wall time and peak RSS (from
-wait4) per variant and the ratios against the first query variant. ``--baseline``
-runs the same queries with another interpreter (e.g. an older checkout's venv);
-``--rclip`` runs ``rclip -n`` on the same folder.
+offline_weights.py) over --n (300) generated 800×600 JPEGs, and the demo index (the
+400-item sample catalog: images, captions and metadata, with mmsearch-tiny, as
+``mmsearch demo`` builds it), then runs each command in a fresh process, interleaved
+round by round so machine noise hits every variant alike. Reports the median wall
+time and peak RSS (from wait4) per variant, and the ratios against ``rclip -n`` on
+the same photos (rclip found on PATH, ``$RCLIP`` or ``--rclip``; ``--no-rclip`` skips
+it), else against the first query. Both indexes carry a full-text index, so a plain
+query runs hybrid. ``--baseline`` runs the same queries with another interpreter
+(e.g. an older checkout's venv).
 """
 
 from __future__ import annotations
@@ -21,23 +24,33 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
 def run_measured(
-    cmd: list[str], env: dict[str, str], cwd: Path | None = None
+    cmd: list[str], env: dict[str, str], cwd: Path | None = None, stdout: Any = None
 ) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB, exit status) of one child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    """(wall seconds, peak RSS MiB, exit status) of one child process (stdout: discarded,
+    or to the file given)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty child never blocks
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=stdout if stdout is not None else subprocess.DEVNULL,
+            stderr=errors,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        errors.seek(0)
+        err = errors.read().decode(errors="replace")
     if proc.returncode != 0:
         print(
             f"  ! {' '.join(cmd[:6])} exited {proc.returncode}: {err.strip()[-300:]}",
@@ -80,7 +93,10 @@ def main() -> None:
     ap.add_argument(
         "--baseline", default=None, help="another python whose mmsearch to compare against"
     )
-    ap.add_argument("--rclip", default=None, help="path of an rclip executable (its own venv)")
+    ap.add_argument(
+        "--rclip", default=None, help="rclip executable (default: found when installed)"
+    )
+    ap.add_argument("--no-rclip", action="store_true", help="do not run rclip")
     ap.add_argument(
         "--rclip-models", type=Path, default=Path("/tmp/rclip-models"), help="see rclip_offline.py"
     )
@@ -116,8 +132,10 @@ def main() -> None:
         subprocess.run(
             [*mm, "sample-data", str(catalog)], env=env, check=True, stdout=subprocess.DEVNULL
         )
+        jsonl = str(catalog / "catalog.jsonl")
         subprocess.run(
-            [*mm, "index", str(catalog), "-i", str(demo_index), "--backend", "onnx"],
+            [*mm, "index", str(catalog), jsonl, "--metadata", jsonl, "-i", str(demo_index)]
+            + ["--model", "mmsearch-tiny", "--backend", "onnx", "--text-column", "caption"],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
@@ -156,16 +174,17 @@ def main() -> None:
             [args.baseline, "-m", "mmsearch.cli", "query", *q],
             args.work,
         )
-    if args.rclip:
-        from benchmarks.rclip_offline import fresh_datadir, prepare
+    from benchmarks.rclip_offline import find_rclip, fresh_datadir, prepare
 
+    rclip = None if args.no_rclip else find_rclip(args.rclip)
+    if rclip:
         prepare(args.rclip_models)
         env["RCLIP_DATADIR"] = str(fresh_datadir(args.rclip_models, args.work))
         # rclip indexes the working directory once here; -n then skips re-indexing
         subprocess.run(
-            [args.rclip, "-f", "x"], cwd=photos, env=env, stdout=subprocess.DEVNULL, check=True
+            [rclip, "-f", "x"], cwd=photos, env=env, stdout=subprocess.DEVNULL, check=True
         )
-        variants["rclip -n"] = ([args.rclip, "-n", "-f", args.query], photos)
+        variants["rclip -n"] = ([rclip, "-n", "-f", args.query], photos)
     for cmd, cwd in variants.values():  # warm the page cache and the ONNX export once
         run_measured(cmd, env, cwd)
     print(f"load average at the start: {os.getloadavg()}")
@@ -174,14 +193,15 @@ def main() -> None:
         for name, (cmd, cwd) in variants.items():
             wall, rss, _ = run_measured(cmd, env, cwd)
             results[name].append((wall, rss))
-    first = statistics.median(w for w, _ in results["query onnx (ViT-B-32)"])
+    against = "rclip -n" if "rclip -n" in results else "query onnx (ViT-B-32)"
+    first = statistics.median(w for w, _ in results[against])
     print(
-        f"{'variant':30s} {'wall s (median)':>16s} {'peak RSS MiB':>13s} {'wall / onnx query':>18s}"
+        f"{'variant':30s} {'wall s (median)':>16s} {'peak RSS MiB':>13s} {'wall / ' + against:>22s}"
     )
     for name, rows in results.items():
         wall = statistics.median(w for w, _ in rows)
         rss = statistics.median(r for _, r in rows)
-        print(f"{name:30s} {wall:16.2f} {rss:13.0f} {wall / first:18.2f}")
+        print(f"{name:30s} {wall:16.2f} {rss:13.0f} {wall / first:22.2f}")
 
     print(f"load average at the end: {os.getloadavg()}")
 

@@ -28,6 +28,12 @@ import numpy.typing as npt
 
 from mmsearch.errors import MMSearchError
 from mmsearch.models.base import Encoder
+from mmsearch.models.prompts import (  # noqa: F401 - the calibration vocabulary's old home
+    CALIBRATION_COLOURS,
+    CALIBRATION_NOUNS,
+    CALIBRATION_PLACES,
+    calibration_prompts,
+)
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage.rowsfile import rows_file_name, write_rows_file
 from mmsearch.storage.schema import fixed_list_to_numpy, sql_quote
@@ -37,46 +43,6 @@ from mmsearch.storage.table import ItemStore
 KINDS = ("image", "text")
 #: Cross-modal tuning sample size (text queries against images, and back).
 CROSS_TUNE_QUERIES = 500
-#: Text queries used to tune image indexes when the table holds no texts: generic
-#: product-search phrasing plus the synthetic catalog's own vocabulary.
-CALIBRATION_NOUNS = (
-    "shirt",
-    "dress",
-    "shoe",
-    "bag",
-    "hat",
-    "watch",
-    "chair",
-    "table",
-    "lamp",
-    "phone",
-    "car",
-    "dog",
-    "cat",
-    "tree",
-    "flower",
-    "house",
-    "beach",
-    "mountain",
-    "person",
-    "bottle",
-    "cup",
-    "book",
-    "bicycle",
-    "circle",
-    "square",
-    "triangle",
-    "star",
-)
-CALIBRATION_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "")
-CALIBRATION_PLACES = (
-    "",
-    " on the left",
-    " on the right",
-    " on the top",
-    " on the bottom",
-    " in the center",
-)
 #: Above this fraction of changed rows, rebuilding is cheaper than patching.
 INCREMENTAL_MAX_CHANGE = 0.5
 _ID_CHUNK = 5000
@@ -225,19 +191,6 @@ def _cross_queries(
     return None
 
 
-def calibration_prompts(seed: int) -> list[str]:
-    """The calibration texts used to tune image indexes when the table has no texts."""
-    prompts = [
-        f"a {colour} {noun}{place}".replace("  ", " ")
-        for noun in CALIBRATION_NOUNS
-        for colour in CALIBRATION_COLOURS
-        for place in CALIBRATION_PLACES
-    ]
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(prompts), size=min(CROSS_TUNE_QUERIES, len(prompts)), replace=False)
-    return [prompts[int(i)] for i in pick]
-
-
 def calibration_vectors(encoder: Any, seed: int) -> npt.NDArray[np.float32]:
     """Embeddings of :func:`calibration_prompts`, cached per model spec and backend.
 
@@ -246,7 +199,7 @@ def calibration_vectors(encoder: Any, seed: int) -> npt.NDArray[np.float32]:
     """
     from mmsearch.models.cache import user_cache_dir
 
-    prompts = calibration_prompts(seed)
+    prompts = calibration_prompts(seed, CROSS_TUNE_QUERIES)
     spec = getattr(encoder, "spec", None)
     ident = {
         "spec": spec.to_json() if spec is not None else type(encoder).__name__,

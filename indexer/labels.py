@@ -26,7 +26,9 @@ from mmsearch.labels import (
     load_label_sets,
     save_label_sets,
 )
+from mmsearch.models.hub import check_weights_reachable
 from mmsearch.storage.locks import write_guard
+from mmsearch.storage.rowsfile import published_model
 from mmsearch.storage.table import ItemStore
 
 
@@ -43,6 +45,9 @@ def label_index(
     ``index_dir`` is a folder or an object-store URI. Raises :class:`BadQueryError` when
     the images already carry the label set's column from elsewhere.
     """
+    published = published_model(index_dir) if encoder is None else None
+    if published is not None:  # weights out of reach: say so in a second, before LanceDB loads
+        check_weights_reachable(published)
     with writer_session(index_dir) as session:
         store = ItemStore.open(session.local_dir)
         spec = store.model_spec

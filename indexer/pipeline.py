@@ -10,6 +10,7 @@ and the next run picks up from there without re-embedding what was committed.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -73,7 +74,7 @@ def run_index(
     index_path = writer_location(index_dir)[0]
     sources = check_sources(paths, index_path)
     if encoder is None:
-        from mmsearch.models.loader import check_weights_reachable
+        from mmsearch.models.hub import check_weights_reachable
 
         check_weights_reachable(spec, offline=opts.offline)
     with writer_session(index_dir, wait_s=opts.lock_wait_s) as session:
@@ -99,6 +100,8 @@ def _run_index_locked(
     # Walk the folders and join the metadata sidecar before loading the model, so that a
     # sidecar that names none of the images fails in a second, not after the model load.
     walks = {path: walk_images(Path(os.path.abspath(path))) for path in paths if path.is_dir()}
+    if not ItemStore.exists(index_path):
+        _refuse_nothing_to_index(paths, walks)
     sidecar = None
     if opts.image_metadata:
         sidecar = load_image_metadata(opts.image_metadata, opts.file_column, opts.text_column)
@@ -163,6 +166,21 @@ def _run_index_locked(
         write_run_summary(index_path, report)
     check_not_all_failed(report)
     return report
+
+
+def _refuse_nothing_to_index(paths: Sequence[Path], walks: dict[Path, WalkResult]) -> None:
+    """A new index from folders without a single image is a mistake: say so, write nothing."""
+    if any(is_text_collection(p) for p in paths) or any(w.items for w in walks.values()):
+        return
+    from mmsearch.errors import NothingToIndexError
+    from mmsearch.imageio import IMAGE_EXTENSIONS
+
+    where = ", ".join(str(p) for p in paths)
+    kinds = " ".join(sorted(IMAGE_EXTENSIONS))
+    raise NothingToIndexError(
+        f"nothing to index: no images ({kinds}) in {where}; "
+        "give a folder of images or a text collection (.csv .tsv .jsonl .parquet)"
+    )
 
 
 def _run_id() -> str:
@@ -322,6 +340,11 @@ def _index_images(
     if decode_fn is None and gpu_decode_enabled(opts.gpu_decode, device):
         decode_fn = read_jpeg_or_decode  # workers read and check JPEGs; the GPU decodes them
     extra = {"decode": decode_fn} if decode_fn is not None else {}
+    warm_up = getattr(encoder, "warm_up", None)
+    if todo and warm_up is not None:  # the model's session loads while the first images decode
+        threading.Thread(
+            target=warm_up, args=("image",), name="mmsearch-warm-up", daemon=True
+        ).start()
     # Workers decode and resize ahead (up to 4 chunks each in flight) while this thread
     # runs the model, so decoding hides behind embedding.
     with DecodePool(

@@ -55,8 +55,16 @@ class UnsafePathError(BadQueryError):
     """A path in a query resolves outside the allowed roots."""
 
 
+class ImageNotFoundError(BadQueryError):
+    """An image path in a query names no file (inside the allowed roots)."""
+
+
 class SourceNotFoundError(MMSearchError, FileNotFoundError):
     """A path given to index does not exist, or is neither a folder nor a text collection."""
+
+
+class NothingToIndexError(MMSearchError):
+    """A first indexing run found no image and no text collection in the paths given."""
 
 
 class IndexingFailedError(MMSearchError):

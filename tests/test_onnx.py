@@ -17,7 +17,8 @@ from mmsearch.models.backends import (
     choose_backend,
     load_encoder,
 )
-from mmsearch.models.onnx_encoder import OnnxEncoder, find_export
+from mmsearch.models.exports import find_export
+from mmsearch.models.onnx_encoder import OnnxEncoder
 
 TINY = ModelSpec("mmsearch-tiny")
 TEXTS = [
@@ -105,8 +106,12 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
     import os
 
     from mmsearch.models.cache import write_json_atomic
-    from mmsearch.models.onnx_encoder import _weights_file
-    from mmsearch.models.onnx_export import EXPORT_VERSION, exports_registry, registry_key
+    from mmsearch.models.exports import (
+        EXPORT_VERSION,
+        exports_registry,
+        registry_key,
+        weights_file,
+    )
 
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache"))
     spec = ModelSpec("mmsearch-tiny", "")
@@ -129,7 +134,7 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
     other.write_bytes(b"older weights")
     register(str(other))
     assert find_export(spec, None) is None
-    register(str(_weights_file(spec)))
+    register(str(weights_file(spec)))
     assert find_export(spec, None) == export
 
 
@@ -183,3 +188,48 @@ def test_clean_text_ascii_shortcut_equals_ftfy() -> None:
     samples += [" floral shirt ", "it's", "a <b>tag</b>", "x &amp; y", "caf\u00e9", "a\r\nb"]
     for text in samples:
         assert clean_text(text) == html.unescape(html.unescape(ftfy.fix_text(text))).strip(), text
+
+
+def test_first_backend_is_recorded_without_encoding(tmp_path: Path, onnx_tiny, tiny_encoder):
+    """An image-only first run never loads the text tower for the record; the probes of
+    the reference backend are embedded when a second backend arrives."""
+
+    class ImageOnly:
+        backend = "onnx"
+        quantize = None
+        spec = onnx_tiny.spec
+
+        def encode_texts(self, texts):
+            raise AssertionError("the first backend of an index embedded the probe texts")
+
+    assert check_backend(tmp_path, ImageOnly(), record=True) == "onnx"
+    record = json.loads((tmp_path / "backends.json").read_text())
+    assert record["backends"] == {"onnx": {}} and record["reference"] == "onnx"
+    assert check_backend(tmp_path, ImageOnly(), record=False) == "onnx"  # known: no encoding
+    assert check_backend(tmp_path, tiny_encoder, record=True) == "torch"  # agrees with onnx
+    record = json.loads((tmp_path / "backends.json").read_text())
+    assert record["reference"] == "onnx"
+    assert all(len(entry["probe"]) == 6 for entry in record["backends"].values())
+    with pytest.raises(ModelMismatchError, match="onnx backend"):
+        check_backend(tmp_path, _Shifted(tiny_encoder), record=False)
+
+
+def test_openvino_runtime_agrees_with_onnx_runtime(onnx_tiny, monkeypatch) -> None:
+    """MMSEARCH_CPU_RUNTIME=openvino runs the same graphs: same vectors within 0.999."""
+    pytest.importorskip("openvino")
+    from mmsearch.models.onnx_encoder import OnnxEncoder
+    from mmsearch.models.openvino_session import OpenVinoSession
+
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino")
+    ov = OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec, threads=2)
+    texts = ["a red circle on the left", "blue square", "x " * 100, "café — 42%"]
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    got_t, got_i = ov.encode_texts(texts), ov.encode_images(images)
+    assert all(isinstance(s, OpenVinoSession) for s in ov._sessions.values())
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "onnxruntime")
+    want_t, want_i = onnx_tiny.encode_texts(texts), onnx_tiny.encode_images(images)
+    assert np.sum(got_t * want_t, axis=1).min() >= 0.999
+    assert np.sum(got_i * want_i, axis=1).min() >= 0.999
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "tensorflow")
+    with pytest.raises(ModelLoadError, match="choose one of onnxruntime, openvino"):
+        OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec).encode_texts(["x"])

@@ -33,11 +33,9 @@ def readme_python_example() -> str:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """A folder holding what the example names: ./catalog (with bad files) and ./ref.jpg."""
+    """What the example names: ./catalog as `mmsearch sample-data` makes it (plus bad files)."""
     root = tmp_path_factory.mktemp("readme-python")
-    info = generate_catalog(root / "catalog", n=N_IMAGES, seed=5, corrupt=N_CORRUPT)
-    first_jpg = next(root / "catalog" / r["file"] for r in info.rows if r["file"].endswith(".jpg"))
-    shutil.copyfile(first_jpg, root / "ref.jpg")
+    generate_catalog(root / "catalog", n=N_IMAGES, seed=5, corrupt=N_CORRUPT)
     return root
 
 
@@ -70,9 +68,12 @@ def _run(cwd: Path, via: str) -> subprocess.CompletedProcess[str]:
 def _check(done: subprocess.CompletedProcess[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert f"REPORT {N_IMAGES} {N_CORRUPT}" in done.stdout, done.stdout
+    # every good image and every caption indexed; the bad files reported
+    assert f"REPORT {2 * N_IMAGES} {N_CORRUPT}" in done.stdout, done.stdout
     hits = [line for line in done.stdout.splitlines() if line[:1].isdigit()]
     assert len(hits) == 5  # the example prints the top 5 image hits
+    captions = [line for line in done.stdout.splitlines() if line.startswith("caption: a ")]
+    assert len(captions) == 3  # image → text finds captions (the index holds texts)
 
 
 def test_unguarded_script_indexes_every_good_image(workdir):

@@ -214,7 +214,8 @@ def test_command_line_block(readme_cli):
             for label in ("rows", "model", "ann[image]", "source", "disk", "last run"):
                 assert re.search(rf"^ {re.escape(label)}", r.stdout, re.M), label
         elif args[0] == "build-index":
-            assert "built image:" in r.stdout and "built text:" in r.stdout
+            assert re.search(r"^image: rebuilt: flat, \d+ vectors", r.stdout, re.M), r.stdout
+            assert re.search(r"^text: rebuilt: flat, \d+ vectors", r.stdout, re.M), r.stdout
         elif args[0] == "check":
             assert "0 changed since indexing" in r.stdout
     assert not readme_cli.default_index_left  # the failed default-model runs left nothing

@@ -64,10 +64,10 @@ def test_info_imports_nothing_heavy(tiny_index: Path) -> None:
 
 def test_onnx_text_query_imports_no_torch(tiny_index: Path) -> None:
     args = ["query", "a red circle", "--index", str(tiny_index), "--backend", "onnx", "--json"]
-    modules, out = _imported(args)  # hybrid by default: the lexical leg reads LanceDB
+    modules, out = _imported(args)  # hybrid: the lexical leg runs on LanceDB's native core
     assert len(json.loads(out.strip().splitlines()[0])) == 10
-    assert "torch" not in modules and "open_clip" not in modules
-    modules, out = _imported([*args, "--mode", "vector"])  # the vector leg alone needs no LanceDB
+    assert "torch" not in modules and "open_clip" not in modules and "lancedb" not in modules
+    modules, out = _imported([*args, "--mode", "vector"])
     assert len(json.loads(out.strip().splitlines()[0])) == 10
     assert "torch" not in modules and "open_clip" not in modules and "lancedb" not in modules
 

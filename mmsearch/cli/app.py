@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
 from mmsearch.cli.data import demo_cmd, sample_data_cmd
 from mmsearch.cli.evaluate import eval_cmd
 from mmsearch.cli.finetune import finetune_cmd
-from mmsearch.cli.help import use_clean_help
+from mmsearch.cli.help import CleanHelpGroup, use_clean_help
 from mmsearch.cli.index import index_cmd
 from mmsearch.cli.label import label_cmd
 from mmsearch.cli.manage import build_index_cmd, check_cmd, info_cmd, remove_cmd, repair_cmd
@@ -27,7 +28,32 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=CleanHelpGroup,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mmsearch {version('mmsearch')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("mmsearch (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Cross-modal semantic search: index image folders and text collections with CLIP, then query them."""
+
 
 app.command("index")(index_cmd)
 app.command("query")(query_cmd)
@@ -49,8 +75,10 @@ use_clean_help(app)  # after the last command: PATHS... and untyped flags in --h
 #: Commands that finish in one shot: once their output is flushed, the process ends
 #: with os._exit, skipping an interpreter teardown that can take a second with torch,
 #: ONNX Runtime and LanceDB loaded. Nothing is left to clean up: results are written,
-#: indexes were only read.
-ONE_SHOT_COMMANDS = frozenset({"query", "info", "check"})
+#: indexes were only read, or (index) every commit is made, the snapshot published and
+#: the writer lock released before the summary prints. ``index --ray`` keeps the normal
+#: exit, which stops the local Ray cluster it started.
+ONE_SHOT_COMMANDS = frozenset({"query", "info", "check", "index"})
 
 
 def main() -> None:
@@ -59,7 +87,11 @@ def main() -> None:
     # LanceDB's native log lines (a commit it could not verify, ...) would come on top of
     # the one-line error that says what happened; LANCEDB_LOG=warn brings them back.
     os.environ.setdefault("LANCEDB_LOG", "error")
-    one_shot = len(sys.argv) > 1 and (sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h"))
+    one_shot = len(sys.argv) > 1 and (
+        sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h", "--version")
+    )
+    if "--ray" in sys.argv or any(arg.startswith("--ray=") for arg in sys.argv):
+        one_shot = False
     if not one_shot:
         app()
         return

@@ -50,5 +50,5 @@ def demo_cmd(
     print_summary(demo.report, console, err_console)
     for query, kind, results in demo.queries:
         console.rule(f"[bold]{escape(query)}[/] → {kind}")
-        console.print(result_table(results))
+        console.print(result_table(results, width=console.width))
     console.print(f"[green]gallery:[/] {escape(str(demo.html_path))}")

@@ -121,22 +121,25 @@ def finetune_cmd(
     from mmsearch.cli.common import console, err_console, reported_errors
     from mmsearch.cli.progress import progress_bar
     from mmsearch.errors import BadQueryError
+    from mmsearch.models.hub import check_weights_reachable
     from mmsearch.models.spec import ModelSpec
-    from mmsearch.training.data import pairs_from_index, read_pairs
-    from mmsearch.training.finetune import FinetuneConfig, finetune
-    from mmsearch.training.loop import LOCKS, FitConfig
 
     with reported_errors():
         if (catalog is None) == (index is None):
             raise BadQueryError("give a catalog file or --index (one of them)")
-        if lock not in LOCKS or precision not in ("auto", "bf16", "fp32"):
-            raise BadQueryError("--lock is image, text or none; --precision is auto, bf16 or fp32")
         if model is None and index is not None:
             from mmsearch.storage.table import ItemStore
 
             spec = ItemStore.open(index).model_spec
         else:
             spec = ModelSpec.parse(model, pretrained)
+        check_weights_reachable(spec)  # in a second, before torch and open_clip load
+        from mmsearch.training.data import pairs_from_index, read_pairs
+        from mmsearch.training.finetune import FinetuneConfig, finetune
+        from mmsearch.training.loop import LOCKS, FitConfig
+
+        if lock not in LOCKS or precision not in ("auto", "bf16", "fp32"):
+            raise BadQueryError("--lock is image, text or none; --precision is auto, bf16 or fp32")
         pairs = (
             read_pairs(catalog, image_column=image_column, text_column=text_column)
             if catalog

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, get_args
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperOption
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 
 class _Argument(TyperArgument):
@@ -46,6 +46,21 @@ class _Option(TyperOption):
 
 class CleanHelpCommand(TyperCommand):
     """A Typer command whose parameters are shown as :mod:`mmsearch.cli.help` describes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _restyle(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _restyle(option)
+        return option
+
+
+class CleanHelpGroup(TyperGroup):
+    """The top-level group, its own options (``--help``, ``--version``) shown the same way."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -69,7 +69,10 @@ def index_cmd(
     if reembed:
         from mmsearch.cli.reembed import reembed_then_index
 
-        reembed_then_index(resolve_index_dir(index), spec, list(paths), batch_size, workers, device, json_out, strict)
+        reembed_then_index(
+            resolve_index_dir(index), spec, list(paths), batch_size, workers, device, json_out, strict,
+            quiet=quiet, show_progress=not (quiet or no_progress),
+        )  # fmt: skip
         return
     options = IndexOptions(
         batch_size=batch_size,

@@ -31,6 +31,7 @@ def build_index_cmd(
     index_type: Annotated[str, typer.Option("--index-type", help="auto, flat or ivfpq.")] = "auto",
     target_recall: Annotated[float, typer.Option("--target-recall", min=0.1, max=1.0, help="recall@10 the tuner aims for.")] = 0.95,
     retrain: Annotated[bool, typer.Option("--retrain", help="Retrain the IVF-PQ quantizers from scratch.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print each kind's ANN index description as JSON.")] = False,
     quiet: QuietOpt = False,
     no_progress: NoProgressOpt = False,
     wait: WaitOpt = 0.0,
@@ -46,9 +47,13 @@ def build_index_cmd(
             retrain=retrain, progress=RichProgress(bar), wait_s=wait, warnings=warnings,
         )  # fmt: skip
     print_warnings(warnings)
-    if not quiet:
+    if json_out:
+        sys.stdout.write(json.dumps(infos, default=str) + "\n")
+    elif not quiet:
+        from mmsearch.cli.render import ann_summary
+
         for kind, info in infos.items():
-            console.print(f"[green]built[/] {kind}: {escape(json.dumps(info, default=str))}")
+            console.print(f"[green]{escape(kind)}[/]: {escape(ann_summary(info))}")
 
 
 def info_cmd(
@@ -110,7 +115,7 @@ def check_cmd(
         for kind, rows_checked in verified.items():
             console.print(f"[green]ok[/] {kind}: {rows_checked} rows; ANN files match their checksums and the table")
         for item in changed:
-            console.print(f"[yellow]changed[/] {item.id}  {escape(item.path)}: {escape(item.reason)}")
+            console.print(f"[yellow]changed since indexing:[/] {escape(item.path)}: {escape(item.reason)} (item id {item.id})")
         style = "green" if not changed else "yellow"
         console.print(f"[{style}]{checked} image(s) checked, {len(changed)} changed since indexing[/]"
                       + ("; re-run mmsearch index on their folders" if changed else ""))  # fmt: skip

@@ -92,7 +92,7 @@ def query_cmd(
     elif preview and results:
         print_previews(results, console, err_console)
     elif results:
-        console.print(result_table(results))
+        console.print(result_table(results, width=console.width))
     if stale:
         err_console.print("[yellow]note:[/] the index has changes newer than its search index; run mmsearch build-index")
     if not results:

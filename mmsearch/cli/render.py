@@ -10,9 +10,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 #: Metadata keys shown first in the results table, when present.
 BRIEF_KEYS = ("sku", "category", "colour", "shape", "position", "price")
@@ -48,23 +49,50 @@ def _brief(metadata: Mapping[str, Any]) -> str:
     )  # zero-shot labels
 
 
-def result_table(results: Sequence[Any]) -> Table:
-    """The hits as a table; the metadata column appears only when some hit has metadata."""
+#: Narrowest metadata column worth its own column; below it metadata goes under the path.
+MIN_METADATA_WIDTH = 28
+
+
+def result_table(results: Sequence[Any], width: int | None = None) -> Table:
+    """The hits as a table; metadata appears only when some hit has metadata.
+
+    Rank, score and kind are never cut, and paths never wrap (they stay copyable). When
+    ``width`` (the terminal's) leaves the metadata less than :data:`MIN_METADATA_WIDTH`
+    columns beside the longest path, each hit's metadata goes on the lines under its
+    path, wrapped between entries, instead of a column a few characters wide.
+    """
     briefs = [_brief(hit.metadata) for hit in results]
+    shown = [_shown(hit) for hit in results]
+    has_text = any(h.kind == "text" for h in results)
     table = Table(show_lines=False)
-    table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("kind")
-    # Paths never wrap (they stay copyable); the metadata column folds to make room.
-    table.add_column("path / text", no_wrap=not any(h.kind == "text" for h in results))
-    if any(briefs):
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True, min_width=6)
+    table.add_column("kind", no_wrap=True, min_width=5)
+    # rank, score, kind and the borders take about 28 columns
+    longest = 0 if has_text else max((len(s) for s in shown), default=0)
+    stacked = any(briefs) and width is not None and width - 28 - longest - 3 < MIN_METADATA_WIDTH
+    table.add_column(
+        "path / text" + (" / metadata" if stacked else ""), no_wrap=not (has_text or stacked)
+    )
+    if any(briefs) and not stacked:
         table.add_column("metadata", overflow="fold")
-    for hit, brief in zip(results, briefs, strict=True):
-        row = [str(hit.rank), f"{hit.score:.4f}", hit.kind, escape(_shown(hit))]
-        if any(briefs):
+    for hit, brief, what in zip(results, briefs, shown, strict=True):
+        main: Any = escape(what)
+        if stacked:
+            main = _stack(what, brief, hit.kind == "text")
+        row: list[Any] = [str(hit.rank), f"{hit.score:.4f}", hit.kind, main]
+        if any(briefs) and not stacked:
             row.append(escape(brief))
         table.add_row(*row)
     return table
+
+
+def _stack(what: str, brief: str, is_text: bool) -> Any:
+    """A path (never wrapped) or a text, and under it the metadata in dim type."""
+    lines: list[Any] = [Text(what, no_wrap=not is_text, overflow="ignore")]
+    if brief:
+        lines.append(Text(brief, style="dim", overflow="fold"))
+    return Group(*lines)
 
 
 def paths_only_line(hit: Any) -> str:
@@ -117,6 +145,28 @@ def print_summary(report: Any, out: Console, err: Console) -> None:
         )
     out.print(table)
     print_failures(report, err)
+
+
+def ann_summary(info: Mapping[str, Any]) -> str:
+    """One line for one kind's ANN index: what was done, its type, size and quality.
+
+    >>> ann_summary({"type": "flat", "n": 400, "d": 64, "mode": "rebuilt", "recall_at_10": 1.0})
+    'rebuilt: flat, 400 vectors of 64 dimensions, recall@10 1.000'
+    """
+    mode = str(info.get("mode") or "built")
+    parts = [f"{info.get('type')}, {info.get('n')} vectors of {info.get('d')} dimensions"]
+    params = info.get("params") or {}
+    if info.get("type") != "flat" and params:
+        parts.append(
+            f"{params.get('nlist')} lists, PQ m={params.get('m')}, nprobe {info.get('nprobe')}, "
+            f"refine x{info.get('refine')}"
+        )
+    if info.get("recall_at_10") is not None:
+        parts.append(f"recall@10 {float(info['recall_at_10']):.3f}")
+    seconds = info.get("build_seconds")
+    if mode != "unchanged" and seconds:
+        parts.append(f"{float(seconds):.1f}s")
+    return f"{mode}: " + ", ".join(parts)
 
 
 def print_failures(report: Any, err: Console, limit: int = 10) -> None:

@@ -44,11 +44,16 @@ def serve_cmd(
     http: Annotated[str, typer.Option("--http", help="HTTP parser: auto (httptools when installed), httptools or h11.")] = "auto",
     loop: Annotated[str, typer.Option("--loop", help="Event loop: auto (uvloop when installed), uvloop or asyncio.")] = "auto",
     search_concurrency: Annotated[int, typer.Option("--search-concurrency", min=1, max=256, help="Searches each worker runs at once; more wait their turn in arrival order.")] = 2,
+    max_header_kb: Annotated[float, typer.Option("--max-header-kb", min=1.0, max=1024.0, help="Largest request line + headers; more gets 431.")] = 16.0,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.5, max=600.0, help="Seconds a connection has to send complete request headers (from opening, or from its last answer).")] = 10.0,
+    keepalive_timeout: Annotated[float, typer.Option("--keepalive-timeout", min=1.0, max=600.0, help="Seconds an idle connection is kept open after an answer.")] = 5.0,
+    max_connections: Annotated[int, typer.Option("--max-connections", min=1, max=1_000_000, help="Open connections per worker (at most half the open-file limit); more get 503.")] = 1000,
 ) -> None:
     """Serve the HTTP API and the web gallery for an index."""
     from mmsearch.serve.app import ServerConfig
+    from mmsearch.serve.connections import ConnectionLimits
     from mmsearch.serve.lifecycle import bind_socket, prepare_workers, run
-    from mmsearch.serve.security import check_bind_policy, is_loopback
+    from mmsearch.serve.security import check_bind_policy, check_token, is_loopback
 
     if log_format not in ("text", "json", "none"):
         err_console.print("[bold red]error:[/] --log-format must be text, json or none")
@@ -57,6 +62,8 @@ def serve_cmd(
         err_console.print("[bold red]error:[/] --http must be auto, httptools or h11; --loop auto, uvloop or asyncio")
         raise typer.Exit(2)
     with reported_errors():
+        if token:
+            check_token(token)
         check_bind_policy(host, token, insecure_no_auth)
         sock = bind_socket(host, port)  # a busy port fails here, before the model loads
     if not token and not is_loopback(host):
@@ -95,6 +102,11 @@ def serve_cmd(
     extra = f" with {workers} workers" if workers > 1 else ""
     auth = "token required" if token else "no token"
     err_console.print(f"serving {escape(str(config.index_dir))} on http://{escape(shown)}:{port}{extra} ({auth})")
-    with prepare_workers(workers):
+    limits = ConnectionLimits(
+        max_header_bytes=int(max_header_kb * 1024), header_timeout_s=header_timeout,
+        keepalive_s=keepalive_timeout, max_connections=max_connections,
+    )  # fmt: skip
+    with prepare_workers(workers, config):
         run(config, sock, workers=workers, proxy_headers=proxy_headers,
-            forwarded_allow_ips=forwarded_allow_ips, log_format=log_format, http=http, loop=loop)  # fmt: skip
+            forwarded_allow_ips=forwarded_allow_ips, log_format=log_format, http=http, loop=loop,
+            limits=limits)  # fmt: skip

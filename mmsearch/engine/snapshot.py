@@ -30,6 +30,7 @@ from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.search.encode import UrlFetcher
 from mmsearch.search.rows import ROW_COLUMNS, Rows
+from mmsearch.storage.fulltext import FullTextTable, open_items_fulltext
 from mmsearch.storage.objectstore import RemoteIndex, remote_index
 from mmsearch.storage.snapshot import Snapshot, read_snapshot
 from mmsearch.storage.table import ItemStore
@@ -111,6 +112,7 @@ class IndexSnapshot:
         self._remote = remote
         self._rows = Rows(rows) if rows is not None else None
         self._store = store
+        self._fulltext: FullTextTable | None = None
         self._floors: dict[str, float] | None = None
         self._lock = threading.RLock()
 
@@ -250,7 +252,13 @@ class IndexSnapshot:
             return self._rows
 
     def lexical_table(self) -> Any:
-        return self.store.table
+        """The items table at the snapshot's version, for full-text queries only: LanceDB's
+        native core, without importing the ``lancedb`` package (see
+        :mod:`mmsearch.storage.fulltext`)."""
+        with self._lock:
+            if self._fulltext is None:
+                self._fulltext = open_items_fulltext(self._index_dir, self.published.table_version)
+            return self._fulltext
 
     def kind_floors(self) -> Mapping[str, float]:
         """Per-kind chance levels for hybrid's cut-off (see :mod:`mmsearch.search.calibrate`)."""

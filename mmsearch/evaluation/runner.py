@@ -25,6 +25,7 @@ from mmsearch.evaluation.metrics import (
     query_metrics,
 )
 from mmsearch.evaluation.variants import PRIMARY, available_variants, search_options
+from mmsearch.search.limits import MAX_K
 from mmsearch.uris import path_to_uri, uri_to_path
 
 #: progress(stage, advance, more_total), as the indexing pipeline reports it.
@@ -162,7 +163,10 @@ def evaluate_queries(
     Each query is searched once per variant with ``k = depth``; recall@k, MRR (within
     ``depth``) and nDCG@10 are computed per query and averaged. Relevant items absent
     from the index still count as relevant (they lower recall) and are listed in
-    ``skipped``; a query with no relevant item in the index at all is skipped.
+    ``skipped``; a query with no relevant item in the index at all is skipped. An image
+    query whose own file is indexed finds itself first: unless the set lists that file
+    among the query's relevant items, it is left out of the query's ranking, so that it
+    counts neither as a hit nor as a miss (as in query-by-example benchmarks).
     """
     started = time.perf_counter()
     progress = progress or no_progress
@@ -196,15 +200,20 @@ def evaluate_queries(
             "top": {},
         }
         ranked_by: dict[str, list[int]] = {}
+        # Query by example: the query image itself, when indexed and not listed as relevant,
+        # is left out of its own ranking (finding itself is neither a hit nor a miss).
+        own = catalog.resolve(query.query) if os.path.isfile(query.query) else None
+        if own is not None and grades.get(own, 0.0) > 0:
+            own = None
         for variant in chosen:
             results = index.search(
                 query.query,
-                k=depth,
+                k=min(depth + (own is not None), MAX_K),
                 kind=query.kind,
                 where=query.where or None,
                 **(search_options(index.search, variant) or {}),
             )
-            ranked = [r.id for r in results]
+            ranked = [r.id for r in results if r.id != own][:depth]
             ranked_by[variant.name] = ranked
             metrics = query_metrics(ranked, grades, ks)
             per_variant[variant.name].append(metrics)

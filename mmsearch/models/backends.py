@@ -20,6 +20,7 @@ import numpy as np
 
 from mmsearch.errors import ModelLoadError, ModelMismatchError
 from mmsearch.models.cache import read_json, write_json_atomic
+from mmsearch.models.hub import check_weights_reachable
 from mmsearch.models.spec import ModelSpec
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -91,11 +92,10 @@ def load_encoder(
             raise ModelLoadError(
                 "the ONNX backend runs in fp32 (optionally --quantize int8); drop --dtype"
             )
-        from mmsearch.models.onnx_encoder import load_onnx_encoder
-
         return load_onnx_encoder(spec, quantize=quantize)
     if quantize:
         raise ModelLoadError("--quantize applies to the ONNX backend; add --backend onnx")
+    check_weights_reachable(spec)  # in a second, before torch and open_clip load
     from mmsearch.models.loader import load_torch_encoder
 
     return load_torch_encoder(spec, device, dtype=dtype)
@@ -116,10 +116,14 @@ def read_backend_record(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def check_backend(index_dir: str | os.PathLike[str], encoder: Any, *, record: bool) -> str:
     """Refuses an encoder whose backend disagrees with the index's recorded vectors.
 
-    A backend already recorded passes at once (no encoding). Otherwise the probe texts
-    are embedded and compared, per text, with the first recorded backend's; below
-    :data:`AGREEMENT_MIN_COSINE` raises :class:`ModelMismatchError`. With ``record``
-    (writers), the new backend is added to the record. Returns the encoder's label.
+    A backend already recorded passes at once (no encoding). The first backend of an
+    index is recorded without encoding anything: until a second backend comes, there
+    is nothing to compare, and an image-only run would otherwise load the text tower
+    for the probes alone (about a second for ViT-B-32). A second backend embeds the
+    probe texts, and so does the reference backend (loaded then, once; its probes
+    are recorded); per text, a cosine below :data:`AGREEMENT_MIN_COSINE` raises
+    :class:`ModelMismatchError`. With ``record`` (writers), the new backend is added
+    to the record. Returns the encoder's label.
     """
     label = backend_label(encoder)
     path = Path(index_dir) / RECORD_NAME
@@ -130,23 +134,56 @@ def check_backend(index_dir: str | os.PathLike[str], encoder: Any, *, record: bo
         return label  # another model altogether: the model check reports that
     if label in backends:
         return label
+    if not backends:
+        if record:
+            write_json_atomic(path, {"model": spec_key, "reference": label, "backends": {label: {}}})
+        return label
+    first_label = str(data.get("reference") or next(iter(backends)))
     probes = np.asarray(encoder.encode_texts(list(PROBE_TEXTS)), dtype=np.float32)
-    if backends:
-        first_label = str(data.get("reference") or next(iter(backends)))
-        reference = np.asarray(backends[first_label]["probe"], dtype=np.float32)
-        if reference.shape == probes.shape:
-            cosines = np.sum(reference * probes, axis=1)
-            worst = float(cosines.min())
-            if worst < AGREEMENT_MIN_COSINE:
-                raise ModelMismatchError(
-                    f"the index was embedded with the {first_label} backend and {label} disagrees with it "
-                    f"(cosine {worst:.4f} < {AGREEMENT_MIN_COSINE}); use --backend "
-                    f"{first_label.split('-')[0]}{' --quantize int8' if first_label.endswith('int8') else ''}"
-                )
+    stored = backends.get(first_label, {}).get("probe")
+    if stored is None:  # recorded before anything needed its probes: embed them now
+        stored = _probes_of(first_label, encoder.spec).round(6).tolist()
+        backends[first_label] = {"probe": stored}
+    reference = np.asarray(stored, dtype=np.float32)
+    if reference.shape == probes.shape:
+        cosines = np.sum(reference * probes, axis=1)
+        worst = float(cosines.min())
+        if worst < AGREEMENT_MIN_COSINE:
+            raise ModelMismatchError(
+                f"the index was embedded with the {first_label} backend and {label} disagrees with it "
+                f"(cosine {worst:.4f} < {AGREEMENT_MIN_COSINE}); use --backend "
+                f"{first_label.split('-')[0]}{' --quantize int8' if first_label.endswith('int8') else ''}"
+            )
     if record:
         backends[label] = {"probe": probes.round(6).tolist()}
-        reference_label = data.get("reference") or label  # the first backend stays the reference
-        write_json_atomic(
-            path, {"model": spec_key, "reference": reference_label, "backends": backends}
-        )
+        write_json_atomic(path, {"model": spec_key, "reference": first_label, "backends": backends})
     return label
+
+
+def _probes_of(label: str, spec: ModelSpec) -> np.ndarray:
+    """The probe texts embedded by the backend ``label`` names (``torch``, ``onnx``, ``onnx-int8``)."""
+    backend, _, quantize = label.partition("-")
+    encoder = load_encoder(spec, "cpu", backend=backend, quantize=quantize or None)
+    return np.asarray(encoder.encode_texts(list(PROBE_TEXTS)), dtype=np.float32)
+
+
+def load_onnx_encoder(
+    spec: ModelSpec, *, quantize: str | None = None, threads: int | None = None
+) -> Any:
+    """The ONNX encoder (:class:`~mmsearch.models.onnx_encoder.OnnxEncoder`) of ``spec``: the cached export, or a new one (imports torch once)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(
+            "the ONNX backend needs onnxruntime: pip install 'mmsearch[onnx]'"
+        ) from exc
+    from mmsearch.models.exports import find_export
+    from mmsearch.models.onnx_encoder import OnnxEncoder
+
+    target = find_export(spec, quantize)
+    if target is None:
+        check_weights_reachable(spec)  # in a second, before the export imports torch
+        from mmsearch.models.onnx_export import export_onnx
+
+        target = export_onnx(spec, quantize=quantize)
+    return OnnxEncoder(target, spec, threads=threads)

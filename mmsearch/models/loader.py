@@ -22,14 +22,13 @@ import torch
 from mmsearch.errors import ModelLoadError
 from mmsearch.models.encoder import ClipEncoder
 from mmsearch.models.fastload import TowerLoader
+from mmsearch.models.hub import ALTERNATIVES, looks_like_path
 from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TINY_WEIGHTS = WEIGHTS_DIR / f"{TINY_MODEL_NAME}.safetensors"
 
-_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-_ALTERNATIVES = "pass a local checkpoint with --pretrained PATH, or use --model mmsearch-tiny (ships with mmsearch)"
 _DTYPES = {
     "fp32": None,
     "float32": None,
@@ -84,15 +83,6 @@ def _autocast_dtype(device: str, dtype: str | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
-def _looks_like_path(value: str) -> bool:
-    return (
-        os.sep in value
-        or (os.altsep is not None and os.altsep in value)
-        or value.lower().endswith(_CHECKPOINT_SUFFIXES)
-        or value.startswith(("~", "."))
-    )
-
-
 def _check_architecture(name: str) -> None:
     import open_clip
 
@@ -118,17 +108,17 @@ def _resolve_pretrained(spec: ModelSpec) -> str:
             raise ModelLoadError(f"shipped weights missing: {TINY_WEIGHTS}; reinstall mmsearch")
         return str(TINY_WEIGHTS)
     if not pretrained:
-        raise ModelLoadError(f"no weights given for {name!r}; {_ALTERNATIVES}")
-    if _looks_like_path(pretrained) or os.path.exists(pretrained):
+        raise ModelLoadError(f"no weights given for {name!r}; {ALTERNATIVES}")
+    if looks_like_path(pretrained) or os.path.exists(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise ModelLoadError(f"checkpoint file not found: {path}; {_ALTERNATIVES}")
+            raise ModelLoadError(f"checkpoint file not found: {path}; {ALTERNATIVES}")
         return str(path)
     if not open_clip.get_pretrained_cfg(name, pretrained):
         tags = open_clip.list_pretrained_tags_by_model(name)
         shown = ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "") if tags else "none"
         raise ModelLoadError(
-            f"unknown pretrained tag {pretrained!r} for {name!r} (known tags: {shown}); {_ALTERNATIVES}"
+            f"unknown pretrained tag {pretrained!r} for {name!r} (known tags: {shown}); {ALTERNATIVES}"
         )
     return pretrained
 
@@ -224,7 +214,7 @@ def load_model(spec: ModelSpec, device: str | None = None) -> tuple[torch.nn.Mod
         else:
             reason = f"{type(exc).__name__}: {_one_line(exc)}"
         raise ModelLoadError(
-            f"cannot load weights {spec.key!r} ({reason}); {_ALTERNATIVES}"
+            f"cannot load weights {spec.key!r} ({reason}); {ALTERNATIVES}"
         ) from exc
     return model, tokenizer
 
@@ -281,7 +271,7 @@ def load_torch_encoder(
         raise
     except Exception as exc:  # open_clip raises RuntimeError/OSError/pickle errors/...
         raise ModelLoadError(
-            f"cannot load weights {spec.key!r} ({type(exc).__name__}: {_one_line(exc)}); {_ALTERNATIVES}"
+            f"cannot load weights {spec.key!r} ({type(exc).__name__}: {_one_line(exc)}); {ALTERNATIVES}"
         ) from exc
     if towers is not None:
         return ClipEncoder(
@@ -290,89 +280,6 @@ def load_torch_encoder(
     model, tokenizer = load_model(spec, dev)
     model.requires_grad_(False)
     return ClipEncoder(model, tokenizer, spec, dev, autocast_dtype=autocast)
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _hub_files(spec: ModelSpec) -> tuple[str, list[str]] | None:
-    """(hub repo, candidate files) holding ``spec``'s weights, or None when none is needed."""
-    if spec.name.startswith("hf-hub:"):
-        return spec.name[len("hf-hub:") :], ["open_clip_config.json"]
-    if (
-        spec.name.startswith("local-dir:")
-        or not spec.pretrained
-        or _looks_like_path(spec.pretrained)
-    ):
-        return None
-    import open_clip
-
-    hub = open_clip.get_pretrained_cfg(spec.name, spec.pretrained).get("hf_hub", "")
-    if not hub:
-        return None  # unknown tag (load_encoder explains) or a URL download
-    repo, filename = os.path.split(hub)  # open_clip's convention: "org/name/" or "org/name/file"
-    names = (
-        [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    )
-    return repo, names
-
-
-def _reach(host: str, port: int, timeout_s: float) -> str | None:
-    """One TCP connection attempt, DNS included, bounded by ``timeout_s``; None when it works."""
-    import socket
-
-    outcome: list[str | None] = []
-
-    def attempt() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-            outcome.append(None)
-        except OSError as exc:
-            outcome.append(exc.strerror or type(exc).__name__)
-
-    worker = threading.Thread(target=attempt, daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    return outcome[0] if outcome else f"no answer within {timeout_s:g}s"
-
-
-def check_weights_reachable(
-    spec: ModelSpec, *, offline: bool = False, timeout_s: float = 3.0
-) -> None:
-    """Fails at once when ``spec``'s weights must come from the Hugging Face hub and cannot.
-
-    Shipped weights, local checkpoints and weights already in the Hugging Face cache
-    pass. Otherwise, offline (``offline=True`` or ``HF_HUB_OFFLINE=1``) raises
-    :class:`ModelLoadError` at once, and online one connection to the hub is tried with
-    a short timeout, instead of minutes of download retries without a network.
-
-    >>> check_weights_reachable(ModelSpec("mmsearch-tiny"))  # shipped: nothing to fetch
-    """
-    from urllib.parse import urlsplit
-
-    located = _hub_files(spec)
-    if located is None:
-        return
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    repo, names = located
-    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in names):
-        return
-    if offline or _env_flag("HF_HUB_OFFLINE") or constants.HF_HUB_OFFLINE:
-        reason = "offline mode is on (--offline or HF_HUB_OFFLINE)"
-    else:
-        endpoint = urlsplit(constants.ENDPOINT)
-        host = endpoint.hostname or "huggingface.co"
-        problem = _reach(
-            host, endpoint.port or (443 if endpoint.scheme == "https" else 80), timeout_s
-        )
-        if problem is None:
-            return
-        reason = f"{host} cannot be reached: {problem}"
-    raise ModelLoadError(
-        f"cannot load weights {spec.key!r}: not in the local Hugging Face cache and {reason}; {_ALTERNATIVES}"
-    )
 
 
 #: The torch loader under its historical name (``mmsearch.models.load_encoder`` picks a backend).

@@ -4,7 +4,8 @@ Same public surface as :class:`mmsearch.models.encoder.ClipEncoder` (``spec``,
 ``dim``, ``image_size``, ``device``, ``encode_texts``, ``encode_images``,
 ``encode_pil``). Each tower's session is created on first use, so a text query loads
 only the text graph. Graphs come from :func:`mmsearch.models.onnx_export.export_onnx`;
-finding an existing export reads one small JSON file and stats the weights file.
+finding an existing export (:mod:`mmsearch.models.exports`) reads one small JSON file
+and stats the weights file.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsearch.errors import BadQueryError, ModelLoadError
+from mmsearch.errors import BadQueryError
 from mmsearch.models.base import checked_texts
-from mmsearch.models.cache import read_json
-from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
+from mmsearch.models.spec import ModelSpec
 
 DEFAULT_BATCH_SIZE = 128
 
@@ -46,38 +46,6 @@ def clean_text(text: str) -> str:
     return html.unescape(html.unescape(text)).strip()
 
 
-def _weights_file(spec: ModelSpec) -> str | None:
-    """The weights file ``spec`` names, when that is known without open_clip (else None)."""
-    if spec.name == TINY_MODEL_NAME and not spec.pretrained:
-        return str(Path(__file__).resolve().parent / "weights" / f"{TINY_MODEL_NAME}.safetensors")
-    if spec.pretrained and os.path.isfile(os.path.expanduser(spec.pretrained)):
-        return os.path.expanduser(spec.pretrained)
-    return None
-
-
-def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
-    """The cached export of ``spec`` when its weights file is unchanged, else None."""
-    from mmsearch.models.onnx_export import EXPORT_VERSION, exports_registry, registry_key
-
-    entry = read_json(exports_registry()).get(registry_key(spec, quantize))
-    if not isinstance(entry, dict) or entry.get("version") != EXPORT_VERSION:
-        return None  # none yet, or made by an older exporter: export anew
-    current = _weights_file(spec)
-    if current is not None and os.path.realpath(current) != entry.get("weights"):
-        return None  # another install's weights (same spec key, other file): export anew
-    try:
-        st = os.stat(entry["weights"])
-    except (OSError, KeyError, TypeError):
-        return None
-    target = exports_registry().parent / str(entry.get("dir", ""))
-    if (
-        entry.get("stamp") != f"{st.st_size}:{st.st_mtime_ns}"
-        or not (target / "meta.json").is_file()
-    ):
-        return None
-    return target
-
-
 def onnx_threads() -> int:
     """Intra-op threads: ``OMP_NUM_THREADS`` when set, else the cores this process may run on.
 
@@ -96,7 +64,7 @@ def onnx_threads() -> int:
 class OnnxEncoder:
     """Embeds texts and images with exported ONNX graphs on CPU; unit float32 rows.
 
-    >>> enc = load_onnx_encoder(ModelSpec("mmsearch-tiny"))     # doctest: +SKIP
+    >>> enc = load_encoder(ModelSpec("mmsearch-tiny"), backend="onnx")  # doctest: +SKIP
     >>> enc.encode_texts(["a red circle on the left"]).shape    # doctest: +SKIP
     (1, 64)
     """
@@ -130,11 +98,27 @@ class OnnxEncoder:
         with self._lock:
             session = self._sessions.get(tower)
             if session is None:
-                from mmsearch.models.ort_session import create_session
+                from mmsearch.models.openvino_session import OpenVinoSession, cpu_runtime
 
-                session = create_session(self.export_dir / f"{tower}.onnx", self.threads)
+                graph = self.export_dir / f"{tower}.onnx"
+                if cpu_runtime() == "openvino":
+                    session = OpenVinoSession(graph, self.threads)
+                else:
+                    from mmsearch.models.ort_session import create_session
+
+                    session = create_session(graph, self.threads)
                 self._sessions[tower] = session
             return session
+
+    def warm_up(self, tower: str) -> None:
+        """Creates ``tower``'s session now (e.g. on a thread while the first images decode).
+
+        Errors are left for the first real use to raise, where the caller handles them.
+        """
+        try:
+            self._session(tower)
+        except Exception:  # noqa: BLE001 - re-raised by the first encode
+            pass
 
     def tokenize(self, texts: Sequence[str]) -> npt.NDArray[np.int64]:
         """open_clip-equal token ids: ``[sot] + bpe[: ctx - 2] + [eot]``, zero padded."""
@@ -212,21 +196,3 @@ class OnnxEncoder:
             return np.empty((0, self.dim), dtype=np.float32)
         arr = np.stack([fit_square(im.convert("RGB"), self.image_size) for im in images])
         return self.encode_images(arr, batch_size=batch_size)
-
-
-def load_onnx_encoder(
-    spec: ModelSpec, *, quantize: str | None = None, threads: int | None = None
-) -> OnnxEncoder:
-    """The ONNX encoder of ``spec``: the cached export, or a new one (imports torch once)."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise ModelLoadError(
-            "the ONNX backend needs onnxruntime: pip install 'mmsearch[onnx]'"
-        ) from exc
-    target = find_export(spec, quantize)
-    if target is None:
-        from mmsearch.models.onnx_export import export_onnx
-
-        target = export_onnx(spec, quantize=quantize)
-    return OnnxEncoder(target, spec, threads=threads)

@@ -27,31 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from mmsearch.errors import ModelLoadError
-from mmsearch.models.cache import file_fingerprint, read_json, user_cache_dir, write_json_atomic
+from mmsearch.models.cache import file_fingerprint, read_json, write_json_atomic
+from mmsearch.models.exports import EXPORT_VERSION, exports_registry, onnx_root, registry_key
 from mmsearch.models.spec import ModelSpec
 
-#: Bump when the exported graphs change, so old exports are not reused. 2: the weights
-#: are graph initializers (registered submodules), which int8 quantisation needs.
-EXPORT_VERSION = 2
 OPSET = 17
 QUANTIZE_CHOICES = (None, "int8")
 #: The pre-tokenisation pattern of CLIP's BPE tokenizer (open_clip ``SimpleTokenizer``).
 CLIP_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-
-
-def onnx_root() -> Path:
-    root = user_cache_dir() / "onnx"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def exports_registry() -> Path:
-    """The JSON file mapping ``registry_key`` to export directories."""
-    return onnx_root() / "exports.json"
-
-
-def registry_key(spec: ModelSpec, quantize: str | None) -> str:
-    return f"{spec.key}|{quantize or 'fp32'}"
 
 
 def export_onnx(spec: ModelSpec, *, quantize: str | None = None) -> Path:

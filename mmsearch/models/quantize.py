@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsearch.errors import ModelLoadError
+from mmsearch.models.prompts import calibration_prompts
 
 MIN_RECALL_AT_10 = 0.99
 COLLECTION_SIZE = 400
@@ -104,7 +105,6 @@ def quantize_export(fp32_dir: Path, target: Path, *, spec: Any) -> dict[str, flo
     Returns the measured recalls. Raises :class:`ModelLoadError` (and records the
     refusal in ``target/refused.json`` so it is not measured again) below the bar.
     """
-    from mmsearch.indexer.ann_build import calibration_prompts
     from mmsearch.models.onnx_encoder import OnnxEncoder
 
     refused = target / "refused.json"

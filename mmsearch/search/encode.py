@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsearch.errors import BadQueryError, UnsafePathError
+from mmsearch.errors import BadQueryError, ImageDecodeError, ImageNotFoundError, UnsafePathError
 from mmsearch.models.base import Encoder
 from mmsearch.search.language import QueryTerm
 
@@ -28,7 +28,7 @@ def check_image_path(path: str | os.PathLike[str], roots: Sequence[Path] | None)
     """The real path of a query image: under one of ``roots`` (when given) and an existing file.
 
     Raises :class:`UnsafePathError` outside the roots (whether or not the file exists)
-    and :class:`BadQueryError` naming the file when it does not exist.
+    and :class:`ImageNotFoundError` naming the file when it does not exist.
     """
     shown = os.fspath(path)
     try:
@@ -39,8 +39,8 @@ def check_image_path(path: str | os.PathLike[str], roots: Sequence[Path] | None)
         raise UnsafePathError(
             f"image path {shown!r} is outside the allowed folders (quote the term to search for it as text)"
         )
-    if not real.is_file():
-        raise BadQueryError(f"image not found: {shown} (quote the term to search for it as text)")
+    if not os.path.isfile(real):  # False, not OSError, for an over-long name (errno 36)
+        raise ImageNotFoundError(f"image not found: {shown} (quote the term to search for it as text)")
     return real
 
 
@@ -65,7 +65,10 @@ def image_vector(
             )
         image = fetch_url(str(image))
     elif isinstance(image, (str, os.PathLike)):
-        image = load_image(check_image_path(image, roots))
+        try:
+            image = load_image(check_image_path(image, roots))
+        except ImageDecodeError as exc:  # unreadable, not an image, too large: name the file
+            raise BadQueryError(f"cannot use image {os.fspath(image)}: {exc}") from exc
     elif isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise BadQueryError("an image array must be (H, W, 3)")

@@ -2,8 +2,9 @@
 
 The index covers :data:`mmsearch.storage.schema.LEXICAL_COLUMN` (an item's text plus its
 string metadata values: sku, title, category, ...), tokenised, lower-cased, stemmed,
-stop words removed. Queries go in as a LanceDB ``MatchQuery`` object (terms ORed,
-ranked by BM25), never as query-syntax text, so user input cannot change the query's
+stop words removed. Queries go in as a match query object (terms ORed, ranked by BM25; see
+:mod:`mmsearch.storage.fulltext`, which runs them without importing ``lancedb``),
+never as query-syntax text, so user input cannot change the query's
 structure. Negative text terms become ``MUST_NOT`` clauses.
 
 Filters apply before ranking: a small allowed set (up to :data:`PREFILTER_MAX_IDS`)
@@ -14,7 +15,6 @@ to the hits, asking for more hits until ``depth`` survive or the matches run out
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmsearch.search.retrieve import leg_table
+from mmsearch.storage.fulltext import FullTextTable, match_query
 
 PREFILTER_MAX_IDS = 1024
 #: Most hits one lexical query reads while looking for filtered survivors.
@@ -30,17 +31,8 @@ MAX_LEXICAL_HITS = 1_000_000
 KindsOf = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.object_]]
 
 
-def _fts_query(column: str, text: str, negative: str) -> Any:
-    from lancedb.query import BooleanQuery, MatchQuery, Occur
-
-    match = MatchQuery(text, column)
-    if not negative.strip():
-        return match
-    return BooleanQuery([(Occur.SHOULD, match), (Occur.MUST_NOT, MatchQuery(negative, column))])
-
-
 def _search(
-    table: Any,
+    table: FullTextTable,
     column: str,
     text: str,
     negative: str,
@@ -48,22 +40,12 @@ def _search(
     where: str | None,
     columns: Sequence[str] = ("id", "kind", "_score"),
 ) -> pa.Table:
-    """One FTS query, run as a single call on the table's async core.
-
-    LanceDB's sync ``search()`` re-reads the table schema several times per query
-    (about 1 ms each); the async query it wraps answers the same in one round trip.
-    """
-    from lancedb.background_loop import LOOP
-
-    query = table._table.query().nearest_to_text(_fts_query(column, text, negative))
-    query = query.select(list(columns))
-    if where is not None:
-        query = query.where(where)
-    return LOOP.run(query.limit(limit).to_arrow())
+    """One FTS query, run as a single call on the table's native async core."""
+    return table.search(match_query(text, column, negative), columns, where, limit)
 
 
 def lexical_hits(
-    table: Any,
+    table: FullTextTable,
     column: str,
     text: str,
     depth: int,
@@ -112,7 +94,7 @@ def lexical_hits(
 
 
 def lexical_legs(
-    table: Any,
+    table: FullTextTable,
     column: str,
     text: str,
     depth: int,

@@ -128,8 +128,12 @@ def run(
         reason = f"no item matches the filters {shown}"
         return Results(timings=clock.timings, reason=reason, mode=mode)
     if not kinds:
-        held = ", ".join(sorted(source.ann)) or "nothing"
-        reason = f"the index holds no {q.kind} items; it holds: {held}"
+        held = ", ".join(sorted(source.ann))
+        reason = (
+            f"the index holds no {q.kind} items; it holds: {held}"
+            if held
+            else "the index holds no items yet; add some with: mmsearch index PATH"
+        )
         return Results(timings=clock.timings, reason=reason, mode=mode)
     return _Run(source, q, mode, kinds, allowed, reranker, clock).execute(vector, query_kind)
 

@@ -236,21 +236,28 @@ def run(
     log_format: str = "text",
     http: str = "auto",
     loop: str = "auto",
+    limits: Any = None,
 ) -> None:
     """Serves ``create_app(server_config)`` on ``sock`` with ``workers`` processes until stopped.
 
     ``http`` (``auto``, ``httptools``, ``h11``) and ``loop`` (``auto``, ``uvloop``,
     ``asyncio``) pick uvicorn's HTTP parser and event loop; ``auto`` takes the C ones
-    (httptools, uvloop) when installed.
+    (httptools, uvloop) when installed. Either parser runs behind the connection
+    guards of :mod:`mmsearch.serve.connections` (``limits``: a
+    :class:`~mmsearch.serve.connections.ConnectionLimits`; None: the defaults).
     """
 
     import uvicorn
 
-    config = uvicorn.Config(
+    from mmsearch.serve.connections import ConnectionLimits, open_file_limit, uvicorn_config
+
+    open_file_limit()  # raise the soft limit now: worker processes inherit it
+    config = uvicorn_config(
         AppFactory(server_config),
+        http=http,
+        limits=limits if limits is not None else ConnectionLimits(),
         factory=True,
         workers=workers,
-        http=http,
         loop=loop,
         proxy_headers=proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips,
@@ -269,19 +276,32 @@ def run(
 
 
 @contextmanager
-def prepare_workers(workers: int) -> Iterator[None]:
-    """With several workers, a fresh ``PROMETHEUS_MULTIPROC_DIR`` so ``/metrics`` merges all of them."""
+def prepare_workers(workers: int, server_config: Any = None) -> Iterator[None]:
+    """With several workers, a fresh ``PROMETHEUS_MULTIPROC_DIR`` so ``/metrics`` merges
+    all of them, and a state folder they share (``server_config.state_dir``: revoked
+    sign-in sessions); both removed afterwards."""
     import os
     import shutil
     import tempfile
 
-    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if workers <= 1:
         yield
         return
-    path = tempfile.mkdtemp(prefix="mmsearch-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    made: list[str] = []
+    if server_config is not None and getattr(server_config, "state_dir", None) is None:
+        made.append(tempfile.mkdtemp(prefix="mmsearch-state-"))
+        from pathlib import Path
+
+        server_config.state_dir = Path(made[-1])
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="mmsearch-metrics-")
+        made.append(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         yield
     finally:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        shutil.rmtree(path, ignore_errors=True)
+        if metrics_dir is not None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

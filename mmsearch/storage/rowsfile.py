@@ -66,3 +66,19 @@ def read_rows_file(path: Path) -> tuple[pa.Table, ModelSpec, int]:
     table = pa.ipc.open_file(source).read_all()
     meta = table.schema.metadata or {}
     return table, ModelSpec.from_json(meta[_SPEC_KEY].decode()), int(meta[_DIM_KEY])
+
+
+def published_model(index_dir: str | os.PathLike[str]) -> ModelSpec | None:
+    """The model of the index's published snapshot (its rows file's schema), without LanceDB;
+    None when there is no snapshot or rows file yet."""
+    from mmsearch.storage.snapshot import read_snapshot
+
+    snapshot = read_snapshot(Path(index_dir))
+    if snapshot is None:
+        return None
+    try:
+        with pa.memory_map(str(rows_file_path(index_dir, snapshot)), "r") as source:
+            meta = pa.ipc.open_file(source).schema.metadata or {}
+        return ModelSpec.from_json(meta[_SPEC_KEY].decode())
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None

@@ -50,9 +50,10 @@ class StoredState:
 
 
 def _connect(index_dir: Path) -> Any:
-    import lancedb
-
+    from mmsearch.storage.lanceimport import import_lancedb
     from mmsearch.storage.objectstore import table_location
+
+    lancedb = import_lancedb()  # without the REST namespace client's 1 s __init__
 
     remote = table_location(index_dir)  # the local cache of an object-store index
     if remote is not None:
@@ -162,7 +163,10 @@ class ItemStore:
                 f"index at {self.location} was built with model {built.key}, not {spec.key}; "
                 f"use --model {built.name}"
                 + (f" --pretrained {built.pretrained}" if built.pretrained else "")
-                + " or index into a new --index directory"
+                + ", index into a new --index directory, or re-embed this index with the new"
+                f" model: mmsearch index --reembed --model {spec.name}"
+                + (f" --pretrained {spec.pretrained}" if spec.pretrained else "")
+                + f" --index {self.location}"
             )
 
     # -- reading -------------------------------------------------------------------------

@@ -1,0 +1,71 @@
+"""OpenVINO as the CPU runtime of the exported ONNX graphs (``MMSEARCH_CPU_RUNTIME=openvino``).
+
+OpenVINO's CPU plugin runs the same exported graphs as ONNX Runtime, with the same
+outputs (cosine ≥ 0.999999 per item on ViT-B-32 and mmsearch-tiny; ``tests/test_onnx.py``)
+and, on the image tower, more of the CPU's peak: about 1.2-1.5× ONNX Runtime's
+images/s on a 2-core AVX2 machine (``benchmarks/cpu_runtimes.py``), for 180-320 MB
+more resident memory while indexing (``benchmarks/RESULTS.md``). ONNX Runtime stays
+the default; OpenVINO is used when asked for and installed (``pip install openvino``).
+Compiled graphs are cached beside the export, so later runs skip most of compiling.
+
+:class:`OpenVinoSession` answers ``run(None, {name: array})`` like an ONNX Runtime
+session, so :class:`mmsearch.models.onnx_encoder.OnnxEncoder` uses either alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUNTIME_ENV = "MMSEARCH_CPU_RUNTIME"
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def cpu_runtime() -> str:
+    """``openvino`` when ``$MMSEARCH_CPU_RUNTIME`` asks for it and it is installed, else
+    ``onnxruntime``; an unknown value is an error, not a silent fallback."""
+    from mmsearch.errors import ModelLoadError
+
+    wanted = os.environ.get(RUNTIME_ENV, "").strip().lower() or "onnxruntime"
+    if wanted not in RUNTIMES:
+        raise ModelLoadError(f"{RUNTIME_ENV}={wanted!r}: choose one of {', '.join(RUNTIMES)}")
+    if wanted == "openvino" and importlib.util.find_spec("openvino") is None:
+        raise ModelLoadError(f"{RUNTIME_ENV}=openvino needs OpenVINO: pip install openvino")
+    return wanted
+
+
+class OpenVinoSession:
+    """One graph compiled for the CPU (fp32, one stream, ``threads`` threads)."""
+
+    def __init__(self, graph: str | os.PathLike[str], threads: int) -> None:
+        import openvino as ov
+
+        graph = Path(graph)
+        core = ov.Core()
+        cache = graph.parent / f"{graph.stem}.openvino-{ov.__version__.split('-')[0]}"
+        try:
+            cache.mkdir(exist_ok=True)
+            core.set_property({"CACHE_DIR": str(cache)})
+        except OSError:  # a read-only cache: compile every time (only slower)
+            pass
+        self._compiled = core.compile_model(
+            str(graph),
+            "CPU",
+            {
+                "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": 1,
+                "INFERENCE_NUM_THREADS": int(threads),
+                "INFERENCE_PRECISION_HINT": "f32",  # never bf16/fp16 behind the caller's back
+            },
+        )
+        self._request = self._compiled.create_infer_request()
+        self._inputs = [port.get_any_name() for port in self._compiled.inputs]
+
+    def run(self, output_names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph's first output for ``feed`` (ONNX Runtime's ``Session.run`` shape)."""
+        results = self._request.infer({name: feed[name] for name in self._inputs})
+        return [np.array(results[self._compiled.outputs[0]], dtype=np.float32, copy=True)]
