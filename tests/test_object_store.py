@@ -120,10 +120,9 @@ def test_killed_writer_leaves_the_published_snapshot_and_a_rerun_completes(
     script.write_text(
         KILLED_WRITER.format(repo=str(REPO), marker=str(marker), root=str(extra.root), uri=URI)
     )
-    monkeypatch.setenv("MMSEARCH_LEASE_TTL_S", "2")  # the killed writer's lease dies fast
     child = subprocess.Popen(
         [sys.executable, str(script)],
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=dict(os.environ, PYTHONPATH=str(REPO), MMSEARCH_LEASE_TTL_S="2"),  # dies fast
         start_new_session=True,
     )
     deadline = time.monotonic() + 90

@@ -18,8 +18,10 @@ store's conditional writes:
   re-run on the same machine takes it over at once.
 
 The holder stops writing before anyone may take over: :meth:`WriterLease.check`
-fails once ``ttl/2`` seconds passed since the last renewal it sent that the store
-confirmed, half a lease before it can expire for the others. The writer session runs
+goes ahead only within ``ttl/2`` seconds of the last renewal the store confirmed (half
+a lease before it can expire for the others); past that it renews at once, under the
+same condition, and stops when the store says another writer holds the lease or does
+not answer. The writer session runs
 it before every table commit (:mod:`mmsearch.storage.fence`) and before publishing;
 the snapshot itself is published with ``If-Match`` too, so a writer that lost its
 lease can never replace another's snapshot.
@@ -140,6 +142,7 @@ class WriterLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._renewing = threading.Lock()  # held across one conditional rewrite of the lease
 
     # ---- the store ------------------------------------------------------------------
 
@@ -251,14 +254,21 @@ class WriterLease:
         )
 
     def check(self) -> None:
-        """Raises :class:`StorageError` unless this process certainly still holds the lease."""
+        """Raises :class:`StorageError` unless this process certainly still holds the lease.
+
+        When the last confirmed renewal is older than half a lease (the heartbeat thread
+        was starved, or the store was slow), it renews now, under the same condition, and
+        fails only when the store says another writer holds it or cannot be reached.
+        """
+        self._raise_if_lost()
         with self._lock:
-            lost, valid_until, error = self._lost, self._valid_until, self._renew_error
-        if lost is not None:
-            raise StorageError(
-                f"this run lost the writer lease of {self.uri} to {lost}; it stopped before "
-                "writing over that writer's work (its committed rows are kept); re-run when it is done"
-            )
+            late = time.monotonic() >= self._valid_until
+        if not late:
+            return
+        self.renew()
+        self._raise_if_lost()
+        with self._lock:
+            valid_until, error = self._valid_until, self._renew_error
         if time.monotonic() >= valid_until:
             why = f" ({error})" if error else ""
             raise StorageError(
@@ -266,27 +276,38 @@ class WriterLease:
                 "so that no other writer's work is overwritten; re-run (committed work is kept)"
             )
 
-    def renew(self) -> None:
-        """One heartbeat: rewrites the lease with ``If-Match`` (the heartbeat thread calls it)."""
+    def _raise_if_lost(self) -> None:
         with self._lock:
-            if self._lost is not None or self._etag is None:
+            lost = self._lost
+        if lost is not None:
+            raise StorageError(
+                f"this run lost the writer lease of {self.uri} to {lost}; it stopped before "
+                "writing over that writer's work (its committed rows are kept); re-run when it is done"
+            )
+
+    def renew(self) -> None:
+        """One heartbeat: rewrites the lease with ``If-Match`` (the heartbeat thread calls
+        it; one renewal at a time, or two would take each other for another writer)."""
+        with self._renewing:
+            with self._lock:
+                if self._lost is not None or self._etag is None:
+                    return
+                etag = self._etag
+                self._beat += 1
+            sent = time.monotonic()
+            try:
+                new = self._put(if_match=etag)
+            except StorageError as exc:
+                with self._lock:
+                    self._renew_error = str(exc).split("; ", 1)[0]
                 return
-            etag = self._etag
-            self._beat += 1
-        sent = time.monotonic()
-        try:
-            new = self._put(if_match=etag)
-        except StorageError as exc:
-            with self._lock:
-                self._renew_error = str(exc).split("; ", 1)[0]
-            return
-        if new is None:
-            state = self._safe_read()
-            who = state.holder.describe() if state and state.holder else "another writer"
-            with self._lock:
-                self._lost = who
-            return
-        self._held(new, sent)
+            if new is None:
+                state = self._safe_read()
+                who = state.holder.describe() if state and state.holder else "another writer"
+                with self._lock:
+                    self._lost = who
+                return
+            self._held(new, sent)
 
     def _safe_read(self) -> LeaseState | None:
         try:
@@ -307,24 +328,27 @@ class WriterLease:
     def release(self) -> None:
         """Stops the heartbeat and marks the lease released (best effort: it expires anyway)."""
         self._stop.set()
-        if self._thread is not None:  # a renewal in flight finishes on its own: never wait on it
-            self._thread.join(timeout=0.5)
-        with self._lock:
-            etag, lost = self._etag, self._lost
-            self._beat += 1
-        if etag is None or lost is not None:
+        if not self._renewing.acquire(timeout=0.5):  # a renewal in flight: let the lease expire
             return
         try:
-            self.remote.client.put_object(
-                Bucket=self.remote.bucket,
-                Key=self._key,
-                Body=self._body(released=True),
-                IfMatch=etag,
-            )
-        except Exception:  # noqa: BLE001 - the lease expires by itself; the run's work is done
-            pass
-        with self._lock:
-            self._etag = None
+            with self._lock:
+                etag, lost = self._etag, self._lost
+                self._beat += 1
+            if etag is None or lost is not None:
+                return
+            try:
+                self.remote.client.put_object(
+                    Bucket=self.remote.bucket,
+                    Key=self._key,
+                    Body=self._body(released=True),
+                    IfMatch=etag,
+                )
+            except Exception:  # noqa: BLE001 - the lease expires by itself; the run's work is done
+                pass
+            with self._lock:
+                self._etag = None
+        finally:
+            self._renewing.release()
 
 
 def _store_age(got: dict[str, Any]) -> float | None:
