@@ -63,9 +63,8 @@ def remove_paths(
             target = path_to_uri(os.path.abspath(raw))
             ids = {s.id for uri, s in state.items() if _matches(uri, target)}
             if not ids and build_index and session.unpublished(store.version):
-                report.removed[os.fspath(raw)] = (
-                    0  # removed by a run that stopped before publishing
-                )
+                # removed by a run that stopped before it published: this run publishes
+                report.removed[os.fspath(raw)] = 0
                 continue
             if not ids:
                 raise SourceNotFoundError(

@@ -54,9 +54,7 @@ def write_rows_file(store: Any, path: Path, spec: ModelSpec) -> None:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
 
-    path.parent.mkdir(
-        parents=True, exist_ok=True
-    )  # an empty table builds no ANN folder before this
+    path.parent.mkdir(parents=True, exist_ok=True)  # an empty table builds no ANN folder before this
     atomic_write(path, write)
 
 

@@ -75,6 +75,4 @@ def read_snapshot(index_dir: Path) -> Snapshot | None:
 
 
 def write_snapshot(index_dir: Path, snapshot: Snapshot) -> None:
-    atomic_write_bytes(
-        index_dir / SNAPSHOT_FILENAME, json.dumps(asdict(snapshot), indent=2).encode()
-    )
+    atomic_write_bytes(index_dir / SNAPSHOT_FILENAME, json.dumps(asdict(snapshot), indent=2).encode())
