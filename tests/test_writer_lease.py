@@ -136,3 +136,20 @@ def test_session_fences_table_writes_and_publish(s3) -> None:
                 raise AssertionError("a fenced write must not start")
         with pytest.raises(StorageError, match="lost the writer lease"):
             session.publish()
+
+
+def test_a_refused_command_says_so_in_one_line(s3) -> None:
+    from typer.testing import CliRunner
+
+    from mmsearch.cli import app
+
+    holder = lease("/cache/elsewhere")
+    holder.acquire()
+    try:
+        result = CliRunner().invoke(app, ["build-index", "--index", URI, "--no-progress"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert lines[0].startswith("error: another mmsearch writer holds") and URI in lines[0]
+        assert "/cache/elsewhere" in lines[0]
+    finally:
+        holder.release()
