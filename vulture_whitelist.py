@@ -50,6 +50,7 @@ _.do_GET  # http.server.BaseHTTPRequestHandler (test HTTP servers)
 _.log_message  # http.server.BaseHTTPRequestHandler
 protocol_version  # http.server.BaseHTTPRequestHandler
 pytestmark  # pytest module marks
+pytest_plugins  # pytest: plugin modules a conftest loads (the moto S3 server fixtures)
 
 # Record fields that are serialised or shown (asdict, JSON reports), not read by name.
 embed_s  # indexer.report.IndexReport: seconds spent embedding

@@ -87,6 +87,7 @@ def run_index(
         )
         if opts.build_index:
             session.publish()
+            report.warnings.extend(session.warnings)
         return report
 
 

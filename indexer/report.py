@@ -48,6 +48,8 @@ class IndexReport:
     metadata_join: dict[str, int] | None = None
     #: Per kind counts and failures by record id of the product feeds of the run (None: no feed)
     records: UpsertReport | None = None
+    #: what went wrong after the new snapshot was published (never a failed run)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:

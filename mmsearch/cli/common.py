@@ -58,6 +58,22 @@ QuietOpt = Annotated[
 NoProgressOpt = Annotated[
     bool, typer.Option("--no-progress", help="No progress bar (for logs and CI).")
 ]
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        min=0,
+        metavar="SECONDS",
+        show_default=False,
+        help="When another writer holds the index, wait up to this long for it to finish (default: stop at once).",
+    ),
+]
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Warnings of a command that succeeded (e.g. old files of a published index left behind)."""
+    for line in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}")
 
 
 def resolve_index_dir(value: Path | None) -> Path:

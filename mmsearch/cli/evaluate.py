@@ -188,9 +188,10 @@ def _run_captioned(
     from mmsearch.models.spec import ModelSpec
 
     if model is None and index is not None:
+        from mmsearch.storage.objectstore import local_view
         from mmsearch.storage.table import ItemStore
 
-        spec = ItemStore.open(index).model_spec
+        spec = ItemStore.open(local_view(index)).model_spec
     else:
         spec = ModelSpec.parse(model, pretrained)
     data = read_captioned(source, images, split=None if split == "all" else split)

@@ -18,8 +18,10 @@ from mmsearch.cli.common import (
     NoProgressOpt,
     QuantizeOpt,
     QuietOpt,
+    WaitOpt,
     console,
     err_console,
+    print_warnings,
     reported_errors,
     resolve_index_dir,
 )
@@ -172,6 +174,7 @@ def index_cmd(
             help="Record this ITM model as the index's re-ranking model (used by query --rerank and serve).",
         ),
     ] = None,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """Index image folders, text collections and product feeds (incremental: unchanged items are skipped).
 
@@ -201,7 +204,7 @@ def index_cmd(
         text_column=text_column, id_column=id_column, image_column=image_column,
         allow_private_urls=allow_private_urls, metadata=metadata, file_column=file_column,
         build_index=not no_ann, index_type=index_type, refine_dtype=refine_dtype, ray=ray,
-        gpu_decode=gpu_decode, offline=offline,
+        gpu_decode=gpu_decode, offline=offline, lock_wait_s=wait,
     )  # fmt: skip
     from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.cli.render import print_failures, print_summary
@@ -230,5 +233,6 @@ def index_cmd(
         print_failures(report, err_console)
     else:
         print_summary(report, console, err_console)
+    print_warnings(report.warnings)
     if strict and (report.failed or report.sweep_aborted):
         raise typer.Exit(EXIT_ITEMS_FAILED)

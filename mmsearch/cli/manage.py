@@ -1,4 +1,7 @@
-"""``mmsearch build-index``, ``info``, ``remove`` and ``check``: look after an index."""
+"""``mmsearch build-index``, ``info``, ``remove``, ``check`` and ``repair``: look after an index.
+
+Each takes ``--index`` as a folder or an object-store URI (``s3://bucket/prefix``).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,10 @@ from mmsearch.cli.common import (
     IndexDirOpt,
     NoProgressOpt,
     QuietOpt,
+    WaitOpt,
     console,
     err_console,
+    print_warnings,
     reported_errors,
     resolve_index_dir,
 )
@@ -36,16 +41,19 @@ def build_index_cmd(
     ] = False,
     quiet: QuietOpt = False,
     no_progress: NoProgressOpt = False,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """(Re)build the ANN index of an index directory from its table."""
     from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.indexer.ann_build import rebuild_ann
 
+    warnings: list[str] = []
     with reported_errors(), progress_bar(err_console, not (quiet or no_progress)) as bar:
         infos = rebuild_ann(
             resolve_index_dir(index), index_type=index_type, target_recall=target_recall,
-            retrain=retrain, progress=RichProgress(bar),
+            retrain=retrain, progress=RichProgress(bar), wait_s=wait, warnings=warnings,
         )  # fmt: skip
+    print_warnings(warnings)
     if json_out:
         sys.stdout.write(json.dumps(infos, default=str) + "\n")
     elif not quiet:
@@ -63,12 +71,12 @@ def info_cmd(
     from mmsearch.maintenance.info import index_info
     from mmsearch.maintenance.usage import disk_usage, indexed_sources, last_run
 
-    index_dir = resolve_index_dir(index)
     with reported_errors():
-        info = index_info(index_dir)
-        info["sources"] = indexed_sources(index_dir)
-    info["disk_bytes"] = disk_usage(index_dir)
-    info["last_run"] = last_run(index_dir)
+        info = index_info(resolve_index_dir(index))
+        local = info.pop("local_dir")  # an object-store index: its reader cache
+        info["sources"] = indexed_sources(local)
+    info["disk_bytes"] = disk_usage(local)
+    info["last_run"] = last_run(local)
     if json_out:
         sys.stdout.write(json.dumps(info, default=str) + "\n")
         return
@@ -85,15 +93,17 @@ def remove_cmd(
         ),
     ],
     index: IndexDirOpt = None,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """Remove items from an index, then update its ANN index (files stay on disk)."""
     from mmsearch.cli.render import display_path
     from mmsearch.indexer.remove import remove_paths
 
     with reported_errors():
-        report = remove_paths(paths, resolve_index_dir(index))
+        report = remove_paths(paths, resolve_index_dir(index), wait_s=wait)
     for path, count in report.removed.items():
         console.print(f"removed {count} item(s) under {escape(display_path(path))}")
+    print_warnings(report.warnings)
 
 
 def check_cmd(
@@ -106,10 +116,12 @@ def check_cmd(
     images the server would refuse (changed, moved, replaced by links, or gone)."""
     from mmsearch.maintenance.info import check_index
     from mmsearch.serve.files import check_index_files
+    from mmsearch.storage.objectstore import local_view
 
     with reported_errors():
-        verified = check_index(resolve_index_dir(index))
-        checked, changed = check_index_files(resolve_index_dir(index))
+        local = local_view(resolve_index_dir(index))  # an object-store index: its reader cache
+        verified = check_index(local)
+        checked, changed = check_index_files(local)
     if json_out:
         rows = [{"id": c.id, "path": c.path, "reason": c.reason} for c in changed]
         sys.stdout.write(
@@ -132,3 +144,40 @@ def check_cmd(
                       + ("; re-run mmsearch index on their folders" if changed else ""))  # fmt: skip
     if changed:
         raise typer.Exit(1)
+
+
+def repair_cmd(
+    index: IndexDirOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only report what is wrong; change nothing.")
+    ] = False,
+    quiet: QuietOpt = False,
+    no_progress: NoProgressOpt = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Mend an index: drop duplicate rows of one item, give fresh ids to items that share
+    one, and rebuild the ANN index from the table (nothing is embedded again)."""
+    from mmsearch.cli.progress import RichProgress, progress_bar
+    from mmsearch.maintenance.repair import repair_index
+
+    with reported_errors(), progress_bar(err_console, not (quiet or no_progress)) as bar:
+        report = repair_index(
+            resolve_index_dir(index), dry_run=dry_run, wait_s=wait, progress=RichProgress(bar)
+        )
+    if quiet:
+        print_warnings(report.warnings)
+        return
+    found = [
+        f"{report.duplicate_uris} duplicate row(s) of one item",
+        f"{report.duplicate_ids} item(s) sharing another's id",
+        f"ANN index: {report.ann_problem or 'in step with the table'}",
+    ]
+    console.print(f"{report.rows} rows checked: " + "; ".join(escape(f) for f in found))
+    if report.healthy:
+        console.print("[green]nothing to repair[/]")
+    elif dry_run:
+        console.print("[yellow]not repaired (--dry-run)[/]")
+    else:
+        done = "table rewritten (one commit), " if report.rewritten else ""
+        console.print(f"[green]repaired:[/] {done}ANN index rebuilt from the table and published")
+    print_warnings(report.warnings)

@@ -69,9 +69,8 @@ class SearchIndex(RecordWriter):
             index_dir, encoders=encoders, model=model, image_roots=image_roots, fetch_url=fetch_url
         )
         self.index_dir: Path = self.current.index_dir
-        if isinstance(reranker, str):
-            reranker = _reranker_for(self.index_dir, reranker, device=device)
-        self.reranker: Reranker | None = reranker
+        # An ITM model name is loaded now; an object (or None) is kept as it is.
+        self.reranker: Reranker | None = _reranker_for(self.index_dir, reranker, device=device) if isinstance(reranker, str) else reranker  # fmt: skip
         self._lock = threading.Lock()
         self._location = index_dir  # as given: writers work on it (a folder, or the URI)
 
@@ -177,8 +176,8 @@ class SearchIndex(RecordWriter):
     ) -> Results:
         """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``)."""
         q = Query(terms=_VECTOR_TERMS, kind=kind, mode="vector", k=k, exact=exact, nprobe=nprobe, refine=refine)  # fmt: skip
-        vec = np.asarray(vector, np.float32)
-        return pipeline.run(self.current, q, vector=vec, allowed_ids=allowed_ids, query_kind=query_kind)  # fmt: skip
+        with self.current.store_reads():
+            return pipeline.run(self.current, q, vector=np.asarray(vector, np.float32), allowed_ids=allowed_ids, query_kind=query_kind)  # fmt: skip
 
     def run(self, query: Query) -> Results:
         """Runs a query object through the stages; see :class:`Results` for the answer."""
@@ -188,7 +187,8 @@ class SearchIndex(RecordWriter):
                 if self.reranker is None:
                     self.reranker = _reranker_for(self.index_dir, None, device=self.device)
                 reranker = self.reranker
-        return pipeline.run(self.current, query, reranker=reranker)
+        with self.current.store_reads():
+            return pipeline.run(self.current, query, reranker=reranker)
 
 
 def _reranker_for(index_dir: Path, model: str | None, *, device: str | None) -> Reranker:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from mmsearch.search.encode import UrlFetcher
 from mmsearch.search.rows import ROW_COLUMNS, Rows
 from mmsearch.storage.fulltext import FullTextTable, open_items_fulltext
 from mmsearch.storage.objectstore import RemoteIndex, remote_index
+from mmsearch.storage.s3 import store_errors
 from mmsearch.storage.snapshot import Snapshot, read_snapshot
 from mmsearch.storage.table import ItemStore
 
@@ -205,6 +207,11 @@ class IndexSnapshot:
             self._index_dir, self._remote, self._encoders, self.spec, self._image_roots,
             self._fetch_url,
         )  # fmt: skip
+
+    def store_reads(self) -> AbstractContextManager[None]:
+        """Where an object-store index's table reads (full-text legs, rows of indexes without
+        a rows file) fail as one :class:`~mmsearch.errors.StorageError` naming the URI."""
+        return nullcontext() if self._remote is None else store_errors(self._remote.uri, "read")
 
     # -- what the pipeline reads (SearchSource) --------------------------------------------
     @property

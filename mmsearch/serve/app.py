@@ -68,7 +68,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         items = {kind: int(ann.get("n", 0)) for kind, ann in index.info()["ann"].items()}
         metrics.set_snapshot(index.snapshot, items)
 
-    holder = IndexHolder(config, on_open=on_open)
+    holder = IndexHolder(config, on_open=on_open, metrics=metrics)
     state = ServeState(drain_s=config.drain_s)
     rerankers = RerankerHolder(config.rerank_model, Path(config.index_dir), config.device)
 

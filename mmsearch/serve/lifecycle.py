@@ -57,16 +57,15 @@ def check_servable(
     reused by the server); without it only the published snapshot is checked, which
     imports nothing heavy (a supervisor of worker processes stays small).
     """
-    from pathlib import Path
-
     from mmsearch.errors import IndexNotFoundError
+    from mmsearch.storage.objectstore import local_view
     from mmsearch.storage.snapshot import read_snapshot
 
     if load_model:
         from mmsearch.engine import SearchIndex
 
         return SearchIndex(index_dir, device=device, backend=backend, quantize=quantize).encoder
-    if read_snapshot(Path(index_dir)) is None:
+    if read_snapshot(local_view(index_dir)) is None:  # an object-store index: pulled first
         raise IndexNotFoundError(
             f"no searchable mmsearch index at {index_dir} "
             f"(create one with: mmsearch index PATH --index {index_dir})"

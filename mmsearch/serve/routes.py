@@ -4,7 +4,8 @@ GET /            the gallery page (strict CSP: its one script runs by a per-answ
 GET /api/info    index info (server paths only with ``expose_paths``)
 GET /media/{id}  an indexed image, only while it is still what was indexed
 GET /healthz     200 while the process runs (no token, no Host check)
-GET /readyz      200 once the index is open and the model loaded; 503 before and while draining
+GET /readyz      200 once the index is open and the model loaded; 503 before and while draining;
+                 ``reload_error`` when a newer snapshot could not be loaded (the old one serves)
 GET /metrics     Prometheus text format
 """
 
@@ -192,6 +193,9 @@ def add_ops_routes(
         index = holder.get()
         snapshot = snapshot_body(index)
         body = {"status": "ready", "snapshot": snapshot, "items": len(index), "pid": os.getpid()}
+        error = holder.reload_error  # still ready: the previous snapshot serves meanwhile
+        if error is not None:
+            body["reload_error"] = error if config.expose_paths else error.split(":")[0]
         return JSONResponse(body)
 
     @app.get(

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage.snapshot import ANN_DIRNAME, Snapshot
+from mmsearch.storage.snapshot import Snapshot, rows_file_name
 
 if TYPE_CHECKING:
     from mmsearch.storage.table import ItemStore
@@ -37,23 +37,23 @@ _BASE_KEY = b"mmsearch.rows_base"
 _DROP_KEY = b"mmsearch.rows_drop"
 
 
-def rows_file_name(generation: int) -> str:
-    """The rows file of a snapshot generation, relative to the index directory."""
-    return f"{ANN_DIRNAME}/rows-g{generation}.arrow"
-
-
 def rows_file_path(index_dir: str | os.PathLike[str], snapshot: Snapshot) -> Path:
     return Path(index_dir) / rows_file_name(snapshot.generation)
 
 
 def write_rows_file(store: ItemStore, path: Path, spec: ModelSpec) -> None:
-    """Writes the table's display columns, sorted by id, atomically (temp file + rename)."""
+    """Writes the table's display columns, sorted by id, atomically (temp file + rename).
+
+    Raises :class:`~mmsearch.errors.IndexCorruptError` when two rows share an id (of any
+    kind): no snapshot may name such a table."""
     from mmsearch.ann.files import atomic_write
 
     table = store.scan(ROWS_COLUMNS)
     ids = table.column("id").to_numpy()
     if len(ids) > 1 and not bool(np.all(np.diff(ids) > 0)):
-        table = table.take(pa.array(np.argsort(ids, kind="stable")))
+        order = np.argsort(ids, kind="stable")
+        store.check_unique_ids(ids[order], presorted=True)
+        table = table.take(pa.array(order))
     meta = {_SPEC_KEY: spec.to_json().encode(), _DIM_KEY: str(int(store.dim)).encode()}
     table = table.replace_schema_metadata(meta).combine_chunks()
 
