@@ -55,6 +55,8 @@ from mmsearch.storage.table import ItemStore
 
 #: Fewest candidates each leg brings when legs are fused (RRF needs overlap to work).
 FUSION_DEPTH = 50
+#: Largest kind whose chance level is measured by exact search (ANN above it).
+EXACT_CHANCE_ROWS = 200_000
 #: Runs the lexical leg beside encoding and the vector leg (LanceDB and FAISS release the GIL).
 _LEGS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mmsearch-lexical")
 QueryLike = str | os.PathLike[str] | Any  # also a PIL image or an (H, W, 3) uint8 array
@@ -99,7 +101,7 @@ class SearchIndex:
         self._lock = threading.RLock()
         self._encoder = encoder
         self._rows: Rows | None = None
-        self._kind_floors: dict[str, float] | None = None
+        self._chance: dict[str, Any] | None = None
         self._open(model)
 
     # -- opening ---------------------------------------------------------------------------
@@ -148,7 +150,7 @@ class SearchIndex:
             self.spec = spec
             self._ann = ann
             self._rows = Rows(rows_table) if rows_table is not None else None
-            self._kind_floors = None
+            self._chance = None
 
     def reload(self) -> bool:
         """Switches to a newer published snapshot, if any; returns whether it changed."""
@@ -203,20 +205,26 @@ class SearchIndex:
                 self._rows = Rows(self.store.scan(ROW_COLUMNS))
             return self._rows
 
-    def _floors(self) -> dict[str, float]:
-        """Per-kind chance levels for hybrid's cut-off (see :mod:`mmsearch.search.calibrate`)."""
-        from mmsearch.search.calibrate import kind_floors, probe_texts
+    def kind_chance(self) -> dict[str, Any]:
+        """Per-kind chance levels (:class:`~mmsearch.search.calibrate.Chance`), once per snapshot.
+
+        Relative fusion measures vector hits against them and hybrid's cut-off uses their
+        floors (see :mod:`mmsearch.search.calibrate`). Probes search exactly up to
+        :data:`EXACT_CHANCE_ROWS` rows of a kind, through the ANN index above that.
+        """
+        from mmsearch.search.calibrate import CHANCE_DEPTH, kind_chance, probe_texts
 
         with self._lock:
-            if self._kind_floors is None:
+            if self._chance is None:
                 probes = np.asarray(self.encoder.encode_texts(probe_texts()), np.float32)
-                best = {}
+                top = {}
                 for kind, index in self._ann.items():
                     if len(index):
-                        scores, _ = index.search(probes, 1, exact=True)
-                        best[kind] = scores[:, 0]
-                self._kind_floors = kind_floors(best)
-            return self._kind_floors
+                        depth, exact = min(CHANCE_DEPTH, len(index)), len(index) <= EXACT_CHANCE_ROWS
+                        scores, _ = index.search(probes, depth, exact=exact)
+                        top[kind] = np.where(scores > -np.inf, scores, np.nan)
+                self._chance = kind_chance({k: _dense(v) for k, v in top.items()})
+            return self._chance
 
     def __len__(self) -> int:
         return sum(len(a) for a in self._ann.values())
@@ -283,7 +291,7 @@ class SearchIndex:
         kind: Kind = DEFAULT_KIND,
         where: WhereLike = None,
         mode: str | None = None,
-        fusion: str = "rrf",
+        fusion: str = "relative",
         alpha: float = 0.7,
         offset: int = 0,
         group_by: str | None = None,
@@ -302,7 +310,9 @@ class SearchIndex:
         ``{"category": "buttons", "price": ("<", 20)}`` or ``["price < 20", "colour in red,blue"]``
         (see :mod:`mmsearch.search.filters`); ``mode`` is ``vector``, ``lexical`` or ``hybrid``
         (default: hybrid when the index has a full-text index and the query has text);
-        ``literal`` takes a string as one text term; ``min_score`` drops hits below a cosine
+        ``fusion`` is how hybrid merges its legs: ``relative`` (each leg by how far it beats
+        the index's chance level; see :mod:`mmsearch.search.fuse`), ``rrf`` or ``weighted``
+        (``alpha`` = weight of the vector legs); ``literal`` takes a string as one text term; ``min_score`` drops hits below a cosine
         similarity; ``cutoff`` (hybrid) answers nothing, with a reason, when no hit beats
         the index's calibrated chance level and no word matched. ``exact`` bypasses the ANN index;
         ``nprobe``/``refine`` override its tuned parameters. Returns :class:`Results`.
@@ -439,9 +449,10 @@ class SearchIndex:
                 f"query vector has dimension {vector.reshape(-1).shape[0]}, index has {self._dim}"
             )
         t = tick("encode", t)
-        floors = None
-        if q.cutoff and mode == "hybrid" and vector is not None:
-            floors = {k: v for k, v in self._floors().items() if k in kinds}
+        floors, chance = None, None
+        if mode == "hybrid" and vector is not None and (q.cutoff or q.fusion == "relative"):
+            chance = {k: v for k, v in self.kind_chance().items() if k in kinds}
+            floors = {k: v.floor for k, v in chance.items()} if q.cutoff else None
         t = tick("rescore", t)
         exact_ids = None
         if mode != "vector" and looks_like_identifier(q.lexical_text):
@@ -468,7 +479,7 @@ class SearchIndex:
             if exact_ids is not None:
                 legs.append(exact_leg)
             t = tick("retrieve", t)
-            candidates = fuse_stage.fuse(legs, method=q.fusion, alpha=q.alpha)
+            candidates = fuse_stage.fuse(legs, method=q.fusion, alpha=q.alpha, chance=chance)
             t = tick("fuse", t)
             candidates = rescore.rescore(candidates, vector, self._ann, rows, self._dim)
             t = tick("rescore", t)
@@ -520,6 +531,12 @@ class SearchIndex:
                 )
             )
         return out
+
+
+def _dense(top: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Probe rows without a missing hit (an ANN search may return fewer than asked)."""
+    keep = ~np.isnan(top).any(axis=1)
+    return top[keep] if keep.any() else top[:, :1][~np.isnan(top[:, 0])]
 
 
 def _condition_text(condition: Any) -> str:

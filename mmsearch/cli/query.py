@@ -30,7 +30,7 @@ def query_cmd(
     offset: Annotated[int, typer.Option("--offset", min=0, max=MAX_OFFSET, help="Skip this many results (paging).")] = 0,
     kind: Annotated[str, typer.Option("--kind", help="Result kind: image, text or any (any ranks each kind fairly).")] = DEFAULT_KIND,
     mode: Annotated[str | None, typer.Option("--mode", help="vector, lexical or hybrid (default: hybrid when the index has a full-text index and the query has text).")] = None,
-    fusion: Annotated[str, typer.Option("--fusion", help="How hybrid merges its legs: rrf (reciprocal rank) or weighted.")] = "rrf",
+    fusion: Annotated[str, typer.Option("--fusion", help="How hybrid merges its legs: relative (each leg by how far it beats chance), rrf (reciprocal rank) or weighted.")] = "relative",
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Weight of the vector leg with --fusion weighted.")] = 0.7,
     literal: Annotated[bool, typer.Option("--literal", help="Take the whole argument as one text term (no + / - / path parsing).")] = False,
     group_by: Annotated[str | None, typer.Option("--group-by", help="Best hit per value of this metadata key (e.g. sku).")] = None,

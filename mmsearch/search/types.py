@@ -29,11 +29,11 @@ from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
 
 Kind = Literal["image", "text", "any"]
 Mode = Literal["vector", "lexical", "hybrid"]
-Fusion = Literal["rrf", "weighted"]
+Fusion = Literal["relative", "rrf", "weighted"]
 
 KINDS: tuple[str, ...] = ("image", "text", "any")
 MODES: tuple[str, ...] = ("vector", "lexical", "hybrid")
-FUSIONS: tuple[str, ...] = ("rrf", "weighted")
+FUSIONS: tuple[str, ...] = ("relative", "rrf", "weighted")
 #: Reciprocal rank fusion constant (Cormack et al. 2009; LanceDB and Elasticsearch use 60).
 RRF_K = 60
 #: Stage names, in order; :attr:`Results.timings` has one entry per stage.
@@ -91,7 +91,7 @@ class Query:
     where: tuple[Condition, ...] = ()
     kind: Kind = DEFAULT_KIND  # type: ignore[assignment]
     mode: Mode | None = None
-    fusion: Fusion = "rrf"
+    fusion: Fusion = "relative"
     alpha: float = 0.7
     k: int = 10
     offset: int = 0
@@ -124,7 +124,7 @@ class Query:
         if self.mode is not None and self.mode not in MODES:
             raise BadQueryError(f"mode must be vector, lexical or hybrid, not {self.mode!r}")
         if self.fusion not in FUSIONS:
-            raise BadQueryError(f"fusion must be rrf or weighted, not {self.fusion!r}")
+            raise BadQueryError(f"fusion must be relative, rrf or weighted, not {self.fusion!r}")
         check_k(self.k)
         if (
             isinstance(self.offset, bool)
