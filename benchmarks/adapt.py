@@ -83,9 +83,10 @@ def finetune_curve(args: argparse.Namespace, work: Path) -> None:
 
 
 def label_accuracy(args: argparse.Namespace, work: Path) -> None:
+    from mmsearch.indexer.labels import label_index
     from mmsearch.indexer.pipeline import IndexOptions, run_index
 
-    from mmsearch.labels import LabelSet, label_index
+    from mmsearch.labels import LabelSet
     from mmsearch.models import load_encoder
     from mmsearch.storage.table import ItemStore
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 
 from benchmarks.datasets import SyntheticSpec, generate  # noqa: E402
-from mmsearch.ann.tuning import two_level_kmeans  # noqa: E402
+from mmsearch.ann.kmeans import two_level_kmeans  # noqa: E402
 
 
 def single_query_ms(index: faiss.Index, q: np.ndarray, k: int) -> float:

@@ -10,9 +10,8 @@ the image's metadata as ``<column>`` and ``<column>_prob``, so filters
 
 Label sets are remembered in ``INDEX/labels.json``; every later indexing run labels
 the images it adds or changes (:func:`refresh_labels`), and a re-embedding run
-labels everything again with the new model.
-
->>> label_index("./idx", LabelSet("category_zs", ("shirt", "dress", "shoe")))  # doctest: +SKIP
+labels everything again with the new model. Labelling a whole index as one write
+(lock, labels, ANN, publish) is :func:`mmsearch.indexer.labels.label_index`.
 """
 
 from __future__ import annotations
@@ -200,43 +199,10 @@ def refresh_labels(store: Any, encoder: Any, *, relabel_all: bool = False) -> li
     ]
 
 
-def _column_in_use(store: Any, label_set: LabelSet) -> bool:
+def column_in_use(store: Any, label_set: LabelSet) -> bool:
+    """True when some image already has ``label_set``'s column or its probability column."""
     metadata = (
         store.scan(["metadata"], f"kind = {sql_quote('image')}").column("metadata").to_pylist()
     )
     keys = {label_set.column, label_set.prob_column}
     return any(keys & json.loads(m or "{}").keys() for m in metadata)
-
-
-def label_index(
-    index_dir: str | os.PathLike[str],
-    label_set: LabelSet,
-    *,
-    encoder: Any | None = None,
-    device: str | None = None,
-    progress: Callable[[str, int, int | None], None] | None = None,
-) -> LabelReport:
-    """Labels every image of an index, remembers the label set and publishes a new snapshot."""
-    from mmsearch.indexer.ann_build import build_ann
-    from mmsearch.storage.locks import index_write_lock, write_guard
-    from mmsearch.storage.table import ItemStore
-
-    with index_write_lock(index_dir):
-        store = ItemStore.open(index_dir)
-        spec = store.model_spec
-        if encoder is None:
-            from mmsearch.models import load_encoder
-
-            encoder = load_encoder(spec, device=device)
-        remembered = {s.column for s in load_label_sets(index_dir)}
-        if label_set.column not in remembered and _column_in_use(store, label_set):
-            raise BadQueryError(
-                f"the images already have a {label_set.column!r} (or {label_set.prob_column!r}) metadata "
-                "column; choose another --column"
-            )
-        report = apply_labels(store, encoder, label_set, only_missing=False, progress=progress)
-        with write_guard(store.index_dir):
-            others = [s for s in load_label_sets(index_dir) if s.column != label_set.column]
-            save_label_sets(index_dir, [*others, label_set])
-            build_ann(store, spec, progress=progress, encoder=encoder)
-    return report

@@ -203,7 +203,7 @@ def verify(
         problems.append(
             f"snapshot version {engine.snapshot.table_version} != table version {store.version}"
         )
-    ann = engine._ann.get("image")
+    ann = engine.current.ann.get("image")
     if ann is None:
         problems.append("no image ANN index")
     else:

@@ -75,7 +75,7 @@ def test_incremental_update_keeps_training_and_ids_aligned(store):
     assert second["n"] == 6000 + 500 - 100
 
     engine = _engine(store)
-    ann = engine._ann["image"]
+    ann = engine.current.ann["image"]
     scores, ids = ann.search(np.concatenate([new_vecs, changed_vecs]), 1)
     assert (ids[:, 0] == np.concatenate([new_ids, changed])).mean() >= 0.95
     _, got = ann.search(_unit(rng, 200), 50, exact=True)
@@ -114,10 +114,10 @@ def test_killed_before_snapshot_leaves_previous_state(store, monkeypatch):
     assert read_snapshot(store.index_dir) == before
     engine = _engine(store)  # still opens the previous, complete generation
     assert engine.snapshot == before
-    assert len(engine._ann["image"]) == 6000
+    assert len(engine.current.ann["image"]) == 6000
     monkeypatch.undo()
     build_ann(store, SPEC)
-    assert len(_engine(store)._ann["image"]) == 6100
+    assert len(_engine(store).current.ann["image"]) == 6100
 
 
 def test_cross_modal_profile_tuned_from_the_other_kind(store):
@@ -130,7 +130,7 @@ def test_cross_modal_profile_tuned_from_the_other_kind(store):
     info = build_ann(store, SPEC, index_type="ivfpq")["image"]
     cross = info["profiles"]["cross"]
     assert cross["queries"] == 500 and cross["recall_at_10"] >= 0.9
-    ann = _engine(store)._ann["image"]
+    ann = _engine(store).current.ann["image"]
     assert ann.info["profiles"] == info["profiles"]  # saved with the index
     _, exact = ann.search(texts[:200], 10, exact=True)
     _, approx = ann.search(texts[:200], 10, profile="cross")

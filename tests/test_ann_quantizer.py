@@ -15,7 +15,7 @@ from mmsearch.ann.params import (
     choose_quantizer,
     estimate_ivfpq_bytes,
 )
-from mmsearch.ann.tuning import HNSW_EF_SEARCH_MIN, ivf_of, search_params
+from mmsearch.ann.structure import HNSW_EF_SEARCH_MIN, ivf_of, search_params
 from mmsearch.errors import BadQueryError
 from tests.test_ann_index import brute_force, recall, structured_vectors
 
@@ -54,8 +54,8 @@ def hnsw_pair():
 
 def test_hnsw_quantizer_reaches_target_recall_like_flat(hnsw_pair) -> None:
     x, ids, q, flat, hnsw = hnsw_pair
-    assert isinstance(faiss.downcast_index(ivf_of(hnsw._index).quantizer), faiss.IndexHNSWFlat)
-    assert isinstance(faiss.downcast_index(ivf_of(flat._index).quantizer), faiss.IndexFlatIP)
+    assert isinstance(faiss.downcast_index(ivf_of(hnsw.faiss_index).quantizer), faiss.IndexHNSWFlat)
+    assert isinstance(faiss.downcast_index(ivf_of(flat.faiss_index).quantizer), faiss.IndexFlatIP)
     assert hnsw.info["params"]["quantizer"] == "hnsw"
     assert hnsw.info["params"]["nlist"] == flat.info["params"]["nlist"]
     _, truth = brute_force(x, ids, q, 10)
@@ -74,11 +74,11 @@ def test_hnsw_quantizer_reaches_target_recall_like_flat(hnsw_pair) -> None:
 def test_query_time_ef_search_grows_with_nprobe(hnsw_pair) -> None:
     hnsw = hnsw_pair[4]
     for nprobe in (1, 16, 100):
-        p = search_params(hnsw._index, nprobe)
+        p = search_params(hnsw.faiss_index, nprobe)
         assert p.nprobe == nprobe
         assert p.quantizer_params is not None
         assert p.referenced_quantizer_params.efSearch == max(HNSW_EF_SEARCH_MIN, 2 * nprobe)
-    assert search_params(hnsw_pair[3]._index, 4).quantizer_params is None
+    assert search_params(hnsw_pair[3].faiss_index, 4).quantizer_params is None
 
 
 def test_hnsw_build_is_deterministic_and_survives_save_load_add_remove(hnsw_pair, tmp_path) -> None:
@@ -102,7 +102,7 @@ def test_hnsw_build_is_deterministic_and_survives_save_load_add_remove(hnsw_pair
     loaded.save(tmp_path, table_version=2, model_key="m")
     reopened = VectorIndex.load(tmp_path)
     assert len(reopened) == len(x) + 500 - 100
-    assert isinstance(faiss.downcast_index(ivf_of(reopened._index).quantizer), faiss.IndexHNSWFlat)
+    assert isinstance(faiss.downcast_index(ivf_of(reopened.faiss_index).quantizer), faiss.IndexHNSWFlat)
     np.testing.assert_array_equal(reopened.search(new[:50], 5)[1], loaded.search(new[:50], 5)[1])
 
 

@@ -19,7 +19,7 @@ from mmsearch.indexer.pipeline import IndexOptions, run_index
 from PIL import Image
 
 from mmsearch.ann import VectorIndex
-from mmsearch.ann.tuning import gpu_available
+from mmsearch.ann.structure import gpu_available
 from mmsearch.models.batching import (
     CPU_BATCH_SIZE,
     MAX_GPU_BATCH,

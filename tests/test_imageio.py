@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmsearch import imageio
+from mmsearch import imageformats
 from mmsearch.errors import ImageDecodeError
 from mmsearch.imageio import IMAGE_EXTENSIONS, load_image, sniff_image_format
 
@@ -334,15 +334,15 @@ def test_heic_without_plugin_gives_clear_reason(monkeypatch: pytest.MonkeyPatch)
 
 def test_avif_without_support_gives_clear_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pillow_heif", None)
-    monkeypatch.setattr(imageio, "_pillow_has_avif", lambda: False)
-    data = encode(Image.new("RGB", (8, 8)), "AVIF") if imageio._pillow_has_avif() else b""
+    monkeypatch.setattr(imageformats, "pillow_has_avif", lambda: False)
+    data = encode(Image.new("RGB", (8, 8)), "AVIF") if imageformats.pillow_has_avif() else b""
     ftyp = b"ftyp" + b"avif" + bytes(4) + b"avif" + b"mif1"
     data = data or struct.pack(">I", len(ftyp) + 4) + ftyp + bytes(64)
     with pytest.raises(ImageDecodeError, match="AVIF needs"):
         load_image(data)
 
 
-@pytest.mark.skipif(not imageio._pillow_has_avif(), reason="this Pillow has no AVIF codec")
+@pytest.mark.skipif(not imageformats.pillow_has_avif(), reason="this Pillow has no AVIF codec")
 def test_avif_loads_with_pillow_support() -> None:
     out = load_image(encode(Image.new("RGB", (16, 16), (0, 0, 250)), "AVIF", quality=90))
     assert out.mode == "RGB" and out.getpixel((8, 8))[2] > 200

@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mmsearch.indexer.labels import label_index
 from mmsearch.indexer.pipeline import IndexOptions, run_index
 from typer.testing import CliRunner
 
 from mmsearch.datasets.synthetic import COLOURS, SHAPES, generate_catalog
 from mmsearch.engine import SearchIndex
 from mmsearch.errors import BadQueryError
-from mmsearch.labels import LabelSet, classify, label_index, load_label_sets
+from mmsearch.labels import LabelSet, classify, load_label_sets
 
 TINY_TEMPLATES = ("{}", "a {}")
 

@@ -38,7 +38,7 @@ def test_rows_file_matches_table_and_fallback_gives_same_hits(indexed: Path, fak
     )
     with_file = SearchIndex(indexed, encoder=fake_encoder).search("a red circle", k=5)
     assert (
-        with_file and SearchIndex(indexed, encoder=fake_encoder)._store is None
+        with_file and SearchIndex(indexed, encoder=fake_encoder).current._store is None
     )  # LanceDB untouched
     path.unlink()
     without = SearchIndex(indexed, encoder=fake_encoder).search("a red circle", k=5)

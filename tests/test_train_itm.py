@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from mmsearch.rerank.itm import ItmScorer
+from mmsearch.training.itm_batches import object_targets, slot_labels, text_groups
+from mmsearch.training.itm_config import ItmTrainConfig
 from mmsearch.training.itm_data import (
     Pair,
     Single,
@@ -17,17 +19,9 @@ from mmsearch.training.itm_data import (
     one_attribute_changed,
     side_swap,
 )
-from mmsearch.training.train_itm import (
-    ItmTrainConfig,
-    object_loss,
-    object_targets,
-    rank_loss,
-    sincos_positions,
-    slot_labels,
-    text_groups,
-    text_rank_loss,
-    train,
-)
+from mmsearch.training.itm_losses import object_loss, rank_loss, text_rank_loss
+from mmsearch.training.itm_model import sincos_positions
+from mmsearch.training.train_itm import train
 
 SCENE = Pair(("red", "circle"), ("blue", "square"))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -25,27 +24,14 @@ import numpy as np
 import numpy.typing as npt
 
 from mmsearch.ann._rwlock import RWLock
+from mmsearch.ann.build import build_meta, build_state, check_refine_dtype
 from mmsearch.ann.checks import check_queries, check_rows, positive_int
-from mmsearch.ann.params import (
-    FLAT_THRESHOLD,
-    IndexParams,
-    choose_index_params,
-    estimate_flat_bytes,
-    estimate_ivfpq_bytes,
-    retrain_due,
-)
-from mmsearch.ann.persist import load_index, save_index
-from mmsearch.ann.segment import check_dtype
+from mmsearch.ann.params import FLAT_THRESHOLD, choose_index_params, retrain_due
+from mmsearch.ann.persist import load_index, save_index, streamed_store
+from mmsearch.ann.state import FileEntries, IndexState
 from mmsearch.ann.store import VectorStore, top_k
-from mmsearch.ann.tuning import (
-    ADD_CHUNK,
-    TUNE_K,
-    build_index_structure,
-    gpu_available,
-    search_params,
-    to_gpu,
-    tune_on_queries,
-)
+from mmsearch.ann.structure import ADD_CHUNK, search_params
+from mmsearch.ann.tuning import TUNE_K, tune_on_queries
 from mmsearch.errors import BadQueryError
 
 F32 = npt.NDArray[np.float32]
@@ -65,31 +51,13 @@ class VectorIndex:
     ``save``, reopen with ``load``.
     """
 
-    def __init__(
-        self,
-        *,
-        params: IndexParams,
-        index: faiss.Index,
-        store: VectorStore,
-        nprobe: int,
-        refine: int,
-        meta: dict[str, Any],
-    ) -> None:
-        """Internal: use ``build`` or ``load``."""
-        self._params = params
-        self._index = index
-        self._store = store
-        self._nprobe = nprobe
-        self._refine = refine
-        self._meta = meta  # requested_type, target_recall, seed, recall_at_10, build_seconds, trained_n, added_since_train
-        self._index_readonly_mmap = False
-        self._index_dirty = True
-        self._files: dict[str, dict[str, Any]] = {}
-        self._files_dir: Path | None = None
-        self._gpu_index: faiss.Index | None = None
+    def __init__(self, state: IndexState, gpu_index: faiss.Index | None = None) -> None:
+        """Internal: use ``build``, ``build_streamed`` or ``load``."""
+        self._state = state
+        self._gpu_index = gpu_index  # search copy on the GPU, dropped by any mutation
         self._gpu_lock = threading.Lock()
-        self._rw = RWLock()
-        self._mutate = threading.Lock()
+        self._rw = RWLock()  # searches read; add/remove/retrain and a save's swap write
+        self._mutate = threading.Lock()  # one add/remove/retrain/save at a time
 
     # ------------------------------------------------------------------ build
 
@@ -116,8 +84,7 @@ class VectorIndex:
         Raises ``BadQueryError`` for invalid input.
         """
         vectors, ids = check_rows(vectors, ids, d=None)
-        if not 0.0 < target_recall <= 1.0:
-            raise BadQueryError(f"target_recall must be in (0, 1], got {target_recall}")
+        meta = build_meta(index_type, target_recall, seed, memory_budget_bytes, opq, quantizer)
         if len(np.unique(ids)) != len(ids):
             raise BadQueryError("ids passed to build must be unique")
         params = choose_index_params(
@@ -128,10 +95,9 @@ class VectorIndex:
             opq=opq,
             quantizer=quantizer,
         )
-        _check_dtype(refine_dtype)
+        check_refine_dtype(refine_dtype)
         store = VectorStore.from_arrays(vectors, ids, dtype=refine_dtype)
-        meta = _build_meta(index_type, target_recall, seed, memory_budget_bytes, opq, quantizer)
-        return cls._from_store(store, params, meta, use_gpu=use_gpu)
+        return cls(*build_state(store, params, meta, use_gpu=use_gpu))
 
     @classmethod
     def build_streamed(
@@ -155,49 +121,17 @@ class VectorIndex:
         FAISS index (codes + ids) plus one chunk and the training sample. Save the
         result into the same ``directory`` (the segment is reused, not copied).
         """
-        from mmsearch.ann.persist import streamed_store
-
-        if not 0.0 < target_recall <= 1.0:
-            raise BadQueryError(f"target_recall must be in (0, 1], got {target_recall}")
-        _check_dtype(refine_dtype)
+        meta = build_meta(index_type, target_recall, seed, None, opq, quantizer)
+        check_refine_dtype(refine_dtype)
         store, files, root = streamed_store(chunks, Path(directory), refine_dtype)
         if store.n_live == 0:
             raise BadQueryError("cannot build an index from no rows")
         params = choose_index_params(
             store.n_live, store.d, index_type=index_type, opq=opq, quantizer=quantizer
         )
-        meta = _build_meta(index_type, target_recall, seed, None, opq, quantizer)
-        out = cls._from_store(store, params, meta, use_gpu=use_gpu)
-        out._files, out._files_dir = files, root
-        return out
-
-    @classmethod
-    def _from_store(
-        cls, store: VectorStore, params: IndexParams, meta: dict[str, Any], *, use_gpu: bool | None
-    ) -> VectorIndex:
-        t0 = time.perf_counter()
-        gpu = gpu_available() if use_gpu is None else bool(use_gpu and gpu_available())
-        phases: dict[str, float] = {}
-        index, nprobe, refine, recall = build_index_structure(
-            store, params, meta, use_gpu=gpu, phases=phases
-        )
-        meta = dict(meta)
-        meta.update(
-            recall_at_10=recall,
-            build_seconds=round(time.perf_counter() - t0, 3),
-            build_phases_s=phases,
-            trained_n=store.n_live,
-            added_since_train=0,
-            gpu=gpu,
-        )
-        out = cls(params=params, index=index, store=store, nprobe=nprobe, refine=refine, meta=meta)
-        if gpu and params.index_type == "ivfpq":  # pragma: no cover - no GPU in CI
-            try:
-                out._gpu_index = to_gpu(index)
-            except RuntimeError as exc:  # GPU IVF-PQ lacks some (m, nbits): stay on CPU
-                out._meta["gpu"] = False
-                out._meta["gpu_error"] = str(exc)
-        return out
+        state, gpu_index = build_state(store, params, meta, use_gpu=use_gpu)
+        state.files, state.files_dir = files, root
+        return cls(state, gpu_index)
 
     # ----------------------------------------------------------------- search
 
@@ -218,20 +152,21 @@ class VectorIndex:
         (e.g. ``"cross"`` for text queries against image vectors), when one was tuned.
         A single query may be passed as shape (d,).
         """
-        q = check_queries(queries, self._params.d)
+        q = check_queries(queries, self._state.params.d)
         k = positive_int("k", k)
-        tuned = self._meta.get("profiles", {}).get(profile, {}) if profile else {}
-        default_nprobe = int(tuned.get("nprobe", self._nprobe))
-        default_refine = int(tuned.get("refine", self._refine))
-        nprobe_v = default_nprobe if nprobe is None else positive_int("nprobe", nprobe)
-        refine_v = default_refine if refine is None else positive_int("refine", refine)
         with self._rw.read():
+            st = self._state
+            tuned = st.meta.get("profiles", {}).get(profile, {}) if profile else {}
+            default_nprobe = int(tuned.get("nprobe", st.nprobe))
+            default_refine = int(tuned.get("refine", st.refine))
+            nprobe_v = default_nprobe if nprobe is None else positive_int("nprobe", nprobe)
+            refine_v = default_refine if refine is None else positive_int("refine", refine)
             if exact:
-                return self._store.exact_search(q, k)
-            if self._params.index_type == "flat":
-                scores, ids = self._index.search(q, k)
+                return st.store.exact_search(q, k)
+            if st.params.index_type == "flat":
+                scores, ids = st.index.search(q, k)
                 return _pads(scores, ids)
-            nprobe_v = min(nprobe_v, self._params.nlist)
+            nprobe_v = min(nprobe_v, st.params.nlist)
             # The tuned refine holds for top-TUNE_K; smaller k keep that many candidates,
             # or near-duplicate neighbours crowd the true top-1 out of k*refine.
             n_cand = max(k, TUNE_K) * refine_v
@@ -242,29 +177,18 @@ class VectorIndex:
                     )
                     _, cand = self._gpu_index.search(q, min(n_cand, 2048))
             else:
-                _, cand = self._index.search(
+                _, cand = st.index.search(
                     q,
                     n_cand,
-                    params=search_params(
-                        self._index, nprobe_v, hnsw=self._params.quantizer == "hnsw"
-                    ),
+                    params=search_params(st.index, nprobe_v, hnsw=st.params.quantizer == "hnsw"),
                 )
-            return self._rescore(q, cand, k)
-
-    def _rescore(self, q: F32, cand: I64, k: int) -> tuple[F32, I64]:
-        """Exact inner products of the candidates; unknown or removed ids drop out."""
-        vecs, found = self._store.lookup(cand)
-        vecs = vecs.reshape(cand.shape[0], cand.shape[1], -1)
-        scores = np.einsum("qcd,qd->qc", vecs, q, optimize=False).astype(np.float32)
-        found = found.reshape(cand.shape) & (cand >= 0)
-        scores[~found] = -np.inf
-        return top_k(scores, np.where(found, cand, -1), k)
+            return _rescore(st.store, q, cand, k)
 
     def lookup(self, ids: I64) -> tuple[F32, npt.NDArray[np.bool_]]:
         """Stored float vectors of ``ids`` (rows of unknown or removed ids are zero) and a
         mask of the ids found; safe alongside concurrent add/remove."""
         with self._rw.read():
-            return self._store.lookup(np.asarray(ids, dtype=np.int64))
+            return self._state.store.lookup(np.asarray(ids, dtype=np.int64))
 
     def tune_profile(
         self, name: str, queries: F32, *, target_recall: float | None = None
@@ -276,18 +200,19 @@ class VectorIndex:
         probes for the same recall; pass a sample of such queries here. Saved with the
         index; a flat index needs no tuning and records none.
         """
-        q = check_queries(queries, self._params.d)
-        if self._params.index_type == "flat" or len(q) == 0:
+        q = check_queries(queries, self._state.params.d)
+        if self._state.params.index_type == "flat" or len(q) == 0:
             return {}
-        target = float(
-            self._meta.get("target_recall", 0.95) if target_recall is None else target_recall
-        )
         with self._rw.read():
+            st = self._state
+            target = float(
+                st.meta.get("target_recall", 0.95) if target_recall is None else target_recall
+            )
             tuned = tune_on_queries(
-                self._index,
-                self._store,
-                self._params,
-                lambda qs, cand: self._rescore(qs, cand, TUNE_K),
+                st.index,
+                st.store,
+                st.params,
+                lambda qs, cand: _rescore(st.store, qs, cand, TUNE_K),
                 q,
                 target,
             )
@@ -298,7 +223,7 @@ class VectorIndex:
             "queries": len(q),
         }
         with self._mutate:
-            self._meta.setdefault("profiles", {})[name] = result
+            self._state.meta.setdefault("profiles", {})[name] = result
         return result
 
     # ------------------------------------------------------------- mutation
@@ -308,38 +233,35 @@ class VectorIndex:
         """True when the index should be rebuilt: IVF-PQ after more rows were added than it
         was trained on (``RETRAIN_GROWTH_RATIO``), or an auto-chosen flat index that grew
         past ``FLAT_THRESHOLD``."""
-        if self._params.index_type == "flat":
-            return (
-                self._meta.get("requested_type") == "auto" and self._store.n_live >= FLAT_THRESHOLD
-            )
-        return retrain_due(int(self._meta["trained_n"]), int(self._meta["added_since_train"]))
+        st = self._state
+        if st.params.index_type == "flat":
+            return st.meta.get("requested_type") == "auto" and st.store.n_live >= FLAT_THRESHOLD
+        return retrain_due(int(st.meta["trained_n"]), int(st.meta["added_since_train"]))
 
     def add(self, vectors: F32, ids: I64, *, retrain: bool | None = None) -> None:
         """Add rows (ids must not be present already). ``retrain=None`` retrains when
         ``needs_retrain`` becomes true, ``True`` always, ``False`` never."""
-        vectors, ids = check_rows(vectors, ids, d=self._params.d, allow_empty=True)
+        vectors, ids = check_rows(vectors, ids, d=self._state.params.d, allow_empty=True)
         with self._mutate:
             if len(ids):
                 if len(np.unique(ids)) != len(ids):
                     raise BadQueryError("ids passed to add contain duplicates")
-                present = self._store.contains(ids)
+                present = self._state.store.contains(ids)
                 if present.any():
                     raise BadQueryError(
                         f"{int(present.sum())} ids are already in the index (e.g. "
                         f"{int(ids[present][0])}); remove them first to replace their vectors"
                     )
                 with self._rw.write():
-                    self._make_mutable()
-                    self._store.add(vectors, ids)
+                    st = self._state.make_mutable()
+                    st.store.add(vectors, ids)
                     for start in range(0, len(ids), ADD_CHUNK):
-                        self._index.add_with_ids(
+                        st.index.add_with_ids(
                             vectors[start : start + ADD_CHUNK], ids[start : start + ADD_CHUNK]
                         )
-                    self._index_dirty = True
+                    st.index_dirty = True
                     self._gpu_index = None
-                    self._meta["added_since_train"] = int(self._meta["added_since_train"]) + len(
-                        ids
-                    )
+                    st.meta["added_since_train"] = int(st.meta["added_since_train"]) + len(ids)
             if retrain or (retrain is None and self.needs_retrain):
                 self._retrain_locked()
 
@@ -352,10 +274,10 @@ class VectorIndex:
         if not len(arr):
             return
         with self._mutate, self._rw.write():
-            self._make_mutable()
-            self._store.remove(arr)
-            self._index.remove_ids(arr)
-            self._index_dirty = True
+            st = self._state.make_mutable()
+            st.store.remove(arr)
+            st.index.remove_ids(arr)
+            st.index_dirty = True
             self._gpu_index = None
 
     def retrain(self) -> None:
@@ -364,44 +286,23 @@ class VectorIndex:
             self._retrain_locked()
 
     def _retrain_locked(self) -> None:
-        store = self._store
+        old = self._state
+        store, meta = old.store, old.meta
         if store.n_live == 0:
             raise BadQueryError("cannot retrain an empty index")
-        requested = self._meta.get("requested_type", "auto")
         params = choose_index_params(
             store.n_live,
             store.d,
-            memory_budget_bytes=self._meta.get("memory_budget_bytes"),
-            index_type=requested,
-            opq=bool(self._meta.get("opq", False)),
-            quantizer=self._meta.get("quantizer", "auto"),
+            memory_budget_bytes=meta.get("memory_budget_bytes"),
+            index_type=meta.get("requested_type", "auto"),
+            opq=bool(meta.get("opq", False)),
+            quantizer=meta.get("quantizer", "auto"),
         )
         # Searches keep using the old index while the new one trains.
-        fresh = VectorIndex._from_store(
-            store, params, self._meta, use_gpu=bool(self._meta.get("gpu"))
-        )
+        fresh, gpu_index = build_state(store, params, meta, use_gpu=bool(meta.get("gpu")))
+        fresh.files, fresh.files_dir = old.files, old.files_dir  # the refine segments stay
         with self._rw.write():
-            self._params, self._index = fresh._params, fresh._index
-            self._nprobe, self._refine, self._meta = fresh._nprobe, fresh._refine, fresh._meta
-            self._gpu_index = fresh._gpu_index
-            self._index_readonly_mmap = False
-            self._index_dirty = True
-
-    def _make_mutable(self) -> None:
-        """A memory-mapped FAISS index is read-only (mutating it aborts the process):
-        copy it into RAM before the first add/remove."""
-        if self._index_readonly_mmap:
-            entry = self._files.get("index")
-            fresh = None
-            if entry is not None and self._files_dir is not None:
-                try:  # one read of the file, not a serialised copy of the map
-                    fresh = faiss.read_index(str(self._files_dir / entry["name"]))
-                except RuntimeError:  # collected by another writer's save since we mapped it
-                    fresh = None
-            if fresh is None or fresh.ntotal != self._index.ntotal:
-                fresh = faiss.deserialize_index(faiss.serialize_index(self._index))
-            self._index = fresh
-            self._index_readonly_mmap = False
+            self._state, self._gpu_index = fresh, gpu_index
 
     # --------------------------------------------------------------- persist
 
@@ -410,7 +311,20 @@ class VectorIndex:
     ) -> None:
         """Write the index to ``directory`` crash-safely (new generation files, then the
         manifest, then old generations are deleted). Unchanged files are reused."""
-        save_index(self, directory, table_version=table_version, model_key=model_key)
+        with self._mutate:
+            save_index(
+                self._state,
+                directory,
+                table_version=table_version,
+                model_key=model_key,
+                adopt=self._adopt_saved,
+            )
+
+    def _adopt_saved(self, store: VectorStore, files: FileEntries, root: Path) -> None:
+        """After a save's commit: the refine vectors now come from the saved segments."""
+        with self._rw.write():
+            st = self._state
+            st.store, st.files, st.files_dir, st.index_dirty = store, files, root, False
 
     @classmethod
     def load(
@@ -425,14 +339,14 @@ class VectorIndex:
         """Open a saved index. Raises IndexNotFoundError (no manifest), ModelMismatchError
         (other model), IndexCorruptError (stale table version, missing/truncated/corrupt
         files). ``mmap=True`` maps the IVF lists and refine vectors instead of reading them."""
-        return load_index(
-            cls,
+        state = load_index(
             directory,
             expect_table_version=expect_table_version,
             expect_model_key=expect_model_key,
             verify_checksums=verify_checksums,
             mmap=mmap,
         )
+        return cls(state)
 
     # ------------------------------------------------------------------ info
 
@@ -440,73 +354,35 @@ class VectorIndex:
     def info(self) -> dict[str, Any]:
         """Summary: type, n, d, params, tuned nprobe/refine, recall@10 measured at build,
         bytes per vector of the in-RAM ANN structures, build seconds, needs_retrain."""
-        p, n = self._params, self._store.n_live
-        if p.index_type == "flat":
-            ram = estimate_flat_bytes(n, p.d)
-        else:
-            ram = estimate_ivfpq_bytes(
-                n, p.d, p.nlist, p.m, opq=p.opq, nbits=p.nbits, quantizer=p.quantizer
-            )
+        st = self._state
         return {
-            "type": p.index_type,
-            "n": n,
-            "d": p.d,
-            "params": {
-                "nlist": p.nlist,
-                "m": p.m,
-                "nbits": p.nbits,
-                "opq": p.opq,
-                "train_size": p.train_size,
-                "quantizer": p.quantizer,
-            },
-            "nprobe": self._nprobe,
-            "refine": self._refine,
-            "recall_at_10": self._meta.get("recall_at_10"),
-            "target_recall": self._meta.get("target_recall"),
-            "bytes_per_vector": ram / max(n, 1),
-            "refine_vectors_memory_mapped": self._store.is_memory_mapped,
-            "refine_dtype": self._store.dtype,
-            "refine_segments": len(self._store.segments) + (1 if self._store.delta_rows else 0),
-            "refine_dead_rows": self._store.n_dead,
-            "build_seconds": self._meta.get("build_seconds"),
-            "build_phases_s": self._meta.get("build_phases_s"),
-            "trained_n": self._meta.get("trained_n"),
-            "added_since_train": self._meta.get("added_since_train"),
+            **st.describe(),
             "needs_retrain": self.needs_retrain,
-            "profiles": dict(self._meta.get("profiles", {})),
-            "gpu": bool(self._meta.get("gpu")),
+            "profiles": dict(st.meta.get("profiles", {})),
+            "gpu": bool(st.meta.get("gpu")),
         }
 
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The FAISS structure on the CPU (flat, IVF-PQ or OPQ + IVF-PQ), for inspection:
+        searching it directly skips the exact refine, mutating it corrupts the index."""
+        return self._state.index
+
     def __len__(self) -> int:
-        return self._store.n_live
+        return self._state.store.n_live
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _check_dtype(refine_dtype: str) -> None:
-    try:
-        check_dtype(refine_dtype)
-    except ValueError as exc:
-        raise BadQueryError(str(exc)) from None
-
-
-def _build_meta(
-    index_type: str,
-    target_recall: float,
-    seed: int,
-    memory_budget_bytes: int | None,
-    opq: bool,
-    quantizer: str = "auto",
-) -> dict[str, Any]:
-    return {
-        "requested_type": index_type,
-        "target_recall": float(target_recall),
-        "seed": int(seed),
-        "memory_budget_bytes": memory_budget_bytes,
-        "opq": bool(opq),
-        "quantizer": quantizer,
-    }
+def _rescore(store: VectorStore, q: F32, cand: I64, k: int) -> tuple[F32, I64]:
+    """Exact inner products of the candidates; unknown or removed ids drop out."""
+    vecs, found = store.lookup(cand)
+    vecs = vecs.reshape(cand.shape[0], cand.shape[1], -1)
+    scores = np.einsum("qcd,qd->qc", vecs, q, optimize=False).astype(np.float32)
+    found = found.reshape(cand.shape) & (cand >= 0)
+    scores[~found] = -np.inf
+    return top_k(scores, np.where(found, cand, -1), k)
 
 
 def _pads(scores: F32, ids: I64) -> tuple[F32, I64]:

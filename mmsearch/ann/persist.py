@@ -5,7 +5,8 @@ new refine segment, the tombstones, the FAISS index if it changed — reusing (o
 hard-linking from the directory the index came from) the existing segments, then the
 manifest as the commit point, then deletes files no manifest names. ``load`` checks the manifest against the expected model and
 table version and verifies every file before opening it (memory-mapped by default).
-``VectorIndex.save`` / ``VectorIndex.load`` delegate here.
+Both work on an :class:`~mmsearch.ann.state.IndexState`; ``VectorIndex.save`` /
+``VectorIndex.load`` delegate here and hold the locks.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import faiss
 import numpy as np
@@ -25,12 +26,10 @@ from mmsearch.ann import files as F
 from mmsearch.ann.checks import check_rows
 from mmsearch.ann.params import ID_BYTES, IndexParams
 from mmsearch.ann.segment import SUFFIX, Segment, check_dtype, write_segment
+from mmsearch.ann.state import FileEntries, IndexState
 from mmsearch.ann.store import VectorStore
-from mmsearch.ann.tuning import fill_index
+from mmsearch.ann.structure import fill_index
 from mmsearch.errors import BadQueryError, IndexCorruptError, ModelMismatchError
-
-if TYPE_CHECKING:
-    from mmsearch.ann.index import VectorIndex
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -41,28 +40,37 @@ COMPACT_DEAD_FRACTION = 0.25
 
 
 def save_index(
-    index: VectorIndex, directory: str | os.PathLike[str], *, table_version: int, model_key: str
+    state: IndexState,
+    directory: str | os.PathLike[str],
+    *,
+    table_version: int,
+    model_key: str,
+    adopt: Callable[[VectorStore, FileEntries, Path], None],
 ) -> None:
-    """Write ``index`` to ``directory`` crash-safely (new generation files, then the
+    """Write ``state`` to ``directory`` crash-safely (new generation files, then the
     manifest, then files no manifest names are deleted).
 
     Existing refine segments are reused in place, or hard-linked from the directory the
     index came from; only rows added since (one new segment) and the tombstones are
-    written, unless ``should_compact`` asks for one rewritten segment.
+    written, unless ``should_compact`` asks for one rewritten segment. Right after the
+    manifest is committed, and before old files are collected, ``adopt(store, files,
+    root)`` receives the refine store reopened over the saved segments and the files
+    now on record: the caller puts them in ``state`` (under its own lock). The caller
+    also keeps ``state`` from changing during the save.
     """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    with index._mutate, F.writer_lock(root):
-        store = index._store
+    with F.writer_lock(root):
+        store = state.store
         compact = should_compact(store)
         files: dict[str, dict[str, Any]] = {}
         counts: list[int] = []
         if not compact:
             for i, seg in enumerate(store.segments):
                 for role in segment_roles(i):
-                    entry = index._files[role]
-                    assert index._files_dir is not None  # sealed segments come from files
-                    F.link_or_copy(index._files_dir / entry["name"], root / entry["name"])
+                    entry = state.files[role]
+                    assert state.files_dir is not None  # sealed segments come from files
+                    F.link_or_copy(state.files_dir / entry["name"], root / entry["name"])
                     files[role] = dict(entry)
                 counts.append(len(seg))
         gen = _next_generation(root)
@@ -76,7 +84,7 @@ def save_index(
             counts.append(n_new)
         dead = np.empty(0, np.int64) if compact else store.tombstones()
         if len(dead):
-            old = index._files.get("tombstones")
+            old = state.files.get("tombstones")
             if not store.dirty and old is not None and (root / old["name"]).exists():
                 files["tombstones"] = dict(old)
             else:
@@ -84,24 +92,17 @@ def save_index(
                 data = np.ascontiguousarray(dead, np.int64).tobytes()
                 F.atomic_write_bytes(tpath, data)
                 files["tombstones"] = F.file_entry(tpath)
-        if index._params.index_type == "ivfpq":
-            same_dir = index._files_dir is not None and _same_dir(index._files_dir, root)
-            if (
-                same_dir
-                and not index._index_dirty
-                and _files_present(root, index._files, ("index",))
-            ):
-                files["index"] = index._files["index"]
+        if state.params.index_type == "ivfpq":
+            same_dir = state.files_dir is not None and _same_dir(state.files_dir, root)
+            if same_dir and not state.index_dirty and _files_present(root, state.files, ("index",)):
+                files["index"] = state.files["index"]
             else:
                 xpath = root / f"index-{gen}.faiss"
-                F.atomic_write(xpath, lambda tmp: faiss.write_index(index._index, str(tmp)))
+                F.atomic_write(xpath, lambda tmp: faiss.write_index(state.index, str(tmp)))
                 files["index"] = F.file_entry(xpath)
-        manifest = _manifest(index, gen, table_version, model_key, files, counts)
+        manifest = _manifest(state, gen, table_version, model_key, files, counts)
         F.write_manifest(root, manifest)  # commit point
-        reopened = open_store(root, manifest, checksum=False)
-        with index._rw.write():
-            index._store = reopened  # refine vectors now come from the memory-mapped segments
-            index._files, index._files_dir, index._index_dirty = files, root, False
+        adopt(open_store(root, manifest, checksum=False), files, root)
         F.collect_garbage(root, {e["name"] for e in files.values()})
 
 
@@ -157,7 +158,7 @@ def open_store(root: Path, manifest: dict[str, Any], *, checksum: bool) -> Vecto
 
 def streamed_store(
     chunks: Iterable[tuple[F32, I64]], root: Path, dtype: str
-) -> tuple[VectorStore, dict[str, dict[str, Any]], Path]:
+) -> tuple[VectorStore, FileEntries, Path]:
     """Write chunks as the first segment of a new index directory; returns the store
     over it (memory-mapped), the segment's manifest entries and the directory."""
     root.mkdir(parents=True, exist_ok=True)
@@ -188,7 +189,7 @@ def streamed_store(
 
 
 def _manifest(
-    index: VectorIndex,
+    state: IndexState,
     gen: int,
     table_version: int,
     model_key: str,
@@ -201,28 +202,27 @@ def _manifest(
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "table_version": int(table_version),
         "model_key": str(model_key),
-        "n": index._store.n_live,
-        "d": index._params.d,
-        "refine_dtype": index._store.dtype,
+        "n": state.store.n_live,
+        "d": state.params.d,
+        "refine_dtype": state.store.dtype,
         "segments": counts,
-        "params": index._params.to_dict(),
-        "nprobe": index._nprobe,
-        "refine": index._refine,
-        "meta": index._meta,
+        "params": state.params.to_dict(),
+        "nprobe": state.nprobe,
+        "refine": state.refine,
+        "meta": state.meta,
         "files": files,
     }
 
 
 def load_index(
-    cls: type[VectorIndex],
     directory: str | os.PathLike[str],
     *,
     expect_table_version: int | None = None,
     expect_model_key: str | None = None,
     verify_checksums: bool = True,
     mmap: bool = True,
-) -> VectorIndex:
-    """Open a saved index as an instance of ``cls``. Raises IndexNotFoundError (no
+) -> IndexState:
+    """Read a saved index's state. Raises IndexNotFoundError (no
     manifest), ModelMismatchError (other model), IndexCorruptError (stale table version,
     missing/truncated/corrupt files). ``mmap=True`` maps the IVF lists and refine vectors
     instead of reading them."""
@@ -231,7 +231,7 @@ def load_index(
         manifest = F.read_manifest(root)
         try:
             return _load_manifest(
-                cls, root, manifest, expect_table_version, expect_model_key, verify_checksums, mmap
+                root, manifest, expect_table_version, expect_model_key, verify_checksums, mmap
             )
         except IndexCorruptError:
             # A concurrent save may have switched the manifest and collected our files.
@@ -243,14 +243,13 @@ def load_index(
 
 
 def _load_manifest(
-    cls: type[VectorIndex],
     root: Path,
     manifest: dict[str, Any],
     expect_table_version: int | None,
     expect_model_key: str | None,
     verify_checksums: bool,
     mmap: bool,
-) -> VectorIndex:
+) -> IndexState:
     if expect_model_key is not None and manifest.get("model_key") != expect_model_key:
         raise ModelMismatchError(
             f"the index in {root} was built with model {manifest.get('model_key')!r} but "
@@ -298,13 +297,19 @@ def _load_manifest(
                 f"FAISS index {xpath} holds {index.ntotal} vectors of dimension {index.d}, "
                 f"manifest says {n} x {d}; {F.REBUILD_HINT}"
             )
-    out = cls(params=params, index=index, store=store, nprobe=nprobe, refine=refine, meta=meta)
-    out._index_readonly_mmap = index_entry is not None and mmap
-    out._index_dirty = False
-    out._files = {k: dict(v) for k, v in files.items()}
-    out._files_dir = root
-    out._meta["gpu"] = False
-    return out
+    meta["gpu"] = False
+    return IndexState(
+        params=params,
+        index=index,
+        store=store,
+        nprobe=nprobe,
+        refine=refine,
+        meta=meta,
+        files={k: dict(v) for k, v in files.items()},
+        files_dir=root,
+        index_dirty=False,
+        index_readonly_mmap=index_entry is not None and mmap,
+    )
 
 
 def verify_files(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,36 +1,24 @@
-"""FAISS side of the index: building it (flat, or IVF-PQ trained and filled from the
-store), search parameters, tuning nprobe/refine on stored rows or on sample queries.
-
-Coarse centroids come from a seeded two-level spherical k-means (sqrt(nlist) clusters,
-then sub-clusters inside each), about 30x cheaper than flat k-means at nlist=4096 and
-close in quality; IndexIVF then skips its own coarse training because the quantizer
-already holds ``nlist`` centroids.
+"""Tuning nprobe and refine: the cheapest pair that reaches a target recall@10, measured
+against exact ground truth on stored rows (at build time) or on sample queries.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
-from mmsearch.ann.params import HNSW_M, MAX_POINTS_PER_CENTROID, IndexParams
+from mmsearch.ann.params import IndexParams
 from mmsearch.ann.store import VectorStore, top_k
+from mmsearch.ann.structure import search_params
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
-KMEANS_NITER = 20
-OPQ_NITER = 20
-PQ_NITER = 12
-PQ_MAX_POINTS_PER_CENTROID = 64
-"""PQ codebooks: 12 iterations on <= 16k points (FAISS: 25 on 64k), ~8x less training;
-the exact refine absorbs the small loss in code quality."""
 TUNE_REFINES = (1, 2, 4, 8, 16, 32)
 """Refine factors tried at build time (candidates = k x refine)."""
 
@@ -43,176 +31,8 @@ REFINE_ROW_COST = 8
 """Cost of exactly re-scoring one candidate, in bytes touched per dimension (random
 read of 4 bytes, roughly twice the cost of a sequential one); a PQ code costs m."""
 
-HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_ADD = 32
-"""efSearch of the HNSW coarse quantizer when rows are added (assigned to one list):
-99.96 % of 65,536 rows land in the same list as with an exact scan (16,384 lists)."""
-HNSW_EF_SEARCH_MIN = 64
-"""efSearch of the HNSW coarse quantizer at query time: ``max(64, 2 * nprobe)``; at
-nprobe 32 over 16,384 lists it finds 99.6 % of the exact top-32 lists."""
-
 TUNE_K = 10
 MAX_TUNE_QUERIES = 500
-ADD_CHUNK = 65_536
-
-
-def gpu_available() -> bool:
-    """True when this FAISS build sees a GPU."""
-    get = getattr(faiss, "get_num_gpus", None)
-    return bool(get and get() > 0)
-
-
-def to_gpu(index: faiss.Index) -> faiss.Index:  # pragma: no cover - no GPU in CI
-    """Search copy of ``index`` on GPU 0 (raises RuntimeError if FAISS cannot)."""
-    res = faiss.StandardGpuResources()
-    co = faiss.GpuClonerOptions()
-    co.useFloat16LookupTables = True  # needed by GPU IVF-PQ for m >= 56 at 8 bits
-    gpu_index = faiss.index_cpu_to_gpu(res, 0, index, co)
-    gpu_index.referenced_resources = res  # keep the resources alive with the index
-    return gpu_index
-
-
-def spherical_kmeans(x: F32, k: int, *, seed: int, use_gpu: bool, niter: int = KMEANS_NITER) -> F32:
-    """Seeded k-means with unit-norm centroids (max inner product = min L2 on the sphere)."""
-    if k == 1:
-        c = x.mean(axis=0, keepdims=True)
-        return (c / max(float(np.linalg.norm(c)), 1e-12)).astype(np.float32)
-    km = faiss.Kmeans(
-        x.shape[1],
-        k,
-        niter=niter,
-        seed=seed,
-        spherical=True,
-        gpu=use_gpu,
-        max_points_per_centroid=MAX_POINTS_PER_CENTROID,
-        min_points_per_centroid=1,  # callers guarantee enough points; silences FAISS's stderr
-    )
-    km.train(np.ascontiguousarray(x, np.float32))
-    return np.asarray(km.centroids, np.float32)
-
-
-def allocate_subclusters(sizes: npt.NDArray[np.int64], total: int) -> npt.NDArray[np.int64]:
-    """Split ``total`` centroids over clusters proportionally to their sizes.
-
-    Floors first, then the remainder goes to the clusters with most points per centroid.
-    """
-    n = int(sizes.sum())
-    alloc = sizes * total // max(n, 1)
-    remainder = total - int(alloc.sum())
-    if remainder > 0:
-        ratio = sizes / (alloc + 1.0)
-        alloc[np.argsort(-ratio, kind="stable")[:remainder]] += 1
-    return alloc
-
-
-def two_level_kmeans(x: F32, nlist: int, *, seed: int, use_gpu: bool) -> F32:
-    """``nlist`` unit-norm centroids: sqrt(nlist) top clusters, then k-means inside each."""
-    if nlist <= 256:
-        return spherical_kmeans(x, nlist, seed=seed, use_gpu=use_gpu)
-    nc1 = 1 << round(math.log2(math.sqrt(nlist)))
-    top = spherical_kmeans(x, nc1, seed=seed, use_gpu=use_gpu)
-    assign = _assign(x, top)
-    alloc = allocate_subclusters(np.bincount(assign, minlength=nc1).astype(np.int64), nlist)
-    parts = []
-    for c in range(nc1):
-        if alloc[c] == 0:
-            continue
-        members = x[assign == c]
-        parts.append(spherical_kmeans(members, int(alloc[c]), seed=seed + 1 + c, use_gpu=use_gpu))
-    centroids = np.concatenate(parts)
-    assert len(centroids) == nlist
-    return centroids
-
-
-def _assign(x: F32, centroids: F32) -> npt.NDArray[np.int64]:
-    flat = faiss.IndexFlatIP(centroids.shape[1])
-    flat.add(centroids)
-    _, labels = flat.search(x, 1)
-    return labels[:, 0]
-
-
-def train_ivfpq(xt: F32, params: IndexParams, *, seed: int, use_gpu: bool) -> faiss.Index:
-    """Untrained-to-trained, empty IVF-PQ index (optionally behind an OPQ rotation)."""
-    d = params.d
-    opq = None
-    x = np.ascontiguousarray(xt, np.float32)
-    if params.opq:
-        opq = faiss.OPQMatrix(d, params.m)
-        opq.niter = OPQ_NITER
-        opq.train(x)
-        x = opq.apply(x)  # orthogonal: inner products and norms are preserved
-    centroids = two_level_kmeans(x, params.nlist, seed=seed, use_gpu=use_gpu)
-    quantizer = coarse_quantizer(centroids, params.quantizer)
-    ivf = faiss.IndexIVFPQ(
-        quantizer, d, params.nlist, params.m, params.nbits, faiss.METRIC_INNER_PRODUCT
-    )
-    ivf.pq.cp.seed = seed
-    ivf.pq.cp.niter = PQ_NITER
-    ivf.pq.cp.max_points_per_centroid = PQ_MAX_POINTS_PER_CENTROID
-    # Tiny forced IVF-PQ collections have < 39 points per code: accept it quietly
-    # (FAISS would print to stderr); the exact refine absorbs the codebook error.
-    ivf.pq.cp.min_points_per_centroid = 1
-    ivf.train(x)  # coarse training is skipped: the quantizer already holds nlist centroids
-    if opq is None:
-        return ivf
-    return faiss.IndexPreTransform(opq, ivf)
-
-
-def coarse_quantizer(centroids: F32, kind: str) -> faiss.Index:
-    """Inner-product search over the coarse ``centroids``: exact flat scan, or an HNSW
-    graph (``HNSW_M`` links) that answers in a fraction of the time at large ``nlist``.
-    The graph is built on one thread (about 2 s for 16,384 x 512): parallel insertion
-    would make it depend on thread timing, and the same seed must give the same index."""
-    d = centroids.shape[1]
-    x = np.ascontiguousarray(centroids, np.float32)
-    if kind != "hnsw":
-        flat = faiss.IndexFlatIP(d)
-        flat.add(x)
-        return flat
-    quantizer = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-    quantizer.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    quantizer.hnsw.efSearch = HNSW_EF_ADD  # used by add(); searches pass their own
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        quantizer.add(x)
-    finally:
-        faiss.omp_set_num_threads(threads)
-    return quantizer
-
-
-def ivf_of(index: faiss.Index) -> faiss.IndexIVF:
-    """The IndexIVF inside an optional IndexPreTransform."""
-    if isinstance(index, faiss.IndexPreTransform):
-        return faiss.downcast_index(index.index)
-    return faiss.downcast_index(index)
-
-
-def search_params(
-    index: faiss.Index, nprobe: int, *, hnsw: bool | None = None
-) -> faiss.SearchParameters:
-    """Per-call search parameters (the shared index is never mutated, so concurrent
-    searches with different nprobe are safe). ``hnsw``: whether the coarse quantizer is
-    an HNSW graph, when the caller knows (else it is looked up, ~10 us)."""
-    ivf_params = faiss.SearchParametersIVF(nprobe=int(nprobe))
-    if hnsw is None:
-        hnsw = _has_hnsw_quantizer(index)
-    if hnsw:
-        hnsw = faiss.SearchParametersHNSW()
-        hnsw.efSearch = max(HNSW_EF_SEARCH_MIN, 2 * int(nprobe))
-        ivf_params.quantizer_params = hnsw
-        ivf_params.referenced_quantizer_params = hnsw  # keep the inner object alive
-    if isinstance(index, faiss.IndexPreTransform):
-        outer = faiss.SearchParametersPreTransform()
-        outer.index_params = ivf_params
-        outer.referenced_ivf_params = ivf_params  # keep the inner object alive
-        return outer
-    return ivf_params
-
-
-def _has_hnsw_quantizer(index: faiss.Index) -> bool:
-    ivf = ivf_of(index)
-    return isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
 
 
 @dataclass(frozen=True)
@@ -272,12 +92,6 @@ def tune_nprobe_refine(
     return best if best is not None else fallback
 
 
-def fill_index(index: faiss.Index, store: VectorStore) -> None:
-    """Add every live row of ``store`` to ``index``, ``ADD_CHUNK`` rows at a time."""
-    for vecs, ids in store.iter_live(ADD_CHUNK):
-        index.add_with_ids(vecs, ids)
-
-
 def tune_on_stored_rows(
     index: faiss.Index,
     store: VectorStore,
@@ -315,52 +129,6 @@ def tune_on_stored_rows(
         n=n,
         target_recall=target,
     )
-
-
-def build_index_structure(
-    store: VectorStore,
-    params: IndexParams,
-    meta: dict[str, Any],
-    *,
-    use_gpu: bool,
-    phases: dict[str, float] | None = None,
-) -> tuple[faiss.Index, int, int, float | None]:
-    """The FAISS index over ``store`` with its tuned (nprobe, refine) and measured recall@10.
-
-    Flat: exact, nothing to tune. IVF-PQ: trained on a seeded sample of ``params.train_size``
-    live rows, filled, then tuned to ``meta["target_recall"]`` with ``meta["seed"]``.
-    ``phases`` receives the seconds of each step (train, add, tune).
-    """
-    phases = {} if phases is None else phases
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        phases[name] = round(now - clock, 3)
-        clock = now
-
-    seed = int(meta["seed"])
-    n, d = store.n_live, store.d
-    if params.index_type == "flat":
-        index: faiss.Index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
-        fill_index(index, store)
-        nprobe = refine = 0
-        recall: float | None = 1.0
-    else:
-        rng = np.random.default_rng(seed)
-        live = store.live_ids()
-        train_ids = np.sort(rng.choice(live, size=min(params.train_size, n), replace=False))
-        xt, _ = store.lookup(train_ids, bulk=True)
-        index = train_ivfpq(xt, params, seed=seed, use_gpu=use_gpu)
-        del xt
-        lap("train")
-        fill_index(index, store)
-        lap("add")
-        tuned = tune_on_stored_rows(index, store, params, live, rng, float(meta["target_recall"]))
-        nprobe, refine, recall = tuned.nprobe, tuned.refine, tuned.recall
-        lap("tune")
-    return index, nprobe, refine, recall
 
 
 def tune_on_queries(

@@ -48,7 +48,8 @@ def label_cmd(
 
     from mmsearch.cli.common import console, err_console, reported_errors, resolve_index_dir
     from mmsearch.cli.progress import RichProgress, progress_bar
-    from mmsearch.labels import DEFAULT_TEMPLATES, LabelSet, label_index
+    from mmsearch.indexer.labels import label_index
+    from mmsearch.labels import DEFAULT_TEMPLATES, LabelSet
 
     with reported_errors():
         label_set = LabelSet(column, tuple(labels.split(",")), tuple(template or DEFAULT_TEMPLATES))

@@ -58,22 +58,23 @@ def query_cmd(
     Exit status 3 when nothing matched ("no results (reason)" on stderr), 2 on an error.
     """
     from mmsearch.engine import SearchIndex
+    from mmsearch.search.request import make_query
+    from mmsearch.search.types import RerankSpec
 
     empty_reason = None
     with reported_errors():
         idx = SearchIndex(resolve_index_dir(index), device=device, backend=backend, quantize=quantize)
-        spec = None
+        spec = RerankSpec(depth=rerank_depth, min_match=min_match, blend=rerank_blend) if rerank else None
+        q = make_query(
+            query, literal=literal, where=where, rerank=spec, k=top, offset=offset, kind=kind, mode=mode, fusion=fusion,
+            alpha=alpha, group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe,
+            refine=refine,
+        )  # fmt: skip
         if rerank:
             from mmsearch.rerank import attach_reranker
-            from mmsearch.search.types import RerankSpec
 
             attach_reranker(idx, rerank_model, device=device)
-            spec = RerankSpec(depth=rerank_depth, min_match=min_match, blend=rerank_blend)
-        results = idx.search(
-            query, k=top, offset=offset, kind=kind, mode=mode, fusion=fusion, alpha=alpha, literal=literal,  # type: ignore[arg-type]
-            group_by=group_by, dedup=dedup, min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine, where=where,
-            rerank=spec or False,
-        )  # fmt: skip
+        results = idx.run(q)
         if spec is not None:
             for gone in idx.reranker.dropped:
                 err_console.print(f"[yellow]skipped:[/] {escape(gone.uri)}: {escape(gone.reason)}")

@@ -26,6 +26,7 @@ from mmsearch.evaluation.metrics import (
     query_metrics,
 )
 from mmsearch.evaluation.variants import PRIMARY, available_variants, search_options
+from mmsearch.uris import path_to_uri, uri_to_path
 
 #: progress(stage, advance, more_total), as the indexing pipeline reports it.
 ProgressFn = Callable[[str, int, int | None], None]
@@ -124,8 +125,6 @@ class ItemCatalog:
     """The rows an index serves: id → (uri, kind, text) of every row the index serves, and uri → id."""
 
     def __init__(self, index: Any) -> None:
-        from mmsearch.indexer.discover import path_to_uri, uri_to_path
-
         table = index.store.scan(["id", "uri", "kind", "text"])
         self.ids = table.column("id").to_pylist()
         self.uri = dict(zip(self.ids, table.column("uri").to_pylist(), strict=True))

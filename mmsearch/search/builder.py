@@ -14,17 +14,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mmsearch.errors import BadQueryError
-from mmsearch.search.filters import Condition, from_mapping, parse_where
+from mmsearch.search.filters import Condition
 from mmsearch.search.language import QueryTerm, classify_term, parse_query
+from mmsearch.search.request import where_conditions
 from mmsearch.search.types import Query, RerankSpec, Results
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from mmsearch.engine import SearchIndex
 
 #: ``where(price__lt=20)`` suffixes and the operator each means.
 LOOKUPS = {
@@ -43,8 +42,8 @@ LOOKUPS = {
 
 def conditions_from_kwargs(kwargs: Mapping[str, Any]) -> list[Condition]:
     """``price__lt=20, colour=["red", "blue"]`` → typed conditions (lists mean ``in``)."""
-    mapping: dict[str, Any] = {}
-    out: list[Condition] = []
+    plain: dict[str, Any] = {}
+    lookups: list[Mapping[str, Any]] = []
     for key, value in kwargs.items():
         column, _, lookup = key.partition("__")
         if lookup:
@@ -52,10 +51,10 @@ def conditions_from_kwargs(kwargs: Mapping[str, Any]) -> list[Condition]:
                 raise BadQueryError(
                     f"unknown filter lookup {lookup!r} in {key!r}; use one of {', '.join(LOOKUPS)}"
                 )
-            out.extend(from_mapping({column: (LOOKUPS[lookup], value)}))
+            lookups.append({column: (LOOKUPS[lookup], value)})
         else:
-            mapping[column] = value
-    return from_mapping(mapping) + out if mapping else out
+            plain[column] = value
+    return list(where_conditions([plain, *lookups]))
 
 
 def image_term(image: Any, weight: float) -> QueryTerm:
@@ -66,10 +65,16 @@ def image_term(image: Any, weight: float) -> QueryTerm:
     return QueryTerm(float(weight), "image", image)
 
 
+class QueryRunner(Protocol):
+    """What runs a built query (:class:`~mmsearch.engine.SearchIndex` does)."""
+
+    def run(self, query: Query) -> Results: ...
+
+
 class QueryBuilder:
     """Builds a :class:`Query` for one :class:`~mmsearch.engine.SearchIndex`."""
 
-    def __init__(self, index: SearchIndex | None = None, query: Query | None = None) -> None:
+    def __init__(self, index: QueryRunner | None = None, query: Query | None = None) -> None:
         self._index = index
         self._query = query or Query()
 
@@ -102,15 +107,7 @@ class QueryBuilder:
     # -- filters and options ---------------------------------------------------------------
     def where(self, *expressions: str | Mapping[str, Any], **lookups: Any) -> QueryBuilder:
         """ANDs conditions: ``"price < 20"``, ``{"colour": ["red", "blue"]}``, ``price__lt=20``."""
-        conditions: list[Condition] = []
-        for expr in expressions:
-            if isinstance(expr, str):
-                conditions.extend(parse_where([expr]))
-            elif isinstance(expr, Mapping):
-                conditions.extend(from_mapping(expr))
-            else:
-                raise BadQueryError(f"a filter is a string or a mapping, not {type(expr).__name__}")
-        conditions.extend(conditions_from_kwargs(lookups))
+        conditions = [*where_conditions(list(expressions)), *conditions_from_kwargs(lookups)]
         return self._with(where=(*self._query.where, *conditions))
 
     def kind(self, kind: str) -> QueryBuilder:

@@ -79,12 +79,6 @@ class Rows:
         out[found] = kinds[pos[found]]
         return out
 
-    def uri_of(self, item_id: int) -> tuple[str, str] | None:
-        pos = int(np.searchsorted(self.sorted_ids, item_id))
-        if pos >= len(self.sorted_ids) or self.sorted_ids[pos] != item_id:
-            return None
-        return self.table.column("uri")[pos].as_py(), self.table.column("kind")[pos].as_py()
-
     def _positions(
         self, ids: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:

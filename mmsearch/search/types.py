@@ -1,7 +1,7 @@
 """The query object, the candidates tables the stages pass along, and the results.
 
 A :class:`Query` is plain data: the fluent builder, the query-language parser, the
-CLI and the server all produce one, and :meth:`mmsearch.engine.SearchIndex.run`
+CLI and the server all produce one, and :func:`mmsearch.search.pipeline.run`
 runs it. Stages exchange Arrow tables:
 
 * a *leg* table (one retrieval leg's hits): ``id, kind, score, rank, leg``
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ from mmsearch.errors import BadQueryError
 from mmsearch.search.filters import Condition
 from mmsearch.search.language import TERM_KINDS, QueryTerm
 from mmsearch.search.limits import DEFAULT_KIND, MAX_K, MAX_OFFSET
+from mmsearch.storage.metadata_keys import normalize_metadata
 
 Kind = Literal["image", "text", "any"]
 Mode = Literal["vector", "lexical", "hybrid"]
@@ -58,10 +59,6 @@ CANDIDATES_SCHEMA = pa.schema(
         pa.field("legs", pa.string()),  # the legs that found it, comma-separated
     ]
 )
-
-
-def empty_leg() -> pa.Table:
-    return LEG_SCHEMA.empty_table()
 
 
 @dataclass(frozen=True)
@@ -246,6 +243,44 @@ class Results(list[SearchResult]):
         self.timings.update(timings or {})
         self.reason = reason
         self.mode = mode
+
+    @classmethod
+    def from_table(
+        cls,
+        table: pa.Table,
+        *,
+        offset: int = 0,
+        groups: Sequence[Sequence[int]] | None = None,
+        duplicates: Sequence[Sequence[int]] | None = None,
+        timings: Mapping[str, float] | None = None,
+        reason: str | None = None,
+        mode: str | None = None,
+    ) -> Results:
+        """Hits from a shaped candidates table (``id, uri, kind, text, score, similarity,
+        metadata``), ranked from ``offset + 1``; ``groups``/``duplicates`` align with its rows."""
+        cols = {
+            name: table.column(name).to_pylist()
+            for name in ("id", "uri", "kind", "text", "score", "similarity", "metadata")
+        }
+        hits = []
+        for i in range(table.num_rows):
+            meta = cols["metadata"][i]
+            similarity = cols["similarity"][i]
+            hits.append(
+                SearchResult(
+                    rank=offset + i + 1,
+                    id=int(cols["id"][i]),
+                    uri=cols["uri"][i],
+                    kind=cols["kind"][i],
+                    text=cols["text"][i],
+                    score=float(cols["score"][i]),
+                    metadata=normalize_metadata(json.loads(meta)) if meta else {},
+                    similarity=None if similarity is None else float(similarity),
+                    group=tuple(groups[i]) if groups is not None else (),
+                    duplicates=tuple(duplicates[i]) if duplicates is not None else (),
+                )
+            )
+        return cls(hits, timings=timings, reason=reason, mode=mode)
 
     def to_list(self) -> list[dict[str, Any]]:
         """Plain dicts, ready for JSON."""

@@ -17,8 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmsearch.errors import BadQueryError
-from mmsearch.search.filters import Condition, from_mapping, parse_where
-from mmsearch.search.language import MAX_QUERY_CHARS, MAX_TERMS, QueryTerm, parse_query
+from mmsearch.search.language import MAX_QUERY_CHARS, MAX_TERMS, QueryTerm
+from mmsearch.search.request import make_query
 from mmsearch.search.types import DEFAULT_KIND, MAX_K, MAX_OFFSET, Query, RerankSpec
 
 WhereJson = list[str] | dict[str, Any] | None
@@ -122,25 +122,6 @@ class SearchRequest(_SearchOptions):
         )
 
 
-def where_conditions(where: WhereJson) -> tuple[Condition, ...]:
-    if not where:
-        return ()
-    if isinstance(where, dict):
-        mapping = {
-            key: (
-                tuple(value)
-                if isinstance(value, list) and len(value) == 2 and value[0] in _OPS
-                else value
-            )
-            for key, value in where.items()
-        }
-        return tuple(from_mapping(mapping))
-    return tuple(parse_where(where))
-
-
-_OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "contains")
-
-
 def build_query(
     *,
     q: str | None,
@@ -150,13 +131,9 @@ def build_query(
     **options: Any,
 ) -> Query:
     """A validated query from HTTP inputs (GET parameters or a JSON body)."""
-    all_terms = list(terms or [])
-    if q is not None and q.strip():
-        all_terms = parse_query(q, literal=literal) + all_terms
-    if not all_terms:
+    text = q if q is not None and q.strip() else None
+    if text is None and not terms:
         raise BadQueryError(
             "give a query: q=TEXT, or terms (or url=IMAGE_URL where image URLs are enabled)"
         )
-    if len(all_terms) > MAX_TERMS:
-        raise BadQueryError(f"at most {MAX_TERMS} terms in a query")
-    return Query(terms=tuple(all_terms), where=where_conditions(where), **options).validated()
+    return make_query(text, literal=literal, terms=terms or (), where=where, **options)

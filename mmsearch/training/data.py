@@ -21,6 +21,7 @@ import torch
 
 from mmsearch.errors import TextCollectionError
 from mmsearch.training.loop import Batch, normalise_pixels, same_text_match
+from mmsearch.uris import uri_to_path
 
 IMAGE_COLUMNS = ("file", "image", "path", "filepath", "image_path", "filename")
 
@@ -91,7 +92,6 @@ def _guess_image_column(source: Path) -> str:
 
 def pairs_from_index(index_dir: str | os.PathLike[str]) -> PairSet:
     """The indexed images that carry a text (``--metadata`` captions), as pairs."""
-    from mmsearch.indexer.discover import uri_to_path
     from mmsearch.storage.table import ItemStore
 
     table = ItemStore.open(index_dir).scan(["uri", "text"], "kind = 'image' AND text IS NOT NULL")

@@ -25,6 +25,7 @@ from mmsearch.training.itm_data import (
     render_scene,
     side_swap,
 )
+from mmsearch.training.itm_model import itm_logits
 
 KINDS: tuple[str, ...] = ("colour_swap", "side_swap", "one_attribute")
 
@@ -43,8 +44,6 @@ def hard_negative_wins(
     model: Any, processor: Any, *, n: int = 300, seed: int = 999, augment: bool = False
 ) -> dict[str, float]:
     """Win rate of the caption against each kind of hard negative on ``n`` held-out pairs."""
-    from mmsearch.training.train_itm import itm_logits
-
     rng = np.random.default_rng(seed)
     scenes = [Pair(*random_pair(rng)) for _ in range(n)]
     images = [render_scene(rng, scene, 128, augment) for scene in scenes]
