@@ -48,12 +48,30 @@ def _brief(metadata: Mapping[str, Any]) -> str:
     )  # zero-shot labels
 
 
+def score_caption(results: Sequence[Any]) -> str:
+    """What ran and what the scores are: ``mode hybrid · score relative``.
+
+    Parts the results do not say (a plain list of hits) are left out.
+    """
+    mode = getattr(results, "mode", None)
+    kind = getattr(results, "score_kind", None)
+    if kind is None:
+        kind = "+".join(dict.fromkeys(getattr(h, "score_kind", None) or "" for h in results))
+    parts = ([f"mode {mode}"] if mode else []) + ([f"score {kind}"] if kind else [])
+    return " · ".join(parts)
+
+
 def result_table(results: Sequence[Any]) -> Table:
-    """The hits as a table; the metadata column appears only when some hit has metadata."""
+    """The hits as a table, titled with the mode and the score kind; the metadata column
+    appears only when some hit has metadata."""
     briefs = [_brief(hit.metadata) for hit in results]
-    table = Table(show_lines=False)
+    caption = score_caption(results)
+    table = Table(show_lines=False, title=caption or None, title_justify="left")
+    kind = getattr(results, "score_kind", None) or (
+        getattr(results[0], "score_kind", None) if len(results) else None
+    )
     table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
+    table.add_column(f"score ({kind})" if kind else "score", justify="right")
     table.add_column("kind")
     # Paths never wrap (they stay copyable); the metadata column folds to make room.
     table.add_column("path / text", no_wrap=not any(h.kind == "text" for h in results))
@@ -146,6 +164,9 @@ def print_previews(results: Sequence[Any], out: Console, err: Console) -> None:
     from mmsearch.cli.termimage import detect_protocol, encode_inline, thumbnail_png
 
     protocol = detect_protocol(isatty=out.is_terminal)
+    caption = score_caption(results)
+    if protocol is not None and caption:
+        out.print(escape(caption))
     if protocol is None:
         out.print(result_table(results))
         err.print(

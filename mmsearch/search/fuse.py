@@ -80,6 +80,15 @@ def _leg_weight(name: str, method: str, alpha: float) -> float:
     return 1.0
 
 
+def _score_kind(ranked: Sequence[pa.Table], method: str) -> str:
+    """What the fused ``score`` is: one leg keeps its own (cosine or BM25), else the method's."""
+    if len(ranked) > 1:
+        return method
+    if ranked and ranked[0].column("leg")[0].as_py().startswith("vector:"):
+        return "cosine"
+    return "bm25"  # one lexical leg (or only the exact identifier, whose rows BM25 finds too)
+
+
 def _even_out_kinds(
     score: np.ndarray, kinds: np.ndarray, ranked: Sequence[pa.Table], method: str, alpha: float
 ) -> None:
@@ -121,6 +130,7 @@ def fuse(
     if not legs:
         return CANDIDATES_SCHEMA.empty_table()
     ranked = [leg for leg in legs if leg.column("leg")[0].as_py() != "exact"]
+    score_kind = _score_kind(ranked, method)
     exact = [leg for leg in legs if leg.column("leg")[0].as_py() == "exact"]
     ids = np.concatenate([leg.column("id").to_numpy() for leg in legs]).astype(np.int64)
     uniq, inverse = np.unique(ids, return_inverse=True)
@@ -172,6 +182,7 @@ def fuse(
             "similarity": pa.array(similarity[order], pa.float32(), from_pandas=True),
             "exact": pa.array(is_exact[order]),
             "legs": pa.array([",".join(sorted(names[i])) for i in order.tolist()], pa.string()),
+            "score_kind": pa.array([score_kind] * len(order), pa.string()),
         },
         schema=CANDIDATES_SCHEMA,
     )

@@ -57,8 +57,13 @@ CANDIDATES_SCHEMA = pa.schema(
         pa.field("similarity", pa.float32()),  # cosine to the query vector; null without one
         pa.field("exact", pa.bool_()),  # an exact identifier match
         pa.field("legs", pa.string()),  # the legs that found it, comma-separated
+        pa.field("score_kind", pa.string()),  # what ``score`` is: one of SCORE_KINDS
     ]
 )
+#: What a result's ``score`` can be: a cosine (one vector leg), BM25 (one lexical leg),
+#: a fused score (relative, rrf, weighted: see mmsearch.search.fuse), the re-ranker's
+#: match probability (itm), or that probability blended with the first stage's (blend).
+SCORE_KINDS: tuple[str, ...] = ("cosine", "bm25", "relative", "rrf", "weighted", "itm", "blend")
 
 
 @dataclass(frozen=True)
@@ -178,10 +183,13 @@ def check_k(k: object) -> int:
 class SearchResult:
     """One hit. ``uri`` is the item's stored location (file path, or ``collection#row-id``).
 
-    ``score`` orders the results (cosine similarity for a vector search of one kind; the
-    fused score otherwise); ``similarity`` is the cosine to the query vector when there
-    is one. ``group`` holds the ids of the other matching items of a group-by key, and
-    ``duplicates`` those of near-duplicates folded into this hit.
+    ``score`` orders the results and ``score_kind`` says what it is (see
+    :data:`SCORE_KINDS`): ``cosine`` for a vector search of one kind, ``bm25`` for a
+    lexical one, the fusion's name when legs were fused, ``itm`` / ``blend`` after
+    re-ranking. ``cosine`` is the item's cosine similarity to the query vector whenever
+    the query had one (None in lexical mode). ``group`` holds the ids of the other
+    matching items of a group-by key, and ``duplicates`` those of near-duplicates folded
+    into this hit.
     """
 
     rank: int
@@ -191,9 +199,15 @@ class SearchResult:
     text: str | None
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
-    similarity: float | None = None
+    cosine: float | None = None
     group: tuple[int, ...] = ()
     duplicates: tuple[int, ...] = ()
+    score_kind: str = "cosine"
+
+    @property
+    def similarity(self) -> float | None:
+        """The former name of :attr:`cosine` (kept for older callers)."""
+        return self.cosine
 
     @property
     def path(self) -> str | None:
@@ -205,6 +219,7 @@ class SearchResult:
         return uri_to_path(self.uri)
 
     def to_dict(self) -> dict[str, Any]:
+        """The hit as JSON-ready data (every field is described in the README)."""
         out: dict[str, Any] = {
             "rank": self.rank,
             "id": self.id,
@@ -212,7 +227,8 @@ class SearchResult:
             "kind": self.kind,
             "text": self.text,
             "score": round(self.score, 6),
-            "similarity": None if self.similarity is None else round(self.similarity, 6),
+            "score_kind": self.score_kind,
+            "cosine": None if self.cosine is None else round(self.cosine, 6),
             "metadata": self.metadata,
         }
         if self.group:
@@ -227,7 +243,7 @@ class Results(list[SearchResult]):
 
     A list of :class:`SearchResult`; ``timings`` maps each stage of :data:`STAGES` to
     seconds; ``reason`` says why the list is empty (or is None); ``mode`` is the mode
-    that ran.
+    that ran; :attr:`score_kind` what the hits' scores are.
     """
 
     def __init__(
@@ -244,6 +260,14 @@ class Results(list[SearchResult]):
         self.reason = reason
         self.mode = mode
 
+    @property
+    def score_kind(self) -> str | None:
+        """What the scores are (:data:`SCORE_KINDS`): the kinds of the hits, ``+``-joined
+        when they differ (a re-ranker leaves hits it cannot judge their first-stage
+        score); None without hits."""
+        kinds = list(dict.fromkeys(hit.score_kind for hit in self))
+        return "+".join(kinds) if kinds else None
+
     @classmethod
     def from_table(
         cls,
@@ -257,11 +281,17 @@ class Results(list[SearchResult]):
         mode: str | None = None,
     ) -> Results:
         """Hits from a shaped candidates table (``id, uri, kind, text, score, similarity,
-        metadata``), ranked from ``offset + 1``; ``groups``/``duplicates`` align with its rows."""
+        metadata, score_kind``), ranked from ``offset + 1``; ``groups``/``duplicates`` align
+        with its rows."""
         cols = {
             name: table.column(name).to_pylist()
             for name in ("id", "uri", "kind", "text", "score", "similarity", "metadata")
         }
+        kinds = (
+            table.column("score_kind").to_pylist()
+            if "score_kind" in table.column_names
+            else ["cosine"] * table.num_rows
+        )
         hits = []
         for i in range(table.num_rows):
             meta = cols["metadata"][i]
@@ -275,9 +305,10 @@ class Results(list[SearchResult]):
                     text=cols["text"][i],
                     score=float(cols["score"][i]),
                     metadata=normalize_metadata(json.loads(meta)) if meta else {},
-                    similarity=None if similarity is None else float(similarity),
+                    cosine=None if similarity is None else float(similarity),
                     group=tuple(groups[i]) if groups is not None else (),
                     duplicates=tuple(duplicates[i]) if duplicates is not None else (),
+                    score_kind=kinds[i] or "cosine",
                 )
             )
         return cls(hits, timings=timings, reason=reason, mode=mode)
@@ -287,7 +318,7 @@ class Results(list[SearchResult]):
         return [hit.to_dict() for hit in self]
 
     def to_arrow(self) -> pa.Table:
-        """One row per hit: rank, id, uri, kind, text, score, similarity, metadata (JSON), group, duplicates."""
+        """One row per hit: rank, id, uri, kind, text, score, score_kind, cosine, metadata (JSON), group, duplicates."""
         return pa.table(
             {
                 "rank": pa.array([h.rank for h in self], pa.int32()),
@@ -296,7 +327,8 @@ class Results(list[SearchResult]):
                 "kind": pa.array([h.kind for h in self], pa.string()),
                 "text": pa.array([h.text for h in self], pa.string()),
                 "score": pa.array([h.score for h in self], pa.float64()),
-                "similarity": pa.array([h.similarity for h in self], pa.float32()),
+                "score_kind": pa.array([h.score_kind for h in self], pa.string()),
+                "cosine": pa.array([h.cosine for h in self], pa.float32()),
                 "metadata": pa.array(
                     [json.dumps(h.metadata, sort_keys=True) for h in self], pa.string()
                 ),

@@ -255,6 +255,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         out = {
             "query": shown,
             "mode": results.mode,
+            "score_kind": results.score_kind,
             "results": _results(results),
             "reason": results.reason,
             "timings": {stage: round(results.timings.get(stage, 0.0), 6) for stage in STAGES},
@@ -323,7 +324,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         if rerank is not None:
             query = _with_rerank(query, True, *rerank)
         results, dropped = _run(query)
-        out: dict[str, Any] = {"results": _results(results), "reason": results.reason}
+        out: dict[str, Any] = {
+            "mode": results.mode,
+            "score_kind": results.score_kind,
+            "results": _results(results),
+            "reason": results.reason,
+        }
         if rerank is not None:
             out["dropped"] = dropped
         return out
