@@ -153,7 +153,9 @@ def test_relative_fusion_leg_at_chance_adds_nothing() -> None:
     got = dict(zip(out.column("id").to_pylist(), out.column("score").to_pylist(), strict=True))
     w = RELATIVE_VECTOR_WEIGHT
     assert got == pytest.approx({7: 1.0, 8: 1.0, 9: 0.5 + w, 2: 2 * w})
-    assert list(above_chance(np.array([0.6, 0.7, 0.8]), chance["image"])) == pytest.approx([0, 0, 2])
+    assert list(above_chance(np.array([0.6, 0.7, 0.8]), chance["image"])) == pytest.approx(
+        [0, 0, 2]
+    )
     # Without a chance level the leg's own worst hit and spread stand in for it.
     assert list(above_chance(np.array([0.5, 0.7, 0.9]), None)) == pytest.approx([0, 0.5, 1])
 
@@ -244,6 +246,11 @@ def test_rerank_slot() -> None:
     out = rerank_stage(ReverseReranker(), q, _candidates(6))
     assert out.column("id").to_pylist() == [103, 102, 101, 100]  # depth 4, re-sorted
     assert "retrieval_score" in out.column_names
+    assert out.column("score_kind").to_pylist() == ["itm"] * 4
+    blended = rerank_stage(
+        ReverseReranker(), q.with_(rerank=RerankSpec(depth=4, blend=0.5)), _candidates(6)
+    )
+    assert blended.column("score_kind").to_pylist() == ["blend"] * 4
     kept = rerank_stage(
         ReverseReranker(), q.with_(rerank=RerankSpec(depth=4, min_match=0.5)), _candidates(6)
     )
@@ -275,7 +282,7 @@ def test_identifiers() -> None:
 
 def test_results_export() -> None:
     hit = SearchResult(rank=1, id=7, uri="/x.png", kind="image", text=None, score=0.5, metadata={"sku": "A"},
-                       similarity=0.5, group=(8, 9))  # fmt: skip
+                       cosine=0.5, group=(8, 9), score_kind="cosine")  # fmt: skip
     res = Results([hit], timings={"encode": 0.01}, reason=None, mode="vector")
     assert set(res.timings) == {
         "encode",
@@ -287,6 +294,8 @@ def test_results_export() -> None:
         "shape",
     }
     assert res.to_list()[0]["group"] == [8, 9]
+    assert res.to_list()[0]["score_kind"] == "cosine" and res.to_list()[0]["cosine"] == 0.5
+    assert res.score_kind == "cosine" and Results().score_kind is None
     table = res.to_arrow()
     assert table.column("id").to_pylist() == [7] and table.column("group").to_pylist() == [[8, 9]]
     assert list(res.to_pandas()["uri"]) == ["/x.png"]
