@@ -134,30 +134,47 @@ def test_weighted_fusion_and_exact_boost() -> None:
         assert scores[0] >= EXACT_BOOST and scores[0] > max(scores[1:])
 
 
+def _softplus(x: float) -> float:
+    return float(np.log1p(np.exp(x)))
+
+
 def test_relative_fusion_leg_at_chance_adds_nothing() -> None:
-    """A vector leg no better than chance (a brand word the model never learned) leaves
-    the order to the words; the same leg above chance lifts its hits by how far."""
+    """A vector leg no better than chance (a brand word the model never learned) adds
+    about the same little to every hit, so the words decide; the same leg above chance
+    lifts its hits by how far."""
     chance = {"image": Chance(level=0.70, scale=0.05, floor=0.75)}
     lex = _leg([7, 8, 9], [4.0, 4.0, 2.0], "image", "lexical:image")  # 7, 8: the brand word
     at_chance = _leg([1, 2, 9, 8], [0.70, 0.69, 0.65, 0.60], "image", "vector:image")
     out = fuse([at_chance, lex], method="relative", chance=chance)
     got = dict(zip(out.column("id").to_pylist(), out.column("score").to_pylist(), strict=True))
-    assert got == pytest.approx({7: 1.0, 8: 1.0, 9: 0.5, 1: 0.0, 2: 0.0})
-    assert out.column("id").to_pylist()[:3] == [7, 8, 9]
+    w = RELATIVE_VECTOR_WEIGHT
+    assert got == pytest.approx(
+        {
+            7: 1.0,
+            8: 1.0 + w * _softplus(-2),
+            9: 0.5 + w * _softplus(-1),
+            1: w * _softplus(0),
+            2: w * _softplus(-0.2),
+        }  # fmt: skip
+    )
+    assert out.column("id").to_pylist()[:3] == [8, 7, 9]  # the brand's items first
+    assert max(got[1], got[2]) < 0.5 * min(got[7], got[8])  # chance hits: far below
     # RRF on the same legs puts the vector leg's chance hits among the brand's items.
     rrf = fuse([at_chance, lex], method="rrf").column("id").to_pylist()
     assert rrf.index(1) < rrf.index(7)
-    # Above chance: 2 stands 2 spreads above the level, 9 one: they rise, in that order.
-    above = _leg([2, 9, 8], [0.80, 0.75, 0.60], "image", "vector:image")
+    # Above chance: 2 stands 4 spreads above the level, 9 one: they rise, in that order.
+    above = _leg([2, 9, 8], [0.90, 0.75, 0.60], "image", "vector:image")
     out = fuse([above, lex], method="relative", chance=chance)
     got = dict(zip(out.column("id").to_pylist(), out.column("score").to_pylist(), strict=True))
-    w = RELATIVE_VECTOR_WEIGHT
-    assert got == pytest.approx({7: 1.0, 8: 1.0, 9: 0.5 + w, 2: 2 * w})
-    assert list(above_chance(np.array([0.6, 0.7, 0.8]), chance["image"])) == pytest.approx(
-        [0, 0, 2]
+    assert got[2] == pytest.approx(w * _softplus(4)) and got[9] == pytest.approx(
+        0.5 + w * _softplus(1)
     )
+    ramp = above_chance(np.array([0.5, 0.7, 0.8, 1.0]), chance["image"])
+    assert list(ramp) == pytest.approx([_softplus(-4), np.log(2), _softplus(2), _softplus(6)])
+    assert ramp[0] < 0.02 and ramp[-1] == pytest.approx(6, abs=0.01)  # ~0 under, ~height above
     # Without a chance level the leg's own worst hit and spread stand in for it.
-    assert list(above_chance(np.array([0.5, 0.7, 0.9]), None)) == pytest.approx([0, 0.5, 1])
+    fallback = above_chance(np.array([0.5, 0.7, 0.9]), None)
+    assert list(fallback) == pytest.approx([np.log(2), _softplus(0.5), _softplus(1)])
 
 
 def test_relative_fusion_ranks_kinds_alike() -> None:
@@ -169,7 +186,10 @@ def test_relative_fusion_ranks_kinds_alike() -> None:
     got = dict(zip(out.column("id").to_pylist(), out.column("score").to_pylist(), strict=True))
     w = RELATIVE_VECTOR_WEIGHT
     scale = (1 + w) / w  # images have no lexical leg: scaled to the texts' total weight
-    assert got == pytest.approx({1: 2 * w * scale, 2: w * scale, 10: 2 * w, 11: 1 + w})
+    two, one = _softplus(2), _softplus(1)
+    assert got == pytest.approx(
+        {1: w * two * scale, 2: w * one * scale, 10: w * two, 11: 1 + w * one}
+    )
 
 
 def test_chance_levels_from_probes() -> None:

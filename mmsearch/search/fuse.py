@@ -6,11 +6,12 @@
   lexical hit scores its BM25 relative to the leg's best (1 for the best match; BM25
   already weighs rare words, high IDF, above common ones). A vector hit scores how far
   its cosine lies above its kind's chance level, in units of chance's own spread
-  (:class:`~mmsearch.search.calibrate.Chance`): ``max(0, cosine − level) / scale``,
-  weighted :data:`RELATIVE_VECTOR_WEIGHT`. A vector leg at chance (a brand word or a
-  code the model never learned) adds nothing, so the words decide; a query the model
-  understands lifts its hits by as much as they stand out from chance. Without a
-  kind's chance level, the leg's own worst hit and spread stand in for it.
+  (:class:`~mmsearch.search.calibrate.Chance`), smoothly:
+  ``softplus((cosine − level) / scale)``, weighted :data:`RELATIVE_VECTOR_WEIGHT`. A
+  vector leg at chance (a brand word or a code the model never learned) adds about the
+  same little to every hit, too little to reorder what the words found; a query the
+  model understands lifts its hits by as much as they stand out from chance. Without
+  a kind's chance level, the leg's own worst hit and spread stand in for it.
 * ``rrf``: reciprocal rank fusion, ``Σ 1 / (60 + rank)`` over the legs that found an
   item. Ranks, not raw scores, so BM25 and cosine need no common scale; but a vector
   leg at chance counts as much as a lexical leg that found the exact word.
@@ -37,8 +38,9 @@ from mmsearch.search.types import CANDIDATES_SCHEMA, RRF_K
 
 EXACT_BOOST = 1.0
 #: Weight of a vector hit's height above chance (in chance spreads) against a lexical
-#: hit's BM25 relative to the best (chosen on a validation catalog: benchmarks/RESULTS.md).
-RELATIVE_VECTOR_WEIGHT = 0.5
+#: hit's BM25 relative to the best (chosen on a validation catalog: benchmarks/RESULTS.md,
+#: "Fusion per class of query").
+RELATIVE_VECTOR_WEIGHT = 0.25
 
 
 def _normalised(scores: np.ndarray) -> np.ndarray:
@@ -51,8 +53,11 @@ def _normalised(scores: np.ndarray) -> np.ndarray:
 
 
 def above_chance(cosines: np.ndarray, chance: Chance | None) -> np.ndarray:
-    """How far each cosine lies above ``chance.level``, in units of ``chance.scale`` (≥ 0).
+    """How far each cosine lies above ``chance.level``, in units of ``chance.scale``, smoothly.
 
+    ``softplus((cosine − level) / scale)``: about 0 well under the level, ln 2 at it,
+    growing like the height itself above it. Hits under chance keep their order (a weak
+    cosine still tells two otherwise equal hits apart) while adding almost nothing.
     Without a chance level the leg's own lowest cosine and spread stand in for it.
     """
     if len(cosines) == 0:
@@ -60,7 +65,7 @@ def above_chance(cosines: np.ndarray, chance: Chance | None) -> np.ndarray:
     if chance is None:
         lo, hi = float(cosines.min()), float(cosines.max())
         chance = Chance(level=lo, scale=max(hi - lo, 1e-12), floor=hi)
-    return np.maximum(cosines - chance.level, 0.0) / chance.scale
+    return np.logaddexp(0.0, (cosines - chance.level) / chance.scale)  # softplus
 
 
 def _relative_lexical(scores: np.ndarray) -> np.ndarray:
