@@ -202,7 +202,10 @@ def main() -> None:
     table = idx.store.scan(["uri"])
     uri_pos = {u: int(u.rsplit("#item-", 1)[1]) for u in table.column("uri").to_pylist()}
     queries = query_set(rows, args.queries, args.seed + 1)
-    memo.warm(["warm up", "SKU-00001"] + [text for _, text, _ in queries])
+    from mmsearch.search.calibrate import probe_texts
+
+    # The chance-level probes of relative fusion too (measured once per snapshot).
+    memo.warm(["warm up", "SKU-00001"] + [text for _, text, _ in queries] + probe_texts())
     for text in ("warm up", "SKU-00001"):
         for i in (idx, memo_idx):
             i.search(text, k=10)
