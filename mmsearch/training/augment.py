@@ -7,8 +7,8 @@ scenes (one object at a named position, or two objects side by side) with what
 real renderings vary:
 
 * rotation, scale and aspect jitter, outline instead of fill, small objects;
-* shape proportions: squares with rounded corners, stars with thin or fat points,
-  triangles from flat to tall (each shape keeps its name: a star has five points, a
+* shape proportions: squares with rounded corners, stars with thin or fat points and
+  straight or curved flanks, triangles from flat to tall (each shape keeps its name: a star has five points, a
   square four straight sides);
 * light: a shading gradient across an object, a drop shadow under it;
 * position jitter anywhere inside the named region;
@@ -163,14 +163,17 @@ def object_outline(
     *,
     corner: float = 0.0,
     inner: float = 0.45,
+    bulge: float | None = None,
     apex: tuple[float, float] = (0.866, 0.5),
 ) -> list[tuple[float, float]]:
     """Polygon of ``shape`` (circle as a 48-gon) centred at (cx, cy), radius ``r``.
 
     ``aspect`` stretches x against y (area kept), ``rot`` rotates (radians). Proportions:
     ``corner`` rounds a square's corners (radius as a share of its half side, 0 to
-    0.5), ``inner`` is a star's inner radius (its points' depth), ``apex`` = (half
-    width, depth) of a triangle's base corners below its centre (equilateral by default).
+    0.5), ``inner`` is a star's inner radius (its points' depth), ``bulge`` gives a star
+    curved flanks (its radius rises from ``inner`` to 1 as ``t ** bulge`` from a dip to a
+    point: above 1, slim points on a full body; None: straight edges), ``apex`` = (half width, depth) of a triangle's base corners below its centre
+    (equilateral by default).
     """
     if shape == "circle":
         pts = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 48, endpoint=False)]
@@ -179,6 +182,12 @@ def object_outline(
     elif shape == "triangle":
         half, depth = apex
         pts = [(0.0, -1.0), (half, depth), (-half, depth)]
+    elif shape == "star" and bulge is not None:
+        angles = np.linspace(0, 2 * math.pi, 80, endpoint=False)
+        t = np.abs(((angles / (2 * math.pi / 5)) % 1.0) - 0.5) * 2  # 1 at a point, 0 at a dip
+        radius = inner + (1.0 - inner) * t**bulge
+        xs, ys = radius * np.sin(angles), -radius * np.cos(angles)
+        pts = list(zip(xs.tolist(), ys.tolist(), strict=True))
     elif shape == "star":
         pts = [
             (
@@ -211,11 +220,13 @@ def _rounded_square(half: float, corner: float) -> list[tuple[float, float]]:
 
 
 def _proportions(rng: np.random.Generator, shape: str) -> dict[str, object]:
-    """Random proportions of ``shape`` for :func:`object_outline` (half of the time the plain ones)."""
-    if rng.random() < 0.5:
+    """Random proportions of ``shape`` for :func:`object_outline` (a quarter of the time the plain ones)."""
+    if rng.random() < 0.25:
         return {}
     if shape == "square":
         return {"corner": float(rng.uniform(0.1, 0.45))}
+    if shape == "star" and rng.random() < 0.5:
+        return {"inner": float(rng.uniform(0.4, 0.62)), "bulge": float(rng.uniform(1.0, 2.2))}
     if shape == "star":
         return {"inner": float(rng.uniform(0.35, 0.62))}
     if shape == "triangle":
