@@ -138,7 +138,7 @@ def test_query_set_figures_equal_brute_force(tiny_index: dict[str, Any], tiny_en
     lines = _write_queries(path, catalog)
     report = evaluate_queries(tiny_index["index"], read_queries(path))
     expected = _brute_force(tiny_index["index"], tiny_encoder, lines, catalog.root)
-    hybrid = ["+hybrid"] if tiny_index["index"].has_lexical else []
+    hybrid = ["+hybrid", "+rrf", "+weighted"] if tiny_index["index"].has_lexical else []
     assert report.variants == ["exact", "ann", *hybrid]
     assert report.n_queries == len(lines) and not report.skipped
     for variant in ("exact", "ann"):

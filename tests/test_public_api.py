@@ -49,7 +49,12 @@ def test_index_takes_the_cli_index_options_with_the_cli_defaults():
     lib = inspect.signature(mmsearch.index).parameters
     built = inspect.signature(index_options).parameters
     presentation = {"json_out", "quiet", "no_progress", "strict", "reembed"}
-    renamed = {"index": "index_dir", "no_ann": "build_index", "pretrained": "model"}
+    renamed = {
+        "index": "index_dir",
+        "no_ann": "build_index",
+        "pretrained": "model",
+        "wait": "lock_wait_s",
+    }
     for name in cli.keys() - presentation:
         assert renamed.get(name, name) in lib, name
     for name in built:

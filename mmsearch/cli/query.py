@@ -54,9 +54,10 @@ def query_cmd(
     fusion: Annotated[
         str,
         typer.Option(
-            "--fusion", help="How hybrid merges its legs: rrf (reciprocal rank) or weighted."
+            "--fusion",
+            help="How hybrid merges its legs: relative (each leg by how far it beats chance), rrf (reciprocal rank) or weighted.",
         ),
-    ] = "rrf",
+    ] = "relative",
     alpha: Annotated[
         float,
         typer.Option(

@@ -69,7 +69,6 @@ class SearchIndex(RecordWriter):
             index_dir, encoders=encoders, model=model, image_roots=image_roots, fetch_url=fetch_url
         )
         self.index_dir: Path = self.current.index_dir
-        # An ITM model name is loaded now; an object (or None) is kept as it is.
         self.reranker: Reranker | None = _reranker_for(self.index_dir, reranker, device=device) if isinstance(reranker, str) else reranker  # fmt: skip
         self._lock = threading.Lock()
         self._location = index_dir  # as given: writers work on it (a folder, or the URI)
@@ -133,7 +132,7 @@ class SearchIndex(RecordWriter):
         kind: Kind = DEFAULT_KIND,
         where: WhereLike = None,
         mode: str | None = None,
-        fusion: str = "rrf",
+        fusion: str = "relative",
         alpha: float = 0.7,
         offset: int = 0,
         group_by: str | None = None,
@@ -151,16 +150,17 @@ class SearchIndex(RecordWriter):
         ``where``: ``{"category": "buttons", "price": ("<", 20)}`` or ``["price < 20"]``
         (:mod:`mmsearch.search.filters`); ``mode``: ``vector``, ``lexical`` or ``hybrid``
         (default: hybrid when the index has a full-text index and the query has text);
+        ``fusion`` (hybrid): ``relative`` (each leg by how far it beats the index's chance
+        level, :mod:`mmsearch.search.fuse`), ``rrf`` or ``weighted`` (``alpha``: vector legs);
         ``literal``: a string is one text term; ``cutoff`` (hybrid): nothing, with a reason,
         when no hit beats the index's chance level and no word matched; ``rerank``: True or
         a :class:`RerankSpec`; ``exact``/``nprobe``/``refine``: ANN overrides. See :class:`Query`.
         """
-        q = make_query(
+        return self.run(make_query(
             query, literal=literal, where=where, rerank=rerank, kind=kind, mode=mode, fusion=fusion,
             alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup, min_score=min_score,
             cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine,
-        )  # fmt: skip
-        return self.run(q)
+        ))  # fmt: skip
 
     def search_vector(
         self,

@@ -29,6 +29,7 @@ import numpy.typing as npt
 from mmsearch.errors import IndexNotFoundError, ModelMismatchError
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
+from mmsearch.search.calibrate import CHANCE_DEPTH, Chance, kind_chance, probe_texts
 from mmsearch.search.encode import UrlFetcher
 from mmsearch.search.rows import ROW_COLUMNS, Rows
 from mmsearch.storage.fulltext import FullTextTable, open_items_fulltext
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from mmsearch.ann import VectorIndex
+
+#: Largest kind whose chance level is measured by exact search (its ANN index above it).
+EXACT_CHANCE_ROWS = 200_000
 
 
 class LazyEncoder:
@@ -115,7 +119,7 @@ class IndexSnapshot:
         self._rows = Rows(rows) if rows is not None else None
         self._store = store
         self._fulltext: FullTextTable | None = None
-        self._floors: dict[str, float] | None = None
+        self._chance: dict[str, Chance] | None = None
         self._lock = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------
@@ -272,20 +276,28 @@ class IndexSnapshot:
                 self._fulltext = open_items_fulltext(self._index_dir, self.published.table_version)
             return self._fulltext
 
-    def kind_floors(self) -> Mapping[str, float]:
-        """Per-kind chance levels for hybrid's cut-off (see :mod:`mmsearch.search.calibrate`)."""
-        from mmsearch.search.calibrate import kind_floors, probe_texts
+    def kind_chance(self) -> Mapping[str, Chance]:
+        """Per-kind chance levels (see :mod:`mmsearch.search.calibrate`), measured once.
 
+        Probes search a kind exactly up to :data:`EXACT_CHANCE_ROWS` rows, through its ANN
+        index above that (the level of a meaningless query's best hits needs no more).
+        """
         with self._lock:
-            if self._floors is None:
+            if self._chance is None:
                 probes = np.asarray(self.encoder.encode_texts(probe_texts()), np.float32)
-                best = {}
+                top = {}
                 for kind, index in self._ann.items():
                     if len(index):
-                        scores, _ = index.search(probes, 1, exact=True)
-                        best[kind] = scores[:, 0]
-                self._floors = kind_floors(best)
-            return self._floors
+                        depth, exact = (
+                            min(CHANCE_DEPTH, len(index)),
+                            len(index) <= EXACT_CHANCE_ROWS,
+                        )
+                        scores, _ = index.search(probes, depth, exact=exact)
+                        found = (scores > -np.inf).all(axis=1)  # an ANN probe may come back short
+                        if found.any():
+                            top[kind] = scores[found]
+                self._chance = kind_chance(top)
+            return self._chance
 
     def file_stats(self, ids: npt.NDArray[np.int64]) -> pa.Table:
         """``id, mtime_ns, size`` of the given rows as indexed (rows not in the table are absent)."""

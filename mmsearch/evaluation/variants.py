@@ -2,9 +2,10 @@
 
 ``exact`` (brute force over the stored vectors) and ``ann`` (the tuned ANN index) run
 the vector leg alone. ``+rerank`` joins the table when the index has a reranker
-(``SearchIndex(..., reranker=...)``), ``+hybrid`` (vector + BM25 legs fused, what a
-plain text query runs when a full-text index exists) when the index has a full-text
-index. :func:`register_variant` adds more.
+(``SearchIndex(..., reranker=...)``); ``+hybrid`` (vector + BM25 legs fused by the
+default, relative fusion: what a plain text query runs when a full-text index exists),
+``+rrf`` and ``+weighted`` (the same legs fused by reciprocal rank and by weighted
+min-max scores) when the index has a full-text index. :func:`register_variant` adds more.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def _always(index: EvaluatedIndex) -> bool:
     return True
 
 
+def _has_lexical(index: Any) -> bool:
+    return bool(getattr(index, "has_lexical", False))
+
+
 @dataclass(frozen=True)
 class Variant:
     """A named way of searching: ``options`` go to ``SearchIndex.search`` when ``available(index)``."""
@@ -70,7 +75,13 @@ _REGISTRY: list[Variant] = [
         "+hybrid",
         {"mode": None},  # automatic: hybrid for text terms, vector for image-only queries
         "vector and BM25 legs fused (image-only queries: vector), what a plain query runs",
-        lambda index: bool(getattr(index, "has_lexical", False)),
+        _has_lexical,
+    ),
+    Variant(
+        "+rrf", {"mode": None, "fusion": "rrf"}, "hybrid, reciprocal rank fusion", _has_lexical
+    ),
+    Variant(
+        "+weighted", {"mode": None, "fusion": "weighted"}, "hybrid, weighted fusion", _has_lexical
     ),
 ]
 

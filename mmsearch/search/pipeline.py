@@ -201,10 +201,16 @@ class _Run:
         clock.tick("filter")
         vector, query_kind = self.encode(vector, query_kind)
         clock.tick("encode")
-        floors = None
-        if q.cutoff and mode == "hybrid" and vector is not None:
-            floors = {k: v for k, v in source.kind_floors().items() if k in self.kinds}
-        clock.tick("shape")  # the cut-off's calibration (once per snapshot) is shaping's work
+        floors, chance = None, None
+        fused = mode == "hybrid" or len(self.kinds) > 1
+        if vector is not None and (
+            (q.cutoff and mode == "hybrid") or (fused and q.fusion == "relative")
+        ):
+            chance = {k: v for k, v in source.kind_chance().items() if k in self.kinds}
+            floors = (
+                {k: v.floor for k, v in chance.items()} if q.cutoff and mode == "hybrid" else None
+            )
+        clock.tick("shape")  # the calibration (once per snapshot) is counted as shaping's work
         exact = self.exact_leg()
         clock.tick("retrieve")
         while True:
@@ -223,7 +229,7 @@ class _Run:
             if exact is not None:
                 legs.append(exact)
             clock.tick("retrieve")
-            candidates = fuse_stage.fuse(legs, method=q.fusion, alpha=q.alpha)
+            candidates = fuse_stage.fuse(legs, method=q.fusion, alpha=q.alpha, chance=chance)
             clock.tick("fuse")
             candidates = rescore.rescore(candidates, vector, source.ann, self.rows, source.dim)
             clock.tick("rescore")

@@ -12,6 +12,10 @@ retrieval score as ``retrieval_score``, applies ``min_match`` (drop rows the rer
 scores below it) and ``blend`` (mix in the retrieval score; a query without one uses
 the reranker's ``default_blend`` when it has one, a model can recommend the mix it
 was measured with), sorts, and says why nothing is left when nothing is.
+
+The rows' ``score_kind`` becomes ``blend`` when blended (blend < 1), else ``itm`` for the
+rows the reranker scored (rows it could not judge, whose ``match`` is null, keep their
+first-stage kind).
 """
 
 from __future__ import annotations
@@ -146,13 +150,28 @@ def rerank_stage(
     if spec.min_match is not None:
         out = out.filter(pc.greater_equal(out.column("score"), spec.min_match))
     blend = spec.blend if spec.blend is not None else getattr(reranker, "default_blend", None)
-    if blend is not None and "retrieval_score" in out.column_names:
+    # blend 1 is the match probability alone
+    blended = blend is not None and blend < 1.0 and "retrieval_score" in out.column_names
+    if blended and blend is not None:
         mixed = blend_scores(
             out.column("score").to_numpy(), out.column("retrieval_score").to_numpy(), blend
         )
         out = out.set_column(out.schema.get_field_index("score"), "score", pa.array(mixed))
+    out = _with_score_kind(out, "blend" if blended else "itm")
     order = pc.sort_indices(out, sort_keys=[("score", "descending")])
     reason = None
     if out.num_rows == 0 and top.num_rows:
         reason = _empty_reason(scored, dropped, spec.min_match)
     return Reranked(out.take(order), dropped, reason)
+
+
+def _with_score_kind(table: pa.Table, kind: str) -> pa.Table:
+    """``table`` with ``score_kind`` = ``kind``, but for ``itm`` on rows whose ``match`` is null."""
+    new = np.full(table.num_rows, kind, dtype=object)
+    if kind == "itm" and "match" in table.column_names and "score_kind" in table.column_names:
+        unjudged = np.asarray(table.column("match").is_null().to_pylist(), dtype=bool)
+        new[unjudged] = np.asarray(table.column("score_kind").to_pylist(), dtype=object)[unjudged]
+    column = pa.array(new.tolist(), pa.string())
+    if "score_kind" in table.column_names:
+        return table.set_column(table.schema.get_field_index("score_kind"), "score_kind", column)
+    return table.append_column("score_kind", column)

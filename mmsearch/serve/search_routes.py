@@ -47,6 +47,14 @@ def search_answer_schema() -> dict[str, Any]:
             "kind": {"type": "string", "enum": ["image", "text"]},
             "text": {"type": ["string", "null"]},
             "score": {"type": ["number", "null"]},
+            "score_kind": {
+                "type": "string",
+                "description": "What `score` is: cosine, bm25, relative, rrf, weighted, itm or blend.",
+            },
+            "cosine": {
+                "type": ["number", "null"],
+                "description": "The hit's cosine similarity to the query vector (null: lexical only).",
+            },
             "metadata": {"type": "object"},
             "media": {"type": ["string", "null"], "description": "`/media/{id}` for images"},
         },
@@ -57,6 +65,10 @@ def search_answer_schema() -> dict[str, Any]:
         "properties": {
             "query": {"type": ["string", "null"]},
             "mode": {"type": ["string", "null"], "enum": ["vector", "lexical", "hybrid", None]},
+            "score_kind": {
+                "type": ["string", "null"],
+                "description": "What the hits' scores are (`+`-joined when they differ).",
+            },
             "results": {"type": "array", "items": hit},
             "reason": {
                 "type": ["string", "null"],
@@ -143,6 +155,7 @@ def add_search_routes(
         out = {
             "query": shown,
             "mode": results.mode,
+            "score_kind": results.score_kind,
             "results": _results(results),
             "reason": cap_text(results.reason) if results.reason else results.reason,
             "timings": {stage: round(results.timings.get(stage, 0.0), 6) for stage in STAGES},
@@ -226,7 +239,12 @@ def add_search_routes(
             q=None, terms=[QueryTerm(1.0, "image", image)], where=where, kind=kind, k=k
         )
         results, dropped = _run(_with_rerank(query, rerank))
-        out: dict[str, Any] = {"results": _results(results), "reason": results.reason}
+        out: dict[str, Any] = {
+            "mode": results.mode,
+            "score_kind": results.score_kind,
+            "results": _results(results),
+            "reason": results.reason,
+        }
         if rerank is not None:
             out["dropped"] = dropped
         return out
