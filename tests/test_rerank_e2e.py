@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -86,11 +87,7 @@ def test_server_rerank_both_directions(pair_index: dict[str, Any]) -> None:
     assert body["dropped"] == []  # present only on re-ranked answers
     assert all(0.0 <= h["score"] <= 1.0 for h in body["results"])  # match probabilities
     # The same answer as the library's pipeline with the reranker in its slot.
-    from mmsearch.engine import SearchIndex
-    from mmsearch.rerank import attach_reranker
-
-    lib = SearchIndex(pair_index["idx"])
-    attach_reranker(lib, "mmsearch-tiny-itm")
+    lib = mmsearch.open(pair_index["idx"], reranker="mmsearch-tiny-itm")
     library = lib.search(row["caption"], k=3, kind="image", rerank=True)
     assert [h["id"] for h in body["results"]] == [h.id for h in library]
     assert [h["score"] for h in body["results"]] == pytest.approx(
@@ -156,20 +153,46 @@ def test_recorded_rerank_model_is_used_only_when_recorded(
         (idx / RERANK_CONFIG_FILE).unlink()
 
 
-def test_library_checks_query_images_against_its_roots_before_reranking(
-    pair_index: dict[str, Any], tmp_path
-) -> None:  # noqa: ANN001
-    """A lexical query encodes no image, but re-ranking opens its image: the library
-    checks the path against the index's image roots first (the encode stage's check),
-    whichever way the reranker is reached; no server in front."""
-    import shutil
-    from pathlib import Path
+def test_library_rerank_gives_the_cli_answer(pair_index: dict[str, Any]) -> None:
+    """``search(rerank=True)`` loads the re-ranker exactly as ``query --rerank`` does: the
+    model named, else the one recorded in the index; same hits, same scores."""
+    from mmsearch.rerank.config import RERANK_CONFIG_FILE, record_rerank_model
 
+    idx = pair_index["idx"]
+    target = str(pair_index["rows"][21]["caption"])
+    # --backend torch: the library's model runtime (the CLI's default, auto, may pick ONNX)
+    args = ["query", target, "--index", str(idx), "--kind", "image", "--json", "--rerank"]
+    args += ["--backend", "torch"]
+    named = runner.invoke(app, [*args, "--rerank-model", "mmsearch-tiny-itm", "--top", "5"])
+    assert named.exit_code == 0, named.output
+    lib = mmsearch.open(idx, reranker="mmsearch-tiny-itm")
+    assert json.loads(named.stdout) == lib.search(target, k=5, kind="image", rerank=True).to_list()
+    record_rerank_model(idx, "mmsearch-tiny-itm")
+    try:
+        recorded = runner.invoke(app, [*args, "--top", "5"])
+        assert recorded.exit_code == 0, recorded.output
+        plain = mmsearch.open(idx)  # no re-ranker given: the recorded one, on first use
+        assert plain.reranker is None
+        answer = plain.search(target, k=5, kind="image", rerank=True).to_list()
+        assert json.loads(recorded.stdout) == answer == json.loads(named.stdout)
+        assert plain.reranker is not None
+    finally:
+        (idx / RERANK_CONFIG_FILE).unlink()
+    # Nothing named or recorded: both try the default model (not in this machine's cache)
+    # and fail with the same one-line error.
+    failed = runner.invoke(app, [*args, "--top", "5"])
+    assert failed.exit_code == 2 and "Salesforce/blip-itm-base-coco" in failed.output
+    with pytest.raises(mmsearch.MMSearchError, match="Salesforce/blip-itm-base-coco"):
+        mmsearch.open(idx).search(target, k=5, kind="image", rerank=True)
+
+
+def test_library_checks_query_images_against_its_roots_before_reranking(
+    pair_index: dict[str, Any], tmp_path: Path
+) -> None:
+    """A lexical query encodes no image, but re-ranking opens its image: the library
+    checks the path against the index's image roots first (the encode stage's check, run
+    by the query pipeline in every mode); no server in front."""
     from mmsearch.errors import UnsafePathError
-    from mmsearch.rerank import attach_reranker
-    from mmsearch.rerank.pipeline import ItmStageReranker, rerank_query_from_terms
-    from mmsearch.search.language import QueryTerm
-    from mmsearch.search.types import Query
 
     root = pair_index["root"]
     row = pair_index["rows"][5]
@@ -177,25 +200,15 @@ def test_library_checks_query_images_against_its_roots_before_reranking(
     outside = tmp_path / "elsewhere" / "secret.png"  # a real image, outside the roots
     outside.parent.mkdir()
     shutil.copy(inside, outside)
-    idx = mmsearch.open(pair_index["idx"], image_roots=[root], device="cpu")
-    attach_reranker(idx, "mmsearch-tiny-itm", device="cpu")
+    idx = mmsearch.open(
+        pair_index["idx"], image_roots=[root], device="cpu", reranker="mmsearch-tiny-itm"
+    )
     text = f'"{row["caption"]}"'
     for mode in ("lexical", "hybrid", "vector"):
         with pytest.raises(UnsafePathError, match="outside the allowed folders"):
             idx.search(f"{text} + {outside}", mode=mode, rerank=True, kind="image", k=3)
+        with pytest.raises(UnsafePathError):  # the query builder reaches the same pipeline
+            query = idx.query().text(row["caption"]).image(str(outside)).mode(mode)
+            query.rerank().limit(3).to_list()
     hits = idx.search(f"{text} + {inside}", mode="lexical", rerank=True, kind="image", k=3)
-    assert hits and all(0.0 <= h.score <= 1.0 for h in hits)  # inside the roots: re-ranked
-    # The stage on its own, as a caller may use it: the same check.
-    real_root = [Path(os.path.realpath(root))]
-    terms = (QueryTerm(1.0, "text", row["caption"]), QueryTerm(1.0, "image", str(outside)))
-    with pytest.raises(UnsafePathError):
-        rerank_query_from_terms(terms, roots=real_root)
-    assert rerank_query_from_terms(terms[:1] + (QueryTerm(1.0, "image", str(inside)),),
-                                   roots=real_root).image is not None  # fmt: skip
-    stage = ItmStageReranker(idx.reranker.scorer, store=idx.store, image_roots=[root])
-    candidates = idx.search(text, kind="image", k=3, mode="lexical")
-    table = pa.table({"id": [h.id for h in candidates], "uri": [h.uri for h in candidates],
-                      "kind": ["image"] * len(candidates), "text": [h.text for h in candidates],
-                      "score": [h.score for h in candidates]})  # fmt: skip
-    with pytest.raises(UnsafePathError):
-        stage.rerank(Query(terms=terms, k=3), table)
+    assert hits and all(h.score_kind in ("itm", "blend") for h in hits)  # inside: re-ranked

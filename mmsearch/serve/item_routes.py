@@ -6,10 +6,11 @@
     DELETE /api/items/{id}   every row of the record; answers whether the index held it
     GET    /api/items/{id}   the record's rows in the served snapshot (404 when it has none)
 
-Writes go through the library (:func:`mmsearch.indexer.upsert.upsert_records` and
-:func:`~mmsearch.indexer.upsert.delete_records`: one writer session each, rows
-committed, then published beside the ANN index), so the server is one more writer
-of the index, with the library's crash safety and one writer at a time: a write
+Writes go through the library (:meth:`mmsearch.engine.SearchIndex.upsert` and
+:meth:`~mmsearch.engine.SearchIndex.delete`: one writer session each, the index's lock
+or object-store lease, rows committed, then published beside the ANN index), so the
+server is one more writer of the index, with the library's crash safety and one
+writer at a time: a write
 waits up to ``write_wait_s`` for another writer (another worker, an indexing run),
 then answers 503 with ``Retry-After``. A write runs on its own thread, one at a time
 per worker, and never holds one of the worker's search slots while it fetches and
@@ -29,12 +30,14 @@ accepted from a client.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
+from mmsearch.indexer.recordtypes import record_prefix
 from mmsearch.serve.failures import error_responses
 from mmsearch.serve.holder import IndexHolder
 from mmsearch.serve.item_schemas import (
@@ -47,6 +50,10 @@ from mmsearch.serve.item_schemas import (
     upsert_answer_schema,
 )
 from mmsearch.serve.jsonbody import json_response, require_json
+from mmsearch.storage.metadata_keys import normalize_metadata
+
+if TYPE_CHECKING:
+    from mmsearch.engine import SearchIndex
 
 ITEM_PATH = "/api/items/{id}"
 _GET_ITEM = "get_item"
@@ -58,6 +65,16 @@ ItemIdParam = Annotated[
         pattern=ID_PATTERN, max_length=MAX_ID_CHARS, description="The record's id, as written."
     ),
 ]
+
+
+def record_rows(index: SearchIndex, record_id: str) -> list[dict[str, Any]]:
+    """The rows of record ``record_id`` in ``index``'s snapshot, by row id ([] when it has
+    none): ``id`` (the row's), ``uri``, ``kind``, ``text`` and ``metadata``."""
+    table = index.current.rows().with_uri_prefix(record_prefix(record_id))
+    rows: list[dict[str, Any]] = table.select(["id", "uri", "kind", "text", "metadata"]).to_pylist()
+    for row in rows:
+        row["metadata"] = normalize_metadata(json.loads(row["metadata"])) if row["metadata"] else {}
+    return rows
 
 
 def require_bearer(request: Request) -> None:
@@ -105,7 +122,7 @@ def add_item_routes(app: FastAPI, config: Any, holder: IndexHolder) -> None:
     )
     def get_item(id: ItemIdParam) -> Response:  # noqa: A002 - the path's own name
         """A record's rows (its text and images) as the server searches them now."""
-        rows = holder.get().record(id)
+        rows = record_rows(holder.get(), id)
         if not rows:
             raise HTTPException(404, f"the index holds no record {id!r}")
         return json_response({"id": id, "items": rows})
@@ -113,7 +130,6 @@ def add_item_routes(app: FastAPI, config: Any, holder: IndexHolder) -> None:
     if not config.writes:
         return
 
-    from mmsearch.indexer.upsert import delete_records, upsert_records
     from mmsearch.urlfetch import FetchPolicy
 
     policy = FetchPolicy(
@@ -129,21 +145,19 @@ def add_item_routes(app: FastAPI, config: Any, holder: IndexHolder) -> None:
             gate.append(anyio.CapacityLimiter(1))
         return await anyio.to_thread.run_sync(fn, *args, limiter=gate[0])
 
+    # The served index writes without swapping its own snapshot (swap=False): requests in
+    # flight keep theirs; the holder opens the published one beside it (after_write).
     def _upsert(records: list[dict[str, Any]]) -> dict[str, Any]:
-        encoder = holder.get().encoder
-        report = upsert_records(
-            config.index_dir, records, encoder=encoder, local_paths=False,
-            fetch_policy=policy, lock_wait_s=config.write_wait_s,
+        report = holder.get().upsert(
+            records, local_paths=False, fetch_policy=policy,
+            lock_wait_s=config.write_wait_s, swap=False,
         )  # fmt: skip
-        holder.get(wait=True)  # this worker serves the write from now on
+        holder.after_write()  # this worker serves the write from now on
         return upsert_answer([r["id"] for r in records], report)
 
     def _delete(record_id: str) -> dict[str, Any]:
-        encoder = holder.get().encoder
-        found = delete_records(
-            config.index_dir, [record_id], encoder=encoder, lock_wait_s=config.write_wait_s
-        )
-        holder.get(wait=True)
+        found = holder.get().delete([record_id], lock_wait_s=config.write_wait_s, swap=False)
+        holder.after_write()
         return {"id": record_id, "deleted": bool(found)}
 
     write_errors = error_responses(403, 415, 422)
