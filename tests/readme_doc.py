@@ -275,6 +275,12 @@ SUBSTITUTIONS: dict[str, list[tuple[str, str, str]]] = {
             "the test serves the feed's images from 127.0.0.1",
         ),
     ],
+    "From a backend#3": [
+        ("--port 8000", "--port {port} --allow-private-urls",
+         "a free port; the test serves the record's image from 127.0.0.1"),
+        ("127.0.0.1:8000", "127.0.0.1:{port}", "the free port"),
+        ("https://cdn.example.com/3.jpg", "{image_url}", "an image server on 127.0.0.1"),
+    ],
     "Scale out: Ray, object storage, large indexes#1": [
         ("/shared/photos", "./photos", "the reader's folder of the Command line block"),
         ("--ray auto", "--ray local", "a local cluster stands in for the one `ray start` runs"),
@@ -307,6 +313,7 @@ COVERAGE: dict[str, str] = {
     "Python#1": "tests/test_python_example.py::test_unguarded_script_indexes_every_good_image",
     "From a backend#1": "tests/test_readme_backend.py::test_backend_python_block",
     "From a backend#2": "tests/test_readme_backend.py::test_backend_feed_block",
+    "From a backend#3": "tests/test_readme_backend.py::test_backend_http_block",
 }
 
 #: Blocks no test runs, and why; a test still checks what can be checked without running them.

@@ -66,3 +66,54 @@ def test_backend_feed_block(tmp_path):
     assert re.search(r"embedded\s+0\b", second.stdout), second.stdout
     hits = ItemStore.open(tmp_path / "shop-feed").scan(["metadata"]).column("metadata").to_pylist()
     assert {json.loads(m)["gtin"] for m in hits} == {f"0{i:07d}" for i in range(12)}
+
+
+HTTP = "From a backend#3"
+
+
+def test_backend_http_block(tmp_path, tiny_encoder):
+    """The HTTP lines as written (curl through bash, the token from the export line), against
+    ``mmsearch serve --workers 2 --allow-writes`` on ``./shop``; the record's image comes
+    from an image server on 127.0.0.1 (hence ``--allow-private-urls``)."""
+    import subprocess
+
+    from mmsearch.indexer.upsert import create_index
+
+    from tests.readme_doc import free_port, served
+
+    info = generate_catalog(tmp_path / ".reader", n=40, seed=10)
+    mug = next(r for r in info.rows if r["caption"].startswith("a yellow square"))
+    create_index(tmp_path / "shop", tiny_encoder.spec, encoder=tiny_encoder)
+    export, serve, *curls = run_lines(HTTP)
+    assert export.argv[0] == "export" and serve.argv[:2] == ["mmsearch", "serve"]
+    assert [c.argv[0] for c in curls] == ["curl"] * 4
+    token = subprocess.run(["bash", "-c", f'{export.raw}\nprintf %s "$MMSEARCH_TOKEN"'],
+                           env=cli_env(), capture_output=True, text=True, check=True).stdout  # fmt: skip
+    port = free_port()
+    env = cli_env(MMSEARCH_TOKEN=token)
+    with ImageServer() as images:
+        url = images.add("3.jpg", (info.root / mug["file"]).read_bytes())
+        values = {"port": port, "image_url": url}
+        argv = substitute(serve, SUBSTITUTIONS[HTTP], **values)
+
+        def curl(cmd):
+            line = cmd.raw
+            for old, new, _ in SUBSTITUTIONS[HTTP]:
+                if old != "--port 8000":
+                    line = line.replace(old, new.format(**values))
+            done = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True,
+                                  cwd=tmp_path, timeout=120)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        with served(argv, port, tmp_path, env, token=token) as proc:
+            put, search, get, delete = (curl(c) for c in curls)
+            assert put["ids"] == ["sku-3"] and put["failed"] == [] and put["images"]["added"] == 1
+            assert put["texts"]["added"] == 1 and put["embedded"] == 2
+            assert search["results"][0]["metadata"]["id"] == "sku-3"
+            assert search["results"][0]["metadata"]["price"] == 9.5
+            assert sorted(r["kind"] for r in get["items"]) == ["image", "text"]
+            assert delete == {"id": "sku-3", "deleted": True}
+            assert curl(curls[2])["type"] == "NotFound"  # gone
+    assert proc.returncode in (0, -15)
+    assert "with 2 workers (token required, writes on)" in (proc.stderr.read() if proc.stderr else "")
