@@ -62,7 +62,7 @@ def _config() -> ServerConfig:
     return ServerConfig(
         index_dir=WORK / "idx", encoder=ENCODER, token=TOKEN, allowed_hosts=["*"],
         image_roots=[WORK / "catalog"], rerank_model="mmsearch-tiny-itm", log_format="none",
-        auth_failures_per_minute=100_000,
+        auth_failures_per_minute=100_000, writes=True, url_timeout_s=1.0,
     )  # fmt: skip
 
 

@@ -54,7 +54,8 @@ ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.:~+=@-]{{0,{MAX_ID_CHARS - 1}}}$"
 FIELD_NAME_PATTERN = rf"^[A-Za-z_][A-Za-z0-9_.]{{0,{MAX_COLUMN_CHARS - 1}}}$"
 _B64 = "[A-Za-z0-9+/]"
 DATA_URI_PATTERN = rf"^data:image/[A-Za-z0-9.+-]+;base64,(?:{_B64}{{4}})*(?:{_B64}{{4}}|{_B64}{{3}}=|{_B64}{{2}}==)$"
-URL_PATTERN = r"^https?://\S+$"
+#: Printable ASCII without spaces (both regex dialects agree on it; encode other characters).
+URL_PATTERN = r"^https?://[!-~]+$"
 
 ItemId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 ImageUrl = Annotated[str, StringConstraints(max_length=MAX_URL_CHARS, pattern=URL_PATTERN)]
