@@ -158,3 +158,53 @@ def test_json_routes_require_a_json_content_type(contract_app: FastAPI) -> None:
         "/api/search", content=body, headers={"content-type": "application/json; charset=utf-8"}
     )
     assert ok.status_code == 200
+
+
+# -- the stateful phase: sequences along the schema's links (PUT -> GET/DELETE -> GET) ------
+class ItemsWorkflow(schema.as_state_machine()):  # type: ignore[misc]
+    """schemathesis' stateful phase, plus what the schema's links mean: an item upserted is
+    found, one deleted is gone. ``held`` is what this sequence knows of each id: True (put
+    with text, which cannot fail, so the record has rows), False (deleted), unknown
+    otherwise (its images alone may all have failed, or an earlier sequence wrote it)."""
+
+    def setup(self) -> None:
+        self.held: dict[str, bool] = {}
+
+    def after_call(self, response: Any, case: Any) -> None:
+        super().after_call(response, case)
+        method, path, status = case.method.upper(), case.operation.path, response.status_code
+        if status != 200 or not path.startswith("/api/items"):
+            return
+        body = response.json()
+        if method == "PUT":
+            assert body["ids"] == [r["id"] for r in case.body]
+            for record in case.body:
+                if "title" in record or "description" in record:
+                    self.held[record["id"]] = True
+                else:
+                    self.held.pop(record["id"], None)
+            return
+        item = case.path_parameters["id"]
+        known = self.held.get(item)
+        if method == "GET" and known is not None:
+            assert known, f"{item} was deleted, yet GET found it"
+            assert body["id"] == item and body["items"]
+        if method == "DELETE":
+            if known is not None:
+                assert body["deleted"] is known, (item, known, body)
+            self.held[item] = False
+
+    def validate_response(self, response: Any, case: Any, *args: Any, **kwargs: Any) -> None:
+        if case.method.upper() == "GET" and case.operation.path == "/api/items/{id}":
+            known = self.held.get(case.path_parameters["id"])
+            if known is not None:  # found after a put, gone after a delete
+                assert response.status_code == (200 if known else 404), (case.path_parameters, known)
+        super().validate_response(response, case, *args, **kwargs)
+
+
+def test_items_put_are_found_and_deleted_are_gone(contract_app: FastAPI) -> None:
+    """The stateful phase, seeded and bounded: sequences of up to 6 calls along the links."""
+    ItemsWorkflow.run(
+        settings=settings(max_examples=25, stateful_step_count=6, derandomize=True,
+                          deadline=None, suppress_health_check=list(HealthCheck)),
+    )  # fmt: skip
