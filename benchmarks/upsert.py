@@ -4,6 +4,7 @@ into a large index against embedding the same records alone.
     python benchmarks/upsert.py throughput --model mmsearch-tiny --batches 1,10,100,1000
     python benchmarks/upsert.py throughput --model ViT-B-32 --pretrained laion2b_s34b_b79k
     python benchmarks/upsert.py visibility --model mmsearch-tiny --n 100
+    python benchmarks/upsert.py http-visibility --model mmsearch-tiny --n 100 --workers 2
     python benchmarks/upsert.py big --model mmsearch-tiny --rows 1000000 --records 100
 
 ``throughput``: for each batch size, fresh indexes receive the same records in batches
@@ -12,6 +13,11 @@ of that size, images read from local paths and from a local HTTP server (127.0.0
 ``visibility``: after each one-record upsert returns, a second reader (its own
 ``SearchIndex``, reloading ``snapshot.json`` before each query, as a server worker does)
 polls a lexical query for the record's unique word; p50/p99 of the time until it answers.
+``http-visibility``: the same through ``mmsearch serve --workers N --allow-writes``: each
+one-record ``PUT /api/items`` (its image a URL on a local HTTP server), then lexical
+``GET /api/search`` on fresh connections (any worker answers) until one holds the
+record; p50/p99 of the time from the PUT's answer to that search answer, the PUT's own
+time, and how many of the next 4 searches (other workers) still missed it.
 ``big``: an index filled with ``--rows`` rows of random unit vectors (written straight
 into the table, ANN index and full-text index built once), then, side by side and
 repeated: the embedding alone of ``--records`` records (read, decode, images and texts
@@ -28,6 +34,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -112,6 +119,75 @@ def visibility(args: argparse.Namespace, encoder: Any, catalog: Any, work: Path)
                       "max_ms": round(float(lat.max()), 1), "load": load()}), flush=True)  # fmt: skip
 
 
+def http_visibility(args: argparse.Namespace, encoder: Any, catalog: Any, work: Path) -> None:
+    import httpx
+
+    from tests.readme_doc import free_port
+
+    index, port, token = work / "http-vis", free_port(), "bench-token-0123456789abcdef"
+    create_index(index, encoder.spec, encoder=encoder)
+    SearchIndex(index, encoder=encoder).upsert(
+        records(catalog, 10_000, 200, lambda f: str(catalog.root / f))
+    )
+    base, auth = f"http://127.0.0.1:{port}", {"authorization": f"Bearer {token}"}
+    fresh = {**auth, "connection": "close"}
+    env = {
+        **os.environ,
+        "MMSEARCH_TOKEN": token,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    model = ["--backend", "torch"]
+    with ImageServer() as server:
+        for row in catalog.rows[: args.n]:
+            server.add(row["file"], (catalog.root / row["file"]).read_bytes())
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mmsearch.cli", "serve", "--index", str(index), "--port", str(port),
+             "--workers", str(args.workers), "--allow-writes", "--allow-private-urls", *model],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            ready: set[int] = set()
+            deadline = time.monotonic() + 300
+            while len(ready) < args.workers and time.monotonic() < deadline:
+                try:
+                    res = httpx.get(base + "/readyz", headers=fresh, timeout=10)
+                    if res.status_code == 200:
+                        ready.add(res.json()["pid"])
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            assert len(ready) == args.workers, "the workers did not start"
+
+            def found(word: str) -> bool:
+                res = httpx.get(base + "/api/search", params={"q": word, "mode": "lexical", "k": 1},
+                                headers=fresh, timeout=30)  # fmt: skip
+                return res.status_code == 200 and bool(res.json()["results"])
+
+            visible, puts, missed = [], [], 0
+            with httpx.Client(base_url=base, headers=auth, timeout=60) as http:
+                for i in range(args.n):
+                    rec = records(catalog, i, 1, server.url)
+                    t0 = time.perf_counter()
+                    res = http.put("/api/items", json=rec)
+                    t1 = time.perf_counter()
+                    assert res.status_code == 200 and not res.json()["failed"], res.text
+                    while not found(rec[0]["brand"]):
+                        if time.perf_counter() - t1 > 30:
+                            raise RuntimeError("never became visible")
+                    visible.append(time.perf_counter() - t1)
+                    puts.append(t1 - t0)
+                    missed += sum(not found(rec[0]["brand"]) for _ in range(4))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    vis, put = np.asarray(visible) * 1000, np.asarray(puts) * 1000
+    print(json.dumps({"bench": "http-visibility", "model": encoder.spec.key, "workers": args.workers,
+                      "upserts": args.n, "p50_ms": round(float(np.percentile(vis, 50)), 1),
+                      "p99_ms": round(float(np.percentile(vis, 99)), 1), "max_ms": round(float(vis.max()), 1),
+                      "put_p50_ms": round(float(np.percentile(put, 50)), 1),
+                      "put_p99_ms": round(float(np.percentile(put, 99)), 1),
+                      "later_misses": int(missed), "load": load()}), flush=True)  # fmt: skip
+
+
 def fill(index: Path, encoder: Any, rows: int) -> None:
     """``rows`` rows of random unit vectors, straight into the table; ANN + FTS built once."""
     import pyarrow as pa
@@ -185,13 +261,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("what", choices=["throughput", "visibility", "big"])
+    ap.add_argument("what", choices=["throughput", "visibility", "http-visibility", "big"])
     ap.add_argument("--model", default="mmsearch-tiny")
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--batches", default="1,10,100,1000")
     ap.add_argument("--min-records", type=int, default=100, help="records per measurement at least")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--n", type=int, default=100, help="visibility: one-record upserts")
+    ap.add_argument("--workers", type=int, default=2, help="http-visibility: server workers")
     ap.add_argument("--rows", type=int, default=1_000_000, help="big: rows in the index")
     ap.add_argument("--records", type=int, default=100, help="big: records per upsert")
     args = ap.parse_args()
@@ -199,9 +276,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mmsearch-upsert-"))
     try:
         catalog = generate_catalog(work / "catalog", n=2000, seed=3)
-        {"throughput": throughput, "visibility": visibility, "big": big}[args.what](
-            args, encoder, catalog, work
-        )
+        modes = {"throughput": throughput, "visibility": visibility, "big": big,
+                 "http-visibility": http_visibility}  # fmt: skip
+        modes[args.what](args, encoder, catalog, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -116,4 +116,6 @@ def test_backend_http_block(tmp_path, tiny_encoder):
             assert delete == {"id": "sku-3", "deleted": True}
             assert curl(curls[2])["type"] == "NotFound"  # gone
     assert proc.returncode in (0, -15)
-    assert "with 2 workers (token required, writes on)" in (proc.stderr.read() if proc.stderr else "")
+    assert "with 2 workers (token required, writes on)" in (
+        proc.stderr.read() if proc.stderr else ""
+    )

@@ -198,7 +198,10 @@ class ItemsWorkflow(schema.as_state_machine()):  # type: ignore[misc]
         if case.method.upper() == "GET" and case.operation.path == "/api/items/{id}":
             known = self.held.get(case.path_parameters["id"])
             if known is not None:  # found after a put, gone after a delete
-                assert response.status_code == (200 if known else 404), (case.path_parameters, known)
+                assert response.status_code == (200 if known else 404), (
+                    case.path_parameters,
+                    known,
+                )
         super().validate_response(response, case, *args, **kwargs)
 
 

@@ -110,7 +110,9 @@ def test_put_search_get_delete_round_trip(server: Any, catalog: Any, images: Ima
         assert again["embedded"] == 0 and again["images"]["unchanged"] == 2
         changed = http.put("/api/items", json=[{**batch[0], "title": "renamed brand000y"}]).json()
         assert changed["texts"]["updated"] == 1 and changed["embedded"] == 1
-        assert lexical_ids(http, "brand000y") == {"sku-0"} and lexical_ids(http, "brand000x") == set()
+        assert (
+            lexical_ids(http, "brand000y") == {"sku-0"} and lexical_ids(http, "brand000x") == set()
+        )
 
         assert http.delete("/api/items/sku-1").json() == {"id": "sku-1", "deleted": True}
         assert http.delete("/api/items/sku-1").json() == {"id": "sku-1", "deleted": False}
@@ -127,7 +129,10 @@ def test_writes_refuse_what_they_must(
     config = ServerConfig(index_dir=new_index(tmp_path, encoder), encoder=encoder, token=TOKEN,
                           writes=True, max_upload_bytes=64 * 1024)  # fmt: skip
     good = [{"id": "sku-1", "title": "a red circle"}]
-    with serve_in_thread(create_app(config)) as base, httpx.Client(base_url=base, timeout=60) as http:
+    with (
+        serve_in_thread(create_app(config)) as base,
+        httpx.Client(base_url=base, timeout=60) as http,
+    ):
         assert http.put("/api/items", json=good).status_code == 401
         wrong = http.put("/api/items", json=good, headers={"authorization": "Bearer nope-nope"})
         assert wrong.status_code == 401
@@ -138,7 +143,9 @@ def test_writes_refuse_what_they_must(
         assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
         assert http.delete("/api/items/sku-1").status_code == 401
         http.cookies.clear()
-        foreign = http.put("/api/items", json=good, headers={**AUTH, "origin": "https://evil.example"})
+        foreign = http.put(
+            "/api/items", json=good, headers={**AUTH, "origin": "https://evil.example"}
+        )
         assert foreign.status_code == 403
         form = http.put("/api/items", content=b'[{"id":"a","title":"b"}]',
                         headers={**AUTH, "content-type": "text/plain"})  # fmt: skip
@@ -165,13 +172,18 @@ def test_writes_refuse_what_they_must(
         ]
         for body in bad_bodies:
             res = http.put("/api/items", json=body, headers=AUTH)
-            assert res.status_code in (413, 422), (body if len(str(body)) < 200 else "many", res.text)
+            assert res.status_code in (413, 422), (
+                body if len(str(body)) < 200 else "many",
+                res.text,
+            )
             assert res.json()["type"] in ("ValidationError", "PayloadTooLarge", "BodyTooLarge")
         twice = http.put("/api/items", json=good + good, headers=AUTH)
         assert twice.status_code == 400 and "sku-1" in twice.json()["error"]
         assert http.delete("/api/items/a%2Fb", headers=AUTH).status_code in (404, 422)
         # Private and loopback image hosts are refused unless the server allows them.
-        local = [{"id": "sku-9", "title": "local", "image": images.url("img/" + catalog.rows[0]["file"])}]
+        local = [
+            {"id": "sku-9", "title": "local", "image": images.url("img/" + catalog.rows[0]["file"])}
+        ]
         res = http.put("/api/items", json=local, headers=AUTH)
         assert res.status_code == 200 and res.json()["failed"][0]["id"] == "sku-9"
         assert "non-public address" in res.json()["failed"][0]["reason"]
@@ -179,30 +191,38 @@ def test_writes_refuse_what_they_must(
         assert http.get("/api/items/sku-1", headers=AUTH).status_code == 404  # nothing written
 
 
-def test_a_busy_writer_answers_503_with_retry_after(
-    tmp_path: Path, encoder: FakeEncoder
-) -> None:
+def test_a_busy_writer_answers_503_with_retry_after(tmp_path: Path, encoder: FakeEncoder) -> None:
     index = new_index(tmp_path, encoder)
     config = ServerConfig(index_dir=index, encoder=encoder, token=TOKEN, writes=True,
                           write_wait_s=0.2)  # fmt: skip
     body = [{"id": "sku-1", "title": "a blue star"}]
-    with serve_in_thread(create_app(config)) as base, httpx.Client(base_url=base, headers=AUTH, timeout=60) as http:
+    with (
+        serve_in_thread(create_app(config)) as base,
+        httpx.Client(base_url=base, headers=AUTH, timeout=60) as http,
+    ):
         with index_write_lock(index):  # an indexing run, another worker
             busy = http.put("/api/items", json=body)
             gone = http.delete("/api/items/sku-1")
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
-        assert busy.json()["type"] == "WriterBusyError" and "writing the index" in busy.json()["error"]
+        assert (
+            busy.json()["type"] == "WriterBusyError" and "writing the index" in busy.json()["error"]
+        )
         assert gone.status_code == 503
         assert http.put("/api/items", json=body).status_code == 200  # the retry completes
 
 
-def test_a_write_holds_no_search_slot(tmp_path: Path, encoder: FakeEncoder, images: ImageServer) -> None:
+def test_a_write_holds_no_search_slot(
+    tmp_path: Path, encoder: FakeEncoder, images: ImageServer
+) -> None:
     """With one search slot, searches answer while a write waits on a slow image URL."""
     config = ServerConfig(index_dir=new_index(tmp_path, encoder), encoder=encoder, token=TOKEN,
                           writes=True, allow_private_write_urls=True, url_timeout_s=10,
                           search_concurrency=1)  # fmt: skip
     slow = [{"id": "sku-slow", "title": "late image", "image": images.url("slow.jpg")}]
-    with serve_in_thread(create_app(config)) as base, httpx.Client(base_url=base, headers=AUTH, timeout=60) as http:
+    with (
+        serve_in_thread(create_app(config)) as base,
+        httpx.Client(base_url=base, headers=AUTH, timeout=60) as http,
+    ):
         assert http.put("/api/items", json=[{"id": "sku-0", "title": "first"}]).status_code == 200
         answer: list[httpx.Response] = []
         writer = threading.Thread(target=lambda: answer.append(http.put("/api/items", json=slow)))
@@ -210,7 +230,9 @@ def test_a_write_holds_no_search_slot(tmp_path: Path, encoder: FakeEncoder, imag
         while not any(p == "/slow.jpg" for p in images.requests):
             assert writer.is_alive()
             threading.Event().wait(0.02)
-        searched = [http.get("/api/search", params={"q": "first", "mode": "lexical"}) for _ in range(3)]
+        searched = [
+            http.get("/api/search", params={"q": "first", "mode": "lexical"}) for _ in range(3)
+        ]
         still_writing = writer.is_alive()
         writer.join(timeout=60)
         assert still_writing  # the searches answered while the write was fetching
