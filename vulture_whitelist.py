@@ -43,6 +43,8 @@ _.finalizer  # multiprocessing Popen
 Process  # multiprocessing context attribute
 GuardedHttpToolsProtocol  # serve.connections: named to uvicorn by an import string
 GuardedH11Protocol  # serve.connections: named to uvicorn by an import string
+put_items  # serve.item_routes: a FastAPI route, registered by its decorator
+delete_item  # serve.item_routes: a FastAPI route, registered by its decorator
 _.send_400_response  # uvicorn's HttpToolsProtocol
 _._usage_display_name  # click/typer help formatting (mmsearch.cli.help)
 _.__class__  # click/typer help formatting
