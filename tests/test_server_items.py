@@ -271,3 +271,42 @@ def test_writes_need_a_token_even_on_loopback(tmp_path: Path, encoder: FakeEncod
     assert res.exit_code == 2 and "without a token" in res.output
     res = runner.invoke(cli_app, ["serve", "--index", str(index), "--allow-private-urls"], env=env)
     assert res.exit_code == 2 and "--allow-writes" in res.output
+
+
+def test_a_request_that_waited_for_the_first_open_sees_a_later_write(
+    tmp_path: Path, encoder: FakeEncoder
+) -> None:
+    """The start-up warm-up opens the index while another worker answers a write: a search
+    that waited for that open must not be answered from the snapshot before the write."""
+    from mmsearch.engine import SearchIndex
+    from mmsearch.serve.holder import IndexHolder
+
+    index = new_index(tmp_path, encoder)
+    SearchIndex(index, encoder=encoder).upsert([{"id": "sku-0", "title": "first"}])
+    holder = IndexHolder(ServerConfig(index_dir=index, encoder=encoder))
+    opening, go = threading.Event(), threading.Event()
+    real_open = holder._open
+
+    def slow_first_open(enc: Any) -> Any:
+        opened = real_open(enc)
+        if not opening.is_set():
+            got["first"] = opened.snapshot.table_version
+            opening.set()
+            assert go.wait(60)
+        return opened
+
+    got: dict[str, Any] = {}
+    holder._open = slow_first_open  # type: ignore[method-assign]
+    warm = threading.Thread(target=lambda: got.setdefault("warm", holder.get()))
+    warm.start()
+    assert opening.wait(60)  # the warm-up has opened the first snapshot, not yet returned
+    report = SearchIndex(index, encoder=encoder).upsert([{"id": "sku-1", "title": "second"}])
+    search = threading.Thread(target=lambda: got.setdefault("search", holder.get()))
+    search.start()
+    search.join(timeout=0.5)
+    assert search.is_alive()  # waiting for the first open
+    go.set()
+    warm.join(timeout=60)
+    search.join(timeout=60)
+    assert got["first"] < report.table_version  # the first open predates the write ...
+    assert got["search"].snapshot.table_version == report.table_version  # ... its waiter not

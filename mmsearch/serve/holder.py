@@ -144,10 +144,12 @@ class IndexHolder:
         current = self._index
         if current is None:
             with self._open_lock:
-                opened = self._index
-                if opened is None:
-                    opened = self._index = self._open(self.config.encoder)
-                return opened
+                current = self._index
+                if current is None:
+                    current = self._index = self._open(self.config.encoder)
+            # A request that waited for the first open (the start-up warm-up) checks for a
+            # snapshot published meanwhile, as every later request does: a write answered
+            # by another worker is then never missing from this worker's first answer.
         try:  # the index folder, or an object-store index's cache (updated by the follower)
             latest = read_snapshot(current.index_dir)
         except IndexCorruptError as exc:
