@@ -142,6 +142,10 @@ def test_writes_refuse_what_they_must(
         refused = http.put("/api/items", json=good)  # ... but never writes
         assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
         assert http.delete("/api/items/sku-1").status_code == 401
+        cookie_and_wrong = http.put(
+            "/api/items", json=good, headers={"authorization": "Bearer wrong-token-xyz"}
+        )
+        assert cookie_and_wrong.status_code == 401  # a wrong bearer is not saved by the cookie
         http.cookies.clear()
         foreign = http.put(
             "/api/items", json=good, headers={**AUTH, "origin": "https://evil.example"}
