@@ -314,3 +314,23 @@ def test_a_request_that_waited_for_the_first_open_sees_a_later_write(
     search.join(timeout=60)
     assert got["first"] < report.table_version  # the first open predates the write ...
     assert got["search"].snapshot.table_version == report.table_version  # ... its waiter not
+
+
+def test_writes_to_an_object_store_index(s3: Any, encoder: FakeEncoder) -> None:
+    """A server over ``s3://`` writes under the writer lease and serves its write at once."""
+    from fastapi.testclient import TestClient
+
+    from tests.s3server import BUCKET
+
+    uri = f"s3://{BUCKET}/items"
+    create_index(uri, encoder.spec, encoder=encoder)
+    config = ServerConfig(index_dir=uri, encoder=encoder, token=TOKEN, writes=True)  # type: ignore[arg-type]
+    with TestClient(create_app(config), base_url="http://127.0.0.1", headers=AUTH) as http:
+        put = http.put("/api/items", json=[{"id": "sku-1", "title": "a red circle brand001x"}])
+        assert put.status_code == 200, put.text
+        version = put.json()["table_version"]
+        assert int(put.headers["x-mmsearch-snapshot"].split(".")[0]) == version
+        found = http.get("/api/search", params={"q": "brand001x", "mode": "lexical"})
+        assert [h["metadata"]["id"] for h in found.json()["results"]] == ["sku-1"]
+        assert http.delete("/api/items/sku-1").json() == {"id": "sku-1", "deleted": True}
+        assert http.get("/api/items/sku-1").status_code == 404

@@ -262,6 +262,7 @@ class RemoteIndex:
             cached = objects / rows["sha256"]
             if not cached.exists():
                 self._download(f"{OBJECTS_DIR}/{rows['sha256']}", cached, rows["sha256"])
+            (local / rows["path"]).parent.mkdir(parents=True, exist_ok=True)  # no ANN dir yet
             _link(cached, local / rows["path"])
             keep.add(rows["path"])
         write_snapshot(local, remote)  # last: the cached files it names are complete
