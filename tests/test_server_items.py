@@ -87,6 +87,10 @@ def lexical_ids(http: httpx.Client, word: str, mode: str = "lexical") -> set[str
 def test_put_search_get_delete_round_trip(server: Any, catalog: Any, images: ImageServer) -> None:
     base, _ = server
     with httpx.Client(base_url=base, headers=AUTH, timeout=60) as http:
+        for mode in ("lexical", "hybrid"):  # a new index, before its first write: no items yet
+            empty = http.get("/api/search", params={"q": "brand000x", "mode": mode})
+            assert empty.status_code == 200 and empty.json()["results"] == [], empty.text
+            assert "no items yet" in empty.json()["reason"]
         batch = [record(catalog, 0), record(catalog, 1)]
         batch[1]["image"] = images.url("img/" + catalog.rows[1]["file"])  # a URL this time
         batch.append({"id": "sku-2", "title": "no picture", "images": [images.url("missing.jpg")]})

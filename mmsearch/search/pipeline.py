@@ -59,7 +59,7 @@ def resolve_mode(source: SearchSource, query: Query) -> str:
     if query.mode is None:
         return "hybrid" if source.has_lexical and has_text else "vector"
     if query.mode != "vector":
-        if not source.has_lexical:
+        if not source.has_lexical and source.ann:  # an empty index answers "no items yet"
             raise BadQueryError(
                 f"this index has no full-text index for {query.mode} search; "
                 f"rebuild it with: mmsearch build-index --index {source.index_dir}"
@@ -116,12 +116,12 @@ def run(
     """
     q = query.validated()
     clock = _Clock()
-    check_image_terms(q.terms, source.image_roots)  # every mode: re-ranking opens them too
     allowed = allowed_ids
     if allowed is None and q.where:
         allowed = source.rows().matching_ids(list(q.where))
     clock.tick("filter")
     mode = resolve_mode(source, q) if vector is None else "vector"
+    check_image_terms(q.terms, source.image_roots)  # every mode: re-ranking opens them too
     wanted = ("image", "text") if q.kind == "any" else (q.kind,)
     kinds = [k for k in wanted if k in source.ann]
     if allowed is not None and len(allowed) == 0:
