@@ -134,7 +134,9 @@ def fill(index: Path, encoder: Any, rows: int) -> None:
                               mtime_ns=[0] * len(ids), sizes=[0] * len(ids), sha256=[str(i) for i in ids],
                               metadata=[{"id": f"f{i}", "price": float(i % 100)} for i in ids],
                               vectors=vecs[part], schema=store.table.schema)  # fmt: skip
-            store.table.add(table.cast(store.table.schema) if isinstance(table, pa.Table) else table)
+            store.table.add(
+                table.cast(store.table.schema) if isinstance(table, pa.Table) else table
+            )
     t0 = time.perf_counter()
     build_ann(store, encoder.spec, encoder=encoder)
     print(json.dumps({"bench": "big-fill", "rows": rows, "ann_build_s": round(time.perf_counter() - t0, 1),
@@ -180,7 +182,9 @@ def big(args: argparse.Namespace, encoder: Any, catalog: Any, work: Path) -> Non
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("what", choices=["throughput", "visibility", "big"])
     ap.add_argument("--model", default="mmsearch-tiny")
     ap.add_argument("--pretrained", default=None)

@@ -85,7 +85,10 @@ class ImageFolder:
             sizes=[e.size for e in entries],
             sha256=[d.sha256 for d in done],
             metadata=[
-                {FILE_KEY: _relative(e.path, self.root), **{k: v for k, v in x.items() if k != TEXT_KEY}}
+                {
+                    FILE_KEY: _relative(e.path, self.root),
+                    **{k: v for k, v in x.items() if k != TEXT_KEY},
+                }
                 for e, x in zip(entries, extra, strict=True)
             ],
             vectors=vectors,

@@ -9,7 +9,7 @@ from typing import Any
 
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 
-__all__ = ["IndexOptions", "ProgressFn"]
+__all__ = ["IndexOptions", "ProgressFn", "index_options"]
 
 #: progress(stage, advance, more_total): stage is "scan", "images", "texts", "ann" or
 #: "failed" (an item skipped); ``more_total`` announces additional work for the stage
@@ -68,3 +68,56 @@ class IndexOptions:
     gpu_decode: bool | None = None
     #: Replaces :func:`mmsearch.indexer.decode.decode_file` in the workers (module-level, picklable).
     decode_fn: Callable[[str, int, int], Any] | None = None
+
+
+def index_options(
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device: str | None = None,
+    backend: str = "auto",
+    quantize: str | None = None,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    image_column: str | None = None,
+    allow_private_urls: bool = False,
+    metadata: str | os.PathLike[str] | None = None,
+    file_column: str = "file",
+    build_index: bool = True,
+    index_type: str = "auto",
+    refine_dtype: str = "float32",
+    ray: str | None = None,
+    gpu_decode: bool | None = None,
+    offline: bool = False,
+    lock_wait_s: float = 0.0,
+) -> IndexOptions:
+    """The options of an indexing run, named and defaulted as ``mmsearch index`` documents them.
+
+    The CLI's ``index`` command, :func:`mmsearch.index` and the run after a re-embedding
+    all build their :class:`IndexOptions` here. ``metadata`` is the image sidecar
+    (``--metadata``); ``image_column`` makes a text collection a product feed whose
+    images are fetched (``allow_private_urls`` lets it reach internal hosts);
+    ``build_index=False`` is ``--no-ann``; ``backend`` ``auto`` runs
+    ONNX Runtime on a CPU when it is installed; ``lock_wait_s`` waits that long for
+    another writer of the index.
+    """
+    return IndexOptions(
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        backend=backend,
+        quantize=quantize,
+        text_column=text_column,
+        id_column=id_column,
+        image_column=image_column,
+        allow_private_urls=allow_private_urls,
+        image_metadata=metadata,
+        file_column=file_column,
+        build_index=build_index,
+        index_type=index_type,
+        refine_dtype=refine_dtype,
+        ray=ray,
+        gpu_decode=gpu_decode,
+        offline=offline,
+        lock_wait_s=lock_wait_s,
+    )

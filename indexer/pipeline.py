@@ -82,9 +82,12 @@ def run_index(
 
         check_weights_reachable(spec, offline=opts.offline)
     with writer_session(index_dir, wait_s=opts.lock_wait_s) as session:
-        report = _run_index_locked(sources, session.local_dir, spec, opts, progress or _noop, encoder)
+        report = _run_index_locked(
+            sources, session.local_dir, spec, opts, progress or _noop, encoder
+        )
         if opts.build_index:
             session.publish()
+            report.warnings.extend(session.warnings)
         return report
 
 

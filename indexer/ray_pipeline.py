@@ -32,6 +32,8 @@ from mmsearch.indexer.items import Embedded, Failed, Item, Kind, Outcome
 from mmsearch.indexer.options import IndexOptions
 from mmsearch.indexer.textindex import TEXT_BATCH_SIZE, PrepFailure, prepare_chunk, text_steps
 
+from mmsearch.models.base import Encoder
+
 #: Images per decode task batch (each Ray task decodes one batch).
 DECODE_BATCH = 32
 
@@ -76,7 +78,7 @@ class EmbedActor:
         self,
         spec: Any,
         device: str | None,
-        encoder: Any | None = None,
+        encoder: Encoder | None = None,
         backend: str = "torch",
         quantize: str | None = None,
     ) -> None:
@@ -122,7 +124,7 @@ class TextEmbedActor(EmbedActor):
         }
 
 
-def _actor_options(ray: Any, encoder: Any, opts: IndexOptions) -> dict[str, Any]:
+def _actor_options(ray: Any, encoder: Encoder, opts: IndexOptions) -> dict[str, Any]:
     """map_batches arguments of the embedding actors: one model each, a GPU each where the
     cluster has GPUs, else up to ``opts.ray_actors`` actors on half the CPUs."""
     gpus = int(ray.cluster_resources().get("GPU", 0)) if opts.device != "cpu" else 0
@@ -148,7 +150,7 @@ class RayExecutor:
     Outcomes come back in groups of ``commit_every`` items.
     """
 
-    def __init__(self, encoder: Any, opts: IndexOptions) -> None:
+    def __init__(self, encoder: Encoder, opts: IndexOptions) -> None:
         self.encoder = encoder
         self.opts = opts
         self.embed_s = 0.0  # the model runs in the actors, not here
@@ -162,7 +164,9 @@ class RayExecutor:
         if kind == "text":
             step = max(opts.batch_size or 1, TEXT_BATCH_SIZE)
             rows = [{"pos": i, "text": str(item.payload)} for i, item in enumerate(items)]
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // step, 4 * cpus)))
+            ds = ray.data.from_items(
+                rows, override_num_blocks=max(1, min(len(rows) // step, 4 * cpus))
+            )
             ds = ds.map_batches(
                 TextEmbedActor, batch_size=step, batch_format="numpy",
                 **_actor_options(ray, self.encoder, opts),
@@ -194,11 +198,13 @@ class RayExecutor:
                 if error:
                     out.append(Failed(item, str(error), str(exc_class), stage))
                 else:
-                    out.append(Embedded(item, vector, str(shas[n]) if shas is not None else item.sha256))
+                    out.append(
+                        Embedded(item, vector, str(shas[n]) if shas is not None else item.sha256)
+                    )
             yield out
 
 
-def _loadable(encoder: Any) -> bool:
+def _loadable(encoder: Encoder) -> bool:
     """Whether ``load_encoder(encoder.spec, backend=...)`` rebuilds this encoder on a worker
     (an ONNX Runtime session cannot be pickled; a registered model loads anywhere)."""
     from mmsearch.models.encoder import ClipEncoder

@@ -31,6 +31,7 @@ from mmsearch.indexer.report import Failure, IndexReport, write_failures
 from mmsearch.indexer.session import writer_session
 from mmsearch.indexer.writeloop import write_source
 
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage.locks import write_guard
 from mmsearch.storage.schema import DB_DIRNAME, DIM_METADATA_KEY, MODEL_METADATA_KEY, TABLE_NAME
@@ -60,7 +61,7 @@ def reembed_index(
     index_dir: str | os.PathLike[str],
     spec: ModelSpec,
     *,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
     device: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,

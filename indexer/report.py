@@ -48,6 +48,8 @@ class IndexReport:
     metadata_join: dict[str, int] | None = None
     #: Per kind counts and failures by record id of the product feeds of the run (None: no feed)
     records: UpsertReport | None = None
+    #: what went wrong after the new snapshot was published (never a failed run)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -109,7 +111,10 @@ def write_run_summary(index_dir: Path, report: IndexReport) -> Path:
 
     data = {
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **{k: getattr(report, k) for k in ("added", "updated", "deleted", "unchanged", "embedded", "failed")},
+        **{
+            k: getattr(report, k)
+            for k in ("added", "updated", "deleted", "unchanged", "embedded", "failed")
+        },
         "sweep_aborted": report.sweep_aborted,
         "failures_file": report.report_path,
     }

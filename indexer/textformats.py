@@ -37,7 +37,6 @@ class RowProblem:
     exc_class: str
 
 
-
 # Row-level rejections. Their class names are what RowProblem.exc_class reports.
 class RowError(ValueError):
     """A row cannot be used; the collection carries on."""

@@ -32,7 +32,8 @@ class RowSink(Protocol):
     """Where rows go: :class:`~mmsearch.indexer.writer.BatchWriter` (the items table) or
     a re-embedding's staging table."""
 
-    schema: pa.Schema
+    @property
+    def schema(self) -> pa.Schema: ...
 
     def add(self, rows: pa.Table) -> None: ...
 
@@ -108,4 +109,3 @@ def _write(
         report.embedded += len(done)
     report.added += sum(1 for item in items if item.prev is None)
     report.updated += sum(1 for item in items if item.prev is not None)
-

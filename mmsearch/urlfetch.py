@@ -55,7 +55,7 @@ def _check_address(host: str, port: int, policy: FetchPolicy) -> str | None:
     except socket.gaierror as exc:
         raise UnsafeURLError(f"cannot resolve host {host!r}") from exc
     for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
         if policy.allow_private:

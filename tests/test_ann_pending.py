@@ -48,7 +48,9 @@ def test_pending_rows_are_searched_and_removed_rows_never_return(tmp_path, index
     if index_type == "ivfpq":  # the structure was not rewritten: the same file, linked
         faiss_files = [p.name for p in (tmp_path / "b").glob("index-*.faiss")]
         assert faiss_files == [p.name for p in (tmp_path / "a").glob("index-*.faiss")]
-        assert (tmp_path / "b" / faiss_files[0]).stat().st_ino == (tmp_path / "a" / faiss_files[0]).stat().st_ino
+        assert (tmp_path / "b" / faiss_files[0]).stat().st_ino == (
+            tmp_path / "a" / faiss_files[0]
+        ).stat().st_ino
     again = VectorIndex.load(tmp_path / "b", expect_table_version=2, expect_model_key="m")
     ivf = index_type == "ivfpq"  # a flat index is filled from the store when it loads
     assert again.info["pending_rows"] == (25 if ivf else 0)

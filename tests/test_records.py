@@ -329,9 +329,13 @@ def test_images_from_s3_through_the_object_store_client(tmp_path, catalog, tiny_
         s3.put_object(Bucket="shop-images", Key="p/1.jpg", Body=data)
         create_index(tmp_path / "i", tiny_encoder.spec, encoder=tiny_encoder)
         idx = SearchIndex(tmp_path / "i", encoder=tiny_encoder)
-        report = idx.upsert({"id": "s", "images": ["s3://shop-images/p/1.jpg", "s3://shop-images/none.jpg"]})
+        report = idx.upsert(
+            {"id": "s", "images": ["s3://shop-images/p/1.jpg", "s3://shop-images/none.jpg"]}
+        )
         assert report.images.added == 1
-        assert [(f[0], f[1]) for f in report.failed] == [("s", "image 1 (s3://shop-images/none.jpg)")]
+        assert [(f[0], f[1]) for f in report.failed] == [
+            ("s", "image 1 (s3://shop-images/none.jpg)")
+        ]
         assert "NoSuchKey" in report.failed[0][2]
         row = next(r for r in rows_of(tmp_path / "i").values() if r["kind"] == "image")
         assert row["sha256"] == __import__("hashlib").sha256(data).hexdigest()

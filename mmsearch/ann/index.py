@@ -393,6 +393,3 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return self._state.store.n_live
-
-
-# ---------------------------------------------------------------- helpers

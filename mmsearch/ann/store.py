@@ -227,11 +227,6 @@ class VectorStore:
         scores[~found] = -np.inf
         return top_k(scores, np.where(found, cand, -1), k)
 
-    def seal(self, segment: Segment) -> None:
-        """Replace the delta by ``segment``, the file it was just saved to."""
-        self.segments.append(segment)
-        self._delta = Segment(np.empty((0, self.d), self._np_dtype), np.empty(0, np.int64))
-
 
 def _iter_segment(seg: Segment, chunk: int) -> Iterator[tuple[F32, I64]]:
     for start in range(0, len(seg), chunk):

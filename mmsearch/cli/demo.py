@@ -12,13 +12,20 @@ from typing import Any
 
 from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
 
-TEXT_QUERIES = ("a red circle on the left", "blue square", "a yellow star on the top", "green triangle")
+TEXT_QUERIES = (
+    "a red circle on the left",
+    "blue square",
+    "a yellow star on the top",
+    "green triangle",
+)
 
 
 @dataclass
 class DemoResult:
     report: Any
-    queries: list[tuple[str, str, list[Any]]] = field(default_factory=list)  # (query, kind, results)
+    queries: list[tuple[str, str, list[Any]]] = field(
+        default_factory=list
+    )  # (query, kind, results)
     html_path: Path | None = None
 
 
@@ -46,18 +53,36 @@ def run_demo(
         [catalog_dir, jsonl],
         index_dir,
         spec,
-        options=IndexOptions(device=device, text_column="caption", id_column="id", image_metadata=jsonl),
+        options=IndexOptions(
+            device=device,
+            backend="auto",  # ONNX Runtime on a CPU: mmsearch-tiny's export ships with mmsearch
+            text_column="caption",
+            id_column="id",
+            image_metadata=jsonl,
+        ),
         progress=progress,
     )
-    idx = SearchIndex(index_dir, device=device)
+    idx = SearchIndex(index_dir, device=device, backend="auto")
     result = DemoResult(report=report)
     for query in TEXT_QUERIES:
         result.queries.append((query, "image", idx.search(query, k=5, kind="image")))
     rows = [json.loads(line) for line in jsonl.open(encoding="utf-8")]
     probe = rows[0]
     probe_path = str(catalog_dir / probe["file"])
-    result.queries.append((f"{probe['file']} ({probe['caption']})", "image", idx.search(Path(probe_path), k=5, kind="image")))
-    result.queries.append((f"{probe['file']} ({probe['caption']})", "text", idx.search(Path(probe_path), k=5, kind="text")))
+    result.queries.append(
+        (
+            f"{probe['file']} ({probe['caption']})",
+            "image",
+            idx.search(Path(probe_path), k=5, kind="image"),
+        )
+    )
+    result.queries.append(
+        (
+            f"{probe['file']} ({probe['caption']})",
+            "text",
+            idx.search(Path(probe_path), k=5, kind="text"),
+        )
+    )
     result.html_path = write_gallery(out_dir / "results.html", result.queries)
     return result
 
@@ -82,7 +107,9 @@ def write_gallery(path: Path, queries: list[tuple[str, str, list[Any]]]) -> Path
                     f"{hit.score:.3f}<br>{html.escape(str(hit.metadata.get('file', '')))}</figcaption></figure>"
                 )
             else:
-                parts.append(f"<span class='t'>#{hit.rank} {hit.score:.3f} {html.escape(hit.text or hit.uri)}</span>")
+                parts.append(
+                    f"<span class='t'>#{hit.rank} {hit.score:.3f} {html.escape(hit.text or hit.uri)}</span>"
+                )
         parts.append("</div>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from mmsearch.errors import ModelLoadError, ModelMismatchError
 from mmsearch.models.cache import read_json, write_json_atomic
 from mmsearch.models.hub import check_weights_reachable
 from mmsearch.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from mmsearch.models.base import Encoder
 
 BACKENDS = ("auto", "torch", "onnx")
 #: Per-item cosine two backends' embeddings must reach to share an index.
@@ -52,8 +55,9 @@ def cuda_visible() -> bool:
 def choose_backend(backend: str | None, device: str | None) -> str:
     """``torch`` or ``onnx`` for a requested backend and device.
 
-    ``auto``: ONNX Runtime on a CPU when onnxruntime is installed, else torch (always
-    torch on a GPU). ``onnx`` requires a CPU device.
+    ``auto``: ONNX Runtime on a CPU when onnxruntime is installed, else torch (torch on a
+    GPU, unless torch is not installed: the demo's installation has ONNX Runtime only).
+    ``onnx`` requires a CPU device.
     """
     name = (backend or "auto").lower()
     if name not in BACKENDS:
@@ -68,7 +72,18 @@ def choose_backend(backend: str | None, device: str | None) -> str:
     if name == "torch":
         return "torch"
     has_ort = importlib.util.find_spec("onnxruntime") is not None
-    return "onnx" if has_ort and not on_gpu else "torch"
+    if has_ort and (not on_gpu or not torch_installed()):
+        return "onnx"
+    return "torch"
+
+
+def torch_installed() -> bool:
+    """Whether torch and open_clip can be imported (checked without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "open_clip"))
+
+
+#: What a torch-less installation (``scripts/demo.sh``) lacks for a torch step.
+FULL_INSTALL = "pip install mmsearch (the full installation; the demo's has ONNX Runtime only)"
 
 
 def load_encoder(
@@ -96,12 +111,16 @@ def load_encoder(
     if quantize:
         raise ModelLoadError("--quantize applies to the ONNX backend; add --backend onnx")
     check_weights_reachable(spec)  # in a second, before torch and open_clip load
+    if not torch_installed():
+        raise ModelLoadError(
+            f"the torch backend needs torch and open_clip: {FULL_INSTALL}; or use --backend onnx"
+        )
     from mmsearch.models.loader import load_torch_encoder
 
     return load_torch_encoder(spec, device, dtype=dtype)
 
 
-def backend_label(encoder: Any) -> str:
+def backend_label(encoder: Encoder) -> str:
     """``torch``, ``onnx`` or ``onnx-int8``: what produced an encoder's vectors."""
     name = str(getattr(encoder, "backend", "torch"))
     quantize = getattr(encoder, "quantize", None)
@@ -113,7 +132,7 @@ def read_backend_record(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return read_json(Path(index_dir) / RECORD_NAME)
 
 
-def check_backend(index_dir: str | os.PathLike[str], encoder: Any, *, record: bool) -> str:
+def check_backend(index_dir: str | os.PathLike[str], encoder: Encoder, *, record: bool) -> str:
     """Refuses an encoder whose backend disagrees with the index's recorded vectors.
 
     A backend already recorded passes at once (no encoding). The first backend of an
@@ -136,7 +155,9 @@ def check_backend(index_dir: str | os.PathLike[str], encoder: Any, *, record: bo
         return label
     if not backends:
         if record:
-            write_json_atomic(path, {"model": spec_key, "reference": label, "backends": {label: {}}})
+            write_json_atomic(
+                path, {"model": spec_key, "reference": label, "backends": {label: {}}}
+            )
         return label
     first_label = str(data.get("reference") or next(iter(backends)))
     probes = np.asarray(encoder.encode_texts(list(PROBE_TEXTS)), dtype=np.float32)
@@ -183,6 +204,11 @@ def load_onnx_encoder(
     target = find_export(spec, quantize)
     if target is None:
         check_weights_reachable(spec)  # in a second, before the export imports torch
+        if not torch_installed():
+            raise ModelLoadError(
+                f"{spec.key} has no ONNX export on this machine, and making one needs torch and "
+                f"open_clip: {FULL_INSTALL}; mmsearch-tiny's export ships with mmsearch"
+            )
         from mmsearch.models.onnx_export import export_onnx
 
         target = export_onnx(spec, quantize=quantize)

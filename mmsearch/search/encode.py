@@ -40,7 +40,9 @@ def check_image_path(path: str | os.PathLike[str], roots: Sequence[Path] | None)
             f"image path {shown!r} is outside the allowed folders (quote the term to search for it as text)"
         )
     if not os.path.isfile(real):  # False, not OSError, for an over-long name (errno 36)
-        raise ImageNotFoundError(f"image not found: {shown} (quote the term to search for it as text)")
+        raise ImageNotFoundError(
+            f"image not found: {shown} (quote the term to search for it as text)"
+        )
     return real
 
 

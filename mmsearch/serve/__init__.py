@@ -19,6 +19,7 @@ modules here are the parts it is assembled from:
 - :mod:`mmsearch.serve.limits`: request body cap and capped error messages.
 - :mod:`mmsearch.serve.jsonbody`: search answers serialised once (orjson when installed).
 - :mod:`mmsearch.serve.reranker`: the re-rank model, loaded once, outside search slots.
-- :mod:`mmsearch.serve.lifecycle`: readiness, graceful drain on SIGTERM, running
-  one or several worker processes on one listening socket, and their math-thread policy.
+- :mod:`mmsearch.serve.drain`: readiness, and the graceful drain on SIGTERM.
+- :mod:`mmsearch.serve.lifecycle`: binding first, running one or several worker
+  processes on one listening socket, and their math-thread policy.
 """

@@ -28,18 +28,16 @@ in, so requests in flight finish on the snapshot they started with.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
-from mmsearch.errors import BadQueryError, UnsafePathError
+from mmsearch.errors import BadQueryError
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
-from mmsearch.models.base import Encoder
+from mmsearch.serve.config import ServerConfig
 from mmsearch.serve.contract import install_openapi
 from mmsearch.serve.failures import install_error_handlers
 from mmsearch.serve.holder import IndexHolder
@@ -47,72 +45,17 @@ from mmsearch.serve.limits import BodyLimitMiddleware
 from mmsearch.serve.methods import MethodsMiddleware, SecurityHeadersMiddleware, allowed_methods
 from mmsearch.serve.observe import Metrics, ObserveMiddleware
 
+if TYPE_CHECKING:
+    from mmsearch.engine import SearchIndex
+
 # Multipart framing (boundaries, part headers, other small fields) on top of the file.
 _MULTIPART_SLACK = 64 * 1024
-
-
-@dataclass
-class ServerConfig:
-    index_dir: Path
-    device: str | None = None
-    image_roots: list[Path] = field(default_factory=list)  # query image paths must be under one
-    allow_urls: bool = False
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    url_allow_private: bool = False  # tests only
-    url_timeout_s: float = 10.0
-    # An encoder to use instead of loading the index's model: `mmsearch serve` passes the
-    # one it loaded at start-up; tests pass a fake one.
-    encoder: Encoder | None = None
-    host: str = "127.0.0.1"  # the bound address: accepted as a Host header
-    allowed_hosts: list[str] = field(default_factory=list)  # more Host values ("*" = any)
-    token: str | None = None  # required on every route but /healthz when set
-    docs: bool = True  # /docs and /openapi.json (behind the token like every route)
-    expose_paths: bool = False  # absolute server paths in results and /api/info
-    log_format: str = "text"  # access log: text, json or none
-    log_queries: bool = False  # query strings in the access log
-    drain_s: float = 2.0  # after SIGTERM: answer 503 this long, then shut down
-    # ITM model for requests with rerank=true (registered name, folder or HF id; None:
-    # the index's recorded one, else Salesforce/blip-itm-base-coco). Named: loaded at
-    # start-up; else on first use. A failed load is remembered for a minute.
-    rerank_model: str | None = None
-    backend: str = "torch"  # model runtime of each worker: torch, onnx or auto
-    quantize: str | None = None  # int8: quantised ONNX graphs
-    # Searches one worker runs at once; the rest wait in arrival order (FIFO). Searches
-    # are CPU-bound: running many at once in one process only interleaves them on the
-    # GIL, which stretches the slowest answers (p99) without adding throughput.
-    search_concurrency: int = 2
-    # A folder the worker processes share (revoked sign-in sessions); None: in memory.
-    state_dir: Path | None = None
-    # Failed token attempts (wrong bearer token or sign-in) a client may make per minute.
-    auth_failures_per_minute: int = 10
-
-
-def check_query_paths(query: str, image_roots: list[Path]) -> None:
-    """Refuses an image-path term of ``query`` that resolves outside ``image_roots``.
-
-    Checked whether or not the file exists, so the answer never tells a caller which
-    files exist outside the roots. Quote a term to search for it as text: ``"holiday.jpg"``.
-    The engine applies the same check to every image term it opens.
-    """
-    from mmsearch.search.encode import check_image_path
-    from mmsearch.search.language import parse_query
-
-    roots = [Path(os.path.realpath(r)) for r in image_roots]
-    for term in parse_query(query):
-        if term.kind == "image":
-            try:
-                check_image_path(term.value, roots)
-            except UnsafePathError:
-                raise
-            except BadQueryError:
-                continue  # inside the roots but missing: the search says so
 
 
 def create_app(config: ServerConfig) -> FastAPI:
     """Builds the FastAPI application for ``config``."""
     from mmsearch.serve import auth, security
-    from mmsearch.serve.lifecycle import DrainMiddleware, ServeState
+    from mmsearch.serve.drain import DrainMiddleware, ServeState
     from mmsearch.serve.reranker import RerankerHolder
     from mmsearch.serve.routes import add_ops_routes
     from mmsearch.serve.search_routes import add_search_routes
@@ -121,11 +64,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         security.check_token(config.token)
     metrics = Metrics()
 
-    def on_open(index: Any) -> None:
+    def on_open(index: SearchIndex) -> None:
         items = {kind: int(ann.get("n", 0)) for kind, ann in index.info()["ann"].items()}
         metrics.set_snapshot(index.snapshot, items)
 
-    holder = IndexHolder(config, on_open=on_open)
+    holder = IndexHolder(config, on_open=on_open, metrics=metrics)
     state = ServeState(drain_s=config.drain_s)
     rerankers = RerankerHolder(config.rerank_model, Path(config.index_dir), config.device)
 
@@ -217,6 +160,5 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "BodyLimitMiddleware",
     "ServerConfig",
-    "check_query_paths",
     "create_app",
 ]

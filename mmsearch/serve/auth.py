@@ -19,6 +19,7 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ def _cookie(scope: dict[str, Any], name: str) -> str | None:
     return morsel.value if morsel is not None else None
 
 
-def client_of(scope: dict[str, Any]) -> str:
+def client_of(scope: Mapping[str, Any]) -> str:
     """The client address a request came from (after ``--proxy-headers``)."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"

@@ -39,7 +39,7 @@ try:
     import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - the server extra installs httptools
-    httptools = None
+    httptools = None  # type: ignore[assignment]
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 #: Open files kept for the index, the model and logs, beyond connections (at least).

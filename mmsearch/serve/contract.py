@@ -86,7 +86,7 @@ def undeclared_answers(app: FastAPI) -> list[str]:
             if route.path not in UNDOCUMENTED_ROUTES:
                 problems.append(f"{route.path}: left out of the schema")
             continue
-        for method in sorted(route.methods - {"HEAD"}):
+        for method in sorted((route.methods or set()) - {"HEAD"}):
             label = f"{method} {route.path}"
             answers = spec["paths"].get(route.path, {}).get(method.lower(), {}).get("responses", {})
             ok = [code for code in answers if code.startswith("2")]

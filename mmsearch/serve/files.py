@@ -29,13 +29,18 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
 from mmsearch.errors import MMSearchError
+from mmsearch.uris import uri_to_path
+
+if TYPE_CHECKING:
+    from mmsearch.engine import SearchIndex
+    from mmsearch.storage.table import ItemStore
 
 _CATALOG_COLUMNS = ["id", "uri", "kind", "source", "mtime_ns", "size", "sha256"]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -132,8 +137,6 @@ class FileCatalog:
     """
 
     def __init__(self, table: pa.Table) -> None:
-        from mmsearch.indexer.discover import uri_to_path
-
         self._uri_to_path = uri_to_path
         ids = table.column("id").to_numpy()
         order = np.argsort(ids, kind="stable")
@@ -154,7 +157,7 @@ class FileCatalog:
         self._text_sources = sorted((s for s in text_sources if s), key=len, reverse=True)
 
     @classmethod
-    def of_store(cls, store: Any) -> FileCatalog:
+    def of_store(cls, store: ItemStore) -> FileCatalog:
         """Scans the catalog columns of an :class:`mmsearch.storage.table.ItemStore` (at its pinned version)."""
         return cls(store.scan(_CATALOG_COLUMNS))
 
@@ -209,9 +212,11 @@ class CatalogCache:
         import weakref
 
         self._lock = threading.Lock()
-        self._by_index: weakref.WeakKeyDictionary[Any, FileCatalog] = weakref.WeakKeyDictionary()
+        self._by_index: weakref.WeakKeyDictionary[SearchIndex, FileCatalog] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def get(self, index: Any) -> FileCatalog:
+    def get(self, index: SearchIndex) -> FileCatalog:
         with self._lock:
             found = self._by_index.get(index)
             if found is None:

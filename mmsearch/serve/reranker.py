@@ -1,4 +1,4 @@
-"""Re-ranking for the HTTP server: one ITM scorer per worker, loaded once.
+"""Re-ranking for the HTTP server: one ITM re-ranker per worker, loaded once.
 
 The model is loaded at start-up when ``serve --rerank-model`` names one (in the
 background: plain searches are served meanwhile), else by the first request that
@@ -18,6 +18,7 @@ from typing import Any
 
 from mmsearch.errors import MMSearchError, RerankModelError
 from mmsearch.rerank.config import rerank_model_for
+from mmsearch.search.rerank import Reranker
 
 #: How long a failed load is remembered before a request may try again.
 RETRY_AFTER_S = 60.0
@@ -47,6 +48,7 @@ class RerankerHolder:
         self._loader = loader
         self._lock = threading.Lock()
         self._scorer: Any = None
+        self._reranker: Reranker | None = None
         self._failure: tuple[float, MMSearchError] | None = None  # (monotonic time, error)
         self.attempts = 0
 
@@ -97,15 +99,17 @@ class RerankerHolder:
         except MMSearchError:
             pass
 
-    def attach(self, index: Any) -> Any:
-        """Gives ``index`` (a :class:`SearchIndex`) the ITM reranker if it has none; returns it.
+    def attach(self, index: Any) -> Reranker:
+        """Gives ``index`` (a :class:`SearchIndex`) the server's re-ranker if it has none.
 
         Call :meth:`load` first (outside any search slot); this only wires the loaded scorer.
         """
-        from mmsearch.rerank.pipeline import ItmStageReranker
+        from mmsearch.rerank.scoring import ItmReranker
 
         scorer = self.load()
         with self._lock:
+            if self._reranker is None:
+                self._reranker = ItmReranker(scorer)
             if getattr(index, "reranker", None) is None:
-                index.reranker = ItmStageReranker(scorer, store=index.store)
+                index.reranker = self._reranker
         return index.reranker

@@ -4,7 +4,8 @@ GET /            the gallery page (strict CSP: its one script runs by a per-answ
 GET /api/info    index info (server paths only with ``expose_paths``)
 GET /media/{id}  an indexed image, only while it is still what was indexed
 GET /healthz     200 while the process runs (no token, no Host check)
-GET /readyz      200 once the index is open and the model loaded; 503 before and while draining
+GET /readyz      200 once the index is open and the model loaded; 503 before and while draining;
+                 ``reload_error`` when a newer snapshot could not be loaded (the old one serves)
 GET /metrics     Prometheus text format
 """
 
@@ -14,17 +15,21 @@ import mimetypes
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from mmsearch.serve.drain import ServeState
 from mmsearch.serve.failures import error_responses
 from mmsearch.serve.files import FileChangedError, read_indexed_file
 from mmsearch.serve.holder import IndexHolder
-from mmsearch.serve.lifecycle import ServeState
 from mmsearch.serve.observe import Metrics
+
+if TYPE_CHECKING:
+    from mmsearch.engine import SearchIndex
+    from mmsearch.serve.config import ServerConfig
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_ITEM_ID = 2**63 - 1
@@ -57,7 +62,7 @@ def gallery_page(nonce: str) -> str:
     return html.replace("<script>", f'<script nonce="{nonce}">')
 
 
-def snapshot_body(index: Any) -> dict[str, Any]:
+def snapshot_body(index: SearchIndex) -> dict[str, Any]:
     """The served snapshot, as ``/readyz`` reports it."""
     snap = index.snapshot
     return {
@@ -68,7 +73,7 @@ def snapshot_body(index: Any) -> dict[str, Any]:
 
 
 def add_ops_routes(
-    app: FastAPI, config: Any, holder: IndexHolder, state: ServeState, metrics: Metrics
+    app: FastAPI, config: ServerConfig, holder: IndexHolder, state: ServeState, metrics: Metrics
 ) -> None:
     """Adds the routes of this module's docstring to ``app``."""
 
@@ -188,6 +193,9 @@ def add_ops_routes(
         index = holder.get()
         snapshot = snapshot_body(index)
         body = {"status": "ready", "snapshot": snapshot, "items": len(index), "pid": os.getpid()}
+        error = holder.reload_error  # still ready: the previous snapshot serves meanwhile
+        if error is not None:
+            body["reload_error"] = error if config.expose_paths else error.split(":")[0]
         return JSONResponse(body)
 
     @app.get(

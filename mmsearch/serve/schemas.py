@@ -175,7 +175,7 @@ class _SearchOptions(StrictModel):
     literal: bool = False
     kind: Literal["image", "text", "any"] = DEFAULT_KIND
     mode: Literal["vector", "lexical", "hybrid"] | None = None
-    fusion: Literal["rrf", "weighted"] = "rrf"
+    fusion: Literal["relative", "rrf", "weighted"] = "relative"
     alpha: float = Field(0.7, ge=0, le=1)
     k: JsonInt = Field(20, ge=1, le=MAX_K)
     offset: JsonInt = Field(0, ge=0, le=MAX_OFFSET)

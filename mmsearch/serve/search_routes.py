@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import Response
@@ -27,6 +27,9 @@ from mmsearch.serve.limits import cap_text
 from mmsearch.serve.observe import record_results
 from mmsearch.serve.reranker import RerankerHolder
 from mmsearch.serve.schemas import FilterText, SearchParams, SearchRequest, build_query
+
+if TYPE_CHECKING:
+    from mmsearch.serve.config import ServerConfig
 
 MAX_FILENAME_CHARS = 255
 _NO_QUERY = "no query: give q=TEXT (the query language) or url=IMAGE_URL"
@@ -44,6 +47,14 @@ def search_answer_schema() -> dict[str, Any]:
             "kind": {"type": "string", "enum": ["image", "text"]},
             "text": {"type": ["string", "null"]},
             "score": {"type": ["number", "null"]},
+            "score_kind": {
+                "type": "string",
+                "description": "What `score` is: cosine, bm25, relative, rrf, weighted, itm or blend.",
+            },
+            "cosine": {
+                "type": ["number", "null"],
+                "description": "The hit's cosine similarity to the query vector (null: lexical only).",
+            },
             "metadata": {"type": "object"},
             "media": {"type": ["string", "null"], "description": "`/media/{id}` for images"},
         },
@@ -54,6 +65,10 @@ def search_answer_schema() -> dict[str, Any]:
         "properties": {
             "query": {"type": ["string", "null"]},
             "mode": {"type": ["string", "null"], "enum": ["vector", "lexical", "hybrid", None]},
+            "score_kind": {
+                "type": ["string", "null"],
+                "description": "What the hits' scores are (`+`-joined when they differ).",
+            },
             "results": {"type": "array", "items": hit},
             "reason": {
                 "type": ["string", "null"],
@@ -88,7 +103,7 @@ def _ok(description: str) -> dict[str, Any]:
 
 
 def add_search_routes(
-    app: FastAPI, config: Any, holder: IndexHolder, rerankers: RerankerHolder
+    app: FastAPI, config: ServerConfig, holder: IndexHolder, rerankers: RerankerHolder
 ) -> None:
     """Adds the search routes of this module's docstring to ``app``."""
     import anyio
@@ -97,7 +112,8 @@ def add_search_routes(
 
     def _results(hits: Any) -> list[dict[str, Any]]:
         record_results(hits)
-        catalog = None if config.expose_paths else holder.catalog(holder.current)
+        current = holder.current  # the index that answered (opened by holder.get())
+        catalog = None if config.expose_paths or current is None else holder.catalog(current)
         out = []
         for hit in hits:
             item = hit.to_dict()
@@ -119,11 +135,10 @@ def add_search_routes(
             if term.kind == "image" and isinstance(term.value, (str, os.PathLike)):
                 check_image_path(term.value, roots)
         index = holder.get()
-        if query.rerank is None:
-            return index.run(query), []
-        stage = rerankers.attach(index)
+        if query.rerank is not None:
+            rerankers.attach(index)
         results = index.run(query)
-        return results, [{"id": d.id, "reason": d.reason} for d in getattr(stage, "dropped", [])]
+        return results, [{"id": d.id, "reason": d.reason} for d in results.dropped]
 
     def _with_rerank(query: Any, options: tuple[int, float | None, float | None] | None) -> Any:
         from mmsearch.search.types import RerankSpec
@@ -140,6 +155,7 @@ def add_search_routes(
         out = {
             "query": shown,
             "mode": results.mode,
+            "score_kind": results.score_kind,
             "results": _results(results),
             "reason": cap_text(results.reason) if results.reason else results.reason,
             "timings": {stage: round(results.timings.get(stage, 0.0), 6) for stage in STAGES},
@@ -223,7 +239,12 @@ def add_search_routes(
             q=None, terms=[QueryTerm(1.0, "image", image)], where=where, kind=kind, k=k
         )
         results, dropped = _run(_with_rerank(query, rerank))
-        out: dict[str, Any] = {"results": _results(results), "reason": results.reason}
+        out: dict[str, Any] = {
+            "mode": results.mode,
+            "score_kind": results.score_kind,
+            "results": _results(results),
+            "reason": results.reason,
+        }
         if rerank is not None:
             out["dropped"] = dropped
         return out

@@ -16,14 +16,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage.snapshot import ANN_DIRNAME, Snapshot
+from mmsearch.storage.snapshot import Snapshot, rows_file_name
+
+if TYPE_CHECKING:
+    from mmsearch.storage.table import ItemStore
 
 ROWS_COLUMNS = ["id", "uri", "kind", "text", "source", "metadata"]
 _SPEC_KEY = b"mmsearch.model"
@@ -33,23 +37,23 @@ _BASE_KEY = b"mmsearch.rows_base"
 _DROP_KEY = b"mmsearch.rows_drop"
 
 
-def rows_file_name(generation: int) -> str:
-    """The rows file of a snapshot generation, relative to the index directory."""
-    return f"{ANN_DIRNAME}/rows-g{generation}.arrow"
-
-
 def rows_file_path(index_dir: str | os.PathLike[str], snapshot: Snapshot) -> Path:
     return Path(index_dir) / rows_file_name(snapshot.generation)
 
 
-def write_rows_file(store: Any, path: Path, spec: ModelSpec) -> None:
-    """Writes the table's display columns, sorted by id, atomically (temp file + rename)."""
+def write_rows_file(store: ItemStore, path: Path, spec: ModelSpec) -> None:
+    """Writes the table's display columns, sorted by id, atomically (temp file + rename).
+
+    Raises :class:`~mmsearch.errors.IndexCorruptError` when two rows share an id (of any
+    kind): no snapshot may name such a table."""
     from mmsearch.ann.files import atomic_write
 
     table = store.scan(ROWS_COLUMNS)
     ids = table.column("id").to_numpy()
     if len(ids) > 1 and not bool(np.all(np.diff(ids) > 0)):
-        table = table.take(pa.array(np.argsort(ids, kind="stable")))
+        order = np.argsort(ids, kind="stable")
+        store.check_unique_ids(ids[order], presorted=True)
+        table = table.take(pa.array(order))
     meta = {_SPEC_KEY: spec.to_json().encode(), _DIM_KEY: str(int(store.dim)).encode()}
     table = table.replace_schema_metadata(meta).combine_chunks()
 
@@ -86,7 +90,13 @@ def read_rows_file(path: Path) -> tuple[pa.Table, ModelSpec, int]:
 
 
 def write_rows_delta(
-    store: Any, path: Path, spec: ModelSpec, *, previous: Path, changed: Any, removed: Any
+    store: ItemStore,
+    path: Path,
+    spec: ModelSpec,
+    *,
+    previous: Path,
+    changed: npt.ArrayLike,
+    removed: npt.ArrayLike,
 ) -> str:
     """Writes the rows that changed since the full rows file behind ``previous`` (the
     changed rows read from the table, plus those of ``previous`` when it is a delta
