@@ -128,6 +128,7 @@ def poll_reader(index: str, model: str, pretrained: str | None, conn: Any) -> No
     encoder = load_encoder(ModelSpec.parse(model, pretrained), device="cpu")
     idx = SearchIndex(index, encoder=encoder)
     idx.search("warm", k=1, mode="lexical")
+    idx.search("w1x", k=1, mode="lexical")  # a serving worker's: typed metadata built once
     conn.send("ready")
     while (msg := conn.recv()) is not None:
         word, returned = msg

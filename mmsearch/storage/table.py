@@ -144,9 +144,7 @@ class ItemStore:
             table = db.create_table(
                 TABLE_NAME, schema=items_schema(dim, spec, lexical_fields), exist_ok=True
             )
-        store = cls(path, table)
-        store.ensure_key_indexes()
-        return store
+        return cls(path, table)
 
     # -- model ---------------------------------------------------------------------------
     @property
@@ -282,11 +280,14 @@ class ItemStore:
 
     # -- writing -------------------------------------------------------------------------
     def ensure_key_indexes(self) -> None:
-        """Creates the B-tree indexes on ``uri`` and ``id`` that the table lacks (once per
-        table; an index built on the rows of the moment, brought up to date by the
-        ``optimize`` of :meth:`update_lexical_index`). Each creation is one commit."""
+        """Creates the B-tree indexes on ``uri`` and ``id`` that a table with rows lacks
+        (once per table: each covers the rows of the moment; rows appended later are
+        scanned until the ``optimize`` of :meth:`update_lexical_index` folds them in,
+        as it does the full-text index's). Each creation is one commit."""
         from lancedb.index import BTree
 
+        if self.count() == 0:
+            return
         names = {ix.name for ix in self.table.list_indices()}
         for column, name in KEY_INDEXES.items():
             if name not in names:
@@ -308,7 +309,7 @@ class ItemStore:
         names = [ix.name for ix in self.table.list_indices()]
         with write_guard(self.index_dir):
             if LEXICAL_INDEX_NAME in names:
-                self.table.optimize()
+                self.table.optimize()  # folds the key indexes too
             else:
                 from lancedb.index import FTS
 
@@ -318,6 +319,7 @@ class ItemStore:
                     replace=True,
                     name=LEXICAL_INDEX_NAME,
                 )
+        self.ensure_key_indexes()
         return LEXICAL_INDEX_NAME
 
     def upsert(self, rows: pa.Table) -> None:
