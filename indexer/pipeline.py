@@ -125,6 +125,7 @@ def _run_index_locked(
     report.load_s = started - loading
     opts = replace(opts, batch_size=batch_size_for(encoder, opts.batch_size))
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
+    store.ensure_key_indexes()  # an index from before the key indexes: built once
     from mmsearch.models.backends import check_backend
 
     check_backend(index_path, encoder, record=True)  # a second backend must agree with the first
