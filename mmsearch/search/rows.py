@@ -162,8 +162,14 @@ class Rows:
         return self.table.take(pa.array(at)), found
 
     def with_uri_prefix(self, prefix: str) -> pa.Table:
-        """The rows whose uri starts with ``prefix`` (every row of one record), by id."""
-        return self.table.filter(pc.starts_with(self.table.column("uri"), pattern=prefix))
+        """The live rows whose uri starts with ``prefix`` (every row of one record), by id
+        (rows of the base that :meth:`with_changes` replaced or dropped are not live)."""
+        mask = pc.starts_with(self.table.column("uri"), pattern=prefix)
+        at = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
+        if self.positions is not None:
+            at = at[np.isin(at, self.positions)]
+        found = self.table.take(pa.array(at))
+        return found.take(pc.sort_indices(found, sort_keys=[("id", "ascending")]))
 
     def identifier_ids(self, text: str) -> npt.NDArray[np.int64]:
         """Ids of rows holding ``text`` as an identifier, case-insensitively.
