@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs mmsearch with the given extras (default: dev).
-# demo.sh asks for "onnx" (what the main job runs on: the library, the CLI and ONNX
-# Runtime); test.sh for "dev" (every extra plus the test tools), which covers the rest.
-# torch is installed with plain pip: its pinned wheels are what the lock expects.
-# A stamp keyed on pyproject.toml and the extras skips the install when nothing changed,
-# so a second run reinstalls nothing (and prints none of pip's or setuptools' chatter).
+# demo.sh asks for "demo": what the main job runs on and nothing more (the packages of
+# scripts/demo-requirements.txt, then mmsearch with --no-deps: ONNX Runtime and the shipped
+# mmsearch-tiny export instead of torch, open_clip and gigabytes of CUDA wheels).
+# test.sh asks for "dev" (torch, every extra and the test tools), which covers the demo.
+# Other extras install torch first (its pinned wheels are what the lock expects), then
+# mmsearch[extras]. A stamp keyed on pyproject.toml, the demo list and the extras skips the
+# install when nothing changed, so a second run reinstalls nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-dev}"
@@ -17,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 stamp=.venv/.mmsearch-install-stamp
-hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+hash="$(cat pyproject.toml scripts/demo-requirements.txt | sha256sum | cut -d' ' -f1)"
 key="${hash} ${extras}"
 if [ -f "$stamp" ] && (cd / && python -c "import mmsearch") 2>/dev/null; then
   installed="$(cat "$stamp")"
@@ -37,9 +39,16 @@ pip_install() {
 }
 # The venv's own pip (23.x with Python 3.11) installs everything here; upgrading it first
 # cost a minute of index look-ups on every first install.
-step 2 "installing torch 2.14.1 and torchvision (the largest wheels)"
-pip_install "torch==2.14.1" "torchvision==0.29.1"
-step 3 "installing mmsearch[${extras}]"
-pip_install -e ".[${extras}]"
+if [ "$extras" = demo ]; then
+  step 2 "installing what the demo runs on: ONNX Runtime, LanceDB, FAISS (no torch)"
+  pip_install -r scripts/demo-requirements.txt
+  step 3 "installing mmsearch (its torch dependencies left out)"
+  pip_install --no-deps -e .
+else
+  step 2 "installing torch 2.14.1 and torchvision (the largest wheels)"
+  pip_install "torch==2.14.1" "torchvision==0.29.1"
+  step 3 "installing mmsearch[${extras}]"
+  pip_install -e ".[${extras}]"
+fi
 echo "$key" > "$stamp"
 step 3 "done: .venv ready"

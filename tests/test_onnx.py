@@ -114,7 +114,7 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
     )
 
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache"))
-    spec = ModelSpec("mmsearch-tiny", "")
+    spec = ModelSpec("mmsearch-tiny", "")  # its int8 export: the fp32 one ships in the package
     export = exports_registry().parent / "export"
     export.mkdir()
     (export / "meta.json").write_text("{}", encoding="utf-8")
@@ -127,15 +127,15 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
             "stamp": f"{st.st_size}:{st.st_mtime_ns}",
             "version": EXPORT_VERSION,
         }
-        write_json_atomic(exports_registry(), {registry_key(spec, None): entry})
+        write_json_atomic(exports_registry(), {registry_key(spec, "int8"): entry})
 
     other = tmp_path / "other-install" / "mmsearch-tiny.safetensors"
     other.parent.mkdir()
     other.write_bytes(b"older weights")
     register(str(other))
-    assert find_export(spec, None) is None
+    assert find_export(spec, "int8") is None
     register(str(weights_file(spec)))
-    assert find_export(spec, None) == export
+    assert find_export(spec, "int8") == export
 
 
 def test_optimised_graph_is_saved_once_and_reloaded(tmp_path: Path, onnx_tiny) -> None:

@@ -46,10 +46,16 @@ def run_demo(
         [catalog_dir, jsonl],
         index_dir,
         spec,
-        options=IndexOptions(device=device, text_column="caption", id_column="id", image_metadata=jsonl),
+        options=IndexOptions(
+            device=device,
+            backend="auto",  # ONNX Runtime on a CPU: mmsearch-tiny's export ships with mmsearch
+            text_column="caption",
+            id_column="id",
+            image_metadata=jsonl,
+        ),
         progress=progress,
     )
-    idx = SearchIndex(index_dir, device=device)
+    idx = SearchIndex(index_dir, device=device, backend="auto")
     result = DemoResult(report=report)
     for query in TEXT_QUERIES:
         result.queries.append((query, "image", idx.search(query, k=5, kind="image")))

@@ -52,8 +52,9 @@ def cuda_visible() -> bool:
 def choose_backend(backend: str | None, device: str | None) -> str:
     """``torch`` or ``onnx`` for a requested backend and device.
 
-    ``auto``: ONNX Runtime on a CPU when onnxruntime is installed, else torch (always
-    torch on a GPU). ``onnx`` requires a CPU device.
+    ``auto``: ONNX Runtime on a CPU when onnxruntime is installed, else torch (torch on a
+    GPU, unless torch is not installed: the demo's installation has ONNX Runtime only).
+    ``onnx`` requires a CPU device.
     """
     name = (backend or "auto").lower()
     if name not in BACKENDS:
@@ -68,7 +69,18 @@ def choose_backend(backend: str | None, device: str | None) -> str:
     if name == "torch":
         return "torch"
     has_ort = importlib.util.find_spec("onnxruntime") is not None
-    return "onnx" if has_ort and not on_gpu else "torch"
+    if has_ort and (not on_gpu or not torch_installed()):
+        return "onnx"
+    return "torch"
+
+
+def torch_installed() -> bool:
+    """Whether torch and open_clip can be imported (checked without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "open_clip"))
+
+
+#: What a torch-less installation (``scripts/demo.sh``) lacks for a torch step.
+FULL_INSTALL = "pip install mmsearch (the full installation; the demo's has ONNX Runtime only)"
 
 
 def load_encoder(
@@ -96,6 +108,10 @@ def load_encoder(
     if quantize:
         raise ModelLoadError("--quantize applies to the ONNX backend; add --backend onnx")
     check_weights_reachable(spec)  # in a second, before torch and open_clip load
+    if not torch_installed():
+        raise ModelLoadError(
+            f"the torch backend needs torch and open_clip: {FULL_INSTALL}; or use --backend onnx"
+        )
     from mmsearch.models.loader import load_torch_encoder
 
     return load_torch_encoder(spec, device, dtype=dtype)
@@ -183,6 +199,11 @@ def load_onnx_encoder(
     target = find_export(spec, quantize)
     if target is None:
         check_weights_reachable(spec)  # in a second, before the export imports torch
+        if not torch_installed():
+            raise ModelLoadError(
+                f"{spec.key} has no ONNX export on this machine, and making one needs torch and "
+                f"open_clip: {FULL_INSTALL}; mmsearch-tiny's export ships with mmsearch"
+            )
         from mmsearch.models.onnx_export import export_onnx
 
         target = export_onnx(spec, quantize=quantize)

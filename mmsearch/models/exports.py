@@ -1,14 +1,21 @@
 """Where the ONNX exports of each model live, and finding a valid one (no torch, no ONNX).
 
-``exports.json`` in ``$MMSEARCH_CACHE/onnx`` maps each (model spec, quantisation) to
-its export directory, the weights file it was made from and that file's size and
-mtime; :func:`find_export` trusts an entry only while all of that still holds.
-:mod:`mmsearch.models.onnx_export` writes exports and entries; queries and indexing
-read them here, without importing the exporter (torch) or the encoder.
+mmsearch-tiny's fp32 export ships inside the package (:data:`SHIPPED_TINY_EXPORT`,
+written by ``scripts/export_tiny_onnx.py`` from the shipped safetensors and checked
+against them by ``tests/test_shipped_onnx.py``), so the demo, the tests' tiny model
+and any tiny index run on ONNX Runtime without torch or open_clip installed.
+
+Every other export is made on first use: ``exports.json`` in ``$MMSEARCH_CACHE/onnx``
+maps each (model spec, quantisation) to its export directory, the weights file it
+was made from and that file's size and mtime; :func:`find_export` trusts an entry
+only while all of that still holds. :mod:`mmsearch.models.onnx_export` writes
+exports and entries; queries and indexing read them here, without importing the
+exporter (torch) or the encoder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -18,6 +25,8 @@ from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
 #: Bump when the exported graphs change, so old exports are not reused. 2: the weights
 #: are graph initializers (registered submodules), which int8 quantisation needs.
 EXPORT_VERSION = 2
+#: mmsearch-tiny's fp32 export, shipped beside its weights (no torch needed to use it).
+SHIPPED_TINY_EXPORT = Path(__file__).resolve().parent / "weights" / f"{TINY_MODEL_NAME}-onnx"
 
 
 def onnx_root() -> Path:
@@ -44,8 +53,49 @@ def weights_file(spec: ModelSpec) -> str | None:
     return None
 
 
+def shipped_export(spec: ModelSpec, quantize: str | None) -> Path | None:
+    """The export shipped in the package for ``spec`` (mmsearch-tiny, fp32), else None.
+
+    Trusted while its ``meta.json`` is of this exporter version and names a weights
+    file of the shipped weights' size (one ``stat``; the test suite compares sha256).
+    """
+    if quantize or spec.name != TINY_MODEL_NAME or spec.pretrained:
+        return None
+    meta = read_json(SHIPPED_TINY_EXPORT / "meta.json")
+    weights = weights_file(spec)
+    try:
+        size = os.stat(weights).st_size if weights else None
+    except OSError:
+        return None
+    if meta.get("export_version") != EXPORT_VERSION or meta.get("weights_size") != size:
+        return None
+    return SHIPPED_TINY_EXPORT
+
+
+def derived_dir(export_dir: str | os.PathLike[str]) -> Path:
+    """Where the runtimes keep what they derive from ``export_dir``'s graphs (optimised
+    graphs, compiled blobs): the export directory itself when it lives in the cache,
+    else a cache directory of its own (a shipped export stays untouched: the package
+    folder may be read-only, or a git checkout)."""
+    export = Path(export_dir).resolve()
+    root = onnx_root().resolve()
+    if export.is_relative_to(root):
+        return export
+    tag = hashlib.sha256(str(export).encode()).hexdigest()[:16]
+    target = root / "derived" / f"{export.name}-{tag}"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only cache: the runtimes then work in memory (only slower)
+        pass
+    return target
+
+
 def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
-    """The cached export of ``spec`` when its weights file is unchanged, else None."""
+    """The shipped export of ``spec``, or its cached export when its weights file is
+    unchanged, else None."""
+    shipped = shipped_export(spec, quantize)
+    if shipped is not None:
+        return shipped
     entry = read_json(exports_registry()).get(registry_key(spec, quantize))
     if not isinstance(entry, dict) or entry.get("version") != EXPORT_VERSION:
         return None  # none yet, or made by an older exporter: export anew

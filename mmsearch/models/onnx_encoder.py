@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from mmsearch.errors import BadQueryError
 from mmsearch.models.base import checked_texts
+from mmsearch.models.exports import derived_dir
 from mmsearch.models.spec import ModelSpec
 
 DEFAULT_BATCH_SIZE = 128
@@ -101,12 +102,13 @@ class OnnxEncoder:
                 from mmsearch.models.openvino_session import OpenVinoSession, cpu_runtime
 
                 graph = self.export_dir / f"{tower}.onnx"
+                derived = derived_dir(self.export_dir)
                 if cpu_runtime() == "openvino":
-                    session = OpenVinoSession(graph, self.threads)
+                    session = OpenVinoSession(graph, self.threads, derived)
                 else:
                     from mmsearch.models.ort_session import create_session
 
-                    session = create_session(graph, self.threads)
+                    session = create_session(graph, self.threads, derived)
                 self._sessions[tower] = session
             return session
 

@@ -13,7 +13,9 @@ spec, the sha256 of the weights file and the quantisation, holding:
 ``exports.json`` maps ``spec key + quantisation`` to the export directory and the
 weights file's size and mtime: a later process finds its export by reading that file
 and one ``stat``, without importing torch (see :mod:`mmsearch.models.onnx_encoder`).
-This module imports torch; it runs only when an export is missing.
+This module imports torch; it runs only when an export is missing, and in
+``scripts/export_tiny_onnx.py``, which writes the export shipped in the package
+(:func:`write_shipped_export`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mmsearch.errors import ModelLoadError
 from mmsearch.models.cache import file_fingerprint, read_json, write_json_atomic
@@ -79,30 +83,98 @@ def _register(spec: ModelSpec, quantize: str | None, weights: str, target: Path)
     write_json_atomic(path, registry)
 
 
-def _export_into(target: Path, spec: ModelSpec, weights: str, digest: str) -> None:
+def _write_export(folder: Path, spec: ModelSpec, weights: str, digest: str) -> dict[str, Any]:
+    """Writes both graphs and the tokenizer of ``spec`` into ``folder``; returns the meta."""
     from mmsearch.models.loader import load_torch_encoder
 
     encoder = load_torch_encoder(spec, device="cpu", dtype="fp32")
+    _export_text(encoder, folder / "text.onnx")
+    _export_image(encoder, folder / "image.onnx")
+    tokenizer = encoder.tokenizer
+    save_clip_tokenizer(tokenizer, folder / "tokenizer.json")
+    return {
+        "spec": json.loads(spec.to_json()),
+        "weights_sha256": digest,
+        "weights": os.path.realpath(weights),
+        "quantize": None,
+        "dim": encoder.dim,
+        "image_size": encoder.image_size,
+        "mean": list(encoder.mean),
+        "std": list(encoder.std),
+        "context_length": int(tokenizer.context_length),
+        "sot_token_id": int(tokenizer.sot_token_id),
+        "eot_token_id": int(tokenizer.eot_token_id),
+        "export_version": EXPORT_VERSION,
+    }
+
+
+def write_shipped_export(spec: ModelSpec, weights: str | os.PathLike[str], target: Path) -> Path:
+    """Writes the export shipped in the package for ``spec`` (weights shipped too) into
+    ``target``, replacing what is there.
+
+    As :func:`export_onnx`, plus: weights that are exact fp16 values (all of a model
+    trained and saved in fp16) are stored as fp16 and cast back to fp32 inside the graph
+    (:func:`store_exact_fp16`: half the bytes, the same outputs), and ``meta.json``
+    names the weights file by name and size instead of a path of this machine.
+    """
+    weights = str(weights)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _export_text(encoder, tmp / "text.onnx")
-        _export_image(encoder, tmp / "image.onnx")
-        tokenizer = encoder.tokenizer
-        save_clip_tokenizer(tokenizer, tmp / "tokenizer.json")
-        meta: dict[str, Any] = {
-            "spec": json.loads(spec.to_json()),
-            "weights_sha256": digest,
-            "weights": os.path.realpath(weights),
-            "quantize": None,
-            "dim": encoder.dim,
-            "image_size": encoder.image_size,
-            "mean": list(encoder.mean),
-            "std": list(encoder.std),
-            "context_length": int(tokenizer.context_length),
-            "sot_token_id": int(tokenizer.sot_token_id),
-            "eot_token_id": int(tokenizer.eot_token_id),
-            "export_version": EXPORT_VERSION,
-        }
+        meta = _write_export(tmp, spec, weights, file_fingerprint(weights))
+        for graph in ("text.onnx", "image.onnx"):
+            store_exact_fp16(tmp / graph)
+        meta["weights"] = os.path.basename(weights)
+        meta["weights_size"] = os.stat(weights).st_size
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def store_exact_fp16(path: Path, min_elements: int = 1024) -> int:
+    """Stores each float32 initializer of the graph at ``path`` that fp16 holds exactly
+    (and has at least ``min_elements``) as fp16, followed by a ``Cast`` back to float32.
+
+    The graph computes exactly as before: ONNX Runtime folds the casts into float32
+    weights when it creates a session (and saves them so, :mod:`mmsearch.models.ort_session`).
+    A weight fp16 does not hold exactly stays float32. Returns the number stored as fp16.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init) if init.data_type == TensorProto.FLOAT else None
+        if arr is None or arr.size < min_elements:
+            kept.append(init)
+            continue
+        half = arr.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), arr):
+            kept.append(init)
+            continue
+        stored = numpy_helper.from_array(half, f"{init.name}__fp16")
+        kept.append(stored)
+        casts.append(helper.make_node("Cast", [stored.name], [init.name], to=TensorProto.FLOAT))
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    graph.ClearField("node")
+    graph.node.extend(casts + nodes)  # casts first: the graph stays topologically sorted
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return len(casts)
+
+
+def _export_into(target: Path, spec: ModelSpec, weights: str, digest: str) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        meta = _write_export(tmp, spec, weights, digest)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         try:
             os.replace(tmp, target)

@@ -6,7 +6,8 @@ and, on the image tower, more of the CPU's peak: about 1.2-1.5× ONNX Runtime's
 images/s on a 2-core AVX2 machine (``benchmarks/cpu_runtimes.py``), for 180-320 MB
 more resident memory while indexing (``benchmarks/RESULTS.md``). ONNX Runtime stays
 the default; OpenVINO is used when asked for and installed (``pip install openvino``).
-Compiled graphs are cached beside the export, so later runs skip most of compiling.
+Compiled graphs are cached beside the export (or in ``cache_root``), so later runs skip
+most of compiling.
 
 :class:`OpenVinoSession` answers ``run(None, {name: array})`` like an ONNX Runtime
 session, so :class:`mmsearch.models.onnx_encoder.OnnxEncoder` uses either alike.
@@ -41,12 +42,18 @@ def cpu_runtime() -> str:
 class OpenVinoSession:
     """One graph compiled for the CPU (fp32, one stream, ``threads`` threads)."""
 
-    def __init__(self, graph: str | os.PathLike[str], threads: int) -> None:
+    def __init__(
+        self,
+        graph: str | os.PathLike[str],
+        threads: int,
+        cache_root: str | os.PathLike[str] | None = None,
+    ) -> None:
         import openvino as ov
 
         graph = Path(graph)
         core = ov.Core()
-        cache = graph.parent / f"{graph.stem}.openvino-{ov.__version__.split('-')[0]}"
+        root = Path(cache_root) if cache_root is not None else graph.parent
+        cache = root / f"{graph.stem}.openvino-{ov.__version__.split('-')[0]}"
         try:
             cache.mkdir(exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache)})

@@ -8,6 +8,9 @@ load that form with the optimisers off, and ONNX Runtime memory-maps the weights
 instead of copying it out of a parsed protobuf (measured on ViT-B-32's text graph:
 session creation 2.0-3.5 s -> 0.7 s, peak RSS 398 -> 213 MiB; benchmarks/RESULTS.md).
 
+The saved form lives beside the graph, or under ``root`` when the graph's folder is
+not the cache's to write (the export shipped inside the package).
+
 The saved graph is optimised at the ``EXTENDED`` level: hardware-independent fusions
 only, so a cache directory shared by machines with other CPUs stays valid (the ``ALL``
 level adds layout changes tuned to the CPU it ran on). It lives in its own directory,
@@ -42,11 +45,13 @@ def set_prepacking(enabled: bool) -> None:
     _prepacking = bool(enabled)
 
 
-def optimised_dir(graph: Path, ort_version: str) -> Path:
-    """The directory of ``graph``'s optimised form: a replaced or copied-over graph (other
-    size or mtime) or another ONNX Runtime version never meets a stale one."""
+def optimised_dir(graph: Path, ort_version: str, root: Path | None = None) -> Path:
+    """The directory of ``graph``'s optimised form (in ``root``, default: beside it): a
+    replaced or copied-over graph (other size or mtime) or another ONNX Runtime version
+    never meets a stale one."""
     st = graph.stat()
-    return graph.with_name(f"{graph.stem}.opt-{st.st_size}-{st.st_mtime_ns}-ort{ort_version}")
+    name = f"{graph.stem}.opt-{st.st_size}-{st.st_mtime_ns}-ort{ort_version}"
+    return (root or graph.parent) / name
 
 
 def session_options(threads: int, level: Any) -> Any:
@@ -67,15 +72,18 @@ def session_options(threads: int, level: Any) -> Any:
     return options
 
 
-def create_session(graph: str | os.PathLike[str], threads: int) -> Any:
-    """An ``InferenceSession`` of ``graph`` on the CPU, from its saved optimised form when
-    there is one (saved now when there is not; see the module doc)."""
+def create_session(
+    graph: str | os.PathLike[str], threads: int, root: str | os.PathLike[str] | None = None
+) -> Any:
+    """An ``InferenceSession`` of ``graph`` on the CPU, from its saved optimised form (in
+    ``root``, default: beside the graph) when there is one (saved now when there is not;
+    see the module doc)."""
     import onnxruntime as ort
 
     graph = Path(graph)
     levels = ort.GraphOptimizationLevel
     providers = ["CPUExecutionProvider"]
-    saved = optimised_dir(graph, ort.__version__)
+    saved = optimised_dir(graph, ort.__version__, Path(root) if root is not None else None)
     model = saved / graph.name
     if model.is_file():
         try:
@@ -86,7 +94,7 @@ def create_session(graph: str | os.PathLike[str], threads: int) -> Any:
             shutil.rmtree(saved, ignore_errors=True)
     options = session_options(threads, levels.ORT_ENABLE_EXTENDED)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{saved.name}.", dir=graph.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{saved.name}.", dir=saved.parent))
     except OSError:  # a read-only cache: optimise in memory every time (only slower)
         return ort.InferenceSession(
             str(graph), session_options(threads, levels.ORT_ENABLE_ALL), providers=providers
@@ -108,7 +116,7 @@ def create_session(graph: str | os.PathLike[str], threads: int) -> Any:
     except OSError:  # another process saved it first
         shutil.rmtree(tmp, ignore_errors=True)
         return session
-    for old in graph.parent.glob(f"{graph.stem}.opt-*"):  # of an older graph or ONNX Runtime
+    for old in saved.parent.glob(f"{graph.stem}.opt-*"):  # of an older graph or ONNX Runtime
         if old != saved and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     return session
