@@ -2,8 +2,8 @@
 
 ``mmsearch index PATHS --ray [ADDRESS]`` / ``IndexOptions(ray=...)``. Discovery, the diff
 against the table, the writes, the sweep and the ANN build stay on the driver and are
-the single-machine functions (:func:`mmsearch.indexer.pipeline.diff_images`,
-:func:`~mmsearch.indexer.pipeline.write_image_rows`, :func:`~mmsearch.indexer.pipeline.sweep_images`);
+the single-machine functions (:func:`mmsearch.indexer.images.diff_images`,
+:func:`~mmsearch.indexer.images.write_image_rows`, :func:`~mmsearch.indexer.images.sweep_images`);
 Ray Data runs the middle::
 
     files to do ─ map_batches(decode, tasks) ─ map_batches(embed, actors: one model each,
@@ -31,14 +31,8 @@ from typing import Any
 import numpy as np
 from mmsearch.indexer.decode import DecodeOk, decode_chunk
 from mmsearch.indexer.discover import WalkResult
-from mmsearch.indexer.pipeline import (
-    BatchWriter,
-    IndexOptions,
-    ProgressFn,
-    diff_images,
-    sweep_images,
-    write_image_rows,
-)
+from mmsearch.indexer.images import diff_images, sweep_images, write_image_rows
+from mmsearch.indexer.options import IndexOptions, ProgressFn
 from mmsearch.indexer.report import Failure, IndexReport
 from mmsearch.indexer.sidecar import ImageSidecar
 from mmsearch.indexer.textindex import (
@@ -50,6 +44,7 @@ from mmsearch.indexer.textindex import (
     text_steps,
     write_text_rows,
 )
+from mmsearch.indexer.writer import BatchWriter
 
 from mmsearch.storage.table import ItemStore
 
@@ -216,7 +211,7 @@ def index_images_ray(
     progress: ProgressFn,
     sidecar: ImageSidecar | None,
 ) -> int:
-    """Index one image root through Ray Data; same contract as the local ``_index_images``.
+    """Index one image root through Ray Data; same contract as the local ``index_images``.
 
     ``encoder`` is the driver's; the actors load their own copy of the same model
     (``encoder.spec``), or receive ``encoder`` itself when it is not a registered model.

@@ -207,8 +207,10 @@ def index_texts(
         if not batch:
             return
         t0 = time.perf_counter()
+        report.mark("first_embed", first=True)
         vectors = steps.embed([value for _, value in batch])
         report.embed_s += time.perf_counter() - t0
+        report.mark("last_embed")
         next_id = write_text_rows(
             writer, diff, [entry for entry, _ in batch], vectors, next_id, report
         )
