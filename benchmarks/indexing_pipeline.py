@@ -12,9 +12,12 @@ On one generated folder of ``--n`` photo-sized JPEGs (800×600; plus ``--n-large
    then answers one query), each measured with ``wait4`` (wall seconds, peak RSS).
    Reported per tool: median images/s, peak RSS, and for mmsearch the embedding
    phase (``embed_s`` of its report) and the fixed cost of a run (wall minus
-   embedding: start-up, model load, first decodes, writes, ANN build). The embedding
-   phase is also given as a share of the CPU's fp32 peak, measured in the same run
-   with a large matrix product (``--gflop`` per image: ViT-B-32's 8.8 at 224 px).
+   embedding: start-up, model load, first decodes, writes, ANN build), broken down by
+   the phases of the run's report (``IndexReport.phases``). The embedding phase is
+   also given as a share of the CPU's fp32 peak, measured in the same run with a
+   large matrix product (``--gflop`` per image: ViT-B-32's 8.8 at 224 px). Last, the
+   issue's goals (fixed cost, share of the peak, images/s and peak memory against
+   rclip) with this run's medians, and the load average at the start and the end.
 2. **In one process** (``--in-process``): for each model and backend, model-only
    images/s on pre-decoded arrays, then ``run_index`` end to end with the model
    already loaded; efficiency = end-to-end / model-only; ONNX-vs-torch agreement.
@@ -137,7 +140,13 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
             if code == 0:
                 report = json.loads(out.read_text())
                 runs[tool].append(
-                    {"wall": wall, "rss": rss, "embed": report["embed_s"], "added": report["added"]}
+                    {
+                        "wall": wall,
+                        "rss": rss,
+                        "embed": report["embed_s"],
+                        "added": report["added"],
+                        "phases": report.get("phases", {}),
+                    }
                 )
         if rclip:
             data = fresh_datadir(args.rclip_models, args.work)
@@ -166,7 +175,65 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
     for tool, rate in rates.items():
         if tool != "rclip" and "rclip" in rates:
             print(f"{tool} / rclip images/s: {rate / rates['rclip']:.2f}")
+    for tool, rows in runs.items():
+        if rows and rows[0].get("phases"):
+            print_fixed_cost(tool, rows)
+    print_goals(runs, rates, peak, args.gflop)
     print(f"load average at the end: {os.getloadavg()}")
+
+
+#: The fixed cost of a run, phase by phase: (label, start mark, end mark) of the report's
+#: ``phases`` (seconds from the start of run_index); "wall" is the process's wall time.
+FIXED_PHASES = (
+    ("start-up and exit (interpreter, CLI)", None, None),
+    ("checks, weights, writer lock", "", "checked"),
+    ("model (encoder object)", "checked", "model"),
+    ("table (LanceDB import, create)", "model", "table"),
+    ("to the first batch (decode, session)", "table", "first_embed"),
+    ("after the last batch (commits, sweep)", "last_embed", "written"),
+    ("full-text + ANN index, snapshot", "written", "ann"),
+    ("reports, publish", "ann", "done"),
+)
+
+
+def print_fixed_cost(tool: str, rows: list[dict]) -> None:
+    """Medians of each phase outside embedding (what the issue calls the fixed cost)."""
+    print(f"fixed cost of a {tool} run, median of {len(rows)} (s):")
+    between = []
+    for label, start, end in FIXED_PHASES:
+        if start is None:
+            values = [r["wall"] - r["phases"]["done"] for r in rows]
+        else:
+            values = [r["phases"][end] - (r["phases"][start] if start else 0.0) for r in rows]
+        print(f"  {label:40s} {statistics.median(values):6.2f}")
+    for r in rows:  # inside the embedding phase but not the model: decode waits, writes
+        between.append(r["phases"]["last_embed"] - r["phases"]["first_embed"] - r["embed"])
+    print(f"  {'between batches (waits, row writes)':40s} {statistics.median(between):6.2f}")
+    fixed = statistics.median(r["wall"] - r["embed"] for r in rows)
+    print(f"  {'fixed cost (wall - model time)':40s} {fixed:6.2f}")
+
+
+def print_goals(runs: dict[str, list[dict]], rates: dict[str, float], peak: float, gflop: float) -> None:
+    """The issue's indexing goals against this run's medians."""
+    rows = runs.get("mmsearch") or []
+    if not rows:
+        return
+    fixed = statistics.median(r["wall"] - r["embed"] for r in rows)
+    share = statistics.median(r["added"] / r["embed"] * gflop / peak for r in rows)
+    rss = statistics.median(r["rss"] for r in rows)
+    verdicts = [
+        ("fixed cost of a run <= 2 s", f"{fixed:.2f} s", fixed <= 2.0),
+        ("embedding >= 70% of the fp32 matmul peak", f"{share:.1%}", share >= 0.70),
+    ]
+    if "rclip" in rates:
+        ratio = rates["mmsearch"] / rates["rclip"]
+        rclip_rss = statistics.median(r["rss"] for r in runs["rclip"])
+        verdicts.append(("images/s >= 1.3x rclip", f"{ratio:.2f}x", ratio >= 1.3))
+        verdicts.append(
+            ("peak memory <= rclip's", f"{rss:.0f} vs {rclip_rss:.0f} MiB", rss <= rclip_rss)
+        )
+    for goal, value, met in verdicts:
+        print(f"goal: {goal:42s} {value:>20s}  {'met' if met else 'MISSED'}")
 
 
 def report_int8(spec: ModelSpec, arrays: np.ndarray, batch_size: int, fp32: object | None) -> None:
