@@ -166,6 +166,8 @@ def _run_index_locked(
         report.report_path = str(write_failures(index_path, _run_id(), report.failures))
         write_run_summary(index_path, report)
     check_not_all_failed(report)
+    if opts.retain is not None:
+        opts.retain.extend((encoder, store))
 
 
 def _index_source(

@@ -83,15 +83,20 @@ def _repo_copy_with_installed_venv(dest: Path) -> Path:
     """scripts/ + pyproject.toml, and a .venv that setup.sh finds installed (as on a second run)."""
     root = dest / "repo"
     (root / "scripts").mkdir(parents=True)
-    for name in ("demo.sh", "setup.sh"):
+    for name in ("demo.sh", "setup.sh", "demo-requirements.txt"):
         shutil.copy(REPO / "scripts" / name, root / "scripts" / name)
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     venv_bin = root / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     (venv_bin / "python").symlink_to(sys.executable)
     (venv_bin / "activate").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
-    digest = subprocess.run(
-        ["sha256sum", "pyproject.toml"], cwd=root, capture_output=True, text=True, check=True
+    digest = subprocess.run(  # the stamp setup.sh keys its installs on
+        "cat pyproject.toml scripts/demo-requirements.txt | sha256sum",
+        shell=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()[0]
     (root / ".venv" / ".mmsearch-install-stamp").write_text(f"{digest} dev\n")
     return root
