@@ -88,7 +88,9 @@ def load_data(args: argparse.Namespace, work: Path) -> tuple[np.ndarray, np.ndar
     return x, q
 
 
-def load_tiny_embeddings(args: argparse.Namespace, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_tiny_embeddings(
+    args: argparse.Namespace, work: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image embeddings of a generated catalog by mmsearch-tiny; text queries (the real
     workload: text→image) held out from the calibration texts used for tuning."""
     from mmsearch.indexer.ann_build import (
@@ -106,7 +108,9 @@ def load_tiny_embeddings(args: argparse.Namespace, work: Path) -> tuple[np.ndarr
     encoder = load_encoder(ModelSpec("mmsearch-tiny", ""), device="cpu")
     path = work / f"tiny-{args.n}-s{args.seed}.npy"
     if not path.exists():
-        cat = generate_catalog(work / f"catalog-{args.n}-s{args.seed}", n=args.n, seed=args.seed, image_size=64)
+        cat = generate_catalog(
+            work / f"catalog-{args.n}-s{args.seed}", n=args.n, seed=args.seed, image_size=64
+        )
         items = walk_images(cat.root).items
         chunks = []
         with DecodePool(encoder.image_size) as pool:
@@ -121,13 +125,21 @@ def load_tiny_embeddings(args: argparse.Namespace, work: Path) -> tuple[np.ndarr
         np.save(path, np.concatenate(chunks))
     x = np.load(path, mmap_mode="r")
     texts = [f"a {c} {s} on the {p}" for c in COLOURS for s in SHAPES for p in POSITIONS]
-    texts += [f"{c} {s}" for c in COLOURS for s in SHAPES] + [f"a {s} on the {p}" for s in SHAPES for p in POSITIONS]
+    texts += [f"{c} {s}" for c in COLOURS for s in SHAPES] + [
+        f"a {s} on the {p}" for s in SHAPES for p in POSITIONS
+    ]
     texts += [f"{c} {s}" for c in COLOURS for s in ("circle", "square", "triangle", "star")]
     rng = np.random.default_rng(args.seed)
     q = encoder.encode_texts([texts[int(i)] for i in rng.integers(0, len(texts), args.queries)])
-    calibration = [f"a {c} {n}{p}".replace("  ", " ") for n in CALIBRATION_NOUNS for c in CALIBRATION_COLOURS
-                   for p in CALIBRATION_PLACES]
-    tune = encoder.encode_texts([calibration[int(i)] for i in rng.choice(len(calibration), 500, replace=False)])
+    calibration = [
+        f"a {c} {n}{p}".replace("  ", " ")
+        for n in CALIBRATION_NOUNS
+        for c in CALIBRATION_COLOURS
+        for p in CALIBRATION_PLACES
+    ]
+    tune = encoder.encode_texts(
+        [calibration[int(i)] for i in rng.choice(len(calibration), 500, replace=False)]
+    )
     return x, q.astype(np.float32), tune.astype(np.float32)
 
 
@@ -182,17 +194,26 @@ def bench_ours(
     with ann_scale.PeakMemory() as build_memory:
         if args.streamed:  # from the data file in chunks: the float matrix is never in RAM
             built = VectorIndex.build_streamed(
-                ann_scale.iter_rows(args.data_path), directory, seed=args.seed,
-                target_recall=args.target_recall, refine_dtype=args.refine_dtype,
+                ann_scale.iter_rows(args.data_path),
+                directory,
+                seed=args.seed,
+                target_recall=args.target_recall,
+                refine_dtype=args.refine_dtype,
                 quantizer=args.quantizer,
             )
         else:
             ids = np.arange(len(x), dtype=np.int64)
             built = VectorIndex.build(
-                np.asarray(x), ids, seed=args.seed, target_recall=args.target_recall,
-                refine_dtype=args.refine_dtype, quantizer=args.quantizer,
+                np.asarray(x),
+                ids,
+                seed=args.seed,
+                target_recall=args.target_recall,
+                refine_dtype=args.refine_dtype,
+                quantizer=args.quantizer,
             )
-        if getattr(args, "cross_tune", None) is not None:  # cross-modal queries: tune their own profile
+        if (
+            getattr(args, "cross_tune", None) is not None
+        ):  # cross-modal queries: tune their own profile
             built.tune_profile("cross", args.cross_tune, target_recall=args.target_recall)
     build = time.perf_counter() - t0
     profile = "cross" if getattr(args, "cross_tune", None) is not None else None
@@ -232,7 +253,9 @@ def bench_ours(
         "build_memory": build_memory.as_dict(),
         "disk_bytes_per_vector": ann_scale.dir_bytes(directory) / len(x),
         "refine_dtype": args.refine_dtype,
-        "incremental_add_1pct": ann_scale.incremental_add(index, SyntheticSpec(d=args.d, seed=args.seed), len(x), work)
+        "incremental_add_1pct": ann_scale.incremental_add(
+            index, SyntheticSpec(d=args.d, seed=args.seed), len(x), work
+        )
         if args.embeddings == "synthetic"
         else None,
     }
@@ -341,7 +364,9 @@ def bench_lancedb(
                 if best is None or dt < best["batch_s"]:
                     best = tried[-1]
                 break
-            if rec <= previous + 0.002:  # plateau: this refine factor caps recall, more probes only cost
+            if (
+                rec <= previous + 0.002
+            ):  # plateau: this refine factor caps recall, more probes only cost
                 break
             previous = rec
             nprobes *= 2
@@ -392,23 +417,43 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--skip-lancedb", action="store_true")
-    ap.add_argument("--skip-ours", action="store_true",
-                    help="LanceDB only (e.g. at 10M, after a run of ours): same nlist/m as ours "
-                    "would choose, tuned to --match-recall")
-    ap.add_argument("--match-recall", type=float, default=None,
-                    help="--skip-ours: the recall@10 our index reached in its own run")
-    ap.add_argument("--streamed", action="store_true",
-                    help="larger than RAM: data generated to disk, exact truth by a blocked scan for "
-                    "--flat-queries queries, our index built with build_streamed (default above 2M rows)")
-    ap.add_argument("--flat-queries", type=int, default=200, help="--streamed: queries with exact ground truth")
+    ap.add_argument(
+        "--skip-ours",
+        action="store_true",
+        help="LanceDB only (e.g. at 10M, after a run of ours): same nlist/m as ours "
+        "would choose, tuned to --match-recall",
+    )
+    ap.add_argument(
+        "--match-recall",
+        type=float,
+        default=None,
+        help="--skip-ours: the recall@10 our index reached in its own run",
+    )
+    ap.add_argument(
+        "--streamed",
+        action="store_true",
+        help="larger than RAM: data generated to disk, exact truth by a blocked scan for "
+        "--flat-queries queries, our index built with build_streamed (default above 2M rows)",
+    )
+    ap.add_argument(
+        "--flat-queries", type=int, default=200, help="--streamed: queries with exact ground truth"
+    )
     ap.add_argument("--refine-dtype", choices=["float32", "float16"], default="float32")
-    ap.add_argument("--quantizer", choices=["auto", "flat", "hnsw"], default="auto",
-                    help="IVF-PQ coarse quantizer (auto: HNSW from 8,192 lists up)")
+    ap.add_argument(
+        "--quantizer",
+        choices=["auto", "flat", "hnsw"],
+        default="auto",
+        help="IVF-PQ coarse quantizer (auto: HNSW from 8,192 lists up)",
+    )
     ap.add_argument("--quick", action="store_true", help="100k vectors, 300 queries")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/mmsearch-ann-bench"))
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
-    ap.add_argument("--embeddings", choices=["synthetic", "tiny"], default="synthetic",
-                    help="tiny: image embeddings of a generated catalog by mmsearch-tiny, text queries")
+    ap.add_argument(
+        "--embeddings",
+        choices=["synthetic", "tiny"],
+        default="synthetic",
+        help="tiny: image embeddings of a generated catalog by mmsearch-tiny, text queries",
+    )
     args = ap.parse_args()
     args.cross_tune = None
     if args.embeddings == "tiny" and args.n == 1_000_000:
@@ -426,7 +471,9 @@ def main() -> None:
     elif args.streamed:
         spec = SyntheticSpec(d=args.d, seed=args.seed)
         args.data_path = ann_scale.ensure_data(spec, args.n, args.workdir)
-        x = np.load(args.data_path, mmap_mode="r")  # only its length is used, and LanceDB's chunked writes
+        x = np.load(
+            args.data_path, mmap_mode="r"
+        )  # only its length is used, and LanceDB's chunked writes
         q = generate(spec, args.queries, stream=1)
     else:
         x, q = load_data(args, args.workdir)

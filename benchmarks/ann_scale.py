@@ -73,8 +73,12 @@ class PeakMemory:
         self.rss = _status_kib("VmHWM") * 1024
 
     def as_dict(self) -> dict[str, Any]:
-        return {"peak_rss_bytes": self.rss, "peak_rss_anon_bytes": self.anon,
-                "peak_rss_file_bytes": self.file, "hwm_reset": self.hwm_reset}
+        return {
+            "peak_rss_bytes": self.rss,
+            "peak_rss_anon_bytes": self.anon,
+            "peak_rss_file_bytes": self.file,
+            "hwm_reset": self.hwm_reset,
+        }
 
 
 def dir_bytes(path: Path) -> int:

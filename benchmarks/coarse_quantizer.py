@@ -54,8 +54,12 @@ def main() -> None:
 
     spec = SyntheticSpec(d=args.d, seed=args.seed)
     t0 = time.perf_counter()
-    centroids = two_level_kmeans(generate(spec, args.train, stream=0), args.nlist, seed=args.seed, use_gpu=False)
-    print(f"k-means: {args.nlist} centroids from {args.train} rows in {time.perf_counter() - t0:.1f} s")
+    centroids = two_level_kmeans(
+        generate(spec, args.train, stream=0), args.nlist, seed=args.seed, use_gpu=False
+    )
+    print(
+        f"k-means: {args.nlist} centroids from {args.train} rows in {time.perf_counter() - t0:.1f} s"
+    )
     x = generate(spec, args.assign, stream=3)
     q = generate(spec, args.queries, stream=1)
 
@@ -68,7 +72,14 @@ def main() -> None:
 
     def top_recall(index: faiss.Index) -> float:
         _, found = index.search(q, args.nprobe)
-        return float(np.mean([len(np.intersect1d(f, t)) / args.nprobe for f, t in zip(found, exact_top, strict=True)]))
+        return float(
+            np.mean(
+                [
+                    len(np.intersect1d(f, t)) / args.nprobe
+                    for f, t in zip(found, exact_top, strict=True)
+                ]
+            )
+        )
 
     rows = [("flat (exact)", flat_assign_s, 1.0, single_query_ms(flat, q, args.nprobe), 1.0)]
 
@@ -81,7 +92,15 @@ def main() -> None:
         _, a = hnsw.search(x, 1)
         dt = time.perf_counter() - t0
         same = float(np.mean(a[:, 0] == exact_assign[:, 0]))
-        rows.append((f"HNSW32, efSearch {ef}", dt, same, single_query_ms(hnsw, q, args.nprobe), top_recall(hnsw)))
+        rows.append(
+            (
+                f"HNSW32, efSearch {ef}",
+                dt,
+                same,
+                single_query_ms(hnsw, q, args.nprobe),
+                top_recall(hnsw),
+            )
+        )
 
     top = int(round(np.sqrt(args.nlist) / 128) * 128) or 128
     nested = faiss.IndexIVFFlat(faiss.IndexFlatIP(args.d), args.d, top, faiss.METRIC_INNER_PRODUCT)
@@ -94,11 +113,19 @@ def main() -> None:
         dt = time.perf_counter() - t0
         same = float(np.mean(a[:, 0] == exact_assign[:, 0]))
         rows.append(
-            (f"nested IVF ({top} top lists), nprobe {nprobe}", dt, same, single_query_ms(nested, q, args.nprobe), top_recall(nested))
+            (
+                f"nested IVF ({top} top lists), nprobe {nprobe}",
+                dt,
+                same,
+                single_query_ms(nested, q, args.nprobe),
+                top_recall(nested),
+            )
         )
 
     print(f"\nnlist={args.nlist} d={args.d} cores={os.cpu_count()} faiss={faiss.__version__}")
-    print(f"| coarse quantizer | assign {args.assign:,} rows s | same list as exact | one query, top-{args.nprobe} ms | top-{args.nprobe} recall |")
+    print(
+        f"| coarse quantizer | assign {args.assign:,} rows s | same list as exact | one query, top-{args.nprobe} ms | top-{args.nprobe} recall |"
+    )
     print("|---|---:|---:|---:|---:|")
     for name, assign_s, same, ms, rec in rows:
         print(f"| {name} | {assign_s:.2f} | {same:.4f} | {ms:.3f} | {rec:.3f} |")

@@ -74,7 +74,9 @@ def generate(
     return out
 
 
-def generate_chunk(spec: SyntheticSpec, m: int, stream: int, chunk_index: int) -> npt.NDArray[np.float32]:
+def generate_chunk(
+    spec: SyntheticSpec, m: int, stream: int, chunk_index: int
+) -> npt.NDArray[np.float32]:
     """Rows ``chunk_index * CHUNK`` onwards of a stream (each chunk seeded by its index,
     so a large set can be generated piece by piece with the same result)."""
     model = _model(spec)

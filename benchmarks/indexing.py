@@ -30,7 +30,9 @@ from mmsearch.models.spec import ModelSpec  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--bad-frac", type=float, default=0.05)
     ap.add_argument("--rounds", type=int, default=2)
@@ -61,8 +63,11 @@ def main() -> None:
                 failed = {Path(f.path).resolve() for f in report.failures}
                 listed_ok &= failed == {Path(p).resolve() for p in cat.corrupt_files}
             shutil.rmtree(index_dir)
-            print(f"round {round_no} {name:5s}: {report.added} items, {report.failed} failed, "
-                  f"{elapsed:.1f}s, {report.added / elapsed:.1f} items/s", flush=True)
+            print(
+                f"round {round_no} {name:5s}: {report.added} items, {report.failed} failed, "
+                f"{elapsed:.1f}s, {report.added / elapsed:.1f} items/s",
+                flush=True,
+            )
     clean_rate = statistics.median(rates["clean"])
     bad_rate = statistics.median(rates["bad"])
     result = {

@@ -9,7 +9,7 @@ Two models side by side in one run:
   only, nothing downloaded).
 
 Each query re-ranks ``depth`` candidate image files of a two-object catalog through
-:class:`mmsearch.rerank.ItmReranker` (file check, safe decode, preprocessing, ITM),
+the re-rank stage with :class:`mmsearch.rerank.ItmReranker` (file check, safe decode, preprocessing, ITM),
 i.e. exactly what ``--rerank`` adds to a query. Prints a Markdown table and JSON.
 
     python benchmarks/rerank.py                         # tiny: 5 queries, base: 1 query per depth
@@ -34,8 +34,11 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from mmsearch.datasets.synthetic import generate_catalog  # noqa: E402
-from mmsearch.rerank import ItmReranker, RerankQuery  # noqa: E402
+from mmsearch.rerank import ItmReranker  # noqa: E402
 from mmsearch.rerank.itm import ItmScorer  # noqa: E402
+from mmsearch.search.language import QueryTerm  # noqa: E402
+from mmsearch.search.rerank import rerank_stage  # noqa: E402
+from mmsearch.search.types import Query, RerankSpec  # noqa: E402
 
 DEPTHS = (10, 50, 100)
 
@@ -79,15 +82,18 @@ def time_model(
 ) -> dict[int, float]:
     """Median seconds per query at each depth (after one warm-up query over 2 candidates)."""
     out: dict[int, float] = {}
-    warm = candidates(rows, root, 2)
-    ItmReranker(scorer, depth=2).rerank(RerankQuery.of_text(str(rows[0]["caption"])), warm)
+    reranker = ItmReranker(scorer)
+
+    def query(text: str, depth: int) -> Query:
+        return Query(terms=(QueryTerm(1.0, "text", text),), k=1, rerank=RerankSpec(depth=depth))
+
+    rerank_stage(reranker, query(str(rows[0]["caption"]), 2), candidates(rows, root, 2))
     for depth in depths:
         table = candidates(rows, root, depth)
-        reranker = ItmReranker(scorer, depth=depth)
         times = []
         for q in range(queries):
             start = time.perf_counter()
-            reranker.rerank(RerankQuery.of_text(str(rows[q + 1]["caption"])), table)
+            rerank_stage(reranker, query(str(rows[q + 1]["caption"]), depth), table)
             times.append(time.perf_counter() - start)
         out[depth] = statistics.median(times)
     return out

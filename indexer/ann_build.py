@@ -157,9 +157,11 @@ def rebuild_ann(
     retrain: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
     wait_s: float = 0.0,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """``mmsearch build-index``: (re)builds the ANN indexes of ``index`` from its table and
-    publishes the new snapshot, as one writer (see :func:`writer_session`)."""
+    publishes the new snapshot, as one writer (see :func:`writer_session`). What went
+    wrong after publishing (clean-up of old files) is appended to ``warnings``."""
     from mmsearch.indexer.session import writer_session
 
     with writer_session(index, wait_s=wait_s) as session:
@@ -169,6 +171,8 @@ def rebuild_ann(
             retrain=retrain, progress=progress,
         )  # fmt: skip
         session.publish()
+        if warnings is not None:
+            warnings.extend(session.warnings)
     return infos
 
 
@@ -187,7 +191,7 @@ def _cross_queries(
     return None
 
 
-def calibration_vectors(encoder: Any, seed: int) -> npt.NDArray[np.float32]:
+def calibration_vectors(encoder: Encoder, seed: int) -> npt.NDArray[np.float32]:
     """Embeddings of :func:`calibration_prompts`, cached per model spec and backend.
 
     Encoding the prompts costs seconds with a real model; the result depends only on
@@ -234,6 +238,7 @@ def row_delta(old: ItemStore, new: ItemStore, kind: str) -> RowDelta:
     where = f"kind = {sql_quote(kind)}"
     before = old.scan(["id", "sha256"], where)
     after = new.scan(["id", "sha256"], where)
+    new.check_unique_ids(after.column("id").to_numpy().astype(np.int64))
     old_map = dict(
         zip(before.column("id").to_pylist(), before.column("sha256").to_pylist(), strict=True)
     )
@@ -279,6 +284,7 @@ def _update_in_place(
     info = index.info
     if info["type"] != "ivfpq" or index_type not in ("auto", info["type"]):
         return None
+    index.merge_pending()  # rows record upserts left beside the structure go in now
     if len(delta.removed) + len(delta.added) > INCREMENTAL_MAX_CHANGE * max(len(index), 1):
         return None
     if len(delta.removed):
@@ -303,6 +309,8 @@ def _unchanged_infos(
                 expect_table_version=snapshot.table_version,
                 expect_model_key=spec.key,
             )
+            if index.info["waiting_rows"]:  # record upserts left rows beside it: merge them
+                return None
             infos[kind] = {**index.info, "mode": "unchanged"}
     except (MMSearchError, OSError, ValueError, RuntimeError):
         return None

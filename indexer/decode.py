@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -73,19 +74,28 @@ DecodeFn = Callable[[str, int, int], tuple[npt.NDArray[np.uint8], str]]
 
 
 def decode_chunk(
-    chunk: Sequence[tuple[int, str]], size: int, max_pixels: int, decode: DecodeFn = decode_file
+    chunk: Sequence[tuple[int, str | bytes]],
+    size: int,
+    max_pixels: int,
+    decode: DecodeFn = decode_file,
 ) -> list[DecodeResult]:
-    """Worker entry point: decodes a chunk, turning every per-file error into a failure."""
+    """Worker entry point: decodes a chunk of file paths (through ``decode``) or encoded
+    images (``bytes``, fetched already), turning every per-item error into a failure."""
     out: list[DecodeResult] = []
-    for index, path in chunk:
+    for index, source in chunk:
+        where = source if isinstance(source, str) else f"<{len(source)} bytes>"
         try:
-            array, digest = decode(path, size, max_pixels)
+            if isinstance(source, str):
+                array, digest = decode(source, size, max_pixels)
+            else:
+                array = decode_bytes(source, size, max_pixels)
+                digest = hashlib.sha256(source).hexdigest()
             out.append(DecodeOk(index, array, digest))
         except ImageDecodeError as exc:
-            out.append(DecodeFailure(index, path, exc.reason, exc.cause_class))
+            out.append(DecodeFailure(index, where, exc.reason, exc.cause_class))
         except Exception as exc:  # one bad file must never end the run
             out.append(
-                DecodeFailure(index, path, f"unexpected decode error: {exc}", type(exc).__name__)
+                DecodeFailure(index, where, f"unexpected decode error: {exc}", type(exc).__name__)
             )
     return out
 
@@ -132,16 +142,19 @@ class DecodePool:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_in_flight: int | None = None,
         decode: DecodeFn = decode_file,
+        kind: Literal["process", "thread"] = "process",
     ) -> None:
         """``decode`` must be a module-level (picklable) function; ``timeout_s`` bounds
-        the time per image, enforced by killing and replacing the worker pool."""
+        the time per image, enforced by killing and replacing the worker pool.
+        ``kind="thread"`` decodes in threads of this process (no start-up cost: for a
+        few images already in memory; a hung thread is abandoned, not killed)."""
         self.size = size
         self.decode_fn = decode
         self.max_pixels = max_pixels
-        self._pool: OrderedPool[str, DecodeResult] = OrderedPool(
+        self._pool: OrderedPool[str | bytes, DecodeResult] = OrderedPool(
             partial(decode_chunk, size=size, max_pixels=max_pixels, decode=decode),
             lost=_lost_decode,
-            kind="process",
+            kind=kind,
             workers=workers if workers is not None else default_decode_workers(),
             chunk_size=chunk_size,
             timeout_s=timeout_s,
@@ -163,8 +176,8 @@ class DecodePool:
         """Releases the workers (``wait=False``: idle workers exit on their own)."""
         self._pool.close(wait=wait)
 
-    def decode(self, items: Iterable[tuple[int, str]]) -> Iterator[DecodeResult]:
-        """Decodes ``(index, path)`` pairs; yields one result per pair, in order.
+    def decode(self, items: Iterable[tuple[int, str | bytes]]) -> Iterator[DecodeResult]:
+        """Decodes ``(index, path or bytes)`` pairs; yields one result per pair, in order.
 
         When a chunk hangs past the time limit or its worker dies, the pool is killed
         and replaced; the chunk's files are then retried one at a time, alone in the
@@ -173,5 +186,6 @@ class DecodePool:
         return self._pool.map(items)
 
 
-def _lost_decode(index: int, path: str, reason: str, exc_class: str) -> DecodeFailure:
-    return DecodeFailure(index, path, f"decode {reason}", exc_class)
+def _lost_decode(index: int, source: str | bytes, reason: str, exc_class: str) -> DecodeFailure:
+    where = source if isinstance(source, str) else f"<{len(source)} bytes>"
+    return DecodeFailure(index, where, f"decode {reason}", exc_class)

@@ -234,4 +234,3 @@ def _problem(result: WalkResult, path_b: bytes, reason: str, kind: str) -> None:
     result.problems.append(WalkProblem(os.fsdecode(path_b), reason, kind))
     if kind in INCOMPLETE_KINDS:
         result.complete = False
-

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 from mmsearch.indexer.ann_build import build_ann
 from mmsearch.indexer.session import writer_session
@@ -26,6 +25,7 @@ from mmsearch.labels import (
     load_label_sets,
     save_label_sets,
 )
+from mmsearch.models.base import Encoder
 from mmsearch.models.hub import check_weights_reachable
 from mmsearch.storage.locks import write_guard
 from mmsearch.storage.rowsfile import published_model
@@ -36,7 +36,7 @@ def label_index(
     index_dir: str | os.PathLike[str],
     label_set: LabelSet,
     *,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
     device: str | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
 ) -> LabelReport:

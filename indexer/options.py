@@ -9,7 +9,7 @@ from typing import Any
 
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
 
-__all__ = ["IndexOptions", "ProgressFn"]
+__all__ = ["IndexOptions", "ProgressFn", "index_options"]
 
 #: progress(stage, advance, more_total): stage is "scan", "images", "texts", "ann" or
 #: "failed" (an item skipped); ``more_total`` announces additional work for the stage
@@ -31,6 +31,10 @@ class IndexOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     text_column: str | None = None
     id_column: str | None = None
+    #: A product feed's main image column (default: image_link, image, image_url, images).
+    image_column: str | None = None
+    #: Let feeds fetch images from private, loopback and link-local hosts (an internal CDN).
+    allow_private_urls: bool = False
     #: torch | onnx | auto (ONNX Runtime on a CPU when installed); see mmsearch.models.backends.
     backend: str = "torch"
     #: "int8": dynamic int8 quantisation of the ONNX graphs (ONNX backend only).
@@ -68,3 +72,59 @@ class IndexOptions:
     #: them: a caller that exits without interpreter teardown (the CLI's ``os._exit``)
     #: skips their destruction (0.1-0.2 s each for a ViT-B-32 session and a LanceDB table).
     retain: list[Any] | None = None
+
+
+def index_options(
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device: str | None = None,
+    backend: str = "auto",
+    quantize: str | None = None,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    image_column: str | None = None,
+    allow_private_urls: bool = False,
+    metadata: str | os.PathLike[str] | None = None,
+    file_column: str = "file",
+    build_index: bool = True,
+    index_type: str = "auto",
+    refine_dtype: str = "float32",
+    ray: str | None = None,
+    gpu_decode: bool | None = None,
+    offline: bool = False,
+    lock_wait_s: float = 0.0,
+    retain: list[Any] | None = None,
+) -> IndexOptions:
+    """The options of an indexing run, named and defaulted as ``mmsearch index`` documents them.
+
+    The CLI's ``index`` command, :func:`mmsearch.index` and the run after a re-embedding
+    all build their :class:`IndexOptions` here. ``metadata`` is the image sidecar
+    (``--metadata``); ``image_column`` makes a text collection a product feed whose
+    images are fetched (``allow_private_urls`` lets it reach internal hosts);
+    ``build_index=False`` is ``--no-ann``; ``backend`` ``auto`` runs
+    ONNX Runtime on a CPU when it is installed; ``lock_wait_s`` waits that long for
+    another writer of the index; ``retain`` keeps the run's model and table (see
+    :attr:`IndexOptions.retain`).
+    """
+    return IndexOptions(
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        backend=backend,
+        quantize=quantize,
+        text_column=text_column,
+        id_column=id_column,
+        image_column=image_column,
+        allow_private_urls=allow_private_urls,
+        image_metadata=metadata,
+        file_column=file_column,
+        build_index=build_index,
+        index_type=index_type,
+        refine_dtype=refine_dtype,
+        ray=ray,
+        gpu_decode=gpu_decode,
+        offline=offline,
+        lock_wait_s=lock_wait_s,
+        retain=retain,
+    )

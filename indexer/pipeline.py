@@ -1,10 +1,13 @@
-"""The batch indexing pipeline: discover → diff → decode → embed → write → build ANN.
+"""The batch indexing pipeline: sources → diff → embed → write → build ANN.
 
-``run_index`` is what ``mmsearch index`` calls. It is incremental (mark and sweep,
-as rclip does): unchanged files are not re-embedded, changed ones are, and rows of
-files that disappeared are deleted only after a complete walk of their root. Rows
-are committed in batches, so a killed run leaves the table at a committed prefix
-and the next run picks up from there without re-embedding what was committed.
+``run_index`` is what ``mmsearch index`` calls. Each path becomes a
+:class:`~mmsearch.indexer.source.Source` (an image folder or a text collection), each
+fed through the one write loop (:func:`~mmsearch.indexer.writeloop.write_source`) by
+one executor (this machine's, or Ray's). It is incremental (mark and sweep, as rclip
+does): unchanged files are not re-embedded, changed ones are, and rows of files that
+disappeared are deleted only after a complete walk of their root. Rows are committed
+in batches, so a killed run leaves the table at a committed prefix and the next run
+picks up from there without re-embedding what was committed.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from mmsearch.indexer.ann_build import build_ann
-from mmsearch.indexer.decode import DecodePool
+from mmsearch.indexer.collection import TextCollectionSource
 from mmsearch.indexer.discover import WalkResult, walk_images
-from mmsearch.indexer.images import index_images, start_image_workers
+from mmsearch.indexer.executor import Executor, LocalExecutor
+from mmsearch.indexer.feed import feed_source, is_product_feed
+from mmsearch.indexer.folder import ImageFolder
+from mmsearch.indexer.items import IdAllocator
 from mmsearch.indexer.options import IndexOptions, ProgressFn
 from mmsearch.indexer.report import (
     Failure,
@@ -30,8 +36,10 @@ from mmsearch.indexer.report import (
 )
 from mmsearch.indexer.session import writer_location, writer_session
 from mmsearch.indexer.sidecar import ImageSidecar, load_image_metadata
+from mmsearch.indexer.source import Source
 from mmsearch.indexer.sources import check_sources, is_text_collection
-from mmsearch.indexer.textindex import index_texts
+from mmsearch.indexer.writeloop import write_source
+from mmsearch.indexer.writer import BatchWriter
 
 from mmsearch.labels import refresh_labels
 from mmsearch.models.base import Encoder
@@ -39,6 +47,8 @@ from mmsearch.models.batching import batch_size_for
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage.locks import write_guard
 from mmsearch.storage.table import ItemStore
+
+__all__ = ["BatchWriter", "IndexOptions", "make_executor", "run_index"]
 
 
 def _noop(stage: str, advance: int, total: int | None) -> None:
@@ -80,9 +90,12 @@ def run_index(
         )
     with writer_session(index_dir, wait_s=opts.lock_wait_s) as session:
         report.mark("checked")
-        _run_index_locked(sources, session.local_dir, spec, opts, progress or _noop, encoder, report)
+        _run_index_locked(
+            sources, session.local_dir, spec, opts, progress or _noop, encoder, report
+        )
         if opts.build_index:
             session.publish()
+            report.warnings.extend(session.warnings)
         report.mark("done")
         return report
 
@@ -121,28 +134,17 @@ def _run_index_locked(
     report.load_s = started - loading
     opts = replace(opts, batch_size=batch_size_for(encoder, opts.batch_size))
     report.mark("model")
-    # A new index embeds every image it walked: its decode workers and the model's image
-    # session start now, beside the table's creation (the first import of LanceDB).
-    first_root = next((p for p in paths if p in walks and walks[p].items), None)
-    early: DecodePool | None = None
-    if fresh and opts.ray is None and first_root is not None:
-        early = start_image_workers(encoder, opts)
+    executor = make_executor(encoder, opts)
     try:
-        store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
-        from mmsearch.models.backends import check_backend
-
-        # a second backend must agree with the first
-        check_backend(index_path, encoder, record=True)
-        report.mark("table")
-        next_id = store.max_id() + 1
-        for path in paths:
-            pool, early = (early, None) if path == first_root else (None, early)
-            next_id = _index_source(
-                path, walks, store, encoder, opts, report, next_id, progress, sidecar, pool
-            )
+        store = _open_table(index_path, spec, encoder, executor, fresh, walks, report)
+        _write_sources(paths, walks, sidecar, store, executor, opts, report, progress)
     finally:
-        if early is not None:  # never handed to index_images (an error came first)
-            early.close()
+        if isinstance(executor, LocalExecutor):
+            executor.close()  # workers started early and never used (an error came first)
+    if executor.first_embed_at is not None and executor.last_embed_at is not None:
+        report.mark("first_embed", at=executor.first_embed_at)
+        report.mark("last_embed", at=executor.last_embed_at)
+    report.embed_s = executor.embed_s
 
     with write_guard(index_path):  # remembered zero-shot label sets: label new and changed images
         refresh_labels(store, encoder)
@@ -170,40 +172,60 @@ def _run_index_locked(
         opts.retain.extend((encoder, store))
 
 
-def _index_source(
-    path: Path,
-    walks: dict[Path, WalkResult],
-    store: ItemStore,
+def _open_table(
+    index_path: Path,
+    spec: ModelSpec,
     encoder: Encoder,
+    executor: Executor,
+    fresh: bool,
+    walks: dict[Path, WalkResult],
+    report: IndexReport,
+) -> ItemStore:
+    """The run's table, opened or created. A new index embeds every image it walked: its
+    decode workers and the model's image session start first, beside the table's creation
+    (the first import of LanceDB)."""
+    if fresh and isinstance(executor, LocalExecutor) and any(w.items for w in walks.values()):
+        executor.start_images()
+    store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
+    from mmsearch.models.backends import check_backend
+
+    check_backend(index_path, encoder, record=True)  # a second backend must agree with the first
+    report.mark("table")
+    return store
+
+
+def _write_sources(
+    paths: Sequence[Path],
+    walks: dict[Path, WalkResult],
+    sidecar: ImageSidecar | None,
+    store: ItemStore,
+    executor: Executor,
     opts: IndexOptions,
     report: IndexReport,
-    next_id: int,
     progress: ProgressFn,
-    sidecar: ImageSidecar | None,
-    pool: DecodePool | None,
-) -> int:
-    """Indexes one text collection or image root; returns the next free id."""
-    if is_text_collection(path):
-        index_collection = index_texts
-        if opts.ray is not None:
-            from mmsearch.indexer.ray_pipeline import index_texts_ray as index_collection
-        return index_collection(path, store, encoder, opts, report, next_id, progress)
-    if path in walks:
-        if opts.ray is not None:
-            from mmsearch.indexer.ray_pipeline import index_images_ray
-
-            return index_images_ray(
-                path, walks[path], store, encoder, opts, report, next_id, progress, sidecar
+) -> None:
+    """Each path as its source, through the one write loop."""
+    ids = IdAllocator.for_store(store)
+    writer = BatchWriter(store, opts.commit_every)
+    for path in paths:
+        source: Source
+        if is_text_collection(path) and is_product_feed(path, opts.image_column):
+            with feed_source(path, opts, report) as source:
+                write_source(source, store, executor, writer, ids, report, progress)
+            continue
+        if is_text_collection(path):
+            source = TextCollectionSource(path, opts.text_column, opts.id_column)
+        elif path in walks:
+            source = ImageFolder(path, walks[path], sidecar)
+        else:  # an indexed source that is gone (unmounted?): reported, and never swept
+            report.failures.append(
+                Failure(
+                    str(path), "no longer exists; its rows are kept", "FileNotFoundError", "walk"
+                )
             )
-        return index_images(
-            path, walks[path], store, encoder, opts, report, next_id, progress, sidecar, pool
-        )
-    # an indexed source that is gone (unmounted?): reported, and never swept
-    report.failures.append(
-        Failure(str(path), "no longer exists; its rows are kept", "FileNotFoundError", "walk")
-    )
-    report.sweep_aborted.append(str(path))
-    return next_id
+            report.sweep_aborted.append(str(path))
+            continue
+        write_source(source, store, executor, writer, ids, report, progress)
 
 
 def _refuse_nothing_to_index(paths: Sequence[Path], walks: dict[Path, WalkResult]) -> None:
@@ -223,3 +245,12 @@ def _refuse_nothing_to_index(paths: Sequence[Path], walks: dict[Path, WalkResult
 
 def _run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def make_executor(encoder: Encoder, opts: IndexOptions) -> Executor:
+    """The executor of a run: this machine's, or Ray's when ``opts.ray`` names a cluster."""
+    if opts.ray is not None:
+        from mmsearch.indexer.ray_pipeline import RayExecutor
+
+        return RayExecutor(encoder, opts)
+    return LocalExecutor(encoder, opts)

@@ -21,13 +21,14 @@ This module must not import torch: decode workers import it.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, Literal, TypeVar
 
-from mmsearch.indexer.workers import MainlessSpawnContext
+from mmsearch.indexer.workers import MainlessSpawnContext, exit_with_parent
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -93,10 +94,14 @@ class OrderedPool(Generic[T, R]):
     def _pool(self) -> Executor:
         if self._executor is None:
             if self.kind == "process":
-                # The parent holds torch threads: never fork it. Spawned workers start clean
-                # and never import the caller's __main__ (scripts, ``python -``, notebooks).
+                # The parent holds torch threads: never fork it. Spawned workers start clean,
+                # never import the caller's __main__ (scripts, ``python -``, notebooks), and
+                # end with this process even when it is killed.
                 self._executor = ProcessPoolExecutor(
-                    max_workers=self.workers, mp_context=MainlessSpawnContext()
+                    max_workers=self.workers,
+                    mp_context=MainlessSpawnContext(),
+                    initializer=exit_with_parent,
+                    initargs=(os.getpid(),),
                 )
             else:
                 self._executor = ThreadPoolExecutor(
@@ -115,8 +120,11 @@ class OrderedPool(Generic[T, R]):
 
     def start(self) -> None:
         """Starts the workers now (spawned processes take a moment to start and import),
-        so that the first chunk finds them ready; otherwise they start with it."""
-        self._pool().submit(_ready)
+        so that the first chunk finds them ready; otherwise they start with it. A process
+        pool spawns a worker for each task that finds none idle: one task per worker."""
+        pool = self._pool()
+        for _ in range(self.workers):
+            pool.submit(_ready)
 
     def close(self, *, wait: bool = True) -> None:
         """Releases the workers: waits for them to exit, or with ``wait=False`` lets idle

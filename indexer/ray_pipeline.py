@@ -1,19 +1,17 @@
-"""Indexing on a Ray cluster: the pipeline's functions as a Ray Data pipeline.
+"""Indexing on a Ray cluster: the embedding executor as a Ray Data pipeline.
 
 ``mmsearch index PATHS --ray [ADDRESS]`` / ``IndexOptions(ray=...)``. Discovery, the diff
 against the table, the writes, the sweep and the ANN build stay on the driver and are
-the single-machine functions (:func:`mmsearch.indexer.images.diff_images`,
-:func:`~mmsearch.indexer.images.write_image_rows`, :func:`~mmsearch.indexer.images.sweep_images`);
-Ray Data runs the middle::
+the single-machine ones (the sources and :func:`mmsearch.indexer.writeloop.write_source`);
+:class:`RayExecutor` runs the middle::
 
     files to do ─ map_batches(decode, tasks) ─ map_batches(embed, actors: one model each,
     a GPU each where the cluster has GPUs) ─ iter_batches ─▶ driver: rows committed in
     groups of commit_every (the same LanceDB table and schema, the same failure report)
 
-Text collections (CSV/TSV/JSONL/Parquet) go the same way without the decode step: the
-driver reads, validates and diffs the file (:func:`~mmsearch.indexer.textindex.diff_texts`),
-actors tokenise and embed batches of rows (a row that cannot be tokenised comes back
-with the same reason as in a local run), and the driver writes and deletes.
+Texts go the same way without the decode step: actors tokenise and embed batches of
+rows (a row that cannot be tokenised comes back with the same reason as in a local
+run), and the driver writes and deletes.
 
 A killed driver leaves the groups committed so far, like a killed local run: the next
 run (Ray or not) sees them as unchanged and embeds only the rest.
@@ -25,28 +23,17 @@ itself may be a local directory of the driver or an object-store URI.
 
 from __future__ import annotations
 
-from pathlib import Path
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from mmsearch.indexer.decode import DecodeOk, decode_chunk
-from mmsearch.indexer.discover import WalkResult
-from mmsearch.indexer.images import diff_images, sweep_images, write_image_rows
-from mmsearch.indexer.options import IndexOptions, ProgressFn
-from mmsearch.indexer.report import Failure, IndexReport
-from mmsearch.indexer.sidecar import ImageSidecar
-from mmsearch.indexer.textindex import (
-    TEXT_BATCH_SIZE,
-    PrepFailure,
-    diff_texts,
-    prepare_chunk,
-    report_prep_failure,
-    text_steps,
-    write_text_rows,
-)
-from mmsearch.indexer.writer import BatchWriter
+from mmsearch.indexer.items import Embedded, Failed, Item, Kind, Outcome
+from mmsearch.indexer.options import IndexOptions
+from mmsearch.indexer.textindex import TEXT_BATCH_SIZE, PrepFailure, prepare_chunk, text_steps
 
-from mmsearch.storage.table import ItemStore
+from mmsearch.models.base import Encoder
 
 #: Images per decode task batch (each Ray task decodes one batch).
 DECODE_BATCH = 32
@@ -69,7 +56,8 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, max_pixels: int) -> di
     n = len(batch["pos"])
     arrays = np.zeros((n, size, size, 3), np.uint8)
     sha, error, exc_class = [""] * n, [""] * n, [""] * n
-    for result in decode_chunk(list(enumerate(str(p) for p in batch["path"])), size, max_pixels):
+    sources = [p if isinstance(p, bytes) else str(p) for p in batch["path"]]
+    for result in decode_chunk(list(enumerate(sources)), size, max_pixels):
         i = result.index
         if isinstance(result, DecodeOk):
             arrays[i], sha[i] = result.array, result.sha256
@@ -91,7 +79,7 @@ class EmbedActor:
         self,
         spec: Any,
         device: str | None,
-        encoder: Any | None = None,
+        encoder: Encoder | None = None,
         backend: str = "torch",
         quantize: str | None = None,
     ) -> None:
@@ -137,7 +125,7 @@ class TextEmbedActor(EmbedActor):
         }
 
 
-def _actor_options(ray: Any, encoder: Any, opts: IndexOptions) -> dict[str, Any]:
+def _actor_options(ray: Any, encoder: Encoder, opts: IndexOptions) -> dict[str, Any]:
     """map_batches arguments of the embedding actors: one model each, a GPU each where the
     cluster has GPUs, else up to ``opts.ray_actors`` actors on half the CPUs."""
     gpus = int(ray.cluster_resources().get("GPU", 0)) if opts.device != "cpu" else 0
@@ -155,119 +143,73 @@ def _actor_options(ray: Any, encoder: Any, opts: IndexOptions) -> dict[str, Any]
     }
 
 
-def index_texts_ray(
-    path: Path,
-    store: ItemStore,
-    encoder: Any,
-    opts: IndexOptions,
-    report: IndexReport,
-    next_id: int,
-    progress: ProgressFn,
-) -> int:
-    """Index one text collection through Ray Data; same contract as the local ``index_texts``."""
-    ray = connect(opts.ray or "local")
-    diff = diff_texts(path, store, opts, report, progress)
-    if diff.todo:
-        step = max(opts.batch_size, TEXT_BATCH_SIZE)
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        items = [{"pos": i, "text": row.text} for i, (_u, row, _s, _p) in enumerate(diff.todo)]
-        ds = ray.data.from_items(
-            items, override_num_blocks=max(1, min(len(items) // step, 4 * cpus))
-        )
-        ds = ds.map_batches(
-            TextEmbedActor,
-            batch_size=step,
-            batch_format="numpy",
-            **_actor_options(ray, encoder, opts),
-        )
-        writer = BatchWriter(store, opts.commit_every)
-        for batch in ds.iter_batches(batch_size=opts.commit_every, batch_format="numpy"):
-            done, vectors = [], []
-            for pos, error, exc_class, vector in zip(
-                batch["pos"], batch["error"], batch["exc_class"], batch["vector"], strict=True
-            ):
-                entry = diff.todo[int(pos)]
-                if error:
-                    report_prep_failure(diff, entry, str(error), str(exc_class), report, progress)
-                    continue
-                done.append(entry)
-                vectors.append(vector)
-            if done:
-                next_id = write_text_rows(writer, diff, done, np.stack(vectors), next_id, report)
-                progress("texts", len(done), None)
-        writer.flush()
-    report.deleted += store.delete_ids(diff.gone)
-    return next_id
-
-
-def index_images_ray(
-    root: Path,
-    walk: WalkResult,
-    store: ItemStore,
-    encoder: Any,
-    opts: IndexOptions,
-    report: IndexReport,
-    next_id: int,
-    progress: ProgressFn,
-    sidecar: ImageSidecar | None,
-) -> int:
-    """Index one image root through Ray Data; same contract as the local ``index_images``.
+class RayExecutor:
+    """The :class:`~mmsearch.indexer.executor.Executor` on a Ray cluster (see the module doc).
 
     ``encoder`` is the driver's; the actors load their own copy of the same model
     (``encoder.spec``), or receive ``encoder`` itself when it is not a registered model.
+    Outcomes come back in groups of ``commit_every`` items.
     """
-    ray = connect(opts.ray or "local")
-    diff = diff_images(root, walk, store, report, progress)
-    if not diff.todo:
-        sweep_images(diff, walk, store, report)
-        return next_id
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    items = [{"pos": i, "path": item.path} for i, (_u, item, _p) in enumerate(diff.todo)]
-    ds = ray.data.from_items(
-        items, override_num_blocks=max(1, min(len(items) // DECODE_BATCH, 4 * cpus))
-    )
-    ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={"size": encoder.image_size, "max_pixels": opts.max_pixels},
-        batch_size=DECODE_BATCH,
-        batch_format="numpy",
-    )
-    ds = ds.map_batches(
-        EmbedActor,
-        batch_size=opts.batch_size,
-        batch_format="numpy",
-        **_actor_options(ray, encoder, opts),
-    )
-    writer = BatchWriter(store, opts.commit_every)
-    for batch in ds.iter_batches(batch_size=opts.commit_every, batch_format="numpy"):
-        done, vectors = [], []
-        for pos, error, exc_class, sha, vector in zip(
-            batch["pos"],
-            batch["error"],
-            batch["exc_class"],
-            batch["sha256"],
-            batch["vector"],
-            strict=True,
-        ):
-            uri, item, prev = diff.todo[int(pos)]
-            if error:
-                report.failures.append(Failure(item.path, str(error), str(exc_class), "decode"))
-                progress("images", 0, -1)
-                progress("failed", 1, None)
-                continue
-            done.append((uri, item, str(sha), prev))
-            vectors.append(vector)
-        if done:
-            next_id = write_image_rows(
-                writer, diff, done, np.stack(vectors), next_id, report, sidecar
+
+    def __init__(self, encoder: Encoder, opts: IndexOptions) -> None:
+        self.encoder = encoder
+        self.opts = opts
+        self.embed_s = 0.0  # the model runs in the actors, not here
+        self.first_embed_at: float | None = None  # when embedded batches came back
+        self.last_embed_at: float | None = None
+
+    def run(self, kind: Kind, items: Sequence[Item]) -> Iterator[list[Outcome]]:
+        if not items:
+            return
+        ray = connect(self.opts.ray or "local")
+        opts = self.opts
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if kind == "text":
+            step = max(opts.batch_size or 1, TEXT_BATCH_SIZE)
+            rows = [{"pos": i, "text": str(item.payload)} for i, item in enumerate(items)]
+            ds = ray.data.from_items(
+                rows, override_num_blocks=max(1, min(len(rows) // step, 4 * cpus))
             )
-            progress("images", len(done), None)
-    writer.flush()
-    sweep_images(diff, walk, store, report)
-    return next_id
+            ds = ds.map_batches(
+                TextEmbedActor, batch_size=step, batch_format="numpy",
+                **_actor_options(ray, self.encoder, opts),
+            )  # fmt: skip
+            stage = "tokenize"
+        else:
+            rows = [{"pos": i, "path": item.payload} for i, item in enumerate(items)]
+            ds = ray.data.from_items(
+                rows, override_num_blocks=max(1, min(len(rows) // DECODE_BATCH, 4 * cpus))
+            )
+            ds = ds.map_batches(
+                decode_batch,
+                fn_kwargs={"size": self.encoder.image_size, "max_pixels": opts.max_pixels},
+                batch_size=DECODE_BATCH,
+                batch_format="numpy",
+            )
+            ds = ds.map_batches(
+                EmbedActor, batch_size=opts.batch_size, batch_format="numpy",
+                **_actor_options(ray, self.encoder, opts),
+            )  # fmt: skip
+            stage = "decode"
+        for batch in ds.iter_batches(batch_size=opts.commit_every, batch_format="numpy"):
+            shas = batch.get("sha256")
+            out: list[Outcome] = []
+            for n, (pos, error, exc_class, vector) in enumerate(
+                zip(batch["pos"], batch["error"], batch["exc_class"], batch["vector"], strict=True)
+            ):
+                item = items[int(pos)]
+                if error:
+                    out.append(Failed(item, str(error), str(exc_class), stage))
+                else:
+                    out.append(
+                        Embedded(item, vector, str(shas[n]) if shas is not None else item.sha256)
+                    )
+            self.last_embed_at = time.perf_counter()
+            self.first_embed_at = self.first_embed_at or self.last_embed_at
+            yield out
 
 
-def _loadable(encoder: Any) -> bool:
+def _loadable(encoder: Encoder) -> bool:
     """Whether ``load_encoder(encoder.spec, backend=...)`` rebuilds this encoder on a worker
     (an ONNX Runtime session cannot be pickled; a registered model loads anywhere)."""
     from mmsearch.models.encoder import ClipEncoder

@@ -16,19 +16,26 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
-from mmsearch.indexer.decode import DecodeFailure, DecodePool
 from mmsearch.indexer.discover import uri_to_path
+from mmsearch.indexer.executor import LocalExecutor
+from mmsearch.indexer.items import Embedded, Failed, IdAllocator, Item
+from mmsearch.indexer.options import IndexOptions, ProgressFn
 from mmsearch.indexer.report import Failure, IndexReport, write_failures
 from mmsearch.indexer.session import writer_session
+from mmsearch.indexer.writeloop import write_source
 
+from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage.locks import write_guard
 from mmsearch.storage.schema import DB_DIRNAME, DIM_METADATA_KEY, MODEL_METADATA_KEY, TABLE_NAME
-from mmsearch.storage.table import ItemStore
+from mmsearch.storage.table import ItemStore, StoredState
 
 STAGING_TABLE = "items_reembed"
 
@@ -54,7 +61,7 @@ def reembed_index(
     index_dir: str | os.PathLike[str],
     spec: ModelSpec,
     *,
-    encoder: Any | None = None,
+    encoder: Encoder | None = None,
     device: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
@@ -90,7 +97,11 @@ def reembed_index(
             todo = rows.filter(
                 pa.array([u not in done for u in rows.column("uri").to_pylist()], pa.bool_())
             )
-            _embed_rows(todo, staging, schema, encoder, batch_size, workers, report, progress)
+            executor = LocalExecutor(encoder, IndexOptions(batch_size=batch_size, workers=workers))
+            write_source(
+                TableRows(todo), store, executor, StagingSink(staging, schema),
+                IdAllocator(), report, progress,
+            )  # fmt: skip
             data = staging.search().limit(None).to_arrow().cast(schema)
             db.create_table(TABLE_NAME, data=data, schema=schema, mode="overwrite")
             db.drop_table(STAGING_TABLE)
@@ -106,58 +117,60 @@ def reembed_index(
     return report
 
 
-def _embed_rows(
-    rows: pa.Table,
-    staging: Any,
-    schema: pa.Schema,
-    encoder: Any,
-    batch_size: int,
-    workers: int | None,
-    report: IndexReport,
-    progress: Any,
-) -> None:
-    kinds = rows.column("kind").to_pylist()
-    texts = [i for i, k in enumerate(kinds) if k == "text"]
-    images = [i for i, k in enumerate(kinds) if k == "image"]
-    progress("texts", 0, len(texts))
-    for start in range(0, len(texts), batch_size):
-        part = texts[start : start + batch_size]
-        chunk = rows.take(pa.array(part))
-        vectors = encoder.encode_texts(chunk.column("text").to_pylist())
-        _write(staging, chunk, vectors, schema)
-        report.embedded += len(part)
-        progress("texts", len(part), None)
-    progress("images", 0, len(images))
-    uris = rows.column("uri").to_pylist()
-    pending: list[int] = []
-    arrays: list[np.ndarray] = []
+@dataclass
+class TableRows:
+    """The rows of an index being re-embedded, as a :class:`~mmsearch.indexer.source.Source`:
+    every row keeps its columns and gets a new vector; an image whose file no longer
+    decodes is dropped (reported)."""
 
-    def flush() -> None:
-        if pending:
-            _write(
-                staging,
-                rows.take(pa.array(pending)),
-                encoder.encode_images(np.stack(arrays)),
-                schema,
-            )
-            report.embedded += len(pending)
-            progress("images", len(pending), None)
-            pending.clear()
-            arrays.clear()
+    table: pa.Table
 
-    with DecodePool(encoder.image_size, workers=workers) as pool:
-        for result in pool.decode((i, uri_to_path(uris[i])) for i in images):
-            if isinstance(result, DecodeFailure):
-                report.failures.append(
-                    Failure(result.path, result.reason, result.exc_class, "decode")
-                )
-                progress("images", 1, None)
-                continue
-            pending.append(result.index)
-            arrays.append(result.array)
-            if len(pending) >= batch_size:
-                flush()
-        flush()
+    def plan(
+        self, store: ItemStore, report: IndexReport, progress: ProgressFn
+    ) -> Iterator[list[Item]]:
+        cols = {n: self.table.column(n).to_pylist() for n in ("id", "uri", "kind", "text")}
+        items = []
+        for pos, (id_, uri, kind, text) in enumerate(
+            zip(cols["id"], cols["uri"], cols["kind"], cols["text"], strict=True)
+        ):
+            payload = uri_to_path(uri) if kind == "image" else (text or "")
+            where = payload if kind == "image" else uri
+            prev = StoredState(int(id_), None, None, None)
+            items.append(Item(kind, uri, payload, prev, where, ref=pos))
+        yield items
+
+    def rows(
+        self,
+        done: Sequence[Embedded],
+        ids: Sequence[int],
+        vectors: npt.NDArray[np.float32],
+        schema: pa.Schema,
+    ) -> pa.Table:
+        chunk = self.table.take(pa.array([d.item.ref for d in done], pa.int64()))
+        dim = schema.field("vector").type.list_size
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+        table = chunk.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, dim))
+        return table.select(schema.names).cast(schema)
+
+    def failure(self, failed: Failed) -> Failure:
+        return Failure(failed.item.where, failed.reason, failed.exc_class, failed.stage)
+
+    def sweep(self, store: ItemStore, report: IndexReport) -> None:
+        return None  # the staging table replaces the items table whole
+
+
+@dataclass
+class StagingSink:
+    """Rows go straight to the staging table: each batch one commit, resumable."""
+
+    table: Any
+    schema: pa.Schema
+
+    def add(self, rows: pa.Table) -> None:
+        self.table.add(rows)
+
+    def flush(self) -> None:
+        return None
 
 
 def reembedded_schema(schema: pa.Schema, dim: int, spec: ModelSpec) -> pa.Schema:
@@ -169,10 +182,3 @@ def reembedded_schema(schema: pa.Schema, dim: int, spec: ModelSpec) -> pa.Schema
     meta[MODEL_METADATA_KEY] = spec.to_json().encode()
     meta[DIM_METADATA_KEY] = str(dim).encode()
     return out.with_metadata(meta)
-
-
-def _write(staging: Any, chunk: pa.Table, vectors: np.ndarray, schema: pa.Schema) -> None:
-    dim = schema.field("vector").type.list_size
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-    table = chunk.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, dim))
-    staging.add(table.select(schema.names).cast(schema))

@@ -27,6 +27,7 @@ class RemoveReport:
 
     removed: dict[str, int] = field(default_factory=dict)
     ann: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # after the snapshot was published
 
     @property
     def total(self) -> int:
@@ -43,13 +44,17 @@ def remove_paths(
     index_dir: str | os.PathLike[str],
     *,
     build_index: bool = True,
+    wait_s: float = 0.0,
 ) -> RemoveReport:
     """Removes the items under ``paths`` from the index; raises when a path matches none.
+
+    When an earlier run stopped before it published (its rows are deleted, readers still
+    see them), a path that matches nothing is no error: the re-run publishes.
 
     >>> remove_paths(["./photos/old"], ".mmsearch").total  # doctest: +SKIP
     12
     """
-    with writer_session(index_dir) as session:
+    with writer_session(index_dir, wait_s=wait_s) as session:
         store = ItemStore.open(session.local_dir)
         state = store.state_by_uri()
         report = RemoveReport()
@@ -57,9 +62,13 @@ def remove_paths(
         for raw in paths:
             target = path_to_uri(os.path.abspath(raw))
             ids = {s.id for uri, s in state.items() if _matches(uri, target)}
+            if not ids and build_index and session.unpublished(store.version):
+                # removed by a run that stopped before it published: this run publishes
+                report.removed[os.fspath(raw)] = 0
+                continue
             if not ids:
                 raise SourceNotFoundError(
-                    f"nothing in the index at {index_dir} is under {os.fspath(raw)}; nothing removed"
+                    f"nothing in the index at {session.index} is under {os.fspath(raw)}; nothing removed"
                 )
             report.removed[os.fspath(raw)] = len(ids - doomed)
             doomed |= ids
@@ -70,4 +79,5 @@ def remove_paths(
             with write_guard(store.index_dir):
                 report.ann = build_ann(store, store.model_spec)
             session.publish()
+            report.warnings.extend(session.warnings)
     return report

@@ -7,6 +7,10 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mmsearch.indexer.recordtypes import UpsertReport
 
 FAILURES_DIRNAME = "reports"
 #: Summary of the latest indexing run (counts, failures file, when it finished).
@@ -51,6 +55,10 @@ class IndexReport:
     #: is not embedding is the fixed cost of a run; the benchmarks break it down by these.
     phases: dict[str, float] = field(default_factory=dict)
     started_at: float = field(default_factory=time.perf_counter, repr=False, compare=False)
+    #: Per kind counts and failures by record id of the product feeds of the run (None: no feed)
+    records: UpsertReport | None = None
+    #: what went wrong after the new snapshot was published (never a failed run)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -66,10 +74,10 @@ class IndexReport:
         """Items embedded per second of indexing work (model loading excluded)."""
         return self.embedded / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def mark(self, phase: str, *, first: bool = False) -> None:
-        """Records that ``phase`` ended now (``first``: only its first end counts)."""
-        if not (first and phase in self.phases):
-            self.phases[phase] = round(time.perf_counter() - self.started_at, 4)
+    def mark(self, phase: str, *, at: float | None = None) -> None:
+        """Records that ``phase`` ended now, or at ``at`` (a ``time.perf_counter()``)."""
+        end = time.perf_counter() if at is None else at
+        self.phases[phase] = round(end - self.started_at, 4)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -118,7 +126,10 @@ def write_run_summary(index_dir: Path, report: IndexReport) -> Path:
 
     data = {
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **{k: getattr(report, k) for k in ("added", "updated", "deleted", "unchanged", "embedded", "failed")},
+        **{
+            k: getattr(report, k)
+            for k in ("added", "updated", "deleted", "unchanged", "embedded", "failed")
+        },
         "sweep_aborted": report.sweep_aborted,
         "failures_file": report.report_path,
     }

@@ -119,7 +119,7 @@ def load_image_metadata(
     for record in frame.to_dict(orient="records"):
         rel = str(record.pop(file_column))
         meta: dict[str, Any] = {
-            k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()
+            str(k): (None if isinstance(v, float) and v != v else v) for k, v in record.items()
         }
         if text_col is not None:
             meta[TEXT_KEY] = None if meta.get(text_col) is None else str(meta[text_col])

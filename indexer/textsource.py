@@ -36,8 +36,6 @@ Decisions a caller should know:
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from mmsearch.indexer.textencoding import detect_encoding, encoding_message
+from mmsearch.indexer.textformats import (
+    Records,
+    RowError,
+    RowProblem,
+    format_of,
+    read_csv,
+    read_jsonl,
+    read_parquet,
+)
 from mmsearch.indexer.texttypes import MetaValue, type_metadata
 
 from mmsearch.errors import TextCollectionError
@@ -60,15 +67,6 @@ __all__ = [
 
 TEXT_COLUMN_CANDIDATES = ("caption", "text", "title", "description", "name")
 ID_COLUMN_CANDIDATES = ("id", "item_id", "product_id")
-FORMATS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json-lines": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 
 
 @dataclass(frozen=True)
@@ -79,15 +77,6 @@ class TextRow:
     id: str
     text: str
     metadata: dict[str, MetaValue]
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    """One skipped row: 1-based row number, human reason, exception class name."""
-
-    row_number: int
-    reason: str
-    exc_class: str
 
 
 @dataclass(frozen=True)
@@ -106,11 +95,6 @@ class TextCollection:
         return iter((self.rows, self.problems))
 
 
-# Row-level rejections. Their class names are what RowProblem.exc_class reports.
-class RowError(ValueError):
-    """A row cannot be used; the collection carries on."""
-
-
 class EmptyTextError(RowError):
     pass
 
@@ -124,14 +108,6 @@ class MissingIdError(RowError):
 
 
 class DuplicateIdError(RowError):
-    pass
-
-
-class FieldCountError(RowError):
-    pass
-
-
-class NotAnObjectError(RowError):
     pass
 
 
@@ -161,7 +137,7 @@ def read_text_collection(
     if max_text_chars <= 0:
         raise ValueError(f"max_text_chars must be positive, got {max_text_chars}")
     path = Path(path)
-    fmt = _format_of(path)
+    fmt = format_of(path)
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -172,15 +148,15 @@ def read_text_collection(
         raise TextCollectionError(f"{path} is empty")
 
     if fmt == "parquet":
-        columns, records, problems = _read_parquet(path)
+        columns, records, problems = read_parquet(path)
         used_encoding = None
     else:
         used_encoding = encoding or detect_encoding(path)
         try:
             if fmt == "jsonl":
-                columns, records, problems = _read_jsonl(path, used_encoding)
+                columns, records, problems = read_jsonl(path, used_encoding)
             else:
-                columns, records, problems = _read_csv(
+                columns, records, problems = read_csv(
                     path, used_encoding, "\t" if fmt == "tsv" else ","
                 )
         except UnicodeDecodeError as exc:
@@ -196,110 +172,6 @@ def read_text_collection(
     type_metadata(rows, meta_cols, infer_from_strings=fmt in ("csv", "tsv"))
     problems.sort(key=lambda p: p.row_number)
     return TextCollection(rows, problems, tuple(columns), text_col, id_col, fmt, used_encoding)
-
-
-# --- file formats ---------------------------------------------------------------------------
-
-Records = list[tuple[int, dict[str, Any]]]
-
-
-def _format_of(path: Path) -> str:
-    name = path.name.lower()
-    for ext, fmt in FORMATS.items():
-        if name.endswith(ext):
-            return fmt
-    raise TextCollectionError(
-        f"unknown text collection format {path.suffix or path.name!r}: use one of {', '.join(FORMATS)}"
-    )
-
-
-def _read_csv(
-    path: Path, encoding: str, delimiter: str
-) -> tuple[list[str], Records, list[RowProblem]]:
-    records: Records = []
-    problems: list[RowProblem] = []
-    with open(path, encoding=encoding, newline="") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        try:
-            header = next((r for r in reader if r), None)
-        except csv.Error as exc:
-            raise TextCollectionError(f"{path}: unreadable header row: {exc}") from exc
-        if header is None:
-            raise TextCollectionError(f"{path} has no header row")
-        columns = _clean_header(header, path)
-        number = 0
-        while True:
-            try:
-                fields = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                number += 1
-                problems.append(RowProblem(number, f"line {reader.line_num}: {exc}", "csv.Error"))
-                continue
-            if not fields:
-                continue  # blank line
-            number += 1
-            if len(fields) != len(columns):
-                reason = (
-                    f"line {reader.line_num}: expected {len(columns)} fields, got {len(fields)}"
-                )
-                problems.append(RowProblem(number, reason, FieldCountError.__name__))
-                continue
-            records.append((number, dict(zip(columns, fields, strict=True))))
-    return columns, records, problems
-
-
-def _clean_header(header: list[str], path: Path) -> list[str]:
-    columns = [name.strip() or f"column_{i}" for i, name in enumerate(header, start=1)]
-    dupes = sorted({c for c in columns if columns.count(c) > 1})
-    if dupes:
-        raise TextCollectionError(f"{path}: header repeats column names {dupes}")
-    return columns
-
-
-def _read_jsonl(path: Path, encoding: str) -> tuple[list[str], Records, list[RowProblem]]:
-    records: Records = []
-    problems: list[RowProblem] = []
-    columns: dict[str, None] = {}  # ordered set, in first-seen order
-    with open(path, encoding=encoding, newline="\n") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(RowProblem(number, f"malformed JSON: {exc}", "JSONDecodeError"))
-                continue
-            except RecursionError as exc:
-                problems.append(RowProblem(number, "JSON nested too deeply", type(exc).__name__))
-                continue
-            if not isinstance(obj, dict):
-                reason = f"expected a JSON object, got {type(obj).__name__}"
-                problems.append(RowProblem(number, reason, NotAnObjectError.__name__))
-                continue
-            columns.update(dict.fromkeys(obj))
-            records.append((number, obj))
-    if not records and not problems:
-        raise TextCollectionError(f"{path} has no JSON lines")
-    return list(columns), records, problems
-
-
-def _read_parquet(path: Path) -> tuple[list[str], Records, list[RowProblem]]:
-    import pyarrow.parquet as pq
-
-    records: Records = []
-    try:
-        pf = pq.ParquetFile(path)
-        columns = list(pf.schema_arrow.names)
-        number = 0
-        for batch in pf.iter_batches(batch_size=16_384):
-            for row in batch.to_pylist():
-                number += 1
-                records.append((number, row))
-    except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError, ... all mean "unreadable"
-        raise TextCollectionError(f"{path} is not a readable Parquet file: {exc}") from exc
-    return columns, records, []
 
 
 # --- columns and row validation ----------------------------------------------------------

@@ -11,12 +11,18 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mmsearch.indexer.textsource import TextRow
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 MetaValue = str | int | float | bool | None
+
+
+class HasMetadata(Protocol):
+    """A row with typed metadata (:class:`mmsearch.indexer.textsource.TextRow` is one)."""
+
+    @property
+    def metadata(self) -> dict[str, MetaValue]: ...
+
 
 _INT_RE = re.compile(r"-?(?:0|[1-9]\d{0,17})")
 _FLOAT_RE = re.compile(r"-?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
@@ -24,12 +30,14 @@ _BOOLS = {"true": True, "false": False}
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-def type_metadata(rows: list[TextRow], columns: list[str], *, infer_from_strings: bool) -> None:
+def type_metadata(
+    rows: Sequence[HasMetadata], columns: list[str], *, infer_from_strings: bool
+) -> None:
     """Give every row every metadata column, with one type per column (in place)."""
     for col in columns:
         values = [row.metadata.get(col) for row in rows]
         if infer_from_strings:
-            typed = _infer_strings([None if v is None or v == "" else v for v in values])
+            typed = _infer_strings([None if v is None or v == "" else str(v) for v in values])
         else:
             typed = _unify([_plain(v) for v in values])
         for row, value in zip(rows, typed, strict=True):
@@ -70,7 +78,7 @@ def _plain(value: Any) -> MetaValue:
 
 def _unify(values: list[MetaValue]) -> list[MetaValue]:
     kinds = {type(v) for v in values if v is not None}
-    if kinds == {int} and all(_INT64[0] <= v <= _INT64[1] for v in values if v is not None):
+    if kinds == {int} and all(_INT64[0] <= v <= _INT64[1] for v in values if isinstance(v, int)):
         return values
     if kinds <= {int, float} and kinds != {int}:
         return [None if v is None else float(v) for v in values]

@@ -15,19 +15,49 @@ multiprocessing's own clean entry point (``python -c "from multiprocessing.spawn
 spawn_main; ..."``) with the parent's ``sys.path`` and working directory, and never
 execute the caller's script, REPL or notebook.
 
+Workers also end with their parent: :func:`exit_with_parent`, run as the pool's
+initializer, watches the process that started the worker, so a SIGKILLed indexer
+leaves no decode worker behind (nor multiprocessing's resource tracker, which exits
+once the last process holding its pipe is gone).
+
 >>> from concurrent.futures import ProcessPoolExecutor
->>> pool = ProcessPoolExecutor(2, mp_context=MainlessSpawnContext())  # doctest: +SKIP
+>>> pool = ProcessPoolExecutor(  # doctest: +SKIP
+...     2, mp_context=MainlessSpawnContext(), initializer=exit_with_parent, initargs=(os.getpid(),)
+... )
 """
 
 from __future__ import annotations
 
 import io
 import os
+import threading
 from multiprocessing import context, popen_spawn_posix, reduction, spawn, util
 from typing import Any
 
 #: Preparation keys that make a spawned child re-run the parent's ``__main__``.
 MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+#: How often a worker checks that the process that started it is still its parent.
+PARENT_POLL_S = 0.5
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: ends this process as soon as ``parent_pid`` is no longer its parent.
+
+    A killed parent (SIGKILL runs no clean-up) leaves its workers to init, which changes
+    their parent pid; a daemon thread notices within :data:`PARENT_POLL_S` and exits the
+    worker, even while its main thread waits for work that will never come. (Linux's
+    ``PR_SET_PDEATHSIG`` would fire when the *thread* that started the worker ends, which
+    is not the parent's death when a pool is made outside the main thread.)
+    """
+    if os.getppid() != parent_pid:  # died before this worker started
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            threading.Event().wait(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mmsearch-parent-watch", daemon=True).start()
 
 
 def mainless_preparation_data(name: str) -> dict[str, Any]:

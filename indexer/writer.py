@@ -20,6 +20,10 @@ class BatchWriter:
         self._batches: list[pa.Table] = []
         self._rows = 0
 
+    @property
+    def schema(self) -> pa.Schema:
+        return self.store.table.schema
+
     def add(self, rows: pa.Table) -> None:
         self._batches.append(rows)
         self._rows += rows.num_rows

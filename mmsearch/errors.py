@@ -55,6 +55,10 @@ class UnsafePathError(BadQueryError):
     """A path in a query resolves outside the allowed roots."""
 
 
+class ImageNotFoundError(BadQueryError):
+    """An image path in a query names no file (inside the allowed roots)."""
+
+
 class SourceNotFoundError(MMSearchError, FileNotFoundError):
     """A path given to index does not exist, or is neither a folder nor a text collection."""
 
@@ -84,3 +88,8 @@ class RerankModelError(ModelLoadError):
 
 class NoRerankerError(BadQueryError):
     """Re-ranking was asked for, but the index was opened without a reranker."""
+
+
+class RecordError(MMSearchError, ValueError):
+    """A record cannot be used at all (no id, not an object, an id given twice, ...);
+    nothing of the upsert was written."""

@@ -31,7 +31,7 @@ import math
 import os
 import stat
 import time
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -212,7 +212,8 @@ def _decode(
         )
     pillow_formats = FORMAT_PLUGINS[fmt]()
     try:
-        with Image.open(_DeadlineReader(raw, deadline), formats=pillow_formats) as img:
+        stream = cast(BinaryIO, _DeadlineReader(raw, deadline))  # a RawIOBase: read, seek, tell
+        with Image.open(stream, formats=pillow_formats) as img:
             width, height = img.size
             if width <= 0 or height <= 0:
                 raise ImageDecodeError(f"{fmt} header gives an empty size {width}x{height}")

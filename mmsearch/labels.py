@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,10 @@ import pyarrow as pa
 
 from mmsearch.errors import BadQueryError
 from mmsearch.storage.schema import fixed_list_to_numpy, sql_quote
+
+if TYPE_CHECKING:
+    from mmsearch.models.base import Encoder
+    from mmsearch.storage.table import ItemStore
 
 LABELS_FILE = "labels.json"
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -107,7 +111,7 @@ def save_label_sets(index_dir: str | os.PathLike[str], sets: Sequence[LabelSet])
     os.replace(tmp, path)
 
 
-def label_embeddings(encoder: Any, label_set: LabelSet) -> npt.NDArray[np.float32]:
+def label_embeddings(encoder: Encoder, label_set: LabelSet) -> npt.NDArray[np.float32]:
     """One unit vector per label: the re-normalised mean of its prompts' text vectors."""
     prompts = [t.format(label) for label in label_set.labels for t in label_set.templates]
     vectors = np.asarray(encoder.encode_texts(prompts), dtype=np.float32)
@@ -115,7 +119,7 @@ def label_embeddings(encoder: Any, label_set: LabelSet) -> npt.NDArray[np.float3
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-def logit_scale(encoder: Any) -> float:
+def logit_scale(encoder: Encoder) -> float:
     """The model's learned temperature (CLIP: about 100); 100 when the encoder has none."""
     model = getattr(encoder, "model", None)
     scale = getattr(model, "logit_scale", None)
@@ -139,8 +143,8 @@ def classify(
 
 
 def apply_labels(
-    store: Any,
-    encoder: Any,
+    store: ItemStore,
+    encoder: Encoder,
     label_set: LabelSet,
     *,
     only_missing: bool,
@@ -191,7 +195,9 @@ def apply_labels(
     return report
 
 
-def refresh_labels(store: Any, encoder: Any, *, relabel_all: bool = False) -> list[LabelReport]:
+def refresh_labels(
+    store: ItemStore, encoder: Encoder, *, relabel_all: bool = False
+) -> list[LabelReport]:
     """Applies every remembered label set to the images that lack it (all images when ``relabel_all``)."""
     return [
         apply_labels(store, encoder, s, only_missing=not relabel_all)
@@ -199,7 +205,7 @@ def refresh_labels(store: Any, encoder: Any, *, relabel_all: bool = False) -> li
     ]
 
 
-def column_in_use(store: Any, label_set: LabelSet) -> bool:
+def column_in_use(store: ItemStore, label_set: LabelSet) -> bool:
     """True when some image already has ``label_set``'s column or its probability column."""
     metadata = (
         store.scan(["metadata"], f"kind = {sql_quote('image')}").column("metadata").to_pylist()

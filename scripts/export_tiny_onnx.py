@@ -28,7 +28,10 @@ def main() -> None:
     assert weights is not None
     target = write_shipped_export(spec, weights, args.out)
     sizes = {p.name: p.stat().st_size for p in sorted(target.iterdir())}
-    print(f"wrote {target}: " + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sizes.items()))
+    print(
+        f"wrote {target}: "
+        + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sizes.items())
+    )
 
 
 if __name__ == "__main__":

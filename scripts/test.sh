@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quick start, tests: set up, lint, run the whole test suite. Exits non-zero when
-# anything fails, and also when no test ran (pytest exit status 5).
+# Quick start, tests: set up, lint (scripts/lint.sh: ruff, vulture, import-linter, mypy),
+# run the whole test suite. Exits non-zero when anything fails, and also when no test
+# ran (pytest exit status 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
@@ -10,6 +11,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
     || echo "warning: could not install chromium; browser tests will be skipped" >&2
 fi
 . .venv/bin/activate
-ruff check mmsearch indexer tests benchmarks
+bash scripts/lint.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python -m pytest -q -p no:cacheprovider "$@"

@@ -14,6 +14,9 @@ import pytest
 
 from mmsearch.models.spec import ModelSpec
 
+# moto's S3 server on loopback: the s3_server and s3 fixtures of the object-store tests
+pytest_plugins = ["tests.s3server"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Derived model artefacts (ONNX exports, calibration embeddings) go to a per-run cache.
 os.environ.setdefault("MMSEARCH_CACHE", tempfile.mkdtemp(prefix="mmsearch-test-cache-"))

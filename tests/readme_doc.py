@@ -268,6 +268,13 @@ SUBSTITUTIONS: dict[str, list[tuple[str, str, str]]] = {
         ("/srv/idx", "./idx", "the index of the Command line block"),
         ("--port 8000", "--port {port}", "a free port"),
     ],
+    "From a backend#2": [
+        (
+            "mmsearch index feed.csv",
+            "mmsearch index feed.csv --allow-private-urls",
+            "the test serves the feed's images from 127.0.0.1",
+        ),
+    ],
     "Scale out: Ray, object storage, large indexes#1": [
         ("/shared/photos", "./photos", "the reader's folder of the Command line block"),
         ("--ray auto", "--ray local", "a local cluster stands in for the one `ray start` runs"),
@@ -298,6 +305,8 @@ COVERAGE: dict[str, str] = {
         "tests/test_readme_sections.py::test_scale_out_block"
     ),
     "Python#1": "tests/test_python_example.py::test_unguarded_script_indexes_every_good_image",
+    "From a backend#1": "tests/test_readme_backend.py::test_backend_python_block",
+    "From a backend#2": "tests/test_readme_backend.py::test_backend_feed_block",
 }
 
 #: Blocks no test runs, and why; a test still checks what can be checked without running them.

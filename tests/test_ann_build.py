@@ -23,7 +23,9 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _put(store: ItemStore, ids: np.ndarray, vectors: np.ndarray, tag: str, kind: str = "image") -> None:
+def _put(
+    store: ItemStore, ids: np.ndarray, vectors: np.ndarray, tag: str, kind: str = "image"
+) -> None:
     n = len(ids)
     store.upsert(
         make_rows(

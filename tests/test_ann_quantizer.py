@@ -102,7 +102,9 @@ def test_hnsw_build_is_deterministic_and_survives_save_load_add_remove(hnsw_pair
     loaded.save(tmp_path, table_version=2, model_key="m")
     reopened = VectorIndex.load(tmp_path)
     assert len(reopened) == len(x) + 500 - 100
-    assert isinstance(faiss.downcast_index(ivf_of(reopened.faiss_index).quantizer), faiss.IndexHNSWFlat)
+    assert isinstance(
+        faiss.downcast_index(ivf_of(reopened.faiss_index).quantizer), faiss.IndexHNSWFlat
+    )
     np.testing.assert_array_equal(reopened.search(new[:50], 5)[1], loaded.search(new[:50], 5)[1])
 
 

@@ -94,3 +94,42 @@ def test_other_renderer_draws_each_object_in_its_half(tmp_path) -> None:  # noqa
     cat = write_other_catalog(tmp_path, n=6, seed=4, scenes="pairs")
     assert len(cat.rows) == 6 and all(" to the left of " in r["caption"] for r in cat.rows)
     assert all((tmp_path / r["file"]).is_file() for r in cat.rows)
+
+
+def test_shape_proportions_keep_each_shape_its_name() -> None:
+    sharp = np.array(object_outline("square", 0, 0, 1, 0, 1))
+    rounded = np.array(object_outline("square", 0, 0, 1, 0, 1, corner=0.4))
+    assert len(sharp) == 4 and len(rounded) == 28  # four arcs of seven points
+    assert np.abs(rounded).max() == pytest.approx(0.85)  # the same sides ...
+    assert (
+        np.abs(rounded).sum(axis=1).max() < np.abs(sharp).sum(axis=1).max() - 0.1
+    )  # ... no corners
+    for inner in (0.35, 0.62):
+        star = np.array(object_outline("star", 0, 0, 1, 0, 1, inner=inner))
+        radii = np.hypot(star[:, 0], star[:, 1])
+        assert (
+            len(star) == 10
+            and radii[0::2] == pytest.approx(1)
+            and radii[1::2] == pytest.approx(inner)
+        )
+    tall = np.array(object_outline("triangle", 0, 0, 1, 0, 1, apex=(0.7, 0.85)))
+    assert (
+        len(tall) == 3 and tall[0] == pytest.approx([0, -1]) and tall[1:, 1] == pytest.approx(0.85)
+    )
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_augmented_objects_keep_their_colour_under_light_and_shadow(seed: int) -> None:
+    """Shading, shadows and backdrops never wash out the named colour of either object."""
+    rng = np.random.default_rng(seed)
+    img = (
+        np.asarray(augmented_pair(rng, ("red", "star"), ("blue", "square"), 128), dtype=float) / 255
+    )
+    for half, lo, hi in ((img[:, :64], -12, 12), (img[:, 64:], 200, 245)):
+        r, g, b = half[..., 0], half[..., 1], half[..., 2]
+        v, low = half.max(-1), half.min(-1)
+        s = (v - low) / np.maximum(v, 1e-6)
+        hue = np.degrees(np.arctan2(np.sqrt(3) * (g - b), 2 * r - g - b))  # -180..180
+        hue = np.where(hue < -90, hue + 360, hue)
+        named = (s > 0.45) & (v > 0.35) & (hue >= lo) & (hue <= hi)
+        assert named.sum() >= 12, (seed, int(named.sum()))

@@ -8,6 +8,7 @@ downloads a browser here.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,10 @@ def test_text_search_shows_cards_with_loaded_images_and_scores(page: Any, galler
         "article.hit img", "els => els.slice(0, 6).map(e => e.naturalWidth)"
     )
     assert len(widths) == 6 and all(w > 0 for w in widths)
+    status = page.inner_text("#status")  # what ran, and what the scores are
+    shown = re.search(r"· mode (\w+) · score (\w+)", status)
+    assert shown and shown.group(1) in ("hybrid", "vector"), status
+    assert shown.group(2) in ("relative", "cosine"), status
     scores = page.locator("article.hit .score").all_inner_texts()
     assert scores[0].startswith("#1") and all("·" in s for s in scores)
     values = [float(s.split("·")[1]) for s in scores]

@@ -19,7 +19,12 @@ runner = CliRunner()
 def _mmsearch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "mmsearch.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+        [sys.executable, "-m", "mmsearch.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -32,7 +37,10 @@ def tiny_index(tmp_path_factory):
     assert done.returncode == 0, done.stderr
     done = _mmsearch("index", str(cat), "--index", str(idx), "--model", "mmsearch-tiny")
     assert done.returncode == 0, done.stderr
-    rows = {json.loads(x)["file"]: json.loads(x) for x in (cat / "catalog.jsonl").read_text().splitlines()}
+    rows = {
+        json.loads(x)["file"]: json.loads(x)
+        for x in (cat / "catalog.jsonl").read_text().splitlines()
+    }
     return cat, idx, rows, done
 
 
@@ -44,7 +52,9 @@ def _row_of(uri: str, cat: Path, rows: dict) -> dict:
 def test_acceptance_red_circle_on_the_left(tiny_index):
     cat, idx, rows, first = tiny_index
     assert "added" in first.stdout and "400" in first.stdout
-    done = _mmsearch("query", "a red circle on the left", "--index", str(idx), "--json", "--top", "5")
+    done = _mmsearch(
+        "query", "a red circle on the left", "--index", str(idx), "--json", "--top", "5"
+    )
     assert done.returncode == 0, done.stderr
     hits = json.loads(done.stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
@@ -87,14 +97,26 @@ def test_reindex_embeds_nothing_then_delete_and_rewrite(tiny_index, tmp_path):
 
 def test_image_query_returns_matching_captions(tiny_index):
     cat, idx, rows, _ = tiny_index
-    done = _mmsearch("index", str(cat / "catalog.jsonl"), "--index", str(idx), "--model", "mmsearch-tiny")
+    done = _mmsearch(
+        "index", str(cat / "catalog.jsonl"), "--index", str(idx), "--model", "mmsearch-tiny"
+    )
     assert done.returncode == 0, done.stderr
     probes = list(rows.values())[30:36]
     top1_ok = 0
     for probe in probes:
         if not (cat / probe["file"]).exists():
             continue
-        done = _mmsearch("query", str(cat / probe["file"]), "--index", str(idx), "--kind", "text", "--json", "--top", "3")
+        done = _mmsearch(
+            "query",
+            str(cat / probe["file"]),
+            "--index",
+            str(idx),
+            "--kind",
+            "text",
+            "--json",
+            "--top",
+            "3",
+        )
         assert done.returncode == 0, done.stderr
         hits = json.loads(done.stdout)
         assert all(h["kind"] == "text" for h in hits)
@@ -136,7 +158,9 @@ def test_strict_exit_status_and_failures_report(tmp_path):
     done = _mmsearch("index", str(cat), "--index", str(idx), "--model", "mmsearch-tiny")
     assert done.returncode == 0  # without --strict, failures are reported, not fatal
     done = _mmsearch("index", str(cat), "--index", str(idx), "--model", "ViT-B-32")
-    assert done.returncode == 2 and "mmsearch-tiny" in done.stderr  # one clear line naming both models
+    assert (
+        done.returncode == 2 and "mmsearch-tiny" in done.stderr
+    )  # one clear line naming both models
 
 
 def test_corrupt_ann_file_is_detected_then_rebuilt(tiny_index):

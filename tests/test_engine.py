@@ -95,8 +95,12 @@ def test_metadata_filters_are_typed_and_never_widen(built):
     cheap = idx.search("anything", k=500, where=["price < 20"])
     assert cheap and all(h.metadata["price"] < 20 for h in cheap)
     assert len(cheap) == sum(1 for r in cat.rows if r["price"] < 20) * 2  # image + caption rows
-    cat_hits = idx.search("anything", k=500, kind="image", where={"category": "buttons", "price": ("<=", 50)})
-    assert cat_hits and all(h.metadata["category"] == "buttons" and h.metadata["price"] <= 50 for h in cat_hits)
+    cat_hits = idx.search(
+        "anything", k=500, kind="image", where={"category": "buttons", "price": ("<=", 50)}
+    )
+    assert cat_hits and all(
+        h.metadata["category"] == "buttons" and h.metadata["price"] <= 50 for h in cat_hits
+    )
     colours = idx.search("x", k=500, where=["colour in red,blue"])
     assert {h.metadata["colour"] for h in colours} <= {"red", "blue"}
     assert idx.search("x", k=500, where=["category = x' OR 1=1 --"]) == []
@@ -135,8 +139,13 @@ def test_image_paths_must_stay_under_allowed_roots(built, tmp_path):
 def test_missing_index_and_no_snapshot(tmp_path, small_catalog, fake_encoder):
     with pytest.raises(IndexNotFoundError, match="mmsearch index"):
         SearchIndex(tmp_path / "nothing", encoder=fake_encoder)
-    run_index([small_catalog.root], tmp_path / "noann", fake_encoder.spec,
-              options=IndexOptions(workers=2, build_index=False), encoder=fake_encoder)
+    run_index(
+        [small_catalog.root],
+        tmp_path / "noann",
+        fake_encoder.spec,
+        options=IndexOptions(workers=2, build_index=False),
+        encoder=fake_encoder,
+    )
     with pytest.raises(IndexNotFoundError, match="build-index"):
         SearchIndex(tmp_path / "noann", encoder=fake_encoder)
 
@@ -147,8 +156,13 @@ def test_readers_see_a_consistent_snapshot_while_indexing(tmp_path, fake_encoder
 
     cat = generate_catalog(tmp_path / "cat", n=80, seed=2)
     idx_dir = tmp_path / "idx"
-    run_index([cat.root], idx_dir, fake_encoder.spec, options=IndexOptions(workers=2, batch_size=8, commit_every=8),
-              encoder=fake_encoder)
+    run_index(
+        [cat.root],
+        idx_dir,
+        fake_encoder.spec,
+        options=IndexOptions(workers=2, batch_size=8, commit_every=8),
+        encoder=fake_encoder,
+    )
     reader = SearchIndex(idx_dir, encoder=fake_encoder)
     first_version = reader.snapshot.table_version
     extra = generate_catalog(tmp_path / "cat" / "more", n=60, seed=3)
@@ -176,8 +190,13 @@ def test_readers_see_a_consistent_snapshot_while_indexing(tmp_path, fake_encoder
     for t in threads:
         t.start()
     started.wait(30)
-    report = run_index([cat.root], idx_dir, fake_encoder.spec,
-                       options=IndexOptions(workers=2, batch_size=8, commit_every=8), encoder=fake_encoder)
+    report = run_index(
+        [cat.root],
+        idx_dir,
+        fake_encoder.spec,
+        options=IndexOptions(workers=2, batch_size=8, commit_every=8),
+        encoder=fake_encoder,
+    )
     done.set()
     for t in threads:
         t.join(60)
@@ -197,13 +216,27 @@ def test_csv_sidecar_metadata_is_typed_for_filters(tmp_path, small_catalog, fake
         writer = csv.DictWriter(fh, fieldnames=["file", "caption", "price", "sku", "in_stock"])
         writer.writeheader()
         for row in small_catalog.rows:
-            writer.writerow({"file": row["file"], "caption": row["caption"], "price": row["price"],
-                             "sku": "007", "in_stock": "true"})
+            writer.writerow(
+                {
+                    "file": row["file"],
+                    "caption": row["caption"],
+                    "price": row["price"],
+                    "sku": "007",
+                    "in_stock": "true",
+                }
+            )
     idx = tmp_path / "idx"
-    run_index([small_catalog.root], idx, fake_encoder.spec,
-              options=IndexOptions(workers=2, image_metadata=sidecar), encoder=fake_encoder)
+    run_index(
+        [small_catalog.root],
+        idx,
+        fake_encoder.spec,
+        options=IndexOptions(workers=2, image_metadata=sidecar),
+        encoder=fake_encoder,
+    )
     engine = SearchIndex(idx, encoder=fake_encoder)
     hits = engine.search("x", k=500, where=["price < 20", "in_stock = true"])
-    assert hits and all(isinstance(h.metadata["price"], float) and h.metadata["price"] < 20 for h in hits)
+    assert hits and all(
+        isinstance(h.metadata["price"], float) and h.metadata["price"] < 20 for h in hits
+    )
     assert len(hits) == sum(1 for r in small_catalog.rows if r["price"] < 20)
     assert hits[0].metadata["sku"] == "007"  # leading zeros: stays text

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from mmsearch.datasets.captioned import write_coco_captions
 from mmsearch.datasets.synthetic import generate_catalog
 from mmsearch.engine import SearchIndex
-from mmsearch.evaluation.captioned import evaluate_captioned
 from mmsearch.evaluation.inputs import read_captioned, read_queries
 from mmsearch.evaluation.metrics import ndcg_at_k, query_metrics, reciprocal_rank
 from mmsearch.evaluation.runner import evaluate_queries
+from mmsearch.maintenance.evaluate import evaluate_captioned
 from mmsearch.models.preprocess import fit_square
 from tests.conftest import FakeEncoder
 
@@ -138,7 +138,7 @@ def test_query_set_figures_equal_brute_force(tiny_index: dict[str, Any], tiny_en
     lines = _write_queries(path, catalog)
     report = evaluate_queries(tiny_index["index"], read_queries(path))
     expected = _brute_force(tiny_index["index"], tiny_encoder, lines, catalog.root)
-    hybrid = ["+hybrid"] if tiny_index["index"].has_lexical else []
+    hybrid = ["+hybrid", "+rrf", "+weighted"] if tiny_index["index"].has_lexical else []
     assert report.variants == ["exact", "ann", *hybrid]
     assert report.n_queries == len(lines) and not report.skipped
     for variant in ("exact", "ann"):

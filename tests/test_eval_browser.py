@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("playwright")
 
 from mmsearch.datasets.captioned import write_coco_captions  # noqa: E402
-from mmsearch.evaluation.captioned import evaluate_captioned  # noqa: E402
 from mmsearch.evaluation.inputs import read_captioned  # noqa: E402
 from mmsearch.evaluation.report_html import write_html_report  # noqa: E402
+from mmsearch.maintenance.evaluate import evaluate_captioned  # noqa: E402
 from tests.conftest import FakeEncoder  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

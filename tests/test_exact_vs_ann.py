@@ -22,15 +22,22 @@ N = int(os.environ.get("MMSEARCH_AGREEMENT_N", "20000"))
 def test_exact_and_ann_agree_on_top1(tmp_path, tiny_encoder):
     cat = generate_catalog(tmp_path / "cat", n=N, seed=99, image_size=64)
     idx_dir = tmp_path / "idx"
-    run_index([cat.root], idx_dir, ModelSpec("mmsearch-tiny", ""),
-              options=IndexOptions(index_type="ivfpq", batch_size=256), encoder=tiny_encoder)
+    run_index(
+        [cat.root],
+        idx_dir,
+        ModelSpec("mmsearch-tiny", ""),
+        options=IndexOptions(index_type="ivfpq", batch_size=256),
+        encoder=tiny_encoder,
+    )
     idx = SearchIndex(idx_dir, encoder=tiny_encoder)
     info = idx.info()["ann"]["image"]
     assert info["type"] == "ivfpq" and info["n"] == N
     assert info["profiles"]["cross"]["nprobe"] >= info["nprobe"]  # text→image needs more probes
 
     queries = [f"a {c} {s} on the {p}" for c in COLOURS for s in SHAPES for p in POSITIONS]
-    queries += [f"{c} {s}" for c in COLOURS for s in SHAPES] + [f"a {s} on the {p}" for s in SHAPES for p in POSITIONS]
+    queries += [f"{c} {s}" for c in COLOURS for s in SHAPES] + [
+        f"a {s} on the {p}" for s in SHAPES for p in POSITIONS
+    ]
     agree = 0
     for query in queries:
         exact = idx.search(query, 1, kind="image", exact=True)[0]
@@ -42,8 +49,26 @@ def test_exact_and_ann_agree_on_top1(tmp_path, tiny_encoder):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = {}
     for flag in ([], ["--exact"]):
-        done = subprocess.run([sys.executable, "-m", "mmsearch.cli", "query", "a blue star on the top", "--index",
-                               str(idx_dir), "--json", "--top", "1", *flag], capture_output=True, text=True, env=env)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mmsearch.cli",
+                "query",
+                "a blue star on the top",
+                "--index",
+                str(idx_dir),
+                "--json",
+                "--top",
+                "1",
+                *flag,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr
         out[bool(flag)] = json.loads(done.stdout)[0]
-    assert out[True]["id"] == out[False]["id"] or abs(out[True]["score"] - out[False]["score"]) < 1e-6
+    assert (
+        out[True]["id"] == out[False]["id"] or abs(out[True]["score"] - out[False]["score"]) < 1e-6
+    )

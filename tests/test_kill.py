@@ -37,3 +37,19 @@ def test_sigkill_during_incremental_ann_update(tmp_path):
     assert len(results) == 2
     assert [(r.trial, r.problems) for r in results if r.problems] == []
     assert all(r.rows_after_kill >= 270 for r in results)  # every trial started from the base index
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fresh", "change"])
+def test_sigkill_during_record_upserts(tmp_path, mode):
+    """A backend killed mid-upsert (new records; or changed titles, replaced and dropped
+    images): upserting the same records again leaves exactly their rows, each with the
+    vector of its own text or image, searchable."""
+    from mmsearch.datasets.synthetic import generate_catalog
+    from tests.kill_upsert import run_upsert_trials
+
+    cat = generate_catalog(tmp_path / "collection", n=120, seed=23, image_size=64)
+    trials = max(4, TRIALS // 4)
+    results = run_upsert_trials(cat, tmp_path / "work", trials=trials, seed=7, mode=mode)
+    assert [(r.trial, r.kill_after_s, r.problems) for r in results if r.problems] == []
+    assert any(r.embedded_on_rerun > 0 for r in results)  # some kills landed mid-run

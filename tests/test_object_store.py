@@ -9,62 +9,19 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pytest
 from mmsearch.indexer.pipeline import IndexOptions, run_index
 
 from mmsearch.engine import SearchIndex
 from mmsearch.storage.objectstore import RemoteIndex, normalise_uri
+from tests.s3server import BUCKET, keys
 
 REPO = Path(__file__).resolve().parents[1]
-BUCKET = "mmsearch-test"
 URI = f"s3://{BUCKET}/shop/index"
 OPTS = IndexOptions(workers=1, batch_size=16, commit_every=16)
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_server, tmp_path, monkeypatch):
-    import boto3
-
-    env = {
-        "AWS_ENDPOINT_URL": s3_server,
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "MMSEARCH_CACHE": str(tmp_path / "cache-writer"),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    objects = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
-    for obj in objects:
-        client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
-
-
-def keys(client, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def reader(tmp_path: Path, name: str, encoder, monkeypatch) -> SearchIndex:
@@ -136,7 +93,7 @@ KILLED_WRITER = textwrap.dedent(
     from mmsearch.indexer.pipeline import IndexOptions, run_index
     from tests.conftest import FakeEncoder
 
-    def hang(self):  # stop where the snapshot object would be published
+    def hang(self, **kwargs):  # stop where the snapshot object would be published
         Path({marker!r}).write_text("ready")
         time.sleep(600)
 
@@ -165,7 +122,7 @@ def test_killed_writer_leaves_the_published_snapshot_and_a_rerun_completes(
     )
     child = subprocess.Popen(
         [sys.executable, str(script)],
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=dict(os.environ, PYTHONPATH=str(REPO), MMSEARCH_LEASE_TTL_S="2"),  # dies fast
         start_new_session=True,
     )
     deadline = time.monotonic() + 90
@@ -178,11 +135,46 @@ def test_killed_writer_leaves_the_published_snapshot_and_a_rerun_completes(
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache-r"))
     assert not before.reload() and len(before) == 24 and before.stale
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache-writer"))
-    rerun = run_index(
-        [cat.root, extra.root], URI, fake_encoder.spec, options=OPTS, encoder=fake_encoder
-    )
+    rerun = run_index(  # waits for the dead writer's lease to expire
+        [cat.root, extra.root], URI, fake_encoder.spec, options=replace(OPTS, lock_wait_s=30),
+        encoder=fake_encoder,
+    )  # fmt: skip
     assert rerun.embedded == 0 and rerun.failed == 0  # committed rows are not embedded again
     after = reader(tmp_path, "s", fake_encoder, monkeypatch)
     assert len(after) == 32 and not after.stale
     ids = after.store.scan(["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 32
+
+
+def test_commands_take_an_object_store_uri(s3, tmp_path, tiny_encoder) -> None:
+    """info, check, eval, remove, build-index and repair on ``s3://`` (issue 27, finding 4)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmsearch.cli import app
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    cat = generate_catalog(tmp_path / "catalog", n=16, seed=6)
+    run_index([cat.image_dir], URI, tiny_encoder.spec, options=OPTS, encoder=tiny_encoder)
+    runner = CliRunner()
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(app, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    info = json.loads(ok("info", "--index", URI, "--json"))
+    assert info["index_dir"] == URI and info["rows"] == 16 and info["stale"] is False
+    assert "16 rows; ANN files match" in ok("check", "--index", URI)
+    queries = cat.root / "queries.jsonl"
+    colour = cat.rows[0]["colour"]
+    relevant = [str(r["file"]) for r in cat.rows if r["colour"] == colour]
+    queries.write_text(json.dumps({"query": colour, "relevant": relevant, "kind": "image"}) + "\n")
+    figures = json.loads(ok("eval", str(queries), "--index", URI, "--json"))
+    assert figures["n_queries"] == 1
+    victim = cat.image_dir / str(cat.rows[0]["file"]).split("/", 1)[1]
+    assert "removed 1 item(s)" in ok("remove", str(victim), "--index", URI)
+    ok("build-index", "--index", URI, "--retrain")
+    assert "nothing to repair" in ok("repair", "--index", URI)
+    assert json.loads(ok("info", "--index", URI, "--json"))["rows"] == 15

@@ -41,7 +41,9 @@ def _assert_rows_match_files(index_dir: Path, enc) -> None:
     from mmsearch.storage.schema import fixed_list_to_numpy
 
     vecs = fixed_list_to_numpy(tbl.column("vector"), store.dim)
-    fresh = enc.encode_images(np.stack([decode_file(uri_to_path(u), enc.image_size)[0] for u in uris]))
+    fresh = enc.encode_images(
+        np.stack([decode_file(uri_to_path(u), enc.image_size)[0] for u in uris])
+    )
     np.testing.assert_allclose(vecs, fresh, atol=1e-5)
 
 
@@ -96,7 +98,9 @@ def test_incremental_reindex_delete_and_update(tmp_path, small_catalog, fake_enc
     for path in files[5:15]:
         hits = engine.search(path, k=small_catalog.n)
         assert not gone & {h.uri for h in hits}
-        assert hits[0].uri == path_to_uri(str(path)) or hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert hits[0].uri == path_to_uri(str(path)) or hits[0].score == pytest.approx(
+            1.0, abs=1e-5
+        )
 
 
 def test_missing_root_aborts_sweep(tmp_path, small_catalog, fake_encoder):
@@ -117,7 +121,9 @@ def test_bad_files_skipped_and_reported(tmp_path, fake_encoder):
     report = _index([cat.root], tmp_path / "idx", fake_encoder)
     assert report.added == 40
     assert report.failed == 3
-    assert {Path(f.path).resolve() for f in report.failures} == {Path(p).resolve() for p in cat.corrupt_files}
+    assert {Path(f.path).resolve() for f in report.failures} == {
+        Path(p).resolve() for p in cat.corrupt_files
+    }
     lines = [json.loads(x) for x in Path(report.report_path).read_text().splitlines()]
     assert len(lines) == 3 and all(x["reason"] and x["exc_class"] for x in lines)
     _assert_rows_match_files(tmp_path / "idx", fake_encoder)

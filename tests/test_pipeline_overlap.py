@@ -129,8 +129,8 @@ def test_a_new_index_starts_decoding_before_its_table_and_embeds_a_small_first_b
     """The run's fixed cost: for a new index the decode workers and the image session
     start before the table is created (the first ``import lancedb``), the first batch is
     one decode chunk, and the report says when each phase ended."""
-    import mmsearch.indexer.images as images
     from mmsearch.indexer.decode import DecodePool
+    from mmsearch.indexer.executor import FIRST_BATCH
 
     events: list[str] = []
     real_start, real_create = DecodePool.start, ItemStore.create
@@ -142,7 +142,7 @@ def test_a_new_index_starts_decoding_before_its_table_and_embeds_a_small_first_b
     opts = IndexOptions(batch_size=32)
     report = run_index([small_catalog.image_dir], tmp_path / "index", encoder.spec, options=opts, encoder=encoder)
     assert events[:2] == ["workers", "table"] and encoder.warmed == ["image"]
-    assert encoder.batches[0] == images.FIRST_BATCH and max(encoder.batches) == 32
+    assert encoder.batches[0] == FIRST_BATCH and max(encoder.batches) == 32
     assert sum(encoder.batches) == report.added == small_catalog.n
     order = ["checked", "model", "table", "first_embed", "last_embed", "written", "ann", "done"]
     assert list(report.phases) == order

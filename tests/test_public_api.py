@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import mmsearch
 
 
@@ -34,3 +36,50 @@ def test_index_and_open_have_real_signatures():
     params = inspect.signature(mmsearch.index).parameters
     assert {"model", "device", "batch_size", "workers", "metadata", "offline"} <= params.keys()
     assert params["model"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_index_takes_the_cli_index_options_with_the_cli_defaults():
+    """``mmsearch.index`` and ``mmsearch index`` build IndexOptions through one function,
+    with the same names and the defaults the CLI documents."""
+    from mmsearch.indexer.options import index_options
+
+    from mmsearch.cli.index import index_cmd
+
+    cli = inspect.signature(index_cmd).parameters
+    lib = inspect.signature(mmsearch.index).parameters
+    built = inspect.signature(index_options).parameters
+    presentation = {"json_out", "quiet", "no_progress", "strict", "reembed"}
+    renamed = {
+        "index": "index_dir",
+        "no_ann": "build_index",
+        "pretrained": "model",
+        "wait": "lock_wait_s",
+    }
+    for name in cli.keys() - presentation:
+        assert renamed.get(name, name) in lib, name
+    for name in built:
+        assert name in lib, name
+        default = (
+            not cli["no_ann"].default if name == "build_index" else cli.get(name, lib[name]).default
+        )
+        assert lib[name].default == built[name].default == default, name
+    assert lib["backend"].default == "auto" and lib["batch_size"].default is None
+
+
+def test_index_passes_its_options_through(tmp_path):
+    """An option of ``mmsearch.index`` reaches the run: ``lock_wait_s`` waits for another writer."""
+    import time
+
+    from mmsearch.errors import StorageError
+    from mmsearch.storage.locks import index_write_lock
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    idx = tmp_path / "idx"
+    with index_write_lock(idx):
+        started = time.monotonic()
+        with pytest.raises(StorageError, match=r"waited 0\.4 s"):
+            mmsearch.index(
+                folder, idx, model=mmsearch.ModelSpec("mmsearch-tiny", ""), lock_wait_s=0.4
+            )
+        assert time.monotonic() - started >= 0.4

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from mmsearch.errors import BadQueryError, NoRerankerError
 from mmsearch.search.builder import QueryBuilder
-from mmsearch.search.fuse import EXACT_BOOST, fuse
+from mmsearch.search.calibrate import Chance, kind_chance
+from mmsearch.search.fuse import EXACT_BOOST, RELATIVE_VECTOR_WEIGHT, above_chance, fuse
 from mmsearch.search.language import QueryTerm, parse_query
-from mmsearch.search.rerank import Reranker, rerank_stage
+from mmsearch.search.rerank import DROP_REASON, Reranker, rerank_stage
 from mmsearch.search.retrieve import leg_table
 from mmsearch.search.rows import Rows, looks_like_identifier
 from mmsearch.search.shape import shape
@@ -103,7 +104,7 @@ def test_rrf_rewards_agreement_and_ranks_kinds_alike() -> None:
     vec_img = _leg([1, 2, 3], [0.3, 0.2, 0.1], "image", "vector:image")
     vec_txt = _leg([10, 11, 12], [0.99, 0.98, 0.97], "text", "vector:text")  # higher raw cosines
     lex_txt = _leg([12, 11], [7.0, 3.0], "text", "lexical:text")
-    out = fuse([vec_img, vec_txt, lex_txt])
+    out = fuse([vec_img, vec_txt, lex_txt], method="rrf")
     ids = out.column("id").to_pylist()
     assert ids.index(12) < ids.index(11) < ids.index(10)  # within a kind, agreement wins
     # Images (no lexical leg) are scaled to the texts' two legs: the kinds interleave
@@ -113,7 +114,7 @@ def test_rrf_rewards_agreement_and_ranks_kinds_alike() -> None:
     assert scores[1] == pytest.approx(2 / 61) and scores[12] == pytest.approx(1 / 63 + 1 / 61)
     assert out.column("legs").to_pylist()[1] == "lexical:text,vector:text"
     lex_img = _leg([3], [2.0], "image", "lexical:image")  # both kinds have both legs: no scaling
-    both = fuse([vec_img, vec_txt, lex_txt, lex_img])
+    both = fuse([vec_img, vec_txt, lex_txt, lex_img], method="rrf")
     got = dict(zip(both.column("id").to_pylist(), both.column("score").to_pylist(), strict=True))
     assert got[1] == pytest.approx(1 / 61) and got[3] == pytest.approx(1 / 63 + 1 / 61)
 
@@ -126,9 +127,77 @@ def test_weighted_fusion_and_exact_boost() -> None:
     assert got == pytest.approx({1: 0.7, 2: 0.3, 3: 0.0})
     exact = pa.table({"id": pa.array([3], pa.int64()), "kind": ["text"], "score": pa.array([1.0], pa.float32()),
                       "rank": pa.array([1], pa.int32()), "leg": ["exact"]})  # fmt: skip
-    boosted = fuse([vec, lex, exact])
-    assert boosted.column("id")[0].as_py() == 3 and boosted.column("exact")[0].as_py()
-    assert boosted.column("score")[0].as_py() > EXACT_BOOST
+    for method in ("rrf", "weighted", "relative"):
+        boosted = fuse([vec, lex, exact], method=method)
+        assert boosted.column("id")[0].as_py() == 3 and boosted.column("exact")[0].as_py()
+        scores = boosted.column("score").to_pylist()
+        assert scores[0] >= EXACT_BOOST and scores[0] > max(scores[1:])
+
+
+def _softplus(x: float) -> float:
+    return float(np.log1p(np.exp(x)))
+
+
+def test_relative_fusion_leg_at_chance_adds_nothing() -> None:
+    """A vector leg no better than chance (a brand word the model never learned) adds
+    about the same little to every hit, so the words decide; the same leg above chance
+    lifts its hits by how far."""
+    chance = {"image": Chance(level=0.70, scale=0.05, floor=0.75)}
+    lex = _leg([7, 8, 9], [4.0, 4.0, 2.0], "image", "lexical:image")  # 7, 8: the brand word
+    at_chance = _leg([1, 2, 9, 8], [0.70, 0.69, 0.65, 0.60], "image", "vector:image")
+    out = fuse([at_chance, lex], method="relative", chance=chance)
+    got = dict(zip(out.column("id").to_pylist(), out.column("score").to_pylist(), strict=True))
+    w = RELATIVE_VECTOR_WEIGHT
+    assert got == pytest.approx(
+        {
+            7: 1.0,
+            8: 1.0 + w * _softplus(-2),
+            9: 0.5 + w * _softplus(-1),
+            1: w * _softplus(0),
+            2: w * _softplus(-0.2),
+        }  # fmt: skip
+    )
+    assert out.column("id").to_pylist()[:3] == [8, 7, 9]  # the brand's items first
+    assert max(got[1], got[2]) < 0.5 * min(got[7], got[8])  # chance hits: far below
+    # RRF on the same legs puts the vector leg's chance hits among the brand's items.
+    rrf = fuse([at_chance, lex], method="rrf").column("id").to_pylist()
+    assert rrf.index(1) < rrf.index(7)
+    # Above chance: 2 stands 4 spreads above the level, 9 one: they rise, in that order.
+    above = _leg([2, 9, 8], [0.90, 0.75, 0.60], "image", "vector:image")
+    out = fuse([above, lex], method="relative", chance=chance)
+    got = dict(zip(out.column("id").to_pylist(), out.column("score").to_pylist(), strict=True))
+    assert got[2] == pytest.approx(w * _softplus(4)) and got[9] == pytest.approx(
+        0.5 + w * _softplus(1)
+    )
+    ramp = above_chance(np.array([0.5, 0.7, 0.8, 1.0]), chance["image"])
+    assert list(ramp) == pytest.approx([_softplus(-4), np.log(2), _softplus(2), _softplus(6)])
+    assert ramp[0] < 0.02 and ramp[-1] == pytest.approx(6, abs=0.01)  # ~0 under, ~height above
+    # Without a chance level the leg's own worst hit and spread stand in for it.
+    fallback = above_chance(np.array([0.5, 0.7, 0.9]), None)
+    assert list(fallback) == pytest.approx([np.log(2), _softplus(0.5), _softplus(1)])
+
+
+def test_relative_fusion_ranks_kinds_alike() -> None:
+    chance = {"image": Chance(0.2, 0.1, 0.3), "text": Chance(0.8, 0.05, 0.9)}
+    vec_img = _leg([1, 2], [0.4, 0.3], "image", "vector:image")  # 2 and 1 spreads up
+    vec_txt = _leg([10, 11], [0.9, 0.85], "text", "vector:text")  # 2 and 1 spreads up
+    lex_txt = _leg([11], [3.0], "text", "lexical:text")
+    out = fuse([vec_img, vec_txt, lex_txt], method="relative", chance=chance)
+    got = dict(zip(out.column("id").to_pylist(), out.column("score").to_pylist(), strict=True))
+    w = RELATIVE_VECTOR_WEIGHT
+    scale = (1 + w) / w  # images have no lexical leg: scaled to the texts' total weight
+    two, one = _softplus(2), _softplus(1)
+    assert got == pytest.approx(
+        {1: w * two * scale, 2: w * one * scale, 10: w * two, 11: 1 + w * one}
+    )
+
+
+def test_chance_levels_from_probes() -> None:
+    top = np.array([[0.9, 0.8, 0.5], [0.7, 0.6, 0.6], [0.8, 0.7, 0.4]], np.float32)
+    got = kind_chance({"image": top, "text": top[:, :1], "none": np.zeros((0, 3))})
+    assert got["image"].level == pytest.approx(0.8) and got["image"].scale == pytest.approx(0.4)
+    assert got["image"].floor == pytest.approx(np.percentile([0.9, 0.7, 0.8], 95))
+    assert got["text"].scale > 0 and "none" not in got
 
 
 # -- shaping --------------------------------------------------------------------------------
@@ -194,14 +263,47 @@ def test_rerank_slot() -> None:
     q = Query(terms=(QueryTerm(1.0, "text", "x"),), k=2, rerank=RerankSpec(depth=4))
     with pytest.raises(NoRerankerError, match="reranker"):
         rerank_stage(None, q, _candidates(6))
-    out = rerank_stage(ReverseReranker(), q, _candidates(6))
+    out = rerank_stage(ReverseReranker(), q, _candidates(6)).table
     assert out.column("id").to_pylist() == [103, 102, 101, 100]  # depth 4, re-sorted
     assert "retrieval_score" in out.column_names
+    assert out.column("score_kind").to_pylist() == ["itm"] * 4
+    blended = rerank_stage(
+        ReverseReranker(), q.with_(rerank=RerankSpec(depth=4, blend=0.5)), _candidates(6)
+    ).table
+    assert blended.column("score_kind").to_pylist() == ["blend"] * 4
     kept = rerank_stage(
         ReverseReranker(), q.with_(rerank=RerankSpec(depth=4, min_match=0.5)), _candidates(6)
-    )
+    ).table
     assert kept.column("id").to_pylist() == [103, 102]
-    assert rerank_stage(None, q.with_(rerank=None), _candidates(3)).num_rows == 3
+    assert rerank_stage(None, q.with_(rerank=None), _candidates(3)).table.num_rows == 3
+
+
+class GoneReranker:
+    """Marks the first candidate's file as gone (``drop_reason``) and scores the rest 0.2."""
+
+    def rerank(self, query: Query, candidates: pa.Table) -> pa.Table:
+        n = candidates.num_rows
+        reasons = ["vanished since indexing"] + [None] * (n - 1)
+        scored = candidates.set_column(
+            candidates.schema.get_field_index("score"), "score", pa.array([0.2] * n)
+        )
+        return scored.append_column(DROP_REASON, pa.array(reasons, pa.string()))
+
+
+def test_rerank_stage_reports_dropped_candidates_and_why_nothing_is_left() -> None:
+    q = Query(terms=(QueryTerm(1.0, "text", "x"),), k=2, rerank=RerankSpec(depth=3, blend=1.0))
+    out = rerank_stage(GoneReranker(), q, _candidates(6))
+    assert out.table.column("id").to_pylist() == [101, 102] and out.reason is None
+    assert DROP_REASON not in out.table.column_names
+    assert [(d.id, d.reason) for d in out.dropped] == [(100, "vanished since indexing")]
+    strict = q.with_(rerank=RerankSpec(depth=3, min_match=0.5))
+    empty = rerank_stage(GoneReranker(), strict, _candidates(6))
+    assert empty.table.num_rows == 0 and len(empty.dropped) == 1
+    assert empty.reason == (
+        "no good match: no candidate reached match probability 0.50 (best 0.20 among 2 re-ranked)"
+    )
+    with pytest.raises(BadQueryError, match="min_match"):
+        q.with_(rerank=RerankSpec(min_match=1.5)).validated()
 
 
 # -- rows and results -----------------------------------------------------------------------
@@ -228,7 +330,7 @@ def test_identifiers() -> None:
 
 def test_results_export() -> None:
     hit = SearchResult(rank=1, id=7, uri="/x.png", kind="image", text=None, score=0.5, metadata={"sku": "A"},
-                       similarity=0.5, group=(8, 9))  # fmt: skip
+                       cosine=0.5, group=(8, 9), score_kind="cosine")  # fmt: skip
     res = Results([hit], timings={"encode": 0.01}, reason=None, mode="vector")
     assert set(res.timings) == {
         "encode",
@@ -240,6 +342,8 @@ def test_results_export() -> None:
         "shape",
     }
     assert res.to_list()[0]["group"] == [8, 9]
+    assert res.to_list()[0]["score_kind"] == "cosine" and res.to_list()[0]["cosine"] == 0.5
+    assert res.score_kind == "cosine" and Results().score_kind is None
     table = res.to_arrow()
     assert table.column("id").to_pylist() == [7] and table.column("group").to_pylist() == [[8, 9]]
     assert list(res.to_pandas()["uri"]) == ["/x.png"]

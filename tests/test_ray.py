@@ -11,10 +11,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from mmsearch.indexer.pipeline import IndexOptions, run_index
+from mmsearch.indexer.report import IndexReport
 
 from mmsearch.engine import SearchIndex
 from mmsearch.storage.schema import fixed_list_to_numpy
@@ -201,3 +203,62 @@ def test_text_collection_on_ray_matches_the_local_run(ray_cluster, tmp_path, tin
     assert a.keys() == b.keys() and len(b) == 59
     uri = next(u for u in b if u.endswith(f"#{rows[3]['id']}"))
     assert float(b[uri]["vector"] @ tiny_encoder.encode_texts([changed["caption"]])[0]) >= 0.999
+
+
+def test_product_feed_on_ray_matches_the_local_run(ray_cluster, tmp_path, tiny_encoder) -> None:
+    """A product feed's images are fetched on the driver and travel to the Ray decode tasks
+    as bytes: the same rows, vectors and failures (a 404 fetched on the driver, a cut JPEG
+    that only decoding finds, in a Ray task) as a local run; a second run embeds nothing."""
+    import csv
+
+    from mmsearch.datasets.synthetic import generate_catalog
+    from tests.image_server import ImageServer
+
+    cat = generate_catalog(tmp_path / "catalog", n=16, seed=13, image_size=64)
+    feed = tmp_path / "feed.csv"
+    with ImageServer() as server:
+        for row in cat.rows:
+            server.add(row["file"], (cat.root / row["file"]).read_bytes())
+        whole = next(cat.root / r["file"] for r in cat.rows if r["file"].endswith(".jpg"))
+        server.add("cut.jpg", whole.read_bytes()[:400])  # a JPEG header, then nothing
+        rows = [{"id": f"P{i:02d}", "title": row["caption"], "brand": f"brand{i}",
+                 "image_link": server.url(row["file"]),
+                 "additional_image_link": server.url(cat.rows[(i + 1) % 16]["file"]) if i % 4 == 0 else ""}
+                for i, row in enumerate(cat.rows)]  # fmt: skip
+        rows[3]["image_link"] = server.url("cut.jpg")
+        rows[5]["image_link"] = server.url("missing.jpg")
+        with open(feed, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+        def run(where: str, **kw: Any) -> IndexReport:
+            return run_index(
+                [feed], tmp_path / where, tiny_encoder.spec,
+                options=IndexOptions(allow_private_urls=True, batch_size=4, commit_every=5,
+                                     build_index=where == "ray", **kw),
+                encoder=tiny_encoder if where == "local" else None,
+            )  # fmt: skip
+
+        local, on_ray = run("local", workers=1), run("ray", ray="local")
+        again = run("ray", ray="local")
+    assert local.records is not None and on_ray.records is not None and again.records is not None
+    assert on_ray.records.to_dict() == {
+        **local.records.to_dict(),
+        "elapsed_s": on_ray.records.elapsed_s,
+    }
+    failures = sorted((f.path, f.reason, f.exc_class, f.stage) for f in on_ray.failures)
+    assert failures == sorted((f.path, f.reason, f.exc_class, f.stage) for f in local.failures)
+    assert [(f[0], f[3]) for f in failures] == [("P03", "decode"), ("P05", "fetch")]
+    assert on_ray.embedded == local.embedded == 16 + (16 - 2) + 4
+    a, b = rows_by_uri(tmp_path / "local"), rows_by_uri(tmp_path / "ray")
+    assert a.keys() == b.keys() and len(b) == 16 + 14 + 4
+    assert all(a[u]["sha256"] == b[u]["sha256"] and a[u]["metadata"] == b[u]["metadata"] for u in a)
+    assert min(float(a[u]["vector"] @ b[u]["vector"]) for u in a) >= 0.999
+    assert len({row["id"] for row in b.values()}) == len(b)
+    engine = SearchIndex(tmp_path / "ray", encoder=tiny_encoder)
+    image = next(r for r in b.values() if r["kind"] == "image")
+    assert engine.search_vector(image["vector"], k=1, kind="image")[0].uri == image["uri"]
+    hits = engine.search("brand7", k=3, mode="lexical", group_by="id")
+    assert [h.metadata["id"] for h in hits] == ["P07"]
+    assert again.embedded == 0 and sorted(f[0] for f in again.records.failed) == ["P03", "P05"]

@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -178,7 +179,10 @@ def test_deploying_block(readme_cli):
     auth = {"Authorization": f"Bearer {token}"}
     with served(argv, port, root, cli_env(MMSEARCH_TOKEN=token), token=token) as proc:
         assert http(f"{base}/healthz")[0] == 200  # no token needed for load balancers
-        status, _, body = http(f"{base}/readyz", auth)
+        deadline = time.monotonic() + 120  # each of the 2 workers answers 200 once it is warm
+        while (answer := http(f"{base}/readyz", auth))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status, _, body = answer
         assert status == 200, body
         for name in ("table_version", "generation", "model", "items", "pid"):
             assert f'"{name}"' in body.decode(), (name, body)

@@ -14,8 +14,11 @@ from PIL import Image
 
 from mmsearch.datasets.synthetic import pair_caption, render_pair
 from mmsearch.errors import BadQueryError, RerankModelError
-from mmsearch.rerank import REGISTERED_RERANK_MODELS, ItmReranker, RerankQuery
+from mmsearch.rerank import REGISTERED_RERANK_MODELS, ItmReranker
 from mmsearch.rerank.itm import ItmScorer
+from mmsearch.search.language import QueryTerm
+from mmsearch.search.rerank import Reranked, rerank_stage
+from mmsearch.search.types import Query, RerankSpec
 
 RED_CIRCLE_BLUE_SQUARE = (("red", "circle"), ("blue", "square"))
 # The target scene, its colour swap, its left/right swap and one attribute changed.
@@ -50,10 +53,11 @@ def scene_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def _image_candidates(paths: list[Path]) -> pa.Table:
     """Candidates as the first stage hands them over: id, uri, kind, stat as indexed, score.
 
-    The first-stage scores put the right scene *last*, so only the ITM can lift it.
+    The first-stage scores put the right scene *last*, so only the ITM can lift it; rows
+    come best first, as the pipeline hands them to its re-rank stage.
     """
     stats = [p.stat() for p in paths]
-    return pa.table(
+    table = pa.table(
         {
             "id": pa.array(range(len(paths)), pa.int64()),
             "uri": [str(p) for p in paths],
@@ -64,6 +68,19 @@ def _image_candidates(paths: list[Path]) -> pa.Table:
             "score": pa.array(np.linspace(0.9, 0.5, len(paths))[::-1], pa.float32()),
         }
     )
+    return table.take(pa.array(np.arange(len(paths))[::-1]))
+
+
+def _text_query(text: str) -> Query:
+    return Query(terms=(QueryTerm(1.0, "text", text),))
+
+
+def _staged(
+    scorer: ItmScorer, query: Query, table: pa.Table, *, k: int = 10, **spec: object
+) -> Reranked:
+    """The pipeline's re-rank stage with the ITM re-ranker in its slot."""
+    q = query.with_(k=k, rerank=RerankSpec(**spec))  # type: ignore[arg-type]
+    return rerank_stage(ItmReranker(scorer), q, table)
 
 
 def _scene_of(uri: str) -> int:
@@ -78,14 +95,14 @@ def test_text_query_reranks_images(scorer: ItmScorer, scene_files: list[Path]) -
     table = _image_candidates(scene_files)
     # blend=1: the ITM probability alone (the shipped model recommends a mix with the
     # first stage, which here ranks the scenes the wrong way round on purpose)
-    out = ItmReranker(scorer, depth=50, blend=1.0).rerank(
-        RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table
+    out = _staged(
+        scorer, _text_query(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table, depth=50, blend=1.0
     )
     assert out.table.num_rows == len(scene_files) and not out.dropped
     match = out.table.column("match").to_numpy()
     assert np.all(np.diff(match) <= 1e-6)
     assert out.table.column("score").to_pylist() == pytest.approx(match.tolist())
-    assert "first_stage_score" in out.table.column_names
+    assert "retrieval_score" in out.table.column_names
     # The first stage ranked the scenes the other way round; the ITM lifts both renderings
     # of the scene itself above its colour swap, its left/right swap, a changed
     # attribute and an unrelated scene (all of which it scores close to 0).
@@ -107,8 +124,8 @@ def test_image_query_reranks_texts(scorer: ItmScorer, scene_files: list[Path]) -
     )
     for path, scene in ((scene_files[0], 0), (scene_files[4], 4), (scene_files[8], 3)):
         with Image.open(path) as im:
-            query = RerankQuery.of_image(im.convert("RGB"))
-        out = ItmReranker(scorer, blend=1.0).rerank(query, table)
+            query = Query(terms=(QueryTerm(1.0, "image", im.convert("RGB")),))
+        out = _staged(scorer, query, table, blend=1.0)
         texts = out.table.column("text").to_pylist()
         assert texts.index(captions[scene]) < texts.index(captions[4 if scene != 4 else 0])
         if scene == 4:
@@ -117,17 +134,17 @@ def test_image_query_reranks_texts(scorer: ItmScorer, scene_files: list[Path]) -
 
 def test_depth_batches_and_blend(scorer: ItmScorer, scene_files: list[Path]) -> None:
     table = _image_candidates(scene_files)
-    query = RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE))
+    query = _text_query(pair_caption(*RED_CIRCLE_BLUE_SQUARE))
     small_batches = ItmScorer(scorer.model, scorer.processor, scorer.name, "cpu", batch_size=3)
-    a = ItmReranker(scorer, depth=4).rerank(query, table)
-    b = ItmReranker(small_batches, depth=4).rerank(query, table)
+    a = _staged(scorer, query, table, k=4, depth=4)
+    b = _staged(small_batches, query, table, k=4, depth=4)
     assert a.table.num_rows == 4  # only the first stage's best 4 are re-scored
     assert set(a.table.column("id").to_pylist()) == {9, 8, 7, 6}
     assert a.table.column("match").to_pylist() == pytest.approx(
         b.table.column("match").to_pylist(), abs=1e-5
     )
-    blended = ItmReranker(scorer, depth=4, blend=0.5).rerank(query, table).table.to_pydict()
-    first = np.asarray(blended["first_stage_score"])
+    blended = _staged(scorer, query, table, k=4, depth=4, blend=0.5).table.to_pydict()
+    first = np.asarray(blended["retrieval_score"])
     scaled = (first - first.min()) / (first.max() - first.min())  # min-max over the candidates
     assert first.max() > first.min()
     for score, match, base in zip(blended["score"], blended["match"], scaled, strict=True):
@@ -156,13 +173,11 @@ def test_score_pairs_matches_per_query_scoring(scorer: ItmScorer, scene_files: l
 
 def test_min_match_gives_an_honest_empty_answer(scorer: ItmScorer, scene_files: list[Path]) -> None:
     table = _image_candidates(scene_files)
-    query = RerankQuery.of_text("a white star to the left of a orange triangle")  # no such image
-    out = ItmReranker(scorer, min_match=0.5).rerank(query, table)
+    query = _text_query("a white star to the left of a orange triangle")  # no such image
+    out = _staged(scorer, query, table, min_match=0.5)
     assert out.table.num_rows == 0
-    assert out.empty_reason and out.empty_reason.startswith("no good match")
-    kept = ItmReranker(scorer, min_match=0.3).rerank(
-        RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table
-    )
+    assert out.reason and out.reason.startswith("no good match")
+    kept = _staged(scorer, _text_query(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table, min_match=0.3)
     assert kept.table.num_rows >= 1 and min(kept.table.column("match").to_pylist()) >= 0.3
     assert 0 in {_scene_of(u) for u in kept.table.column("uri").to_pylist()}
     assert not {3, 4} & {_scene_of(u) for u in kept.table.column("uri").to_pylist()}
@@ -181,9 +196,7 @@ def test_vanished_and_changed_files_are_dropped_and_reported(
         fh.write(b"\0")
     (tmp_path / "garbage.png").write_bytes(b"not a png")
     os.replace(tmp_path / "garbage.png", copies[3])  # replaced by an undecodable file
-    out = ItmReranker(scorer).rerank(
-        RerankQuery.of_text(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table
-    )
+    out = _staged(scorer, _text_query(pair_caption(*RED_CIRCLE_BLUE_SQUARE)), table)
     reasons = {d.id: d.reason for d in out.dropped}
     assert reasons[0] == "vanished since indexing"
     assert reasons[5].startswith("changed since indexing")
@@ -225,20 +238,16 @@ def test_unloadable_models_give_one_clear_line(tmp_path: Path) -> None:
 
 def test_bad_options_are_refused(scorer: ItmScorer) -> None:
     with pytest.raises(BadQueryError):
-        ItmReranker(scorer, depth=0)
+        _text_query("x").with_(rerank=RerankSpec(depth=0)).validated()
     with pytest.raises(BadQueryError):
-        ItmReranker(scorer, min_match=1.5)
+        _text_query("x").with_(rerank=RerankSpec(min_match=1.5)).validated()
     with pytest.raises(BadQueryError, match="score"):
-        ItmReranker(scorer).rerank(
-            RerankQuery.of_text("x"), pa.table({"id": [1], "kind": ["image"]})
-        )
+        ItmReranker(scorer).rerank(_text_query("x"), pa.table({"id": [1], "kind": ["image"]}))
 
 
 def test_a_model_folder_can_recommend_its_blend(scorer: ItmScorer, tmp_path: Path) -> None:
     """``mmsearch_rerank.json`` sets the default blend; a query's own blend wins; bad files fail."""
     from mmsearch.rerank.loader import RERANK_DEFAULTS_FILE
-    from mmsearch.search.rerank import rerank_stage
-    from mmsearch.search.types import Query, RerankSpec
 
     local = tmp_path / "itm"
     shutil.copytree(REGISTERED_RERANK_MODELS["mmsearch-tiny-itm"], local)
@@ -256,10 +265,12 @@ def test_a_model_folder_can_recommend_its_blend(scorer: ItmScorer, tmp_path: Pat
             )
 
     table = pa.table({"id": [1, 2], "score": [0.2, 0.6]})  # retrieval prefers row 2
-    by_default = rerank_stage(Fixed(), Query(rerank=RerankSpec(depth=2)), table).to_pydict()
+    by_default = rerank_stage(Fixed(), Query(rerank=RerankSpec(depth=2)), table).table.to_pydict()
     assert by_default["id"] == [2, 1]  # 0.25 × match + 0.75 × scaled retrieval
     assert by_default["score"] == pytest.approx([0.75, 0.25])
-    own = rerank_stage(Fixed(), Query(rerank=RerankSpec(depth=2, blend=1.0)), table).to_pydict()
+    own = rerank_stage(
+        Fixed(), Query(rerank=RerankSpec(depth=2, blend=1.0)), table
+    ).table.to_pydict()
     assert own["id"] == [1, 2]
 
     for bad in ('{"blend": 2}', "not json", '{"blend": "high"}'):
@@ -272,11 +283,8 @@ def test_pipeline_stage_returns_match_probabilities(
     scorer: ItmScorer, scene_files: list[Path]
 ) -> None:
     """The pipeline mixes once: its ITM stage scores by match alone, whatever the model recommends."""
-    from mmsearch.rerank.pipeline import ItmStageReranker
-    from mmsearch.search.types import Query, QueryTerm
-
     assert scorer.default_blend is not None  # the shipped model recommends a blend
-    stage = ItmStageReranker(scorer)
+    stage = ItmReranker(scorer)
     query = Query(terms=(QueryTerm(1.0, "text", pair_caption(*RED_CIRCLE_BLUE_SQUARE)),))
     out = stage.rerank(query, _image_candidates(scene_files)).to_pydict()
     assert out["score"] == pytest.approx(out["match"])

@@ -85,11 +85,7 @@ def test_server_rerank_both_directions(pair_index: dict[str, Any]) -> None:
     assert body["dropped"] == []  # present only on re-ranked answers
     assert all(0.0 <= h["score"] <= 1.0 for h in body["results"])  # match probabilities
     # The same answer as the library's pipeline with the reranker in its slot.
-    from mmsearch.engine import SearchIndex
-    from mmsearch.rerank import attach_reranker
-
-    lib = SearchIndex(pair_index["idx"])
-    attach_reranker(lib, "mmsearch-tiny-itm")
+    lib = mmsearch.open(pair_index["idx"], reranker="mmsearch-tiny-itm")
     library = lib.search(row["caption"], k=3, kind="image", rerank=True)
     assert [h["id"] for h in body["results"]] == [h.id for h in library]
     assert [h["score"] for h in body["results"]] == pytest.approx(
@@ -153,3 +149,36 @@ def test_recorded_rerank_model_is_used_only_when_recorded(
         assert json.loads(plain.stdout) != json.loads(recorded.stdout)
     finally:
         (idx / RERANK_CONFIG_FILE).unlink()
+
+
+def test_library_rerank_gives_the_cli_answer(pair_index: dict[str, Any]) -> None:
+    """``search(rerank=True)`` loads the re-ranker exactly as ``query --rerank`` does: the
+    model named, else the one recorded in the index; same hits, same scores."""
+    from mmsearch.rerank.config import RERANK_CONFIG_FILE, record_rerank_model
+
+    idx = pair_index["idx"]
+    target = str(pair_index["rows"][21]["caption"])
+    # --backend torch: the library's model runtime (the CLI's default, auto, may pick ONNX)
+    args = ["query", target, "--index", str(idx), "--kind", "image", "--json", "--rerank"]
+    args += ["--backend", "torch"]
+    named = runner.invoke(app, [*args, "--rerank-model", "mmsearch-tiny-itm", "--top", "5"])
+    assert named.exit_code == 0, named.output
+    lib = mmsearch.open(idx, reranker="mmsearch-tiny-itm")
+    assert json.loads(named.stdout) == lib.search(target, k=5, kind="image", rerank=True).to_list()
+    record_rerank_model(idx, "mmsearch-tiny-itm")
+    try:
+        recorded = runner.invoke(app, [*args, "--top", "5"])
+        assert recorded.exit_code == 0, recorded.output
+        plain = mmsearch.open(idx)  # no re-ranker given: the recorded one, on first use
+        assert plain.reranker is None
+        answer = plain.search(target, k=5, kind="image", rerank=True).to_list()
+        assert json.loads(recorded.stdout) == answer == json.loads(named.stdout)
+        assert plain.reranker is not None
+    finally:
+        (idx / RERANK_CONFIG_FILE).unlink()
+    # Nothing named or recorded: both try the default model (not in this machine's cache)
+    # and fail with the same one-line error.
+    failed = runner.invoke(app, [*args, "--top", "5"])
+    assert failed.exit_code == 2 and "Salesforce/blip-itm-base-coco" in failed.output
+    with pytest.raises(mmsearch.MMSearchError, match="Salesforce/blip-itm-base-coco"):
+        mmsearch.open(idx).search(target, k=5, kind="image", rerank=True)

@@ -27,7 +27,9 @@ def _repo_copy(tmp_path: Path) -> Path:
     root = tmp_path / "repo"
     (root / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "scripts" / "setup.sh", root / "scripts" / "setup.sh")
-    shutil.copy(REPO / "scripts" / "demo-requirements.txt", root / "scripts" / "demo-requirements.txt")
+    shutil.copy(
+        REPO / "scripts" / "demo-requirements.txt", root / "scripts" / "demo-requirements.txt"
+    )
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
@@ -95,7 +97,9 @@ def test_demo_requirements_are_the_products_and_leave_torch_out():
     """Each line of the demo's list is a requirement of the product (same specifier) or of
     its onnx extra; torch, open_clip and the export tools stay with the full installation."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    product = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["onnx"]}
+    product = {
+        _name(r): r for r in project["dependencies"] + project["optional-dependencies"]["onnx"]
+    }
     lines = (REPO / "scripts" / "demo-requirements.txt").read_text().splitlines()
     demo = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     assert demo and all(product.get(_name(r)) == r for r in demo), demo

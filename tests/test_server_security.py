@@ -6,6 +6,7 @@ files on disk build their own small index; the rest share one module index.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,9 @@ from typer.testing import CliRunner  # noqa: E402
 from mmsearch.cli import app as cli_app  # noqa: E402
 from mmsearch.datasets.synthetic import generate_catalog  # noqa: E402
 from mmsearch.serve.app import ServerConfig, create_app  # noqa: E402
+from mmsearch.serve.auth import SessionKeeper  # noqa: E402
 from mmsearch.serve.files import FileChangedError, check_index_files, open_indexed_file  # noqa: E402
-from mmsearch.serve.security import InsecureBindError, check_bind_policy, session_value  # noqa: E402
+from mmsearch.serve.security import InsecureBindError, check_bind_policy  # noqa: E402
 from tests.conftest import FakeEncoder  # noqa: E402
 from tests.test_server import build_index, huge_header_png, png_bytes  # noqa: E402
 
@@ -255,6 +258,7 @@ def token_app(shared: dict[str, Any], encoder: FakeEncoder) -> Any:
             encoder=encoder,
             allowed_hosts=["testserver"],
             token=TOKEN,
+            auth_failures_per_minute=10_000,  # this module's tests try many wrong tokens
         )
     )
 
@@ -293,11 +297,15 @@ def test_gallery_asks_once_and_keeps_a_strict_cookie(token_app: Any) -> None:
     assert ok.status_code == 303 and ok.headers["location"] == "/"
     cookie = ok.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
-    assert TOKEN not in cookie and session_value(TOKEN) in cookie
+    assert TOKEN not in cookie
     assert client.get("/").status_code == 200  # the client keeps the cookie
     assert client.get("/api/search", params={"q": "red", "k": 2}).status_code == 200
-    forged = TestClient(token_app, cookies={"mmsearch_session": session_value("another-token")})
+    issued = client.cookies["mmsearch_session"]
+    forged_with = SessionKeeper("another-token-0123456789").issue()
+    forged = TestClient(token_app, cookies={"mmsearch_session": forged_with})
     assert forged.get("/api/info").status_code == 401
+    tampered = TestClient(token_app, cookies={"mmsearch_session": issued[:-2] + "xx"})
+    assert tampered.get("/api/info").status_code == 401
     assert (
         TestClient(token_app, cookies={"mmsearch_session": TOKEN}).get("/api/info").status_code
         == 401
@@ -657,3 +665,450 @@ def test_two_workers_swap_snapshots_under_load_and_drain_on_sigterm(
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# -- hostile clients, round two ---------------------------------------------------------------
+# Each test below names the finding of the hostile-client probe it covers.
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@contextlib.contextmanager
+def _guarded_server(app: Any, **limits: Any) -> Iterator[tuple[str, int]]:
+    """``app`` behind the connection guards of ``mmsearch serve``, in a thread; yields (base URL, port)."""
+    import uvicorn
+
+    from mmsearch.serve.connections import ConnectionLimits, uvicorn_config
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn_config(
+        app, http="auto", limits=ConnectionLimits(**limits), lifespan="off", log_level="error"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _read_answer(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+@pytest.fixture(scope="module")
+def guarded_token_app(shared: dict[str, Any], encoder: FakeEncoder) -> Any:
+    return create_app(
+        ServerConfig(index_dir=shared["index_dir"], encoder=encoder, token=TOKEN, log_format="none")
+    )
+
+
+def test_finding1_huge_header_is_refused_before_auth_without_delaying_others(
+    guarded_token_app: Any,
+) -> None:
+    with _guarded_server(guarded_token_app, max_header_bytes=8192) as (base, port):
+        hostile = socket.create_connection(("127.0.0.1", port))
+        hostile.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent < 4 * 1024 * 1024:  # would be 4 MB of header: refused long before
+                hostile.sendall(b"a" * 65536)
+                sent += 65536
+        except OSError:  # the server closed the connection: what it should do
+            pass
+        answer = _read_answer(hostile)
+        hostile.close()
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["type"] == "HeadersTooLarge"
+        # Headers just under the limit still pass, and other clients are served.
+        ok = httpx.get(base + "/api/info", headers={**AUTH, "x-pad": "a" * 6000}, timeout=10)
+        assert ok.status_code == 200
+
+
+def test_finding2_rerank_model_failure_is_remembered_and_never_holds_a_search_slot(
+    shared: dict[str, Any], encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmsearch.errors import RerankModelError
+    from mmsearch.rerank.itm import ItmScorer
+
+    attempts: list[float] = []
+
+    def slow_failing_load(name: str, device: str | None = None, **kw: Any) -> Any:
+        attempts.append(time.monotonic())
+        time.sleep(2.0)  # a download that ends in an error
+        raise RerankModelError(f"cannot load rerank model {name!r} (not in the local cache)")
+
+    monkeypatch.setattr(ItmScorer, "load", staticmethod(slow_failing_load))
+    app = create_app(
+        ServerConfig(
+            index_dir=shared["index_dir"], encoder=encoder, log_format="none",
+            search_concurrency=1, rerank_model="Salesforce/blip-itm-base-coco",
+        )
+    )  # fmt: skip
+    done: dict[str, float] = {}
+    statuses: dict[str, int] = {}
+    with _guarded_server(app) as (base, _):
+        httpx.get(base + "/api/search", params={"q": "warm"}, timeout=30)
+
+        def ask(name: str, params: dict[str, Any]) -> None:
+            statuses[name] = httpx.get(base + "/api/search", params=params, timeout=60).status_code
+            done[name] = time.monotonic()
+
+        rerank = threading.Thread(target=ask, args=("rerank", {"q": "red", "rerank": "true"}))
+        rerank.start()
+        time.sleep(0.3)  # the model load is under way
+        plain = threading.Thread(target=ask, args=("plain", {"q": "red"}))
+        plain.start()
+        plain.join(60)
+        rerank.join(60)
+        assert statuses == {"rerank": 503, "plain": 200}
+        assert done["plain"] < done["rerank"]  # the search did not wait for the model load
+        again = [
+            httpx.get(base + "/api/search", params={"q": "red", "rerank": "true"}, timeout=60)
+            for _ in range(3)
+        ]
+    assert [r.status_code for r in again] == [503, 503, 503]
+    assert all(r.json()["type"] == "RerankModelError" for r in again)
+    assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in again)
+    assert len(attempts) == 1  # tried once; the failure is remembered
+
+
+def test_finding2_rerank_model_named_at_start_up_is_loaded_then(
+    shared: dict[str, Any], encoder: FakeEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmsearch.rerank.itm import ItmScorer
+
+    loaded: list[str] = []
+    real_load = ItmScorer.load
+    monkeypatch.setattr(
+        ItmScorer, "load", staticmethod(lambda name, device=None, **kw: loaded.append(name) or real_load(name, device=device))
+    )  # fmt: skip
+    app = create_app(
+        ServerConfig(index_dir=shared["index_dir"], encoder=encoder, allowed_hosts=["testserver"],
+                     rerank_model="mmsearch-tiny-itm")
+    )  # fmt: skip
+    with TestClient(app) as client:  # runs the start-up
+        deadline = time.monotonic() + 60
+        while not loaded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert loaded == ["mmsearch-tiny-itm"]
+        res = client.get("/api/search", params={"q": "red circle", "rerank": "true", "k": 3})
+        assert res.status_code == 200, res.text
+    assert loaded == ["mmsearch-tiny-itm"]
+
+
+HOSTILE_JSON = [
+    '{"q": "x", "alpha": 1e999}',
+    '{"q": "x", "k": -1e999}',
+    '{"q": "x", "alpha": Infinity}',
+    '{"q": "x", "dedup": NaN}',
+    '{"q": "\\ud800"}',
+    '{"terms": [{"text": "\\ud800"}]}',
+    '{"terms": [{"image": "\\ud800.jpg"}]}',
+    '{"terms": [{"url": "https://a.example/\\ud800.png"}]}',
+    '{"q": "x", "group_by": "\\ud800"}',
+    '{"q": "x", "where": {"colour": "\\ud800"}}',
+    '{"q": "x", "where": ["colour = \\ud800"]}',
+    '{"terms": [{"text": "x", "weight": NaN}]}',
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_JSON)
+def test_finding3_hostile_json_answers_4xx(client: TestClient, body: str) -> None:
+    res = client.post(
+        "/api/search", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    assert 400 <= res.status_code < 500, (body, res.status_code, res.text[:200])
+    assert res.json()["type"]
+
+
+def test_finding3_over_long_file_name_in_an_image_term(
+    shared: dict[str, Any], encoder: FakeEncoder
+) -> None:
+    client = _client(shared["index_dir"], encoder, image_roots=[shared["base"]])
+    long_name = str(shared["base"] / ("a" * 300 + ".jpg"))  # errno 36 from stat()
+    for res in (
+        client.post("/api/search", json={"terms": [{"image": long_name}]}),
+        client.get("/api/search", params={"q": long_name}),
+    ):
+        assert res.status_code == 404, res.text[:200]
+        assert "image not found" in res.json()["error"]
+
+
+def test_finding4_swapped_content_with_size_and_mtime_restored(small: dict[str, Any]) -> None:
+    names = sorted(small["hits"])
+    rewritten = _file_of(small, names[0])
+    st = rewritten.stat()
+    data = bytearray(rewritten.read_bytes())
+    data[-20:] = b"\xff" * 20  # other bytes, same size
+    rewritten.write_bytes(bytes(data))
+    os.utime(rewritten, ns=(st.st_atime_ns, st.st_mtime_ns))  # touch -r: mtime put back
+    linked = _file_of(small, names[1])
+    st = linked.stat()
+    outside = small["tmp"] / "outside.jpg"
+    outside.write_bytes(b"SECRET" * (st.st_size // 6) + b"S" * (st.st_size % 6))
+    os.utime(outside, ns=(st.st_atime_ns, st.st_mtime_ns))
+    linked.unlink()
+    os.link(outside, linked)  # a hard link to a file outside the folder, same size and mtime
+    _assert_refused_as_changed(small["client"], small["hits"][names[0]])
+    _assert_refused_as_changed(small["client"], small["hits"][names[1]], b"SECRET")
+    checked, changed = check_index_files(small["tmp"] / "idx")
+    assert checked == 6
+    reasons = {Path(c.path).name: c.reason for c in changed}
+    assert set(reasons) == set(names[:2]) and all("content" in r for r in reasons.values())
+
+
+def test_finding5_idle_and_slow_connections_are_closed(guarded_token_app: Any) -> None:
+    with _guarded_server(guarded_token_app, header_timeout_s=1.0) as (_, port):
+        idle = socket.create_connection(("127.0.0.1", port))
+        slow = socket.create_connection(("127.0.0.1", port))
+        start = time.monotonic()
+        request = b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        answer = b""
+        slow.settimeout(0.2)
+        for byte in request:  # slowloris: one byte at a time
+            try:
+                slow.sendall(bytes([byte]))
+                answer = slow.recv(1024)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if answer:
+                break
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert _read_answer(idle, timeout=5) == b""  # closed without a word
+        assert time.monotonic() - start < 8
+        idle.close()
+        slow.close()
+
+
+def test_finding5_connection_cap_answers_503_never_500(guarded_token_app: Any) -> None:
+    with _guarded_server(guarded_token_app, max_connections=20, header_timeout_s=2.0) as (
+        base,
+        port,
+    ):
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", port))
+        answer = _read_answer(extra)
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["type"] == "TooManyConnections"
+        res = httpx.get(base + "/api/info", headers=AUTH, timeout=10)
+        assert res.status_code == 503
+        for sock in held:
+            sock.close()
+        time.sleep(0.2)
+        assert httpx.get(base + "/api/info", headers=AUTH, timeout=10).status_code == 200
+
+
+_LOW_FD_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    from pathlib import Path
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    from mmsearch.serve.app import ServerConfig
+    from mmsearch.serve.connections import ConnectionLimits
+    from mmsearch.serve.lifecycle import bind_socket, run
+    from tests.conftest import FakeEncoder
+
+    sock = bind_socket("127.0.0.1", 0)
+    config = ServerConfig(index_dir=Path(sys.argv[1]), encoder=FakeEncoder(), log_format="none")
+    print(sock.getsockname()[1], flush=True)
+    run(config, sock, log_format="none", limits=ConnectionLimits(header_timeout_s=3.0))
+    """
+)
+
+
+def test_finding5_low_open_file_limit_answers_503_never_500(shared: dict[str, Any]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOW_FD_SCRIPT, str(shared["index_dir"])],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/readyz", timeout=10).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server not ready"
+            time.sleep(0.1)
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+        statuses = []
+        for i in range(20):
+            try:
+                res = httpx.get(base + "/api/search", params={"q": f"red {i}", "k": 3}, timeout=10)
+                statuses.append(res.status_code)
+            except httpx.HTTPError as exc:
+                statuses.append(repr(exc))
+        for sock in idle:
+            sock.close()
+        assert set(statuses) <= {200, 503}, statuses
+        time.sleep(0.5)
+        assert httpx.get(base + "/api/search", params={"q": "red"}, timeout=10).status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_finding6_every_echoed_value_is_capped(client: TestClient) -> None:
+    huge_column = {"q": "x", "where": {"a" * 5_000_000: 1}}
+    res = client.post("/api/search", json=huge_column)
+    assert 400 <= res.status_code < 500 and len(res.content) < 4_000
+    res = client.post("/api/search", json={"q": "x", "where": ["b" * 4000 + " = 1"]})
+    assert 400 <= res.status_code < 500 and len(res.content) < 4_000
+    body = b'{"q": "x", "k": ' + b"9" * 4000 + b"}"
+    res = client.post("/api/search", content=body, headers={"content-type": "application/json"})
+    assert res.status_code == 422 and len(res.content) < 2_000
+    res = client.post(
+        "/api/search/image", files={"file": ("n" * 100_000 + ".png", b"\x89PNG\r\n", "image/png")}
+    )
+    assert 400 <= res.status_code < 500 and len(res.content) < 2_000
+
+
+@pytest.mark.parametrize("bad", [" ", "short-token", f" {TOKEN}", f"{TOKEN}\n"])
+def test_finding7_weak_tokens_are_refused_at_start_up(
+    bad: str, shared: dict[str, Any], encoder: FakeEncoder
+) -> None:
+    from mmsearch.serve.security import InsecureTokenError
+
+    with pytest.raises(InsecureTokenError):
+        create_app(ServerConfig(index_dir=shared["index_dir"], encoder=encoder, token=bad))
+    result = CliRunner().invoke(
+        cli_app, ["serve", "--index", str(shared["index_dir"]), "--host", "0.0.0.0"],
+        env={"MMSEARCH_TOKEN": bad},
+    )  # fmt: skip
+    assert result.exit_code == 2 and "token" in result.output and "serving" not in result.output
+
+
+def test_finding7_session_cookie_expires_and_logout_revokes_it(
+    shared: dict[str, Any], encoder: FakeEncoder
+) -> None:
+    from mmsearch.serve.auth import SessionKeeper
+
+    client = _client(shared["index_dir"], encoder, token=TOKEN)
+    assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+    cookie = client.cookies["mmsearch_session"]
+    copied = TestClient(client.app, cookies={"mmsearch_session": cookie})
+    assert copied.get("/api/info").status_code == 200
+    assert client.post("/logout", follow_redirects=False).status_code == 303
+    assert "mmsearch_session" not in client.cookies
+    assert copied.get("/api/info").status_code == 401  # a copy stops working too
+    keeper = SessionKeeper(TOKEN, max_age_s=1)
+    value = keeper.issue()
+    assert keeper.session_id(value) is not None
+    time.sleep(2.1)
+    assert keeper.session_id(value) is None  # expired
+
+
+def test_finding7_failed_logins_are_slowed_per_client(
+    shared: dict[str, Any], encoder: FakeEncoder
+) -> None:
+    client = _client(shared["index_dir"], encoder, token=TOKEN)
+    statuses = [client.post("/login", data={"token": f"wrong-{i}"}).status_code for i in range(30)]
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+    last = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    assert last.status_code == 429 and int(last.headers["retry-after"]) >= 1
+    wrong_bearer = client.get("/api/info", headers={"authorization": "Bearer nope-nope"})
+    assert wrong_bearer.status_code == 429
+
+
+def test_finding8_duplicate_host_and_foreign_absolute_target_are_refused(
+    guarded_token_app: Any, shared: dict[str, Any], encoder: FakeEncoder
+) -> None:
+    client = _client(shared["index_dir"], encoder, allowed_hosts=["search.example.com"])
+    res = client.get(
+        "/api/info", headers=[("host", "search.example.com"), ("host", "evil.example")]
+    )
+    assert res.status_code == 400 and res.json()["type"] == "BadHost"
+    with _guarded_server(guarded_token_app) as (_, port):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(
+            b"GET http://evil.example/api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        answer = _read_answer(sock)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+
+
+def test_finding8_cross_origin_writes_are_refused(client: TestClient) -> None:
+    image = ("q.png", huge_header_png(8, 8), "image/png")
+    for origin in ("https://evil.example", "null", "http://testserver.evil.example"):
+        res = client.post("/api/search/image", files={"file": image}, headers={"origin": origin})
+        assert res.status_code == 403 and res.json()["type"] == "CrossOriginRequest", origin
+        res = client.post("/api/search", json={"q": "x"}, headers={"origin": origin})
+        assert res.status_code == 403, origin
+    res = client.post("/api/search", json={"q": "x"}, headers={"sec-fetch-site": "cross-site"})
+    assert res.status_code == 403
+    same = client.post("/api/search", json={"q": "x"}, headers={"origin": "http://testserver"})
+    assert same.status_code == 200
+    assert client.post("/api/search", json={"q": "x"}).status_code == 200  # curl, a backend
+
+
+def test_finding8_nosniff_csp_nonce_and_local_docs(client: TestClient) -> None:
+    for res in (
+        client.get("/api/search", params={"q": "red"}),
+        client.get("/api/info"),
+        client.get("/api/search", params={"q": "x", "k": 0}),
+        client.get("/media/999999"),
+    ):
+        assert res.headers["x-content-type-options"] == "nosniff", res.url
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    script_src = next(p for p in csp.split(";") if p.strip().startswith("script-src"))
+    assert "unsafe-inline" not in script_src
+    nonce = script_src.split("'nonce-")[1].split("'")[0]
+    assert f'<script nonce="{nonce}">' in page.text and "<script>" not in page.text
+    assert client.get("/").headers["content-security-policy"] != csp  # a fresh nonce each time
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()
+    assert "unsafe-inline" not in next(
+        p for p in docs.headers["content-security-policy"].split(";") if "script-src" in p
+    )
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/docs/assets/{asset}" in docs.text
+        assert client.get(f"/docs/assets/{asset}").status_code == 200
+
+
+def test_lexical_rerank_query_cannot_open_images_outside_the_roots(
+    shared: dict[str, Any], encoder: FakeEncoder
+) -> None:
+    """A lexical query encodes no image, but re-ranking opened its image terms unchecked."""
+    outside = shared["base"] / "outside.png"
+    outside.write_bytes(png_bytes(next(shared["catalog"].image_dir.rglob("*.jpg"))))
+    client = _client(
+        shared["index_dir"], encoder, image_roots=[shared["catalog"].image_dir],
+        rerank_model="mmsearch-tiny-itm",
+    )  # fmt: skip
+    body = {"mode": "lexical", "rerank": True, "terms": [{"text": "red"}, {"image": str(outside)}]}
+    res = client.post("/api/search", json=body)
+    assert res.status_code == 403 and res.json()["type"] == "UnsafePathError", res.text[:200]
+    res = client.get(
+        "/api/search", params={"q": f"red + {outside}", "mode": "lexical", "rerank": "true"}
+    )
+    assert res.status_code == 403, res.text[:200]

@@ -49,7 +49,9 @@ def test_shipped_export_is_of_the_shipped_weights() -> None:
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
     assert meta["weights_sha256"] == digest, "weights changed: run scripts/export_tiny_onnx.py"
     assert meta["weights_size"] == os.stat(weights).st_size
-    assert meta["export_version"] == EXPORT_VERSION, "exporter changed: run scripts/export_tiny_onnx.py"
+    assert meta["export_version"] == EXPORT_VERSION, (
+        "exporter changed: run scripts/export_tiny_onnx.py"
+    )
     assert meta["weights"] == "mmsearch-tiny.safetensors"  # no path of the machine that made it
     assert sorted(p.name for p in SHIPPED_TINY_EXPORT.iterdir()) == SHIPPED_FILES
     total = sum(p.stat().st_size for p in SHIPPED_TINY_EXPORT.iterdir())
@@ -89,12 +91,16 @@ def test_the_script_makes_the_shipped_export(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == SHIPPED_FILES
     shipped_meta = json.loads((SHIPPED_TINY_EXPORT / "meta.json").read_text(encoding="utf-8"))
     assert json.loads((out / "meta.json").read_text(encoding="utf-8")) == shipped_meta
-    assert (out / "tokenizer.json").read_bytes() == (SHIPPED_TINY_EXPORT / "tokenizer.json").read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == (
+        SHIPPED_TINY_EXPORT / "tokenizer.json"
+    ).read_bytes()
     fresh = OnnxEncoder(out, TINY, threads=1)
     shipped = OnnxEncoder(SHIPPED_TINY_EXPORT, TINY, threads=1)
     np.testing.assert_allclose(fresh.encode_texts(TEXTS), shipped.encode_texts(TEXTS), atol=1e-6)
     images = _images(6, shipped.image_size, seed=3)
-    np.testing.assert_allclose(fresh.encode_images(images), shipped.encode_images(images), atol=1e-6)
+    np.testing.assert_allclose(
+        fresh.encode_images(images), shipped.encode_images(images), atol=1e-6
+    )
 
 
 def test_exact_fp16_storage_keeps_the_outputs(tmp_path: Path) -> None:

@@ -37,7 +37,9 @@ def test_second_writer_gives_up_after_its_wait(tmp_path):
     idx = tmp_path / "idx"
     with index_write_lock(idx):
         started = time.monotonic()
-        with pytest.raises(StorageError, match=r"another mmsearch process is writing .*waited 0\.3 s"):
+        with pytest.raises(
+            StorageError, match=r"another mmsearch process is writing .*waited 0\.3 s"
+        ):
             with writer_session(idx, wait_s=0.3):
                 pass
         assert time.monotonic() - started >= 0.3

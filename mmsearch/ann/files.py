@@ -43,7 +43,9 @@ READABLE_FORMATS = (1, 2)
 """Version 1: a single refine segment named by the roles ``vectors`` and ``ids``."""
 REBUILD_HINT = "rebuild it with `mmsearch build-index`"
 
-_DATA_FILE_RE = re.compile(r"^(index-\d+\.faiss|vectors-\d+\.f(32|16)|ids-\d+\.i64|tombstones-\d+\.i64)$")
+_DATA_FILE_RE = re.compile(
+    r"^(index-\d+\.faiss|vectors-\d+\.f(32|16)|ids-\d+\.i64|tombstones-\d+\.i64)$"
+)
 _TEMP_FILE_RE = re.compile(r"^\..+\.tmp-[0-9a-f]+$")
 
 
@@ -56,9 +58,9 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Create ``path`` atomically: ``write(temp_path)`` fills a temp file in the same
-    directory, which is then fsynced, renamed over ``path`` and the directory fsynced.
+    directory (its return value is ignored), which is then fsynced, renamed over ``path`` and the directory fsynced.
     The temp file is removed if ``write`` fails."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:

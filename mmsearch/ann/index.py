@@ -27,9 +27,10 @@ from mmsearch.ann._rwlock import RWLock
 from mmsearch.ann.build import build_meta, build_state, check_refine_dtype
 from mmsearch.ann.checks import check_queries, check_rows, positive_int
 from mmsearch.ann.params import FLAT_THRESHOLD, choose_index_params, retrain_due
+from mmsearch.ann.pending import clear_waiting, id_list, with_pending
 from mmsearch.ann.persist import load_index, save_index, streamed_store
 from mmsearch.ann.state import FileEntries, IndexState
-from mmsearch.ann.store import VectorStore, top_k
+from mmsearch.ann.store import VectorStore, pad_missing
 from mmsearch.ann.structure import ADD_CHUNK, search_params
 from mmsearch.ann.tuning import TUNE_K, tune_on_queries
 from mmsearch.errors import BadQueryError
@@ -161,11 +162,12 @@ class VectorIndex:
             default_refine = int(tuned.get("refine", st.refine))
             nprobe_v = default_nprobe if nprobe is None else positive_int("nprobe", nprobe)
             refine_v = default_refine if refine is None else positive_int("refine", refine)
-            if exact:
-                return st.store.exact_search(q, k)
+            pending = id_list(st.meta, "pending")
+            if exact or (st.params.index_type == "flat" and st.waiting_rows()):
+                return st.store.exact_search(q, k)  # covers pending rows, skips removed ones
             if st.params.index_type == "flat":
                 scores, ids = st.index.search(q, k)
-                return _pads(scores, ids)
+                return pad_missing(scores, ids)
             nprobe_v = min(nprobe_v, st.params.nlist)
             # The tuned refine holds for top-TUNE_K; smaller k keep that many candidates,
             # or near-duplicate neighbours crowd the true top-1 out of k*refine.
@@ -182,7 +184,7 @@ class VectorIndex:
                     n_cand,
                     params=search_params(st.index, nprobe_v, hnsw=st.params.quantizer == "hnsw"),
                 )
-            return _rescore(st.store, q, cand, k)
+            return with_pending(st.store, q, pending, k, st.store.rescore(q, cand, k))
 
     def lookup(self, ids: I64) -> tuple[F32, npt.NDArray[np.bool_]]:
         """Stored float vectors of ``ids`` (rows of unknown or removed ids are zero) and a
@@ -212,7 +214,7 @@ class VectorIndex:
                 st.index,
                 st.store,
                 st.params,
-                lambda qs, cand: _rescore(st.store, qs, cand, TUNE_K),
+                lambda qs, cand: st.store.rescore(qs, cand, TUNE_K),
                 q,
                 target,
             )
@@ -238,9 +240,28 @@ class VectorIndex:
             return st.meta.get("requested_type") == "auto" and st.store.n_live >= FLAT_THRESHOLD
         return retrain_due(int(st.meta["trained_n"]), int(st.meta["added_since_train"]))
 
+    def add_pending(self, vectors: F32, ids: I64) -> None:
+        """Adds rows searched exactly beside the ANN structure until :meth:`merge_pending`."""
+        vectors, ids = check_rows(vectors, ids, d=self._state.params.d, allow_empty=True)
+        with self._mutate, self._rw.write():
+            self._state.add_pending(vectors, ids)
+
+    def remove_lazily(self, ids: I64) -> None:
+        """Removes rows (never returned again); the structure forgets them at :meth:`merge_pending`."""
+        with self._mutate, self._rw.write():
+            self._state.remove_lazily(np.unique(np.asarray(ids, np.int64)))
+
+    def merge_pending(self) -> int:
+        """Moves the waiting rows into the ANN structure; returns how many waited."""
+        with self._mutate, self._rw.write():
+            merged = self._state.merge_pending()
+            self._gpu_index = None if merged else self._gpu_index
+            return merged
+
     def add(self, vectors: F32, ids: I64, *, retrain: bool | None = None) -> None:
         """Add rows (ids must not be present already). ``retrain=None`` retrains when
         ``needs_retrain`` becomes true, ``True`` always, ``False`` never."""
+        self.merge_pending()  # rows waiting beside the structure go in first
         vectors, ids = check_rows(vectors, ids, d=self._state.params.d, allow_empty=True)
         with self._mutate:
             if len(ids):
@@ -273,6 +294,7 @@ class VectorIndex:
         arr = np.unique(arr.astype(np.int64))
         if not len(arr):
             return
+        self.merge_pending()
         with self._mutate, self._rw.write():
             st = self._state.make_mutable()
             st.store.remove(arr)
@@ -288,6 +310,7 @@ class VectorIndex:
     def _retrain_locked(self) -> None:
         old = self._state
         store, meta = old.store, old.meta
+        clear_waiting(meta)  # the rebuild takes every live row
         if store.n_live == 0:
             raise BadQueryError("cannot retrain an empty index")
         params = choose_index_params(
@@ -370,22 +393,3 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return self._state.store.n_live
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _rescore(store: VectorStore, q: F32, cand: I64, k: int) -> tuple[F32, I64]:
-    """Exact inner products of the candidates; unknown or removed ids drop out."""
-    vecs, found = store.lookup(cand)
-    vecs = vecs.reshape(cand.shape[0], cand.shape[1], -1)
-    scores = np.einsum("qcd,qd->qc", vecs, q, optimize=False).astype(np.float32)
-    found = found.reshape(cand.shape) & (cand >= 0)
-    scores[~found] = -np.inf
-    return top_k(scores, np.where(found, cand, -1), k)
-
-
-def _pads(scores: F32, ids: I64) -> tuple[F32, I64]:
-    scores = np.asarray(scores, np.float32).copy()
-    scores[ids < 0] = -np.inf
-    return scores, np.asarray(ids, np.int64)

@@ -23,7 +23,7 @@ KMEANS_NITER = 20
 def spherical_kmeans(x: F32, k: int, *, seed: int, use_gpu: bool, niter: int = KMEANS_NITER) -> F32:
     """Seeded k-means with unit-norm centroids (max inner product = min L2 on the sphere)."""
     if k == 1:
-        c = x.mean(axis=0, keepdims=True)
+        c: F32 = x.mean(axis=0, keepdims=True)
         return (c / max(float(np.linalg.norm(c)), 1e-12)).astype(np.float32)
     km = faiss.Kmeans(
         x.shape[1],
@@ -36,7 +36,8 @@ def spherical_kmeans(x: F32, k: int, *, seed: int, use_gpu: bool, niter: int = K
         min_points_per_centroid=1,  # callers guarantee enough points; silences FAISS's stderr
     )
     km.train(np.ascontiguousarray(x, np.float32))
-    return np.asarray(km.centroids, np.float32)
+    centroids: F32 = np.asarray(km.centroids, np.float32)
+    return centroids
 
 
 def allocate_subclusters(sizes: npt.NDArray[np.int64], total: int) -> npt.NDArray[np.int64]:
@@ -75,5 +76,5 @@ def two_level_kmeans(x: F32, nlist: int, *, seed: int, use_gpu: bool) -> F32:
 def _assign(x: F32, centroids: F32) -> npt.NDArray[np.int64]:
     flat = faiss.IndexFlatIP(centroids.shape[1])
     flat.add(centroids)
-    _, labels = flat.search(x, 1)
-    return labels[:, 0]
+    labels: npt.NDArray[np.int64] = flat.search(x, 1)[1][:, 0]
+    return labels

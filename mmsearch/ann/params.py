@@ -121,8 +121,10 @@ class IndexParams:
 
 
 def _quantizer_of(value: Any) -> QuantizerType:
-    if value == "hnsw" or value == "flat":
-        return value
+    if value == "hnsw":
+        return "hnsw"
+    if value == "flat":
+        return "flat"
     raise ValueError(f"unknown coarse quantizer {value!r}")
 
 

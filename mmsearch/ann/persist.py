@@ -96,6 +96,14 @@ def save_index(
             same_dir = state.files_dir is not None and _same_dir(state.files_dir, root)
             if same_dir and not state.index_dirty and _files_present(root, state.files, ("index",)):
                 files["index"] = state.files["index"]
+            elif (  # unchanged (pending rows wait beside it): linked from the previous directory
+                not state.index_dirty
+                and state.files_dir is not None
+                and _files_present(state.files_dir, state.files, ("index",))
+            ):
+                entry = state.files["index"]
+                F.link_or_copy(state.files_dir / entry["name"], root / entry["name"])
+                files["index"] = dict(entry)
             else:
                 xpath = root / f"index-{gen}.faiss"
                 F.atomic_write(xpath, lambda tmp: faiss.write_index(state.index, str(tmp)))
@@ -284,6 +292,8 @@ def _load_manifest(
     if index_entry is None:
         index: faiss.Index = faiss.IndexIDMap(faiss.IndexFlatIP(d))
         fill_index(index, store)
+        meta.pop("pending", None)  # filled from the store: it holds every live row
+        meta.pop("lazily_removed", None)
     else:
         xpath = F.verify_file(root, index_entry, checksum=verify_checksums)
         try:
@@ -292,10 +302,12 @@ def _load_manifest(
             raise IndexCorruptError(
                 f"cannot read FAISS index {xpath}: {exc}; {F.REBUILD_HINT}"
             ) from exc
-        if index.ntotal != n or index.d != d:
+        # rows waiting beside the structure (mmsearch.ann.pending) are not in it yet
+        in_structure = n - len(meta.get("pending", ())) + len(meta.get("lazily_removed", ()))
+        if index.ntotal != in_structure or index.d != d:
             raise IndexCorruptError(
                 f"FAISS index {xpath} holds {index.ntotal} vectors of dimension {index.d}, "
-                f"manifest says {n} x {d}; {F.REBUILD_HINT}"
+                f"manifest says {in_structure} x {d}; {F.REBUILD_HINT}"
             )
     meta["gpu"] = False
     return IndexState(

@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import numpy as np
+import numpy.typing as npt
 
 from mmsearch.ann.params import IndexParams, estimate_flat_bytes, estimate_ivfpq_bytes
+from mmsearch.ann.pending import id_list, store_ids
 from mmsearch.ann.store import VectorStore
+from mmsearch.ann.structure import ADD_CHUNK
+from mmsearch.errors import BadQueryError
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
 
 FileEntries = dict[str, dict[str, Any]]
 """Manifest role (``index``, ``vectors``, ``ids.1``, ``tombstones``...) → file entry."""
@@ -65,6 +73,47 @@ class IndexState:
             self.index_readonly_mmap = False
         return self
 
+    # -- rows waiting beside the structure (mmsearch.ann.pending); the caller holds the locks
+    def waiting_rows(self) -> int:
+        return len(self.meta.get("pending", ())) + len(self.meta.get("lazily_removed", ()))
+
+    def add_pending(self, vectors: F32, ids: I64) -> None:
+        if not len(ids):
+            return
+        if self.store.contains(ids).any() or len(np.unique(ids)) != len(ids):
+            raise BadQueryError("ids passed to add_pending are present already or repeated")
+        self.store.add(vectors, ids)
+        store_ids(self.meta, "pending", np.concatenate([id_list(self.meta, "pending"), ids]))
+
+    def remove_lazily(self, ids: I64) -> None:
+        ids = ids[self.store.contains(ids)]  # unknown ids are ignored
+        if not len(ids):
+            return
+        self.store.remove(ids)
+        pending = id_list(self.meta, "pending")
+        store_ids(self.meta, "pending", pending[~np.isin(pending, ids)])
+        lazy = np.concatenate([id_list(self.meta, "lazily_removed"), ids[~np.isin(ids, pending)]])
+        store_ids(self.meta, "lazily_removed", lazy)
+
+    def merge_pending(self) -> int:
+        """Adds the pending rows to the structure, removes the lazily removed ones."""
+        pending, lazy = id_list(self.meta, "pending"), id_list(self.meta, "lazily_removed")
+        if not len(pending) and not len(lazy):
+            return 0
+        vectors, found = self.store.lookup(pending, bulk=True)
+        self.make_mutable()
+        if len(lazy):
+            self.index.remove_ids(lazy)
+        for start in range(0, int(found.sum()), ADD_CHUNK):
+            part = slice(start, start + ADD_CHUNK)
+            self.index.add_with_ids(vectors[found][part], pending[found][part])
+        added = int(self.meta.get("added_since_train", 0)) + int(found.sum())
+        self.meta["added_since_train"] = added
+        store_ids(self.meta, "pending", pending[:0])
+        store_ids(self.meta, "lazily_removed", lazy[:0])
+        self.index_dirty = True
+        return len(pending) + len(lazy)
+
     def describe(self) -> dict[str, Any]:
         """``VectorIndex.info`` without ``needs_retrain``: type, sizes, parameters,
         tuned values, the build record and the refine store's layout."""
@@ -100,4 +149,6 @@ class IndexState:
             "build_phases_s": self.meta.get("build_phases_s"),
             "trained_n": self.meta.get("trained_n"),
             "added_since_train": self.meta.get("added_since_train"),
+            "pending_rows": len(self.meta.get("pending", ())),
+            "waiting_rows": self.waiting_rows(),
         }

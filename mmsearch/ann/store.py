@@ -52,6 +52,13 @@ def top_k(scores: F32, ids: I64, k: int) -> tuple[F32, I64]:
     return out_s, out_i
 
 
+def pad_missing(scores: F32, ids: I64) -> tuple[F32, I64]:
+    """FAISS answers with ``-inf`` scores where it had no row (id -1)."""
+    scores = np.asarray(scores, np.float32).copy()
+    scores[ids < 0] = -np.inf
+    return scores, np.asarray(ids, np.int64)
+
+
 class VectorStore:
     """Live (id, vector) rows, addressable by id; see the module docstring."""
 
@@ -210,10 +217,15 @@ class VectorStore:
             best_s, best_i = top_k(cand_s, cand_i, min(k, cand_s.shape[1]))
         return top_k(best_s, best_i, k)
 
-    def seal(self, segment: Segment) -> None:
-        """Replace the delta by ``segment``, the file it was just saved to."""
-        self.segments.append(segment)
-        self._delta = Segment(np.empty((0, self.d), self._np_dtype), np.empty(0, np.int64))
+    def rescore(self, q: F32, cand: I64, k: int) -> tuple[F32, I64]:
+        """Top-``k`` of the candidate ids by exact inner product; unknown or removed ids
+        drop out (the exact refine of an IVF-PQ search)."""
+        vecs, found = self.lookup(cand)
+        vecs = vecs.reshape(cand.shape[0], cand.shape[1], -1)
+        scores = np.einsum("qcd,qd->qc", vecs, q, optimize=False).astype(np.float32)
+        found = found.reshape(cand.shape) & (cand >= 0)
+        scores[~found] = -np.inf
+        return top_k(scores, np.where(found, cand, -1), k)
 
 
 def _iter_segment(seg: Segment, chunk: int) -> Iterator[tuple[F32, I64]]:

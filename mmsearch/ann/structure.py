@@ -115,10 +115,10 @@ def search_params(
     if hnsw is None:
         hnsw = _has_hnsw_quantizer(index)
     if hnsw:
-        hnsw = faiss.SearchParametersHNSW()
-        hnsw.efSearch = max(HNSW_EF_SEARCH_MIN, 2 * int(nprobe))
-        ivf_params.quantizer_params = hnsw
-        ivf_params.referenced_quantizer_params = hnsw  # keep the inner object alive
+        graph_params = faiss.SearchParametersHNSW()
+        graph_params.efSearch = max(HNSW_EF_SEARCH_MIN, 2 * int(nprobe))
+        ivf_params.quantizer_params = graph_params
+        ivf_params.referenced_quantizer_params = graph_params  # keep the inner object alive
     if isinstance(index, faiss.IndexPreTransform):
         outer = faiss.SearchParametersPreTransform()
         outer.index_params = ivf_params

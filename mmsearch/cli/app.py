@@ -18,7 +18,7 @@ from mmsearch.cli.finetune import finetune_cmd
 from mmsearch.cli.help import CleanHelpGroup, use_clean_help
 from mmsearch.cli.index import index_cmd
 from mmsearch.cli.label import label_cmd
-from mmsearch.cli.manage import build_index_cmd, check_cmd, info_cmd, remove_cmd
+from mmsearch.cli.manage import build_index_cmd, check_cmd, info_cmd, remove_cmd, repair_cmd
 from mmsearch.cli.query import query_cmd
 from mmsearch.cli.serve import serve_cmd
 
@@ -62,6 +62,7 @@ app.command("info")(info_cmd)
 app.command("remove")(remove_cmd)
 app.command("serve")(serve_cmd)
 app.command("check")(check_cmd)
+app.command("repair")(repair_cmd)
 app.command("sample-data")(sample_data_cmd)
 app.command("demo")(demo_cmd)
 app.command("eval")(eval_cmd)
@@ -83,6 +84,9 @@ ONE_SHOT_COMMANDS = frozenset({"query", "info", "check", "index"})
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # LanceDB's native log lines (a commit it could not verify, ...) would come on top of
+    # the one-line error that says what happened; LANCEDB_LOG=warn brings them back.
+    os.environ.setdefault("LANCEDB_LOG", "error")
     one_shot = len(sys.argv) > 1 and (
         sys.argv[1] in ONE_SHOT_COMMANDS or sys.argv[1] in ("--help", "-h", "--version")
     )

@@ -32,13 +32,51 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 IndexDirOpt = Annotated[
     Path | None,
-    typer.Option("--index", "-i", help="Index directory or object-store URI such as s3://bucket/prefix (default: $MMSEARCH_INDEX or ./.mmsearch)."),
+    typer.Option(
+        "--index",
+        "-i",
+        help="Index directory or object-store URI such as s3://bucket/prefix (default: $MMSEARCH_INDEX or ./.mmsearch).",
+    ),
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="Model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on a CPU when installed).")]
-QuantizeOpt = Annotated[str | None, typer.Option("--quantize", help="int8: dynamically quantised ONNX graphs (ONNX backend only).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings and errors (no progress bar, no summary).")]
-NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bar (for logs and CI).")]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="Torch device: cuda, cuda:1, cpu (default: auto).")
+]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Model runtime: torch, onnx (ONNX Runtime, CPU) or auto (onnx on a CPU when installed).",
+    ),
+]
+QuantizeOpt = Annotated[
+    str | None,
+    typer.Option("--quantize", help="int8: dynamically quantised ONNX graphs (ONNX backend only)."),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Print only warnings and errors (no progress bar, no summary)."
+    ),
+]
+NoProgressOpt = Annotated[
+    bool, typer.Option("--no-progress", help="No progress bar (for logs and CI).")
+]
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        min=0,
+        metavar="SECONDS",
+        show_default=False,
+        help="When another writer holds the index, wait up to this long for it to finish (default: stop at once).",
+    ),
+]
+
+
+def print_warnings(warnings: list[str]) -> None:
+    """Warnings of a command that succeeded (e.g. old files of a published index left behind)."""
+    for line in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}")
 
 
 def resolve_index_dir(value: Path | None) -> Path:

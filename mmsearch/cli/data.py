@@ -21,8 +21,15 @@ def sample_data_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the catalog into.")],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of items.")] = 400,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same bytes).")] = 0,
-    corrupt: Annotated[int, typer.Option("--corrupt", min=0, help="Also write this many corrupt image files.")] = 0,
-    scenes: Annotated[str, typer.Option("--scenes", help="single (one object), pairs (two objects side by side) or mixed.")] = "single",
+    corrupt: Annotated[
+        int, typer.Option("--corrupt", min=0, help="Also write this many corrupt image files.")
+    ] = 0,
+    scenes: Annotated[
+        str,
+        typer.Option(
+            "--scenes", help="single (one object), pairs (two objects side by side) or mixed."
+        ),
+    ] = "single",
 ) -> None:
     """Generate the synthetic product catalog (images + catalog.jsonl/csv)."""
     from mmsearch.datasets.synthetic import SCENES, generate_catalog
@@ -30,11 +37,15 @@ def sample_data_cmd(
     if scenes not in SCENES:
         raise typer.BadParameter(f"choose one of {', '.join(SCENES)}", param_hint="--scenes")
     info = generate_catalog(out, n=n, seed=seed, corrupt=corrupt, scenes=scenes)
-    console.print(f"wrote {info.n} items to {escape(str(out))} ({escape(str(info.jsonl_path))}, {escape(str(info.csv_path))})")
+    console.print(
+        f"wrote {info.n} items to {escape(str(out))} ({escape(str(info.jsonl_path))}, {escape(str(info.csv_path))})"
+    )
 
 
 def demo_cmd(
-    out: Annotated[Path, typer.Argument(help="Working folder for the demo catalog, index and HTML page.")] = Path("demo-out"),
+    out: Annotated[
+        Path, typer.Argument(help="Working folder for the demo catalog, index and HTML page.")
+    ] = Path("demo-out"),
     n: Annotated[int, typer.Option("--n", min=10, help="Catalog size.")] = 400,
     device: DeviceOpt = None,
     no_progress: NoProgressOpt = False,

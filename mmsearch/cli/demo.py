@@ -12,13 +12,20 @@ from typing import Any
 
 from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
 
-TEXT_QUERIES = ("a red circle on the left", "blue square", "a yellow star on the top", "green triangle")
+TEXT_QUERIES = (
+    "a red circle on the left",
+    "blue square",
+    "a yellow star on the top",
+    "green triangle",
+)
 
 
 @dataclass
 class DemoResult:
     report: Any
-    queries: list[tuple[str, str, list[Any]]] = field(default_factory=list)  # (query, kind, results)
+    queries: list[tuple[str, str, list[Any]]] = field(
+        default_factory=list
+    )  # (query, kind, results)
     html_path: Path | None = None
 
 
@@ -62,8 +69,20 @@ def run_demo(
     rows = [json.loads(line) for line in jsonl.open(encoding="utf-8")]
     probe = rows[0]
     probe_path = str(catalog_dir / probe["file"])
-    result.queries.append((f"{probe['file']} ({probe['caption']})", "image", idx.search(Path(probe_path), k=5, kind="image")))
-    result.queries.append((f"{probe['file']} ({probe['caption']})", "text", idx.search(Path(probe_path), k=5, kind="text")))
+    result.queries.append(
+        (
+            f"{probe['file']} ({probe['caption']})",
+            "image",
+            idx.search(Path(probe_path), k=5, kind="image"),
+        )
+    )
+    result.queries.append(
+        (
+            f"{probe['file']} ({probe['caption']})",
+            "text",
+            idx.search(Path(probe_path), k=5, kind="text"),
+        )
+    )
     result.html_path = write_gallery(out_dir / "results.html", result.queries)
     return result
 
@@ -88,7 +107,9 @@ def write_gallery(path: Path, queries: list[tuple[str, str, list[Any]]]) -> Path
                     f"{hit.score:.3f}<br>{html.escape(str(hit.metadata.get('file', '')))}</figcaption></figure>"
                 )
             else:
-                parts.append(f"<span class='t'>#{hit.rank} {hit.score:.3f} {html.escape(hit.text or hit.uri)}</span>")
+                parts.append(
+                    f"<span class='t'>#{hit.rank} {hit.score:.3f} {html.escape(hit.text or hit.uri)}</span>"
+                )
         parts.append("</div>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -147,6 +147,8 @@ def eval_cmd(
         sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False) + "\n")
     else:
         console.print(figures_table(report))
+        if report.classes:
+            console.print(classes_table(report))
     for line in report.skipped[:10]:
         err_console.print(f"[yellow]skipped[/] {line}", markup=True, highlight=False)
     if len(report.skipped) > 10:
@@ -175,7 +177,7 @@ def _run_captioned(
     split: str,
     model: Any,
     pretrained: Any,
-    index: Any,
+    index: Path | None,
     work_dir: Any,
     variant: Any,
     worst: int,
@@ -183,14 +185,15 @@ def _run_captioned(
     device: Any,
     progress: Any,
 ) -> Any:
-    from mmsearch.evaluation.captioned import evaluate_captioned
     from mmsearch.evaluation.inputs import read_captioned
+    from mmsearch.maintenance.evaluate import evaluate_captioned
     from mmsearch.models.spec import ModelSpec
 
     if model is None and index is not None:
+        from mmsearch.storage.objectstore import local_view
         from mmsearch.storage.table import ItemStore
 
-        spec = ItemStore.open(index).model_spec
+        spec = ItemStore.open(local_view(index)).model_spec
     else:
         spec = ModelSpec.parse(model, pretrained)
     data = read_captioned(source, images, split=None if split == "all" else split)
@@ -217,4 +220,26 @@ def figures_table(report: Any) -> Any:
         table.add_column(name.replace("_recall", " R"), justify="right")
     for name, values in report.figures.items():
         table.add_row(name, *(f"{values[m]:.4f}" for m in metrics))
+    return table
+
+
+def classes_table(report: Any) -> Any:
+    """A rich table: per class of query, one row per variant (recall@10, MRR, hit@1, only@5)."""
+    from rich.table import Table
+
+    table = Table(title="per class of query")
+    for name in ("class", "queries", "variant"):
+        table.add_column(name, justify="right" if name == "queries" else "left")
+    metrics = ("recall@10", "mrr", "hit@1", "only@5")
+    for name in metrics:
+        table.add_column(name, justify="right")
+    for group, figures in report.classes.items():
+        for i, (variant, values) in enumerate(figures.items()):
+            table.add_row(
+                group if i == 0 else "",
+                str(report.class_sizes[group]) if i == 0 else "",
+                variant,
+                *(f"{values[m]:.4f}" for m in metrics),
+                end_section=i == len(figures) - 1,
+            )
     return table

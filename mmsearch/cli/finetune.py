@@ -140,11 +140,11 @@ def finetune_cmd(
 
         if lock not in LOCKS or precision not in ("auto", "bf16", "fp32"):
             raise BadQueryError("--lock is image, text or none; --precision is auto, bf16 or fp32")
-        pairs = (
-            read_pairs(catalog, image_column=image_column, text_column=text_column)
-            if catalog
-            else pairs_from_index(index)
-        )  # type: ignore[arg-type]
+        if catalog is not None:
+            pairs = read_pairs(catalog, image_column=image_column, text_column=text_column)
+        else:
+            assert index is not None  # one of them was given (checked above)
+            pairs = pairs_from_index(index)
         fit_cfg = FitConfig(
             epochs=epochs,
             lr=lr,

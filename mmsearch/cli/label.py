@@ -56,7 +56,9 @@ def label_cmd(
         with progress_bar(err_console) as bar:
             progress = RichProgress(bar)
             progress.LABELS = {**progress.LABELS, "labels": "labelling images"}
-            report = label_index(resolve_index_dir(index), label_set, device=device, progress=progress)
+            report = label_index(
+                resolve_index_dir(index), label_set, device=device, progress=progress
+            )
     if json_out:
         sys.stdout.write(
             json.dumps(

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mmsearch.models.spec import ModelSpec
 
 
 def reembed_then_index(
     index_dir: Path,
-    spec: object,
+    spec: ModelSpec,
     paths: list[Path],
     batch_size: int | None,
     workers: int | None,
@@ -30,7 +34,8 @@ def reembed_then_index(
     from mmsearch.cli.common import console, err_console, reported_errors
     from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.cli.render import print_failures, print_summary
-    from mmsearch.indexer.pipeline import IndexOptions, run_index
+    from mmsearch.indexer.options import index_options
+    from mmsearch.indexer.pipeline import run_index
     from mmsearch.indexer.reembed import reembed_index
     from mmsearch.models import load_encoder
 
@@ -50,7 +55,7 @@ def reembed_then_index(
                     paths,
                     index_dir,
                     spec,
-                    options=IndexOptions(batch_size=batch_size, workers=workers),  # type: ignore[arg-type]
+                    options=index_options(batch_size=batch_size, workers=workers, device=device),
                     progress=RichProgress(bar),
                     encoder=encoder,
                 )

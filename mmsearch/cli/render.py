@@ -49,12 +49,26 @@ def _brief(metadata: Mapping[str, Any]) -> str:
     )  # zero-shot labels
 
 
+def score_caption(results: Sequence[Any]) -> str:
+    """What ran and what the scores are: ``mode hybrid · score relative``.
+
+    Parts the results do not say (a plain list of hits) are left out.
+    """
+    mode = getattr(results, "mode", None)
+    kind = getattr(results, "score_kind", None)
+    if kind is None:
+        kind = "+".join(dict.fromkeys(getattr(h, "score_kind", None) or "" for h in results))
+    parts = ([f"mode {mode}"] if mode else []) + ([f"score {kind}"] if kind else [])
+    return " · ".join(parts)
+
+
 #: Narrowest metadata column worth its own column; below it metadata goes under the path.
 MIN_METADATA_WIDTH = 28
 
 
 def result_table(results: Sequence[Any], width: int | None = None) -> Table:
-    """The hits as a table; metadata appears only when some hit has metadata.
+    """The hits as a table, titled with the mode and the score kind; metadata appears
+    only when some hit has metadata.
 
     Rank, score and kind are never cut, and paths never wrap (they stay copyable). When
     ``width`` (the terminal's) leaves the metadata less than :data:`MIN_METADATA_WIDTH`
@@ -64,9 +78,14 @@ def result_table(results: Sequence[Any], width: int | None = None) -> Table:
     briefs = [_brief(hit.metadata) for hit in results]
     shown = [_shown(hit) for hit in results]
     has_text = any(h.kind == "text" for h in results)
-    table = Table(show_lines=False)
+    caption = score_caption(results)
+    table = Table(show_lines=False, title=caption or None, title_justify="left")
+    kind = getattr(results, "score_kind", None) or (
+        getattr(results[0], "score_kind", None) if len(results) else None
+    )
+    score_head = f"score ({kind})" if kind else "score"
     table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("score", justify="right", no_wrap=True, min_width=6)
+    table.add_column(score_head, justify="right", no_wrap=True, min_width=6)
     table.add_column("kind", no_wrap=True, min_width=5)
     # rank, score, kind and the borders take about 28 columns
     longest = 0 if has_text else max((len(s) for s in shown), default=0)
@@ -196,6 +215,9 @@ def print_previews(results: Sequence[Any], out: Console, err: Console) -> None:
     from mmsearch.cli.termimage import detect_protocol, encode_inline, thumbnail_png
 
     protocol = detect_protocol(isatty=out.is_terminal)
+    caption = score_caption(results)
+    if protocol is not None and caption:
+        out.print(escape(caption))
     if protocol is None:
         out.print(result_table(results))
         err.print(

@@ -10,6 +10,7 @@ loads the re-ranker on demand; the snapshot and the stages do the work.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from mmsearch.engine.records import RecordWriter
 from mmsearch.engine.snapshot import IndexSnapshot, LazyEncoder
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
@@ -24,24 +26,27 @@ from mmsearch.search import pipeline
 from mmsearch.search.builder import QueryBuilder
 from mmsearch.search.encode import UrlFetcher, encode_terms
 from mmsearch.search.language import QueryTerm
+from mmsearch.search.limits import DEFAULT_KIND
 from mmsearch.search.request import QueryLike, WhereLike, make_query, query_terms
 from mmsearch.search.rerank import Reranker
-from mmsearch.search.types import DEFAULT_KIND, Kind, Query, RerankSpec, Results, SearchResult
+from mmsearch.search.types import Kind, Query, RerankSpec, Results, SearchResult
 from mmsearch.storage.snapshot import Snapshot
 from mmsearch.storage.table import ItemStore
 
 __all__ = ["Query", "QueryBuilder", "Results", "SearchIndex", "SearchResult", "open_index"]
 
+#: The terms of a query that arrives as a vector (they are never encoded).
+_VECTOR_TERMS = (QueryTerm(1.0, "text", "<vector>"),)
 
-class SearchIndex:
+
+class SearchIndex(RecordWriter):
     """A searchable index directory (or object-store URI, served from its local cache).
 
-    ``reranker``: the :class:`~mmsearch.search.rerank.Reranker` of queries that ask for
-    re-ranking.
+    ``reranker``: the :class:`~mmsearch.search.rerank.Reranker` of re-ranked queries, or an
+    ITM model name; without it the first such query loads the index's recorded model, else
+    the default, as ``query --rerank`` does (:func:`mmsearch.rerank.reranker_for`).
 
-    >>> import mmsearch
     >>> idx = mmsearch.open(".mmsearch")  # doctest: +SKIP
-    >>> [r.uri for r in idx.search("a red circle on the left", k=3)]  # doctest: +SKIP
     >>> idx.query().text("SKU-00042").group_by("sku").limit(5).to_list()  # doctest: +SKIP
     """
 
@@ -53,7 +58,7 @@ class SearchIndex:
         device: str | None = None,
         image_roots: Sequence[str | os.PathLike[str]] | None = None,
         encoder: Encoder | None = None,
-        reranker: Reranker | None = None,
+        reranker: Reranker | str | None = None,
         fetch_url: UrlFetcher | None = None,
         backend: str = "torch",
         quantize: str | None = None,
@@ -64,15 +69,15 @@ class SearchIndex:
             index_dir, encoders=encoders, model=model, image_roots=image_roots, fetch_url=fetch_url
         )
         self.index_dir: Path = self.current.index_dir
-        self.reranker = reranker
+        self.reranker: Reranker | None = _reranker_for(self.index_dir, reranker, device=device) if isinstance(reranker, str) else reranker  # fmt: skip
+        self._lock = threading.Lock()
+        self._location = index_dir  # as given: writers work on it (a folder, or the URI)
 
-    # -- the snapshot served ---------------------------------------------------------------
     def reload(self) -> bool:
         """Switches to a newer published snapshot, if any; returns whether it changed."""
-        latest = self.current.reload()
-        changed = latest is not self.current
+        latest, before = self.current.reload(), self.current
         self.current = latest  # queries already running finish on the one they took
-        return changed
+        return latest is not before
 
     @property
     def snapshot(self) -> Snapshot:
@@ -109,7 +114,6 @@ class SearchIndex:
         """Row count, model, snapshot, full-text index and per-kind ANN parameters."""
         return self.current.info()
 
-    # -- queries ---------------------------------------------------------------------------
     def query(self) -> QueryBuilder:
         """A fluent query builder bound to this index (see :class:`QueryBuilder`)."""
         return QueryBuilder(self)
@@ -128,7 +132,7 @@ class SearchIndex:
         kind: Kind = DEFAULT_KIND,
         where: WhereLike = None,
         mode: str | None = None,
-        fusion: str = "rrf",
+        fusion: str = "relative",
         alpha: float = 0.7,
         offset: int = 0,
         group_by: str | None = None,
@@ -143,24 +147,20 @@ class SearchIndex:
     ) -> Results:
         """Top-``k`` items for a query (text, query string, image path, PIL image or array).
 
-        ``kind`` restricts results to images or texts; ``where`` filters on metadata:
-        ``{"category": "buttons", "price": ("<", 20)}`` or ``["price < 20", "colour in red,blue"]``
-        (see :mod:`mmsearch.search.filters`); ``mode`` is ``vector``, ``lexical`` or ``hybrid``
+        ``where``: ``{"category": "buttons", "price": ("<", 20)}`` or ``["price < 20"]``
+        (:mod:`mmsearch.search.filters`); ``mode``: ``vector``, ``lexical`` or ``hybrid``
         (default: hybrid when the index has a full-text index and the query has text);
-        ``literal`` takes a string as one text term; ``min_score`` drops hits below a cosine
-        similarity; ``cutoff`` (hybrid) answers nothing, with a reason, when no hit beats
-        the index's calibrated chance level and no word matched. ``rerank`` (True or a
-        :class:`RerankSpec`) re-scores the top candidates with the index's re-ranker.
-        ``exact`` bypasses the ANN index; ``nprobe``/``refine`` override its tuned
-        parameters. Returns :class:`Results`.
+        ``fusion`` (hybrid): ``relative`` (each leg by how far it beats the index's chance
+        level, :mod:`mmsearch.search.fuse`), ``rrf`` or ``weighted`` (``alpha``: vector legs);
+        ``literal``: a string is one text term; ``cutoff`` (hybrid): nothing, with a reason,
+        when no hit beats the index's chance level and no word matched; ``rerank``: True or
+        a :class:`RerankSpec`; ``exact``/``nprobe``/``refine``: ANN overrides. See :class:`Query`.
         """
-        return self.run(
-            make_query(
-                query, literal=literal, where=where, rerank=rerank, kind=kind, mode=mode,
-                fusion=fusion, alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup,
-                min_score=min_score, cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine,
-            )
-        )  # fmt: skip
+        return self.run(make_query(
+            query, literal=literal, where=where, rerank=rerank, kind=kind, mode=mode, fusion=fusion,
+            alpha=alpha, k=k, offset=offset, group_by=group_by, dedup=dedup, min_score=min_score,
+            cutoff=cutoff, exact=exact, nprobe=nprobe, refine=refine,
+        ))  # fmt: skip
 
     def search_vector(
         self,
@@ -175,18 +175,27 @@ class SearchIndex:
         query_kind: str | None = None,
     ) -> Results:
         """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``)."""
-        q = Query(
-            terms=(QueryTerm(1.0, "text", "<vector>"),), kind=kind, mode="vector", k=k,
-            exact=exact, nprobe=nprobe, refine=refine,
-        )  # fmt: skip
-        return pipeline.run(
-            self.current, q, vector=np.asarray(vector, np.float32), allowed_ids=allowed_ids,
-            query_kind=query_kind,
-        )  # fmt: skip
+        q = Query(terms=_VECTOR_TERMS, kind=kind, mode="vector", k=k, exact=exact, nprobe=nprobe, refine=refine)  # fmt: skip
+        with self.current.store_reads():
+            return pipeline.run(self.current, q, vector=np.asarray(vector, np.float32), allowed_ids=allowed_ids, query_kind=query_kind)  # fmt: skip
 
     def run(self, query: Query) -> Results:
         """Runs a query object through the stages; see :class:`Results` for the answer."""
-        return pipeline.run(self.current, query, reranker=self.reranker)
+        reranker = self.reranker
+        if query.rerank is not None and reranker is None:
+            with self._lock:  # one load, however many queries ask at once
+                if self.reranker is None:
+                    self.reranker = _reranker_for(self.index_dir, None, device=self.device)
+                reranker = self.reranker
+        with self.current.store_reads():
+            return pipeline.run(self.current, query, reranker=reranker)
+
+
+def _reranker_for(index_dir: Path, model: str | None, *, device: str | None) -> Reranker:
+    # Imported on use: the ITM code (PIL, transformers) costs a plain query's start-up.
+    from mmsearch.rerank import reranker_for
+
+    return reranker_for(index_dir, model, device=device)
 
 
 def open_index(index_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> SearchIndex:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +29,12 @@ import numpy.typing as npt
 from mmsearch.errors import IndexNotFoundError, ModelMismatchError
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
+from mmsearch.search.calibrate import CHANCE_DEPTH, Chance, kind_chance, probe_texts
 from mmsearch.search.encode import UrlFetcher
 from mmsearch.search.rows import ROW_COLUMNS, Rows
 from mmsearch.storage.fulltext import FullTextTable, open_items_fulltext
 from mmsearch.storage.objectstore import RemoteIndex, remote_index
+from mmsearch.storage.s3 import store_errors
 from mmsearch.storage.snapshot import Snapshot, read_snapshot
 from mmsearch.storage.table import ItemStore
 
@@ -39,6 +42,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from mmsearch.ann import VectorIndex
+
+#: Largest kind whose chance level is measured by exact search (its ANN index above it).
+EXACT_CHANCE_ROWS = 200_000
 
 
 class LazyEncoder:
@@ -113,7 +119,7 @@ class IndexSnapshot:
         self._rows = Rows(rows) if rows is not None else None
         self._store = store
         self._fulltext: FullTextTable | None = None
-        self._floors: dict[str, float] | None = None
+        self._chance: dict[str, Chance] | None = None
         self._lock = threading.RLock()
 
     # -- opening ---------------------------------------------------------------------------
@@ -206,6 +212,11 @@ class IndexSnapshot:
             self._fetch_url,
         )  # fmt: skip
 
+    def store_reads(self) -> AbstractContextManager[None]:
+        """Where an object-store index's table reads (full-text legs, rows of indexes without
+        a rows file) fail as one :class:`~mmsearch.errors.StorageError` naming the URI."""
+        return nullcontext() if self._remote is None else store_errors(self._remote.uri, "read")
+
     # -- what the pipeline reads (SearchSource) --------------------------------------------
     @property
     def index_dir(self) -> Path:
@@ -235,7 +246,12 @@ class IndexSnapshot:
     @property
     def encoder(self) -> Encoder:
         """The index's query encoder (loaded and backend-checked on first use)."""
-        return self._encoders.get(self.spec, self._index_dir)
+        # Under the snapshot's lock, like the table's opening: a one-shot hybrid query
+        # would otherwise load the model while its lexical leg imports LanceDB, two
+        # import-bound loads fighting over the GIL (measured 1.2x slower than one after
+        # the other; benchmarks/RESULTS.md, engine refactor).
+        with self._lock:
+            return self._encoders.get(self.spec, self._index_dir)
 
     @property
     def store(self) -> ItemStore:
@@ -260,20 +276,28 @@ class IndexSnapshot:
                 self._fulltext = open_items_fulltext(self._index_dir, self.published.table_version)
             return self._fulltext
 
-    def kind_floors(self) -> Mapping[str, float]:
-        """Per-kind chance levels for hybrid's cut-off (see :mod:`mmsearch.search.calibrate`)."""
-        from mmsearch.search.calibrate import kind_floors, probe_texts
+    def kind_chance(self) -> Mapping[str, Chance]:
+        """Per-kind chance levels (see :mod:`mmsearch.search.calibrate`), measured once.
 
+        Probes search a kind exactly up to :data:`EXACT_CHANCE_ROWS` rows, through its ANN
+        index above that (the level of a meaningless query's best hits needs no more).
+        """
         with self._lock:
-            if self._floors is None:
+            if self._chance is None:
                 probes = np.asarray(self.encoder.encode_texts(probe_texts()), np.float32)
-                best = {}
+                top = {}
                 for kind, index in self._ann.items():
                     if len(index):
-                        scores, _ = index.search(probes, 1, exact=True)
-                        best[kind] = scores[:, 0]
-                self._floors = kind_floors(best)
-            return self._floors
+                        depth, exact = (
+                            min(CHANCE_DEPTH, len(index)),
+                            len(index) <= EXACT_CHANCE_ROWS,
+                        )
+                        scores, _ = index.search(probes, depth, exact=exact)
+                        found = (scores > -np.inf).all(axis=1)  # an ANN probe may come back short
+                        if found.any():
+                            top[kind] = scores[found]
+                self._chance = kind_chance(top)
+            return self._chance
 
     def file_stats(self, ids: npt.NDArray[np.int64]) -> pa.Table:
         """``id, mtime_ns, size`` of the given rows as indexed (rows not in the table are absent)."""
@@ -287,7 +311,7 @@ class IndexSnapshot:
     @property
     def stale(self) -> bool:
         """True when the table has commits newer than this snapshot's version."""
-        from mmsearch.maintenance.info import latest_table_version
+        from mmsearch.storage.versions import latest_table_version
 
         latest = latest_table_version(self._index_dir)  # file names only: no LanceDB
         if latest is not None:

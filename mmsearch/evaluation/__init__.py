@@ -3,6 +3,8 @@
 * :mod:`~mmsearch.evaluation.metrics`: recall@k, MRR, nDCG@10 and CLIP_benchmark's R@k.
 * :mod:`~mmsearch.evaluation.inputs`: query sets (JSONL) and captioned collections.
 * :mod:`~mmsearch.evaluation.runner`: runs them through the search API, exact vs ANN.
+* :mod:`~mmsearch.evaluation.captioned`: text→image and image→text R@k over an index of
+  a captioned collection (indexing it first: :mod:`mmsearch.maintenance.evaluate`).
 * :mod:`~mmsearch.evaluation.report_html`: the HTML report (recall@K plot, worst queries).
 * :mod:`~mmsearch.evaluation.synthetic`: caption-match figures on a generated catalog.
 
@@ -21,7 +23,7 @@ _LAZY = {
     "read_captioned": "mmsearch.evaluation.inputs",
     "EvalReport": "mmsearch.evaluation.runner",
     "evaluate_queries": "mmsearch.evaluation.runner",
-    "evaluate_captioned": "mmsearch.evaluation.captioned",
+    "captioned_report": "mmsearch.evaluation.captioned",
     "write_html_report": "mmsearch.evaluation.report_html",
     "caption_recall": "mmsearch.evaluation.synthetic",
     "encode_catalog_images": "mmsearch.evaluation.synthetic",

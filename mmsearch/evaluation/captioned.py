@@ -1,18 +1,15 @@
 """Captioned-collection evaluation: text→image and image→text R@k as CLIP_benchmark computes it.
 
-The collection (COCO / Flickr30k Karpathy JSON, CSV/JSONL of image,caption) is indexed
-with the regular pipeline into a work folder, then every caption queries the images
-and every image (its stored vector) queries the captions, once per search variant.
+Over an index of the collection (COCO / Flickr30k Karpathy JSON, CSV/JSONL of
+image,caption), every caption queries the images and every image (its stored vector)
+queries the captions, once per search variant. Indexing the collection into a work
+folder and opening it is :func:`mmsearch.maintenance.evaluate.evaluate_captioned`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -20,49 +17,19 @@ from typing import Any
 import numpy as np
 
 from mmsearch.evaluation.inputs import CaptionedSet
-from mmsearch.evaluation.metrics import DEFAULT_KS, first_relevant_rank, hit_curve
-from mmsearch.evaluation.runner import EvalReport, ItemCatalog, ProgressFn, WorstCase, no_progress
-from mmsearch.evaluation.variants import PRIMARY, Variant, available_variants, vector_options
-
-
-def index_captioned(
-    data: CaptionedSet,
-    work_dir: Path,
-    spec: Any,
-    encoder: Any,
-    progress: ProgressFn,
-    batch_size: int = 64,
-) -> dict[str, Any]:
-    """Indexes a captioned collection into ``work_dir`` with the regular pipeline.
-
-    The images are linked into ``work_dir/images`` as ``NNNNNNN<ext>`` (their position),
-    the captions written to ``work_dir/captions.jsonl`` with ids ``c<position>``.
-    """
-    from mmsearch.indexer.pipeline import IndexOptions, run_index
-
-    image_dir = work_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    for i, src in enumerate(data.images):
-        link = image_dir / f"{i:07d}{src.suffix.lower()}"
-        if not link.exists():
-            os.symlink(os.path.abspath(src), link)
-    captions = work_dir / "captions.jsonl"
-    with open(captions, "w", encoding="utf-8") as fh:
-        for j, text in enumerate(data.captions):
-            fh.write(json.dumps({"id": f"c{j}", "caption": text}, ensure_ascii=False) + "\n")
-    report = run_index(
-        [image_dir, captions],
-        work_dir / "index",
-        spec,
-        options=IndexOptions(batch_size=batch_size),
-        progress=progress,
-        encoder=encoder,
-    )
-    return {"failed": report.failed, "failures": [f"{f.path}: {f.reason}" for f in report.failures]}
+from mmsearch.evaluation.metrics import first_relevant_rank, hit_curve
+from mmsearch.evaluation.runner import EvalReport, ItemCatalog, ProgressFn, WorstCase
+from mmsearch.evaluation.variants import (
+    PRIMARY,
+    EvaluatedIndex,
+    Variant,
+    available_variants,
+    vector_options,
+)
 
 
 def _position_of(catalog: ItemCatalog) -> tuple[dict[int, int], dict[int, int]]:
-    """id → image position and id → caption position, from the names index_captioned gives."""
+    """id → image position and id → caption position, from the names ``index_captioned`` gives."""
     images: dict[int, int] = {}
     texts: dict[int, int] = {}
     for item_id, uri in catalog.uri.items():
@@ -73,53 +40,22 @@ def _position_of(catalog: ItemCatalog) -> tuple[dict[int, int], dict[int, int]]:
     return images, texts
 
 
-def evaluate_captioned(
-    data: CaptionedSet,
-    spec: Any,
-    *,
-    encoder: Any | None = None,
-    device: str | None = None,
-    work_dir: str | os.PathLike[str] | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
-    variants: Sequence[str] | None = None,
-    worst: int = 8,
-    batch_size: int = 64,
-    progress: ProgressFn | None = None,
-) -> EvalReport:
-    """Text→image and image→text R@k of ``spec`` on a captioned collection, per variant.
-
-    The collection is indexed (images and captions) into ``work_dir`` (a temporary
-    folder by default) with one model load; every caption then queries the images and
-    every image (its stored vector) queries the captions. R@k is CLIP_benchmark's: the
-    share of queries with a positive in the top k (a caption's one image; any of an
-    image's captions).
-    """
-    from mmsearch.engine import SearchIndex
-
-    started = time.perf_counter()
-    progress = progress or no_progress
-    if encoder is None:
-        from mmsearch.models import load_encoder
-
-        encoder = load_encoder(spec, device=device)
-    with tempfile.TemporaryDirectory(prefix="mmsearch-eval-") as tmp:
-        root = Path(work_dir) if work_dir is not None else Path(tmp)
-        built = index_captioned(data, root, spec, encoder, progress, batch_size)
-        index = SearchIndex(root / "index", encoder=encoder)
-        report = _captioned_report(index, data, ks, variants, worst, progress)
-    report.skipped = built["failures"]
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _captioned_report(
-    index: Any,
+def captioned_report(
+    index: EvaluatedIndex,
     data: CaptionedSet,
     ks: Sequence[int],
     variants: Sequence[str] | None,
     worst: int,
     progress: ProgressFn,
 ) -> EvalReport:
+    """Text→image and image→text R@k over an open index of a captioned collection.
+
+    ``index`` holds ``data`` as :func:`mmsearch.maintenance.evaluate.index_captioned`
+    writes it (images named by position, captions with ids ``c<position>``); every
+    caption queries the images and every image (its stored vector) queries the
+    captions, once per search variant. R@k is CLIP_benchmark's: the share of queries
+    with a positive in the top k (a caption's one image; any of an image's captions).
+    """
     chosen = [
         v
         for v in available_variants(index, list(variants) if variants else None)
@@ -133,8 +69,10 @@ def _captioned_report(
     }  # the work dir goes away
     id_of_image = {p: i for i, p in image_pos.items()}
     image_ids = [id_of_image[p] for p in sorted(id_of_image)]
-    text_ids = sorted(text_pos, key=text_pos.get)
-    t2i_positive = {i: {id_of_image.get(data.caption_image[text_pos[i]])} for i in text_ids}
+    text_ids = sorted(text_pos, key=lambda i: text_pos[i])
+    t2i_positive: dict[int, set[int | None]] = {
+        i: {id_of_image.get(data.caption_image[text_pos[i]])} for i in text_ids
+    }
     i2t_positive: dict[int, set[int]] = {i: set() for i in image_ids}
     for t in text_ids:
         image = id_of_image.get(data.caption_image[text_pos[t]])
@@ -209,17 +147,17 @@ def _captioned_report(
     )
 
 
-def _stored_vectors(index: Any, ids: list[int]) -> np.ndarray:
+def _stored_vectors(index: EvaluatedIndex, ids: list[int]) -> np.ndarray:
     ids_all, vectors = index.store.vectors("image")
     pos = {int(i): n for n, i in enumerate(ids_all)}
     return vectors[[pos[i] for i in ids]]
 
 
 def _ranked_hits(
-    index: Any,
+    index: EvaluatedIndex,
     vectors: np.ndarray,
     query_ids: list[int],
-    positives: dict[int, set[int | None]],
+    positives: Mapping[int, Set[int | None]],
     kind: str,
     query_kind: str,
     depth: int,

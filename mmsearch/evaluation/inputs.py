@@ -9,7 +9,8 @@ Query set, one JSON object a line::
 
 ``relevant`` holds item uris, ids, or image paths (relative to the query file); a
 ``{key: grade}`` object gives graded relevance (grade > 0 is relevant). Image paths in
-queries are relative to the query file too.
+queries are relative to the query file too. An optional ``class`` (a string such as
+``"brand"`` or ``"sku"``) groups queries: the report gives each class its own figures.
 
 Captioned collection: the Karpathy split JSON of COCO / Flickr30k (``images[].filename``
 + ``sentences[].raw``, filtered to one ``split``), the COCO annotation format
@@ -43,6 +44,7 @@ class EvalQuery:
     relevant: dict[str | int, float]
     kind: str = "any"
     where: list[str] = field(default_factory=list)
+    group: str | None = None  # the query's class, if the set names one
 
     @property
     def label(self) -> str:
@@ -140,9 +142,11 @@ def read_queries(path: str | os.PathLike[str]) -> list[EvalQuery]:
             raise BadQueryError(
                 f"{source} line {number}: 'query' must be a text, an image path or an object"
             )
-        queries.append(
-            EvalQuery(number, text, _relevance(obj["relevant"], base, number), kind, where)
-        )
+        group = obj.get("class")
+        if group is not None and (not isinstance(group, str) or not group.strip()):
+            raise BadQueryError(f"{source} line {number}: 'class' must be a non-empty string")
+        relevance = _relevance(obj["relevant"], base, number)
+        queries.append(EvalQuery(number, text, relevance, kind, where, group))
     if not queries:
         raise BadQueryError(f"query set {source} holds no queries")
     return queries

@@ -6,7 +6,10 @@ Two families, each computed the way its reference computes it:
   relevant items (grade > 0) found in its top ``k``; ``mrr`` = 1 / rank of the first
   relevant item within the retrieved depth (0 when none); ``ndcg@k`` with linear gain
   (``grade / log2(rank + 1)``, as trec_eval and scikit-learn's ``ndcg_score``), divided
-  by the ideal ordering's DCG. Overall figures are means over queries.
+  by the ideal ordering's DCG. Overall figures are means over queries. Per class of
+  query (a query set's ``class`` field) the report adds ``hit@1`` (the first result is
+  relevant: an identifier's item) and ``only@5`` (the first five results, or as many
+  as the query has relevant items, are all relevant: a brand's top 5 holds only it).
 * Captioned-collection retrieval, as LAION's CLIP_benchmark computes it
   (``clip_benchmark/metrics/zeroshot_retrieval.py``): for each query, the top-``k``
   candidates by score; the query scores 1 when at least one positive is among them,
@@ -63,6 +66,27 @@ def ndcg_at_k(
     ideal = sorted((g for g in grades.values() if g > 0), reverse=True)[:k]
     idcg = sum(g / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
     return dcg / idcg if idcg > 0 else 0.0
+
+
+def only_relevant_at_k(
+    ranked: Sequence[Hashable], grades: Mapping[Hashable, float], k: int
+) -> float:
+    """1.0 when the first ``min(k, relevant)`` results are all relevant, else 0.0."""
+    relevant = _relevant(grades)
+    if not relevant:
+        raise ValueError("a query needs at least one relevant item")
+    top = list(ranked[: min(k, len(relevant))])
+    return float(len(top) == min(k, len(relevant)) and all(key in relevant for key in top))
+
+
+def class_metrics(ranked: Sequence[Hashable], grades: Mapping[Hashable, float]) -> dict[str, float]:
+    """The figures shown per class of query: recall@10, MRR, hit@1 and only@5."""
+    return {
+        "recall@10": recall_at_k(ranked, grades, 10),
+        "mrr": reciprocal_rank(ranked, grades),
+        "hit@1": reciprocal_rank(ranked[:1], grades),
+        "only@5": only_relevant_at_k(ranked, grades, 5),
+    }
 
 
 def first_relevant_rank(ranked: Sequence[Hashable], grades: Mapping[Hashable, float]) -> int | None:

@@ -1,7 +1,7 @@
 """Run an evaluation against an index through the public search API.
 
 :func:`evaluate_queries` runs a query set (``mmsearch eval QUERIES.jsonl``);
-:func:`mmsearch.evaluation.captioned.evaluate_captioned` indexes a captioned collection
+:func:`mmsearch.maintenance.evaluate.evaluate_captioned` indexes a captioned collection
 and measures text→image and image→text retrieval as CLIP_benchmark does. Both run
 every :mod:`~mmsearch.evaluation.variants` variant side by side and return an
 :class:`EvalReport`; the library never prints (``progress`` reports work done).
@@ -21,10 +21,16 @@ from mmsearch.errors import BadQueryError
 from mmsearch.evaluation.inputs import EvalQuery
 from mmsearch.evaluation.metrics import (
     DEFAULT_KS,
+    class_metrics,
     mean_metrics,
     query_metrics,
 )
-from mmsearch.evaluation.variants import PRIMARY, available_variants, search_options
+from mmsearch.evaluation.variants import (
+    PRIMARY,
+    EvaluatedIndex,
+    available_variants,
+    search_options,
+)
 from mmsearch.search.limits import MAX_K
 from mmsearch.uris import path_to_uri, uri_to_path
 
@@ -72,7 +78,12 @@ class WorstCase:
 
 @dataclass
 class EvalReport:
-    """Figures of one evaluation run; ``overall`` holds the primary variant's figures."""
+    """Figures of one evaluation run; ``overall`` holds the primary variant's figures.
+
+    ``classes`` maps each class of query (the query set's ``class`` field) to its
+    figures per variant (:func:`~mmsearch.evaluation.metrics.class_metrics`, averaged
+    over that class's queries); ``class_sizes`` counts its queries.
+    """
 
     mode: str
     model: str
@@ -85,6 +96,8 @@ class EvalReport:
     n_items: int = 0
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    classes: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    class_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def primary(self) -> str:
@@ -106,6 +119,10 @@ class EvalReport:
             "n_items": self.n_items,
             "skipped": self.skipped,
             "seconds": round(self.seconds, 3),
+            "classes": {
+                name: {"queries": self.class_sizes[name], "variants": figures}
+                for name, figures in self.classes.items()
+            },
             "queries": self.queries,
         }
 
@@ -113,7 +130,7 @@ class EvalReport:
 class ItemCatalog:
     """The rows an index serves: id → (uri, kind, text) of every row the index serves, and uri → id."""
 
-    def __init__(self, index: Any) -> None:
+    def __init__(self, index: EvaluatedIndex) -> None:
         table = index.store.scan(["id", "uri", "kind", "text"])
         self.ids = table.column("id").to_pylist()
         self.uri = dict(zip(self.ids, table.column("uri").to_pylist(), strict=True))
@@ -149,7 +166,7 @@ class ItemCatalog:
 
 
 def evaluate_queries(
-    index: Any,
+    index: EvaluatedIndex,
     queries: Sequence[EvalQuery],
     *,
     ks: Sequence[int] = DEFAULT_KS,
@@ -161,7 +178,8 @@ def evaluate_queries(
     """Runs a query set against an open :class:`~mmsearch.engine.SearchIndex`.
 
     Each query is searched once per variant with ``k = depth``; recall@k, MRR (within
-    ``depth``) and nDCG@10 are computed per query and averaged. Relevant items absent
+    ``depth``) and nDCG@10 are computed per query and averaged, and per class of query
+    (:attr:`EvalQuery.group`) recall@10, MRR, hit@1 and only@5. Relevant items absent
     from the index still count as relevant (they lower recall) and are listed in
     ``skipped``; a query with no relevant item in the index at all is skipped. An image
     query whose own file is indexed finds itself first: unless the set lists that file
@@ -176,6 +194,7 @@ def evaluate_queries(
     progress("queries", 0, len(queries) * len(chosen))
     per_variant: dict[str, list[dict[str, float]]] = {v.name: [] for v in chosen}
     hits: dict[str, list[list[bool]]] = {v.name: [] for v in chosen}
+    by_class: dict[str, dict[str, list[dict[str, float]]]] = {}
     rows: list[dict[str, Any]] = []
     cases: list[tuple[float, WorstCase]] = []
     skipped: list[str] = []
@@ -195,6 +214,7 @@ def evaluate_queries(
         row: dict[str, Any] = {
             "line": query.line,
             "query": query.query,
+            "class": query.group,
             "relevant": sum(1 for g in grades.values() if g > 0),
             "metrics": {},
             "top": {},
@@ -221,6 +241,9 @@ def evaluate_queries(
             hits[variant.name].append(
                 [i in relevant for i in ranked] + [False] * (depth - len(ranked))
             )
+            if query.group is not None:
+                per_class = by_class.setdefault(query.group, {v.name: [] for v in chosen})
+                per_class[variant.name].append(class_metrics(ranked, grades))
             row["metrics"][variant.name] = {k: round(v, 6) for k, v in metrics.items()}
             row["top"][variant.name] = [catalog.uri[i] for i in ranked[:10]]
             progress("queries", 1, None)
@@ -272,6 +295,11 @@ def evaluate_queries(
         n_items=len(catalog.ids),
         skipped=skipped,
         seconds=time.perf_counter() - started,
+        classes={
+            name: {v: mean_metrics(values) for v, values in figures.items()}
+            for name, figures in by_class.items()
+        },
+        class_sizes={name: len(next(iter(f.values()))) for name, f in by_class.items()},
     )
 
 

@@ -2,9 +2,10 @@
 
 ``exact`` (brute force over the stored vectors) and ``ann`` (the tuned ANN index) run
 the vector leg alone. ``+rerank`` joins the table when the index has a reranker
-(``SearchIndex(..., reranker=...)``), ``+hybrid`` (vector + BM25 legs fused, what a
-plain text query runs when a full-text index exists) when the index has a full-text
-index. :func:`register_variant` adds more.
+(``SearchIndex(..., reranker=...)``); ``+hybrid`` (vector + BM25 legs fused by the
+default, relative fusion: what a plain text query runs when a full-text index exists),
+``+rrf`` and ``+weighted`` (the same legs fused by reciprocal rank and by weighted
+min-max scores) when the index has a full-text index. :func:`register_variant` adds more.
 """
 
 from __future__ import annotations
@@ -12,11 +13,43 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mmsearch.models.base import Encoder
+    from mmsearch.models.spec import ModelSpec
+    from mmsearch.storage.table import ItemStore
 
 
-def _always(index: Any) -> bool:
+class EvaluatedIndex(Protocol):
+    """What an evaluation uses of an open index (:class:`mmsearch.engine.SearchIndex` is one).
+
+    ``search`` is called with each variant's options (those its signature offers);
+    ``search_vector`` with a stored vector, ``k``, ``kind``, ``query_kind`` and options.
+    """
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    @property
+    def store(self) -> ItemStore: ...
+
+    @property
+    def encoder(self) -> Encoder: ...
+
+    @property
+    def search(self) -> Callable[..., Any]: ...
+
+    @property
+    def search_vector(self) -> Callable[..., Any]: ...
+
+
+def _always(index: EvaluatedIndex) -> bool:
     return True
+
+
+def _has_lexical(index: Any) -> bool:
+    return bool(getattr(index, "has_lexical", False))
 
 
 @dataclass(frozen=True)
@@ -26,7 +59,7 @@ class Variant:
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
-    available: Callable[[Any], bool] = _always
+    available: Callable[[EvaluatedIndex], bool] = _always
 
 
 _REGISTRY: list[Variant] = [
@@ -42,7 +75,13 @@ _REGISTRY: list[Variant] = [
         "+hybrid",
         {"mode": None},  # automatic: hybrid for text terms, vector for image-only queries
         "vector and BM25 legs fused (image-only queries: vector), what a plain query runs",
-        lambda index: bool(getattr(index, "has_lexical", False)),
+        _has_lexical,
+    ),
+    Variant(
+        "+rrf", {"mode": None, "fusion": "rrf"}, "hybrid, reciprocal rank fusion", _has_lexical
+    ),
+    Variant(
+        "+weighted", {"mode": None, "fusion": "weighted"}, "hybrid, weighted fusion", _has_lexical
     ),
 ]
 
@@ -76,7 +115,7 @@ def vector_options(variant: Variant) -> dict[str, Any] | None:
     return options if set(options) <= {"exact", "nprobe", "refine"} else None
 
 
-def available_variants(index: Any, names: list[str] | None = None) -> list[Variant]:
+def available_variants(index: EvaluatedIndex, names: list[str] | None = None) -> list[Variant]:
     """The registered variants ``index`` can run (optionally only ``names``, in that order)."""
     known = {v.name: v for v in _REGISTRY}
     ok = [

@@ -22,47 +22,23 @@ from mmsearch.ann.params import (
     retrain_due,
 )
 from mmsearch.errors import IndexCorruptError, IndexNotFoundError
+from mmsearch.storage.objectstore import local_view, remote_uri_of
 from mmsearch.storage.snapshot import Snapshot, read_snapshot
-
-#: The LanceDB table's directory inside an index (``storage.DB_DIRNAME/TABLE_NAME.lance``);
-#: spelled out here so that reading it does not import the storage layer.
-TABLE_DIR = Path("db") / "items.lance"
-_U64_MAX = (1 << 64) - 1
+from mmsearch.storage.versions import TABLE_DIR, latest_table_version
 
 
 def _snapshot_or_raise(index_dir: Path) -> Snapshot:
     snapshot = read_snapshot(index_dir)
     if snapshot is not None:
         return snapshot
-    if (index_dir / TABLE_DIR).is_dir():
+    shown = remote_uri_of(index_dir) or index_dir
+    if (index_dir / TABLE_DIR).is_dir() or latest_table_version(index_dir) is not None:
         raise IndexNotFoundError(
-            f"index at {index_dir} has rows but no search index yet; run: mmsearch build-index --index {index_dir}"
+            f"index at {shown} has rows but no search index yet; run: mmsearch build-index --index {shown}"
         )
     raise IndexNotFoundError(
-        f"no mmsearch index at {index_dir} (create one with: mmsearch index PATH --index {index_dir})"
+        f"no mmsearch index at {shown} (create one with: mmsearch index PATH --index {shown})"
     )
-
-
-def latest_table_version(index_dir: str | os.PathLike[str]) -> int | None:
-    """The newest committed table version, from the names of Lance's version manifests.
-
-    Lance names them ``<v>.manifest`` or, in its newer layout, ``<2**64-1-v>.manifest``.
-    Returns None when the layout is not recognised (the caller then omits staleness).
-    """
-    folder = Path(index_dir) / TABLE_DIR / "_versions"
-    best: int | None = None
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return None
-    for name in names:
-        stem, dot, ext = name.partition(".")
-        if ext != "manifest" or not stem.isdigit():
-            continue
-        value = int(stem)
-        version = _U64_MAX - value if value > (1 << 63) else value
-        best = version if best is None else max(best, version)
-    return best
 
 
 def ann_info(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -114,12 +90,15 @@ def ann_info(manifest: dict[str, Any]) -> dict[str, Any]:
 def index_info(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Model, dimension, rows, table version, staleness, backends and per-kind ANN summary.
 
+    ``index_dir`` may be an object-store URI: its published snapshot is pulled into
+    the reader cache first (``local_dir`` says where).
+
     >>> index_info(".mmsearch")["rows"]  # doctest: +SKIP
     400
     """
     from mmsearch.models.backends import read_backend_record
 
-    root = Path(index_dir)
+    root = local_view(index_dir)
     snapshot = _snapshot_or_raise(root)
     ann: dict[str, dict[str, Any]] = {}
     for kind in snapshot.ann_dirs:
@@ -133,7 +112,8 @@ def index_info(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     latest = latest_table_version(root)
     dims = {info["d"] for info in ann.values()}
     return {
-        "index_dir": str(root),
+        "index_dir": remote_uri_of(root) or str(root),
+        "local_dir": str(root),
         "model": snapshot.model_key,
         "dim": dims.pop() if len(dims) == 1 else None,
         "rows": sum(info["n"] for info in ann.values()),
@@ -148,7 +128,8 @@ def check_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Verifies everything an open skips; raises :class:`IndexCorruptError` on the first problem.
 
     Per kind: every ANN file's size and SHA-256, id order, the FAISS file readable, and
-    the ids equal to the table's ids of that kind at the snapshot's version.
+    the ids equal to the table's ids of that kind at the snapshot's version. An
+    object-store URI is checked through its reader cache (the published snapshot).
     Returns ``{kind: rows checked}``.
     """
     import numpy as np
@@ -158,7 +139,8 @@ def check_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     from mmsearch.storage.schema import sql_quote
     from mmsearch.storage.table import ItemStore
 
-    root = Path(index_dir)
+    root = local_view(index_dir)
+    shown = remote_uri_of(root) or root
     snapshot = _snapshot_or_raise(root)
     store = ItemStore.open(root, version=snapshot.table_version)
     checked: dict[str, Any] = {}
@@ -177,7 +159,7 @@ def check_index(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
             raise IndexCorruptError(
                 f"the {kind} ANN index in {path} holds {len(ann_ids)} ids but the table has "
                 f"{len(table_ids)} {kind} rows at version {snapshot.table_version} (or other ids); "
-                f"rebuild it with: mmsearch build-index --index {root}"
+                f"rebuild it with: mmsearch build-index --index {shown} (or mmsearch repair --index {shown})"
             )
         checked[kind] = len(table_ids)
     return checked

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from mmsearch.errors import ModelLoadError, ModelMismatchError
 from mmsearch.models.cache import read_json, write_json_atomic
 from mmsearch.models.hub import check_weights_reachable
 from mmsearch.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from mmsearch.models.base import Encoder
 
 BACKENDS = ("auto", "torch", "onnx")
 #: Per-item cosine two backends' embeddings must reach to share an index.
@@ -136,7 +139,7 @@ def check_encoder_available(
     check_weights_reachable(spec, offline=offline)
 
 
-def backend_label(encoder: Any) -> str:
+def backend_label(encoder: Encoder) -> str:
     """``torch``, ``onnx`` or ``onnx-int8``: what produced an encoder's vectors."""
     name = str(getattr(encoder, "backend", "torch"))
     quantize = getattr(encoder, "quantize", None)
@@ -148,7 +151,7 @@ def read_backend_record(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return read_json(Path(index_dir) / RECORD_NAME)
 
 
-def check_backend(index_dir: str | os.PathLike[str], encoder: Any, *, record: bool) -> str:
+def check_backend(index_dir: str | os.PathLike[str], encoder: Encoder, *, record: bool) -> str:
     """Refuses an encoder whose backend disagrees with the index's recorded vectors.
 
     A backend already recorded passes at once (no encoding). The first backend of an
@@ -171,7 +174,9 @@ def check_backend(index_dir: str | os.PathLike[str], encoder: Any, *, record: bo
         return label
     if not backends:
         if record:
-            write_json_atomic(path, {"model": spec_key, "reference": label, "backends": {label: {}}})
+            write_json_atomic(
+                path, {"model": spec_key, "reference": label, "backends": {label: {}}}
+            )
         return label
     first_label = str(data.get("reference") or next(iter(backends)))
     probes = np.asarray(encoder.encode_texts(list(PROBE_TEXTS)), dtype=np.float32)

@@ -8,7 +8,10 @@ reads both from a loaded encoder. torch is imported only on the CUDA path.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mmsearch.models.base import Encoder
 
 #: Images per forward pass on a CPU (and on a GPU when nothing else is known).
 CPU_BATCH_SIZE = 64
@@ -68,7 +71,7 @@ def choose_batch_size(
     return max(1, min(cap, n))
 
 
-def batch_size_for(encoder: Any, requested: int | None = None) -> int:
+def batch_size_for(encoder: Encoder, requested: int | None = None) -> int:
     """``requested`` when given; else :data:`CPU_BATCH_SIZE` off CUDA, and on CUDA the
     batch :func:`choose_batch_size` fits into the device's free memory."""
     if requested is not None:

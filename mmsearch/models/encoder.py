@@ -47,7 +47,8 @@ class ClipEncoder:
         autocast_dtype: torch.dtype | None = None,
         towers: TowerLoader | None = None,
     ) -> None:
-        self.model = model.eval()
+        # open_clip's CLIP (untyped): encode_image, encode_text, visual, logit_scale.
+        self.model: Any = model.eval()
         self._towers = towers  # loads each tower's weights on first use, when given
         self.tokenizer = tokenizer
         self.spec = spec
@@ -57,12 +58,10 @@ class ClipEncoder:
         size = visual.image_size
         self.image_size: int = int(size[0] if isinstance(size, (tuple, list)) else size)
         pp: dict[str, Any] = dict(getattr(visual, "preprocess_cfg", {}) or {})
-        self.mean: tuple[float, float, float] = tuple(
-            pp.get("mean", (0.48145466, 0.4578275, 0.40821073))
-        )  # type: ignore[assignment]
-        self.std: tuple[float, float, float] = tuple(
-            pp.get("std", (0.26862954, 0.26130258, 0.27577711))
-        )  # type: ignore[assignment]
+        mean = pp.get("mean", (0.48145466, 0.4578275, 0.40821073))
+        std = pp.get("std", (0.26862954, 0.26130258, 0.27577711))
+        self.mean: tuple[float, float, float] = (float(mean[0]), float(mean[1]), float(mean[2]))
+        self.std: tuple[float, float, float] = (float(std[0]), float(std[1]), float(std[2]))
         proj = getattr(model, "text_projection", None)
         proj_dim = int(proj.shape[-1]) if isinstance(proj, torch.Tensor) and proj.ndim == 2 else 0
         self.dim: int = int(getattr(model, "embed_dim", 0) or proj_dim or self._probe_dim())

@@ -25,7 +25,6 @@ from mmsearch.errors import ModelLoadError
 #: State-dict key prefixes of the image tower of an open_clip ``CLIP``; everything
 #: else (token embedding, transformer, ln_final, text_projection, logit scale) is text.
 IMAGE_PREFIXES = ("visual.",)
-TOWERS = ("text", "image")
 
 
 def _tower_of(key: str) -> str:

@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 
@@ -83,7 +83,9 @@ def _autocast_dtype(device: str, dtype: str | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
-def _check_architecture(name: str) -> None:
+def check_architecture(name: str) -> None:
+    """Raises :class:`ModelLoadError` naming some known architectures when open_clip has no
+    config for ``name`` (``hf-hub:`` and ``local-dir:`` names carry their own)."""
     import open_clip
 
     if name.startswith(("hf-hub:", "local-dir:")):
@@ -96,7 +98,7 @@ def _check_architecture(name: str) -> None:
         )
 
 
-def _resolve_pretrained(spec: ModelSpec) -> str:
+def resolve_pretrained(spec: ModelSpec) -> str:
     """The value for open_clip's ``pretrained``: a tag or an existing file path."""
     import open_clip
 
@@ -151,7 +153,7 @@ def _tower_loader(spec: ModelSpec, pretrained: str, device: str) -> TowerLoader 
         if not os.path.isfile(pretrained)
         else {}
     )
-    visual = towers.model.visual
+    visual: Any = towers.model.visual  # open_clip's vision tower (untyped)
     pp = dict(getattr(visual, "preprocess_cfg", {}) or {})
     pp.update({k: cfg[k] for k in ("mean", "std") if k in cfg})
     visual.preprocess_cfg = pp
@@ -180,7 +182,12 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:160]
 
 
-def load_model(spec: ModelSpec, device: str | None = None) -> tuple[torch.nn.Module, Any]:
+#: An open_clip ``CLIP`` as :func:`load_model` returns it: a torch Module with
+#: ``encode_image``, ``encode_text``, ``visual`` and ``logit_scale`` (open_clip is untyped).
+ClipModel: TypeAlias = Any
+
+
+def load_model(spec: ModelSpec, device: str | None = None) -> tuple[ClipModel, Any]:
     """(open_clip model in fp32 on ``device``, tokenizer) for ``spec``; raises :class:`ModelLoadError`.
 
     The model is returned as open_clip builds it (train mode, gradients on): the
@@ -190,8 +197,8 @@ def load_model(spec: ModelSpec, device: str | None = None) -> tuple[torch.nn.Mod
 
     register_model_configs()
     dev = resolve_device(device)
-    _check_architecture(spec.name)
-    pretrained = _resolve_pretrained(spec)
+    check_architecture(spec.name)
+    pretrained = resolve_pretrained(spec)
     check_checkpoint_model(pretrained, spec.name)
     # open_clip logs through the root logger; its records are dropped while loading,
     # since failures surface as ModelLoadError instead.
@@ -255,8 +262,8 @@ def load_torch_encoder(
     dev = resolve_device(device)
     autocast = _autocast_dtype(dev, dtype)
     register_model_configs()
-    _check_architecture(spec.name)
-    pretrained = _resolve_pretrained(spec)
+    check_architecture(spec.name)
+    pretrained = resolve_pretrained(spec)
     check_checkpoint_model(pretrained, spec.name)
     # Only the towers a command uses are built, straight from the weights (no random init).
     towers = None

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from mmsearch.errors import ModelLoadError
 from mmsearch.models.cache import file_fingerprint, read_json, write_json_atomic
 from mmsearch.models.exports import EXPORT_VERSION, exports_registry, onnx_root, registry_key
 from mmsearch.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from mmsearch.models.encoder import ClipEncoder
 
 OPSET = 17
 QUANTIZE_CHOICES = (None, "int8")
@@ -48,8 +51,8 @@ def export_onnx(spec: ModelSpec, *, quantize: str | None = None) -> Path:
     from mmsearch.models import loader
 
     loader.register_model_configs()
-    loader._check_architecture(spec.name)
-    pretrained = loader._resolve_pretrained(spec)
+    loader.check_architecture(spec.name)
+    pretrained = loader.resolve_pretrained(spec)
     weights = loader.checkpoint_path(spec, pretrained)
     if weights is None:
         raise ModelLoadError(
@@ -90,7 +93,7 @@ def _write_export(folder: Path, spec: ModelSpec, weights: str, digest: str) -> d
     encoder = load_torch_encoder(spec, device="cpu", dtype="fp32")
     _export_text(encoder, folder / "text.onnx")
     _export_image(encoder, folder / "image.onnx")
-    tokenizer = encoder.tokenizer
+    tokenizer: Any = encoder.tokenizer  # open_clip's tokenizer: context length, special ids
     save_clip_tokenizer(tokenizer, folder / "tokenizer.json")
     return {
         "spec": json.loads(spec.to_json()),
@@ -185,7 +188,7 @@ def _export_into(target: Path, spec: ModelSpec, weights: str, digest: str) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _export_text(encoder: Any, path: Path) -> None:
+def _export_text(encoder: ClipEncoder, path: Path) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -206,7 +209,7 @@ def _export_text(encoder: Any, path: Path) -> None:
     _export(TextTower(), example, path, "tokens")
 
 
-def _export_image(encoder: Any, path: Path) -> None:
+def _export_image(encoder: ClipEncoder, path: Path) -> None:
     import torch
     import torch.nn.functional as F
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,27 @@ def rerank_recall(
     pipeline's rerank stage does (:func:`mmsearch.search.rerank.blend_scores`); ``None``
     uses the model's recommended blend (``scorer.default_blend``), or the ITM alone.
     """
+    mix = blend if blend is not None else scorer.default_blend
+    return rerank_recall_by_blend(
+        encoder, scorer, catalog_dir, [mix], depth=depth, max_queries=max_queries, seed=seed
+    )[0]
+
+
+def rerank_recall_by_blend(
+    encoder: ClipEncoder,
+    scorer: ItmScorer,
+    catalog_dir: str | Path,
+    blends: Sequence[float | None],
+    *,
+    depth: int = 50,
+    max_queries: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """:func:`rerank_recall` for each blend of ``blends`` (``None``: the ITM alone), scored once.
+
+    Choosing a blend on a validation catalog compares many blends of the same ITM
+    probabilities: the models run once, only the mix and the recall are per blend.
+    """
     start = time.perf_counter()
     root = Path(catalog_dir)
     with open(root / "catalog.jsonl", encoding="utf-8") as fh:
@@ -119,14 +141,12 @@ def rerank_recall(
             queries[int(i)] for i in sorted(rng.choice(len(queries), max_queries, replace=False))
         ]
     sims = encoder.encode_texts(queries) @ image_vecs.T
-    orders = np.argsort(-sims, axis=1, kind="stable")
-    top = orders[:, :depth]
-    match = scorer.score_pairs(
-        image_embeds, top.ravel().tolist(), np.repeat(queries, top.shape[1]).tolist()
-    ).reshape(top.shape)
-    mix = blend if blend is not None else scorer.default_blend
-    scores = _final(match, np.take_along_axis(sims, top, axis=1), mix)
-    t2i = _recall_pair(labels, orders, top, scores, queries, ks)
+    t2i_orders = np.argsort(-sims, axis=1, kind="stable")
+    t2i_top = t2i_orders[:, :depth]
+    t2i_match = scorer.score_pairs(
+        image_embeds, t2i_top.ravel().tolist(), np.repeat(queries, t2i_top.shape[1]).tolist()
+    ).reshape(t2i_top.shape)
+    t2i_first = np.take_along_axis(sims, t2i_top, axis=1)
 
     corpus = possible_captions(
         any(" on the " in t for t in labels), any(" to the left of " in t for t in labels)
@@ -137,21 +157,35 @@ def rerank_recall(
     if max_queries is not None and len(rows) > max_queries:
         picks = np.sort(rng.choice(len(rows), max_queries, replace=False))
     cos = image_vecs[picks] @ text_vecs.T
-    orders = np.argsort(-cos, axis=1, kind="stable")
-    top = orders[:, :depth]
-    match = scorer.score_pairs(
-        image_embeds, np.repeat(picks, top.shape[1]).tolist(), corpus_arr[top].ravel().tolist()
-    ).reshape(top.shape)
-    scores = _final(match, np.take_along_axis(cos, top, axis=1), mix)
-    i2t = _recall_pair(corpus_arr, orders, top, scores, labels[picks].tolist(), ks)
-    return {
-        "n_images": len(rows),
-        "t2i_queries": len(queries),
-        "i2t_queries": len(picks),
-        "i2t_corpus": len(corpus),
-        "depth": depth,
-        "blend": mix,
-        "t2i": t2i,
-        "i2t": i2t,
-        "seconds": time.perf_counter() - start,
-    }
+    i2t_orders = np.argsort(-cos, axis=1, kind="stable")
+    i2t_top = i2t_orders[:, :depth]
+    i2t_match = scorer.score_pairs(
+        image_embeds,
+        np.repeat(picks, i2t_top.shape[1]).tolist(),
+        corpus_arr[i2t_top].ravel().tolist(),
+    ).reshape(i2t_top.shape)
+    i2t_first = np.take_along_axis(cos, i2t_top, axis=1)
+    seconds = time.perf_counter() - start
+    out = []
+    for mix in blends:
+        t2i = _recall_pair(
+            labels, t2i_orders, t2i_top, _final(t2i_match, t2i_first, mix), queries, ks
+        )
+        i2t = _recall_pair(
+            corpus_arr, i2t_orders, i2t_top, _final(i2t_match, i2t_first, mix),
+            labels[picks].tolist(), ks,
+        )  # fmt: skip
+        out.append(
+            {
+                "n_images": len(rows),
+                "t2i_queries": len(queries),
+                "i2t_queries": len(picks),
+                "i2t_corpus": len(corpus),
+                "depth": depth,
+                "blend": mix,
+                "t2i": t2i,
+                "i2t": i2t,
+                "seconds": seconds,
+            }
+        )
+    return out

@@ -101,7 +101,7 @@ def load_itm_model(name: str, device: str) -> tuple[Any, Any]:
     hf_logging.set_verbosity_error()  # the library reports failures as one error, not log lines
     hf_logging.disable_progress_bar()  # and never prints
     try:
-        model = BlipForImageTextRetrieval.from_pretrained(
+        model: Any = BlipForImageTextRetrieval.from_pretrained(
             source, use_safetensors=True, trust_remote_code=False, local_files_only=local
         )
         processor = BlipProcessor.from_pretrained(

@@ -1,33 +1,36 @@
-"""The re-rank stage: first-stage candidates (Arrow) in, ITM-scored candidates (Arrow) out.
+"""The ITM re-ranker: first-stage candidates (Arrow) in, ITM-scored candidates (Arrow) out.
 
-Input: a :class:`RerankQuery` (the query's positive text terms with weights, and its
-image term if any) and an Arrow table of candidates ordered by the first stage, with
+:class:`ItmReranker` implements the query pipeline's
+:class:`~mmsearch.search.rerank.Reranker` protocol and only scores: the re-rank stage
+(:func:`mmsearch.search.rerank.rerank_stage`) cuts the candidates to ``depth``,
+applies ``min_match`` and ``blend``, sorts and reports what it dropped.
+
+Input: the :class:`~mmsearch.search.types.Query` and an Arrow table of candidates with
 at least ``id``, ``kind`` (``image`` | ``text``) and ``score``; image rows need
 ``uri`` (and, to notice changed files, ``mtime_ns`` and ``size`` as indexed), text
-rows need ``text``. Output: the top ``depth`` candidates re-scored and sorted, with
-two added columns, ``first_stage_score`` and ``match`` (the ITM probability).
+rows need ``text``. Output: the same rows with ``score`` = ``match`` (the ITM
+probability) and a ``match`` column.
 
-* A text term re-ranks image candidates; the image term re-ranks text candidates.
-  Several text terms are combined as the weighted mean of their probabilities.
-* ``score = match``, or with ``blend`` (given, or recommended by the model's folder)
-  ``blend * match + (1 - blend) * first_stage_score`` min-max scaled over the candidates
-  (:func:`mmsearch.search.rerank.blend_scores`, the query pipeline's mix).
-* ``min_match``: candidates below it are removed; when none is left the answer is
-  empty and :attr:`RerankOutcome.empty_reason` says why (an honest "no good match").
+* A positive text term re-ranks image candidates; the first positive image term
+  re-ranks text candidates. Several text terms are combined as the weighted mean of
+  their probabilities. A row no term can be matched against (a text candidate of a
+  text-only query) keeps its first-stage score and a null ``match``, after the
+  scored rows.
 * Candidate images are re-read from disk with the indexer's safe loader
   (:func:`mmsearch.imageio.load_image`). A file that vanished, changed since it was
-  indexed (size or mtime differ) or no longer decodes is dropped and reported in
-  :attr:`RerankOutcome.dropped`, never fatal.
+  indexed (size or mtime differ) or no longer decodes is not scored: its row carries
+  the reason in ``drop_reason`` and the stage reports it, never fatal.
 
->>> reranker = ItmReranker(ItmScorer.load("mmsearch-tiny-itm"), depth=50)  # doctest: +SKIP
->>> out = reranker.rerank(RerankQuery(texts=(("a red circle to the left of a blue square", 1.0),)), table)  # doctest: +SKIP
->>> out.table.column("match")  # doctest: +SKIP
+>>> reranker = ItmReranker(ItmScorer.load("mmsearch-tiny-itm"))  # doctest: +SKIP
+>>> out = reranker.rerank(query, table)  # doctest: +SKIP
+>>> out.column("match")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -37,13 +40,14 @@ from PIL import Image
 
 from mmsearch.errors import BadQueryError, ImageDecodeError
 from mmsearch.imageio import DEFAULT_MAX_PIXELS, load_image
-from mmsearch.search.rerank import blend_scores
-
-DEFAULT_DEPTH = 50
+from mmsearch.search.language import QueryTerm
+from mmsearch.search.rerank import DROP_REASON
+from mmsearch.search.types import Query
+from mmsearch.uris import uri_to_path
 
 
 class MatchScorer(Protocol):
-    """What the stage needs from a model (``ItmScorer`` implements it)."""
+    """What the re-ranker needs from a model (``ItmScorer`` implements it)."""
 
     name: str
 
@@ -53,42 +57,31 @@ class MatchScorer(Protocol):
 
 
 @dataclass(frozen=True)
-class RerankQuery:
-    """The parts of a query a matching model can read.
-
-    ``texts``: positive text terms as ``(text, weight)``; ``image``: the positive
-    image term (the first one, when a query has several).
-    """
+class MatchQuery:
+    """The parts of a query a matching model can read: positive text terms as
+    ``(text, weight)`` and the first positive image term."""
 
     texts: tuple[tuple[str, float], ...] = ()
     image: Image.Image | None = None
 
     @classmethod
-    def of_text(cls, text: str) -> RerankQuery:
-        return cls(texts=((text, 1.0),))
-
-    @classmethod
-    def of_image(cls, image: Image.Image) -> RerankQuery:
-        return cls(image=image)
-
-
-@dataclass(frozen=True)
-class DroppedCandidate:
-    """A candidate left out of re-ranking, with the reason (``vanished``, ``changed since indexing``...)."""
-
-    id: int
-    uri: str
-    reason: str
-
-
-@dataclass
-class RerankOutcome:
-    """The re-scored candidates and what happened on the way."""
-
-    table: pa.Table
-    dropped: list[DroppedCandidate] = field(default_factory=list)
-    empty_reason: str | None = None
-    not_scored: int = 0  # candidates of a kind no query term can be matched against
+    def of_terms(cls, terms: Sequence[QueryTerm]) -> MatchQuery:
+        texts = tuple(
+            (str(t.value), float(t.weight)) for t in terms if t.kind == "text" and t.weight > 0
+        )
+        image = None
+        for term in terms:
+            if term.kind != "image" or term.weight <= 0:
+                continue
+            value = term.value
+            if isinstance(value, Image.Image):
+                image = value.convert("RGB")
+            elif isinstance(value, np.ndarray):
+                image = Image.fromarray(np.ascontiguousarray(value, dtype=np.uint8), "RGB")
+            else:  # a path the encode stage already checked against the allowed roots
+                image = load_image(value)
+            break
+        return cls(texts=texts, image=image)
 
 
 def _check_unchanged(path: str, mtime_ns: int | None, size: int | None) -> str | None:
@@ -111,48 +104,29 @@ def _column(table: pa.Table, name: str) -> list[object]:
 
 
 class ItmReranker:
-    """Re-ranks first-stage candidates with an image-text matching model.
+    """Scores candidates with an image-text matching model (a :class:`Reranker`).
 
-    ``depth``: how many of the first stage's best candidates are re-scored;
-    ``min_match``: the lowest ITM probability kept (``None`` keeps all);
-    ``blend``: weight of the ITM probability against the first-stage score (``None``:
-    the scorer's ``default_blend``, else the ITM probability alone).
+    ``default_blend`` is the blend the model recommends (see :class:`ItmScorer`); the
+    re-rank stage uses it when a query sets none.
     """
 
-    def __init__(
-        self,
-        scorer: MatchScorer,
-        *,
-        depth: int = DEFAULT_DEPTH,
-        min_match: float | None = None,
-        blend: float | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> None:
-        if depth < 1:
-            raise BadQueryError(f"rerank depth must be >= 1, got {depth}")
-        if min_match is not None and not 0.0 <= min_match <= 1.0:
-            raise BadQueryError(f"min_match must be a probability in [0, 1], got {min_match}")
-        if blend is not None and not 0.0 <= blend <= 1.0:
-            raise BadQueryError(f"blend must be in [0, 1], got {blend}")
+    def __init__(self, scorer: MatchScorer, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.scorer = scorer
-        self.depth = depth
-        self.min_match = min_match
-        self.blend = blend if blend is not None else getattr(scorer, "default_blend", None)
         self.max_pixels = max_pixels
+
+    @property
+    def default_blend(self) -> float | None:
+        return getattr(self.scorer, "default_blend", None)
 
     def _load_images(
         self, rows: pa.Table, positions: list[int]
-    ) -> tuple[list[int], list[Image.Image], list[DroppedCandidate]]:
-        from mmsearch.indexer.discover import uri_to_path
-
-        ids, uris = _column(rows, "id"), _column(rows, "uri")
-        mtimes, sizes = _column(rows, "mtime_ns"), _column(rows, "size")
+    ) -> tuple[list[int], list[Image.Image], dict[int, str]]:
+        uris, mtimes, sizes = _column(rows, "uri"), _column(rows, "mtime_ns"), _column(rows, "size")
         kept: list[int] = []
         images: list[Image.Image] = []
-        dropped: list[DroppedCandidate] = []
+        dropped: dict[int, str] = {}
         for pos in positions:
-            uri = str(uris[pos])
-            path = uri_to_path(uri)
+            path = uri_to_path(str(uris[pos]))
             reason = _check_unchanged(path, mtimes[pos], sizes[pos])  # type: ignore[arg-type]
             if reason is None:
                 try:
@@ -162,11 +136,11 @@ class ItmReranker:
             if reason is None:
                 kept.append(pos)
             else:
-                dropped.append(DroppedCandidate(int(ids[pos]), uri, reason))  # type: ignore[arg-type]
+                dropped[pos] = reason
         return kept, images, dropped
 
     def _score_images(
-        self, query: RerankQuery, images: list[Image.Image]
+        self, query: MatchQuery, images: list[Image.Image]
     ) -> npt.NDArray[np.float32]:
         total = sum(w for _, w in query.texts)
         acc = np.zeros(len(images), dtype=np.float64)
@@ -174,64 +148,42 @@ class ItmReranker:
             acc += weight * self.scorer.score_images(text, images)
         return (acc / total).astype(np.float32)
 
-    def rerank(self, query: RerankQuery, candidates: pa.Table) -> RerankOutcome:
-        """Re-scores the top ``depth`` rows of ``candidates``; see the module docstring."""
-        if query.texts and sum(w for _, w in query.texts) <= 0:
-            raise BadQueryError("rerank needs positive text-term weights")
+    def rerank(self, query: Query, candidates: pa.Table) -> pa.Table:
+        """Scores every candidate row it is given; see the module docstring."""
         for name in ("id", "kind", "score"):
             if name not in candidates.column_names:
                 raise BadQueryError(f"rerank candidates lack the {name!r} column")
-        order = np.argsort(
-            -np.asarray(candidates.column("score").to_numpy(), dtype=np.float64), kind="stable"
-        )
-        rows = candidates.take(pa.array(order[: self.depth], type=pa.int64()))
+        match_query = MatchQuery.of_terms(query.terms)
+        rows = candidates
         kinds = _column(rows, "kind")
         match = np.full(rows.num_rows, np.nan, dtype=np.float32)
-        dropped: list[DroppedCandidate] = []
-        image_pos = [i for i, k in enumerate(kinds) if k == "image"] if query.texts else []
-        text_pos = (
-            [i for i, k in enumerate(kinds) if k == "text"] if query.image is not None else []
-        )
+        dropped: dict[int, str] = {}
+        image_pos = [i for i, k in enumerate(kinds) if k == "image"] if match_query.texts else []
         if image_pos:
             kept, images, dropped = self._load_images(rows, image_pos)
             if kept:
-                match[kept] = self._score_images(query, images)
-        if text_pos and query.image is not None:
-            texts = [str(t or "") for t in (_column(rows, "text")[i] for i in text_pos)]
-            match[text_pos] = self.scorer.score_texts(query.image, texts)
-        dropped_ids = {d.id for d in dropped}
-        keep = np.array([int(i) not in dropped_ids for i in _column(rows, "id")], dtype=bool)
-        scored = keep & ~np.isnan(match)
-        first = np.asarray(rows.column("score").to_numpy(), dtype=np.float32)
-        mixed = match if self.blend is None else blend_scores(match, first, self.blend)
-        final = np.where(scored, mixed, -np.inf)
-        not_scored = int((keep & ~scored).sum())
-        if self.min_match is not None:
-            keep &= scored & (match >= self.min_match)
-        idx = np.flatnonzero(keep)
-        # Scored rows by final score; rows no term can be matched against keep their
-        # first-stage order after them.
-        idx = idx[np.lexsort((-first[idx], -final[idx]))]
-        out = rows.take(pa.array(idx, type=pa.int64()))
+                match[kept] = self._score_images(match_query, images)
+        if match_query.image is not None:
+            text_pos = [i for i, k in enumerate(kinds) if k == "text"]
+            if text_pos:
+                texts = [str(t or "") for t in (_column(rows, "text")[i] for i in text_pos)]
+                match[text_pos] = self.scorer.score_texts(match_query.image, texts)
+        first = np.asarray(rows.column("score").to_numpy(), dtype=np.float64)
+        scored = ~np.isnan(match)
+        # Scored rows by match; rows no term can be matched against keep their
+        # first-stage score and order after them; rows not scored for a reason last.
+        final = np.where(scored, match, -np.inf)
+        gone = np.zeros(rows.num_rows, bool)
+        gone[list(dropped)] = True
+        order = np.lexsort((-first, -final, gone))
+        out = rows.take(pa.array(order, type=pa.int64()))
+        score = np.where(scored, match, first)[order]
         out = out.set_column(
-            out.column_names.index("score"),
-            "score",
-            pa.array(np.where(np.isfinite(final[idx]), final[idx], first[idx]), pa.float32()),
+            out.column_names.index("score"), "score", pa.array(score, pa.float32())
         )
-        out = out.append_column("first_stage_score", pa.array(first[idx], pa.float32()))
         out = out.append_column(
-            "match", pa.array([None if np.isnan(m) else float(m) for m in match[idx]], pa.float32())
+            "match",
+            pa.array([None if np.isnan(m) else float(m) for m in match[order]], pa.float32()),
         )
-        reason = None
-        if out.num_rows == 0:
-            best = np.nanmax(match) if np.isfinite(match).any() else None
-            if self.min_match is not None and best is not None:
-                reason = (
-                    f"no good match: no candidate reached match probability {self.min_match:.2f} "
-                    f"(best {best:.2f} among {int(np.isfinite(match).sum())} re-ranked)"
-                )
-            elif dropped and len(dropped) == rows.num_rows:
-                reason = "no good match: every candidate file vanished or changed since indexing"
-            else:
-                reason = "no good match: no candidates"
-        return RerankOutcome(out, dropped, reason, not_scored)
+        reasons = [dropped.get(int(i)) for i in order]
+        return out.append_column(DROP_REASON, pa.array(reasons, pa.string()))

@@ -1,10 +1,14 @@
-"""The query pipeline's stages, one module each, composed by :mod:`mmsearch.engine`.
+"""The query pipeline: ``pipeline.run(source, query) -> Results`` and its stages, one module each.
 
-``types`` (query object, candidates schema, results), ``builder`` (fluent builder),
+``types`` (query object, candidates schema, results), ``request`` (a query from
+keyword arguments; filters in every form), ``builder`` (fluent builder), ``source``
+(the :class:`~mmsearch.search.source.SearchSource` protocol: what the stages read of an
+open index), ``pipeline`` (mode and depth policy, deepening, empty-answer reasons),
 ``rows`` (in-memory row columns, filters, identifiers), ``encode``, ``retrieve``
 (vector legs), ``lexical`` (BM25 legs, exact identifiers), ``fuse``, ``rescore``,
-``rerank`` (the :class:`~mmsearch.search.rerank.Reranker` slot), ``calibrate``
-(hybrid's cut-off) and ``shape`` (cut-offs, dedup, group-by, paging).
+``rerank`` (the :class:`~mmsearch.search.rerank.Reranker` protocol and the re-rank
+stage), ``calibrate`` (hybrid's cut-off) and ``shape`` (cut-offs, dedup, group-by,
+paging). Nothing here imports the engine.
 """
 
 from __future__ import annotations

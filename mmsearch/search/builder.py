@@ -119,7 +119,7 @@ class QueryBuilder:
         return self._with(mode=mode)
 
     def fusion(self, method: str, alpha: float | None = None) -> QueryBuilder:
-        """``rrf`` or ``weighted`` (``alpha`` = weight of the vector legs)."""
+        """``relative`` (the default), ``rrf`` or ``weighted`` (``alpha`` = weight of the vector legs)."""
         return self._with(fusion=method, alpha=self._query.alpha if alpha is None else alpha)
 
     def limit(self, k: int) -> QueryBuilder:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from mmsearch.errors import BadQueryError, ImageDecodeError, UnsafePathError
+from mmsearch.errors import BadQueryError, ImageDecodeError, ImageNotFoundError, UnsafePathError
 from mmsearch.models.base import Encoder
 from mmsearch.search.language import QueryTerm
 
@@ -28,7 +28,7 @@ def check_image_path(path: str | os.PathLike[str], roots: Sequence[Path] | None)
     """The real path of a query image: under one of ``roots`` (when given) and an existing file.
 
     Raises :class:`UnsafePathError` outside the roots (whether or not the file exists)
-    and :class:`BadQueryError` naming the file when it does not exist.
+    and :class:`ImageNotFoundError` naming the file when it does not exist.
     """
     shown = os.fspath(path)
     try:
@@ -39,8 +39,10 @@ def check_image_path(path: str | os.PathLike[str], roots: Sequence[Path] | None)
         raise UnsafePathError(
             f"image path {shown!r} is outside the allowed folders (quote the term to search for it as text)"
         )
-    if not real.is_file():
-        raise BadQueryError(f"image not found: {shown} (quote the term to search for it as text)")
+    if not os.path.isfile(real):  # False, not OSError, for an over-long name (errno 36)
+        raise ImageNotFoundError(
+            f"image not found: {shown} (quote the term to search for it as text)"
+        )
     return real
 
 

@@ -7,6 +7,7 @@ ever an Arrow scalar, so ``x' OR 1=1 --`` is a string that matches nothing.
 
     parse_where(["price < 20", "category = buttons", "colour in red,blue"])
     where={"price": ("<", 20), "category": "buttons", "colour": ("in", ["red", "blue"])}
+    where={"price__lt": 20, "colour__in": ["red", "blue"]}
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ MAX_FILTER_CHARS = 4096
 ROW_ID_COLUMN = "__row_id"
 RESERVED = frozenset({ROW_ID_COLUMN, "vector", "metadata", "sha256"})
 
-_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]{0,63})\s*(!=|<=|>=|=|<|>|\bin\b|\bcontains\b)\s*(.*?)\s*$", re.S)
+_CONDITION = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_.]{0,63})\s*(!=|<=|>=|=|<|>|\bin\b|\bcontains\b)\s*(.*?)\s*$", re.S
+)
 
 Scalar = str | int | float | bool
 
@@ -60,21 +63,51 @@ def parse_where(expressions: Iterable[str]) -> list[Condition]:
             raise BadQueryError(f"filter longer than {MAX_FILTER_CHARS} characters")
         match = _CONDITION.match(expr)
         if not match:
-            raise BadQueryError(f"cannot parse filter {expr!r}: use 'column op value' with op one of {', '.join(OPERATORS)}")
+            raise BadQueryError(
+                f"cannot parse filter {expr!r}: use 'column op value' with op one of {', '.join(OPERATORS)}"
+            )
         column, op, raw = match.group(1), match.group(2), match.group(3)
         if op == "in":
-            value: Scalar | tuple[Scalar, ...] = tuple(_unquote(v.strip()) for v in raw.split(",") if v.strip())
+            value: Scalar | tuple[Scalar, ...] = tuple(
+                _unquote(v.strip()) for v in raw.split(",") if v.strip()
+            )
         else:
             value = _unquote(raw)
         out.append(Condition(column, op, value))
     return _checked(out)
 
 
+#: ``{"price__lt": 80}``: the operator as a suffix of the column (as Django and Marqo spell it).
+SUFFIX_OPERATORS = {
+    "eq": "=",
+    "ne": "!=",
+    "lt": "<",
+    "lte": "<=",
+    "gt": ">",
+    "gte": ">=",
+    "in": "in",
+    "contains": "contains",
+}
+
+
 def from_mapping(where: Mapping[str, Any]) -> list[Condition]:
-    """``{"col": value}`` (equality) or ``{"col": (op, value)}``."""
+    """``{"col": value}`` (equality), ``{"col": (op, value)}`` or ``{"col__lt": value}``."""
     out = []
     for column, spec in where.items():
-        if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and spec[0] in OPERATORS:
+        base, _, suffix = str(column).rpartition("__")
+        if base and suffix in SUFFIX_OPERATORS:
+            op = SUFFIX_OPERATORS[suffix]
+            value = tuple(spec) if op == "in" and isinstance(spec, (list, tuple, set)) else spec
+            out.append(
+                Condition(base, op, value if op != "in" or isinstance(value, tuple) else (value,))
+            )
+            continue
+        if (
+            isinstance(spec, tuple)
+            and len(spec) == 2
+            and isinstance(spec[0], str)
+            and spec[0] in OPERATORS
+        ):
             op, value = spec
         elif isinstance(spec, (list, tuple, set)):
             op, value = "in", tuple(spec)
@@ -91,13 +124,17 @@ def _checked(conditions: list[Condition]) -> list[Condition]:
         raise BadQueryError(f"at most {MAX_CONDITIONS} filter conditions")
     for cond in conditions:
         if cond.op not in OPERATORS:
-            raise BadQueryError(f"unknown filter operator {cond.op!r}; use one of {', '.join(OPERATORS)}")
+            raise BadQueryError(
+                f"unknown filter operator {cond.op!r}; use one of {', '.join(OPERATORS)}"
+            )
         values = cond.value if isinstance(cond.value, tuple) else (cond.value,)
         if cond.op == "in" and not 0 < len(values) <= MAX_VALUES:
             raise BadQueryError(f"'in' takes 1 to {MAX_VALUES} values")
         for value in values:
             if isinstance(value, (list, dict, tuple, set)) or value is None:
-                raise BadQueryError(f"filter value for {cond.column!r} must be a string or a number")
+                raise BadQueryError(
+                    f"filter value for {cond.column!r} must be a string or a number"
+                )
             if len(str(value)) > MAX_VALUE_CHARS:
                 raise BadQueryError(f"filter value longer than {MAX_VALUE_CHARS} characters")
     return conditions
@@ -139,12 +176,16 @@ def compile_filter(conditions: list[Condition], table: pa.Table) -> pc.Expressio
             part = field.isin(values)
         elif cond.op == "contains":
             if not (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)):
-                raise BadQueryError(f"'contains' needs a text column; {cond.column!r} is {arrow_type}")
+                raise BadQueryError(
+                    f"'contains' needs a text column; {cond.column!r} is {arrow_type}"
+                )
             part = pc.match_substring(field, str(cond.value), ignore_case=True)
         else:
             value = _typed(cond.value, arrow_type, cond.column)  # type: ignore[arg-type]
             if cond.op in ("<", "<=", ">", ">=") and isinstance(value, (str, bool)):
-                raise BadQueryError(f"{cond.op!r} needs a numeric column; {cond.column!r} is {arrow_type}")
+                raise BadQueryError(
+                    f"{cond.op!r} needs a numeric column; {cond.column!r} is {arrow_type}"
+                )
             part = {
                 "=": field == value,
                 "!=": field != value,

@@ -2,28 +2,48 @@
 
 * One leg alone keeps its own score (the cosine of a one-kind vector search, BM25
   of a one-kind lexical search), so such queries rank and score as they always did.
-* ``rrf`` (default): reciprocal rank fusion, ``Σ 1 / (60 + rank)`` over the legs
-  that found an item. Ranks, not raw scores, so BM25 and cosine need no common
-  scale, and each kind's leg counts alike (fair ``kind=any`` answers). A kind found by
-  fewer legs (images without text get no lexical hits) has its scores scaled to the
-  same total leg weight, so kinds interleave by their own ranks.
+* ``relative`` (default): each leg says how much it knows about *this* query. A
+  lexical hit scores its BM25 relative to the leg's best (1 for the best match; BM25
+  already weighs rare words, high IDF, above common ones). A vector hit scores how far
+  its cosine lies above its kind's chance level, in units of chance's own spread
+  (:class:`~mmsearch.search.calibrate.Chance`), smoothly:
+  ``softplus((cosine − level) / scale)``, weighted :data:`RELATIVE_VECTOR_WEIGHT`. A
+  vector leg at chance (a brand word or a code the model never learned) adds about the
+  same little to every hit, too little to reorder what the words found; a query the
+  model understands lifts its hits by as much as they stand out from chance. Without
+  a kind's chance level, the leg's own worst hit and spread stand in for it.
+* ``rrf``: reciprocal rank fusion, ``Σ 1 / (60 + rank)`` over the legs that found an
+  item. Ranks, not raw scores, so BM25 and cosine need no common scale; but a vector
+  leg at chance counts as much as a lexical leg that found the exact word.
 * ``weighted``: each leg's scores min-max normalised to [0, 1], vector legs weighted
   ``alpha`` and lexical legs ``1 − alpha``, summed.
 
-An exact identifier match (leg ``exact``) adds :data:`EXACT_BOOST`, above anything
-the fusions give, so the named item comes first.
+With several kinds, each kind's leg counts alike (fair ``kind=any`` answers): a kind
+found by fewer legs (images without text get no lexical hits) has its scores scaled
+to the same total leg weight, so kinds interleave by their own legs. With ``relative``
+the kinds interleave by rank within their own kind (best image, best text, second
+image, ...; the pair ordered by score), since a height above one kind's chance level
+says nothing about another kind's.
+
+An exact identifier match (leg ``exact``) adds at least :data:`EXACT_BOOST`, above
+anything the fusion gave, so the named item comes first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from mmsearch.search.calibrate import Chance
 from mmsearch.search.types import CANDIDATES_SCHEMA, RRF_K
 
 EXACT_BOOST = 1.0
+#: Weight of a vector hit's height above chance (in chance spreads) against a lexical
+#: hit's BM25 relative to the best (chosen on a validation catalog: benchmarks/RESULTS.md,
+#: "Fusion per class of query").
+RELATIVE_VECTOR_WEIGHT = 0.25
 
 
 def _normalised(scores: np.ndarray) -> np.ndarray:
@@ -33,6 +53,48 @@ def _normalised(scores: np.ndarray) -> np.ndarray:
     if hi - lo < 1e-12:
         return np.ones_like(scores)
     return (scores - lo) / (hi - lo)
+
+
+def above_chance(cosines: np.ndarray, chance: Chance | None) -> np.ndarray:
+    """How far each cosine lies above ``chance.level``, in units of ``chance.scale``, smoothly.
+
+    ``softplus((cosine − level) / scale)``: about 0 well under the level, ln 2 at it,
+    growing like the height itself above it. Hits under chance keep their order (a weak
+    cosine still tells two otherwise equal hits apart) while adding almost nothing.
+    Without a chance level the leg's own lowest cosine and spread stand in for it.
+    """
+    if len(cosines) == 0:
+        return cosines
+    if chance is None:
+        lo, hi = float(cosines.min()), float(cosines.max())
+        chance = Chance(level=lo, scale=max(hi - lo, 1e-12), floor=hi)
+    return np.logaddexp(0.0, (cosines - chance.level) / chance.scale)  # softplus
+
+
+def _relative_lexical(scores: np.ndarray) -> np.ndarray:
+    """BM25 relative to the leg's best hit (1 for the best; 0 for no match)."""
+    if len(scores) == 0:
+        return scores
+    top = float(scores.max())
+    return scores / top if top > 0 else np.zeros_like(scores)
+
+
+def _leg_weight(name: str, method: str, alpha: float) -> float:
+    vector = name.startswith("vector:")
+    if method == "weighted":
+        return alpha if vector else 1.0 - alpha
+    if method == "relative":
+        return RELATIVE_VECTOR_WEIGHT if vector else 1.0
+    return 1.0
+
+
+def _score_kind(ranked: Sequence[pa.Table], method: str) -> str:
+    """What the fused ``score`` is: one leg keeps its own (cosine or BM25), else the method's."""
+    if len(ranked) > 1:
+        return method
+    if ranked and ranked[0].column("leg")[0].as_py().startswith("vector:"):
+        return "cosine"
+    return "bm25"  # one lexical leg (or only the exact identifier, whose rows BM25 finds too)
 
 
 def _even_out_kinds(
@@ -48,7 +110,7 @@ def _even_out_kinds(
     weight: dict[str, float] = {}
     for leg in ranked:
         name = leg.column("leg")[0].as_py()
-        w = 1.0 if method != "weighted" else (alpha if name.startswith("vector:") else 1 - alpha)
+        w = _leg_weight(name, method, alpha)
         kind = leg.column("kind")[0].as_py()
         weight[kind] = weight.get(kind, 0.0) + w
     if len(weight) < 2 or min(weight.values()) <= 0:
@@ -59,14 +121,34 @@ def _even_out_kinds(
             score[kinds == kind] *= top / w
 
 
+def _rank_within_kind(score: np.ndarray, kinds: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each item's rank (0 = best) among the items of its own kind, by score."""
+    within = np.zeros(len(score), np.int64)
+    for kind in set(kinds.tolist()):
+        members = np.flatnonzero(kinds == kind)
+        best_first = members[np.lexsort((ids[members], -score[members]))]
+        within[best_first] = np.arange(len(best_first))
+    return within
+
+
 def fuse(
-    legs: Sequence[pa.Table], *, method: str = "rrf", alpha: float = 0.7, rrf_k: int = RRF_K
+    legs: Sequence[pa.Table],
+    *,
+    method: str = "relative",
+    alpha: float = 0.7,
+    rrf_k: int = RRF_K,
+    chance: Mapping[str, Chance] | None = None,
 ) -> pa.Table:
-    """Candidates (see :data:`CANDIDATES_SCHEMA`) from leg tables, sorted by score, best first."""
+    """Candidates (see :data:`CANDIDATES_SCHEMA`) from leg tables, sorted by score, best first.
+
+    ``chance`` holds each kind's chance level (relative fusion; see
+    :func:`mmsearch.search.calibrate.kind_chance`).
+    """
     legs = [leg for leg in legs if leg.num_rows]
     if not legs:
         return CANDIDATES_SCHEMA.empty_table()
     ranked = [leg for leg in legs if leg.column("leg")[0].as_py() != "exact"]
+    score_kind = _score_kind(ranked, method)
     exact = [leg for leg in legs if leg.column("leg")[0].as_py() == "exact"]
     ids = np.concatenate([leg.column("id").to_numpy() for leg in legs]).astype(np.int64)
     uniq, inverse = np.unique(ids, return_inverse=True)
@@ -93,18 +175,30 @@ def fuse(
         if name == "exact":
             is_exact[pos] = True
             continue
+        weight = _leg_weight(name, method, alpha)
         if len(ranked) == 1:
             score[pos] = raw
         elif method == "weighted":
-            weight = alpha if name.startswith("vector:") else 1.0 - alpha
             np.add.at(score, pos, weight * _normalised(raw))
+        elif method == "relative" and name.startswith("vector:"):
+            kind = name.split(":", 1)[1]
+            np.add.at(score, pos, weight * above_chance(raw, (chance or {}).get(kind)))
+        elif method == "relative":
+            np.add.at(score, pos, weight * _relative_lexical(raw))
         else:
             np.add.at(score, pos, 1.0 / (rrf_k + rank))
     if len(ranked) > 1:
         _even_out_kinds(score, kinds, ranked, method, alpha)
     if exact:
-        score[is_exact] += EXACT_BOOST
-    order = np.lexsort((uniq, best_rank, -score))
+        score[is_exact] += max(EXACT_BOOST, float(score.max()))
+    if method == "relative" and len(set(kinds.tolist())) > 1:
+        # Heights above chance are not comparable across kinds (text->text cosines sit far
+        # above any text->image cosine): kinds interleave by their rank within their kind.
+        within = _rank_within_kind(score, kinds, uniq)
+        within[is_exact] = -1  # a named item first, whatever its kind
+        order = np.lexsort((uniq, best_rank, -score, within))
+    else:
+        order = np.lexsort((uniq, best_rank, -score))
     return pa.table(
         {
             "id": pa.array(uniq[order]),
@@ -113,6 +207,7 @@ def fuse(
             "similarity": pa.array(similarity[order], pa.float32(), from_pandas=True),
             "exact": pa.array(is_exact[order]),
             "legs": pa.array([",".join(sorted(names[i])) for i in order.tolist()], pa.string()),
+            "score_kind": pa.array([score_kind] * len(order), pa.string()),
         },
         schema=CANDIDATES_SCHEMA,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 #: The kind searched when none is given, everywhere (library, CLI, HTTP API, gallery).
-DEFAULT_KIND = "any"
+DEFAULT_KIND: Final = "any"
 #: The most results one query returns, everywhere (library, CLI, HTTP API).
 MAX_K = 1000
 #: The deepest page: ``offset`` may be at most this.

@@ -201,10 +201,16 @@ class _Run:
         clock.tick("filter")
         vector, query_kind = self.encode(vector, query_kind)
         clock.tick("encode")
-        floors = None
-        if q.cutoff and mode == "hybrid" and vector is not None:
-            floors = {k: v for k, v in source.kind_floors().items() if k in self.kinds}
-        clock.tick("shape")  # the cut-off's calibration (once per snapshot) is shaping's work
+        floors, chance = None, None
+        fused = mode == "hybrid" or len(self.kinds) > 1
+        if vector is not None and (
+            (q.cutoff and mode == "hybrid") or (fused and q.fusion == "relative")
+        ):
+            chance = {k: v for k, v in source.kind_chance().items() if k in self.kinds}
+            floors = (
+                {k: v.floor for k, v in chance.items()} if q.cutoff and mode == "hybrid" else None
+            )
+        clock.tick("shape")  # the calibration (once per snapshot) is counted as shaping's work
         exact = self.exact_leg()
         clock.tick("retrieve")
         while True:
@@ -223,39 +229,43 @@ class _Run:
             if exact is not None:
                 legs.append(exact)
             clock.tick("retrieve")
-            candidates = fuse_stage.fuse(legs, method=q.fusion, alpha=q.alpha)
+            candidates = fuse_stage.fuse(legs, method=q.fusion, alpha=q.alpha, chance=chance)
             clock.tick("fuse")
             candidates = rescore.rescore(candidates, vector, source.ann, self.rows, source.dim)
             clock.tick("rescore")
-            candidates = rerank.rerank_stage(self.reranker, q, candidates)
+            reranked = rerank.rerank_stage(
+                self.reranker, q, candidates, file_stats=source.file_stats
+            )
             clock.tick("rerank")
-            shaped = shape.shape(candidates, q, floors=floors)
+            shaped = shape.shape(reranked.table, q, floors=floors)
             clock.tick("shape")
             if shaped.available >= need or not saturated or depth >= total:
                 break
             depth = min(depth * 4, total)
-        return self.results(shaped)
+        return self.results(shaped, reranked)
 
-    def results(self, shaped: shape.Shaped) -> Results:
+    def results(self, shaped: shape.Shaped, reranked: rerank.Reranked) -> Results:
         q = self.q
         reason = None
         if shaped.table.num_rows == 0:
-            reason = _empty_reason(shaped, q, self.mode)
+            reason = _empty_reason(shaped, reranked, q, self.mode)
         out = Results.from_table(
             shaped.table, offset=q.offset, groups=shaped.groups, duplicates=shaped.duplicates,
-            reason=reason, mode=self.mode,
+            reason=reason, mode=self.mode, dropped=reranked.dropped,
         )  # fmt: skip
         self.clock.tick("shape")
         out.timings.update(self.clock.timings)
         return out
 
 
-def _empty_reason(shaped: shape.Shaped, query: Query, mode: str) -> str:
+def _empty_reason(shaped: shape.Shaped, reranked: rerank.Reranked, query: Query, mode: str) -> str:
     """Why a query's page is empty."""
     if shaped.dropped_by_cutoff:
         return "no good match: every candidate scored below the cut-off"
     if shaped.available:
         return f"no results past offset {query.offset}"
+    if reranked.reason:
+        return reranked.reason
     if mode == "lexical":
         return "no good match: no item contains the query's words"
     return "no good match: the index has no items of that kind"

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from mmsearch.ann import VectorIndex
     from mmsearch.models.base import Encoder
+    from mmsearch.search.calibrate import Chance
     from mmsearch.search.encode import UrlFetcher
     from mmsearch.search.rows import Rows
 
@@ -70,8 +71,8 @@ class SearchSource(Protocol):
         """The LanceDB table the lexical legs search (its full-text index)."""
         ...
 
-    def kind_floors(self) -> Mapping[str, float]:
-        """Per-kind chance levels of hybrid's cut-off (see :mod:`mmsearch.search.calibrate`)."""
+    def kind_chance(self) -> Mapping[str, Chance]:
+        """Per-kind chance levels: relative fusion and hybrid's cut-off (see :mod:`mmsearch.search.calibrate`)."""
         ...
 
     def file_stats(self, ids: npt.NDArray[np.int64]) -> pa.Table:

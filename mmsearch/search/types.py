@@ -30,11 +30,11 @@ from mmsearch.storage.metadata_keys import normalize_metadata
 
 Kind = Literal["image", "text", "any"]
 Mode = Literal["vector", "lexical", "hybrid"]
-Fusion = Literal["rrf", "weighted"]
+Fusion = Literal["relative", "rrf", "weighted"]
 
 KINDS: tuple[str, ...] = ("image", "text", "any")
 MODES: tuple[str, ...] = ("vector", "lexical", "hybrid")
-FUSIONS: tuple[str, ...] = ("rrf", "weighted")
+FUSIONS: tuple[str, ...] = ("relative", "rrf", "weighted")
 #: Reciprocal rank fusion constant (Cormack et al. 2009; LanceDB and Elasticsearch use 60).
 RRF_K = 60
 #: Stage names, in order; :attr:`Results.timings` has one entry per stage.
@@ -57,8 +57,13 @@ CANDIDATES_SCHEMA = pa.schema(
         pa.field("similarity", pa.float32()),  # cosine to the query vector; null without one
         pa.field("exact", pa.bool_()),  # an exact identifier match
         pa.field("legs", pa.string()),  # the legs that found it, comma-separated
+        pa.field("score_kind", pa.string()),  # what ``score`` is: one of SCORE_KINDS
     ]
 )
+#: What a result's ``score`` can be: a cosine (one vector leg), BM25 (one lexical leg),
+#: a fused score (relative, rrf, weighted: see mmsearch.search.fuse), the re-ranker's
+#: match probability (itm), or that probability blended with the first stage's (blend).
+SCORE_KINDS: tuple[str, ...] = ("cosine", "bm25", "relative", "rrf", "weighted", "itm", "blend")
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,9 @@ class Query:
 
     terms: tuple[QueryTerm, ...] = ()
     where: tuple[Condition, ...] = ()
-    kind: Kind = DEFAULT_KIND  # type: ignore[assignment]
+    kind: Kind = DEFAULT_KIND
     mode: Mode | None = None
-    fusion: Fusion = "rrf"
+    fusion: Fusion = "relative"
     alpha: float = 0.7
     k: int = 10
     offset: int = 0
@@ -121,7 +126,7 @@ class Query:
         if self.mode is not None and self.mode not in MODES:
             raise BadQueryError(f"mode must be vector, lexical or hybrid, not {self.mode!r}")
         if self.fusion not in FUSIONS:
-            raise BadQueryError(f"fusion must be rrf or weighted, not {self.fusion!r}")
+            raise BadQueryError(f"fusion must be relative, rrf or weighted, not {self.fusion!r}")
         check_k(self.k)
         if (
             isinstance(self.offset, bool)
@@ -141,8 +146,14 @@ class Query:
             depth = self.rerank.depth
             if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= MAX_K:
                 raise BadQueryError(f"rerank depth must be an integer between 1 and {MAX_K}")
-            if self.rerank.blend is not None and not 0.0 <= self.rerank.blend <= 1.0:
+            if self.rerank.blend is not None and not (
+                _is_number(self.rerank.blend) and 0.0 <= self.rerank.blend <= 1.0
+            ):
                 raise BadQueryError("rerank blend must be between 0 and 1")
+            if self.rerank.min_match is not None and not (
+                _is_number(self.rerank.min_match) and 0.0 <= self.rerank.min_match <= 1.0
+            ):
+                raise BadQueryError("rerank min_match must be a match probability in [0, 1]")
         return self
 
     @property
@@ -178,10 +189,13 @@ def check_k(k: object) -> int:
 class SearchResult:
     """One hit. ``uri`` is the item's stored location (file path, or ``collection#row-id``).
 
-    ``score`` orders the results (cosine similarity for a vector search of one kind; the
-    fused score otherwise); ``similarity`` is the cosine to the query vector when there
-    is one. ``group`` holds the ids of the other matching items of a group-by key, and
-    ``duplicates`` those of near-duplicates folded into this hit.
+    ``score`` orders the results and ``score_kind`` says what it is (see
+    :data:`SCORE_KINDS`): ``cosine`` for a vector search of one kind, ``bm25`` for a
+    lexical one, the fusion's name when legs were fused, ``itm`` / ``blend`` after
+    re-ranking. ``cosine`` is the item's cosine similarity to the query vector whenever
+    the query had one (None in lexical mode). ``group`` holds the ids of the other
+    matching items of a group-by key, and ``duplicates`` those of near-duplicates folded
+    into this hit.
     """
 
     rank: int
@@ -191,9 +205,15 @@ class SearchResult:
     text: str | None
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
-    similarity: float | None = None
+    cosine: float | None = None
     group: tuple[int, ...] = ()
     duplicates: tuple[int, ...] = ()
+    score_kind: str = "cosine"
+
+    @property
+    def similarity(self) -> float | None:
+        """The former name of :attr:`cosine` (kept for older callers)."""
+        return self.cosine
 
     @property
     def path(self) -> str | None:
@@ -205,6 +225,7 @@ class SearchResult:
         return uri_to_path(self.uri)
 
     def to_dict(self) -> dict[str, Any]:
+        """The hit as JSON-ready data (every field is described in the README)."""
         out: dict[str, Any] = {
             "rank": self.rank,
             "id": self.id,
@@ -212,7 +233,8 @@ class SearchResult:
             "kind": self.kind,
             "text": self.text,
             "score": round(self.score, 6),
-            "similarity": None if self.similarity is None else round(self.similarity, 6),
+            "score_kind": self.score_kind,
+            "cosine": None if self.cosine is None else round(self.cosine, 6),
             "metadata": self.metadata,
         }
         if self.group:
@@ -222,12 +244,22 @@ class SearchResult:
         return out
 
 
+@dataclass(frozen=True)
+class DroppedCandidate:
+    """A candidate the re-rank stage left out, with the reason (``vanished since indexing``...)."""
+
+    id: int
+    uri: str
+    reason: str
+
+
 class Results(list[SearchResult]):
     """The hits of one query, best first, plus how long each stage took.
 
     A list of :class:`SearchResult`; ``timings`` maps each stage of :data:`STAGES` to
     seconds; ``reason`` says why the list is empty (or is None); ``mode`` is the mode
-    that ran.
+    that ran; ``dropped`` lists the candidates re-ranking had to leave out (a file that
+    vanished or changed since indexing); :attr:`score_kind` what the hits' scores are.
     """
 
     def __init__(
@@ -237,12 +269,22 @@ class Results(list[SearchResult]):
         timings: Mapping[str, float] | None = None,
         reason: str | None = None,
         mode: str | None = None,
+        dropped: Iterable[DroppedCandidate] = (),
     ) -> None:
         super().__init__(hits)
         self.timings: dict[str, float] = {stage: 0.0 for stage in STAGES}
         self.timings.update(timings or {})
         self.reason = reason
         self.mode = mode
+        self.dropped: list[DroppedCandidate] = list(dropped)
+
+    @property
+    def score_kind(self) -> str | None:
+        """What the scores are (:data:`SCORE_KINDS`): the kinds of the hits, ``+``-joined
+        when they differ (a re-ranker leaves hits it cannot judge their first-stage
+        score); None without hits."""
+        kinds = list(dict.fromkeys(hit.score_kind for hit in self))
+        return "+".join(kinds) if kinds else None
 
     @classmethod
     def from_table(
@@ -255,13 +297,20 @@ class Results(list[SearchResult]):
         timings: Mapping[str, float] | None = None,
         reason: str | None = None,
         mode: str | None = None,
+        dropped: Iterable[DroppedCandidate] = (),
     ) -> Results:
         """Hits from a shaped candidates table (``id, uri, kind, text, score, similarity,
-        metadata``), ranked from ``offset + 1``; ``groups``/``duplicates`` align with its rows."""
+        metadata, score_kind``), ranked from ``offset + 1``; ``groups``/``duplicates`` align
+        with its rows."""
         cols = {
             name: table.column(name).to_pylist()
             for name in ("id", "uri", "kind", "text", "score", "similarity", "metadata")
         }
+        kinds = (
+            table.column("score_kind").to_pylist()
+            if "score_kind" in table.column_names
+            else ["cosine"] * table.num_rows
+        )
         hits = []
         for i in range(table.num_rows):
             meta = cols["metadata"][i]
@@ -275,19 +324,20 @@ class Results(list[SearchResult]):
                     text=cols["text"][i],
                     score=float(cols["score"][i]),
                     metadata=normalize_metadata(json.loads(meta)) if meta else {},
-                    similarity=None if similarity is None else float(similarity),
+                    cosine=None if similarity is None else float(similarity),
                     group=tuple(groups[i]) if groups is not None else (),
                     duplicates=tuple(duplicates[i]) if duplicates is not None else (),
+                    score_kind=kinds[i] or "cosine",
                 )
             )
-        return cls(hits, timings=timings, reason=reason, mode=mode)
+        return cls(hits, timings=timings, reason=reason, mode=mode, dropped=dropped)
 
     def to_list(self) -> list[dict[str, Any]]:
         """Plain dicts, ready for JSON."""
         return [hit.to_dict() for hit in self]
 
     def to_arrow(self) -> pa.Table:
-        """One row per hit: rank, id, uri, kind, text, score, similarity, metadata (JSON), group, duplicates."""
+        """One row per hit: rank, id, uri, kind, text, score, score_kind, cosine, metadata (JSON), group, duplicates."""
         return pa.table(
             {
                 "rank": pa.array([h.rank for h in self], pa.int32()),
@@ -296,7 +346,8 @@ class Results(list[SearchResult]):
                 "kind": pa.array([h.kind for h in self], pa.string()),
                 "text": pa.array([h.text for h in self], pa.string()),
                 "score": pa.array([h.score for h in self], pa.float64()),
-                "similarity": pa.array([h.similarity for h in self], pa.float32()),
+                "score_kind": pa.array([h.score_kind for h in self], pa.string()),
+                "cosine": pa.array([h.cosine for h in self], pa.float32()),
                 "metadata": pa.array(
                     [json.dumps(h.metadata, sort_keys=True) for h in self], pa.string()
                 ),

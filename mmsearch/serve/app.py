@@ -28,140 +28,89 @@ in, so requests in flight finish on the snapshot they started with.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
-from mmsearch.errors import (
-    BadQueryError,
-    ImageDecodeError,
-    IndexCorruptError,
-    IndexNotFoundError,
-    MMSearchError,
-    ModelLoadError,
-    ModelMismatchError,
-    UnsafePathError,
-)
+from mmsearch.errors import BadQueryError
 from mmsearch.imageio import DEFAULT_MAX_PIXELS
-from mmsearch.models.base import Encoder
-from mmsearch.search.limits import DEFAULT_KIND, MAX_K
+from mmsearch.serve.config import ServerConfig
+from mmsearch.serve.contract import install_openapi
+from mmsearch.serve.failures import install_error_handlers
 from mmsearch.serve.holder import IndexHolder
-from mmsearch.serve.jsonbody import json_response
-from mmsearch.serve.limits import BodyLimitMiddleware, validation_error_body
-from mmsearch.serve.observe import Metrics, ObserveMiddleware, record_results
-from mmsearch.serve.schemas import SearchParams, SearchRequest
+from mmsearch.serve.limits import BodyLimitMiddleware
+from mmsearch.serve.methods import MethodsMiddleware, SecurityHeadersMiddleware, allowed_methods
+from mmsearch.serve.observe import Metrics, ObserveMiddleware
+
+if TYPE_CHECKING:
+    from mmsearch.engine import SearchIndex
 
 # Multipart framing (boundaries, part headers, other small fields) on top of the file.
 _MULTIPART_SLACK = 64 * 1024
 
 
-@dataclass
-class ServerConfig:
-    index_dir: Path
-    device: str | None = None
-    image_roots: list[Path] = field(default_factory=list)  # query image paths must be under one
-    allow_urls: bool = False
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    url_allow_private: bool = False  # tests only
-    url_timeout_s: float = 10.0
-    # An encoder to use instead of loading the index's model: `mmsearch serve` passes the
-    # one it loaded at start-up; tests pass a fake one.
-    encoder: Encoder | None = None
-    host: str = "127.0.0.1"  # the bound address: accepted as a Host header
-    allowed_hosts: list[str] = field(default_factory=list)  # more Host values ("*" = any)
-    token: str | None = None  # required on every route but /healthz when set
-    docs: bool = True  # /docs and /openapi.json (behind the token like every route)
-    expose_paths: bool = False  # absolute server paths in results and /api/info
-    log_format: str = "text"  # access log: text, json or none
-    log_queries: bool = False  # query strings in the access log
-    drain_s: float = 2.0  # after SIGTERM: answer 503 this long, then shut down
-    # ITM model for requests with rerank=true (registered name, folder or HF id; None:
-    # the index's recorded one, else Salesforce/blip-itm-base-coco); loaded on first use.
-    rerank_model: str | None = None
-    backend: str = "torch"  # model runtime of each worker: torch, onnx or auto
-    quantize: str | None = None  # int8: quantised ONNX graphs
-    # Searches one worker runs at once; the rest wait in arrival order (FIFO). Searches
-    # are CPU-bound: running many at once in one process only interleaves them on the
-    # GIL, which stretches the slowest answers (p99) without adding throughput.
-    search_concurrency: int = 2
-
-
-def check_query_paths(query: str, image_roots: list[Path]) -> None:
-    """Refuses an image-path term of ``query`` that resolves outside ``image_roots``.
-
-    Checked whether or not the file exists, so the answer never tells a caller which
-    files exist outside the roots. Quote a term to search for it as text: ``"holiday.jpg"``.
-    The engine applies the same check to every image term it opens.
-    """
-    from mmsearch.search.encode import check_image_path
-    from mmsearch.search.language import parse_query
-
-    roots = [Path(os.path.realpath(r)) for r in image_roots]
-    for term in parse_query(query):
-        if term.kind == "image":
-            try:
-                check_image_path(term.value, roots)
-            except UnsafePathError:
-                raise
-            except BadQueryError:
-                continue  # inside the roots but missing: the search says so
-
-
-def _status_of(exc: MMSearchError) -> int:
-    if isinstance(exc, UnsafePathError):
-        return 403
-    if isinstance(exc, BadQueryError):
-        return 400
-    if isinstance(exc, ImageDecodeError):
-        return 422
-    if isinstance(exc, (IndexNotFoundError, IndexCorruptError, ModelLoadError, ModelMismatchError)):
-        return 503  # the server cannot answer until its index or model is fixed
-    return 500
-
-
 def create_app(config: ServerConfig) -> FastAPI:
     """Builds the FastAPI application for ``config``."""
-    from mmsearch.serve import security
-    from mmsearch.serve.lifecycle import DrainMiddleware, ServeState
+    from mmsearch.serve import auth, security
+    from mmsearch.serve.drain import DrainMiddleware, ServeState
+    from mmsearch.serve.reranker import RerankerHolder
     from mmsearch.serve.routes import add_ops_routes
+    from mmsearch.serve.search_routes import add_search_routes
 
+    if config.token is not None:
+        security.check_token(config.token)
     metrics = Metrics()
 
-    def on_open(index: Any) -> None:
+    def on_open(index: SearchIndex) -> None:
         items = {kind: int(ann.get("n", 0)) for kind, ann in index.info()["ann"].items()}
         metrics.set_snapshot(index.snapshot, items)
 
-    holder = IndexHolder(config, on_open=on_open)
+    holder = IndexHolder(config, on_open=on_open, metrics=metrics)
     state = ServeState(drain_s=config.drain_s)
+    rerankers = RerankerHolder(config.rerank_model, Path(config.index_dir), config.device)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         import asyncio
+        import threading
 
         state.install_drain_handler(asyncio.get_running_loop())
         state.start_warming(app.state.warm)
+        if config.rerank_model:  # named at start-up: load it now, in the background
+            threading.Thread(
+                target=rerankers.load_quietly, name="mmsearch-rerank-load", daemon=True
+            ).start()
         yield
 
-    docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="mmsearch", version="0.1.0", lifespan=lifespan, **docs)
+    app = FastAPI(
+        title="mmsearch",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # served from the installed Swagger UI files (mmsearch.serve.docs)
+        redoc_url=None,
+        openapi_url="/openapi.json" if config.docs else None,
+    )
     # add_middleware wraps: the last added runs first.
+    app.add_middleware(MethodsMiddleware, router=app.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes + _MULTIPART_SLACK)
+    app.add_middleware(security.OriginCheckMiddleware)
     if config.token:
-        app.add_middleware(security.TokenAuthMiddleware, token=config.token)
-        security.add_login_route(app, config.token)
+        sessions = auth.SessionKeeper(config.token, state_dir=config.state_dir)
+        throttle = auth.FailureThrottle(config.auth_failures_per_minute)
+        app.add_middleware(
+            auth.TokenAuthMiddleware, token=config.token, sessions=sessions, throttle=throttle
+        )
+        auth.add_login_routes(app, config.token, sessions, throttle)
     app.add_middleware(DrainMiddleware, state=state)
-    if "*" not in config.allowed_hosts:
-        hosts = security.allowed_hosts(config.host, list(config.allowed_hosts))
-        app.add_middleware(security.HostCheckMiddleware, allowed=hosts)
+    hosts = (
+        None
+        if "*" in config.allowed_hosts
+        else security.allowed_hosts(config.host, list(config.allowed_hosts))
+    )
+    app.add_middleware(security.HostCheckMiddleware, allowed=hosts)
     app.add_middleware(
         ObserveMiddleware,
         metrics=metrics,
@@ -169,38 +118,14 @@ def create_app(config: ServerConfig) -> FastAPI:
         log_queries=config.log_queries,
         router=app.router,
     )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.state.serve_state = state
-
-    @app.exception_handler(MMSearchError)
-    async def _mmsearch_error(request: Request, exc: MMSearchError) -> JSONResponse:
-        return JSONResponse(
-            {"error": str(exc), "type": type(exc).__name__}, status_code=_status_of(exc)
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = {"error": str(exc.detail), "detail": exc.detail}
-        return JSONResponse(
-            body, status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(validation_error_body(list(exc.errors())), status_code=422)
-
-    def _results(hits: list[Any]) -> list[dict[str, Any]]:
-        record_results(hits)
-        catalog = None if config.expose_paths else holder.catalog(holder.current)
-        out = []
-        for hit in hits:
-            item = hit.to_dict()
-            item["media"] = f"/media/{hit.id}" if hit.kind == "image" else None
-            if catalog is not None:
-                item["uri"] = catalog.relative_uri(item["uri"])
-            out.append(item)
-        return out
-
+    install_error_handlers(app, lambda scope: allowed_methods(app.router, scope))
     add_ops_routes(app, config, holder, state, metrics)
+    if config.docs:
+        from mmsearch.serve.docs import add_docs_route
+
+        add_docs_route(app)
 
     def _fetch_url_image(url: str) -> Any:
         if not config.allow_urls:
@@ -224,131 +149,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         return load_image(data, max_pixels=config.max_pixels)
 
     holder.fetch_url = _fetch_url_image if config.allow_urls else None
-
-    from mmsearch.serve.reranker import RerankerHolder
-
-    rerankers = RerankerHolder(config.rerank_model, Path(config.index_dir), config.device)
-
-    def _run(query: Any) -> tuple[Any, list[dict[str, Any]]]:
-        """Runs ``query``; with re-ranking, also the candidates dropped (vanished/changed files)."""
-        index = holder.get()
-        if query.rerank is None:
-            return index.run(query), []
-        stage = rerankers.attach(index)
-        results = index.run(query)
-        return results, [{"id": d.id, "reason": d.reason} for d in getattr(stage, "dropped", [])]
-
-    def _with_rerank(
-        query: Any, rerank: bool, depth: int, min_match: float | None, blend: float | None = None
-    ) -> Any:
-        from dataclasses import replace
-
-        from mmsearch.search.types import RerankSpec
-
-        spec = RerankSpec(depth=depth, min_match=min_match, blend=blend)
-        return replace(query, rerank=spec) if rerank else query
-
-    def _answer(query: Any, shown: str | None) -> dict[str, Any]:
-        from mmsearch.search.types import STAGES
-
-        results, dropped = _run(query)
-        out = {
-            "query": shown,
-            "mode": results.mode,
-            "results": _results(results),
-            "reason": results.reason,
-            "timings": {stage: round(results.timings.get(stage, 0.0), 6) for stage in STAGES},
-        }
-        if query.rerank is not None:
-            out["dropped"] = dropped
-        return out
-
-    gate: list[Any] = []  # the worker's anyio.CapacityLimiter, made inside its event loop
-
-    async def _gated(fn: Any, *args: Any) -> Any:
-        """Runs ``fn(*args)`` on a worker thread once one of the worker's
-        ``search_concurrency`` search slots is free; waiting requests get slots in
-        arrival order (anyio's limiter is FIFO)."""
-        import anyio
-
-        if not gate:
-            gate.append(anyio.CapacityLimiter(max(1, config.search_concurrency)))
-        return await anyio.to_thread.run_sync(fn, *args, limiter=gate[0])
-
-    @app.get("/api/search")
-    async def search(params: Annotated[SearchParams, Query()]) -> Response:
-        return json_response(await _gated(_get_search, params))
-
-    @app.post("/api/search")
-    async def search_json(body: SearchRequest) -> Response:
-        """The same search as GET, as a JSON body with structured terms (no parsing)."""
-        return json_response(await _gated(lambda: _answer(body.to_query(), body.q)))
-
-    def _get_search(params: SearchParams) -> dict[str, Any]:
-        from mmsearch.search.language import QueryTerm
-        from mmsearch.serve.schemas import build_query
-
-        p = params
-        terms = []
-        if p.url:
-            if not config.allow_urls:
-                raise BadQueryError(
-                    "image URLs are disabled on this server (start it with --allow-urls)"
-                )
-            terms.append(QueryTerm(1.0, "url", p.url))
-        query = build_query(
-            q=None if p.url else p.q, literal=p.literal, terms=terms, where=p.where, kind=p.kind,
-            mode=p.mode, fusion=p.fusion, alpha=p.alpha, k=p.k, offset=p.offset,
-            group_by=p.group_by, dedup=p.dedup, min_score=p.min_score, cutoff=p.cutoff,
-            exact=p.exact,
-        )  # fmt: skip
-        query = _with_rerank(query, p.rerank, p.rerank_depth, p.min_match, p.rerank_blend)
-        return _answer(query, p.q if not p.url else p.url)
-
-    def _search_upload(
-        data: bytes,
-        k: int,
-        kind: str,
-        where: list[str],
-        rerank: tuple[int, float | None, float | None] | None,
-    ) -> dict[str, Any]:
-        from mmsearch.imageio import load_image
-        from mmsearch.search.language import QueryTerm
-        from mmsearch.serve.schemas import build_query
-
-        image = load_image(data, max_pixels=config.max_pixels)
-        query = build_query(
-            q=None, terms=[QueryTerm(1.0, "image", image)], where=where, kind=kind, k=k
-        )
-        if rerank is not None:
-            query = _with_rerank(query, True, *rerank)
-        results, dropped = _run(query)
-        out: dict[str, Any] = {"results": _results(results), "reason": results.reason}
-        if rerank is not None:
-            out["dropped"] = dropped
-        return out
-
-    @app.post("/api/search/image")
-    async def search_image(
-        file: Annotated[UploadFile, File()],
-        k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
-        kind: Annotated[str, Query(pattern="^(any|image|text)$")] = DEFAULT_KIND,
-        where: Annotated[list[str] | None, Query()] = None,
-        rerank: bool = False,
-        rerank_depth: Annotated[int, Query(ge=1, le=MAX_K)] = 50,
-        min_match: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-        rerank_blend: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
-    ) -> Response:
-        data = await file.read(config.max_upload_bytes + 1)
-        if len(data) > config.max_upload_bytes:
-            raise HTTPException(413, f"upload larger than {config.max_upload_bytes} bytes")
-        if not data:
-            raise BadQueryError("the uploaded file is empty")
-        # Decoding and encoding are CPU work: keep them off the event loop.
-        options = (rerank_depth, min_match, rerank_blend) if rerank else None
-        out = await _gated(_search_upload, data, k, kind, where or [], options)
-        return json_response({**out, "query": file.filename})
-
+    add_search_routes(app, config, holder, rerankers)
+    install_openapi(app, allow_urls=config.allow_urls, token_required=bool(config.token))
+    app.state.rerankers = rerankers
+    app.state.config = config
     return app
 
 
@@ -356,6 +160,5 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "BodyLimitMiddleware",
     "ServerConfig",
-    "check_query_paths",
     "create_app",
 ]

@@ -1,12 +1,6 @@
-"""Process lifecycle: readiness, graceful drain, and running one or several workers.
+"""Process lifecycle: binding, thread policy, and running one or several workers.
 
-- :class:`ServeState`: ``ready`` once the index is open and the model loaded (a
-  background warm-up starts at application start-up, or at the first ``/readyz``);
-  ``draining`` once SIGTERM arrived.
-- Graceful shutdown: on SIGTERM the application starts draining (``/readyz`` and
-  every new request answer 503 with ``Connection: close``) for ``drain_s`` seconds,
-  so a load balancer stops sending traffic; then uvicorn's own shutdown stops
-  accepting, lets requests in flight finish, and exits. SIGINT (Ctrl-C) skips the drain.
+- Readiness and the graceful drain of one application are :mod:`mmsearch.serve.drain`.
 - :func:`bind_socket` binds the listening socket first, so a busy port fails in one
   line before any model is loaded; :func:`run` then serves it with one process, or
   with ``workers`` processes sharing it (uvicorn's supervisor, spawn start method).
@@ -14,100 +8,19 @@
 
 from __future__ import annotations
 
-import json
-import signal
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmsearch.errors import MMSearchError
+
+if TYPE_CHECKING:
+    from mmsearch.serve.config import ServerConfig
 
 
 class BindError(MMSearchError):
     """The listening address cannot be bound (port in use, no permission, bad address)."""
-
-
-@dataclass
-class ServeState:
-    """Readiness and drain flags of one application (one worker process)."""
-
-    drain_s: float = 2.0
-    ready: bool = False
-    draining: bool = False
-    error: str | None = None
-    _warming: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start_warming(self, warm: Callable[[], None]) -> None:
-        """Runs ``warm`` once in a background thread; ``ready`` turns true when it succeeds."""
-        with self._lock:
-            if self._warming or self.ready:
-                return
-            self._warming = True
-
-        def target() -> None:
-            try:
-                warm()
-                self.ready, self.error = True, None
-            except Exception as exc:  # reported by /readyz; the next /readyz retries
-                self.error = f"{type(exc).__name__}: {exc}"
-            finally:
-                self._warming = False
-
-        threading.Thread(target=target, name="mmsearch-warmup", daemon=True).start()
-
-    def install_drain_handler(self, loop: Any) -> None:
-        """Makes SIGTERM start draining, then hand over to the server's handler after ``drain_s``.
-
-        Called from the application's start-up (main thread, after uvicorn installed its
-        own handlers); does nothing elsewhere (tests that serve from a thread).
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return
-        previous = signal.getsignal(signal.SIGTERM)
-        if not callable(previous):
-            return
-
-        def on_sigterm(sig: int, frame: Any) -> None:
-            if self.draining:  # a second SIGTERM: stop now
-                previous(sig, frame)
-                return
-            self.draining = True
-            loop.call_soon_threadsafe(loop.call_later, self.drain_s, previous, sig, frame)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-
-class DrainMiddleware:
-    """While draining, new requests get 503 (except ``/healthz``); requests in flight finish."""
-
-    def __init__(self, app: Any, state: ServeState) -> None:
-        self.app = app
-        self.state = state
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not self.state.draining or scope.get("path") == "/healthz":
-            await self.app(scope, receive, send)
-            return
-        body = json.dumps(
-            {"error": "the server is shutting down; retry on another instance", "type": "Draining"}
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                    (b"retry-after", b"1"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -144,16 +57,15 @@ def check_servable(
     reused by the server); without it only the published snapshot is checked, which
     imports nothing heavy (a supervisor of worker processes stays small).
     """
-    from pathlib import Path
-
     from mmsearch.errors import IndexNotFoundError
+    from mmsearch.storage.objectstore import local_view
     from mmsearch.storage.snapshot import read_snapshot
 
     if load_model:
         from mmsearch.engine import SearchIndex
 
         return SearchIndex(index_dir, device=device, backend=backend, quantize=quantize).encoder
-    if read_snapshot(Path(index_dir)) is None:
+    if read_snapshot(local_view(index_dir)) is None:  # an object-store index: pulled first
         raise IndexNotFoundError(
             f"no searchable mmsearch index at {index_dir} "
             f"(create one with: mmsearch index PATH --index {index_dir})"
@@ -194,7 +106,7 @@ class AppFactory:
     """A picklable application factory: each worker process builds its own app from it,
     after :func:`apply_thread_policy` (``threads``: see :data:`SERVE_THREADS`)."""
 
-    def __init__(self, config: Any, threads: int | None = SERVE_THREADS) -> None:
+    def __init__(self, config: ServerConfig, threads: int | None = SERVE_THREADS) -> None:
         self.config = config
         self.threads = threads
 
@@ -237,21 +149,28 @@ def run(
     log_format: str = "text",
     http: str = "auto",
     loop: str = "auto",
+    limits: Any = None,
 ) -> None:
     """Serves ``create_app(server_config)`` on ``sock`` with ``workers`` processes until stopped.
 
     ``http`` (``auto``, ``httptools``, ``h11``) and ``loop`` (``auto``, ``uvloop``,
     ``asyncio``) pick uvicorn's HTTP parser and event loop; ``auto`` takes the C ones
-    (httptools, uvloop) when installed.
+    (httptools, uvloop) when installed. Either parser runs behind the connection
+    guards of :mod:`mmsearch.serve.connections` (``limits``: a
+    :class:`~mmsearch.serve.connections.ConnectionLimits`; None: the defaults).
     """
 
     import uvicorn
 
-    config = uvicorn.Config(
+    from mmsearch.serve.connections import ConnectionLimits, open_file_limit, uvicorn_config
+
+    open_file_limit()  # raise the soft limit now: worker processes inherit it
+    config = uvicorn_config(
         AppFactory(server_config),
+        http=http,
+        limits=limits if limits is not None else ConnectionLimits(),
         factory=True,
         workers=workers,
-        http=http,
         loop=loop,
         proxy_headers=proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips,
@@ -270,19 +189,32 @@ def run(
 
 
 @contextmanager
-def prepare_workers(workers: int) -> Iterator[None]:
-    """With several workers, a fresh ``PROMETHEUS_MULTIPROC_DIR`` so ``/metrics`` merges all of them."""
+def prepare_workers(workers: int, server_config: Any = None) -> Iterator[None]:
+    """With several workers, a fresh ``PROMETHEUS_MULTIPROC_DIR`` so ``/metrics`` merges
+    all of them, and a state folder they share (``server_config.state_dir``: revoked
+    sign-in sessions); both removed afterwards."""
     import os
     import shutil
     import tempfile
 
-    if workers <= 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if workers <= 1:
         yield
         return
-    path = tempfile.mkdtemp(prefix="mmsearch-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    made: list[str] = []
+    if server_config is not None and getattr(server_config, "state_dir", None) is None:
+        made.append(tempfile.mkdtemp(prefix="mmsearch-state-"))
+        from pathlib import Path
+
+        server_config.state_dir = Path(made[-1])
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="mmsearch-metrics-")
+        made.append(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         yield
     finally:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        shutil.rmtree(path, ignore_errors=True)
+        if metrics_dir is not None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,18 +1,22 @@
-"""Request limits: the body-size cap (413) and validation errors that never echo much input.
+"""Request limits: the body-size cap (413) and error bodies that never echo much input.
 
 A 60 KB query string must not come back as a 60 KB 422: :func:`validation_error_body`
 caps every echoed input at :data:`MAX_ECHO_CHARS` characters (and lists at
-:data:`MAX_ECHO_ITEMS` items).
+:data:`MAX_ECHO_ITEMS` items), and :func:`cap_text` caps every error message (which
+may quote a filter column or a path) at :data:`MAX_MESSAGE_CHARS`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 MAX_ECHO_CHARS = 120
 MAX_ECHO_ITEMS = 5
 MAX_ERRORS_SHOWN = 5
+#: The longest error message sent (messages quote the user's input).
+MAX_MESSAGE_CHARS = 400
 
 
 class _BodyTooLarge(Exception):
@@ -88,9 +92,31 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body.encode()})
 
 
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates (from ``\\ud800`` escapes in JSON) made encodable."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def cap_text(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to about ``limit`` characters: the start and the end, the middle elided.
+
+    Error messages name the user's input (a column, a path, a filter); a 5 MB column
+    name must not come back as a 5 MB error. Keeping both ends keeps the part of the
+    message that says what to do, which usually follows the echoed value.
+    """
+    text = _printable(text)
+    if len(text) <= limit:
+        return text
+    half = max(1, (limit - 40) // 2)
+    return f"{text[:half]}… ({len(text) - 2 * half} characters elided) …{text[-half:]}"
+
+
 def cap_echo(value: Any) -> Any:
-    """``value`` with long strings cut to :data:`MAX_ECHO_CHARS` and containers to :data:`MAX_ECHO_ITEMS`."""
+    """``value`` made safe to echo: strings cut to :data:`MAX_ECHO_CHARS` characters,
+    containers to :data:`MAX_ECHO_ITEMS` items, huge integers and non-finite numbers
+    (which JSON cannot carry) described in a short string."""
     if isinstance(value, str):
+        value = _printable(value)
         return (
             value
             if len(value) <= MAX_ECHO_CHARS
@@ -99,13 +125,16 @@ def cap_echo(value: Any) -> Any:
     if isinstance(value, bytes):
         return cap_echo(value.decode("utf-8", "replace"))
     if isinstance(value, dict):
-        return {
-            str(k)[:MAX_ECHO_CHARS]: cap_echo(v) for k, v in list(value.items())[:MAX_ECHO_ITEMS]
-        }
+        return {cap_echo(str(k)): cap_echo(v) for k, v in list(value.items())[:MAX_ECHO_ITEMS]}
     if isinstance(value, (list, tuple)):
         return [cap_echo(v) for v in list(value)[:MAX_ECHO_ITEMS]]
-    if value is None or isinstance(value, (bool, int, float)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        # str() of a 5,000-digit integer fails (and 4,000 digits are 4 KB of echo).
+        return value if value.bit_length() <= 63 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
     return cap_echo(str(value))
 
 
@@ -119,4 +148,8 @@ def validation_error_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
         {key: cap_echo(value) for key, value in error.items() if key != "url"}
         for error in errors[:MAX_ERRORS_SHOWN]
     ]
-    return {"error": f"invalid request: {cap_echo(summary)}", "detail": detail}
+    return {
+        "error": f"invalid request: {cap_text(summary)}",
+        "type": "ValidationError",
+        "detail": detail,
+    }

@@ -16,6 +16,8 @@ through ``prometheus_client``'s multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``)
 - ``mmsearch_query_results``: results per answered query (histogram).
 - ``mmsearch_snapshot_table_version`` / ``mmsearch_snapshot_generation``: the snapshot served.
 - ``mmsearch_items{kind}``: items in the served snapshot.
+- ``mmsearch_reload_failures_total{reason}`` / ``mmsearch_reload_failing``: failed moves
+  to a newer snapshot (``store``: the object store unreachable; ``open``: it did not open).
 - ``mmsearch_upload_rejections_total{reason}``: refused image uploads (too_large, bad_image, bad_request).
 - ``mmsearch_media_refused_total{reason}``: ``/media`` answers refused (changed since indexing, unknown id).
 
@@ -123,6 +125,25 @@ class Metrics:
         self.media_refused = Counter(
             "mmsearch_media_refused", "/media requests refused.", ["reason"], registry=reg
         )
+        self.reload_failures = Counter(
+            "mmsearch_reload_failures",
+            "Failed attempts to move to a newer snapshot (the store unreachable, or a "
+            "snapshot that does not open); the previous one stays in service.",
+            ["reason"],
+            registry=reg,
+        )
+        self.reload_failing = Gauge(
+            "mmsearch_reload_failing",
+            "1 while the newest published snapshot cannot be loaded, else 0.",
+            registry=reg, multiprocess_mode="livemax",
+        )  # fmt: skip
+
+    def set_reload_error(self, reason: str | None, *, failing: bool) -> None:
+        """Counts a failed reload (``reason``: ``store`` or ``open``; None: a failure
+        cleared) and whether the newest snapshot is still not served (``failing``)."""
+        if reason is not None:
+            self.reload_failures.labels(reason=reason).inc()
+        self.reload_failing.set(1 if failing else 0)
 
     def set_snapshot(self, snapshot: Any, items: dict[str, int]) -> None:
         """Publishes the snapshot now served and its item counts."""

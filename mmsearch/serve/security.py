@@ -1,43 +1,45 @@
-"""Who may ask: Host allowlist, bearer-token auth, the gallery's sign-in, the bind policy.
+"""Where requests may come from: Host allowlist, Origin check, the bind and token policies.
 
 - **Host allowlist** (DNS rebinding): a request whose ``Host`` is not a loopback
   name, the bound address or an ``--allowed-host`` gets 400 (Starlette's
-  ``TrustedHostMiddleware``). ``/healthz`` is exempt so load-balancer probes by IP work.
-- **Token**: with a token configured, every route but ``/healthz`` (and the sign-in
-  form) needs ``Authorization: Bearer <token>`` or the session cookie the sign-in
-  form sets. Comparisons are constant-time (:func:`hmac.compare_digest`). The cookie
-  holds an HMAC of the token, never the token, and is ``HttpOnly; SameSite=Strict``.
+  ``TrustedHostMiddleware``), and so does one with two ``Host`` headers.
+  ``/healthz`` is exempt so load-balancer probes by IP work. (Absolute-form request
+  targets naming another host are refused by the connection layer,
+  :mod:`mmsearch.serve.connections`, which sees the raw target.)
+- **Origin** (cross-site requests): a ``POST``, ``PUT``, ``PATCH`` or ``DELETE``
+  whose ``Origin`` is not this server (or ``null``) gets 403, with or without a
+  token: a web page elsewhere cannot make a visitor's browser upload, sign in or write.
 - **Bind policy**: :func:`check_bind_policy` refuses a non-loopback address without
-  a token, before anything heavy is loaded.
+  a token, and :func:`check_token` a token shorter than :data:`MIN_TOKEN_CHARS`
+  characters, blank, or with spaces at either end, before anything heavy is loaded.
+  Token checks themselves live in :mod:`mmsearch.serve.auth`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
-import json
 import socket
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
 
 from mmsearch.errors import MMSearchError
+from mmsearch.serve.failures import send_error
 
-SESSION_COOKIE = "mmsearch_session"
-SESSION_MAX_AGE_S = 7 * 24 * 3600
-LOGIN_PATH = "/login"
-#: Paths that never need a token: liveness, and the form that accepts the token.
-PUBLIC_PATHS = frozenset({"/healthz", LOGIN_PATH})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-_LOGIN_HTML = Path(__file__).resolve().parent / "web" / "login.html"
-_LOGIN_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+#: The shortest token accepted (a guessable token is no protection).
+MIN_TOKEN_CHARS = 16
+#: Methods that change something or upload: their Origin is checked.
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class InsecureBindError(MMSearchError):
     """Serving on a non-loopback address without a token was refused."""
+
+
+class InsecureTokenError(MMSearchError):
+    """The access token is too short, blank, or has spaces at either end."""
 
 
 def is_loopback(host: str) -> bool:
@@ -62,6 +64,22 @@ def check_bind_policy(host: str, token: str | None, insecure_no_auth: bool) -> N
     )
 
 
+def check_token(token: str) -> None:
+    """Raises :class:`InsecureTokenError` unless ``token`` is usable: at least
+    :data:`MIN_TOKEN_CHARS` characters, not blank, no white space at either end
+    (the sign-in form strips what is typed, so such a token could never match)."""
+    if token != token.strip():
+        raise InsecureTokenError(
+            "the token has spaces or line breaks at either end; remove them "
+            "(e.g. MMSEARCH_TOKEN=\"$(python -c 'import secrets; print(secrets.token_urlsafe(32))')\")"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise InsecureTokenError(
+            f"the token is shorter than {MIN_TOKEN_CHARS} characters; use a random one, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+
+
 def allowed_hosts(bound_host: str, extra: list[str]) -> list[str]:
     """Host header values accepted: loopback names, the bound address, ``extra``.
 
@@ -82,129 +100,96 @@ def allowed_hosts(bound_host: str, extra: list[str]) -> list[str]:
 
 
 class HostCheckMiddleware:
-    """Starlette's ``TrustedHostMiddleware`` on every path but ``/healthz``."""
+    """One ``Host`` header, and (unless ``allowed`` is None) one that Starlette's
+    ``TrustedHostMiddleware`` accepts; on every path but ``/healthz``. Refusals are
+    JSON errors (400)."""
 
-    def __init__(self, app: Any, allowed: list[str]) -> None:
+    def __init__(self, app: Any, allowed: list[str] | None) -> None:
         self.app = app
-        self.checked = TrustedHostMiddleware(app, allowed_hosts=allowed, www_redirect=False)
+        self.allowed = allowed
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path") == "/healthz":
-            await self.app(scope, receive, send)
-        else:
-            await self.checked(scope, receive, send)
-
-
-def session_value(token: str) -> str:
-    """The cookie value for ``token``: an HMAC of it (the token itself never goes in a cookie)."""
-    return hmac.new(token.encode(), b"mmsearch-session-v1", hashlib.sha256).hexdigest()
-
-
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
-def _cookie(scope: dict[str, Any], name: str) -> str | None:
-    from http.cookies import CookieError, SimpleCookie
-
-    raw = _header(scope, b"cookie")
-    if not raw:
-        return None
-    jar: SimpleCookie = SimpleCookie()
-    try:
-        jar.load(raw)
-    except CookieError:
-        return None
-    morsel = jar.get(name)
-    return morsel.value if morsel is not None else None
-
-
-def login_page(message: str = "") -> bytes:
-    """The sign-in page, with an optional (escaped) message."""
-    import html
-
-    text = _LOGIN_HTML.read_text(encoding="utf-8")
-    note = f'<p class="error">{html.escape(message)}</p>' if message else ""
-    return text.replace("<!--message-->", note).encode()
-
-
-class TokenAuthMiddleware:
-    """Requires the token (header or session cookie) on every path but :data:`PUBLIC_PATHS`.
-
-    Unauthenticated browsers asking for the gallery (``GET /``) get the sign-in page
-    (status 401); everything else gets a 401 JSON error with ``WWW-Authenticate: Bearer``.
-    """
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app = app
-        self._token = token.encode()
-        self._session = session_value(token).encode()
-
-    def authorized(self, scope: dict[str, Any]) -> bool:
-        auth = _header(scope, b"authorization") or ""
-        scheme, _, credential = auth.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            credential.strip().encode(), self._token
-        ):
-            return True
-        cookie = _cookie(scope, SESSION_COOKIE)
-        return cookie is not None and hmac.compare_digest(cookie.encode(), self._session)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS or self.authorized(scope):
+        if scope["type"] != "http" or scope.get("path") == "/healthz":
             await self.app(scope, receive, send)
             return
-        if scope.get("path") == "/" and scope.get("method") in ("GET", "HEAD"):
-            body = login_page()
-            headers = [
-                (b"content-type", b"text/html; charset=utf-8"),
-                (b"content-security-policy", _LOGIN_CSP.encode()),
-                (b"x-content-type-options", b"nosniff"),
-            ]
-        else:
-            body = json.dumps(
-                {
-                    "error": "authentication required: send Authorization: Bearer <token>",
-                    "type": "Unauthorized",
-                }
-            ).encode()
-            headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        hosts = [v for k, v in scope.get("headers", []) if k == b"host"]
+        if len(hosts) > 1:
+            await send_error(send, 400, "more than one Host header", "BadHost")
+            return
+        if self.allowed is None:
+            await self.app(scope, receive, send)
+            return
+        passed = []
 
+        async def through(scope: Any, receive: Any, send: Any) -> None:
+            passed.append(True)
+            await self.app(scope, receive, send)
 
-def add_login_route(app: Any, token: str) -> None:
-    """``POST /login`` (form field ``token``): sets the session cookie and goes back to the gallery."""
-    from fastapi.responses import HTMLResponse, RedirectResponse, Response
+        async def refused(message: Any) -> None:  # Starlette's own plain-text 400
+            if passed:
+                await send(message)
 
-    expected = token.encode()
-    session = session_value(token)
-
-    @app.post(LOGIN_PATH, include_in_schema=False)
-    async def login(request: Request) -> Response:
-        form = await request.form()
-        given = str(form.get("token") or "").strip().encode()
-        if not hmac.compare_digest(given, expected):
-            return HTMLResponse(
-                login_page("That token is not right."),
-                status_code=401,
-                headers={
-                    "Content-Security-Policy": _LOGIN_CSP,
-                    "X-Content-Type-Options": "nosniff",
-                },
+        checked = TrustedHostMiddleware(through, allowed_hosts=self.allowed, www_redirect=False)
+        await checked(scope, receive, refused)
+        if not passed:
+            await send_error(
+                send,
+                400,
+                "this server does not answer to that Host header (start it with --allowed-host NAME)",
+                "BadHost",
             )
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE,
-            session,
-            max_age=SESSION_MAX_AGE_S,
-            path="/",
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
+
+
+def _origin_authority(origin: str) -> str | None:
+    """``https://a.example:443`` → ``a.example``; None for ``null`` or anything unparsable."""
+    try:
+        parts = urlsplit(origin)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port in (None, default) else f"{shown}:{port}"
+
+
+def _host_authority(host: str) -> str:
+    name, _, port = host.lower().rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not name or not port.isdigit():
+        return host.lower()
+    return name if port in ("80", "443") else f"{name}:{port}"
+
+
+class OriginCheckMiddleware:
+    """Refuses (403) a POST, PUT, PATCH or DELETE from another origin.
+
+    Browsers send ``Origin`` with such requests; it must name this server (the host
+    and port of the ``Host`` header). Requests without ``Origin`` (curl, backends)
+    pass unless ``Sec-Fetch-Site`` says a browser sent them cross-site.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") not in UNSAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", [])
+        origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
+        host = next((v.decode("latin-1") for k, v in headers if k == b"host"), "")
+        fetch_site = next((v for k, v in headers if k == b"sec-fetch-site"), b"")
+        if origin is not None:
+            same = _origin_authority(origin.strip()) == _host_authority(host.strip())
+        else:
+            same = fetch_site not in (b"cross-site", b"same-site")
+        if same:
+            await self.app(scope, receive, send)
+            return
+        await send_error(
+            send,
+            403,
+            "cross-site request refused: its Origin is not this server",
+            "CrossOriginRequest",
         )
-        return response

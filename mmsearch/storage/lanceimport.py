@@ -31,7 +31,7 @@ class _DeferredInit(types.ModuleType):
             raise AttributeError(name)  # import-machinery probes (__file__, __all__, ...)
         with _lock:
             if type(self) is _DeferredInit:
-                self.__class__ = types.ModuleType
+                self.__class__ = types.ModuleType  # type: ignore[assignment]  # back to a plain module
                 spec = self.__spec__
                 assert spec is not None and spec.loader is not None
                 spec.loader.exec_module(self)

@@ -16,8 +16,15 @@ before it leaves the previous snapshot, and its objects, in place. ``pull`` down
 the objects of the published snapshot into the cache, keyed by their SHA-256 from the
 manifests, so many query replicas serve one index built once.
 
-S3 (and S3-compatible servers) are reached through boto3 with its own retries; the
-endpoint, ``AWS_ALLOW_HTTP`` and credentials come from the usual ``AWS_*`` variables.
+S3 (and S3-compatible servers) are reached through boto3, every call bounded by the
+timeouts and retries of :mod:`mmsearch.storage.s3`; the endpoint, ``AWS_ALLOW_HTTP``
+and credentials come from the usual ``AWS_*`` variables. A failure to reach the store
+is a :class:`~mmsearch.errors.StorageError` of one line naming the URI.
+
+The snapshot is written with a condition: ``If-Match`` on the snapshot object the
+writer started from (``If-None-Match: *`` when there was none), so a writer can never
+publish over a snapshot it did not see; garbage collection runs after that and its
+failure never undoes the publication.
 """
 
 from __future__ import annotations
@@ -29,16 +36,29 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from mmsearch.errors import StorageError
+from mmsearch.storage.publish import OBJECTS_DIR, SNAPSHOT_KEY, Published, publish_snapshot
+from mmsearch.storage.s3 import (
+    MISSING_CODES,
+    StoreLimits,
+    error_code,
+    is_store_failure,
+    make_client,
+    store_error,
+    store_errors,
+)
 
 REMOTE_MARKER = "remote.json"
-SNAPSHOT_KEY = "snapshot.json"
-OBJECTS_DIR = "ann/objects"
+__all__ = [
+    "OBJECTS_DIR", "REMOTE_MARKER", "SNAPSHOT_KEY", "Published", "Pulled", "RemoteIndex",
+    "store_errors",
+]  # fmt: skip
 _SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):/+(.*)$")
 
 
@@ -52,7 +72,8 @@ def normalise_uri(value: str | os.PathLike[str]) -> str | None:
 
 
 def storage_options_from_env() -> dict[str, str]:
-    """LanceDB ``storage_options`` from the ``AWS_*`` environment variables."""
+    """LanceDB ``storage_options`` from the ``AWS_*`` environment variables, with the
+    timeouts and retries of :class:`~mmsearch.storage.s3.StoreLimits`."""
     names = {
         "aws_endpoint": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT"),
         "aws_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
@@ -61,7 +82,7 @@ def storage_options_from_env() -> dict[str, str]:
         "aws_session_token": ("AWS_SESSION_TOKEN",),
         "allow_http": ("AWS_ALLOW_HTTP",),
     }
-    out: dict[str, str] = {}
+    out: dict[str, str] = StoreLimits.from_env().lance_options()
     for key, env_names in names.items():
         for env in env_names:
             if os.environ.get(env):
@@ -88,10 +109,35 @@ def table_location(index_dir: Path) -> tuple[str, dict[str, str]] | None:
     return f"{data['uri']}/db", storage_options_from_env()
 
 
+def remote_uri_of(index_dir: str | os.PathLike[str]) -> str | None:
+    """The object-store URI whose local cache ``index_dir`` is, or None (a local index)."""
+    try:
+        return str(json.loads((Path(index_dir) / REMOTE_MARKER).read_text())["uri"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def remote_index(index_dir: str | os.PathLike[str]) -> RemoteIndex | None:
     """A :class:`RemoteIndex` for an object-store URI, None for a local directory."""
     uri = normalise_uri(index_dir)
     return None if uri is None else RemoteIndex(uri)
+
+
+def local_view(index: str | os.PathLike[str]) -> Path:
+    """The directory to read ``index`` from: a local index itself, or for an object-store
+    URI its reader cache with the published snapshot pulled into it."""
+    remote = remote_index(index)
+    return Path(index) if remote is None else remote.pull()
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """What :meth:`RemoteIndex.pull_published` found: the local directory, and the etag and
+    generation of the published snapshot (None: nothing published yet)."""
+
+    local: Path
+    etag: str | None
+    generation: int | None
 
 
 @dataclass(frozen=True)
@@ -128,36 +174,41 @@ class RemoteIndex:
                 f"{self.uri}: ANN files can be published to s3:// URIs (S3 or S3-compatible); "
                 "use an s3:// URI or a local --index directory"
             )
-        import boto3
-        from botocore.config import Config
+        return make_client()
 
-        opts = storage_options_from_env()
-        return boto3.client(
-            "s3",
-            endpoint_url=opts.get("aws_endpoint"),
-            region_name=opts.get("aws_region", "us-east-1"),
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-        )
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client (bounded timeouts and retries; see :mod:`mmsearch.storage.s3`)."""
+        return self._client
 
-    def _key(self, name: str) -> str:
+    def key(self, name: str) -> str:
+        """The object key of ``name`` under this index's prefix."""
         return f"{self.prefix}/{name}" if self.prefix else name
 
     # ---- reading ----------------------------------------------------------------
 
-    def read_published(self) -> dict[str, Any] | None:
-        """The published snapshot object (with each kind's manifest), or None."""
-        from botocore.exceptions import ClientError
+    def list_names(self, folder: str) -> list[str]:
+        """The names of the objects directly under ``folder`` (relative to the index URI)."""
+        prefix = self.key(folder.strip("/")) + "/"
+        with store_errors(self.uri, "list"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            )
+            return [o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", [])]
 
+    def read_published_etag(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The published snapshot object and its etag, or (None, None)."""
         try:
-            body = self._client.get_object(Bucket=self.bucket, Key=self._key(SNAPSHOT_KEY))[
-                "Body"
-            ].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise StorageError(f"cannot read {self.uri}/{SNAPSHOT_KEY}: {exc}") from exc
+            got = self._client.get_object(Bucket=self.bucket, Key=self.key(SNAPSHOT_KEY))
+            body = got["Body"].read()
+        except Exception as exc:
+            if error_code(exc) in MISSING_CODES:
+                return None, None
+            if is_store_failure(exc):
+                raise store_error(self.uri, exc, "read") from exc
+            raise
         try:
-            return dict(json.loads(body))
+            return dict(json.loads(body)), str(got["ETag"])
         except ValueError as exc:
             raise StorageError(
                 f"{self.uri}/{SNAPSHOT_KEY} is damaged ({exc}); re-run mmsearch index"
@@ -170,11 +221,21 @@ class RemoteIndex:
         ``snapshot.json`` is replaced last. A writer keeps a local snapshot of a later
         generation (work of a run killed before it published; the next run publishes it).
         """
+        return self.pull_published(role).local
+
+    def pull_published(self, role: str = "reader") -> Pulled:
+        """:meth:`pull`, and which published snapshot it saw (its etag and generation)."""
+        with store_errors(self.uri, "read"):
+            published, etag = self.read_published_etag()
+            local = self._pull(role, published)
+        generation = int(published["snapshot"].get("generation", 0)) if published else None
+        return Pulled(local, etag, generation)
+
+    def _pull(self, role: str, published: dict[str, Any] | None) -> Path:
         from mmsearch.storage.snapshot import Snapshot, read_snapshot, write_snapshot
 
         local = self.local_dir(role)
         only_if_newer = role == "writer"
-        published = self.read_published()
         if published is None:
             return local
         current = read_snapshot(local)
@@ -195,14 +256,22 @@ class RemoteIndex:
                     self._download(f"{OBJECTS_DIR}/{entry['sha256']}", cached, entry["sha256"])
                 _link(cached, target / entry["name"])
             _atomic_text(target / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+        keep = set(remote.ann_dirs.values())
+        rows = published.get("rows")
+        if rows:  # what queries show of each hit: vector queries need no table read
+            cached = objects / rows["sha256"]
+            if not cached.exists():
+                self._download(f"{OBJECTS_DIR}/{rows['sha256']}", cached, rows["sha256"])
+            _link(cached, local / rows["path"])
+            keep.add(rows["path"])
         write_snapshot(local, remote)  # last: the cached files it names are complete
-        _drop_unlisted(local, set(remote.ann_dirs.values()))
+        _drop_unlisted(local, keep)
         return local
 
     def _download(self, name: str, dest: Path, sha256: str) -> None:
         tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
         try:
-            self._client.download_file(self.bucket, self._key(name), str(tmp))
+            self._client.download_file(self.bucket, self.key(name), str(tmp))
             digest = _sha256(tmp)
             if digest != sha256:
                 raise StorageError(
@@ -215,66 +284,11 @@ class RemoteIndex:
 
     # ---- writing ----------------------------------------------------------------
 
-    def publish(self) -> dict[str, Any] | None:
-        """Upload the local snapshot's ANN files the store lacks, then the snapshot
-        object (the commit point), then delete objects neither it nor the previous
-        snapshot names. Returns the published snapshot, or None when there is none."""
-        from mmsearch.storage.snapshot import read_snapshot
-
-        local = self.local_dir("writer")
-        snapshot = read_snapshot(local)
-        if snapshot is None:
-            return None
-        manifests: dict[str, Any] = {}
-        for kind, rel in snapshot.ann_dirs.items():
-            manifest = json.loads((local / rel / "manifest.json").read_text())
-            for entry in manifest["files"].values():
-                self._upload_once(local / rel / entry["name"], entry)
-            manifests[kind] = manifest
-        previous = self.read_published()
-        published = {"snapshot": asdict(snapshot), "manifests": manifests}
-        if previous == published:  # nothing new (an unchanged re-run): keep the history as is
-            return published
-        self._client.put_object(
-            Bucket=self.bucket, Key=self._key(SNAPSHOT_KEY), Body=json.dumps(published).encode()
-        )
-        self._collect_garbage(published, previous)
-        return published
-
-    def _upload_once(self, path: Path, entry: dict[str, Any]) -> None:
-        from botocore.exceptions import ClientError
-
-        if not entry.get("sha256"):
-            entry["sha256"] = _sha256(path)
-        key = self._key(f"{OBJECTS_DIR}/{entry['sha256']}")
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=key)
-            return  # content-addressed: already there
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
-                raise StorageError(f"cannot reach {self.uri}: {exc}") from exc
-        self._client.upload_file(str(path), self.bucket, key)
-
-    def _collect_garbage(self, current: dict[str, Any], previous: dict[str, Any] | None) -> None:
-        keep = {
-            e["sha256"]
-            for snap in (current, previous)
-            if snap
-            for m in snap.get("manifests", {}).values()
-            for e in m["files"].values()
-        }
-        paginator = self._client.get_paginator("list_objects_v2")
-        stale = [
-            obj["Key"]
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(OBJECTS_DIR) + "/")
-            for obj in page.get("Contents", [])
-            if obj["Key"].rsplit("/", 1)[-1] not in keep
-        ]
-        for start in range(0, len(stale), 1000):
-            batch = [{"Key": k} for k in stale[start : start + 1000]]
-            self._client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-            )
+    def publish(
+        self, *, expect_etag: str | None = None, check: Callable[[], None] | None = None
+    ) -> Published | None:
+        """Publishes the writer cache's snapshot: see :func:`mmsearch.storage.publish.publish_snapshot`."""
+        return publish_snapshot(self, expect_etag=expect_etag, check=check)
 
 
 def _sha256(path: Path) -> str:
@@ -296,9 +310,38 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def _drop_unlisted(local: Path, keep: set[str]) -> None:
-    """Remove cached ANN directories the current snapshot no longer names."""
+    """Remove cached ANN directories (and rows files) the current snapshot no longer names."""
     ann = local / "ann"
     if ann.is_dir():
         for child in ann.iterdir():
             if f"ann/{child.name}" not in keep:
-                shutil.rmtree(child, ignore_errors=True)
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+
+def read_object_bytes(uri: str, *, max_bytes: int) -> bytes:
+    """The bytes of one object, ``s3://bucket/key`` (an image of a record or a feed), at
+    most ``max_bytes`` of them; the endpoint and credentials come from ``AWS_*`` as for
+    indexes. Raises :class:`StorageError` for a missing, unreadable or oversized object."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise StorageError(f"{uri}: not an s3://bucket/key URI")
+    remote = RemoteIndex(uri.rsplit("/", 1)[0])
+    bucket, key = uri[5:].split("/", 1)
+    try:
+        obj = remote._client.get_object(Bucket=bucket, Key=key)
+        size = int(obj.get("ContentLength") or 0)
+        if size > max_bytes:
+            raise StorageError(f"{uri} is {size} bytes, over the limit of {max_bytes}")
+        data = obj["Body"].read(max_bytes + 1)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise StorageError(f"cannot read {uri}: {code}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+    if len(data) > max_bytes:
+        raise StorageError(f"{uri} is over the limit of {max_bytes} bytes")
+    return bytes(data)

@@ -6,42 +6,54 @@ sorted by id, as an uncompressed Arrow IPC file, with the model spec and vector
 dimension in its schema metadata. A query memory-maps it (only the pages of the
 hits are read) instead of importing LanceDB and scanning the table, which is most of
 a one-shot query's start-up. Indexes built before it existed fall back to the table.
+
+A record upsert writes a *delta* instead (:func:`write_rows_delta`): the rows changed
+since the last full file, and the ids of that file that are gone; a reader applies it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage.snapshot import ANN_DIRNAME, Snapshot
+from mmsearch.storage.snapshot import Snapshot, rows_file_name
+
+if TYPE_CHECKING:
+    from mmsearch.storage.table import ItemStore
 
 ROWS_COLUMNS = ["id", "uri", "kind", "text", "source", "metadata"]
 _SPEC_KEY = b"mmsearch.model"
 _DIM_KEY = b"mmsearch.dim"
-
-
-def rows_file_name(generation: int) -> str:
-    """The rows file of a snapshot generation, relative to the index directory."""
-    return f"{ANN_DIRNAME}/rows-g{generation}.arrow"
+#: A delta rows file: the full rows file it applies to, and the ids of that file to drop.
+_BASE_KEY = b"mmsearch.rows_base"
+_DROP_KEY = b"mmsearch.rows_drop"
 
 
 def rows_file_path(index_dir: str | os.PathLike[str], snapshot: Snapshot) -> Path:
     return Path(index_dir) / rows_file_name(snapshot.generation)
 
 
-def write_rows_file(store: Any, path: Path, spec: ModelSpec) -> None:
-    """Writes the table's display columns, sorted by id, atomically (temp file + rename)."""
+def write_rows_file(store: ItemStore, path: Path, spec: ModelSpec) -> None:
+    """Writes the table's display columns, sorted by id, atomically (temp file + rename).
+
+    Raises :class:`~mmsearch.errors.IndexCorruptError` when two rows share an id (of any
+    kind): no snapshot may name such a table."""
     from mmsearch.ann.files import atomic_write
 
     table = store.scan(ROWS_COLUMNS)
     ids = table.column("id").to_numpy()
     if len(ids) > 1 and not bool(np.all(np.diff(ids) > 0)):
-        table = table.take(pa.array(np.argsort(ids, kind="stable")))
+        order = np.argsort(ids, kind="stable")
+        store.check_unique_ids(ids[order], presorted=True)
+        table = table.take(pa.array(order))
     meta = {_SPEC_KEY: spec.to_json().encode(), _DIM_KEY: str(int(store.dim)).encode()}
     table = table.replace_schema_metadata(meta).combine_chunks()
 
@@ -49,16 +61,89 @@ def write_rows_file(store: Any, path: Path, spec: ModelSpec) -> None:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
 
-    path.parent.mkdir(parents=True, exist_ok=True)  # an empty table builds no ANN folder before this
+    path.parent.mkdir(
+        parents=True, exist_ok=True
+    )  # an empty table builds no ANN folder before this
     atomic_write(path, write)
 
 
+def _read(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+
+
 def read_rows_file(path: Path) -> tuple[pa.Table, ModelSpec, int]:
-    """(rows sorted by id, model spec, vector dimension), memory-mapped."""
-    source = pa.memory_map(str(path), "r")
-    table = pa.ipc.open_file(source).read_all()
+    """(rows, model spec, vector dimension), memory-mapped. A full rows file comes sorted
+    by id; a delta (see :func:`write_rows_delta`) is applied to its base, unsorted."""
+    table = _read(path)
     meta = table.schema.metadata or {}
+    base_name = meta.get(_BASE_KEY)
+    if base_name is not None:
+        base = _read(path.parent / base_name.decode())
+        drop = pa.array(json.loads(meta[_DROP_KEY]), pa.int64())
+        gone = pc.is_in(
+            base.column("id"),
+            value_set=pa.concat_arrays([drop, table.column("id").combine_chunks()]),
+        )
+        kept = base.filter(pc.invert(gone)).select(table.column_names)
+        table = pa.concat_tables([kept, table.cast(kept.schema)]).replace_schema_metadata(meta)
     return table, ModelSpec.from_json(meta[_SPEC_KEY].decode()), int(meta[_DIM_KEY])
+
+
+def write_rows_delta(
+    store: ItemStore,
+    path: Path,
+    spec: ModelSpec,
+    *,
+    previous: Path,
+    changed: npt.ArrayLike,
+    removed: npt.ArrayLike,
+) -> str:
+    """Writes the rows that changed since the full rows file behind ``previous`` (the
+    changed rows read from the table, plus those of ``previous`` when it is a delta
+    itself), and the ids of that file that are gone. Returns the full file's name.
+
+    A record upsert thus writes a few rows, not the whole table; readers apply it.
+    """
+    from mmsearch.ann.files import atomic_write
+
+    before = _read(previous)
+    meta = dict(before.schema.metadata or {})
+    touched = np.unique(
+        np.concatenate([np.asarray(changed, np.int64), np.asarray(removed, np.int64)])
+    )
+    if _BASE_KEY in meta:
+        base = meta[_BASE_KEY].decode()
+        drop = np.asarray(json.loads(meta[_DROP_KEY]), np.int64)
+        carried = before.filter(
+            pc.invert(pc.is_in(before.column("id"), value_set=pa.array(touched)))
+        )
+    else:
+        base, drop, carried = previous.name, np.empty(0, np.int64), None
+    parts = [] if carried is None else [carried]
+    ids = np.unique(np.asarray(changed, np.int64))
+    for start in range(0, len(ids), 5000):
+        chunk = ",".join(str(int(i)) for i in ids[start : start + 5000])
+        parts.append(store.scan(ROWS_COLUMNS, f"id IN ({chunk})"))
+    schema = pa.schema([store.table.schema.field(c) for c in ROWS_COLUMNS])
+    table = (
+        pa.concat_tables([p.select(ROWS_COLUMNS).cast(schema) for p in parts])
+        if parts
+        else schema.empty_table()
+    )
+    out_meta = {
+        _SPEC_KEY: spec.to_json().encode(),
+        _DIM_KEY: str(int(store.dim)).encode(),
+        _BASE_KEY: base.encode(),
+        _DROP_KEY: json.dumps(np.union1d(drop, touched).tolist()).encode(),
+    }
+    table = table.replace_schema_metadata(out_meta).combine_chunks()
+
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+    atomic_write(path, write)
+    return base
 
 
 def published_model(index_dir: str | os.PathLike[str]) -> ModelSpec | None:

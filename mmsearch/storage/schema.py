@@ -38,8 +38,6 @@ LEXICAL_COLUMN = "search_text"
 
 LEXICAL_INDEX_NAME = f"{LEXICAL_COLUMN}_idx"
 
-#: Columns every row has, besides ``vector``.
-CORE_COLUMNS = ("id", "uri", "kind", "text", "source", "mtime_ns", "size", "sha256", "metadata")
 
 def items_schema(
     dim: int, spec: ModelSpec, lexical_fields: Sequence[str] | None = None
@@ -69,6 +67,7 @@ def items_schema(
         metadata=meta,
     )
 
+
 def lexical_text(
     text: str | None, metadata: Mapping[str, Any] | None, fields: Sequence[str] | None
 ) -> str | None:
@@ -81,9 +80,11 @@ def lexical_text(
     # A non-UTF-8 file name arrives with lone surrogates; index it as readable text.
     return joined.encode("utf-8", "surrogateescape").decode("utf-8", "replace") or None
 
+
 def lexical_fields_of(schema: pa.Schema) -> list[str] | None:
     raw = (schema.metadata or {}).get(LEXICAL_FIELDS_METADATA_KEY)
     return None if raw is None else [str(f) for f in json.loads(raw)]
+
 
 def make_rows(
     *,
@@ -138,11 +139,13 @@ def make_rows(
         schema=_with_lexical(schema),
     ).select(schema.names)
 
+
 def _with_lexical(schema: pa.Schema) -> pa.Schema:
     """``schema`` plus the lexical column (tables made before full-text search lack it)."""
     if LEXICAL_COLUMN in schema.names:
         return schema
     return schema.append(pa.field(LEXICAL_COLUMN, pa.string()))
+
 
 def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> npt.NDArray[np.float32]:
     """A fixed_size_list<float32, dim> column as an (n, dim) float32 array."""
@@ -150,6 +153,7 @@ def fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> npt.NDA
         column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
     values = column.flatten().to_numpy(zero_copy_only=False)
     return np.asarray(values, dtype=np.float32).reshape(-1, dim)
+
 
 def sql_quote(value: str) -> str:
     """Quotes a string literal for a LanceDB (DataFusion SQL) predicate."""

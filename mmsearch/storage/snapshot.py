@@ -75,4 +75,12 @@ def read_snapshot(index_dir: Path) -> Snapshot | None:
 
 
 def write_snapshot(index_dir: Path, snapshot: Snapshot) -> None:
-    atomic_write_bytes(index_dir / SNAPSHOT_FILENAME, json.dumps(asdict(snapshot), indent=2).encode())
+    atomic_write_bytes(
+        index_dir / SNAPSHOT_FILENAME, json.dumps(asdict(snapshot), indent=2).encode()
+    )
+
+
+def rows_file_name(generation: int) -> str:
+    """The rows file of a snapshot generation, relative to the index directory
+    (see :mod:`mmsearch.storage.rowsfile`)."""
+    return f"{ANN_DIRNAME}/rows-g{generation}.arrow"

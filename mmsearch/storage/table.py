@@ -18,9 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from mmsearch.errors import IndexNotFoundError, ModelMismatchError
+from mmsearch.errors import IndexCorruptError, IndexNotFoundError, ModelMismatchError
 from mmsearch.models.spec import ModelSpec
 from mmsearch.storage.locks import write_guard
+from mmsearch.storage.objectstore import remote_uri_of
 from mmsearch.storage.schema import (
     DB_DIRNAME,
     LEXICAL_COLUMN,
@@ -84,6 +85,11 @@ class ItemStore:
         self.index_dir = index_dir
         self.table = table
 
+    @property
+    def location(self) -> str:
+        """How messages name this index: its object-store URI, or its directory."""
+        return remote_uri_of(self.index_dir) or str(self.index_dir)
+
     # -- opening -------------------------------------------------------------------------
     @classmethod
     def exists(cls, index_dir: str | os.PathLike[str]) -> bool:
@@ -101,7 +107,8 @@ class ItemStore:
         db = _connect(path)
         if not _table_exists(db):
             raise IndexNotFoundError(
-                f"index directory {path} has no items table; re-run mmsearch index"
+                f"no mmsearch index at {remote_uri_of(path) or path} (its items table is missing); "
+                "create one with mmsearch index"
             )
         table = db.open_table(TABLE_NAME)
         if version is not None:
@@ -141,7 +148,7 @@ class ItemStore:
         meta = self.table.schema.metadata or {}
         raw = meta.get(MODEL_METADATA_KEY)
         if raw is None:
-            raise IndexNotFoundError(f"index at {self.index_dir} has no model stamp; rebuild it")
+            raise IndexNotFoundError(f"index at {self.location} has no model stamp; rebuild it")
         return ModelSpec.from_json(raw.decode())
 
     @property
@@ -153,13 +160,13 @@ class ItemStore:
         built = self.model_spec
         if built != spec or (dim is not None and dim != self.dim):
             raise ModelMismatchError(
-                f"index at {self.index_dir} was built with model {built.key}, not {spec.key}; "
+                f"index at {self.location} was built with model {built.key}, not {spec.key}; "
                 f"use --model {built.name}"
                 + (f" --pretrained {built.pretrained}" if built.pretrained else "")
                 + ", index into a new --index directory, or re-embed this index with the new"
                 f" model: mmsearch index --reembed --model {spec.name}"
                 + (f" --pretrained {spec.pretrained}" if spec.pretrained else "")
-                + f" --index {self.index_dir}"
+                + f" --index {self.location}"
             )
 
     # -- reading -------------------------------------------------------------------------
@@ -222,6 +229,7 @@ class ItemStore:
         """
         where = f"kind = {sql_quote(kind)}"
         ids = np.sort(self.scan(["id"], where).column("id").to_numpy().astype(np.int64))
+        self.check_unique_ids(ids, presorted=True)
         for start in range(0, len(ids), batch_rows):
             lo, hi = int(ids[start]), int(ids[min(start + batch_rows, len(ids)) - 1])
             batch = self.scan(["id", "vector"], f"{where} AND id >= {lo} AND id <= {hi}")
@@ -231,6 +239,18 @@ class ItemStore:
                     fixed_list_to_numpy(batch.column("vector"), self.dim),
                     batch.column("id").to_numpy().astype(np.int64, copy=False),
                 )
+
+    def check_unique_ids(self, ids: npt.NDArray[np.int64], *, presorted: bool = False) -> None:
+        """Raises :class:`IndexCorruptError` (pointing at ``mmsearch repair``) when ``ids``,
+        read from this table, hold one id twice: rows of two items written at once by
+        two writers that did not see each other."""
+        ordered = ids if presorted else np.sort(ids)
+        if len(ordered) > 1 and bool(np.any(ordered[1:] == ordered[:-1])):
+            dup = int(ordered[1:][ordered[1:] == ordered[:-1]][0])
+            raise IndexCorruptError(
+                f"the table of {self.location} gives id {dup} (and maybe others) to several rows; "
+                f"mend it with: mmsearch repair --index {self.location}"
+            )
 
     @property
     def has_lexical_column(self) -> bool:

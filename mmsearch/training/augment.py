@@ -7,9 +7,14 @@ scenes (one object at a named position, or two objects side by side) with what
 real renderings vary:
 
 * rotation, scale and aspect jitter, outline instead of fill, small objects;
+* shape proportions: squares with rounded corners, stars with thin or fat points and
+  straight or curved flanks, triangles from flat to tall (each shape keeps its name: a star has five points, a
+  square four straight sides);
+* light: a shading gradient across an object, a drop shadow under it;
 * position jitter anywhere inside the named region;
 * hue / saturation / brightness sampled inside each colour name's range;
-* solid, gradient, noise and textured (stripes, checks, dots) backgrounds;
+* solid, gradient, noise, textured (stripes, checks, blotches), vignetted, grained,
+  two-tone (wall and floor) and banded backgrounds;
 * blur and JPEG quality 30–95.
 
 Every random choice comes from the ``rng`` passed in, so a seeded training run is
@@ -88,7 +93,7 @@ def random_background(
     """Solid, gradient, noise or textured background that keeps away from ``avoid``."""
     far = [np.asarray(a, dtype=np.float64) for a in avoid]
     a = _background_colour(rng, far)
-    kind = int(rng.integers(0, 6))
+    kind = int(rng.integers(0, 10))
     yy, xx = np.mgrid[0:size, 0:size] / max(1, size - 1)
     if kind == 0:
         arr = np.broadcast_to(a, (size, size, 3))
@@ -111,7 +116,7 @@ def random_background(
         cells = int(rng.integers(3, 12))
         t = (((xx * cells).astype(int) + (yy * cells).astype(int)) % 2 == 0)[..., None]
         arr = np.where(t, a, b)
-    else:  # blotchy texture: upsampled coarse noise
+    elif kind == 5:  # blotchy texture: upsampled coarse noise
         k = int(rng.integers(3, 9))
         coarse = rng.normal(0.0, 22.0, size=(k, k, 1)) + rng.normal(0.0, 6.0, size=(k, k, 3))
         up = np.asarray(
@@ -121,30 +126,73 @@ def random_background(
             dtype=np.float64,
         )
         arr = a + (up - 128.0)
+    else:
+        arr = _lit_background(rng, kind, a, xx, yy)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
+def _lit_background(
+    rng: np.random.Generator, kind: int, a: np.ndarray, xx: np.ndarray, yy: np.ndarray
+) -> np.ndarray:
+    """Backgrounds lit or textured around one tone: vignette, grain, wall/floor, soft bands."""
+    if kind == 6:  # vignette: darker towards the corners, centre anywhere near the middle
+        cx, cy = rng.uniform(0.3, 0.7, size=2)
+        d = np.hypot(xx - cx, yy - cy)
+        return a * (1.0 - float(rng.uniform(0.2, 0.6)) * np.clip(d, 0, 1)[..., None] ** 1.5)
+    if kind == 7:  # grain: wavy lines in one direction
+        ang = float(rng.uniform(0, math.pi))
+        u, v = np.cos(ang) * xx + np.sin(ang) * yy, -np.sin(ang) * xx + np.cos(ang) * yy
+        wave = np.sin(u * rng.uniform(20, 60) + 3 * np.sin(v * rng.uniform(3, 9)))
+        return a * (1.0 + float(rng.uniform(0.04, 0.12)) * wave[..., None])
+    if kind == 8:  # wall and floor: a horizontal split, the lower part darker or lighter
+        horizon = float(rng.uniform(0.5, 0.85))
+        floor = a * float(rng.choice((rng.uniform(0.6, 0.85), rng.uniform(1.1, 1.3))))
+        return np.where((yy > horizon)[..., None], floor, a)
+    period = float(rng.uniform(0.15, 0.5))  # soft diagonal bands
+    band = 0.5 + 0.5 * np.sin((xx + yy) * 2 * math.pi / period)
+    return a * (1.0 + float(rng.uniform(-0.15, 0.15)) * band[..., None])
+
+
 def object_outline(
-    shape: str, cx: float, cy: float, r: float, rot: float, aspect: float
+    shape: str,
+    cx: float,
+    cy: float,
+    r: float,
+    rot: float,
+    aspect: float,
+    *,
+    corner: float = 0.0,
+    inner: float = 0.45,
+    bulge: float | None = None,
+    apex: tuple[float, float] = (0.866, 0.5),
 ) -> list[tuple[float, float]]:
     """Polygon of ``shape`` (circle as a 48-gon) centred at (cx, cy), radius ``r``.
 
-    ``aspect`` stretches x against y (area kept), ``rot`` rotates (radians).
+    ``aspect`` stretches x against y (area kept), ``rot`` rotates (radians). Proportions:
+    ``corner`` rounds a square's corners (radius as a share of its half side, 0 to
+    0.5), ``inner`` is a star's inner radius (its points' depth), ``bulge`` gives a star
+    curved flanks (its radius rises from ``inner`` to 1 as ``t ** bulge`` from a dip to a
+    point: above 1, slim points on a full body; None: straight edges), ``apex`` = (half width, depth) of a triangle's base corners below its centre
+    (equilateral by default).
     """
     if shape == "circle":
         pts = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 48, endpoint=False)]
     elif shape == "square":
-        pts = [(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)]
+        pts = _rounded_square(0.85, corner)
     elif shape == "triangle":
-        pts = [
-            (math.cos(a), math.sin(a))
-            for a in (-math.pi / 2, -math.pi / 2 + 2 * math.pi / 3, -math.pi / 2 + 4 * math.pi / 3)
-        ]
+        half, depth = apex
+        pts = [(0.0, -1.0), (half, depth), (-half, depth)]
+    elif shape == "star" and bulge is not None:
+        angles = np.linspace(0, 2 * math.pi, 80, endpoint=False)
+        t = np.abs(((angles / (2 * math.pi / 5)) % 1.0) - 0.5) * 2  # 1 at a point, 0 at a dip
+        radius = inner + (1.0 - inner) * t**bulge
+        xs, ys = radius * np.sin(angles), -radius * np.cos(angles)
+        pts = list(zip(xs.tolist(), ys.tolist(), strict=True))
     elif shape == "star":
         pts = [
             (
-                (1.0 if i % 2 == 0 else 0.45) * math.cos(-math.pi / 2 + i * math.pi / 5),
-                (1.0 if i % 2 == 0 else 0.45) * math.sin(-math.pi / 2 + i * math.pi / 5),
+                (1.0 if i % 2 == 0 else inner) * math.cos(-math.pi / 2 + i * math.pi / 5),
+                (1.0 if i % 2 == 0 else inner) * math.sin(-math.pi / 2 + i * math.pi / 5),
             )
             for i in range(10)
         ]
@@ -157,8 +205,37 @@ def object_outline(
     ]
 
 
+def _rounded_square(half: float, corner: float) -> list[tuple[float, float]]:
+    """A square of half side ``half`` whose corners are arcs of radius ``corner`` × ``half``."""
+    k = half * min(max(corner, 0.0), 0.5)
+    if k <= 0:
+        return [(-half, -half), (half, -half), (half, half), (-half, half)]
+    inset = half - k
+    pts: list[tuple[float, float]] = []
+    for (sx, sy), start in (((1, -1), -math.pi / 2), ((1, 1), 0.0), ((-1, 1), math.pi / 2),
+                            ((-1, -1), math.pi)):  # fmt: skip
+        for a in np.linspace(start, start + math.pi / 2, 7):
+            pts.append((sx * inset + k * math.cos(a), sy * inset + k * math.sin(a)))
+    return pts
+
+
+def _proportions(rng: np.random.Generator, shape: str) -> dict[str, object]:
+    """Random proportions of ``shape`` for :func:`object_outline` (a quarter of the time the plain ones)."""
+    if rng.random() < 0.25:
+        return {}
+    if shape == "square":
+        return {"corner": float(rng.uniform(0.1, 0.45))}
+    if shape == "star" and rng.random() < 0.5:
+        return {"inner": float(rng.uniform(0.4, 0.62)), "bulge": float(rng.uniform(1.0, 2.2))}
+    if shape == "star":
+        return {"inner": float(rng.uniform(0.35, 0.62))}
+    if shape == "triangle":
+        return {"apex": (float(rng.uniform(0.7, 1.0)), float(rng.uniform(0.45, 0.85)))}
+    return {}
+
+
 def _draw_object(
-    draw: ImageDraw.ImageDraw,
+    canvas: Image.Image,
     rng: np.random.Generator,
     shape: str,
     rgb: tuple[int, int, int],
@@ -166,15 +243,37 @@ def _draw_object(
     cy: float,
     r: float,
 ) -> None:
+    """Paints one object on ``canvas``: proportions, maybe outline only, shadow, shading."""
     rot_span = {"circle": 0.0, "square": 0.5, "triangle": 0.6, "star": math.pi}[shape]
     rot = float(rng.uniform(-rot_span, rot_span))
     aspect = float(rng.uniform(0.8, 1.25))
-    poly = object_outline(shape, cx, cy, r, rot, aspect)
-    if rng.random() < 0.2:  # outline only, thick enough to carry the colour
+    poly = object_outline(shape, cx, cy, r, rot, aspect, **_proportions(rng, shape))  # type: ignore[arg-type]
+    mask = Image.new("L", canvas.size, 0)
+    draw = ImageDraw.Draw(mask)
+    outline = rng.random() < 0.2
+    if outline:  # outline only, thick enough to carry the colour
         width = max(2, int(round(r * float(rng.uniform(0.18, 0.3)))))
-        draw.line(poly + [poly[0]], fill=rgb, width=width, joint="curve")
+        draw.line(poly + [poly[0]], fill=255, width=width, joint="curve")
     else:
-        draw.polygon(poly, fill=rgb)
+        draw.polygon(poly, fill=255)
+    if not outline and rng.random() < 0.4:  # a drop shadow, offset down and to one side
+        off = r * float(rng.uniform(0.06, 0.2))
+        dx = off * float(rng.choice((-1.0, 1.0)))
+        shadow = mask.transform(mask.size, Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -off))
+        if rng.random() < 0.5:
+            shadow = shadow.filter(ImageFilter.GaussianBlur(r * 0.08))
+        factor = float(rng.uniform(0.55, 0.85))
+        dark = Image.fromarray((np.asarray(canvas, dtype=np.float64) * factor).astype(np.uint8))
+        canvas.paste(dark, (0, 0), shadow)
+    colour = Image.new("RGB", canvas.size, rgb)
+    if rng.random() < 0.5:  # shading: brighter on one side of the object
+        ang = float(rng.uniform(0, 2 * math.pi))
+        strength = float(rng.uniform(0.08, 0.2))
+        yy, xx = np.mgrid[0 : canvas.size[1], 0 : canvas.size[0]]
+        t = np.clip(((xx - cx) * math.cos(ang) + (yy - cy) * math.sin(ang)) / r, -1, 1)
+        lit = np.asarray(rgb, dtype=np.float64) * (1.0 + strength * t[..., None])
+        colour = Image.fromarray(np.clip(lit, 0, 255).astype(np.uint8), "RGB")
+    canvas.paste(colour, (0, 0), mask)
 
 
 def _object_radius(rng: np.random.Generator, size: int, small: float, large: float) -> float:
@@ -207,7 +306,7 @@ def augmented_single(
     canvas = random_background(rng, big, [rgb])
     r = _object_radius(rng, big, 0.08, 0.17)
     cx, cy = big * float(rng.uniform(x0, x1)), big * float(rng.uniform(y0, y1))
-    _draw_object(ImageDraw.Draw(canvas), rng, shape, rgb, cx, cy, r)
+    _draw_object(canvas, rng, shape, rgb, cx, cy, r)
     return _finish(rng, canvas, size)
 
 
@@ -221,11 +320,10 @@ def augmented_pair(
     rgbs = [sample_colour(rng, left[0]), sample_colour(rng, right[0])]
     big = size * _SUPERSAMPLE
     canvas = random_background(rng, big, rgbs)
-    draw = ImageDraw.Draw(canvas)
     for (_, shape), rgb, (x0, x1) in zip(
         (left, right), rgbs, ((0.14, 0.36), (0.64, 0.86)), strict=True
     ):
         r = _object_radius(rng, big, 0.07, 0.13)
         cx, cy = big * float(rng.uniform(x0, x1)), big * float(rng.uniform(0.28, 0.72))
-        _draw_object(draw, rng, shape, rgb, cx, cy, r)
+        _draw_object(canvas, rng, shape, rgb, cx, cy, r)
     return _finish(rng, canvas, size)

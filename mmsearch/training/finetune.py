@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mmsearch.evaluation.metrics import DEFAULT_KS, clip_benchmark_recall
-from mmsearch.models.loader import CHECKPOINT_MODEL_KEY
+from mmsearch.models.loader import CHECKPOINT_MODEL_KEY, ClipModel
 from mmsearch.models.spec import ModelSpec
 from mmsearch.training.data import ImageCache, PairBatches, PairSet, split_by_image
 from mmsearch.training.loop import EpochResult, FitConfig, FitResult, fit, normalise_pixels
@@ -73,7 +73,7 @@ class FinetuneResult:
 
 
 def held_out_metrics(
-    model: torch.nn.Module,
+    model: ClipModel,
     tokenizer: Any,
     pairs: PairSet,
     cache: ImageCache,
@@ -133,7 +133,7 @@ def save_checkpoint(
     return target
 
 
-def preprocess_of(model: torch.nn.Module) -> dict[str, Any]:
+def preprocess_of(model: ClipModel) -> dict[str, Any]:
     """Input size, mean and std of the model's image tower."""
     pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     size = model.visual.image_size

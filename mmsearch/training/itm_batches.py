@@ -40,9 +40,11 @@ def slot_labels(image_scene: Scene, text_scene: Scene) -> list[tuple[int, int]]:
     Captions of the other kind of scene get no word labels.
     """
     if isinstance(image_scene, Pair) and isinstance(text_scene, Pair):
-        truth = (*image_scene.left, *image_scene.right)
-        said = (*text_scene.left, *text_scene.right)
-        return [(p, int(a == b)) for p, a, b in zip(_PAIR_SLOTS, said, truth, strict=True)]
+        pair_truth = (*image_scene.left, *image_scene.right)
+        pair_said = (*text_scene.left, *text_scene.right)
+        return [
+            (p, int(a == b)) for p, a, b in zip(_PAIR_SLOTS, pair_said, pair_truth, strict=True)
+        ]
     if isinstance(image_scene, Single) and isinstance(text_scene, Single):
         truth = (image_scene.colour, image_scene.shape, image_scene.position)
         said = (text_scene.colour, text_scene.shape, text_scene.position)

@@ -11,7 +11,7 @@ from the catalog's words with the ``tokenizers`` library). A folder written by
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -31,7 +31,9 @@ def build_tokenizer() -> Any:
     which made runs unrepeatable and scrambled a continued run's word embeddings.)
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertTokenizerFast
+
+    # transformers 5: an alias of BertTokenizer (tokenizers-backed) its type hints omit.
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     words = catalog_words()
     chars = sorted({c for word in words for c in word})
@@ -121,6 +123,30 @@ def sincos_positions(grid: int, dim: int) -> torch.Tensor:
 
     table = torch.cat([code(cols), code(rows)], dim=1)
     return torch.cat([torch.zeros(1, dim), table])[None]
+
+
+@overload
+def itm_logits(
+    model: Any,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_index: torch.Tensor,
+    image_embeds: torch.Tensor | None = None,
+    slot_head: None = None,
+) -> torch.Tensor: ...
+
+
+@overload
+def itm_logits(
+    model: Any,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_index: torch.Tensor,
+    image_embeds: torch.Tensor | None,
+    slot_head: torch.nn.Module,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def itm_logits(

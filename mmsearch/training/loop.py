@@ -20,12 +20,15 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from mmsearch.models.loader import ClipModel
 
 LOCKS = ("none", "image", "text")
 
@@ -151,7 +154,8 @@ def freeze_locked_modules(model: torch.nn.Module, lock: str) -> None:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices, none on norms, biases, embeddings and the logit scale."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -174,7 +178,7 @@ def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager[
 
 
 def fit(
-    model: torch.nn.Module,
+    model: ClipModel,
     data: TrainData,
     cfg: FitConfig,
     *,

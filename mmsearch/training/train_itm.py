@@ -22,6 +22,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,12 +78,13 @@ def train(
                 model.vision_model.embeddings.position_embedding.copy_(
                     cfg.pos_scale * sincos_positions(cfg.image_size // cfg.patch_size, cfg.hidden)
                 )
+    blip_config: Any = model.config  # BlipConfig: its tower configs are typed as a union
     # The per-word check's head trains the text tower's token states; it is not saved.
-    slot_head = torch.nn.Linear(model.config.text_config.hidden_size, 2)
+    slot_head = torch.nn.Linear(blip_config.text_config.hidden_size, 2)
     # The per-object check's head trains the vision tower's patch states; not saved either.
     # (Made only when used, so that runs without it draw the same random numbers as before.)
     object_head = (
-        torch.nn.Linear(model.config.vision_config.hidden_size, len(COLOURS) + len(SHAPES))
+        torch.nn.Linear(blip_config.vision_config.hidden_size, len(COLOURS) + len(SHAPES))
         if cfg.object_weight > 0
         else torch.nn.Identity()
     )
