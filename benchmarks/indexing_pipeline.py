@@ -18,6 +18,9 @@ On one generated folder of ``--n`` photo-sized JPEGs (800×600; plus ``--n-large
    large matrix product (``--gflop`` per image: ViT-B-32's 8.8 at 224 px). Last, the
    issue's goals (fixed cost, share of the peak, images/s and peak memory against
    rclip) with this run's medians, and the load average at the start and the end.
+   With ``--baseline DIR`` (a source tree of another revision: ``mkdir DIR && git
+   archive main | tar -x -C DIR``) that revision's ``mmsearch index`` runs in the same
+   rounds as "mmsearch (baseline)": a before/after of one change on one loaded machine.
 2. **In one process** (``--in-process``): for each model and backend, model-only
    images/s on pre-decoded arrays, then ``run_index`` end to end with the model
    already loaded; efficiency = end-to-end / model-only; ONNX-vs-torch agreement.
@@ -122,6 +125,9 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
     runtimes = args.runtimes.split(",")
     tools = {rt: "mmsearch" if rt == "onnxruntime" else f"mmsearch ({rt})" for rt in runtimes}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in tools.values()}
+    if args.baseline:
+        tools["baseline"] = "mmsearch (baseline)"
+        runs["mmsearch (baseline)"] = []
     runs["rclip"] = []
     print(f"load average at the start: {os.getloadavg()}")
     peak = 0.0
@@ -130,11 +136,12 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
         for runtime, tool in tools.items():
             index_dir = Path(tempfile.mkdtemp(prefix="idx-cli-", dir=args.work))
             out = args.work / "mmsearch-run.json"
+            tool_env = dict(env, MMSEARCH_CPU_RUNTIME=runtime)
+            if runtime == "baseline":
+                tool_env = dict(env, PYTHONPATH=str(tree_site(args.baseline, args.work)))
             with out.open("w") as sink:
                 wall, rss, code = run_measured(
-                    [*mm, "--index", str(index_dir)],
-                    dict(env, MMSEARCH_CPU_RUNTIME=runtime),
-                    stdout=sink,
+                    [*mm, "--index", str(index_dir)], tool_env, stdout=sink
                 )
             shutil.rmtree(index_dir, ignore_errors=True)
             if code == 0:
@@ -180,6 +187,28 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
             print_fixed_cost(tool, rows)
     print_goals(runs, rates, peak, args.gflop)
     print(f"load average at the end: {os.getloadavg()}")
+
+
+def tree_site(tree: Path, work: Path) -> Path:
+    """A folder whose ``sitecustomize`` makes ``mmsearch`` (and ``mmsearch.indexer``) import
+    from ``tree`` instead of this checkout, in the process and in its spawned workers."""
+    site = work / "baseline-site"
+    site.mkdir(parents=True, exist_ok=True)
+    mapping = {"mmsearch": str(tree / "mmsearch"), "mmsearch.indexer": str(tree / "indexer")}
+    (site / "sitecustomize.py").write_text(
+        "import importlib.util, sys\n"
+        f"MAPPING = {mapping!r}\n"
+        "class TreeFinder:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name not in MAPPING:\n"
+        "            return None\n"
+        "        return importlib.util.spec_from_file_location(\n"
+        "            name, MAPPING[name] + '/__init__.py', submodule_search_locations=[MAPPING[name]]\n"
+        "        )\n"
+        "sys.meta_path.insert(0, TreeFinder)\n"
+    )
+    return site
 
 
 #: The fixed cost of a run, phase by phase: (label, start mark, end mark) of the report's
@@ -277,6 +306,9 @@ def main() -> None:
         "--rclip", default=None, help="rclip executable (default: found when installed)"
     )
     ap.add_argument("--no-rclip", action="store_true", help="do not run rclip")
+    ap.add_argument(
+        "--baseline", type=Path, default=None, help="source tree of another revision, run alike"
+    )
     ap.add_argument("--in-process", action="store_true", help="also the in-process figures")
     ap.add_argument("--int8", action="store_true", help="also try int8 ONNX (recall-gated)")
     ap.add_argument("--skip-images", action="store_true", help="no in-process image figures")

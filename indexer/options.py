@@ -94,7 +94,6 @@ def index_options(
     gpu_decode: bool | None = None,
     offline: bool = False,
     lock_wait_s: float = 0.0,
-    retain: list[Any] | None = None,
 ) -> IndexOptions:
     """The options of an indexing run, named and defaulted as ``mmsearch index`` documents them.
 
@@ -104,8 +103,7 @@ def index_options(
     images are fetched (``allow_private_urls`` lets it reach internal hosts);
     ``build_index=False`` is ``--no-ann``; ``backend`` ``auto`` runs
     ONNX Runtime on a CPU when it is installed; ``lock_wait_s`` waits that long for
-    another writer of the index; ``retain`` keeps the run's model and table (see
-    :attr:`IndexOptions.retain`).
+    another writer of the index.
     """
     return IndexOptions(
         batch_size=batch_size,
@@ -126,5 +124,4 @@ def index_options(
         gpu_decode=gpu_decode,
         offline=offline,
         lock_wait_s=lock_wait_s,
-        retain=retain,
     )

@@ -172,3 +172,19 @@ def test_an_exported_model_needs_no_weights_check(tmp_path: Path, small_catalog,
     with_torch = IndexOptions(backend="torch", build_index=False)
     with pytest.raises(ModelLoadError, match="weights looked up"):  # torch loads the weights
         run_index([small_catalog.image_dir], tmp_path / "index2", tiny, options=with_torch)
+
+
+def test_retain_keeps_the_model_and_table_for_a_caller_that_exits_without_teardown(
+    tmp_path: Path, small_catalog, fake_encoder
+) -> None:
+    """``IndexOptions.retain`` (the CLI's one-shot ``index``) receives the run's encoder and
+    table instead of letting them be torn down before ``os._exit``."""
+    kept: list[object] = []
+    opts = IndexOptions(build_index=False, retain=kept)
+    report = run_index(
+        [small_catalog.image_dir], tmp_path / "index", fake_encoder.spec, options=opts,
+        encoder=fake_encoder,
+    )  # fmt: skip
+    assert report.added == small_catalog.n
+    assert kept[0] is fake_encoder and isinstance(kept[1], ItemStore)
+    assert kept[1].count() == small_catalog.n

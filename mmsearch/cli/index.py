@@ -206,8 +206,8 @@ def index_cmd(
         allow_private_urls=allow_private_urls, metadata=metadata, file_column=file_column,
         build_index=not no_ann, index_type=index_type, refine_dtype=refine_dtype, ray=ray,
         gpu_decode=gpu_decode, offline=offline, lock_wait_s=wait,
-        retain=common.kept_until_exit,  # main() ends the run with os._exit: no teardown
     )  # fmt: skip
+    options.retain = common.kept_until_exit  # main() ends the run with os._exit: no teardown
     from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.cli.render import print_failures, print_summary
 
