@@ -177,7 +177,9 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
         if "embed" in rows[0]:
             embed = statistics.median(r["embed"] for r in rows)
             share = rows[0]["added"] / embed * args.gflop / peak
+            fixed = [r["wall"] - r["embed"] for r in rows]
             line += f" {embed:8.2f} {wall - embed:8.2f} {share:14.1%}"
+            line += f"  (fixed cost {min(fixed):.2f}-{max(fixed):.2f} s over {len(rows)} runs)"
         print(line)
     for tool, rate in rates.items():
         if tool != "rclip" and "rclip" in rates:
@@ -242,7 +244,9 @@ def print_fixed_cost(tool: str, rows: list[dict]) -> None:
     print(f"  {'fixed cost (wall - model time)':40s} {fixed:6.2f}")
 
 
-def print_goals(runs: dict[str, list[dict]], rates: dict[str, float], peak: float, gflop: float) -> None:
+def print_goals(
+    runs: dict[str, list[dict]], rates: dict[str, float], peak: float, gflop: float
+) -> None:
     """The issue's indexing goals against this run's medians."""
     rows = runs.get("mmsearch") or []
     if not rows:
