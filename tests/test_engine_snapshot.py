@@ -71,3 +71,52 @@ def test_cutoff_calibration_is_booked_as_shape_not_rescore(tmp_path, small_catal
     assert first.timings["shape"] >= 0.5 > first.timings["rescore"]
     second = engine.search("a red circle", k=5, mode="hybrid", cutoff=True)  # calibrated once
     assert second.timings["shape"] < 0.5
+
+
+class CountingProbes(SlowProbes):
+    """The fake encoder, counting the calibration's batches of probe texts."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001
+        super().__init__(inner)
+        self.probe_batches = 0
+
+    def encode_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        if len(texts) >= N_PROBES:
+            self.probe_batches += 1
+        return self.inner.encode_texts(texts)
+
+
+def test_chance_levels_are_measured_once_per_snapshot_across_engines(
+    tmp_path, small_catalog, fake_encoder
+):
+    idx = tmp_path / "idx"
+    opts = IndexOptions(workers=2, batch_size=16, text_column="caption", id_column="id")
+    paths = [small_catalog.root, small_catalog.jsonl_path]
+    run_index(paths, idx, fake_encoder.spec, options=opts, encoder=fake_encoder)
+    first = CountingProbes(fake_encoder)
+    hits = SearchIndex(idx, encoder=first).search("a red circle", k=5)  # hybrid, two kinds
+    assert hits.score_kind == "relative" and first.probe_batches == 1
+    levels = SearchIndex(idx, encoder=first).current.kind_chance()
+    # A later engine (a later one-shot command) reads the levels the first one measured.
+    later = CountingProbes(fake_encoder)
+    engine = SearchIndex(idx, encoder=later)
+    assert engine.current.kind_chance() == levels and later.probe_batches == 0
+    assert [h.id for h in engine.search("a red circle", k=5)] == [h.id for h in hits]
+    # A new snapshot is measured again.
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    generate_catalog(small_catalog.root / "more", n=10, seed=5)
+    run_index(paths, idx, fake_encoder.spec, options=opts, encoder=fake_encoder)
+    SearchIndex(idx, encoder=later).search("a red circle", k=5)
+    assert later.probe_batches == 1
+
+
+def test_a_query_whose_one_leg_keeps_its_scores_measures_no_chance(tmp_path, fake_encoder):
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    cat = generate_catalog(tmp_path / "cat", n=20, seed=3)
+    idx = tmp_path / "idx"
+    _index([cat.root], idx, fake_encoder)  # images only: no words for a lexical leg
+    enc = CountingProbes(fake_encoder)
+    hits = SearchIndex(idx, encoder=enc).search("a red circle", k=5)
+    assert hits and hits.score_kind == "cosine" and enc.probe_batches == 0

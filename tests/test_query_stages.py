@@ -185,11 +185,10 @@ def test_relative_fusion_ranks_kinds_alike() -> None:
     out = fuse([vec_img, vec_txt, lex_txt], method="relative", chance=chance)
     got = dict(zip(out.column("id").to_pylist(), out.column("score").to_pylist(), strict=True))
     w = RELATIVE_VECTOR_WEIGHT
-    scale = (1 + w) / w  # images have no lexical leg: scaled to the texts' total weight
     two, one = _softplus(2), _softplus(1)
-    assert got == pytest.approx(
-        {1: w * two * scale, 2: w * one * scale, 10: w * two, 11: 1 + w * one}
-    )
+    # Each kind relative to its own best: heights above two kinds' chance levels do not
+    # compare, so both kinds' best hits score 1 (the texts' best has the word too).
+    assert got == pytest.approx({1: 1.0, 2: one / two, 10: w * two / (1 + w * one), 11: 1.0})
 
 
 def test_chance_levels_from_probes() -> None:

@@ -134,7 +134,7 @@ def test_rerank_block(readme_cli):
     assert "wrote 40 items" in _ok(sample).stdout
     assert re.search(r"added\s+80\b", _ok(indexed).stdout)
     out = _ok(query).stdout
-    scores = [float(s) for s in re.findall(r"^│ +\d+ │ ([01]\.\d{4}) │ image", out, re.M)]
+    scores = [float(s) for s in re.findall(r"^│ +\d+ │ +([01]\.\d{4}) │ image", out, re.M)]
     # Scores are the model's blend of match probability and first-stage score, in [0, 1];
     # --min-match keeps only candidates whose match probability reaches it.
     assert scores and all(0 <= s <= 1 for s in scores), out
@@ -143,7 +143,7 @@ def test_rerank_block(readme_cli):
     rows = [json.loads(line) for line in (readme_cli.root / "pairs" / "catalog.jsonl").open()]
     exact = {r["file"] for r in rows if r["caption"] == wanted}
     assert exact, "the README's query names a scene of the sample catalog"
-    top = re.search(r"^│ +1 │ [01]\.\d{4} │ image │ pairs/(\S+)", out, re.M)
+    top = re.search(r"^│ +1 │ +[01]\.\d{4} │ image │ pairs/(\S+)", out, re.M)
     assert top and top.group(1) in exact, out  # the exact scene first
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from mmsearch.engine.calibration import cached_chance
 from mmsearch.errors import IndexNotFoundError, ModelMismatchError
 from mmsearch.models.base import Encoder
 from mmsearch.models.spec import ModelSpec
@@ -277,27 +278,32 @@ class IndexSnapshot:
             return self._fulltext
 
     def kind_chance(self) -> Mapping[str, Chance]:
-        """Per-kind chance levels (see :mod:`mmsearch.search.calibrate`), measured once.
+        """Per-kind chance levels (see :mod:`mmsearch.search.calibrate`), measured once per
+        snapshot (and kept in the user cache for later processes:
+        :mod:`mmsearch.engine.calibration`).
 
         Probes search a kind exactly up to :data:`EXACT_CHANCE_ROWS` rows, through its ANN
         index above that (the level of a meaningless query's best hits needs no more).
         """
         with self._lock:
             if self._chance is None:
-                probes = np.asarray(self.encoder.encode_texts(probe_texts()), np.float32)
-                top = {}
-                for kind, index in self._ann.items():
-                    if len(index):
-                        depth, exact = (
-                            min(CHANCE_DEPTH, len(index)),
-                            len(index) <= EXACT_CHANCE_ROWS,
-                        )
-                        scores, _ = index.search(probes, depth, exact=exact)
-                        found = (scores > -np.inf).all(axis=1)  # an ANN probe may come back short
-                        if found.any():
-                            top[kind] = scores[found]
-                self._chance = kind_chance(top)
+                self._chance = cached_chance(
+                    self._index_dir, self.published, self._measure_chance,
+                    exact_rows=EXACT_CHANCE_ROWS,
+                )  # fmt: skip
             return self._chance
+
+    def _measure_chance(self) -> dict[str, Chance]:
+        probes = np.asarray(self.encoder.encode_texts(probe_texts()), np.float32)
+        top = {}
+        for kind, index in self._ann.items():
+            if len(index):
+                depth, exact = min(CHANCE_DEPTH, len(index)), len(index) <= EXACT_CHANCE_ROWS
+                scores, _ = index.search(probes, depth, exact=exact)
+                found = (scores > -np.inf).all(axis=1)  # an ANN probe may come back short
+                if found.any():
+                    top[kind] = scores[found]
+        return kind_chance(top)
 
     def file_stats(self, ids: npt.NDArray[np.int64]) -> pa.Table:
         """``id, mtime_ns, size`` of the given rows as indexed (rows not in the table are absent)."""

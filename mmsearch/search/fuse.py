@@ -21,9 +21,8 @@
 With several kinds, each kind's leg counts alike (fair ``kind=any`` answers): a kind
 found by fewer legs (images without text get no lexical hits) has its scores scaled
 to the same total leg weight, so kinds interleave by their own legs. With ``relative``
-the kinds interleave by rank within their own kind (best image, best text, second
-image, ...; the pair ordered by score), since a height above one kind's chance level
-says nothing about another kind's.
+each kind's scores are then taken relative to its own best hit (a height above one
+kind's chance level says nothing about another kind's), so each kind's best scores 1.
 
 An exact identifier match (leg ``exact``) adds at least :data:`EXACT_BOOST`, above
 anything the fusion gave, so the named item comes first.
@@ -121,14 +120,22 @@ def _even_out_kinds(
             score[kinds == kind] *= top / w
 
 
-def _rank_within_kind(score: np.ndarray, kinds: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Each item's rank (0 = best) among the items of its own kind, by score."""
-    within = np.zeros(len(score), np.int64)
-    for kind in set(kinds.tolist()):
-        members = np.flatnonzero(kinds == kind)
-        best_first = members[np.lexsort((ids[members], -score[members]))]
-        within[best_first] = np.arange(len(best_first))
-    return within
+def _relative_to_kind_best(score: np.ndarray, kinds: np.ndarray) -> None:
+    """With several kinds, each kind's relative scores divided by its best (in place).
+
+    Heights above chance are not comparable across kinds (a caption's text->text cosine
+    stands far higher above its chance level than any image's text->image cosine), so
+    each kind's best hit scores 1 and the kinds interleave by how close each hit comes to
+    its own kind's best. One kind alone is left as it is.
+    """
+    present = [kind for kind in set(kinds.tolist()) if kind is not None]
+    if len(present) < 2:
+        return
+    for kind in present:
+        members = kinds == kind
+        best = float(score[members].max())
+        if best > 0:
+            score[members] /= best
 
 
 def fuse(
@@ -189,16 +196,11 @@ def fuse(
             np.add.at(score, pos, 1.0 / (rrf_k + rank))
     if len(ranked) > 1:
         _even_out_kinds(score, kinds, ranked, method, alpha)
+    if method == "relative" and len(ranked) > 1:
+        _relative_to_kind_best(score, kinds)
     if exact:
         score[is_exact] += max(EXACT_BOOST, float(score.max()))
-    if method == "relative" and len(set(kinds.tolist())) > 1:
-        # Heights above chance are not comparable across kinds (text->text cosines sit far
-        # above any text->image cosine): kinds interleave by their rank within their kind.
-        within = _rank_within_kind(score, kinds, uniq)
-        within[is_exact] = -1  # a named item first, whatever its kind
-        order = np.lexsort((uniq, best_rank, -score, within))
-    else:
-        order = np.lexsort((uniq, best_rank, -score))
+    order = np.lexsort((uniq, best_rank, -score))
     return pa.table(
         {
             "id": pa.array(uniq[order]),

@@ -202,15 +202,7 @@ class _Run:
         vector, query_kind = self.encode(vector, query_kind)
         clock.tick("encode")
         floors, chance = None, None
-        fused = mode == "hybrid" or len(self.kinds) > 1
-        if vector is not None and (
-            (q.cutoff and mode == "hybrid") or (fused and q.fusion == "relative")
-        ):
-            chance = {k: v for k, v in source.kind_chance().items() if k in self.kinds}
-            floors = (
-                {k: v.floor for k, v in chance.items()} if q.cutoff and mode == "hybrid" else None
-            )
-        clock.tick("shape")  # the calibration (once per snapshot) is counted as shaping's work
+        cutoff = q.cutoff and mode == "hybrid"
         exact = self.exact_leg()
         clock.tick("retrieve")
         while True:
@@ -229,6 +221,12 @@ class _Run:
             if exact is not None:
                 legs.append(exact)
             clock.tick("retrieve")
+            if chance is None and vector is not None and (cutoff or _fuses_relative(q, legs)):
+                # Measured (or read from the cache) only when a fusion or the cut-off uses
+                # it: a query whose one leg keeps its own scores never pays for it.
+                chance = {k: v for k, v in source.kind_chance().items() if k in self.kinds}
+                floors = {k: v.floor for k, v in chance.items()} if cutoff else None
+                clock.tick("shape")  # the calibration is counted as shaping's work
             candidates = fuse_stage.fuse(legs, method=q.fusion, alpha=q.alpha, chance=chance)
             clock.tick("fuse")
             candidates = rescore.rescore(candidates, vector, source.ann, self.rows, source.dim)
@@ -272,3 +270,9 @@ def _empty_reason(shaped: shape.Shaped, reranked: rerank.Reranked, query: Query,
 
 
 __all__ = ["FUSION_DEPTH", "condition_text", "first_depth", "resolve_mode", "run"]
+
+
+def _fuses_relative(q: Query, legs: list[pa.Table]) -> bool:
+    """Whether relative fusion will combine several ranked legs (and so needs chance levels)."""
+    ranked = [leg for leg in legs if leg.num_rows and leg.column("leg")[0].as_py() != "exact"]
+    return q.fusion == "relative" and len(ranked) > 1
