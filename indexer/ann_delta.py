@@ -80,6 +80,10 @@ def publish_changes(
     exact = (
         changes is not None and changes.since == previous.table_version and changes.until == version
     )
+    # The full-text index first: folding it commits a table version (rows unchanged), and
+    # the ANN manifests and the snapshot must all name the version that has it.
+    lexical = _lexical_index(store)
+    version = store.version
     generation = previous.generation + 1
     old_store = None if exact else ItemStore.open(store.index_dir, version=previous.table_version)
     ann_dirs: dict[str, str] = {}
@@ -112,8 +116,6 @@ def publish_changes(
         gone = np.asarray(changes.removed, np.int64)
     else:
         gone = _removed_ids(old_store, store)  # type: ignore[arg-type]
-    lexical = _lexical_index(store)
-    version = store.version  # a full-text update commits a version
     rows_rel = rows_file_name(generation)
     keep = {*ann_dirs.values(), rows_rel}
     try:

@@ -187,6 +187,7 @@ def _open_table(
     if fresh and isinstance(executor, LocalExecutor) and any(w.items for w in walks.values()):
         executor.start_images()
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
+    store.ensure_key_indexes()  # an index from before the key indexes: built once
     from mmsearch.models.backends import check_backend
 
     check_backend(index_path, encoder, record=True)  # a second backend must agree with the first

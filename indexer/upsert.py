@@ -112,6 +112,7 @@ def upsert_records(
     with writer_session(index, wait_s=lock_wait_s) as session:
         store = ItemStore.create(session.local_dir, dim=encoder.dim, spec=encoder.spec)
         changes = RowChanges(since=store.version)
+        store.ensure_key_indexes()  # an index from before them: built once (no row changes)
         with ImageResolver(policy, local_paths=local_paths) as resolver:
             source = RecordSource(chunks, resolver, upsert, source=RECORDS_SOURCE)
             write_records(source, store, encoder, IndexOptions(), changes)
@@ -172,6 +173,7 @@ def delete_records(
     with writer_session(index, wait_s=lock_wait_s) as session:
         store = ItemStore.open(session.local_dir)
         changes = RowChanges(since=store.version)
+        store.ensure_key_indexes()
         found: set[str] = set()
         for start in range(0, len(wanted), 200):
             part = wanted[start : start + 200]

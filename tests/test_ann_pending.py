@@ -4,6 +4,7 @@ and the rows-file delta a reader applies to its base."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,13 @@ import pytest
 
 from mmsearch.ann import VectorIndex
 from mmsearch.models.spec import ModelSpec
-from mmsearch.storage.rowsfile import read_rows_file, write_rows_delta, write_rows_file
+from mmsearch.search.rows import Rows
+from mmsearch.storage.rowsfile import (
+    read_rows_file,
+    read_rows_parts,
+    write_rows_delta,
+    write_rows_file,
+)
 
 
 def unit(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
@@ -119,3 +126,58 @@ def test_rows_delta_applies_to_its_base_and_accumulates(tmp_path: Path):
     # the delta holds only what changed since the base
     delta = pa.ipc.open_file(pa.memory_map(str(tmp_path / "rows-g3.arrow"))).read_all()
     assert sorted(delta.column("id").to_pylist()) == [3, 10]
+
+
+def typed_rows(ids, text, rng):
+    """Rows whose metadata keys vary: a price (float), a brand, a key only some rows have."""
+    meta = [json.dumps({"price": float(rng.integers(100)), "brand": f"b{i % 7}",
+                        **({"sku": f"SKU-{i:05d}"} if i % 3 == 0 else {})}) for i in ids]  # fmt: skip
+    return rows(ids, text).set_column(5, "metadata", pa.array(meta))
+
+
+@pytest.mark.parametrize("conflict", [False, True])
+def test_rows_beside_a_delta_match_the_applied_file_without_copying_the_base(
+    tmp_path: Path, conflict: bool
+):
+    rng = np.random.default_rng(7)
+    spec = ModelSpec("m", "")
+    ids = np.sort(rng.choice(5000, size=2000, replace=False))
+    store = _Store(typed_rows(ids.tolist(), "old", rng))
+    write_rows_file(store, tmp_path / "rows-g1.arrow", spec)
+    previous = tmp_path / "rows-g1.arrow"
+    live = set(ids.tolist())
+    for gen in range(2, 6):  # updates, removals and new ids among the old ones, accumulated
+        updated = rng.choice(sorted(live), size=30, replace=False).tolist()
+        removed = rng.choice(sorted(live - set(updated)), size=20, replace=False).tolist()
+        added = rng.choice(sorted(set(range(6000)) - live), size=25, replace=False).tolist()
+        live = (live - set(removed)) | set(added)
+        keep = store.data.filter(pa.compute.invert(pa.compute.is_in(
+            store.data.column("id"), value_set=pa.array(updated + removed, pa.int64()))))  # fmt: skip
+        new = typed_rows(updated + added, f"g{gen}-", rng)
+        if conflict and gen == 5:  # a price given as text: the key's type changes
+            new = new.set_column(5, "metadata", pa.array(['{"price": "cheap"}'] * new.num_rows))
+        store.data = pa.concat_tables([keep, new])
+        path = tmp_path / f"rows-g{gen}.arrow"
+        write_rows_delta(
+            store, path, spec, previous=previous, changed=updated + added, removed=removed
+        )
+        previous = path
+    applied = Rows(read_rows_file(previous)[0])
+    parts = read_rows_parts(previous)
+    base = Rows(parts.base, origin=parts.base_identity())
+    base.filterable()  # built once, as an earlier snapshot of the same base would have
+    beside = Rows.with_changes(base, parts.changed, parts.dropped)
+    assert beside.base is base and base.origin == ("rows-g1.arrow",) + base.origin[1:]
+    assert beside.sorted_ids.tolist() == applied.sorted_ids.tolist() == sorted(live)
+    asked = np.concatenate([rng.choice(6000, size=500), np.array([-1, 10**9])]).astype(np.int64)
+    (got, found), (want, want_found) = beside.take(asked), applied.take(asked)
+    assert found.tolist() == want_found.tolist() and got.to_pylist() == want.to_pylist()
+    assert beside.kinds_of(asked).tolist() == applied.kinds_of(asked).tolist()
+    assert beside.filterable().schema == applied.filterable().schema
+    assert beside.filterable().to_pylist() == applied.filterable().to_pylist()
+    assert (
+        beside.identifier_ids("SKU-00003").tolist() == applied.identifier_ids("sku-00003").tolist()
+    )
+    # the base rows are the memory-mapped file's own buffers, not a copy
+    base_text = parts.base.column("text").chunk(0).buffers()[2].address
+    assert beside.table.column("text").chunk(0).buffers()[2].address == base_text

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from mmsearch.indexer.upsert import create_index
 
@@ -225,6 +226,67 @@ def test_open_create_with_a_model_then_reopen(tmp_path):
     assert [h.metadata for h in again.search("a red circle", k=1)] == [{"colour": "red", "id": "a"}]
     with pytest.raises(mmsearch.ModelMismatchError):
         mmsearch.open(tmp_path / "shop", create=True, model=mmsearch.ModelSpec("ViT-B-32", "x"))
+
+
+def test_key_indexes_are_built_once_and_upserts_replace_rows_through_them(tmp_path, tiny_encoder):
+    from mmsearch.indexer.recordtypes import record_range
+
+    from mmsearch.storage.schema import KEY_INDEXES
+
+    create_index(tmp_path / "i", tiny_encoder.spec, encoder=tiny_encoder)
+    idx = SearchIndex(tmp_path / "i", encoder=tiny_encoder)
+    idx.upsert([{"id": f"r{i}", "title": f"first {i}"} for i in range(30)])
+    store = ItemStore.open(tmp_path / "i")  # the first rows' full-text index brings them
+    assert set(KEY_INDEXES.values()) <= {ix.name for ix in store.table.list_indices()}
+    for name in KEY_INDEXES.values():  # an index from before the key indexes
+        store.table.drop_index(name)
+    assert idx.upsert({"id": "r1", "title": "first 1"}).embedded == 0  # the next writer builds them
+    store = ItemStore.open(tmp_path / "i")
+    for name in KEY_INDEXES.values():
+        assert store.table.index_stats(name).num_unindexed_rows == 0
+    for rnd in range(3):  # each upsert appends rows the key indexes do not cover yet
+        idx.upsert([{"id": f"r{i}", "title": f"round{rnd} {i}"} for i in range(0, 30, 2)]
+                   + [{"id": f"n{rnd}", "title": f"new {rnd}"}])  # fmt: skip
+    rows = ItemStore.open(tmp_path / "i").scan(["id", "uri", "text"]).to_pylist()
+    assert len(rows) == 33 and len({r["uri"] for r in rows}) == 33
+    assert len({r["id"] for r in rows}) == 33
+    texts = {r["uri"].split("#")[0]: r["text"] for r in rows}
+    assert sum(t.startswith("round2") for t in texts.values()) == 15
+    assert sum(t.startswith("first") for t in texts.values()) == 15
+    store = ItemStore.open(tmp_path / "i")
+    assert store.max_id() == max(r["id"] for r in rows)
+    plan = store.table.search().where(record_range("r3")).select(["uri"]).explain_plan(True)
+    assert "ScalarIndexQuery" in plan and "uri_idx" in plan  # a lookup, not a scan
+    top = store.max_id()
+    clash = store.scan(store.table.schema.names, "id = 0")
+    for n in range(2):  # two more rows with id 0: the ids reach no longer to count - 1
+        store.table.add(clash.set_column(1, "uri", pa.array([f"records:clash{n}#text"])))
+    assert store.max_id() == top == max(store.scan(["id"]).column("id").to_pylist())
+
+
+def test_an_upsert_that_folds_the_full_text_index_publishes_a_readable_snapshot(
+    tmp_path, tiny_encoder, monkeypatch
+):
+    import mmsearch.indexer.ann_delta as ann_delta
+
+    from mmsearch.storage.schema import KEY_INDEXES
+
+    create_index(tmp_path / "i", tiny_encoder.spec, encoder=tiny_encoder)
+    idx = SearchIndex(tmp_path / "i", encoder=tiny_encoder)
+    idx.upsert([{"id": f"r{i}", "title": f"first {token(i)}"} for i in range(20)])
+    monkeypatch.setattr(ann_delta, "LEXICAL_LAG_ROWS", 0)  # every upsert folds it (optimize)
+    monkeypatch.setattr(ann_delta, "LEXICAL_LAG_FRACTION", 0.0)
+    idx.upsert([{"id": "r3", "title": f"changed {token(500)}"}, {"id": "n1", "title": token(501)}])
+    store = ItemStore.open(tmp_path / "i")
+    assert store.lexical_index_current()
+    for name in KEY_INDEXES.values():  # folded by the same optimize
+        assert store.table.index_stats(name).num_unindexed_rows == 0
+    reader = SearchIndex(
+        tmp_path / "i", encoder=tiny_encoder
+    )  # the ANN names the snapshot's version
+    for word, want in ((token(500), "r3"), (token(501), "n1"), (token(3), None)):
+        hits = reader.search(word, k=1, mode="lexical")
+        assert [h.metadata["id"] for h in hits][:1] == ([want] if want else [])
 
 
 def test_second_writer_waits_then_gets_one_clear_error(tmp_path, tiny_encoder):

@@ -83,10 +83,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path, *, sync: bool = True) -> None:
     """Make the finished data file ``src`` also appear as ``dst``: a hard link (no bytes
     copied), or an atomic copy across file systems. An existing ``dst`` that is the
-    same file is kept."""
+    same file is kept. ``sync=False`` leaves the directory's fsync to the caller (one
+    for many links, before whatever names them is committed)."""
     with contextlib.suppress(FileNotFoundError):
         if os.path.samefile(src, dst):
             return
@@ -97,7 +98,8 @@ def link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
         return
-    fsync_dir(dst.parent)
+    if sync:
+        fsync_dir(dst.parent)
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:

@@ -70,7 +70,9 @@ def save_index(
                 for role in segment_roles(i):
                     entry = state.files[role]
                     assert state.files_dir is not None  # sealed segments come from files
-                    F.link_or_copy(state.files_dir / entry["name"], root / entry["name"])
+                    F.link_or_copy(
+                        state.files_dir / entry["name"], root / entry["name"], sync=False
+                    )
                     files[role] = dict(entry)
                 counts.append(len(seg))
         gen = _next_generation(root)
@@ -102,13 +104,14 @@ def save_index(
                 and _files_present(state.files_dir, state.files, ("index",))
             ):
                 entry = state.files["index"]
-                F.link_or_copy(state.files_dir / entry["name"], root / entry["name"])
+                F.link_or_copy(state.files_dir / entry["name"], root / entry["name"], sync=False)
                 files["index"] = dict(entry)
             else:
                 xpath = root / f"index-{gen}.faiss"
                 F.atomic_write(xpath, lambda tmp: faiss.write_index(state.index, str(tmp)))
                 files["index"] = F.file_entry(xpath)
         manifest = _manifest(state, gen, table_version, model_key, files, counts)
+        F.fsync_dir(root)  # the links above, once, before the manifest names them
         F.write_manifest(root, manifest)  # commit point
         adopt(open_store(root, manifest, checksum=False), files, root)
         F.collect_garbage(root, {e["name"] for e in files.values()})

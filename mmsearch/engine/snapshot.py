@@ -101,7 +101,7 @@ class IndexSnapshot:
         dim: int,
         ann: dict[str, VectorIndex],
         *,
-        rows: pa.Table | None,
+        rows: Rows | None,
         store: ItemStore | None,
         encoders: LazyEncoder,
         image_roots: Sequence[Path] | None = None,
@@ -117,7 +117,7 @@ class IndexSnapshot:
         self._fetch_url = fetch_url
         self._encoders = encoders
         self._remote = remote
-        self._rows = Rows(rows) if rows is not None else None
+        self._rows = rows
         self._store = store
         self._fulltext: FullTextTable | None = None
         self._chance: dict[str, Chance] | None = None
@@ -156,6 +156,7 @@ class IndexSnapshot:
         model: ModelSpec | None,
         image_roots: Sequence[Path] | None,
         fetch_url: UrlFetcher | None,
+        previous: Rows | None = None,
     ) -> IndexSnapshot:
         from mmsearch.ann import VectorIndex
 
@@ -169,7 +170,7 @@ class IndexSnapshot:
             raise IndexNotFoundError(
                 f"no mmsearch index at {index_dir} (create one with: mmsearch index PATH --index {index_dir})"
             )
-        rows_file = _read_rows_or_none(index_dir, published)
+        rows_file = _read_rows_or_none(index_dir, published, previous)
         store: ItemStore | None = None
         if rows_file is not None:  # no LanceDB needed until something asks for the table
             rows, spec, dim = rows_file
@@ -210,7 +211,7 @@ class IndexSnapshot:
             return self
         return self._read(
             self._index_dir, self._remote, self._encoders, self.spec, self._image_roots,
-            self._fetch_url,
+            self._fetch_url, self._rows,
         )  # fmt: skip
 
     def store_reads(self) -> AbstractContextManager[None]:
@@ -342,14 +343,25 @@ class IndexSnapshot:
 
 
 def _read_rows_or_none(
-    index_dir: Path, snapshot: Snapshot
-) -> tuple[pa.Table, ModelSpec, int] | None:
-    """The snapshot's rows file (see :mod:`mmsearch.storage.rowsfile`), or None to use the table."""
+    index_dir: Path, snapshot: Snapshot, previous: Rows | None = None
+) -> tuple[Rows, ModelSpec, int] | None:
+    """The snapshot's rows file (see :mod:`mmsearch.storage.rowsfile`), or None to use the
+    table. A delta is looked up beside its full file, which is not copied; the rows of
+    that full file (and their typed metadata, once built) are those of ``previous``
+    when it was built on the same file: a reader's switch to a record upsert's snapshot
+    costs the changed rows, not the index."""
     import pyarrow as pa
 
-    from mmsearch.storage.rowsfile import read_rows_file, rows_file_path
+    from mmsearch.storage.rowsfile import read_rows_parts, rows_file_path
 
     try:
-        return read_rows_file(rows_file_path(index_dir, snapshot))
+        parts = read_rows_parts(rows_file_path(index_dir, snapshot))
+        identity = parts.base_identity()
     except (OSError, KeyError, ValueError, pa.ArrowException):  # absent (older index) or unreadable
         return None
+    base = None if previous is None else (previous.base or previous)
+    if base is None or base.origin != identity:
+        base = Rows(parts.base, origin=identity)
+    if parts.changed is None:
+        return base, parts.spec, parts.dim
+    return Rows.with_changes(base, parts.changed, parts.dropped), parts.spec, parts.dim

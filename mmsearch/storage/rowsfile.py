@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,22 +72,57 @@ def _read(path: Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
 
 
-def read_rows_file(path: Path) -> tuple[pa.Table, ModelSpec, int]:
-    """(rows, model spec, vector dimension), memory-mapped. A full rows file comes sorted
-    by id; a delta (see :func:`write_rows_delta`) is applied to its base, unsorted."""
+@dataclass(frozen=True)
+class RowsParts:
+    """A rows file as stored: ``base``, a full file's rows (sorted by id, memory-mapped);
+    for a delta, ``changed`` (its rows, which replace ``base`` rows of the same id) and
+    ``dropped`` (ids of ``base`` that are gone). Applying them is the reader's business
+    (:func:`read_rows_file` copies; a query's row lookup need not)."""
+
+    base: pa.Table
+    changed: pa.Table | None
+    dropped: npt.NDArray[np.int64]
+    spec: ModelSpec
+    dim: int
+    base_path: Path
+
+    def base_identity(self) -> tuple[str, int, int, int]:
+        """The full file's name, inode, size and mtime: equal only for the same file."""
+        st = self.base_path.stat()
+        return self.base_path.name, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def read_rows_parts(path: Path) -> RowsParts:
+    """The rows file at ``path`` and, for a delta, the full file it applies to, memory-mapped."""
     table = _read(path)
     meta = table.schema.metadata or {}
+    spec, dim = ModelSpec.from_json(meta[_SPEC_KEY].decode()), int(meta[_DIM_KEY])
     base_name = meta.get(_BASE_KEY)
-    if base_name is not None:
-        base = _read(path.parent / base_name.decode())
-        drop = pa.array(json.loads(meta[_DROP_KEY]), pa.int64())
-        gone = pc.is_in(
-            base.column("id"),
-            value_set=pa.concat_arrays([drop, table.column("id").combine_chunks()]),
-        )
-        kept = base.filter(pc.invert(gone)).select(table.column_names)
-        table = pa.concat_tables([kept, table.cast(kept.schema)]).replace_schema_metadata(meta)
-    return table, ModelSpec.from_json(meta[_SPEC_KEY].decode()), int(meta[_DIM_KEY])
+    if base_name is None:
+        return RowsParts(table, None, np.zeros(0, np.int64), spec, dim, path)
+    base_path = path.parent / base_name.decode()
+    base = _read(base_path)
+    dropped = np.asarray(json.loads(meta[_DROP_KEY]), dtype=np.int64)
+    return RowsParts(base.select(table.column_names), table, dropped, spec, dim, base_path)
+
+
+def read_rows_file(path: Path) -> tuple[pa.Table, ModelSpec, int]:
+    """(rows, model spec, vector dimension). A full rows file comes sorted by id,
+    memory-mapped; a delta (see :func:`write_rows_delta`) is applied to its base (a
+    copy, unsorted)."""
+    parts = read_rows_parts(path)
+    if parts.changed is None:
+        return parts.base, parts.spec, parts.dim
+    base, changed = parts.base, parts.changed
+    gone = pc.is_in(
+        base.column("id"),
+        value_set=pa.concat_arrays(
+            [pa.array(parts.dropped, pa.int64()), changed.column("id").combine_chunks()]
+        ),
+    )
+    kept = base.filter(pc.invert(gone))
+    table = pa.concat_tables([kept, changed.cast(kept.schema)])
+    return table.replace_schema_metadata(changed.schema.metadata), parts.spec, parts.dim
 
 
 def write_rows_delta(

@@ -38,6 +38,10 @@ LEXICAL_COLUMN = "search_text"
 
 LEXICAL_INDEX_NAME = f"{LEXICAL_COLUMN}_idx"
 
+#: Scalar (B-tree) indexes on the row keys: ``merge_insert`` on ``uri``, a record's rows
+#: by ``uri`` range and rows by ``id`` are index lookups, not scans of the whole table.
+KEY_INDEXES = {"uri": "uri_idx", "id": "id_idx"}
+
 
 def items_schema(
     dim: int, spec: ModelSpec, lexical_fields: Sequence[str] | None = None

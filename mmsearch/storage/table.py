@@ -3,7 +3,10 @@
 Writes go through :meth:`ItemStore.upsert` (one atomic LanceDB commit per batch,
 ``merge_insert`` on ``uri``), so a process killed mid-run leaves the table at a
 committed prefix with no duplicate uris. :meth:`ItemStore.update_lexical_index`
-keeps the full-text (BM25) index current.
+keeps the full-text (BM25) index current, and with it (one ``optimize``) the B-tree
+indexes on ``uri`` and ``id`` (:meth:`ItemStore.ensure_key_indexes`) that make a
+small write cost the same in a large table as in a small one: rows a key index does
+not cover yet (appended since the last ``optimize``) are scanned, the rest looked up.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mmsearch.storage.locks import write_guard
 from mmsearch.storage.objectstore import remote_uri_of
 from mmsearch.storage.schema import (
     DB_DIRNAME,
+    KEY_INDEXES,
     LEXICAL_COLUMN,
     LEXICAL_INDEX_NAME,
     MODEL_METADATA_KEY,
@@ -202,9 +206,17 @@ class ItemStore:
         return {s for s in pa.compute.unique(column).to_pylist() if s is not None}
 
     def max_id(self) -> int:
-        tbl = self.scan(["id"])
-        if tbl.num_rows == 0:
+        """The largest row id (-1 for an empty table).
+
+        ``n`` distinct ids of at least 0 reach ``n - 1``, so the rows at or above it hold
+        the largest: a lookup in the id index, not a scan. A table that breaks that
+        (duplicate ids, see :meth:`check_unique_ids`) is scanned whole."""
+        count = self.count()
+        if count == 0:
             return -1
+        tbl = self.scan(["id"], f"id >= {count - 1}")
+        if tbl.num_rows == 0:
+            tbl = self.scan(["id"])
         return int(pa.compute.max(tbl.column("id")).as_py())
 
     def vectors(
@@ -267,6 +279,21 @@ class ItemStore:
         return stats is not None and int(stats.num_unindexed_rows) == 0
 
     # -- writing -------------------------------------------------------------------------
+    def ensure_key_indexes(self) -> None:
+        """Creates the B-tree indexes on ``uri`` and ``id`` that a table with rows lacks
+        (once per table: each covers the rows of the moment; rows appended later are
+        scanned until the ``optimize`` of :meth:`update_lexical_index` folds them in,
+        as it does the full-text index's). Each creation is one commit."""
+        from lancedb.index import BTree
+
+        if self.count() == 0:
+            return
+        names = {ix.name for ix in self.table.list_indices()}
+        for column, name in KEY_INDEXES.items():
+            if name not in names:
+                with write_guard(self.index_dir):
+                    self.table.create_index(column, config=BTree(), name=name, replace=False)
+
     def update_lexical_index(self) -> str | None:
         """Creates or updates the full-text (BM25) index; returns its name (None: no lexical column).
 
@@ -282,7 +309,7 @@ class ItemStore:
         names = [ix.name for ix in self.table.list_indices()]
         with write_guard(self.index_dir):
             if LEXICAL_INDEX_NAME in names:
-                self.table.optimize()
+                self.table.optimize()  # folds the key indexes too
             else:
                 from lancedb.index import FTS
 
@@ -292,6 +319,7 @@ class ItemStore:
                     replace=True,
                     name=LEXICAL_INDEX_NAME,
                 )
+        self.ensure_key_indexes()
         return LEXICAL_INDEX_NAME
 
     def upsert(self, rows: pa.Table) -> None:
