@@ -12,9 +12,15 @@ On one generated folder of ``--n`` photo-sized JPEGs (800×600; plus ``--n-large
    then answers one query), each measured with ``wait4`` (wall seconds, peak RSS).
    Reported per tool: median images/s, peak RSS, and for mmsearch the embedding
    phase (``embed_s`` of its report) and the fixed cost of a run (wall minus
-   embedding: start-up, model load, first decodes, writes, ANN build). The embedding
-   phase is also given as a share of the CPU's fp32 peak, measured in the same run
-   with a large matrix product (``--gflop`` per image: ViT-B-32's 8.8 at 224 px).
+   embedding: start-up, model load, first decodes, writes, ANN build), broken down by
+   the phases of the run's report (``IndexReport.phases``). The embedding phase is
+   also given as a share of the CPU's fp32 peak, measured in the same run with a
+   large matrix product (``--gflop`` per image: ViT-B-32's 8.8 at 224 px). Last, the
+   issue's goals (fixed cost, share of the peak, images/s and peak memory against
+   rclip) with this run's medians, and the load average at the start and the end.
+   With ``--baseline DIR`` (a source tree of another revision: ``mkdir DIR && git
+   archive main | tar -x -C DIR``) that revision's ``mmsearch index`` runs in the same
+   rounds as "mmsearch (baseline)": a before/after of one change on one loaded machine.
 2. **In one process** (``--in-process``): for each model and backend, model-only
    images/s on pre-decoded arrays, then ``run_index`` end to end with the model
    already loaded; efficiency = end-to-end / model-only; ONNX-vs-torch agreement.
@@ -119,6 +125,9 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
     runtimes = args.runtimes.split(",")
     tools = {rt: "mmsearch" if rt == "onnxruntime" else f"mmsearch ({rt})" for rt in runtimes}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in tools.values()}
+    if args.baseline:
+        tools["baseline"] = "mmsearch (baseline)"
+        runs["mmsearch (baseline)"] = []
     runs["rclip"] = []
     print(f"load average at the start: {os.getloadavg()}")
     peak = 0.0
@@ -127,17 +136,24 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
         for runtime, tool in tools.items():
             index_dir = Path(tempfile.mkdtemp(prefix="idx-cli-", dir=args.work))
             out = args.work / "mmsearch-run.json"
+            tool_env = dict(env, MMSEARCH_CPU_RUNTIME=runtime)
+            if runtime == "baseline":
+                tool_env = dict(env, PYTHONPATH=str(tree_site(args.baseline, args.work)))
             with out.open("w") as sink:
                 wall, rss, code = run_measured(
-                    [*mm, "--index", str(index_dir)],
-                    dict(env, MMSEARCH_CPU_RUNTIME=runtime),
-                    stdout=sink,
+                    [*mm, "--index", str(index_dir)], tool_env, stdout=sink
                 )
             shutil.rmtree(index_dir, ignore_errors=True)
             if code == 0:
                 report = json.loads(out.read_text())
                 runs[tool].append(
-                    {"wall": wall, "rss": rss, "embed": report["embed_s"], "added": report["added"]}
+                    {
+                        "wall": wall,
+                        "rss": rss,
+                        "embed": report["embed_s"],
+                        "added": report["added"],
+                        "phases": report.get("phases", {}),
+                    }
                 )
         if rclip:
             data = fresh_datadir(args.rclip_models, args.work)
@@ -161,12 +177,96 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
         if "embed" in rows[0]:
             embed = statistics.median(r["embed"] for r in rows)
             share = rows[0]["added"] / embed * args.gflop / peak
+            fixed = [r["wall"] - r["embed"] for r in rows]
             line += f" {embed:8.2f} {wall - embed:8.2f} {share:14.1%}"
+            line += f"  (fixed cost {min(fixed):.2f}-{max(fixed):.2f} s over {len(rows)} runs)"
         print(line)
     for tool, rate in rates.items():
         if tool != "rclip" and "rclip" in rates:
             print(f"{tool} / rclip images/s: {rate / rates['rclip']:.2f}")
+    for tool, rows in runs.items():
+        if rows and rows[0].get("phases"):
+            print_fixed_cost(tool, rows)
+    print_goals(runs, rates, peak, args.gflop)
     print(f"load average at the end: {os.getloadavg()}")
+
+
+def tree_site(tree: Path, work: Path) -> Path:
+    """A folder whose ``sitecustomize`` makes ``mmsearch`` (and ``mmsearch.indexer``) import
+    from ``tree`` instead of this checkout, in the process and in its spawned workers."""
+    site = work / "baseline-site"
+    site.mkdir(parents=True, exist_ok=True)
+    mapping = {"mmsearch": str(tree / "mmsearch"), "mmsearch.indexer": str(tree / "indexer")}
+    (site / "sitecustomize.py").write_text(
+        "import importlib.util, sys\n"
+        f"MAPPING = {mapping!r}\n"
+        "class TreeFinder:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name not in MAPPING:\n"
+        "            return None\n"
+        "        return importlib.util.spec_from_file_location(\n"
+        "            name, MAPPING[name] + '/__init__.py', submodule_search_locations=[MAPPING[name]]\n"
+        "        )\n"
+        "sys.meta_path.insert(0, TreeFinder)\n"
+    )
+    return site
+
+
+#: The fixed cost of a run, phase by phase: (label, start mark, end mark) of the report's
+#: ``phases`` (seconds from the start of run_index); "wall" is the process's wall time.
+FIXED_PHASES = (
+    ("start-up and exit (interpreter, CLI)", None, None),
+    ("checks, weights, writer lock", "", "checked"),
+    ("model (encoder object)", "checked", "model"),
+    ("table (LanceDB import, create)", "model", "table"),
+    ("to the first batch (decode, session)", "table", "first_embed"),
+    ("after the last batch (commits, sweep)", "last_embed", "written"),
+    ("full-text + ANN index, snapshot", "written", "ann"),
+    ("reports, publish", "ann", "done"),
+)
+
+
+def print_fixed_cost(tool: str, rows: list[dict]) -> None:
+    """Medians of each phase outside embedding (what the issue calls the fixed cost)."""
+    print(f"fixed cost of a {tool} run, median of {len(rows)} (s):")
+    between = []
+    for label, start, end in FIXED_PHASES:
+        if start is None:
+            values = [r["wall"] - r["phases"]["done"] for r in rows]
+        else:
+            values = [r["phases"][end] - (r["phases"][start] if start else 0.0) for r in rows]
+        print(f"  {label:40s} {statistics.median(values):6.2f}")
+    for r in rows:  # inside the embedding phase but not the model: decode waits, writes
+        between.append(r["phases"]["last_embed"] - r["phases"]["first_embed"] - r["embed"])
+    print(f"  {'between batches (waits, row writes)':40s} {statistics.median(between):6.2f}")
+    fixed = statistics.median(r["wall"] - r["embed"] for r in rows)
+    print(f"  {'fixed cost (wall - model time)':40s} {fixed:6.2f}")
+
+
+def print_goals(
+    runs: dict[str, list[dict]], rates: dict[str, float], peak: float, gflop: float
+) -> None:
+    """The issue's indexing goals against this run's medians."""
+    rows = runs.get("mmsearch") or []
+    if not rows:
+        return
+    fixed = statistics.median(r["wall"] - r["embed"] for r in rows)
+    share = statistics.median(r["added"] / r["embed"] * gflop / peak for r in rows)
+    rss = statistics.median(r["rss"] for r in rows)
+    verdicts = [
+        ("fixed cost of a run <= 2 s", f"{fixed:.2f} s", fixed <= 2.0),
+        ("embedding >= 70% of the fp32 matmul peak", f"{share:.1%}", share >= 0.70),
+    ]
+    if "rclip" in rates:
+        ratio = rates["mmsearch"] / rates["rclip"]
+        rclip_rss = statistics.median(r["rss"] for r in runs["rclip"])
+        verdicts.append(("images/s >= 1.3x rclip", f"{ratio:.2f}x", ratio >= 1.3))
+        verdicts.append(
+            ("peak memory <= rclip's", f"{rss:.0f} vs {rclip_rss:.0f} MiB", rss <= rclip_rss)
+        )
+    for goal, value, met in verdicts:
+        print(f"goal: {goal:42s} {value:>20s}  {'met' if met else 'MISSED'}")
 
 
 def report_int8(spec: ModelSpec, arrays: np.ndarray, batch_size: int, fp32: object | None) -> None:
@@ -210,6 +310,9 @@ def main() -> None:
         "--rclip", default=None, help="rclip executable (default: found when installed)"
     )
     ap.add_argument("--no-rclip", action="store_true", help="do not run rclip")
+    ap.add_argument(
+        "--baseline", type=Path, default=None, help="source tree of another revision, run alike"
+    )
     ap.add_argument("--in-process", action="store_true", help="also the in-process figures")
     ap.add_argument("--int8", action="store_true", help="also try int8 ONNX (recall-gated)")
     ap.add_argument("--skip-images", action="store_true", help="no in-process image figures")

@@ -202,8 +202,27 @@ def main() -> None:
         wall = statistics.median(w for w, _ in rows)
         rss = statistics.median(r for _, r in rows)
         print(f"{name:30s} {wall:16.2f} {rss:13.0f} {wall / first:22.2f}")
+    print_goals(results)
 
     print(f"load average at the end: {os.getloadavg()}")
+
+
+def print_goals(results: dict[str, list[tuple[float, float]]]) -> None:
+    """The issue's one-shot goals against this run's medians (default mode: hybrid)."""
+
+    def median(name: str, pos: int) -> float:
+        return statistics.median(row[pos] for row in results[name])
+
+    verdicts = [
+        ("default-mode query, demo index <= 1.0 s", median("query onnx (demo, tiny)", 0), 1.0, "s"),
+        ("default-mode query, demo index <= 400 MB", median("query onnx (demo, tiny)", 1), 400, "MiB"),
+        ("--help <= 0.3 s", median("--help", 0), 0.3, "s"),
+    ]
+    if "rclip -n" in results:
+        ratio = median("query onnx (ViT-B-32)", 0) / median("rclip -n", 0)
+        verdicts.insert(0, ("default-mode query <= 0.7x rclip -n", ratio, 0.7, "x"))
+    for goal, value, limit, unit in verdicts:
+        print(f"goal: {goal:42s} {value:8.2f} {unit:3s}  {'met' if value <= limit else 'MISSED'}")
 
 
 if __name__ == "__main__":

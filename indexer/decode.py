@@ -168,8 +168,13 @@ class DecodePool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        self._pool.close()
+    def start(self) -> None:
+        """Spawns the workers now, ahead of the first files (see :meth:`OrderedPool.start`)."""
+        self._pool.start()
+
+    def close(self, *, wait: bool = True) -> None:
+        """Releases the workers (``wait=False``: idle workers exit on their own)."""
+        self._pool.close(wait=wait)
 
     def decode(self, items: Iterable[tuple[int, str | bytes]]) -> Iterator[DecodeResult]:
         """Decodes ``(index, path or bytes)`` pairs; yields one result per pair, in order.

@@ -10,6 +10,13 @@ hashed, decoded and resized by decode workers (processes, or threads for images
 already in memory), texts are tokenised by one prefetch thread. An item whose
 preparation fails, hangs or kills its worker becomes a :class:`Failed` outcome alone;
 its neighbours are embedded as usual.
+
+A new index embeds every image it walked, so its run calls
+:meth:`LocalExecutor.start_images` before it creates the table: the decode workers
+spawn and the model's image session loads while LanceDB is imported. The first image
+batch is one decode chunk (:data:`FIRST_BATCH`), so the model starts as soon as that
+is decoded; once everything is decoded the idle workers are released without waiting
+for them to exit.
 """
 
 from __future__ import annotations
@@ -37,12 +44,20 @@ from mmsearch.indexer.textindex import (
 
 from mmsearch.models.base import Encoder
 
+#: Images in an executor's first batch: one decode chunk, so that the model starts as
+#: soon as the first chunk is decoded (later batches are ``batch_size``).
+FIRST_BATCH = 16
+
 
 class Executor(Protocol):
     """Embeds items of one kind; yields each model batch's outcomes (failures included)."""
 
     #: Seconds spent in the model so far.
     embed_s: float
+    #: ``time.perf_counter()`` when the first batch went to the model, and when the last
+    #: batch came back (None: nothing embedded yet); the run's report keeps them as phases.
+    first_embed_at: float | None
+    last_embed_at: float | None
 
     def run(self, kind: Kind, items: Sequence[Item]) -> Iterator[list[Outcome]]: ...
 
@@ -71,6 +86,42 @@ class LocalExecutor:
         self.decode_in = decode_in
         self.device = str(getattr(encoder, "device", "cpu"))
         self.embed_s = 0.0
+        self.first_embed_at: float | None = None
+        self.last_embed_at: float | None = None
+        self._early: DecodePool | None = None  # started by start_images, not used yet
+        self._warmed = False
+
+    def start_images(self) -> None:
+        """Starts what the first image batch needs now, ahead of the items: the decode
+        workers (spawned processes take a moment to start and import) and the model's
+        image session, on a thread (when the encoder loads its sessions lazily). The
+        next :meth:`run` of images uses them; :meth:`close` releases them if none does."""
+        if self._early is None:
+            self._early = self._decode_pool()
+            self._early.start()
+        self._warm_up()
+
+    def close(self) -> None:
+        """Releases decode workers that :meth:`start_images` started and no run used."""
+        if self._early is not None:
+            self._early.close(wait=False)
+            self._early = None
+
+    def _warm_up(self) -> None:
+        warm_up = getattr(self.encoder, "warm_up", None)
+        if warm_up is not None and not self._warmed:
+            self._warmed = True
+            threading.Thread(
+                target=warm_up, args=("image",), name="mmsearch-warm-up", daemon=True
+            ).start()
+
+    def _timed(self, t0: float) -> None:
+        """Books one model call that started at ``t0`` and has just returned."""
+        now = time.perf_counter()
+        self.embed_s += now - t0
+        if self.first_embed_at is None:
+            self.first_embed_at = t0
+        self.last_embed_at = now
 
     def run(self, kind: Kind, items: Sequence[Item]) -> Iterator[list[Outcome]]:
         if not items:
@@ -99,14 +150,11 @@ class LocalExecutor:
         arrays: list[np.ndarray] = []
         pending: list[tuple[Item, str]] = []
         failed: list[Outcome] = []
-        warm_up = getattr(self.encoder, "warm_up", None)
-        if warm_up is not None:  # the model's session loads while the first images decode
-            threading.Thread(
-                target=warm_up, args=("image",), name="mmsearch-warm-up", daemon=True
-            ).start()
+        self._warm_up()  # the model's session loads while the first images decode
+        pool, self._early = self._early or self._decode_pool(), None
         # Workers decode and resize ahead (up to 4 chunks each in flight) while this
         # thread runs the model, so decoding hides behind embedding.
-        with self._decode_pool() as pool:
+        with pool:
             for result in pool.decode((i, item.payload) for i, item in enumerate(items)):
                 item = items[result.index]
                 if isinstance(result, DecodeFailure):
@@ -115,9 +163,13 @@ class LocalExecutor:
                 assert isinstance(result, DecodeOk)
                 arrays.append(result.array)
                 pending.append((item, result.sha256))
-                if len(arrays) >= self.batch_size:
+                limit = self.batch_size
+                if self.first_embed_at is None:  # nothing embedded yet: start the model soon
+                    limit = min(limit, FIRST_BATCH)
+                if len(arrays) >= limit:
                     yield failed + self._embed_images(arrays, pending)
                     arrays, pending, failed = [], [], []
+            pool.close(wait=False)  # all decoded: idle workers exit while the model runs
             if arrays or failed:
                 yield failed + self._embed_images(arrays, pending)
 
@@ -145,7 +197,7 @@ class LocalExecutor:
         if pending:
             t0 = time.perf_counter()
             vectors = self.encoder.encode_images(pixels)
-            self.embed_s += time.perf_counter() - t0
+            self._timed(t0)
             out += [
                 Embedded(item, vector, sha)
                 for (item, sha), vector in zip(pending, vectors, strict=True)
@@ -164,7 +216,7 @@ class LocalExecutor:
                 return []
             t0 = time.perf_counter()
             vectors = steps.embed([value for _, value in batch])
-            self.embed_s += time.perf_counter() - t0
+            self._timed(t0)
             return [
                 Embedded(item, vector, item.sha256)
                 for (item, _), vector in zip(batch, vectors, strict=True)

@@ -35,7 +35,7 @@ from mmsearch.indexer.report import (
     write_run_summary,
 )
 from mmsearch.indexer.session import writer_location, writer_session
-from mmsearch.indexer.sidecar import load_image_metadata
+from mmsearch.indexer.sidecar import ImageSidecar, load_image_metadata
 from mmsearch.indexer.source import Source
 from mmsearch.indexer.sources import check_sources, is_text_collection
 from mmsearch.indexer.writeloop import write_source
@@ -75,19 +75,28 @@ def run_index(
     (400, 0)
     """
     opts = options or IndexOptions()
+    report = IndexReport()
     index_path = writer_location(index_dir)[0]
     sources = check_sources(paths, index_path)
     if encoder is None:
-        from mmsearch.models.hub import check_weights_reachable
+        from mmsearch.models.backends import check_encoder_available
 
-        check_weights_reachable(spec, offline=opts.offline)
+        check_encoder_available(
+            spec,
+            backend=opts.backend,
+            device=opts.device,
+            quantize=opts.quantize,
+            offline=opts.offline,
+        )
     with writer_session(index_dir, wait_s=opts.lock_wait_s) as session:
-        report = _run_index_locked(
-            sources, session.local_dir, spec, opts, progress or _noop, encoder
+        report.mark("checked")
+        _run_index_locked(
+            sources, session.local_dir, spec, opts, progress or _noop, encoder, report
         )
         if opts.build_index:
             session.publish()
             report.warnings.extend(session.warnings)
+        report.mark("done")
         return report
 
 
@@ -98,15 +107,15 @@ def _run_index_locked(
     opts: IndexOptions,
     progress: ProgressFn,
     encoder: Encoder | None,
-) -> IndexReport:
-    report = IndexReport()
-
-    if ItemStore.exists(index_path):  # refuse another model before loading (or downloading) it
+    report: IndexReport,
+) -> None:
+    fresh = not ItemStore.exists(index_path)
+    if not fresh:  # refuse another model before loading (or downloading) it
         ItemStore.open(index_path).check_model(spec)
     # Walk the folders and join the metadata sidecar before loading the model, so that a
     # sidecar that names none of the images fails in a second, not after the model load.
     walks = {path: walk_images(Path(os.path.abspath(path))) for path in paths if path.is_dir()}
-    if not ItemStore.exists(index_path):
+    if fresh:
         _refuse_nothing_to_index(paths, walks)
     sidecar = None
     if opts.image_metadata:
@@ -124,14 +133,80 @@ def _run_index_locked(
     started = time.perf_counter()
     report.load_s = started - loading
     opts = replace(opts, batch_size=batch_size_for(encoder, opts.batch_size))
+    report.mark("model")
+    executor = make_executor(encoder, opts)
+    try:
+        store = _open_table(index_path, spec, encoder, executor, fresh, walks, report)
+        _write_sources(paths, walks, sidecar, store, executor, opts, report, progress)
+    finally:
+        if isinstance(executor, LocalExecutor):
+            executor.close()  # workers started early and never used (an error came first)
+    if executor.first_embed_at is not None and executor.last_embed_at is not None:
+        report.mark("first_embed", at=executor.first_embed_at)
+        report.mark("last_embed", at=executor.last_embed_at)
+    report.embed_s = executor.embed_s
+
+    with write_guard(index_path):  # remembered zero-shot label sets: label new and changed images
+        refresh_labels(store, encoder)
+    report.mark("written")
+    if opts.build_index:
+        with write_guard(index_path):
+            report.ann = build_ann(
+                store,
+                spec,
+                index_type=opts.index_type,
+                target_recall=opts.target_recall,
+                progress=progress,
+                encoder=encoder,
+                refine_dtype=opts.refine_dtype,
+                use_gpu=opts.ann_gpu,
+            )
+    report.mark("ann")
+    report.table_version = store.version
+    report.elapsed_s = time.perf_counter() - started
+    with write_guard(index_path):
+        report.report_path = str(write_failures(index_path, _run_id(), report.failures))
+        write_run_summary(index_path, report)
+    check_not_all_failed(report)
+    if opts.retain is not None:
+        opts.retain.extend((encoder, store))
+
+
+def _open_table(
+    index_path: Path,
+    spec: ModelSpec,
+    encoder: Encoder,
+    executor: Executor,
+    fresh: bool,
+    walks: dict[Path, WalkResult],
+    report: IndexReport,
+) -> ItemStore:
+    """The run's table, opened or created. A new index embeds every image it walked: its
+    decode workers and the model's image session start first, beside the table's creation
+    (the first import of LanceDB)."""
+    if fresh and isinstance(executor, LocalExecutor) and any(w.items for w in walks.values()):
+        executor.start_images()
     store = ItemStore.create(index_path, dim=encoder.dim, spec=spec)
     store.ensure_key_indexes()  # an index from before the key indexes: built once
     from mmsearch.models.backends import check_backend
 
     check_backend(index_path, encoder, record=True)  # a second backend must agree with the first
+    report.mark("table")
+    return store
 
+
+def _write_sources(
+    paths: Sequence[Path],
+    walks: dict[Path, WalkResult],
+    sidecar: ImageSidecar | None,
+    store: ItemStore,
+    executor: Executor,
+    opts: IndexOptions,
+    report: IndexReport,
+    progress: ProgressFn,
+) -> None:
+    """Each path as its source, through the one write loop."""
     ids = IdAllocator.for_store(store)
-    executor = make_executor(encoder, opts)
     writer = BatchWriter(store, opts.commit_every)
     for path in paths:
         source: Source
@@ -152,29 +227,6 @@ def _run_index_locked(
             report.sweep_aborted.append(str(path))
             continue
         write_source(source, store, executor, writer, ids, report, progress)
-    report.embed_s = executor.embed_s
-
-    with write_guard(index_path):  # remembered zero-shot label sets: label new and changed images
-        refresh_labels(store, encoder)
-    if opts.build_index:
-        with write_guard(index_path):
-            report.ann = build_ann(
-                store,
-                spec,
-                index_type=opts.index_type,
-                target_recall=opts.target_recall,
-                progress=progress,
-                encoder=encoder,
-                refine_dtype=opts.refine_dtype,
-                use_gpu=opts.ann_gpu,
-            )
-    report.table_version = store.version
-    report.elapsed_s = time.perf_counter() - started
-    with write_guard(index_path):
-        report.report_path = str(write_failures(index_path, _run_id(), report.failures))
-        write_run_summary(index_path, report)
-    check_not_all_failed(report)
-    return report
 
 
 def _refuse_nothing_to_index(paths: Sequence[Path], walks: dict[Path, WalkResult]) -> None:

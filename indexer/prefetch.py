@@ -42,6 +42,10 @@ LostFn = Callable[[int, T, str, str], R]
 CHUNK_GRACE_S = 5.0
 
 
+def _ready() -> None:
+    """A task that does nothing: submitted to start a pool's workers (picklable)."""
+
+
 class OrderedPool(Generic[T, R]):
     """Runs ``run_chunk`` over chunks of ``(index, item)`` ahead of the consumer, in order.
 
@@ -114,10 +118,19 @@ class OrderedPool(Generic[T, R]):
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
 
-    def close(self) -> None:
-        """Waits for the workers to finish and releases them."""
+    def start(self) -> None:
+        """Starts the workers now (spawned processes take a moment to start and import),
+        so that the first chunk finds them ready; otherwise they start with it. A process
+        pool spawns a worker for each task that finds none idle: one task per worker."""
+        pool = self._pool()
+        for _ in range(self.workers):
+            pool.submit(_ready)
+
+    def close(self, *, wait: bool = True) -> None:
+        """Releases the workers: waits for them to exit, or with ``wait=False`` lets idle
+        ones exit on their own while the caller goes on."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
 
     def _submit(self, chunk: list[tuple[int, T]]) -> Future[Sequence[R]]:

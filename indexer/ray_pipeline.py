@@ -23,6 +23,7 @@ itself may be a local directory of the driver or an object-store URI.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -154,6 +155,8 @@ class RayExecutor:
         self.encoder = encoder
         self.opts = opts
         self.embed_s = 0.0  # the model runs in the actors, not here
+        self.first_embed_at: float | None = None  # when embedded batches came back
+        self.last_embed_at: float | None = None
 
     def run(self, kind: Kind, items: Sequence[Item]) -> Iterator[list[Outcome]]:
         if not items:
@@ -201,6 +204,8 @@ class RayExecutor:
                     out.append(
                         Embedded(item, vector, str(shas[n]) if shas is not None else item.sha256)
                     )
+            self.last_embed_at = time.perf_counter()
+            self.first_embed_at = self.first_embed_at or self.last_embed_at
             yield out
 
 

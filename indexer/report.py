@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,14 @@ class IndexReport:
     ann: dict[str, dict] = field(default_factory=dict)  # kind -> VectorIndex.info
     #: rows / matched / unmatched / images_without_row of a --metadata sidecar (None: no sidecar)
     metadata_join: dict[str, int] | None = None
+    #: Seconds from the start of ``run_index`` to the end of each phase: ``checked``
+    #: (inputs, weights, writer lock), ``model`` (encoder ready to load its sessions),
+    #: ``table`` (table open or created), ``first_embed`` (the first batch goes to the
+    #: model), ``last_embed`` (the last batch embedded), ``written`` (rows committed, sweep
+    #: and labels done), ``ann`` (full-text and ANN indexes, snapshot) and ``done``. What
+    #: is not embedding is the fixed cost of a run; the benchmarks break it down by these.
+    phases: dict[str, float] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.perf_counter, repr=False, compare=False)
     #: Per kind counts and failures by record id of the product feeds of the run (None: no feed)
     records: UpsertReport | None = None
     #: what went wrong after the new snapshot was published (never a failed run)
@@ -65,8 +74,14 @@ class IndexReport:
         """Items embedded per second of indexing work (model loading excluded)."""
         return self.embedded / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    def mark(self, phase: str, *, at: float | None = None) -> None:
+        """Records that ``phase`` ended now, or at ``at`` (a ``time.perf_counter()``)."""
+        end = time.perf_counter() if at is None else at
+        self.phases[phase] = round(end - self.started_at, 4)
+
     def to_dict(self) -> dict:
         data = asdict(self)
+        data.pop("started_at")
         data["failed"] = self.failed
         data["items_per_s"] = round(self.items_per_s, 2)
         return data

@@ -134,3 +134,82 @@ def test_lancedb_imports_without_the_rest_client_init_until_it_is_used(tmp_path:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["[1]", "False", "ApiClient", "True"]
+
+
+def _answers(table) -> list[list[list[float]]]:
+    from mmsearch.storage.fulltext import match_query
+
+    out = []
+    for text, negative, where in QUERIES:
+        got = table.search(match_query(text, "text", negative), ["id", "_score"], where, 10)
+        out.append(
+            [got.column("id").to_pylist(), [round(s, 5) for s in got.column("_score").to_pylist()]]
+        )
+    return out
+
+
+def test_the_native_core_is_used_for_the_pinned_releases_only(monkeypatch) -> None:
+    """pyproject.toml pins the releases the native path was tested with; others (a new
+    LanceDB in CI) run the public API."""
+    import importlib.metadata
+    import re
+
+    import tomllib
+
+    from mmsearch.storage import fulltext
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    (pin,) = [r for r in project["dependencies"] if r.startswith("lancedb")]
+    low, high = (tuple(int(x) for x in v.split(".")) for v in re.findall(r"[<>]=?([\d.]+)", pin))
+    assert (low, high) == fulltext.NATIVE_TESTED
+    assert fulltext.native_matches()  # the installed release is in the pinned range
+    for release, native in (("0.39.9", False), ("0.40.7", True), ("0.41.0", False), ("1.0.0", False)):
+        monkeypatch.setattr(importlib.metadata, "version", lambda name, r=release: r)
+        assert fulltext.native_matches() is native, release
+
+
+def test_forced_public_api_answers_as_lancedb_does(fts_table: tuple[Path, int]) -> None:
+    from mmsearch.storage.fulltext import FullTextTable
+
+    db_dir, version = fts_table
+    table = FullTextTable.open(str(db_dir), "items", version=version, native=False)
+    assert not table.is_native
+    assert _answers(table) == _lancedb_answers(db_dir, version)
+
+
+def test_a_release_outside_the_pin_runs_the_public_api(fts_table, monkeypatch) -> None:
+    import importlib.metadata
+
+    from mmsearch.storage.fulltext import FullTextTable
+
+    db_dir, version = fts_table
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.52.0")
+    table = FullTextTable.open(str(db_dir), "items", version=version)
+    assert not table.is_native and _answers(table) == _lancedb_answers(db_dir, version)
+
+
+def test_a_changed_native_interface_falls_back_to_the_public_api(fts_table, monkeypatch) -> None:
+    """A native core whose calls changed (another signature, a method gone) is detected
+    at open or at the first query; the answers stay LanceDB's."""
+    from mmsearch.storage import fulltext
+
+    db_dir, version = fts_table
+    expected = _lancedb_answers(db_dir, version)
+
+    class ChangedCore:
+        async def connect(self, uri: str):  # fewer parameters than the core this was written for
+            raise AssertionError("not reached")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fulltext, "native_module", lambda: ChangedCore())
+        table = fulltext.FullTextTable.open(str(db_dir), "items", version=version, native=True)
+    assert not table.is_native and _answers(table) == expected
+
+    table = fulltext.FullTextTable.open(str(db_dir), "items", version=version, native=True)
+    assert table.is_native
+
+    def gone(*args, **kwargs):
+        raise AttributeError("'Query' object has no attribute 'nearest_to_text'")
+
+    monkeypatch.setattr(fulltext, "_search_native", gone)
+    assert _answers(table) == expected and not table.is_native

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mmsearch.indexer.decode import decode_file, default_decode_workers
 from mmsearch.indexer.pipeline import IndexOptions, run_index
 from PIL import Image, ImageDraw
@@ -99,3 +100,91 @@ def test_dead_worker_and_bad_file_do_not_stall(tmp_path: Path, fake_encoder) -> 
     report = box["report"]
     assert report.added == 12 and report.failed == 2  # type: ignore[attr-defined]
     assert {Path(f.path).name for f in report.failures} == {"die.jpg", "broken.jpg"}  # type: ignore[attr-defined]
+
+
+class _Recording:
+    """The fake encoder, recording batch sizes and warm-ups (as the ONNX encoder's)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.spec, self.dim, self.image_size = inner.spec, inner.dim, inner.image_size
+        self.device = "cpu"
+        self.batches: list[int] = []
+        self.warmed: list[str] = []
+
+    def warm_up(self, tower: str) -> None:
+        self.warmed.append(tower)
+
+    def encode_images(self, batch):
+        self.batches.append(len(batch))
+        return self.inner.encode_images(batch)
+
+    def encode_texts(self, texts):
+        return self.inner.encode_texts(texts)
+
+
+def test_a_new_index_starts_decoding_before_its_table_and_embeds_a_small_first_batch(
+    tmp_path: Path, small_catalog, fake_encoder, monkeypatch
+) -> None:
+    """The run's fixed cost: for a new index the decode workers and the image session
+    start before the table is created (the first ``import lancedb``), the first batch is
+    one decode chunk, and the report says when each phase ended."""
+    from mmsearch.indexer.decode import DecodePool
+    from mmsearch.indexer.executor import FIRST_BATCH
+
+    events: list[str] = []
+    real_start, real_create = DecodePool.start, ItemStore.create
+    monkeypatch.setattr(DecodePool, "start", lambda self: (events.append("workers"), real_start(self))[1])
+    monkeypatch.setattr(
+        ItemStore, "create", classmethod(lambda cls, *a, **k: (events.append("table"), real_create(*a, **k))[1])
+    )
+    encoder = _Recording(fake_encoder)
+    opts = IndexOptions(batch_size=32)
+    report = run_index([small_catalog.image_dir], tmp_path / "index", encoder.spec, options=opts, encoder=encoder)
+    assert events[:2] == ["workers", "table"] and encoder.warmed == ["image"]
+    assert encoder.batches[0] == FIRST_BATCH and max(encoder.batches) == 32
+    assert sum(encoder.batches) == report.added == small_catalog.n
+    order = ["checked", "model", "table", "first_embed", "last_embed", "written", "ann", "done"]
+    assert list(report.phases) == order
+    assert [report.phases[p] for p in order] == sorted(report.phases.values())
+    assert "started_at" not in report.to_dict() and report.to_dict()["phases"] == report.phases
+
+    events.clear()  # an existing index: its table is read first (the diff), workers only for work
+    encoder.warmed.clear()
+    again = run_index([small_catalog.image_dir], tmp_path / "index", encoder.spec, options=opts, encoder=encoder)
+    assert again.unchanged == small_catalog.n and "workers" not in events and encoder.warmed == []
+
+
+def test_an_exported_model_needs_no_weights_check(tmp_path: Path, small_catalog, monkeypatch) -> None:
+    """With its ONNX export at hand, an ONNX run looks no weights up (no hub client import)."""
+    import mmsearch.models.backends as backends
+    from mmsearch.errors import ModelLoadError
+    from mmsearch.models.spec import ModelSpec
+
+    def refuse(spec, **kwargs):
+        raise ModelLoadError("weights looked up")
+
+    monkeypatch.setattr(backends, "check_weights_reachable", refuse)
+    tiny = ModelSpec("mmsearch-tiny", "")
+    opts = IndexOptions(backend="onnx", build_index=False)
+    report = run_index([small_catalog.image_dir], tmp_path / "index", tiny, options=opts)
+    assert report.added == small_catalog.n
+    with_torch = IndexOptions(backend="torch", build_index=False)
+    with pytest.raises(ModelLoadError, match="weights looked up"):  # torch loads the weights
+        run_index([small_catalog.image_dir], tmp_path / "index2", tiny, options=with_torch)
+
+
+def test_retain_keeps_the_model_and_table_for_a_caller_that_exits_without_teardown(
+    tmp_path: Path, small_catalog, fake_encoder
+) -> None:
+    """``IndexOptions.retain`` (the CLI's one-shot ``index``) receives the run's encoder and
+    table instead of letting them be torn down before ``os._exit``."""
+    kept: list[object] = []
+    opts = IndexOptions(build_index=False, retain=kept)
+    report = run_index(
+        [small_catalog.image_dir], tmp_path / "index", fake_encoder.spec, options=opts,
+        encoder=fake_encoder,
+    )  # fmt: skip
+    assert report.added == small_catalog.n
+    assert kept[0] is fake_encoder and isinstance(kept[1], ItemStore)
+    assert kept[1].count() == small_catalog.n

@@ -100,11 +100,11 @@ KILLED_DRIVER = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {repo!r})
     from pathlib import Path
-    import mmsearch.indexer.pipeline as pipeline
+    import mmsearch.indexer.writer as writer
     from mmsearch.indexer.pipeline import IndexOptions, run_index
     from mmsearch.models.spec import ModelSpec
 
-    real_flush = pipeline.BatchWriter.flush
+    real_flush = writer.BatchWriter.flush
 
     def flush_then_hang(self):  # the first group is committed, then the driver stalls
         real_flush(self)
@@ -112,7 +112,7 @@ KILLED_DRIVER = textwrap.dedent(
         time.sleep(600)
 
     if __name__ == "__main__":
-        pipeline.BatchWriter.flush = flush_then_hang
+        writer.BatchWriter.flush = flush_then_hang
         run_index([{root!r}], {index!r}, ModelSpec("mmsearch-tiny", ""),
                   options=IndexOptions(ray={address!r}, batch_size=4, commit_every=4, build_index=False))
     """

@@ -95,6 +95,9 @@ def main() -> None:
     if not one_shot:
         app()
         return
+    from mmsearch.cli import common
+
+    common.kept_until_exit = []  # released by os._exit below, never torn down one by one
     if sys.argv[1] == "query":  # one query, then exit: no pre-packing, no pandas (see faststart)
         from mmsearch.cli.faststart import prepare_one_shot_query
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ EXIT_NO_RESULTS = 3
 EXIT_ITEMS_FAILED = 1
 
 
+#: Objects kept until the process ends: ``main`` makes this a list for the one-shot
+#: commands it ends with ``os._exit``, whose model and table then need no teardown.
+kept_until_exit: list[Any] | None = None
 console = Console()
 # soft_wrap: an error line is never broken inside a path or a suggested command.
 err_console = Console(stderr=True, soft_wrap=True)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from mmsearch.cli import common
 from mmsearch.cli.common import (
     EXIT_ITEMS_FAILED,
     BackendOpt,
@@ -206,6 +207,7 @@ def index_cmd(
         build_index=not no_ann, index_type=index_type, refine_dtype=refine_dtype, ray=ray,
         gpu_decode=gpu_decode, offline=offline, lock_wait_s=wait,
     )  # fmt: skip
+    options.retain = common.kept_until_exit  # main() ends the run with os._exit: no teardown
     from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.cli.render import print_failures, print_summary
 

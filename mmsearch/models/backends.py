@@ -120,6 +120,25 @@ def load_encoder(
     return load_torch_encoder(spec, device, dtype=dtype)
 
 
+def check_encoder_available(
+    spec: ModelSpec,
+    *,
+    backend: str | None,
+    device: str | None,
+    quantize: str | None = None,
+    offline: bool = False,
+) -> None:
+    """Fails at once when the encoder of ``spec`` cannot load for want of its weights
+    (see :func:`~mmsearch.models.hub.check_weights_reachable`). An ONNX encoder whose
+    export is at hand needs no weights: nothing is looked up (no hub client imported).
+    """
+    from mmsearch.models.exports import find_export
+
+    if choose_backend(backend, device) == "onnx" and find_export(spec, quantize) is not None:
+        return
+    check_weights_reachable(spec, offline=offline)
+
+
 def backend_label(encoder: Encoder) -> str:
     """``torch``, ``onnx`` or ``onnx-int8``: what produced an encoder's vectors."""
     name = str(getattr(encoder, "backend", "torch"))

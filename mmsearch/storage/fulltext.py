@@ -13,6 +13,12 @@ Query objects are plain values with the attributes LanceDB's core reads from its
 own ``MatchQuery`` and ``BooleanQuery`` (it dispatches on the class name); user text
 is a match query's text, never query syntax.
 
+The native core is an internal interface: it may change in any LanceDB release. So it
+is used only for the releases it was tested with (:data:`NATIVE_TESTED`, the range
+``pyproject.toml`` pins), and whenever it does not answer as expected (a call whose
+signature changed); otherwise the same queries run through the public ``lancedb``
+API (:class:`PublicFullTextTable`): the same answers, only the import is slower.
+
 >>> table = FullTextTable.open("/tmp/idx/db", "items", version=3)  # doctest: +SKIP
 >>> table.search(match_query("red dress", "search_text"), ["id", "_score"], None, 10)  # doctest: +SKIP
 """
@@ -21,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +45,21 @@ from mmsearch.storage.schema import DB_DIRNAME, TABLE_NAME
 
 T = TypeVar("T")
 _NATIVE = "lancedb._lancedb"
+#: LanceDB releases (``[low, high)`` by major.minor) whose native core this module was
+#: written against and tested with; ``pyproject.toml`` pins the same range.
+NATIVE_TESTED = ((0, 40), (0, 41))
+#: What a native call whose interface changed raises (then the public API answers).
+_MISMATCH = (TypeError, AttributeError, ImportError)
+
+
+def native_matches() -> bool:
+    """Whether the installed ``lancedb`` is a release in :data:`NATIVE_TESTED`."""
+    try:
+        found = re.findall(r"\d+", importlib.metadata.version("lancedb"))
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    release = tuple(int(part) for part in found[:2])
+    return NATIVE_TESTED[0] <= release < NATIVE_TESTED[1]
 
 
 class MatchQuery:
@@ -112,7 +135,109 @@ _LOOP = _LoopThread()
 
 
 class FullTextTable:
-    """One table at one version, for full-text queries only."""
+    """One table at one version, for full-text queries only: on LanceDB's native core, or
+    through the public API when the core does not match (see the module doc)."""
+
+    def __init__(self, table: Any, public: Callable[[], PublicFullTextTable]) -> None:
+        self._table = table  # native, or None once the public API answers
+        self._open_public = public
+        self._public: PublicFullTextTable | None = None
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        name: str,
+        *,
+        version: int | None = None,
+        storage_options: dict[str, str] | None = None,
+        native: bool | None = None,
+    ) -> FullTextTable:
+        """Opens table ``name`` of the LanceDB database at ``uri``, pinned to ``version``.
+
+        ``native``: use LanceDB's native core (default: when :func:`native_matches`);
+        ``False`` runs every query through the public ``lancedb`` API.
+        """
+
+        def public() -> PublicFullTextTable:
+            return PublicFullTextTable.open(
+                uri, name, version=version, storage_options=storage_options
+            )
+
+        table = None
+        if native if native is not None else native_matches():
+            try:
+                table = _open_native(uri, name, version, storage_options)
+            except _MISMATCH:
+                table = None
+        result = cls(table, public)
+        if table is None:
+            result._public = public()
+        return result
+
+    @property
+    def is_native(self) -> bool:
+        """Whether queries run on the native core (else through the public API)."""
+        return self._public is None
+
+    def search(
+        self,
+        query: MatchQuery | BooleanQuery,
+        columns: Sequence[str],
+        where: str | None,
+        limit: int,
+    ) -> pa.Table:
+        """Up to ``limit`` rows matching ``query`` (best first), with ``columns``."""
+        if self._public is None:
+            try:
+                return _search_native(self._table, query, columns, where, limit)
+            except _MISMATCH:  # the native interface changed: the public API from now on
+                self._table = None
+                self._public = self._open_public()
+        return self._public.search(query, columns, where, limit)
+
+
+def _open_native(
+    uri: str, name: str, version: int | None, storage_options: dict[str, str] | None
+) -> Any:
+    native = native_module()
+
+    async def opened() -> Any:
+        db = await native.connect(uri, None, None, None, None, None, None, storage_options, None)
+        table = await db.open_table(name)
+        if version is not None:
+            await table.checkout(version)
+        return table
+
+    try:
+        return _LOOP.run(opened())
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise StorageError(f"cannot open table {name} at {uri}: {exc}") from exc
+
+
+def _search_native(
+    table: Any,
+    query: MatchQuery | BooleanQuery,
+    columns: Sequence[str],
+    where: str | None,
+    limit: int,
+) -> pa.Table:
+    async def run() -> pa.Table:
+        fts = table.query().nearest_to_text({"query": query})
+        fts.select_columns(list(columns))
+        if where is not None:
+            fts.where(where)
+        fts.limit(limit)
+        stream = await fts.execute(None, None)
+        batches = [batch async for batch in stream]
+        return pa.Table.from_batches(batches, schema=stream.schema)
+
+    return _LOOP.run(run())
+
+
+class PublicFullTextTable:
+    """The same queries through LanceDB's public Python API (``import lancedb``: about a
+    second more per process, every release supported)."""
 
     def __init__(self, table: Any) -> None:
         self._table = table
@@ -125,23 +250,18 @@ class FullTextTable:
         *,
         version: int | None = None,
         storage_options: dict[str, str] | None = None,
-    ) -> FullTextTable:
-        """Opens table ``name`` of the LanceDB database at ``uri``, pinned to ``version``."""
-        native = native_module()
+    ) -> PublicFullTextTable:
+        from mmsearch.storage.lanceimport import import_lancedb
 
-        async def opened() -> Any:
-            db = await native.connect(
-                uri, None, None, None, None, None, None, storage_options, None
-            )
-            table = await db.open_table(name)
-            if version is not None:
-                await table.checkout(version)
-            return table
-
+        lancedb = import_lancedb()
         try:
-            return cls(_LOOP.run(opened()))
+            db = lancedb.connect(uri, storage_options=storage_options)
+            table = db.open_table(name)
+            if version is not None:
+                table.checkout(version)
         except (ValueError, OSError, RuntimeError) as exc:
             raise StorageError(f"cannot open table {name} at {uri}: {exc}") from exc
+        return cls(table)
 
     def search(
         self,
@@ -150,19 +270,23 @@ class FullTextTable:
         where: str | None,
         limit: int,
     ) -> pa.Table:
-        """Up to ``limit`` rows matching ``query`` (best first), with ``columns``."""
+        """As :meth:`FullTextTable.search`."""
+        search = self._table.search(_public_query(query), query_type="fts")
+        search = search.select(list(columns)).limit(limit)
+        if where is not None:
+            search = search.where(where, prefilter=True)
+        return search.to_arrow()
 
-        async def run() -> pa.Table:
-            fts = self._table.query().nearest_to_text({"query": query})
-            fts.select_columns(list(columns))
-            if where is not None:
-                fts.where(where)
-            fts.limit(limit)
-            stream = await fts.execute(None, None)
-            batches = [batch async for batch in stream]
-            return pa.Table.from_batches(batches, schema=stream.schema)
 
-        return _LOOP.run(run())
+def _public_query(query: MatchQuery | BooleanQuery) -> Any:
+    """LanceDB's own query object for one of ours (our attribute values are its defaults)."""
+    from lancedb.query import BooleanQuery as LanceBoolean
+    from lancedb.query import MatchQuery as LanceMatch
+    from lancedb.query import Occur
+
+    if isinstance(query, MatchQuery):
+        return LanceMatch(query.query, query.column)
+    return LanceBoolean([(Occur(occur), _public_query(clause)) for occur, clause in query.queries])
 
 
 def open_items_fulltext(index_dir: Path, version: int | None) -> FullTextTable:
