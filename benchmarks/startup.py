@@ -215,7 +215,12 @@ def print_goals(results: dict[str, list[tuple[float, float]]]) -> None:
 
     verdicts = [
         ("default-mode query, demo index <= 1.0 s", median("query onnx (demo, tiny)", 0), 1.0, "s"),
-        ("default-mode query, demo index <= 400 MB", median("query onnx (demo, tiny)", 1), 400, "MiB"),
+        (
+            "default-mode query, demo index <= 400 MB",
+            median("query onnx (demo, tiny)", 1),
+            400,
+            "MiB",
+        ),
         ("--help <= 0.3 s", median("--help", 0), 0.3, "s"),
     ]
     if "rclip -n" in results:

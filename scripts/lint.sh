@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The static checks CI runs before the tests (scripts/test.sh calls this), configured in
-# pyproject.toml: ruff (lint), vulture (dead code), import-linter (layers, cycles,
+# pyproject.toml: ruff (lint and formatting), vulture (dead code), import-linter (layers, cycles,
 # private modules) and mypy (types). Runs every check, then fails if any failed.
 # Needs the dev extra in the active environment (bash scripts/setup.sh dev).
 set -uo pipefail
@@ -14,6 +14,7 @@ run() {
   "$@" || failed+=("$name")
 }
 run ruff ruff check mmsearch indexer tests benchmarks
+run ruff-format ruff format --check --quiet mmsearch indexer tests benchmarks scripts
 run vulture vulture
 # import-linter and mypy read the package as it installs, with indexer/ at
 # mmsearch/indexer (see package_view.sh); import-linter puts its working directory

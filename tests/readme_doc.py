@@ -276,8 +276,11 @@ SUBSTITUTIONS: dict[str, list[tuple[str, str, str]]] = {
         ),
     ],
     "From a backend#3": [
-        ("--port 8000", "--port {port} --allow-private-urls",
-         "a free port; the test serves the record's image from 127.0.0.1"),
+        (
+            "--port 8000",
+            "--port {port} --allow-private-urls",
+            "a free port; the test serves the record's image from 127.0.0.1",
+        ),
         ("127.0.0.1:8000", "127.0.0.1:{port}", "the free port"),
         ("https://cdn.example.com/3.jpg", "{image_url}", "an image server on 127.0.0.1"),
     ],

@@ -163,7 +163,12 @@ def test_the_native_core_is_used_for_the_pinned_releases_only(monkeypatch) -> No
     low, high = (tuple(int(x) for x in v.split(".")) for v in re.findall(r"[<>]=?([\d.]+)", pin))
     assert (low, high) == fulltext.NATIVE_TESTED
     assert fulltext.native_matches()  # the installed release is in the pinned range
-    for release, native in (("0.39.9", False), ("0.40.7", True), ("0.41.0", False), ("1.0.0", False)):
+    for release, native in (
+        ("0.39.9", False),
+        ("0.40.7", True),
+        ("0.41.0", False),
+        ("1.0.0", False),
+    ):
         monkeypatch.setattr(importlib.metadata, "version", lambda name, r=release: r)
         assert fulltext.native_matches() is native, release
 

@@ -134,13 +134,19 @@ def test_a_new_index_starts_decoding_before_its_table_and_embeds_a_small_first_b
 
     events: list[str] = []
     real_start, real_create = DecodePool.start, ItemStore.create
-    monkeypatch.setattr(DecodePool, "start", lambda self: (events.append("workers"), real_start(self))[1])
     monkeypatch.setattr(
-        ItemStore, "create", classmethod(lambda cls, *a, **k: (events.append("table"), real_create(*a, **k))[1])
+        DecodePool, "start", lambda self: (events.append("workers"), real_start(self))[1]
+    )
+    monkeypatch.setattr(
+        ItemStore,
+        "create",
+        classmethod(lambda cls, *a, **k: (events.append("table"), real_create(*a, **k))[1]),
     )
     encoder = _Recording(fake_encoder)
     opts = IndexOptions(batch_size=32)
-    report = run_index([small_catalog.image_dir], tmp_path / "index", encoder.spec, options=opts, encoder=encoder)
+    report = run_index(
+        [small_catalog.image_dir], tmp_path / "index", encoder.spec, options=opts, encoder=encoder
+    )
     assert events[:2] == ["workers", "table"] and encoder.warmed == ["image"]
     assert encoder.batches[0] == FIRST_BATCH and max(encoder.batches) == 32
     assert sum(encoder.batches) == report.added == small_catalog.n
@@ -151,11 +157,15 @@ def test_a_new_index_starts_decoding_before_its_table_and_embeds_a_small_first_b
 
     events.clear()  # an existing index: its table is read first (the diff), workers only for work
     encoder.warmed.clear()
-    again = run_index([small_catalog.image_dir], tmp_path / "index", encoder.spec, options=opts, encoder=encoder)
+    again = run_index(
+        [small_catalog.image_dir], tmp_path / "index", encoder.spec, options=opts, encoder=encoder
+    )
     assert again.unchanged == small_catalog.n and "workers" not in events and encoder.warmed == []
 
 
-def test_an_exported_model_needs_no_weights_check(tmp_path: Path, small_catalog, monkeypatch) -> None:
+def test_an_exported_model_needs_no_weights_check(
+    tmp_path: Path, small_catalog, monkeypatch
+) -> None:
     """With its ONNX export at hand, an ONNX run looks no weights up (no hub client import)."""
     import mmsearch.models.backends as backends
     from mmsearch.errors import ModelLoadError
