@@ -145,3 +145,36 @@ def test_shape_swaps_join_negatives_and_families() -> None:
     kinds = {colour_swap(SCENE), side_swap(SCENE), shape_swap(SCENE)}
     assert set(drawn) == kinds  # swap share 1: only the three swaps
     assert shape_swap(SCENE) not in hard_negatives(rng, SCENE, 2, 1.0, 0.0, 1.0)  # off by default
+
+
+def test_shape_negatives_give_every_image_each_one_shape_change() -> None:
+    from mmsearch.training.itm_batches import texts_for
+    from mmsearch.training.itm_data import caption, shape_changes
+
+    changes = shape_changes(SCENE)
+    assert len(changes) == len(set(changes)) == 6 and SCENE not in changes
+    for c in changes:  # colours stay, exactly one shape differs
+        assert (c.left[0], c.right[0]) == ("red", "blue")
+        assert (c.left[1] != "circle") + (c.right[1] != "square") == 1
+    same_colour = Pair(("red", "circle"), ("red", "square"))  # never two identical objects
+    assert all(c.left != c.right for c in shape_changes(same_colour))
+    assert len(shape_changes(same_colour)) == 4  # circle|square: neither side may copy the other
+    scenes: list[Pair | Single] = [SCENE, Single("green", "star", "top")]
+    base = ItmTrainConfig(negatives=1, in_batch=0)
+    on = texts_for(
+        np.random.default_rng(0),
+        scenes,
+        ItmTrainConfig(negatives=1, in_batch=0, shape_negatives=1),
+        0.0,
+        0.7,
+    )
+    off = texts_for(np.random.default_rng(0), scenes, base, 0.0, 0.7)
+    mine = [t for t, o in zip(on.texts, on.owner.tolist(), strict=True) if o == 0]
+    assert mine[0] == caption(SCENE) and on.labels[0] == 1
+    assert {caption(c) for c in changes} <= set(mine[1:])  # all six, as no-match rows
+    assert len(mine) == len(set(mine))  # no caption twice for one image
+    assert on.labels[1 : len(mine)].sum() == 0
+    single_on = [t for t, o in zip(on.texts, on.owner.tolist(), strict=True) if o == 1]
+    single_off = [t for t, o in zip(off.texts, off.owner.tolist(), strict=True) if o == 1]
+    assert len(single_on) == len(single_off) == 2  # a single object gets no shape negatives
+    assert len(off.texts) == 4  # off by default: one caption and one negative per image

@@ -25,6 +25,7 @@ from mmsearch.training.itm_data import (
     near_misses,
     random_scene,
     render_scene,
+    shape_changes,
 )
 
 # "a {c} {s} to the left of a {c} {s}" and "a {c} {s} on the {p}".
@@ -72,12 +73,15 @@ def texts_for(
     """Captions of ``scenes`` (match) followed by each one's negatives (no match).
 
     Every image gets the captions of its family (``kin[i]``, the other scenes drawn
-    with it), ``cfg.negatives`` hard negatives and ``cfg.in_batch`` captions of other
-    scenes of the batch; an image's texts are contiguous, match first.
+    with it), ``cfg.negatives`` hard negatives, with ``cfg.shape_negatives`` every
+    one-shape change of a two-object scene (:func:`shape_changes`), and ``cfg.in_batch``
+    captions of other scenes of the batch; an image's texts are contiguous, match first.
     """
     texts, owner, labels, slots = [], [], [], []
     for i, scene in enumerate(scenes):
         negs = [k for k in dict.fromkeys(kin[i]) if k != scene] if kin else []
+        if cfg.shape_negatives and isinstance(scene, Pair):
+            negs += [k for k in shape_changes(scene) if k not in negs]
         for neg in hard_negatives(
             rng,
             scene,

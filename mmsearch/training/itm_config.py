@@ -27,6 +27,7 @@ class ItmTrainConfig:
     text_rank_weight: float = 0.0  # weight of the per-caption ranking loss (image vs near misses)
     object_weight: float = 0.0  # weight of the per-object check on the vision tower's patches
     shape_swaps: int = 0  # 1: shape swaps join the hard negatives and the families
+    shape_negatives: int = 0  # 1: every one-shape change of a two-object scene is a negative
     init: str = ""  # continue from a model folder written by an earlier run
     stop_after: int = 0  # end after this many steps (the schedule still spans ``steps``)
     lr: float = 5e-4

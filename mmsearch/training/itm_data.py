@@ -94,6 +94,25 @@ def side_swap(scene: Pair) -> Pair:
     return Pair(scene.right, scene.left)
 
 
+def shape_changes(scene: Pair) -> list[Pair]:
+    """Every scene with exactly one of the two shapes replaced (six for four shapes).
+
+    The captions an image→text re-ranker confuses most on an unseen renderer: the
+    same colours and places, one object named as another shape. Scenes whose two
+    objects would become identical are left out.
+    """
+    out = []
+    for side in (0, 1):
+        for shape in SHAPES:
+            objs = [scene.left, scene.right]
+            if shape == objs[side][1]:
+                continue
+            objs[side] = (objs[side][0], shape)
+            if objs[0] != objs[1]:
+                out.append(Pair(objs[0], objs[1]))
+    return out
+
+
 def _other(rng: np.random.Generator, values: tuple[str, ...], current: str) -> str:
     choices = [v for v in values if v != current]
     return choices[int(rng.integers(0, len(choices)))]
