@@ -1,7 +1,7 @@
 """What does the ITM re-ranker lack on the independent renderer? A diagnosis on a validation draw.
 
 Two-object scenes are drawn by ``benchmarks/other_renderer.py`` with a **validation**
-seed (never the benchmark's held-out 31337). For every scene the model scores its
+seed (never the benchmark's held-out 31337 or 4242). For every scene the model scores its
 caption against each near miss: the left/right swap, the colour swap, the shape swap,
 every single colour change and every single shape change. A *win* is the caption
 scoring strictly higher. Losses are broken down by what changed (``square -> circle``:
@@ -199,11 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mmsearch-tiny-itm")
     ap.add_argument("--n", type=int, default=400)
-    ap.add_argument("--seed", type=int, default=2718, help="validation seed (not 31337)")
+    ap.add_argument("--seed", type=int, default=2718, help="validation seed (not 31337 or 4242)")
     ap.add_argument("--traits", default=",".join(TRAITS))
     args = ap.parse_args(argv)
-    if args.seed == 31337:
-        ap.error("31337 is the held-out seed of benchmarks/rerank_quality.py; diagnose on another")
+    if args.seed in (31337, 4242):
+        ap.error(
+            f"{args.seed} is a held-out seed of benchmarks/rerank_quality.py; diagnose on another"
+        )
     start = time.time()
     scorer = ItmScorer.load(args.model, device="cpu", batch_size=256)
     rng = np.random.default_rng(args.seed)
