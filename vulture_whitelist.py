@@ -80,3 +80,4 @@ per_epoch  # cli.finetune's on_start(total_steps, steps_per_epoch) callback
 show_version  # typer's --version option: its callback does the work
 output_names  # models.openvino_session: ONNX Runtime's Session.run(output_names, feed) signature
 empty_hf_cache  # pytest fixture used for its effect
+two_threads  # pytest fixture used for its effect (a two-thread OpenMP team)

@@ -32,6 +32,7 @@ from mmsearch.ann.persist import load_index, save_index, streamed_store
 from mmsearch.ann.state import FileEntries, IndexState
 from mmsearch.ann.store import VectorStore, pad_missing
 from mmsearch.ann.structure import ADD_CHUNK, search_params
+from mmsearch.ann.threads import search_threads
 from mmsearch.ann.tuning import TUNE_K, tune_on_queries
 from mmsearch.errors import BadQueryError
 
@@ -155,7 +156,7 @@ class VectorIndex:
         """
         q = check_queries(queries, self._state.params.d)
         k = positive_int("k", k)
-        with self._rw.read():
+        with self._rw.read(), search_threads(len(q)):
             st = self._state
             tuned = st.meta.get("profiles", {}).get(profile, {}) if profile else {}
             default_nprobe = int(tuned.get("nprobe", st.nprobe))

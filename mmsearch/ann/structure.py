@@ -12,6 +12,7 @@ import numpy.typing as npt
 from mmsearch.ann.kmeans import two_level_kmeans
 from mmsearch.ann.params import HNSW_M, IndexParams
 from mmsearch.ann.store import VectorStore
+from mmsearch.ann.threads import omp_threads
 
 F32 = npt.NDArray[np.float32]
 
@@ -89,12 +90,8 @@ def coarse_quantizer(centroids: F32, kind: str) -> faiss.Index:
     quantizer = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     quantizer.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     quantizer.hnsw.efSearch = HNSW_EF_ADD  # used by add(); searches pass their own
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with omp_threads(1):
         quantizer.add(x)
-    finally:
-        faiss.omp_set_num_threads(threads)
     return quantizer
 
 

@@ -176,8 +176,8 @@ class SearchIndex(RecordWriter):
     ) -> Results:
         """Top-``k`` items for an already-encoded unit vector (optionally among ``allowed_ids``)."""
         q = Query(terms=_VECTOR_TERMS, kind=kind, mode="vector", k=k, exact=exact, nprobe=nprobe, refine=refine)  # fmt: skip
-        with self.current.store_reads():
-            return pipeline.run(self.current, q, vector=np.asarray(vector, np.float32), allowed_ids=allowed_ids, query_kind=query_kind)  # fmt: skip
+        with (snap := self.current).store_reads():  # one snapshot, whatever a reload swaps in
+            return pipeline.run(snap, q, vector=np.asarray(vector, np.float32), allowed_ids=allowed_ids, query_kind=query_kind)  # fmt: skip
 
     def run(self, query: Query) -> Results:
         """Runs a query object through the stages; see :class:`Results` for the answer."""
@@ -187,8 +187,8 @@ class SearchIndex(RecordWriter):
                 if self.reranker is None:
                     self.reranker = _reranker_for(self.index_dir, None, device=self.device)
                 reranker = self.reranker
-        with self.current.store_reads():
-            return pipeline.run(self.current, query, reranker=reranker)
+        with (snap := self.current).store_reads():
+            return pipeline.run(snap, query, reranker=reranker)
 
 
 def _reranker_for(index_dir: Path, model: str | None, *, device: str | None) -> Reranker:

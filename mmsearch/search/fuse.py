@@ -138,6 +138,15 @@ def _relative_to_kind_best(score: np.ndarray, kinds: np.ndarray) -> None:
             score[members] /= best
 
 
+def _leg_lists(found_by: np.ndarray, leg_names: Sequence[str]) -> list[str]:
+    """Each item's legs as ``a,b`` (sorted names) from its bit mask of the legs that found it."""
+    shown: dict[int, str] = {}
+    for mask in set(found_by.tolist()):
+        picked = {name for j, name in enumerate(leg_names) if mask >> j & 1}
+        shown[mask] = ",".join(sorted(picked))
+    return [shown[mask] for mask in found_by.tolist()]
+
+
 def fuse(
     legs: Sequence[pa.Table],
     *,
@@ -163,19 +172,18 @@ def fuse(
     similarity = np.full(len(uniq), np.nan, np.float32)
     is_exact = np.zeros(len(uniq), bool)
     kinds = np.empty(len(uniq), dtype=object)
-    names: list[set[str]] = [set() for _ in uniq]
+    found_by = np.zeros(len(uniq), np.int64)  # bit j set: legs[j] found the item
     best_rank = np.full(len(uniq), np.iinfo(np.int32).max, np.int64)
     offset = 0
-    for leg in legs:
+    leg_names = [leg.column("leg")[0].as_py() for leg in legs]
+    for j, (leg, name) in enumerate(zip(legs, leg_names, strict=True)):
         n = leg.num_rows
         pos = inverse[offset : offset + n]
         offset += n
-        name = leg.column("leg")[0].as_py()
         raw = leg.column("score").to_numpy().astype(np.float64)
         rank = leg.column("rank").to_numpy().astype(np.int64)
-        kinds[pos] = np.asarray(leg.column("kind").to_pylist(), dtype=object)
-        for p in pos.tolist():
-            names[p].add(name)
+        kinds[pos] = leg.column("kind").to_numpy(zero_copy_only=False)
+        found_by[pos] |= 1 << j
         np.minimum.at(best_rank, pos, rank)
         if name.startswith("vector:"):
             similarity[pos] = raw.astype(np.float32)
@@ -208,7 +216,7 @@ def fuse(
             "score": pa.array(score[order]),
             "similarity": pa.array(similarity[order], pa.float32(), from_pandas=True),
             "exact": pa.array(is_exact[order]),
-            "legs": pa.array([",".join(sorted(names[i])) for i in order.tolist()], pa.string()),
+            "legs": pa.array(_leg_lists(found_by[order], leg_names), pa.string()),
             "score_kind": pa.array([score_kind] * len(order), pa.string()),
         },
         schema=CANDIDATES_SCHEMA,

@@ -275,5 +275,7 @@ __all__ = ["FUSION_DEPTH", "condition_text", "first_depth", "resolve_mode", "run
 
 def _fuses_relative(q: Query, legs: list[pa.Table]) -> bool:
     """Whether relative fusion will combine several ranked legs (and so needs chance levels)."""
+    if q.fusion != "relative" or len(legs) < 2:
+        return False
     ranked = [leg for leg in legs if leg.num_rows and leg.column("leg")[0].as_py() != "exact"]
-    return q.fusion == "relative" and len(ranked) > 1
+    return len(ranked) > 1

@@ -17,6 +17,9 @@ import pyarrow as pa
 
 from mmsearch.search.rows import Rows
 
+#: The rows' columns joined to the candidates.
+_JOINED = ("uri", "text", "metadata")
+
 
 def stored_vectors(
     ann: Mapping[str, Any], ids: npt.NDArray[np.int64], kinds: list[str], dim: int
@@ -45,12 +48,12 @@ def rescore(
     """``candidates`` (rows not in the snapshot dropped) with ``similarity``, ``vector``, ``uri``, ``text``, ``metadata``."""
     ids = candidates.column("id").to_numpy().astype(np.int64)
     vectors, found = stored_vectors(ann, ids, candidates.column("kind").to_pylist(), dim)
-    row_table, in_rows = rows.take(ids)
+    row_table, in_rows = rows.take(ids, columns=_JOINED)
     keep = found & in_rows
     if not keep.all():
         candidates = candidates.filter(pa.array(keep))
         vectors = vectors[keep]
-        row_table, _ = rows.take(ids[keep])
+        row_table, _ = rows.take(ids[keep], columns=_JOINED)
     if vector is not None and len(vectors):
         sims = (vectors @ np.asarray(vector, np.float32)).astype(np.float32)
         candidates = candidates.set_column(
@@ -58,6 +61,6 @@ def rescore(
         )
     flat = pa.array(vectors.reshape(-1))
     candidates = candidates.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, dim))
-    for name in ("uri", "text", "metadata"):
+    for name in _JOINED:
         candidates = candidates.append_column(name, row_table.column(name))
     return candidates

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -156,10 +156,14 @@ class Rows:
         at = pos[found]
         return (at if self.positions is None else self.positions[at]), found
 
-    def take(self, ids: npt.NDArray[np.int64]) -> tuple[pa.Table, npt.NDArray[np.bool_]]:
-        """The rows of ``ids`` that exist (in order) and a mask of which ids were found."""
+    def take(
+        self, ids: npt.NDArray[np.int64], columns: Sequence[str] | None = None
+    ) -> tuple[pa.Table, npt.NDArray[np.bool_]]:
+        """The rows of ``ids`` that exist (in order; only ``columns`` when given) and a mask
+        of which ids were found."""
         at, found = self._rows_of(ids)
-        return self.table.take(pa.array(at)), found
+        table = self.table if columns is None else self.table.select(list(columns))
+        return table.take(pa.array(at)), found
 
     def with_uri_prefix(self, prefix: str) -> pa.Table:
         """The live rows whose uri starts with ``prefix`` (every row of one record), by id
