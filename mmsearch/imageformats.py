@@ -1,5 +1,6 @@
 """Image formats by content: which bytes are which format, which formats mmsearch accepts,
-and the Pillow plugins each may use.
+and the Pillow plugins each may use. Pillow itself is imported only by what opens images, so
+a text query that checks whether a string names an image file imports none of it.
 
 :func:`sniff_image_format` names a format from a file's first bytes, never from its name;
 :data:`FORMAT_PLUGINS` maps each accepted format to the only Pillow plugins allowed to
@@ -10,8 +11,6 @@ open it (HEIF and AVIF register an optional plugin on first use, or raise
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from PIL import Image, features
 
 from mmsearch.errors import ImageDecodeError
 
@@ -119,6 +118,8 @@ def _sniff_isobmff(head: bytes) -> str:
 
 
 def _heif_formats() -> list[str]:
+    from PIL import Image
+
     if "HEIF" not in Image.OPEN:
         try:
             import pillow_heif
@@ -130,6 +131,8 @@ def _heif_formats() -> list[str]:
 
 def pillow_has_avif() -> bool:
     """True when this Pillow decodes AVIF by itself (no pillow-heif needed)."""
+    from PIL import features
+
     try:
         return bool(features.check_module("avif"))
     except Exception:  # older Pillow: no "avif" feature at all

@@ -12,7 +12,7 @@ import pytest
 
 from mmsearch.models import ModelSpec
 
-HEAVY = ("torch", "open_clip", "faiss", "lancedb", "transformers", "ray", "torchvision")
+HEAVY = ("torch", "open_clip", "faiss", "lancedb", "transformers", "ray", "torchvision", "PIL")
 _PROBE = """
 import json, sys
 from mmsearch.cli import app
@@ -67,6 +67,7 @@ def test_onnx_text_query_imports_no_torch(tiny_index: Path) -> None:
     modules, out = _imported(args)  # hybrid: the lexical leg runs on LanceDB's native core
     assert len(json.loads(out.strip().splitlines()[0])) == 10
     assert "torch" not in modules and "open_clip" not in modules and "lancedb" not in modules
+    assert "PIL" not in modules  # a text query opens no image
     modules, out = _imported([*args, "--mode", "vector"])
     assert len(json.loads(out.strip().splitlines()[0])) == 10
     assert "torch" not in modules and "open_clip" not in modules and "lancedb" not in modules

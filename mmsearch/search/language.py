@@ -99,7 +99,7 @@ _URL = re.compile(r"^https?://\S+$", re.I)
 
 def looks_like_image_path(text: str) -> bool:
     """True for a single-line string ending in an image extension (``photo.JPG``)."""
-    from mmsearch.imageio import IMAGE_EXTENSIONS
+    from mmsearch.imageformats import IMAGE_EXTENSIONS
 
     if "\n" in text or "\x00" in text:
         return False
