@@ -1,13 +1,15 @@
 """How many OpenMP threads a FAISS call runs on.
 
 FAISS runs a search on an OpenMP team. For a handful of query vectors the team's start
-and its closing barrier cost more than the scan itself: on the 2-core test machine, with
-another process keeping one core busy, one query vector against a 20,000-row flat index
-took 0.08-0.12 ms on one thread and 0.31-0.34 ms on two (passive waiting, which
-:mod:`mmsearch.ann` sets; with spinning threads, 16-24 ms). See benchmarks/RESULTS.md,
-"FAISS threads for single queries". A query runs one vector, and a server runs queries
-side by side, so small searches run on one thread; batches (tuning probes, chance-level
-probes, evaluation) keep the whole team.
+and its closing barrier cost more than they share out, and on a busy machine a member
+of the team that is not scheduled stalls the whole query at the barrier. On the 2-core
+test machine (``benchmarks/faiss_threads.py``: one 512-d query vector, a 20,000-row
+flat index) a search took 1.6 ms on one thread against 2.3 ms on two when the machine
+was otherwise idle, and 1.6 against 4.4 ms (20 ms with spinning OpenMP threads) while a
+training job kept the other core busy; IVF-PQ searches were equal either way
+(benchmarks/RESULTS.md, "FAISS threads for single queries"). A query searches one
+vector and a server runs queries side by side, so small searches run on one thread;
+batches (tuning probes, chance-level probes, evaluation) keep the whole team.
 
 OpenMP keeps the thread count per calling thread (libgomp and LLVM's libomp both hold it
 in the calling thread's own control variables), so one request's setting does not touch
