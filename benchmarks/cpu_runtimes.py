@@ -73,8 +73,9 @@ def matmul_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
     """The CPU's fp32 peak as the best large matrix product of :func:`matmul_gflops`.
 
     numpy's BLAS alone is not the peak: on the AVX-512 EPYC of the test machine its
-    OpenBLAS reached 112 GFLOP/s where ONNX Runtime's GEMM reached 188 (same run, one
-    core busy with other work), and the image tower itself ran at 145, "above the peak"."""
+    OpenBLAS (AVX2 kernels) reached 250 GFLOP/s where ONNX Runtime's GEMM reached 430-445,
+    and the image tower itself ran at about 340 (benchmarks/RESULTS.md, "Quiet machine,
+    second pass")."""
     return max(matmul_gflops(n, repeats).values())
 
 

@@ -75,12 +75,8 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(args: argparse.Namespace, policy: str | None) -> dict[str, dict[str, float]]:
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
-    if policy:
-        env["OMP_WAIT_POLICY"] = policy
-    else:
-        env["OMP_WAIT_POLICY"] = "ACTIVE"  # the OpenMP default; mmsearch.ann keeps it
+    # ACTIVE is OpenMP's default; set explicitly, mmsearch.ann keeps it.
+    env = dict(os.environ, OMP_WAIT_POLICY=policy or "ACTIVE")
     cmd = [sys.executable, __file__, _CHILD, "--rows", str(args.rows)]
     cmd += ["--queries", str(args.queries), "--dim", str(args.dim)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)

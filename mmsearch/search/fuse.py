@@ -163,9 +163,10 @@ def fuse(
     legs = [leg for leg in legs if leg.num_rows]
     if not legs:
         return CANDIDATES_SCHEMA.empty_table()
-    ranked = [leg for leg in legs if leg.column("leg")[0].as_py() != "exact"]
+    leg_names = [leg.column("leg")[0].as_py() for leg in legs]
+    ranked = [leg for leg, name in zip(legs, leg_names, strict=True) if name != "exact"]
     score_kind = _score_kind(ranked, method)
-    exact = [leg for leg in legs if leg.column("leg")[0].as_py() == "exact"]
+    exact = len(ranked) < len(legs)
     ids = np.concatenate([leg.column("id").to_numpy() for leg in legs]).astype(np.int64)
     uniq, inverse = np.unique(ids, return_inverse=True)
     score = np.zeros(len(uniq), np.float64)
@@ -175,7 +176,6 @@ def fuse(
     found_by = np.zeros(len(uniq), np.int64)  # bit j set: legs[j] found the item
     best_rank = np.full(len(uniq), np.iinfo(np.int32).max, np.int64)
     offset = 0
-    leg_names = [leg.column("leg")[0].as_py() for leg in legs]
     for j, (leg, name) in enumerate(zip(legs, leg_names, strict=True)):
         n = leg.num_rows
         pos = inverse[offset : offset + n]
