@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +55,7 @@ from mmsearch.indexer.pipeline import IndexOptions, run_index  # noqa: E402
 
 from benchmarks.cpu_runtimes import matmul_gflops  # noqa: E402
 from benchmarks.rclip_offline import find_rclip, fresh_datadir, prepare  # noqa: E402
-from benchmarks.startup import make_photos, run_measured  # noqa: E402
+from benchmarks.startup import compile_package, make_photos, run_measured  # noqa: E402
 from mmsearch.models.backends import load_encoder  # noqa: E402
 from mmsearch.models.spec import ModelSpec  # noqa: E402
 
@@ -131,6 +132,11 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
         tools["baseline"] = "mmsearch (baseline)"
         runs["mmsearch (baseline)"] = []
     runs["rclip"] = []
+    compiled = [compile_package(sys.executable)]
+    if args.baseline:
+        compiled.append(str(args.baseline / "mmsearch"))
+        subprocess.run([sys.executable, "-m", "compileall", "-q", compiled[-1]], check=True)
+    print(f"byte-compiled (as a wheel install is): {', '.join(compiled)}")
     print(f"load average at the start: {os.getloadavg()}")
     by_library: dict[str, float] = {}
     for _ in range(args.rounds):

@@ -59,6 +59,25 @@ def run_measured(
     return wall, usage.ru_maxrss / 1024.0, proc.returncode
 
 
+def compile_package(python: str, cwd: Path | None = None) -> str:
+    """Byte-compiles the mmsearch package ``python`` imports (run from ``cwd``); its path.
+
+    A wheel install is byte-compiled by pip, as rclip's is; an editable checkout run with
+    ``PYTHONDONTWRITEBYTECODE=1`` (set on some machines and CI images) compiles every
+    module it imports from source on every run, which is not what a user's install pays.
+    ``compileall`` writes the bytecode whatever that variable says.
+    """
+    where = subprocess.run(
+        [python, "-c", "import mmsearch, os; print(os.path.dirname(mmsearch.__file__))"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run([python, "-m", "compileall", "-q", where], stdout=subprocess.DEVNULL, check=True)
+    return where
+
+
 def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> Path:
     """n smooth photo-like JPEGs (gradients and shapes) of ``size``; reused when present."""
     import numpy as np
@@ -185,6 +204,10 @@ def main() -> None:
             [rclip, "-f", "x"], cwd=photos, env=env, stdout=subprocess.DEVNULL, check=True
         )
         variants["rclip -n"] = ([rclip, "-n", "-f", args.query], photos)
+    compiled = [compile_package(py)]
+    if args.baseline:
+        compiled.append(compile_package(args.baseline, cwd=args.work))
+    print(f"byte-compiled (as a wheel install is): {', '.join(compiled)}")
     for cmd, cwd in variants.values():  # warm the page cache and the ONNX export once
         run_measured(cmd, env, cwd)
     print(f"load average at the start: {os.getloadavg()}")

@@ -31,8 +31,8 @@ from mmsearch.indexer.recordimages import ImageResolver
 from mmsearch.indexer.records import RecordSource
 from mmsearch.indexer.recordtypes import Record, RecordFields, UpsertReport, read_record
 from mmsearch.indexer.report import Failure, IndexReport
-from mmsearch.indexer.textencoding import detect_encoding, encoding_message
-from mmsearch.indexer.textformats import RowProblem, format_of, read_csv, read_jsonl, read_parquet
+from mmsearch.indexer.textencoding import detect_encoding
+from mmsearch.indexer.textformats import RowProblem, format_of, read_records
 from mmsearch.indexer.textsource import TextRow
 from mmsearch.indexer.texttypes import type_metadata
 
@@ -96,19 +96,7 @@ def read_feed(
     """Reads a product feed (see the module docstring)."""
     path = Path(path)
     fmt = format_of(path)
-    if fmt == "parquet":
-        columns, rows, problems = read_parquet(path)
-    else:
-        encoding = detect_encoding(path)
-        try:
-            if fmt == "jsonl":
-                columns, rows, problems = read_jsonl(path, encoding)
-            else:
-                columns, rows, problems = read_csv(path, encoding, "\t" if fmt == "tsv" else ",")
-        except UnicodeDecodeError as exc:
-            raise TextCollectionError(encoding_message(path, encoding, exc)) from exc
-        except OSError as exc:
-            raise TextCollectionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    columns, rows, problems, _ = read_records(path)
     id_col = _pick(columns, id_column, ID_COLUMNS, "id", path)
     image_col = _pick(columns, image_column, IMAGE_COLUMNS, "image", path)
     more = [c for c in ADDITIONAL_IMAGE_COLUMNS if c in columns]

@@ -83,40 +83,36 @@ def load_image_metadata(
     The row's text (``text_column``, else caption/text/title/description) is kept under
     the ``_text`` key and stored as the image's ``text``.
     """
-    import pandas as pd
+    from mmsearch.indexer.textformats import FORMATS, read_records
+    from mmsearch.indexer.texttypes import infer_string_column
 
     sidecar = Path(path)
     suffix = sidecar.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            frame = pd.read_json(sidecar, lines=True, dtype=False)
-        elif suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(
-                sidecar, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False
-            )
-        elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(sidecar)
-        else:
-            raise TextCollectionError(
-                f"image metadata {sidecar}: use .csv, .tsv, .jsonl or .parquet"
-            )
-    except (OSError, ValueError) as exc:
-        raise TextCollectionError(f"cannot read image metadata {sidecar}: {exc}") from exc
-    if file_column not in frame.columns:
+    if suffix not in FORMATS:
+        raise TextCollectionError(f"image metadata {sidecar}: use .csv, .tsv, .jsonl or .parquet")
+    columns, records, problems, _ = read_records(sidecar)
+    if problems:
+        first = problems[0]
         raise TextCollectionError(
-            f"image metadata {sidecar} has no {file_column!r} column (columns: {', '.join(map(str, frame.columns))}); "
+            f"cannot read image metadata {sidecar}: row {first.row_number}: {first.reason}"
+            + (f" ({len(problems) - 1} more rows like it)" if len(problems) > 1 else "")
+        )
+    if file_column not in columns:
+        raise TextCollectionError(
+            f"image metadata {sidecar} has no {file_column!r} column (columns: {', '.join(columns)}); "
             "set --file-column"
         )
+    rows = [{c: row.get(c) for c in columns} for _, row in records]  # every row every column
     if suffix in (".csv", ".tsv"):  # CSV cells are text: type each column as the text reader does
-        from mmsearch.indexer.texttypes import infer_string_column
-
-        for column in frame.columns:
+        for column in columns:
             if column != file_column:
-                frame[column] = pd.Series(infer_string_column(frame[column].tolist()), dtype=object)
+                typed = infer_string_column([row[column] for row in rows])
+                for row, value in zip(rows, typed, strict=True):
+                    row[column] = value
     candidates = [text_column] if text_column else ["caption", "text", "title", "description"]
-    text_col = next((c for c in candidates if c in frame.columns), None)
+    text_col = next((c for c in candidates if c in columns), None)
     out = ImageSidecar(sidecar, file_column)
-    for record in frame.to_dict(orient="records"):
+    for record in rows:
         rel = str(record.pop(file_column))
         meta: dict[str, Any] = {
             str(k): (None if isinstance(v, float) and v != v else v) for k, v in record.items()

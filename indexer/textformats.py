@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmsearch.indexer.textencoding import detect_encoding, encoding_message
+
 from mmsearch.errors import TextCollectionError
 
 FORMATS = {
@@ -150,3 +152,24 @@ def read_parquet(path: Path) -> tuple[list[str], Records, list[RowProblem]]:
     except Exception as exc:  # noqa: BLE001 - ArrowInvalid, OSError, ... all mean "unreadable"
         raise TextCollectionError(f"{path} is not a readable Parquet file: {exc}") from exc
     return columns, records, []
+
+
+def read_records(
+    path: Path, encoding: str | None = None
+) -> tuple[list[str], Records, list[RowProblem], str | None]:
+    """Any format of :data:`FORMATS`: its reader's columns, records and problems, and the
+    text encoding used (``encoding``, else detected; None for Parquet). Undecodable text
+    and unreadable files raise :class:`~mmsearch.errors.TextCollectionError`."""
+    fmt = format_of(path)
+    if fmt == "parquet":
+        return (*read_parquet(path), None)
+    try:
+        used = encoding or detect_encoding(path)
+        try:
+            if fmt == "jsonl":
+                return (*read_jsonl(path, used), used)
+            return (*read_csv(path, used, "\t" if fmt == "tsv" else ","), used)
+        except UnicodeDecodeError as exc:
+            raise TextCollectionError(encoding_message(path, used, exc)) from exc
+    except OSError as exc:
+        raise TextCollectionError(f"cannot read {path}: {exc.strerror or exc}") from exc

@@ -42,15 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmsearch.indexer.textencoding import detect_encoding, encoding_message
 from mmsearch.indexer.textformats import (
     Records,
     RowError,
     RowProblem,
     format_of,
-    read_csv,
-    read_jsonl,
-    read_parquet,
+    read_records,
 )
 from mmsearch.indexer.texttypes import MetaValue, type_metadata
 
@@ -147,22 +144,7 @@ def read_text_collection(
     if size == 0:
         raise TextCollectionError(f"{path} is empty")
 
-    if fmt == "parquet":
-        columns, records, problems = read_parquet(path)
-        used_encoding = None
-    else:
-        used_encoding = encoding or detect_encoding(path)
-        try:
-            if fmt == "jsonl":
-                columns, records, problems = read_jsonl(path, used_encoding)
-            else:
-                columns, records, problems = read_csv(
-                    path, used_encoding, "\t" if fmt == "tsv" else ","
-                )
-        except UnicodeDecodeError as exc:
-            raise TextCollectionError(encoding_message(path, used_encoding, exc)) from exc
-        except OSError as exc:
-            raise TextCollectionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    columns, records, problems, used_encoding = read_records(path, encoding)
 
     text_col = _pick_column(columns, text_column, TEXT_COLUMN_CANDIDATES, "text", path)
     assert text_col is not None

@@ -42,6 +42,9 @@ def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def test_tokenizer_equals_open_clip(onnx_tiny: OnnxEncoder) -> None:
+    from mmsearch.models.loader import register_model_configs
+
+    register_model_configs()  # open_clip knows mmsearch-tiny's context length (32)
     reference = open_clip.get_tokenizer("mmsearch-tiny")(TEXTS).numpy()
     np.testing.assert_array_equal(onnx_tiny.tokenize(TEXTS), reference)
 
@@ -105,7 +108,7 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
     """Two installs share the user cache: the export found must be of this install's weights."""
     import os
 
-    from mmsearch.models.cache import write_json_atomic
+    from mmsearch.models.cache import read_json, write_json_atomic
     from mmsearch.models.exports import (
         EXPORT_VERSION,
         exports_registry,
@@ -135,6 +138,14 @@ def test_an_export_of_another_weights_file_is_not_reused(tmp_path: Path, monkeyp
     register(str(other))
     assert find_export(spec, "int8") is None
     register(str(weights_file(spec)))
+    assert find_export(spec, "int8") == export
+    # an install of an older exporter keeps its own entry beside this one's: neither
+    # replaces the other's (which made each command export anew when both were used)
+    registry = read_json(exports_registry())
+    older = f"{spec.key}|int8|v{EXPORT_VERSION - 1}"
+    assert older not in registry and registry_key(spec, "int8") != older
+    registry[older] = {"dir": "older", "version": EXPORT_VERSION - 1}
+    write_json_atomic(exports_registry(), registry)
     assert find_export(spec, "int8") == export
 
 

@@ -126,3 +126,26 @@ def test_one_shot_vector_query_never_imports_pandas(tiny_index: Path) -> None:
         [sys.executable, "-c", after], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.strip() == "(1, 1)", done.stderr[-1000:]
+
+
+def test_index_run_never_imports_pandas_even_with_a_parquet_sidecar(tmp_path: Path) -> None:
+    """`mmsearch index` settles pyarrow on "no pandas" (a third of `import lancedb`); the
+    metadata sidecar, in any format, is read without it, and its values arrive."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmsearch.datasets.synthetic import generate_catalog
+
+    catalog = generate_catalog(tmp_path / "catalog", n=6, seed=5)
+    files = [row["file"] for row in catalog.rows]
+    sidecar = catalog.root / "meta.parquet"
+    pq.write_table(pa.table({"file": files, "brand": [f"b{i}" for i in range(6)]}), sidecar)
+    index_dir = tmp_path / "index"
+    args = ["index", str(catalog.image_dir), "-i", str(index_dir), "--metadata", str(sidecar)]
+    code = _PROBE.format(args=[*args, "--model", "mmsearch-tiny", "-q"], heavy=("pandas",))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.rpartition("MODULES=")[2]) == []
+    _, out = _imported(["query", "x", "-i", str(index_dir), "--json", "-k", "6"])
+    hits = json.loads(out.strip().splitlines()[0])
+    assert sorted(h["metadata"]["brand"] for h in hits) == [f"b{i}" for i in range(6)]

@@ -10,7 +10,9 @@ what speeds up long-lived processes only slows it down:
   :func:`arrow_without_pandas` lets the shim find no pandas once, which it remembers
   for the rest of the process; a later ``import pandas`` by other code still works,
   but pyarrow's own pandas conversions (``Table.to_pandas``) are then unavailable in
-  this process, which is why only the one-shot query command calls this.
+  this process, which is why only the one-shot query command and ``mmsearch index``
+  (without Ray) call this: they never convert to pandas, and an index run's first
+  ``import lancedb`` is 0.6 s with pandas and 0.37 s without.
 """
 
 from __future__ import annotations

@@ -208,6 +208,10 @@ def index_cmd(
         gpu_decode=gpu_decode, offline=offline, lock_wait_s=wait,
     )  # fmt: skip
     options.retain = common.kept_until_exit  # main() ends the run with os._exit: no teardown
+    if ray is None:  # Ray Data speaks pandas; nothing else an index run does needs it
+        from mmsearch.cli.faststart import arrow_without_pandas
+
+        arrow_without_pandas()
     from mmsearch.cli.progress import RichProgress, progress_bar
     from mmsearch.cli.render import print_failures, print_summary
 

@@ -6,7 +6,7 @@ against them by ``tests/test_shipped_onnx.py``), so the demo, the tests' tiny mo
 and any tiny index run on ONNX Runtime without torch or open_clip installed.
 
 Every other export is made on first use: ``exports.json`` in ``$MMSEARCH_CACHE/onnx``
-maps each (model spec, quantisation) to its export directory, the weights file it
+maps each (model spec, quantisation, exporter version) to its export directory, the weights file it
 was made from and that file's size and mtime; :func:`find_export` trusts an entry
 only while all of that still holds. :mod:`mmsearch.models.onnx_export` writes
 exports and entries; queries and indexing read them here, without importing the
@@ -23,8 +23,9 @@ from mmsearch.models.cache import read_json, user_cache_dir
 from mmsearch.models.spec import TINY_MODEL_NAME, ModelSpec
 
 #: Bump when the exported graphs change, so old exports are not reused. 2: the weights
-#: are graph initializers (registered submodules), which int8 quantisation needs.
-EXPORT_VERSION = 2
+#: are graph initializers (registered submodules), which int8 quantisation needs. 3: a
+#: causal text tower's graph takes any sequence length (``text_any_length``).
+EXPORT_VERSION = 3
 #: mmsearch-tiny's fp32 export, shipped beside its weights (no torch needed to use it).
 SHIPPED_TINY_EXPORT = Path(__file__).resolve().parent / "weights" / f"{TINY_MODEL_NAME}-onnx"
 
@@ -41,7 +42,10 @@ def exports_registry() -> Path:
 
 
 def registry_key(spec: ModelSpec, quantize: str | None) -> str:
-    return f"{spec.key}|{quantize or 'fp32'}"
+    """The registry entry of ``spec``'s export for this exporter version: installs of
+    two versions sharing one cache each keep their own export, instead of replacing
+    each other's entry (and exporting anew) on every command."""
+    return f"{spec.key}|{quantize or 'fp32'}|v{EXPORT_VERSION}"
 
 
 def weights_file(spec: ModelSpec) -> str | None:

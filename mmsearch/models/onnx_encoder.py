@@ -62,6 +62,13 @@ def onnx_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def used_length(tokens: npt.NDArray[np.int64]) -> int:
+    """One past the last non-zero column of ``tokens`` (the batch's last end-of-text
+    token; the zero padding after it changes nothing in a causal text tower)."""
+    nonzero = np.flatnonzero(np.any(tokens != 0, axis=0))
+    return int(nonzero[-1]) + 1 if len(nonzero) else 1
+
+
 class OnnxEncoder:
     """Embeds texts and images with exported ONNX graphs on CPU; unit float32 rows.
 
@@ -85,6 +92,8 @@ class OnnxEncoder:
         self.mean: tuple[float, ...] = tuple(meta["mean"])
         self.std: tuple[float, ...] = tuple(meta["std"])
         self.context_length = int(meta["context_length"])
+        #: The text graph takes rows cut after the batch's last end-of-text token.
+        self.text_any_length = bool(meta.get("text_any_length", False))
         self._sot, self._eot = int(meta["sot_token_id"]), int(meta["eot_token_id"])
         self.threads = threads or onnx_threads()
         self._sessions: dict[str, Any] = {}
@@ -147,7 +156,10 @@ class OnnxEncoder:
             return out
         session = self._session("text")
         for start in range(0, len(tokens), batch_size):
-            chunk = np.ascontiguousarray(tokens[start : start + batch_size], dtype=np.int64)
+            chunk = tokens[start : start + batch_size]
+            if self.text_any_length:
+                chunk = chunk[:, : used_length(chunk)]
+            chunk = np.ascontiguousarray(chunk, dtype=np.int64)
             out[start : start + len(chunk)] = session.run(None, {"tokens": chunk})[0]
         return out
 

@@ -3,14 +3,16 @@
 Each export lives in its own directory under ``<user cache>/onnx/``, named by the model
 spec, the sha256 of the weights file and the quantisation, holding:
 
-- ``text.onnx``: int64 tokens ``(N, context_length)`` -> unit float32 ``(N, dim)``;
+- ``text.onnx``: int64 tokens ``(N, L)`` -> unit float32 ``(N, dim)``, where L is any
+  length up to ``context_length`` for causal text towers (``text_any_length`` in the
+  meta; the encoder cuts each batch's padding) and ``context_length`` otherwise;
 - ``image.onnx``: uint8 ``(N, S, S, 3)`` pixels -> unit float32 ``(N, dim)``; the
   scaling and mean/std normalisation are inside the graph, as in the torch encoder;
 - ``tokenizer.json``: open_clip's BPE vocabulary as a Hugging Face ``tokenizers``
   model, so that text queries tokenise without importing torch or open_clip;
 - ``meta.json``: dimension, image size, context length, special tokens, sources.
 
-``exports.json`` maps ``spec key + quantisation`` to the export directory and the
+``exports.json`` maps ``spec key + quantisation + version`` to the export directory and the
 weights file's size and mtime: a later process finds its export by reading that file
 and one ``stat``, without importing torch (see :mod:`mmsearch.models.onnx_encoder`).
 This module imports torch; it runs only when an export is missing, and in
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from mmsearch.models.encoder import ClipEncoder
 
 OPSET = 17
+#: torch.export's ONNX translator starts at opset 18.
+DYNAMO_OPSET = 18
 QUANTIZE_CHOICES = (None, "int8")
 #: The pre-tokenisation pattern of CLIP's BPE tokenizer (open_clip ``SimpleTokenizer``).
 CLIP_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -91,7 +95,7 @@ def _write_export(folder: Path, spec: ModelSpec, weights: str, digest: str) -> d
     from mmsearch.models.loader import load_torch_encoder
 
     encoder = load_torch_encoder(spec, device="cpu", dtype="fp32")
-    _export_text(encoder, folder / "text.onnx")
+    text_any_length = _export_text(encoder, folder / "text.onnx")
     _export_image(encoder, folder / "image.onnx")
     tokenizer: Any = encoder.tokenizer  # open_clip's tokenizer: context length, special ids
     save_clip_tokenizer(tokenizer, folder / "tokenizer.json")
@@ -105,6 +109,7 @@ def _write_export(folder: Path, spec: ModelSpec, weights: str, digest: str) -> d
         "mean": list(encoder.mean),
         "std": list(encoder.std),
         "context_length": int(tokenizer.context_length),
+        "text_any_length": text_any_length,
         "sot_token_id": int(tokenizer.sot_token_id),
         "eot_token_id": int(tokenizer.eot_token_id),
         "export_version": EXPORT_VERSION,
@@ -188,12 +193,17 @@ def _export_into(target: Path, spec: ModelSpec, weights: str, digest: str) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _export_text(encoder: ClipEncoder, path: Path) -> None:
+def _export_text(encoder: ClipEncoder, path: Path) -> bool:
+    """Writes the text tower's graph; True when it takes any sequence length (see
+    :func:`causal_text_forward`), False when it takes ``context_length`` tokens only."""
     import torch
     import torch.nn.functional as F
 
     encoder._ensure("text")
     model = encoder.model
+    forward = causal_text_forward(model)
+    tokenizer: Any = encoder.tokenizer
+    context_length = int(tokenizer.context_length)
 
     class TextTower(torch.nn.Module):
         def __init__(self) -> None:
@@ -201,12 +211,79 @@ def _export_text(encoder: ClipEncoder, path: Path) -> None:
             # A registered submodule: its weights export as initializers (which
             # quantize_dynamic quantises), not as Constant nodes.
             self.model = model
+            self.context_length = context_length
 
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return F.normalize(self.model.encode_text(tokens), dim=-1)
+            encode = forward if forward is not None else self.model.encode_text
+            return F.normalize(encode(tokens), dim=-1)
 
     example = encoder.tokenizer(["a photo", "a red circle on the left"])
-    _export(TextTower(), example, path, "tokens")
+    if forward is not None and not agrees_when_cut(forward, model, example):
+        forward = None  # an open_clip whose encode_text differs from the copy: full context
+    if forward is not None:  # trace a length below the context: the slices stay symbolic
+        example = example[:, : max(8, example.shape[1] // 2)]
+    _export(TextTower(), example, path, "tokens", dynamic_length=forward is not None)
+    return forward is not None
+
+
+def causal_text_forward(model: Any) -> Any:
+    """``model.encode_text`` for token rows of any length L <= context, or None where
+    the text tower does not allow it.
+
+    open_clip's ``CLIP`` text tower attends causally and pools at the end-of-text token
+    (``argmax``/``eos``) or the first: the pooled feature depends on the tokens up to
+    that position only, so the padding after the last end-of-text token of a batch can
+    be cut off, and a 4-token query runs 6 positions instead of 77. The same code as
+    ``encode_text`` with the positional embedding and causal mask sliced to L. Towers
+    with bidirectional attention (``no_causal_mask``, SigLIP-style), ``last`` pooling
+    or a custom text model get None: their graphs take the full context.
+    """
+    import torch
+
+    names = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+    mask = getattr(model, "attn_mask", None)
+    pool = getattr(model, "text_pool_type", None)
+    if not all(hasattr(model, n) for n in names) or mask is None or pool not in _PREFIX_POOLS:
+        return None
+    causal = torch.full(mask.shape, float("-inf")).triu(1)
+    if not torch.equal(torch.isinf(mask), torch.isinf(causal)):
+        return None
+    from open_clip.transformer import text_global_pool
+
+    def encode_text(tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]  # symbolic in torch.export (see _trace)
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast_dtype)
+        x = x + model.positional_embedding[:length].to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = text_global_pool(x, tokens, pool, eos_token_id=getattr(model, "text_eos_id", None))
+        projection = model.text_projection
+        if projection is not None:
+            x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+        pooled: torch.Tensor = x
+        return pooled
+
+    return encode_text
+
+
+def agrees_when_cut(forward: Any, model: Any, tokens: Any) -> bool:
+    """True when ``forward`` gives ``model.encode_text``'s unit features for ``tokens``
+    both whole and cut after the last end-of-text column."""
+    import torch
+    import torch.nn.functional as F
+
+    used = int(torch.nonzero(tokens.any(dim=0)).max()) + 1
+    with torch.no_grad():
+        reference = F.normalize(model.encode_text(tokens), dim=-1)
+        return all(
+            torch.allclose(F.normalize(forward(t), dim=-1), reference, atol=1e-5)
+            for t in (tokens, tokens[:, :used])
+        )
+
+
+#: Text pooling that reads a position at or before the last end-of-text token.
+_PREFIX_POOLS = ("argmax", "eos", "first")
 
 
 def _export_image(encoder: ClipEncoder, path: Path) -> None:
@@ -232,25 +309,33 @@ def _export_image(encoder: ClipEncoder, path: Path) -> None:
     _export(ImageTower(), example, path, "pixels")
 
 
-def _export(module: Any, example: Any, path: Path, input_name: str) -> None:
+def _export(
+    module: Any, example: Any, path: Path, input_name: str, *, dynamic_length: bool = False
+) -> None:
     import torch
 
     fastpath = torch.backends.mha.get_fastpath_enabled()
     # nn.MultiheadAttention's fused inference kernel has no ONNX export: trace the plain path.
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        _trace(module, example, path, input_name)
+        _trace(module, example, path, input_name, dynamic_length)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def _trace(module: Any, example: Any, path: Path, input_name: str) -> None:
+def _trace(module: Any, example: Any, path: Path, input_name: str, dynamic_length: bool) -> None:
+    """Exports ``module`` with a dynamic batch; with ``dynamic_length`` also a dynamic
+    sequence length (axis 1), which needs torch.export: the TorchScript tracer records
+    ``nn.MultiheadAttention``'s key length as a constant of the graph."""
     import warnings
 
     import torch
 
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if dynamic_length:
+            _export_any_length(module, example, path, input_name)
+            return
         torch.onnx.export(
             module.eval(),
             (example,),
@@ -261,6 +346,25 @@ def _trace(module: Any, example: Any, path: Path, input_name: str) -> None:
             opset_version=OPSET,
             dynamo=False,
         )
+
+
+def _export_any_length(module: Any, example: Any, path: Path, input_name: str) -> None:
+    import torch
+
+    batch = torch.export.Dim("n", min=1, max=1 << 20)
+    length = torch.export.Dim("length", min=2, max=int(module.context_length))
+    torch.onnx.export(
+        module.eval(),
+        (example,),
+        str(path),
+        input_names=[input_name],
+        output_names=["unit_embedding"],  # "embedding" names a node of the program already
+        dynamic_shapes={input_name: {0: batch, 1: length}},
+        opset_version=DYNAMO_OPSET,
+        dynamo=True,
+        external_data=False,
+        verbose=False,  # its step-by-step report goes to stdout: the library never prints
+    )
 
 
 def save_clip_tokenizer(tokenizer: Any, path: Path) -> None:
