@@ -242,5 +242,40 @@ def test_openvino_runtime_agrees_with_onnx_runtime(onnx_tiny, monkeypatch) -> No
     assert np.sum(got_t * want_t, axis=1).min() >= 0.999
     assert np.sum(got_i * want_i, axis=1).min() >= 0.999
     monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "tensorflow")
-    with pytest.raises(ModelLoadError, match="choose one of onnxruntime, openvino"):
+    with pytest.raises(ModelLoadError, match="choose one of onnxruntime, openvino, openvino-bf16"):
         OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec).encode_texts(["x"])
+
+
+def test_openvino_bf16_agrees_and_is_recorded_as_its_own_backend(
+    onnx_tiny, tmp_path: Path, monkeypatch
+) -> None:
+    """MMSEARCH_CPU_RUNTIME=openvino-bf16 computes in bfloat16 (CPUs with native bf16
+    only): vectors within 0.999 of fp32, labelled onnx-bf16 in the index's record, and
+    refused in one line where the CPU would only emulate bf16."""
+    pytest.importorskip("openvino")
+    from mmsearch.models import openvino_session
+    from mmsearch.models.backends import backend_label, read_backend_record
+
+    if not openvino_session.native_bf16():
+        monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino-bf16")
+        with pytest.raises(ModelLoadError, match="no AVX512_BF16 or AMX"):
+            OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec)
+        return
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino-bf16")
+    bf16 = OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec, threads=2)
+    assert bf16.precision == "bf16" and backend_label(bf16) == "onnx-bf16"
+    texts = ["a red circle on the left", "blue square", "x " * 100]
+    images = np.random.default_rng(1).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    got_t, got_i = bf16.encode_texts(texts), bf16.encode_images(images)
+    check_backend(tmp_path, bf16, record=True)  # the first backend of the index
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "onnxruntime")
+    want_t, want_i = onnx_tiny.encode_texts(texts), onnx_tiny.encode_images(images)
+    assert np.sum(got_t * want_t, axis=1).min() >= AGREEMENT_MIN_COSINE
+    assert np.sum(got_i * want_i, axis=1).min() >= AGREEMENT_MIN_COSINE
+    assert not np.array_equal(got_i, want_i)  # computed in bf16 indeed, not fp32
+    check_backend(tmp_path, onnx_tiny, record=True)  # fp32 queries agree with bf16 rows
+    assert set(read_backend_record(tmp_path)["backends"]) == {"onnx-bf16", "onnx"}
+    monkeypatch.setattr(openvino_session, "native_bf16", lambda: False)
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino-bf16")
+    with pytest.raises(ModelLoadError, match="no AVX512_BF16 or AMX"):
+        OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec)

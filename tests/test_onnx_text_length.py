@@ -17,7 +17,7 @@ from mmsearch.models import ModelSpec
 from mmsearch.models.backends import load_encoder
 from mmsearch.models.exports import SHIPPED_TINY_EXPORT
 from mmsearch.models.onnx_encoder import OnnxEncoder, used_length
-from mmsearch.models.onnx_export import agrees_when_cut, causal_text_forward
+from mmsearch.models.text_length import agrees_when_cut, causal_text_forward
 
 TINY = ModelSpec("mmsearch-tiny")
 TEXTS = [

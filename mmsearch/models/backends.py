@@ -140,10 +140,13 @@ def check_encoder_available(
 
 
 def backend_label(encoder: Encoder) -> str:
-    """``torch``, ``onnx`` or ``onnx-int8``: what produced an encoder's vectors."""
+    """``torch``, ``onnx``, ``onnx-int8`` or ``onnx-bf16``: what produced an encoder's
+    vectors (torch's CUDA autocast is not told apart: it agrees with fp32 as bf16 does)."""
     name = str(getattr(encoder, "backend", "torch"))
     quantize = getattr(encoder, "quantize", None)
-    return f"{name}-{quantize}" if quantize else name
+    if quantize:
+        return f"{name}-{quantize}"
+    return f"{name}-bf16" if getattr(encoder, "precision", None) == "bf16" else name
 
 
 def read_backend_record(index_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -191,8 +194,7 @@ def check_backend(index_dir: str | os.PathLike[str], encoder: Encoder, *, record
         if worst < AGREEMENT_MIN_COSINE:
             raise ModelMismatchError(
                 f"the index was embedded with the {first_label} backend and {label} disagrees with it "
-                f"(cosine {worst:.4f} < {AGREEMENT_MIN_COSINE}); use --backend "
-                f"{first_label.split('-')[0]}{' --quantize int8' if first_label.endswith('int8') else ''}"
+                f"(cosine {worst:.4f} < {AGREEMENT_MIN_COSINE}); use {_options_of(first_label)}"
             )
     if record:
         backends[label] = {"probe": probes.round(6).tolist()}
@@ -200,15 +202,31 @@ def check_backend(index_dir: str | os.PathLike[str], encoder: Encoder, *, record
     return label
 
 
+def _options_of(label: str) -> str:
+    """The options that choose the backend ``label`` names."""
+    backend, _, variant = label.partition("-")
+    if variant == "bf16":
+        return f"--backend {backend} with MMSEARCH_CPU_RUNTIME=openvino-bf16"
+    return f"--backend {backend}" + (f" --quantize {variant}" if variant else "")
+
+
 def _probes_of(label: str, spec: ModelSpec) -> np.ndarray:
-    """The probe texts embedded by the backend ``label`` names (``torch``, ``onnx``, ``onnx-int8``)."""
-    backend, _, quantize = label.partition("-")
-    encoder = load_encoder(spec, "cpu", backend=backend, quantize=quantize or None)
+    """The probe texts embedded by the backend ``label`` names (``torch``, ``onnx``,
+    ``onnx-int8``, ``onnx-bf16``)."""
+    backend, _, variant = label.partition("-")
+    if variant == "bf16":
+        encoder = load_onnx_encoder(spec, runtime="openvino-bf16")
+    else:
+        encoder = load_encoder(spec, "cpu", backend=backend, quantize=variant or None)
     return np.asarray(encoder.encode_texts(list(PROBE_TEXTS)), dtype=np.float32)
 
 
 def load_onnx_encoder(
-    spec: ModelSpec, *, quantize: str | None = None, threads: int | None = None
+    spec: ModelSpec,
+    *,
+    quantize: str | None = None,
+    threads: int | None = None,
+    runtime: str | None = None,
 ) -> Any:
     """The ONNX encoder (:class:`~mmsearch.models.onnx_encoder.OnnxEncoder`) of ``spec``: the cached export, or a new one (imports torch once)."""
     try:
@@ -231,4 +249,4 @@ def load_onnx_encoder(
         from mmsearch.models.onnx_export import export_onnx
 
         target = export_onnx(spec, quantize=quantize)
-    return OnnxEncoder(target, spec, threads=threads)
+    return OnnxEncoder(target, spec, threads=threads, runtime=runtime)

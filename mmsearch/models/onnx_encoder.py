@@ -24,6 +24,7 @@ import numpy.typing as npt
 from mmsearch.errors import BadQueryError
 from mmsearch.models.base import checked_texts
 from mmsearch.models.exports import derived_dir
+from mmsearch.models.openvino_session import cpu_runtime
 from mmsearch.models.spec import ModelSpec
 
 DEFAULT_BATCH_SIZE = 128
@@ -80,7 +81,12 @@ class OnnxEncoder:
     backend = "onnx"
 
     def __init__(
-        self, export_dir: str | os.PathLike[str], spec: ModelSpec, *, threads: int | None = None
+        self,
+        export_dir: str | os.PathLike[str],
+        spec: ModelSpec,
+        *,
+        threads: int | None = None,
+        runtime: str | None = None,
     ) -> None:
         self.export_dir = Path(export_dir)
         meta = json.loads((self.export_dir / "meta.json").read_text(encoding="utf-8"))
@@ -96,6 +102,10 @@ class OnnxEncoder:
         self.text_any_length = bool(meta.get("text_any_length", False))
         self._sot, self._eot = int(meta["sot_token_id"]), int(meta["eot_token_id"])
         self.threads = threads or onnx_threads()
+        #: ``onnxruntime``, ``openvino`` or ``openvino-bf16`` (default: $MMSEARCH_CPU_RUNTIME).
+        self.runtime = cpu_runtime(runtime)
+        #: What the graphs compute in: ``bf16`` under ``openvino-bf16``, else ``fp32``.
+        self.precision = "bf16" if self.runtime == "openvino-bf16" else "fp32"
         self._sessions: dict[str, Any] = {}
         self._tokenizer: Any = None
         self._lock = threading.Lock()
@@ -108,12 +118,13 @@ class OnnxEncoder:
         with self._lock:
             session = self._sessions.get(tower)
             if session is None:
-                from mmsearch.models.openvino_session import OpenVinoSession, cpu_runtime
+                from mmsearch.models.openvino_session import OpenVinoSession
 
                 graph = self.export_dir / f"{tower}.onnx"
                 derived = derived_dir(self.export_dir)
-                if cpu_runtime() == "openvino":
-                    session = OpenVinoSession(graph, self.threads, derived)
+                if self.runtime.startswith("openvino"):
+                    precision = "bf16" if self.precision == "bf16" else "f32"
+                    session = OpenVinoSession(graph, self.threads, derived, precision=precision)
                 else:
                     from mmsearch.models.ort_session import create_session
 
