@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +54,7 @@ from mmsearch.indexer.pipeline import IndexOptions, run_index  # noqa: E402
 
 from benchmarks.cpu_runtimes import matmul_gflops  # noqa: E402
 from benchmarks.rclip_offline import find_rclip, fresh_datadir, prepare  # noqa: E402
-from benchmarks.startup import compile_package, make_photos, run_measured  # noqa: E402
+from benchmarks.startup import compile_package, compile_tree, make_photos, run_measured  # noqa: E402
 from mmsearch.models.backends import load_encoder  # noqa: E402
 from mmsearch.models.spec import ModelSpec  # noqa: E402
 
@@ -134,8 +133,7 @@ def whole_runs(args: argparse.Namespace, folder: Path, total: int, rclip: str | 
     runs["rclip"] = []
     compiled = [compile_package(sys.executable)]
     if args.baseline:
-        compiled.append(str(args.baseline / "mmsearch"))
-        subprocess.run([sys.executable, "-m", "compileall", "-q", compiled[-1]], check=True)
+        compiled.append(compile_tree(args.baseline / "mmsearch"))
     print(f"byte-compiled (as a wheel install is): {', '.join(compiled)}")
     print(f"load average at the start: {os.getloadavg()}")
     by_library: dict[str, float] = {}

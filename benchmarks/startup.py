@@ -74,8 +74,15 @@ def compile_package(python: str, cwd: Path | None = None) -> str:
         text=True,
         check=True,
     ).stdout.strip()
-    subprocess.run([python, "-m", "compileall", "-q", where], stdout=subprocess.DEVNULL, check=True)
-    return where
+    return compile_tree(where, python)
+
+
+def compile_tree(folder: str | Path, python: str = sys.executable) -> str:
+    """Byte-compiles the modules below ``folder`` with ``python``; the folder."""
+    subprocess.run(
+        [python, "-m", "compileall", "-q", str(folder)], stdout=subprocess.DEVNULL, check=True
+    )
+    return str(folder)
 
 
 def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> Path:

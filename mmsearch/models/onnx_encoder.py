@@ -123,8 +123,9 @@ class OnnxEncoder:
                 graph = self.export_dir / f"{tower}.onnx"
                 derived = derived_dir(self.export_dir)
                 if self.runtime.startswith("openvino"):
-                    precision = "bf16" if self.precision == "bf16" else "f32"
-                    session = OpenVinoSession(graph, self.threads, derived, precision=precision)
+                    session = OpenVinoSession(
+                        graph, self.threads, derived, precision=self.precision
+                    )
                 else:
                     from mmsearch.models.ort_session import create_session
 

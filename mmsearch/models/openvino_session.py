@@ -19,6 +19,7 @@ session, so :class:`mmsearch.models.onnx_encoder.OnnxEncoder` uses either alike.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -51,8 +52,9 @@ def cpu_runtime(wanted: str | None = None) -> str:
     return wanted
 
 
+@functools.cache
 def native_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin computes bfloat16 natively on this CPU."""
+    """Whether OpenVINO's CPU plugin computes bfloat16 natively on this CPU (asked once)."""
     import openvino as ov
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -60,7 +62,7 @@ def native_bf16() -> bool:
 
 class OpenVinoSession:
     """One graph compiled for the CPU (one stream, ``threads`` threads), computing in
-    ``precision``: ``f32``, or ``bf16`` where asked for (``openvino-bf16``)."""
+    ``precision``: ``fp32``, or ``bf16`` where asked for (``openvino-bf16``)."""
 
     def __init__(
         self,
@@ -68,14 +70,14 @@ class OpenVinoSession:
         threads: int,
         cache_root: str | os.PathLike[str] | None = None,
         *,
-        precision: str = "f32",
+        precision: str = "fp32",
     ) -> None:
         import openvino as ov
 
         graph = Path(graph)
         core = ov.Core()
         root = Path(cache_root) if cache_root is not None else graph.parent
-        tag = "" if precision == "f32" else f"-{precision}"
+        tag = "" if precision == "fp32" else f"-{precision}"
         cache = root / f"{graph.stem}.openvino{tag}-{ov.__version__.split('-')[0]}"
         try:
             cache.mkdir(exist_ok=True)
@@ -90,7 +92,7 @@ class OpenVinoSession:
                 "NUM_STREAMS": 1,
                 "INFERENCE_NUM_THREADS": int(threads),
                 # never bf16/fp16 behind the caller's back: only when asked for
-                "INFERENCE_PRECISION_HINT": precision,
+                "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
             },
         )
         self._request = self._compiled.create_infer_request()
