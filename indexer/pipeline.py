@@ -124,9 +124,9 @@ def _run_index_locked(
             item.path for walk in walks.values() for item in walk.items
         ).to_dict()
     loading = time.perf_counter()
-    if encoder is None:
-        from mmsearch.models.backends import load_encoder
+    from mmsearch.models.backends import load_encoder, runtime_label
 
+    if encoder is None:
         encoder = load_encoder(
             spec, device=opts.device, backend=opts.backend, quantize=opts.quantize
         )
@@ -134,6 +134,7 @@ def _run_index_locked(
     report.load_s = started - loading
     opts = replace(opts, batch_size=batch_size_for(encoder, opts.batch_size))
     report.mark("model")
+    report.runtime = runtime_label(encoder)
     executor = make_executor(encoder, opts)
     try:
         store = _open_table(index_path, spec, encoder, executor, fresh, walks, report)

@@ -54,6 +54,9 @@ class IndexReport:
     #: and labels done), ``ann`` (full-text and ANN indexes, snapshot) and ``done``. What
     #: is not embedding is the fixed cost of a run; the benchmarks break it down by these.
     phases: dict[str, float] = field(default_factory=dict)
+    #: What computed the run's vectors (:func:`mmsearch.models.backends.runtime_label`:
+    #: ``openvino-bf16``, ``onnxruntime``, ``torch-cuda``...; None: nothing was loaded)
+    runtime: str | None = None
     started_at: float = field(default_factory=time.perf_counter, repr=False, compare=False)
     #: Per kind counts and failures by record id of the product feeds of the run (None: no feed)
     records: UpsertReport | None = None

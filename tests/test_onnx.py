@@ -225,10 +225,14 @@ def test_first_backend_is_recorded_without_encoding(tmp_path: Path, onnx_tiny, t
         check_backend(tmp_path, _Shifted(tiny_encoder), record=False)
 
 
+def _fp32(encoder: OnnxEncoder) -> OnnxEncoder:
+    """The same export on ONNX Runtime in float32 (the reference of the runtime tests)."""
+    return OnnxEncoder(encoder.export_dir, encoder.spec, threads=2, runtime="onnxruntime")
+
+
 def test_openvino_runtime_agrees_with_onnx_runtime(onnx_tiny, monkeypatch) -> None:
     """MMSEARCH_CPU_RUNTIME=openvino runs the same graphs: same vectors within 0.999."""
     pytest.importorskip("openvino")
-    from mmsearch.models.onnx_encoder import OnnxEncoder
     from mmsearch.models.openvino_session import OpenVinoSession
 
     monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino")
@@ -236,46 +240,182 @@ def test_openvino_runtime_agrees_with_onnx_runtime(onnx_tiny, monkeypatch) -> No
     texts = ["a red circle on the left", "blue square", "x " * 100, "café — 42%"]
     images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     got_t, got_i = ov.encode_texts(texts), ov.encode_images(images)
+    assert ov.runtime == "openvino" and ov.precision == "fp32"
     assert all(isinstance(s, OpenVinoSession) for s in ov._sessions.values())
-    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "onnxruntime")
-    want_t, want_i = onnx_tiny.encode_texts(texts), onnx_tiny.encode_images(images)
+    fp32 = _fp32(onnx_tiny)
+    want_t, want_i = fp32.encode_texts(texts), fp32.encode_images(images)
     assert np.sum(got_t * want_t, axis=1).min() >= 0.999
     assert np.sum(got_i * want_i, axis=1).min() >= 0.999
     monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "tensorflow")
-    with pytest.raises(ModelLoadError, match="choose one of onnxruntime, openvino, openvino-bf16"):
+    with pytest.raises(
+        ModelLoadError, match="choose one of auto, onnxruntime, openvino, openvino-bf16"
+    ):
         OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec).encode_texts(["x"])
 
 
-def test_openvino_bf16_agrees_and_is_recorded_as_its_own_backend(
+def test_openvino_keeps_an_ir_per_precision_and_remakes_a_damaged_one(
+    tmp_path: Path, onnx_tiny, monkeypatch
+) -> None:
+    """The ONNX graph is converted to OpenVINO IR once per precision (bf16: weights stored
+    in float16, half the bytes of fp32's) and later sessions compile that IR (or its cached
+    compiled form); a truncated weights file is made again; the compiled-blob caches of the
+    ONNX graphs that the IRs replaced are swept. Converting starts no process: OpenVINO's
+    conversion tool reports usage over the network from a forked process unless opted
+    out; the Core's reader does not."""
+    pytest.importorskip("openvino")
+    import multiprocessing
+    import shutil
+
+    started: list[object] = []
+    monkeypatch.setattr(multiprocessing.Process, "start", lambda self: started.append(self))
+
+    from mmsearch.models.openvino_session import OpenVinoSession, ir_dir, native_bf16
+
+    graph = tmp_path / "image.onnx"
+    shutil.copy(onnx_tiny.export_dir / "image.onnx", graph)
+    legacy = tmp_path / "image.openvino-2024.0.0"  # an older release's compiled-graph cache
+    legacy.mkdir()
+    images = np.random.default_rng(2).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    want = _fp32(onnx_tiny).encode_images(images)
+
+    def embed(precision: str) -> np.ndarray:
+        out = OpenVinoSession(graph, 1, tmp_path, precision=precision).run(None, {"pixels": images})
+        return out[0] / np.linalg.norm(out[0], axis=1, keepdims=True)
+
+    precisions = ["fp32", "bf16"] if native_bf16() else ["fp32"]
+    for precision in precisions:
+        first = embed(precision)
+        saved = ir_dir(graph, tmp_path, precision)
+        weights = saved / "image.bin"
+        size = weights.stat().st_size
+        np.testing.assert_array_equal(embed(precision), first)  # from the kept IR
+        assert np.sum(first * want, axis=1).min() >= AGREEMENT_MIN_COSINE
+        with open(weights, "r+b") as fh:
+            fh.truncate(100)
+        shutil.rmtree(saved / "compiled")  # (the compiled blob holds the weights too)
+        np.testing.assert_array_equal(embed(precision), first)
+        assert weights.stat().st_size == size
+    assert not legacy.exists()
+    assert started == []
+    if native_bf16():
+        fp32_bytes = (ir_dir(graph, tmp_path, "fp32") / "image.bin").stat().st_size
+        bf16_bytes = (ir_dir(graph, tmp_path, "bf16") / "image.bin").stat().st_size
+        assert bf16_bytes < 0.8 * fp32_bytes  # ViT-B-32: 176 of 351 MB (small tensors stay fp32)
+
+
+def test_openvino_bf16_agrees_and_is_not_told_apart_from_fp32(
     onnx_tiny, tmp_path: Path, monkeypatch
 ) -> None:
     """MMSEARCH_CPU_RUNTIME=openvino-bf16 computes in bfloat16 (CPUs with native bf16
-    only): vectors within 0.999 of fp32, labelled onnx-bf16 in the index's record, and
-    refused in one line where the CPU would only emulate bf16."""
+    only): vectors within 0.999 of fp32, recorded as the same backend (``onnx``: no probe
+    on every query of an index embedded the other way), an index recorded as
+    ``onnx-bf16`` by an earlier release still read; refused in one line where the CPU
+    would only emulate bf16."""
     pytest.importorskip("openvino")
     from mmsearch.models import openvino_session
     from mmsearch.models.backends import backend_label, read_backend_record
 
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino-bf16")
     if not openvino_session.native_bf16():
-        monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino-bf16")
         with pytest.raises(ModelLoadError, match="no AVX512_BF16 or AMX"):
             OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec)
         return
-    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino-bf16")
     bf16 = OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec, threads=2)
-    assert bf16.precision == "bf16" and backend_label(bf16) == "onnx-bf16"
+    assert bf16.precision == "bf16" and backend_label(bf16) == "onnx"
     texts = ["a red circle on the left", "blue square", "x " * 100]
     images = np.random.default_rng(1).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
     got_t, got_i = bf16.encode_texts(texts), bf16.encode_images(images)
-    check_backend(tmp_path, bf16, record=True)  # the first backend of the index
-    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "onnxruntime")
-    want_t, want_i = onnx_tiny.encode_texts(texts), onnx_tiny.encode_images(images)
+    fp32 = _fp32(onnx_tiny)
+    want_t, want_i = fp32.encode_texts(texts), fp32.encode_images(images)
     assert np.sum(got_t * want_t, axis=1).min() >= AGREEMENT_MIN_COSINE
     assert np.sum(got_i * want_i, axis=1).min() >= AGREEMENT_MIN_COSINE
     assert not np.array_equal(got_i, want_i)  # computed in bf16 indeed, not fp32
-    check_backend(tmp_path, onnx_tiny, record=True)  # fp32 queries agree with bf16 rows
-    assert set(read_backend_record(tmp_path)["backends"]) == {"onnx-bf16", "onnx"}
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "backends.json").write_text(
+        json.dumps(
+            {"model": bf16.spec.key, "reference": "onnx-bf16", "backends": {"onnx-bf16": {}}}
+        )
+    )
+    check_backend(old, fp32, record=True)  # probes both (the old label's by OpenVINO bf16)
+    assert set(read_backend_record(old)["backends"]) == {"onnx-bf16", "onnx"}
     monkeypatch.setattr(openvino_session, "native_bf16", lambda: False)
-    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "openvino-bf16")
     with pytest.raises(ModelLoadError, match="no AVX512_BF16 or AMX"):
         OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec)
+
+
+def test_auto_runtime_is_bf16_where_native_except_for_one_shot_and_int8(monkeypatch) -> None:
+    """``auto`` (the default): OpenVINO bf16 where OpenVINO is installed and the CPU has
+    native bf16; ONNX Runtime for a process that asked for a fast start (a one-shot CLI
+    query), for int8 graphs, on other CPUs and without OpenVINO."""
+    import importlib.util
+
+    from mmsearch.cli.faststart import prepare_one_shot_query
+    from mmsearch.models import openvino_session
+    from mmsearch.models.openvino_session import cpu_runtime
+
+    monkeypatch.delenv("MMSEARCH_CPU_RUNTIME", raising=False)
+    monkeypatch.setattr(openvino_session, "_fast_start", False)
+    monkeypatch.setattr(openvino_session, "native_bf16", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    installed = {"openvino": True}
+
+    def find_spec(name: str, *args: object) -> object:
+        if name == "openvino" and not installed["openvino"]:
+            return None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(openvino_session.importlib.util, "find_spec", find_spec)
+    if real_find_spec("openvino") is None:
+        pytest.skip("needs openvino installed")
+    assert cpu_runtime() == "openvino-bf16"
+    assert cpu_runtime(quantized=True) == "onnxruntime"
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "onnxruntime")
+    assert cpu_runtime() == "onnxruntime"  # a named runtime wins
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "auto")
+    installed["openvino"] = False
+    assert cpu_runtime() == "onnxruntime"
+    installed["openvino"] = True
+    monkeypatch.setattr(openvino_session, "native_bf16", lambda: False)
+    assert cpu_runtime() == "onnxruntime"
+    monkeypatch.setattr(openvino_session, "native_bf16", lambda: True)
+    monkeypatch.setattr(
+        "mmsearch.cli.faststart.arrow_without_pandas", lambda: None
+    )  # this process goes on using pandas
+    prepare_one_shot_query()
+    try:
+        assert cpu_runtime() == "onnxruntime"
+    finally:
+        from mmsearch.models.ort_session import set_prepacking
+
+        set_prepacking(True)
+
+
+def test_a_plain_index_run_embeds_on_the_default_runtime_and_agrees_with_fp32(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Without MMSEARCH_CPU_RUNTIME an index run embeds on what ``auto`` resolves to here
+    (OpenVINO bf16 on a CPU with native bf16 and OpenVINO installed, else ONNX Runtime),
+    says so in its report, and its rows score a query within 0.01 of an index embedded
+    by ONNX Runtime in fp32."""
+    from mmsearch.indexer.pipeline import IndexOptions, run_index
+
+    import mmsearch
+    from mmsearch.datasets.synthetic import generate_catalog
+    from mmsearch.models.openvino_session import cpu_runtime
+
+    catalog = generate_catalog(tmp_path / "catalog", n=16, seed=5)
+    opts = IndexOptions(workers=1, backend="onnx")
+    monkeypatch.delenv("MMSEARCH_CPU_RUNTIME", raising=False)
+    default = run_index([catalog.image_dir], tmp_path / "default", TINY, options=opts)
+    assert default.runtime == cpu_runtime("auto")
+    monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "onnxruntime")
+    fp32 = run_index([catalog.image_dir], tmp_path / "fp32", TINY, options=opts)
+    assert fp32.runtime == "onnxruntime" and default.added == fp32.added > 0
+    query = _fp32(load_encoder(TINY, backend="onnx")).encode_texts(["a red circle"])[0]
+    scores = []
+    for name in ("default", "fp32"):
+        hits = mmsearch.open(tmp_path / name).search_vector(query, k=default.added, exact=True)
+        scores.append({Path(hit.uri).name: hit.score for hit in hits})
+    assert scores[0].keys() == scores[1].keys()
+    assert max(abs(scores[0][uri] - scores[1][uri]) for uri in scores[0]) <= 0.01

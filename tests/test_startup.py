@@ -4,6 +4,7 @@ that a one-shot command's output survives the fast exit. Checked in fresh interp
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +26,15 @@ print("\\nMODULES=" + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules
 """
 
 
-def _imported(args: list[str]) -> tuple[list[str], str]:
+def _imported(args: list[str], env: dict[str, str] | None = None) -> tuple[list[str], str]:
     code = _PROBE.format(args=args, heavy=HEAVY)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out, _, modules = proc.stdout.rpartition("MODULES=")
     return json.loads(modules), out
@@ -117,7 +124,8 @@ def test_one_shot_vector_query_never_imports_pandas(tiny_index: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     out, _, pandas_loaded = proc.stdout.rpartition("PANDAS=")
     assert json.loads(pandas_loaded) is False
-    _, plain = _imported(args)
+    # the plain app on the runtime a one-shot query starts (auto may pick bf16 elsewhere)
+    _, plain = _imported(args, {"MMSEARCH_CPU_RUNTIME": "onnxruntime"})
     fast, slow = (json.loads(text.strip().splitlines()[0]) for text in (out, plain))
     assert [h["id"] for h in fast] == [h["id"] for h in slow]  # weights not pre-packed: same hits
     assert max(abs(a["score"] - b["score"]) for a, b in zip(fast, slow, strict=True)) < 1e-5

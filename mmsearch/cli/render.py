@@ -147,9 +147,11 @@ def print_summary(report: Any, out: Console, err: Console) -> None:
     ):
         table.add_row(label, str(getattr(report, name)))
     load = f"; model load {report.load_s:.1f}s" if getattr(report, "load_s", 0) else ""
+    runtime = getattr(report, "runtime", None)
+    on = f" on {runtime}" if runtime and report.embedded else ""
     table.add_row(
         "embedded",
-        f"{report.embedded} ({report.items_per_s:.1f} items/s over {report.elapsed_s:.1f}s{load})",
+        f"{report.embedded}{on} ({report.items_per_s:.1f} items/s over {report.elapsed_s:.1f}s{load})",
     )
     join = getattr(report, "metadata_join", None)
     if join:

@@ -140,13 +140,28 @@ def check_encoder_available(
 
 
 def backend_label(encoder: Encoder) -> str:
-    """``torch``, ``onnx``, ``onnx-int8`` or ``onnx-bf16``: what produced an encoder's
-    vectors (torch's CUDA autocast is not told apart: it agrees with fp32 as bf16 does)."""
+    """``torch``, ``onnx`` or ``onnx-int8``: what produced an encoder's vectors.
+
+    bfloat16 arithmetic is not told apart from float32 (torch's CUDA autocast, OpenVINO's
+    bf16 on CPU): it agrees with float32 to a cosine of 0.9999 per vector (checked by
+    ``tests/test_onnx.py``), well above :data:`AGREEMENT_MIN_COSINE`, so probing it on
+    every query of an index embedded the other way would cost a second model load and
+    find nothing. Indexes written before this rule may name ``onnx-bf16``: still read.
+    """
     name = str(getattr(encoder, "backend", "torch"))
     quantize = getattr(encoder, "quantize", None)
-    if quantize:
-        return f"{name}-{quantize}"
-    return f"{name}-bf16" if getattr(encoder, "precision", None) == "bf16" else name
+    return f"{name}-{quantize}" if quantize else name
+
+
+def runtime_label(encoder: Encoder) -> str:
+    """What computes an encoder's vectors, for reports (finer than :func:`backend_label`):
+    the CPU runtime of an ONNX encoder (``onnxruntime``, ``openvino``, ``openvino-bf16``,
+    ``onnxruntime-int8``), else ``torch-<device>``."""
+    runtime = getattr(encoder, "runtime", None)
+    if not runtime:
+        return f"{getattr(encoder, 'backend', 'torch')}-{getattr(encoder, 'device', 'cpu')}"
+    quantize = getattr(encoder, "quantize", None)
+    return f"{runtime}-{quantize}" if quantize else str(runtime)
 
 
 def read_backend_record(index_dir: str | os.PathLike[str]) -> dict[str, Any]:

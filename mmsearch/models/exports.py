@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from mmsearch.models.cache import read_json, user_cache_dir
@@ -117,3 +119,20 @@ def find_export(spec: ModelSpec, quantize: str | None) -> Path | None:
     ):
         return None
     return target
+
+
+def publish_derived(tmp: Path, saved: Path, stale: Sequence[str]) -> bool:
+    """Renames the directory ``tmp`` (written in full) to ``saved``, atomically: a
+    concurrent reader sees no directory or a whole one. Then removes the siblings of
+    ``saved`` that match a ``stale`` pattern (what an older graph or runtime derived).
+    False when another process published ``saved`` first (``tmp`` is removed)."""
+    try:
+        os.replace(tmp, saved)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    for pattern in stale:
+        for old in saved.parent.glob(pattern):
+            if old != saved and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    return True

@@ -102,8 +102,9 @@ class OnnxEncoder:
         self.text_any_length = bool(meta.get("text_any_length", False))
         self._sot, self._eot = int(meta["sot_token_id"]), int(meta["eot_token_id"])
         self.threads = threads or onnx_threads()
-        #: ``onnxruntime``, ``openvino`` or ``openvino-bf16`` (default: $MMSEARCH_CPU_RUNTIME).
-        self.runtime = cpu_runtime(runtime)
+        #: ``onnxruntime``, ``openvino`` or ``openvino-bf16`` (default: $MMSEARCH_CPU_RUNTIME,
+        #: else what ``auto`` resolves to: :func:`~mmsearch.models.openvino_session.cpu_runtime`).
+        self.runtime = cpu_runtime(runtime, quantized=bool(self.quantize))
         #: What the graphs compute in: ``bf16`` under ``openvino-bf16``, else ``fp32``.
         self.precision = "bf16" if self.runtime == "openvino-bf16" else "fp32"
         self._sessions: dict[str, Any] = {}

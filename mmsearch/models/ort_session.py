@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mmsearch.models.exports import publish_derived
+
 #: Initializers at least this large go to the external weights file (memory-mapped).
 EXTERNAL_MIN_BYTES = 1024
 
@@ -111,12 +113,5 @@ def create_session(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    try:
-        os.replace(tmp, saved)  # atomic: a concurrent reader sees no directory or a whole one
-    except OSError:  # another process saved it first
-        shutil.rmtree(tmp, ignore_errors=True)
-        return session
-    for old in saved.parent.glob(f"{graph.stem}.opt-*"):  # of an older graph or ONNX Runtime
-        if old != saved and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    publish_derived(tmp, saved, [f"{graph.stem}.opt-*"])  # sweeps older graphs' and runtimes'
     return session
