@@ -419,3 +419,20 @@ def test_a_plain_index_run_embeds_on_the_default_runtime_and_agrees_with_fp32(
         scores.append({Path(hit.uri).name: hit.score for hit in hits})
     assert scores[0].keys() == scores[1].keys()
     assert max(abs(scores[0][uri] - scores[1][uri]) for uri in scores[0]) <= 0.01
+
+
+def test_openvino_sessions_answer_threads_at_once(onnx_tiny) -> None:
+    """A server embeds queries on several threads: an OpenVINO session answers each
+    with its own vectors, as one thread would."""
+    pytest.importorskip("openvino")
+    from concurrent.futures import ThreadPoolExecutor
+
+    ov = OnnxEncoder(onnx_tiny.export_dir, onnx_tiny.spec, threads=2, runtime="openvino")
+    batches = [_images(3 + i % 4, 64, seed=i) for i in range(24)]
+    texts = [[f"a {c} circle {i}"] * (1 + i % 3) for i, c in enumerate(["red", "blue"] * 12)]
+    alone = [ov.encode_images(b) for b in batches], [ov.encode_texts(t) for t in texts]
+    with ThreadPoolExecutor(8) as pool:
+        images = list(pool.map(ov.encode_images, batches))
+        words = list(pool.map(ov.encode_texts, texts))
+    for got, want in zip([*images, *words], [*alone[0], *alone[1]], strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -23,6 +23,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +175,16 @@ class OpenVinoSession:
                 xml = saved_ir(graph, root, precision)
                 self._compiled = core.compile_model(str(xml or graph), "CPU", options)
         self._request = self._compiled.create_infer_request()
+        # An infer request is not safe to share between threads (a server embeds queries
+        # on several); with one stream, concurrent requests would run one after another
+        # anyway, so they take turns on this one and its buffers.
+        self._lock = threading.Lock()
         self._inputs = [port.get_any_name() for port in self._compiled.inputs]
 
     def run(self, output_names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The graph's first output for ``feed`` (ONNX Runtime's ``Session.run`` shape)."""
-        results = self._request.infer({name: feed[name] for name in self._inputs})
-        return [np.array(results[self._compiled.outputs[0]], dtype=np.float32, copy=True)]
+        """The graph's first output for ``feed`` (ONNX Runtime's ``Session.run`` shape);
+        callable from any thread."""
+        with self._lock:
+            results = self._request.infer({name: feed[name] for name in self._inputs})
+            out = np.array(results[self._compiled.outputs[0]], dtype=np.float32, copy=True)
+        return [out]
