@@ -436,3 +436,54 @@ def test_openvino_sessions_answer_threads_at_once(onnx_tiny) -> None:
         words = list(pool.map(ov.encode_texts, texts))
     for got, want in zip([*images, *words], [*alone[0], *alone[1]], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_openvino_without_room_for_its_ir_compiles_the_onnx_graph(
+    tmp_path: Path, onnx_tiny, monkeypatch
+) -> None:
+    """A cache that cannot take the IR (full disk) costs memory, not the session: the ONNX
+    graph is compiled as it is, and no half-written IR is left behind."""
+    ov = pytest.importorskip("openvino")
+    import shutil
+
+    from mmsearch.models.openvino_session import OpenVinoSession
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Cannot write: No space left on device")
+
+    monkeypatch.setattr(ov, "save_model", full)
+    graph = tmp_path / "image.onnx"
+    shutil.copy(onnx_tiny.export_dir / "image.onnx", graph)
+    images = _images(3, 64, seed=4)
+    out = OpenVinoSession(graph, 1, tmp_path).run(None, {"pixels": images})[0]
+    want = _fp32(onnx_tiny).encode_images(images)
+    assert np.sum(out / np.linalg.norm(out, axis=1, keepdims=True) * want, axis=1).min() > 0.999
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.onnx"]
+
+
+def test_onnx_runtime_without_room_for_its_optimised_graph_optimises_in_memory(
+    tmp_path: Path, onnx_tiny, monkeypatch
+) -> None:
+    """Saving the optimised graph failing (full disk) costs the speed-up, not the session;
+    nothing half-written is left behind."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from mmsearch.models.ort_session import create_session
+
+    real = ort.InferenceSession
+
+    def session(path: str, options: object = None, **kwargs: object) -> object:
+        if getattr(options, "optimized_model_filepath", ""):
+            raise RuntimeError("Failed to write: No space left on device")
+        return real(path, options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    graph = tmp_path / "text.onnx"
+    shutil.copy(onnx_tiny.export_dir / "text.onnx", graph)
+    tokens = onnx_tiny.tokenize(TEXTS)
+    got = create_session(graph, 1).run(None, {"tokens": tokens})[0]
+    want = real(str(graph), providers=["CPUExecutionProvider"]).run(None, {"tokens": tokens})[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text.onnx"]

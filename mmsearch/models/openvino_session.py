@@ -101,7 +101,8 @@ def ir_dir(graph: Path, root: Path, precision: str) -> Path:
 
 def saved_ir(graph: Path, root: Path, precision: str) -> Path | None:
     """``graph`` as OpenVINO IR (its ``.xml``; the weights beside it), converted now when
-    not kept yet; None when ``root`` cannot be written.
+    not kept yet; None when it cannot be written (a read-only cache, a full disk: the
+    caller compiles the ONNX graph, which raises if the graph itself is bad).
 
     For ``bf16`` the weights are stored in float16 (half the bytes: the CPU plugin widens
     them to bf16 once at compile time), for ``fp32`` as they are. Reading an IR
@@ -125,6 +126,9 @@ def saved_ir(graph: Path, root: Path, precision: str) -> Path | None:
         model = ov.Core().read_model(str(graph))
         ov.save_model(model, str(tmp / xml.name), compress_to_fp16=precision != "fp32")
         del model
+    except Exception:  # noqa: BLE001 - a full disk, say: the ONNX graph is compiled instead
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -94,13 +94,16 @@ def create_session(
             )
         except Exception:  # noqa: BLE001 - damaged (e.g. a truncated weights file): redo it
             shutil.rmtree(saved, ignore_errors=True)
+
+    def in_memory() -> Any:  # optimised every time (only slower)
+        options = session_options(threads, levels.ORT_ENABLE_ALL)
+        return ort.InferenceSession(str(graph), options, providers=providers)
+
     options = session_options(threads, levels.ORT_ENABLE_EXTENDED)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{saved.name}.", dir=saved.parent))
-    except OSError:  # a read-only cache: optimise in memory every time (only slower)
-        return ort.InferenceSession(
-            str(graph), session_options(threads, levels.ORT_ENABLE_ALL), providers=providers
-        )
+    except OSError:  # a read-only cache
+        return in_memory()
     options.optimized_model_filepath = str(tmp / graph.name)
     options.add_session_config_entry(
         "session.optimized_model_external_initializers_file_name", f"{graph.stem}.weights"
@@ -110,6 +113,9 @@ def create_session(
     )
     try:
         session = ort.InferenceSession(str(graph), options, providers=providers)
+    except Exception:  # noqa: BLE001 - a full disk, say (a bad graph raises again in memory)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return in_memory()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
