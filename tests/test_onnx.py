@@ -348,46 +348,34 @@ def test_auto_runtime_is_bf16_where_native_except_for_one_shot_and_int8(monkeypa
     """``auto`` (the default): OpenVINO bf16 where OpenVINO is installed and the CPU has
     native bf16; ONNX Runtime for a process that asked for a fast start (a one-shot CLI
     query), for int8 graphs, on other CPUs and without OpenVINO."""
-    import importlib.util
-
     from mmsearch.cli.faststart import prepare_one_shot_query
     from mmsearch.models import openvino_session
     from mmsearch.models.openvino_session import cpu_runtime
+    from mmsearch.models.ort_session import set_prepacking
 
     monkeypatch.delenv("MMSEARCH_CPU_RUNTIME", raising=False)
     monkeypatch.setattr(openvino_session, "_fast_start", False)
+    monkeypatch.setattr(openvino_session, "_has_openvino", lambda: True)
     monkeypatch.setattr(openvino_session, "native_bf16", lambda: True)
-    real_find_spec = importlib.util.find_spec
-    installed = {"openvino": True}
-
-    def find_spec(name: str, *args: object) -> object:
-        if name == "openvino" and not installed["openvino"]:
-            return None
-        return real_find_spec(name, *args)
-
-    monkeypatch.setattr(openvino_session.importlib.util, "find_spec", find_spec)
-    if real_find_spec("openvino") is None:
-        pytest.skip("needs openvino installed")
     assert cpu_runtime() == "openvino-bf16"
     assert cpu_runtime(quantized=True) == "onnxruntime"
     monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "onnxruntime")
     assert cpu_runtime() == "onnxruntime"  # a named runtime wins
     monkeypatch.setenv("MMSEARCH_CPU_RUNTIME", "auto")
-    installed["openvino"] = False
+    monkeypatch.setattr(openvino_session, "_has_openvino", lambda: False)
     assert cpu_runtime() == "onnxruntime"
-    installed["openvino"] = True
+    with pytest.raises(ModelLoadError, match="needs OpenVINO: pip install openvino"):
+        cpu_runtime("openvino")
+    monkeypatch.setattr(openvino_session, "_has_openvino", lambda: True)
     monkeypatch.setattr(openvino_session, "native_bf16", lambda: False)
     assert cpu_runtime() == "onnxruntime"
     monkeypatch.setattr(openvino_session, "native_bf16", lambda: True)
-    monkeypatch.setattr(
-        "mmsearch.cli.faststart.arrow_without_pandas", lambda: None
-    )  # this process goes on using pandas
+    # this test process goes on using pandas: only the runtime part of the one-shot setup
+    monkeypatch.setattr("mmsearch.cli.faststart.arrow_without_pandas", lambda: None)
     prepare_one_shot_query()
     try:
         assert cpu_runtime() == "onnxruntime"
     finally:
-        from mmsearch.models.ort_session import set_prepacking
-
         set_prepacking(True)
 
 

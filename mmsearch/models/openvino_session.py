@@ -66,11 +66,10 @@ def cpu_runtime(wanted: str | None = None, *, quantized: bool = False) -> str:
     wanted = (wanted or os.environ.get(RUNTIME_ENV, "")).strip().lower() or "auto"
     if wanted not in RUNTIMES:
         raise ModelLoadError(f"{RUNTIME_ENV}={wanted!r}: choose one of {', '.join(RUNTIMES)}")
-    has_openvino = importlib.util.find_spec("openvino") is not None
-    if wanted == "auto":
-        bf16 = has_openvino and not quantized and not _fast_start and native_bf16()
+    if wanted == "auto":  # cheapest test first: a one-shot query looks nothing up
+        bf16 = not (quantized or _fast_start) and _has_openvino() and native_bf16()
         return "openvino-bf16" if bf16 else "onnxruntime"
-    if wanted.startswith("openvino") and not has_openvino:
+    if wanted.startswith("openvino") and not _has_openvino():
         raise ModelLoadError(f"{RUNTIME_ENV}={wanted} needs OpenVINO: pip install openvino")
     if wanted == "openvino-bf16" and not native_bf16():
         raise ModelLoadError(
@@ -78,6 +77,10 @@ def cpu_runtime(wanted: str | None = None, *, quantized: bool = False) -> str:
             "(no AVX512_BF16 or AMX); use openvino or onnxruntime"
         )
     return wanted
+
+
+def _has_openvino() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 @functools.cache
