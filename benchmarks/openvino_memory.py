@@ -55,13 +55,9 @@ def child(variant: str, graph: Path, work: Path, precision: str, batch: int, siz
     """One variant in this process; prints one JSON line."""
     import openvino as ov
 
-    from mmsearch.models.openvino_session import OpenVinoSession, saved_ir
+    from mmsearch.models.openvino_session import OpenVinoSession, compile_options, saved_ir
 
-    options = {
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": 1,
-        "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
-    }
+    options = compile_options(2, precision)
     x = _batch(batch, size)
     t0 = time.perf_counter()
     if variant == "session":

@@ -141,6 +141,18 @@ def saved_ir(graph: Path, root: Path, precision: str) -> Path | None:
     return xml
 
 
+def compile_options(threads: int, precision: str) -> dict[str, Any]:
+    """The CPU plugin's settings for one graph: latency, one stream, ``threads`` threads,
+    arithmetic in ``precision`` (``fp32`` or ``bf16``)."""
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_NUM_THREADS": int(threads),
+        # never bf16/fp16 behind the caller's back: only when asked for
+        "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
+    }
+
+
 class OpenVinoSession:
     """One graph compiled for the CPU (one stream, ``threads`` threads), computing in
     ``precision``: ``fp32``, or ``bf16`` where asked for (``openvino-bf16``).
@@ -162,13 +174,7 @@ class OpenVinoSession:
 
         graph = Path(graph)
         root = Path(cache_root) if cache_root is not None else graph.parent
-        options = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-            "INFERENCE_NUM_THREADS": int(threads),
-            # never bf16/fp16 behind the caller's back: only when asked for
-            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
-        }
+        options = compile_options(threads, precision)
         core = ov.Core()
         xml = saved_ir(graph, root, precision)
         if xml is None:
